@@ -1,0 +1,5 @@
+"""``python -m replication``: the same tool as the ``replication`` console script."""
+
+from replication.cli import main
+
+raise SystemExit(main())

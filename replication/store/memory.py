@@ -1,0 +1,113 @@
+"""The in-memory :class:`~replication.store.StreamStore`: fast, and forgotten at exit.
+
+Used by tests and by ``store: {type: memory}``. Each stream is a list of entries with a moving
+start (trimmed entries are cut off in bulk once they are half the list); since tokens are
+contiguous, the entry of token ``t`` sits at index ``start + t - oldest``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from replication.store import Entry, Retention, UnknownStream
+
+
+@dataclass
+class _Stream:
+    head: int = 0
+    rows: int = 0
+    start: int = 0
+    entries: list[Entry] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+
+    @property
+    def oldest(self) -> int:
+        return self.head + 1 - (len(self.entries) - self.start)
+
+    def drop_first(self) -> Entry:
+        entry = self.entries[self.start]
+        self.start += 1
+        if self.start > 1024 and self.start * 2 > len(self.entries):
+            del self.entries[: self.start]
+            del self.times[: self.start]
+            self.start = 0
+        return entry
+
+
+class MemoryStore:
+    """Streams held in memory; nothing blocks, nothing survives the process."""
+
+    blocking = False
+
+    def __init__(self) -> None:
+        self._streams: dict[str, _Stream] = {}
+
+    def _get(self, stream: str) -> _Stream:
+        try:
+            return self._streams[stream]
+        except KeyError:
+            raise UnknownStream(stream) from None
+
+    def stream_names(self) -> list[str]:
+        return sorted(self._streams)
+
+    def create_stream(self, stream: str) -> None:
+        self._streams.setdefault(stream, _Stream())
+
+    def head(self, stream: str) -> int:
+        return self._get(stream).head
+
+    def oldest(self, stream: str) -> int:
+        return self._get(stream).oldest
+
+    def retained_rows(self, stream: str) -> int:
+        return self._get(stream).rows
+
+    def append(self, batch: Sequence[tuple[str, Sequence[str]]], now: float) -> list[int]:
+        for _, rows in batch:
+            if not rows:
+                raise ValueError("a token carries at least one row")
+        tokens = []
+        for name, rows in batch:
+            s = self._streams.get(name)
+            if s is None:
+                s = self._streams[name] = _Stream()
+            s.head += 1
+            s.entries.append(Entry(s.head, tuple(rows)))
+            s.times.append(now)
+            s.rows += len(rows)
+            tokens.append(s.head)
+        return tokens
+
+    def read(self, stream: str, after: int, upto: int, max_rows: int) -> list[Entry]:
+        s = self._get(stream)
+        first = s.oldest
+        index = s.start + max(after + 1 - first, 0)
+        end = s.start + min(upto, s.head) - first + 1
+        out: list[Entry] = []
+        gathered = 0
+        entries = s.entries
+        while index < end and gathered < max_rows:
+            entry = entries[index]
+            out.append(entry)
+            gathered += len(entry.rows)
+            index += 1
+        return out
+
+    def trim(self, stream: str, retention: Retention, now: float) -> int:
+        s = self._get(stream)
+        dropped = 0
+        max_rows, max_age = retention.max_rows, retention.max_age
+        while len(s.entries) - s.start > 1:
+            too_many = max_rows is not None and s.rows > max_rows
+            too_old = max_age is not None and s.times[s.start] < now - max_age
+            if not (too_many or too_old):
+                break
+            entry = s.drop_first()
+            s.rows -= len(entry.rows)
+            dropped += len(entry.rows)
+        return dropped
+
+    def close(self) -> None:
+        self._streams.clear()
