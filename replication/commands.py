@@ -80,17 +80,52 @@ def encode_json(value: Any) -> str:
     """Encode ``value`` as compact JSON (no spaces, no NaN, non-ASCII kept as UTF-8).
 
     A JSON document never contains a raw newline, so the result always fits in one line.
+    Strings holding lone surrogates (which UTF-8 cannot carry) are refused.
     """
     try:
-        return _compact_json.encode(value)
+        text = _compact_json.encode(value)
+        text.encode("utf-8")
     except (TypeError, ValueError) as e:
         raise CommandParseError(f"row is not JSON-serialisable: {e}") from None
+    return text
+
+
+def _reject_constant(name: str) -> Any:
+    raise CommandParseError(f"RDATA row is not valid JSON: {name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise CommandParseError(f"RDATA row is not valid JSON: {text} overflows a float")
+    return value
+
+
+def decode_json(text: str) -> Any:
+    """Decode one JSON document, strictly: ``NaN``, ``Infinity`` and numbers that overflow
+    a float are refused with :class:`CommandParseError`, as is anything not JSON."""
+    try:
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except ValueError as e:
+        if isinstance(e, CommandParseError):
+            raise
+        raise CommandParseError(f"RDATA row is not valid JSON: {e}") from None
+    if "\\ud" in text.lower():
+        # An escaped lone surrogate decodes to a string that UTF-8 cannot carry.
+        try:
+            _compact_json.encode(value).encode("utf-8")
+        except UnicodeEncodeError:
+            raise CommandParseError(
+                "RDATA row is not valid JSON: it escapes a lone UTF-16 surrogate"
+            ) from None
+    return value
 
 
 def _split(args: str, count: int, name: str, usage: str) -> list[str]:
     parts = args.split(" ", count - 1)
-    if len(parts) != count or any(not p for p in parts[: count - 1]):
-        raise CommandParseError(f"{name} takes {count} arguments: {name} {usage}")
+    if len(parts) != count or not all(parts) or " " in parts[-1] and count > 1 and name != "RDATA":
+        plural = "argument" if count == 1 else "arguments"
+        raise CommandParseError(f"{name} takes {count} {plural}: {name} {usage}")
     return parts
 
 
@@ -114,7 +149,10 @@ class Command:
     def to_line(self) -> bytes:
         """The command as one line of UTF-8, without the trailing ``\\n``."""
         args = self.to_args()
-        return f"{self.NAME} {args}".encode() if args else self.NAME.encode()
+        try:
+            return f"{self.NAME} {args}".encode() if args else self.NAME.encode()
+        except UnicodeEncodeError as e:
+            raise CommandParseError(f"{self.NAME} cannot be encoded as UTF-8: {e.reason}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,10 +261,7 @@ class RdataCommand(Command):
     @classmethod
     def from_args(cls, args: str) -> RdataCommand:
         stream, token, row = _split(args, 3, cls.NAME, "<stream> <token|batch> <json>")
-        try:
-            value = json.loads(row)
-        except ValueError as e:
-            raise CommandParseError(f"RDATA row is not valid JSON: {e}") from None
+        value = decode_json(row)
         return cls(stream, None if token == "batch" else parse_token(token), value)
 
     def to_args(self) -> str:
@@ -433,4 +468,4 @@ def rdata_lines(stream: str, token: int, rows: Iterable[str]) -> bytes:
 def rdata_line_length(stream: str, row: str) -> int:
     """The longest encoded ``RDATA`` line ``row`` can produce in ``stream``, in bytes, for
     checking a row against the line limit before a token is known (19 token digits)."""
-    return len("RDATA ") + len(stream) + 1 + 19 + 1 + len(row.encode())
+    return len("RDATA ") + len(stream.encode()) + 1 + 19 + 1 + len(row.encode())
