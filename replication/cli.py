@@ -1,0 +1,306 @@
+"""The ``replication`` command line tool: ``master``, ``worker``, ``publish``, ``check-config``.
+
+This is the only module that touches the global reactor: it reads the configuration, applies
+command line overrides, builds the store, the master or worker and their listeners, and runs
+the reactor until SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from replication import __version__
+from replication.config import (
+    ConfigError,
+    MasterConfig,
+    WorkerConfig,
+    WorkerStream,
+    detect_role,
+    load_master_config,
+    load_worker_config,
+    validate_master,
+    validate_worker,
+)
+
+log = logging.getLogger("replication")
+
+DEFAULT_URL = "http://127.0.0.1:9093"
+
+
+class CommandLineError(Exception):
+    """A problem the user can fix; printed as ``replication: error: <message>``, exit 2."""
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _make_store(config: MasterConfig) -> Any:
+    from replication.store.memory import MemoryStore
+
+    if config.store.type == "memory":
+        return MemoryStore()
+    if config.store.type == "sqlite":
+        import os
+
+        from replication.store.sqlite import SqliteStore
+
+        path = config.store.path or os.path.join(config.data_dir, "streams.sqlite3")
+        return SqliteStore(path)
+    raise CommandLineError(f"unknown store type {config.store.type!r}")
+
+
+def _listen(reactor: Any, description: str, factory: Any, what: str) -> Any:
+    from twisted.internet.endpoints import serverFromString
+
+    return serverFromString(reactor, description).listen(factory).addCallback(
+        lambda port: log.info("listening for %s on %s", what, _address(port.getHost())) or port
+    )
+
+
+def _address(address: Any) -> str:
+    if hasattr(address, "port"):
+        return f"{address.host}:{address.port}"
+    return str(getattr(address, "name", address))
+
+
+def _run_reactor(reactor: Any, start: Callable[[], Any], stop: Callable[[], Any]) -> int:
+    """Run ``start`` under the reactor; a failure to start stops it with exit status 1."""
+    status = {"code": 0}
+
+    def started_failed(failure: Any) -> None:
+        print(f"replication: error: {failure.getErrorMessage()}", file=sys.stderr)
+        status["code"] = 1
+        reactor.stop()
+
+    def go() -> None:
+        from twisted.internet.defer import maybeDeferred
+
+        maybeDeferred(start).addErrback(started_failed)
+
+    reactor.callWhenRunning(go)
+    reactor.addSystemEventTrigger("before", "shutdown", stop)
+    reactor.run()
+    return status["code"]
+
+
+def cmd_master(args: argparse.Namespace) -> int:
+    config = load_master_config(args.config)
+    changes: dict[str, Any] = {}
+    if args.listen is not None:
+        changes["listen"] = args.listen
+    if args.http_listen is not None:
+        changes["http_listen"] = None if args.http_listen == "none" else args.http_listen
+    if args.server_name is not None:
+        changes["server_name"] = args.server_name
+    if args.stream:
+        changes["streams"] = tuple(dict.fromkeys(config.streams + tuple(args.stream)))
+    if args.store is not None:
+        changes["store"] = dataclasses.replace(config.store, type=args.store)
+    if args.data_dir is not None:
+        changes["data_dir"] = args.data_dir
+    config = validate_master(dataclasses.replace(config, **changes))
+
+    from twisted.internet import reactor
+    from twisted.internet.defer import DeferredList
+    from twisted.internet.threads import deferToThreadPool
+    from twisted.python.threadpool import ThreadPool
+    from twisted.web.server import Site
+
+    from replication.admin import admin_resource
+    from replication.master import Master, MasterFactory
+
+    store = _make_store(config)
+    pool = None
+    run_blocking = None
+    if store.blocking:
+        pool = ThreadPool(1, 1, "replication-writer")
+        pool.start()
+
+        def run_blocking(f: Callable[..., Any], *a: Any) -> Any:
+            return deferToThreadPool(reactor, pool, f, *a)
+
+    master = Master(config, store, reactor, run_blocking=run_blocking)
+    ports: list[Any] = []
+
+    def start() -> Any:
+        listening = [_listen(reactor, config.listen, MasterFactory(master), "workers")]
+        if config.http_listen is not None:
+            site = Site(admin_resource(master))
+            site.noisy = False
+            listening.append(_listen(reactor, config.http_listen, site, "HTTP"))
+
+        def done(results: list[tuple[bool, Any]]) -> None:
+            failures = [r for ok, r in results if not ok]
+            ports.extend(r for ok, r in results if ok)
+            if failures:
+                raise failures[0].value
+            log.info("master %s ready (store: %s)", config.server_name, config.store.type)
+
+        return DeferredList(listening, consumeErrors=True).addCallback(done)
+
+    def stop() -> Any:
+        for port in ports:
+            port.stopListening()
+        for connection in list(master.connections):
+            connection.close()
+        if pool is not None:
+            pool.stop()
+        store.close()
+
+    return _run_reactor(reactor, start, stop)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    config = load_worker_config(args.config)
+    changes: dict[str, Any] = {}
+    if args.master is not None:
+        changes["master"] = args.master
+    if args.name is not None:
+        changes["name"] = args.name
+    if args.stream:
+        changes["streams"] = tuple(WorkerStream(name, args.start) for name in args.stream)
+    if args.handler is not None:
+        changes["handler"] = args.handler
+    if args.position_file is not None:
+        changes["position_file"] = args.position_file
+    config = validate_worker(dataclasses.replace(config, **changes))
+    if not config.streams:
+        raise CommandLineError("no streams to follow: give --stream NAME or `streams:` in the config")
+
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import clientFromString
+
+    from replication.handlers import HandlerLoadError, load_handler
+    from replication.positions import PositionFile, PositionFileError
+    from replication.worker import Worker, worker_service
+
+    try:
+        handler = load_handler(config.handler)
+        positions = PositionFile(config.resolved_position_file())
+    except (HandlerLoadError, PositionFileError) as e:
+        raise CommandLineError(str(e)) from None
+    worker = Worker(config, handler, positions, reactor)
+    service = worker_service(worker, clientFromString(reactor, config.master), reactor)
+    log.info(
+        "worker %s following %s from %s (positions in %s)",
+        config.name, ", ".join(s.name for s in config.streams), config.master, positions.path,
+    )
+    return _run_reactor(reactor, service.startService, service.stopService)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    rows = []
+    for i, text in enumerate(args.rows):
+        try:
+            rows.append(json.loads(text))
+        except ValueError as e:
+            raise CommandLineError(f"row {i + 1} is not valid JSON ({e}): {text!r}") from None
+    url = f"{args.url.rstrip('/')}/streams/{urllib.parse.quote(args.stream, safe='')}"
+    request = urllib.request.Request(
+        url, data=json.dumps({"rows": rows}).encode(), method="POST",
+        headers={"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.loads(e.read())["error"]
+        except (ValueError, KeyError, TypeError):
+            message = e.reason
+        print(f"replication: publish refused ({e.code}): {message}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        print(f"replication: cannot reach the master at {args.url}: {reason}", file=sys.stderr)
+        return 1
+    print(answer["token"])
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    role = args.role or detect_role(args.file)
+    if role == "master":
+        load_master_config(args.file)
+    else:
+        load_worker_config(args.file)
+    print(f"{args.file}: valid {role} configuration")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="replication",
+        description="Stream replication over TCP: a master that owns ordered streams, "
+        "workers that follow them.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("master", help="run a master", description="Run a master. With no "
+                       "configuration it serves workers on 127.0.0.1:9092 and HTTP on 127.0.0.1:9093.")
+    p.add_argument("--config", "-c", metavar="FILE", help="YAML configuration file")
+    p.add_argument("--listen", metavar="ENDPOINT", help="Twisted endpoint for workers, e.g. tcp:9092:interface=127.0.0.1")
+    p.add_argument("--http-listen", metavar="ENDPOINT", help="Twisted endpoint for HTTP, or 'none'")
+    p.add_argument("--server-name", metavar="NAME", help="the name sent in SERVER")
+    p.add_argument("--stream", action="append", metavar="NAME", help="a stream to create at start (repeatable)")
+    p.add_argument("--store", choices=("memory", "sqlite"), help="where streams are kept")
+    p.add_argument("--data-dir", metavar="DIR", help="directory for the master's data")
+    p.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
+    p.set_defaults(func=cmd_master)
+
+    p = sub.add_parser("worker", help="run a worker", description="Run a worker that follows "
+                       "streams of a master and hands each token to a handler.")
+    p.add_argument("--config", "-c", metavar="FILE", help="YAML configuration file")
+    p.add_argument("--master", metavar="ENDPOINT", help="Twisted client endpoint of the master, e.g. tcp:host=127.0.0.1:port=9092")
+    p.add_argument("--stream", action="append", metavar="NAME", help="a stream to follow (repeatable; replaces the config's list)")
+    p.add_argument("--start", choices=("earliest", "latest"), default="earliest",
+                   help="for --stream: where to begin a stream this worker never saw (default earliest)")
+    p.add_argument("--name", metavar="NAME", help="the name sent in NAME")
+    p.add_argument("--handler", metavar="MODULE:CALLABLE", help="handler called with (stream, token, rows)")
+    p.add_argument("--position-file", metavar="FILE", help="where positions are recorded")
+    p.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("publish", help="publish rows over HTTP", description="Publish JSON rows "
+                       "to a stream as one token and print the token.")
+    p.add_argument("stream", metavar="STREAM")
+    p.add_argument("rows", nargs="+", metavar="JSON", help="one JSON value per row")
+    p.add_argument("--url", default=DEFAULT_URL, help=f"the master's HTTP address (default {DEFAULT_URL})")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    p.set_defaults(func=cmd_publish, verbose=False)
+
+    p = sub.add_parser("check-config", help="validate a configuration file",
+                       description="Validate a master or worker configuration file and say what is wrong.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--as", dest="role", choices=("master", "worker"),
+                   help="the file's role (default: a file with name, master, handler or position_file is a worker's)")
+    p.set_defaults(func=cmd_check_config, verbose=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        print(f"replication: configuration error: {e}", file=sys.stderr)
+        return 2
+    except CommandLineError as e:
+        print(f"replication: error: {e}", file=sys.stderr)
+        return 2

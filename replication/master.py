@@ -1,0 +1,450 @@
+"""The master: owns the streams, serves workers their catch-up and live rows, takes publishes.
+
+:class:`Master` holds the state shared by all connections: each stream's head and its live
+subscribers, the publish path (validate, commit to the store, then fan out), and the catch-up
+pump that pages history out of the store for connections that are behind. A token is sent to
+workers only after the store has committed it, so no worker ever sees a token that a crash
+could take back.
+
+Fan-out encodes the rows of a token once into ``RDATA`` lines and writes the same bytes to
+every live subscriber. Catch-up is paced by each connection's transport: a page is read only
+when the connection can take it, so a worker a million rows behind costs the master one page
+of memory, not a million rows.
+
+Publishing goes through a queue: with a store that does disk work (``store.blocking``), every
+publish that arrives while a commit runs joins the next commit, which runs in a writer thread
+(group commit). With the in-memory store, publishes commit at once on the reactor thread.
+
+:class:`MasterConnection` is the protocol for one worker; :class:`MasterFactory` builds them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+
+from replication.commands import (
+    ALL_STREAMS,
+    MASTER,
+    CommandParseError,
+    CommandRegistry,
+    ErrorCommand,
+    GapCommand,
+    PositionCommand,
+    ReplicateCommand,
+    ResetCommand,
+    check_stream_name,
+    default_registry,
+    encode_json,
+    rdata_line_length,
+    rdata_lines,
+)
+from replication.config import MasterConfig
+from replication.protocol import ReplicationProtocol
+from replication.store import StoreError, StreamStore
+from replication.streams import missing_before, plan_catch_up
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: Runs a blocking call off the reactor thread: ``run_blocking(f, *args) -> Deferred``.
+BlockingRunner = Callable[..., "Deferred[Any]"]
+
+#: Catch-up pages one connection may send in one turn of the reactor before yielding.
+PAGES_PER_TURN = 4
+TOO_MANY_CONNECTIONS = "too many connections"
+
+
+class PublishError(Exception):
+    """A publish that was refused; nothing of it was stored. ``status`` is the HTTP status
+    that answers it (400 bad request, 404 unknown stream, 413 too large, 503 unavailable)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(eq=False)
+class _Stream:
+    name: str
+    head: int
+    live: set[MasterConnection] = field(default_factory=set)
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One connection's subscription to one stream: the last token sent, and whether the
+    catch-up is done (``live``)."""
+
+    stream: str
+    position: int
+    live: bool = False
+
+
+@dataclass(eq=False)
+class _Publish:
+    stream: str
+    rows: list[str]
+    waiter: Deferred[int]
+
+
+class Master:
+    """The streams of one master and the connections that follow them.
+
+    :param config: the master's configuration.
+    :param store: where rows are kept; the master assumes it is the store's only writer.
+    :param clock: time for timers and publish timestamps.
+    :param run_blocking: runs ``store.append`` and ``store.trim`` off the reactor thread,
+        one call at a time, in order; required when ``store.blocking`` is true.
+    :param registry: the commands connections understand (the default registry, or one
+        an application extended).
+    :param max_pending_rows: rows that may wait for a commit; past that, publishes are
+        refused with 503 rather than queued without bound.
+    """
+
+    def __init__(
+        self,
+        config: MasterConfig,
+        store: StreamStore,
+        clock: IReactorTime,
+        *,
+        run_blocking: BlockingRunner | None = None,
+        registry: CommandRegistry | None = None,
+        max_pending_rows: int = 1_000_000,
+    ) -> None:
+        if store.blocking and run_blocking is None:
+            raise ValueError("a blocking store needs run_blocking to keep disk work off the reactor")
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.registry = registry if registry is not None else default_registry()
+        self.run_blocking = run_blocking
+        self.max_pending_rows = max_pending_rows
+        self.connections: set[MasterConnection] = set()
+        self._all_streams: set[MasterConnection] = set()
+        self._streams: dict[str, _Stream] = {}
+        self._pending: list[_Publish] = []
+        self._pending_rows = 0
+        self._committing = False
+        for name in config.streams:
+            store.create_stream(name)
+        for name in store.stream_names():
+            self._streams[name] = _Stream(name, store.head(name))
+
+    # -- streams -----------------------------------------------------------------------
+
+    def stream_names(self) -> list[str]:
+        return sorted(self._streams)
+
+    def head(self, stream: str) -> int:
+        """The newest token of ``stream`` that workers may see (committed), 0 if none."""
+        state = self._streams.get(stream)
+        return state.head if state is not None else 0
+
+    def _stream(self, name: str) -> _Stream:
+        state = self._streams.get(name)
+        if state is None:
+            state = self._streams[name] = _Stream(name, 0)
+        return state
+
+    def knows(self, stream: str) -> bool:
+        return stream in self._streams or not self.config.strict_streams
+
+    # -- publishing --------------------------------------------------------------------
+
+    def encode_rows(self, stream: str, rows: Sequence[Any]) -> list[str]:
+        """Check a publish and encode its rows as compact JSON, or raise
+        :class:`PublishError` saying what is wrong."""
+        try:
+            check_stream_name(stream)
+        except CommandParseError as e:
+            raise PublishError(400, str(e)) from None
+        if self.config.strict_streams and stream not in self._streams:
+            raise PublishError(
+                404, f"unknown stream {stream!r}: strict_streams is on and it is not configured"
+            )
+        if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
+            raise PublishError(400, "rows must be a list of JSON values")
+        if not rows:
+            raise PublishError(400, "rows must hold at least one row")
+        limit = self.config.limits.max_line_bytes
+        encoded = []
+        for i, row in enumerate(rows):
+            try:
+                text = encode_json(row)
+            except CommandParseError as e:
+                raise PublishError(400, f"row {i}: {e}") from None
+            if rdata_line_length(stream, text) > limit:
+                raise PublishError(
+                    413,
+                    f"row {i} is {len(text.encode())} bytes of JSON; with its RDATA prefix it "
+                    f"would pass the line limit of {limit} bytes (limits.max_line_bytes)",
+                )
+            encoded.append(text)
+        return encoded
+
+    def publish(self, stream: str, rows: Sequence[Any]) -> Deferred[int]:
+        """Publish ``rows`` (JSON-serialisable values) to ``stream`` as one new token.
+
+        The Deferred fires with the token once the rows are committed to the store and
+        handed to the live subscribers, or fails with :class:`PublishError` (nothing of the
+        call was stored). Invalid input fails the Deferred at once.
+        """
+        try:
+            encoded = self.encode_rows(stream, rows)
+        except PublishError:
+            return fail()
+        return self.submit(stream, encoded)
+
+    def submit(self, stream: str, rows: list[str]) -> Deferred[int]:
+        """Commit rows that :meth:`encode_rows` checked and encoded, as one token; then hand
+        them to the live subscribers. Fires with the token."""
+        if not self.store.blocking:
+            now = self.clock.seconds()
+            try:
+                (token,) = self.store.append([(stream, rows)], now)
+            except StoreError as e:
+                return fail(PublishError(503, f"store failed: {e}"))
+            self._committed(stream, token, rows)
+            self._trim_inline(stream, now)
+            return succeed(token)
+        if self._pending_rows + len(rows) > self.max_pending_rows:
+            return fail(PublishError(503, "too many rows waiting to be committed; retry later"))
+        waiter: Deferred[int] = Deferred()
+        self._pending.append(_Publish(stream, rows, waiter))
+        self._pending_rows += len(rows)
+        if not self._committing:
+            self._commit_pending()
+        return waiter
+
+    def _commit_pending(self) -> None:
+        assert self.run_blocking is not None
+        batch, self._pending, self._pending_rows = self._pending, [], 0
+        self._committing = True
+        now = self.clock.seconds()
+        d = self.run_blocking(self.store.append, [(p.stream, p.rows) for p in batch], now)
+
+        def committed(tokens: list[int]) -> None:
+            for publish, token in zip(batch, tokens):
+                self._committed(publish.stream, token, publish.rows)
+            for publish, token in zip(batch, tokens):
+                publish.waiter.callback(token)
+
+        def failed(failure: Failure) -> None:
+            log.error("commit of %d publishes failed: %s", len(batch), failure.getErrorMessage())
+            error = PublishError(503, f"store failed: {failure.getErrorMessage()}")
+            for publish in batch:
+                publish.waiter.errback(error)
+
+        def next_commit(_: object) -> None:
+            self._committing = False
+            if self._pending:
+                self._commit_pending()
+
+        d.addCallbacks(committed, failed).addBoth(next_commit)
+
+    def _committed(self, stream: str, token: int, rows: list[str]) -> None:
+        state = self._stream(stream)
+        state.head = token
+        receivers = state.live | self._all_streams if self._all_streams else state.live
+        if receivers:
+            data = rdata_lines(stream, token, rows)
+            for connection in tuple(receivers):
+                connection.write(data)
+
+    def _trim_inline(self, stream: str, now: float) -> None:
+        self.store.trim(stream, self.config.retention_for(stream), now)
+
+    # -- subscriptions and catch-up ----------------------------------------------------
+
+    def replicate(self, connection: MasterConnection, command: ReplicateCommand) -> None:
+        """Serve ``REPLICATE``: subscribe ``connection`` and start its catch-up."""
+        stream = command.stream
+        if stream == ALL_STREAMS:
+            self._replicate_all(connection)
+            return
+        if connection in self._all_streams:
+            connection.send(
+                ErrorCommand(f"REPLICATE {stream} ignored: already subscribed to ALL streams")
+            )
+            return
+        if not self.knows(stream):
+            connection.send(
+                ErrorCommand(f"unknown stream {stream!r}: this master serves only its configured streams")
+            )
+            return
+        state = self._stream(stream)
+        self._unsubscribe(connection, stream)
+        if command.token is None:
+            sub = Subscription(stream, state.head, live=True)
+            connection.subscriptions[stream] = sub
+            state.live.add(connection)
+            connection.send(PositionCommand(stream, state.head))
+            return
+        plan = plan_catch_up(command.token, state.head)
+        if plan.reset:
+            log.warning(
+                "%s asked for %s after token %d but the head is %d: sending RESET",
+                connection.describe(), stream, command.token, state.head,
+            )
+            connection.send(ResetCommand(stream, state.head))
+        sub = Subscription(stream, plan.position)
+        connection.subscriptions[stream] = sub
+        connection.catching_up.append(sub)
+        self.pump(connection)
+
+    def _replicate_all(self, connection: MasterConnection) -> None:
+        for stream in list(connection.subscriptions):
+            self._unsubscribe(connection, stream)
+        self._all_streams.add(connection)
+        for name in self.stream_names():
+            connection.send(PositionCommand(name, self._streams[name].head))
+
+    def _unsubscribe(self, connection: MasterConnection, stream: str) -> None:
+        sub = connection.subscriptions.pop(stream, None)
+        if sub is None:
+            return
+        self._streams[stream].live.discard(connection)
+        if not sub.live:
+            connection.catching_up.remove(sub)
+
+    def pump(self, connection: MasterConnection) -> None:
+        """Send ``connection`` catch-up pages while it can take them, a few pages per turn
+        of the reactor so that other connections and publishes are served meanwhile."""
+        if connection.pump_call is not None:
+            return
+        queue = connection.catching_up
+        pages = 0
+        while queue and connection.can_write:
+            if pages >= PAGES_PER_TURN:
+                connection.pump_call = self.clock.callLater(0, self._pump_later, connection)
+                return
+            sub = queue[0]
+            try:
+                done = self._catch_up_step(connection, sub)
+            except StoreError as e:
+                log.error("reading %s for %s failed: %s", sub.stream, connection.describe(), e)
+                connection.send_error(f"master cannot read stream {sub.stream}: store failure")
+                return
+            pages += 1
+            if done:
+                queue.popleft()
+            else:
+                queue.rotate(-1)
+
+    def _pump_later(self, connection: MasterConnection) -> None:
+        connection.pump_call = None
+        self.pump(connection)
+
+    def _catch_up_step(self, connection: MasterConnection, sub: Subscription) -> bool:
+        """Send the next page of ``sub``'s catch-up; True once it is live."""
+        state = self._streams[sub.stream]
+        head = state.head
+        if sub.position < head:
+            entries = self.store.read(
+                sub.stream, sub.position, head, self.config.limits.catchup_page_rows
+            )
+            gap = missing_before(sub.position, entries[0].token if entries else None, head)
+            if gap is not None:
+                log.warning(
+                    "%s: tokens %d..%d of %s are no longer retained: sending GAP",
+                    connection.describe(), gap[0], gap[1], sub.stream,
+                )
+                connection.send(GapCommand(sub.stream, *gap))
+                sub.position = gap[1]
+            if entries:
+                connection.write(
+                    b"".join([rdata_lines(sub.stream, e.token, e.rows) for e in entries])
+                )
+                sub.position = entries[-1].token
+        if sub.position >= head:
+            connection.send(PositionCommand(sub.stream, head))
+            sub.live = True
+            state.live.add(connection)
+            return True
+        return False
+
+    # -- connections -------------------------------------------------------------------
+
+    def connection_made(self, connection: MasterConnection) -> bool:
+        """Admit a new connection; False when ``limits.max_connections`` is reached."""
+        if len(self.connections) >= self.config.limits.max_connections:
+            return False
+        self.connections.add(connection)
+        return True
+
+    def connection_lost(self, connection: MasterConnection) -> None:
+        self.connections.discard(connection)
+        self._all_streams.discard(connection)
+        for stream in list(connection.subscriptions):
+            self._unsubscribe(connection, stream)
+        if connection.pump_call is not None and connection.pump_call.active():
+            connection.pump_call.cancel()
+        connection.pump_call = None
+
+
+class MasterConnection(ReplicationProtocol):
+    """The master's end of one worker connection."""
+
+    def __init__(self, master: Master) -> None:
+        config = master.config
+        super().__init__(
+            master.clock,
+            master.registry,
+            MASTER,
+            config.server_name,
+            ping_interval=config.keepalive.ping_interval,
+            ping_timeout=config.keepalive.ping_timeout,
+            close_timeout=config.keepalive.close_timeout,
+            max_line_bytes=config.limits.max_line_bytes,
+            max_buffer_bytes=config.limits.max_buffer_bytes,
+        )
+        self.master = master
+        self.subscriptions: dict[str, Subscription] = {}
+        self.catching_up: deque[Subscription] = deque()
+        self.pump_call: IDelayedCall | None = None
+        self._admitted = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._admitted = self.master.connection_made(self)
+        if not self._admitted:
+            limit = self.master.config.limits.max_connections
+            self.send_error(
+                f"too many connections: this master takes {limit} (limits.max_connections)",
+                TOO_MANY_CONNECTIONS,
+            )
+
+    def handshake_done(self) -> None:
+        log.info("%s connected", self.describe())
+
+    def on_REPLICATE(self, command: ReplicateCommand) -> None:
+        self.master.replicate(self, command)
+
+    def writable(self) -> None:
+        if self.catching_up:
+            self.master.pump(self)
+
+    def closed(self, reason: str) -> None:
+        if self._admitted:
+            log.info("%s disconnected: %s", self.describe(), reason)
+            self.master.connection_lost(self)
+
+
+class MasterFactory(Factory):
+    """Builds a :class:`MasterConnection` for each incoming connection."""
+
+    def __init__(self, master: Master) -> None:
+        self.master = master
+
+    def buildProtocol(self, addr: IAddress) -> MasterConnection:
+        return MasterConnection(self.master)

@@ -1,0 +1,290 @@
+"""The worker: follows streams of a master and hands each token to a handler, once, in order.
+
+:class:`Worker` holds what outlives a connection: the configuration, the handler and the
+position file. :class:`WorkerConnection` is one connection to the master: after the
+handshake it sends one ``REPLICATE`` per configured stream (from the recorded position, or
+from the start or from now for a stream it never saw), gathers the ``RDATA`` rows of each
+token, drops tokens at or below the recorded position, calls the handler, and records the
+position only after the handler succeeded.
+
+Handler failures: the token is not recorded; the worker logs the error and calls the handler
+again with the same token after a delay that doubles from 1 s up to
+``handler_retry_max_delay``, holding back everything after it meanwhile (so order is kept).
+If the connection is lost meanwhile, the next connection starts again from the recorded
+position. :func:`worker_service` reconnects with Twisted's ``ClientService``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+
+from replication.commands import (
+    WORKER,
+    CommandRegistry,
+    ErrorCommand,
+    GapCommand,
+    PositionCommand,
+    RdataCommand,
+    ReplicateCommand,
+    ResetCommand,
+    default_registry,
+)
+from replication.config import WorkerConfig
+from replication.handlers import Handler
+from replication.positions import PositionFile
+from replication.protocol import ReplicationProtocol
+from replication.streams import AssemblyError, TokenAssembler
+
+log = logging.getLogger(__name__)
+
+FIRST_RETRY_DELAY = 1.0
+
+
+class Worker:
+    """A worker's lasting state: configuration, handler, positions.
+
+    :param config: the worker's configuration.
+    :param handler: called as ``handler(stream, token, rows)``; see :mod:`replication.handlers`.
+    :param positions: where handled positions are recorded.
+    :param clock: time for keepalive and handler retries.
+    :param registry: the commands connections understand.
+    """
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        handler: Handler,
+        positions: PositionFile,
+        clock: IReactorTime,
+        *,
+        registry: CommandRegistry | None = None,
+    ) -> None:
+        self.config = config
+        self.handler = handler
+        self.positions = positions
+        self.clock = clock
+        self.registry = registry if registry is not None else default_registry()
+        self.streams = {s.name: s for s in config.streams}
+        #: The newest head the master has shown, per stream (from RDATA and POSITION).
+        self.heads: dict[str, int] = {}
+        self.connection: WorkerConnection | None = None
+
+    def factory(self) -> Factory:
+        return WorkerFactory(self)
+
+    def replicate_commands(self) -> list[ReplicateCommand]:
+        """The ``REPLICATE`` lines a new connection sends, one per configured stream."""
+        commands = []
+        for stream in self.config.streams:
+            position = self.positions.get(stream.name)
+            if position is None:
+                position = 0 if stream.start == "earliest" else None
+            commands.append(ReplicateCommand(stream.name, position))
+        return commands
+
+    def lag(self, stream: str) -> int | None:
+        """Tokens between this worker's position and the master's last known head."""
+        head = self.heads.get(stream)
+        position = self.positions.get(stream)
+        if head is None or position is None:
+            return None
+        return max(head - position, 0)
+
+
+class WorkerConnection(ReplicationProtocol):
+    """The worker's end of a connection to the master."""
+
+    def __init__(self, worker: Worker) -> None:
+        config = worker.config
+        super().__init__(
+            worker.clock,
+            worker.registry,
+            WORKER,
+            config.name,
+            ping_interval=config.keepalive.ping_interval,
+            ping_timeout=config.keepalive.ping_timeout,
+            close_timeout=config.keepalive.close_timeout,
+            max_line_bytes=config.max_line_bytes,
+            max_buffer_bytes=None,
+        )
+        self.worker = worker
+        self.assembler = TokenAssembler()
+        self._retry_call: IDelayedCall | None = None
+        self._retry_delay = FIRST_RETRY_DELAY
+        self._busy = False
+        self._lost = False
+
+    def handshake_done(self) -> None:
+        log.info("connected to master %s", self.peer_name)
+        self.worker.connection = self
+        for command in self.worker.replicate_commands():
+            self.send(command)
+
+    def closed(self, reason: str) -> None:
+        self._lost = True
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None
+        if self.worker.connection is self:
+            self.worker.connection = None
+        log.info("disconnected from master %s: %s", self.peer_name or "?", reason)
+
+    def _followed(self, stream: str, what: str) -> bool:
+        if stream in self.worker.streams:
+            return True
+        log.warning("master sent %s for %s, which this worker does not follow", what, stream)
+        return False
+
+    # -- commands ----------------------------------------------------------------------
+
+    def on_RDATA(self, command: RdataCommand) -> None:
+        stream = command.stream
+        if not self._followed(stream, "RDATA"):
+            return
+        try:
+            done = self.assembler.add(stream, command.token, command.row)
+        except AssemblyError as e:
+            self.send_error(str(e))
+            return
+        if done is None:
+            return
+        token, rows = done
+        heads = self.worker.heads
+        if token > heads.get(stream, 0):
+            heads[stream] = token
+        position = self.worker.positions.get(stream)
+        if position is not None and token <= position:
+            log.debug("dropping %s token %d: already handled (position %d)", stream, token, position)
+            return
+        self._run(lambda: self.worker.handler(stream, token, rows), stream, token, f"token {token}")
+
+    def on_POSITION(self, command: PositionCommand) -> None:
+        stream, token = command.stream, command.token
+        if not self._followed(stream, "POSITION"):
+            return
+        self.worker.heads[stream] = token
+        position = self.worker.positions.get(stream)
+        if position is None or position < token:
+            # Subscribed with NOW (no rows before this point are wanted), or the master says
+            # nothing lies between our position and its head.
+            self.worker.positions.set(stream, token)
+
+    def on_GAP(self, command: GapCommand) -> None:
+        stream, first, last = command.stream, command.first, command.last
+        if not self._followed(stream, "GAP"):
+            return
+        log.warning("%s: tokens %d..%d were dropped by the master's retention", stream, first, last)
+        hook = getattr(self.worker.handler, "gap", None)
+        call: Callable[[], Any] = (lambda: hook(stream, first, last)) if hook else (lambda: None)
+        self._run(call, stream, last, f"gap {first}..{last}")
+
+    def on_RESET(self, command: ResetCommand) -> None:
+        stream, head = command.stream, command.head
+        if not self._followed(stream, "RESET"):
+            return
+        old = self.worker.positions.get(stream) or 0
+        log.warning(
+            "%s: the master's head %d is behind this worker's position %d; its history was "
+            "lost or replaced: replaying the stream from the start", stream, head, old,
+        )
+        self.assembler.discard(stream)
+        hook = getattr(self.worker.handler, "reset", None)
+        call: Callable[[], Any] = (lambda: hook(stream, old, head)) if hook else (lambda: None)
+        self._run(call, stream, 0, f"reset to {head}", force=True)
+
+    def on_ERROR(self, command: ErrorCommand) -> None:
+        log.error("master %s sent ERROR %s", self.peer_name, command.message)
+
+    # -- running the handler -----------------------------------------------------------
+
+    def _run(
+        self, call: Callable[[], Any], stream: str, position: int, what: str, force: bool = False
+    ) -> None:
+        """Run ``call``; when it succeeds, record ``position`` for ``stream`` (lower than the
+        current one only when ``force``). While it is pending or waiting for a retry, input
+        is held so that nothing overtakes it."""
+        try:
+            result = call()
+        except Exception:
+            self._failed(Failure(), call, stream, position, what, force)
+            return
+        if inspect.isawaitable(result):
+            deferred: Deferred[Any] = (
+                result if isinstance(result, Deferred) else ensureDeferred(result)  # type: ignore[arg-type]
+            )
+            self._busy = True
+            self.hold_input()
+            deferred.addCallbacks(
+                lambda _: self._done(stream, position, force),
+                lambda f: self._failed(f, call, stream, position, what, force),
+            )
+            return
+        self._done(stream, position, force)
+
+    def _done(self, stream: str, position: int, force: bool) -> None:
+        self._retry_delay = FIRST_RETRY_DELAY
+        current = self.worker.positions.get(stream)
+        if force or current is None or position > current:
+            self.worker.positions.set(stream, position)
+        if self._busy:
+            self._busy = False
+            if not self._lost:
+                self.release_input()
+
+    def _failed(
+        self, failure: Failure, call: Callable[[], Any], stream: str, position: int, what: str,
+        force: bool,
+    ) -> None:
+        delay = self._retry_delay
+        self._retry_delay = min(delay * 2, self.worker.config.handler_retry_max_delay)
+        log.error(
+            "handler failed on %s %s; retrying in %.1fs\n%s",
+            stream, what, delay, failure.getTraceback(),
+        )
+        if self._lost:
+            return
+        self._busy = True
+        self.hold_input()
+        self._retry_call = self.clock.callLater(
+            delay, self._retry, call, stream, position, what, force
+        )
+
+    def _retry(
+        self, call: Callable[[], Any], stream: str, position: int, what: str, force: bool
+    ) -> None:
+        self._retry_call = None
+        self._run(call, stream, position, what, force)
+
+
+class WorkerFactory(Factory):
+    """Builds a :class:`WorkerConnection` for each connection to the master."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def buildProtocol(self, addr: IAddress) -> WorkerConnection:
+        return WorkerConnection(self.worker)
+
+
+def worker_service(worker: Worker, endpoint: IStreamClientEndpoint, clock: IReactorTime) -> ClientService:
+    """A service that keeps ``worker`` connected to its master, reconnecting with
+    exponential backoff and jitter between ``reconnect.initial_delay`` and
+    ``reconnect.max_delay``."""
+    reconnect = worker.config.reconnect
+    policy = backoffPolicy(
+        initialDelay=reconnect.initial_delay,
+        maxDelay=reconnect.max_delay,
+        factor=2.0,
+        jitter=lambda: random.uniform(0, reconnect.initial_delay),
+    )
+    return ClientService(endpoint, worker.factory(), retryPolicy=policy, clock=clock)
