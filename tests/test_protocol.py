@@ -1,0 +1,308 @@
+"""The shared protocol layer over a StringTransport and a Clock: framing, handshake,
+keepalive, errors, line limits and bounded outbound buffering."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from replication.commands import (
+    MASTER,
+    WORKER,
+    Command,
+    NameCommand,
+    PingCommand,
+    RdataCommand,
+    ReplicateCommand,
+    ServerCommand,
+    default_registry,
+)
+from replication.protocol import (
+    CLOSED_BY_PEER,
+    FAILED_TO_KEEP_UP,
+    LINE_TOO_LONG,
+    PING_TIMEOUT,
+    PROTOCOL_ERROR,
+    ReplicationProtocol,
+)
+
+
+class Recorder(ReplicationProtocol):
+    """A protocol end that records every command it receives after the handshake."""
+
+    def __init__(self, clock: Clock, side: str = MASTER, **kwargs: object) -> None:
+        super().__init__(clock, default_registry(), side, "me", **kwargs)  # type: ignore[arg-type]
+        self.received: list[Command] = []
+        self.reasons: list[str] = []
+
+    def command_received(self, command: Command) -> None:
+        if self.peer_name is not None:
+            self.received.append(command)
+        super().command_received(command)
+
+    def on_REPLICATE(self, command: Command) -> None:
+        pass
+
+    def on_RDATA(self, command: Command) -> None:
+        pass
+
+    def closed(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+
+def connect(side: str = MASTER, **kwargs: object) -> tuple[Recorder, StringTransport, Clock]:
+    clock = Clock()
+    protocol = Recorder(clock, side, **kwargs)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport, clock
+
+
+def sent_lines(transport: StringTransport) -> list[bytes]:
+    return transport.value().splitlines()
+
+
+WORKER_BYTES = (
+    "NAME worker-1\nREPLICATE events 41\nPING 1763700000000\nREPLICATE ALL NOW\n"
+    "REPLICATE metiers 0\nERROR something odd \u00e9\n"
+).encode()
+
+
+@pytest.mark.parametrize("chunk", range(1, len(WORKER_BYTES) + 1))
+def test_framing_is_the_same_in_every_chunk_size(chunk: int) -> None:
+    """The same bytes fed in chunks of any size, from 1 byte up, give the same commands."""
+    protocol, transport, _ = connect()
+    for i in range(0, len(WORKER_BYTES), chunk):
+        protocol.dataReceived(WORKER_BYTES[i : i + chunk])
+    assert protocol.peer_name == "worker-1"
+    assert [c.NAME for c in protocol.received] == [
+        "REPLICATE", "PING", "REPLICATE", "REPLICATE", "ERROR",
+    ]
+    assert protocol.received[0] == ReplicateCommand("events", 41)
+    assert not transport.disconnecting
+
+
+def test_master_and_worker_speak_first() -> None:
+    """On connect the master sends SERVER <name>, the worker NAME <name>."""
+    _, master_transport, _ = connect(MASTER)
+    _, worker_transport, _ = connect(WORKER)
+    assert sent_lines(master_transport) == [ServerCommand("me").to_line()]
+    assert sent_lines(worker_transport) == [NameCommand("me").to_line()]
+
+
+def test_a_command_before_the_handshake_is_an_error() -> None:
+    """A worker whose first line is not NAME gets ERROR and is disconnected."""
+    protocol, transport, _ = connect()
+    protocol.dataReceived(b"REPLICATE events 1\n")
+    assert sent_lines(transport)[-1] == b"ERROR expected NAME first, got REPLICATE"
+    assert transport.disconnecting
+
+
+def test_a_second_name_is_an_error() -> None:
+    """NAME may be sent once only."""
+    protocol, transport, _ = connect()
+    protocol.dataReceived(b"NAME a\nNAME b\n")
+    assert sent_lines(transport)[-1] == b"ERROR NAME may only be sent once, as the first line"
+    assert transport.disconnecting
+
+
+@pytest.mark.parametrize(
+    "line, error",
+    [
+        (b"HELLO", b"ERROR unknown command 'HELLO'"),
+        (b"RDATA events 1 {}", b"ERROR RDATA may not be sent by the worker"),
+        (b"REPLICATE events x", b"ERROR token must be a non-negative integer, got 'x'"),
+        (b"REPLICATE \xff 1", b"ERROR line is not valid UTF-8 (byte 10)"),
+    ],
+)
+def test_bad_lines_are_answered_with_error_and_close(line: bytes, error: bytes) -> None:
+    """An unparsable line, or one the worker may not send, gets ERROR <reason>, then close;
+    nothing after it on the same read is handled."""
+    protocol, transport, _ = connect()
+    protocol.dataReceived(b"NAME w\n" + line + b"\nREPLICATE events 1\n")
+    assert sent_lines(transport)[-1] == error
+    assert transport.disconnecting
+    assert protocol.received == []
+    protocol.connectionLost()
+    assert protocol.reasons == [PROTOCOL_ERROR]
+
+
+def test_a_line_at_the_limit_passes_and_one_byte_more_is_refused() -> None:
+    """With max_line_bytes=100 a line of exactly 100 bytes is accepted; 101 is refused
+    with ERROR line too long, whether it ends in the read or not."""
+    prefix = b"ERROR "
+    protocol, transport, _ = connect(max_line_bytes=100)
+    protocol.dataReceived(b"NAME w\n" + prefix + b"x" * (100 - len(prefix)) + b"\n")
+    assert not transport.disconnecting
+    assert len(protocol.received) == 1
+    protocol.dataReceived(prefix + b"x" * (101 - len(prefix)) + b"\n")
+    assert sent_lines(transport)[-1].startswith(b"ERROR line too long: 101 bytes")
+    assert transport.disconnecting
+    protocol.connectionLost()
+    assert protocol.reasons == [LINE_TOO_LONG]
+
+    protocol, transport, _ = connect(max_line_bytes=100)
+    protocol.dataReceived(b"NAME w\n" + b"x" * 100)
+    assert not transport.disconnecting
+    protocol.dataReceived(b"x")
+    assert sent_lines(transport)[-1].startswith(b"ERROR line too long: 101 bytes")
+
+
+def test_sending_a_line_over_the_limit_raises() -> None:
+    """A line this end would send over the limit is refused before it reaches the wire."""
+    protocol, transport, _ = connect(side=MASTER, max_line_bytes=50)
+    before = transport.value()
+    with pytest.raises(ValueError, match="over the limit of 50 bytes"):
+        protocol.send(RdataCommand("events", 1, "x" * 60))
+    assert transport.value() == before
+
+
+def test_pings_go_out_after_a_silence() -> None:
+    """After ping_interval seconds without sending, a PING with the time in ms goes out;
+    sending something else pushes the next PING back."""
+    protocol, transport, clock = connect(ping_interval=5, ping_timeout=25)
+    transport.clear()
+    clock.advance(4.9)
+    assert transport.value() == b""
+    clock.advance(0.1)
+    assert sent_lines(transport) == [b"PING 5000"]
+    transport.clear()
+    clock.advance(3)
+    protocol.send(PingCommand(1))  # anything sent counts
+    transport.clear()
+    clock.advance(2)
+    assert transport.value() == b""
+    clock.advance(3)
+    assert sent_lines(transport) == [b"PING 13000"]
+
+
+def test_a_peer_that_pinged_and_went_silent_is_cut_off() -> None:
+    """A peer that sent PING and is then silent for ping_timeout seconds gets
+    ERROR ping timeout and is closed; no delayed call is left after the close."""
+    protocol, transport, clock = connect(ping_interval=5, ping_timeout=25, close_timeout=5)
+    protocol.dataReceived(b"NAME w\nPING 1\n")
+    clock.advance(24.9)
+    assert not transport.disconnecting
+    clock.advance(0.1)
+    assert sent_lines(transport)[-1] == b"ERROR ping timeout"
+    assert transport.disconnecting
+    protocol.connectionLost()
+    assert protocol.reasons == [PING_TIMEOUT]
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_silent_peer_that_never_pinged_is_not_cut_off() -> None:
+    """The timeout applies only to peers that have shown they ping."""
+    protocol, transport, clock = connect(ping_interval=5, ping_timeout=25)
+    protocol.dataReceived(b"NAME w\n")
+    clock.pump([5] * 20)
+    assert not transport.disconnecting
+
+
+def test_a_peer_that_keeps_pinging_stays_connected() -> None:
+    """Traffic from the peer resets its silence."""
+    protocol, transport, clock = connect(ping_interval=5, ping_timeout=25)
+    protocol.dataReceived(b"NAME w\n")
+    for _ in range(20):
+        clock.advance(5)
+        protocol.dataReceived(b"PING 1\n")
+    assert not transport.disconnecting
+
+
+def test_a_stalled_close_is_aborted() -> None:
+    """A graceful close that has not completed after close_timeout is aborted."""
+    protocol, transport, clock = connect(close_timeout=5)
+    protocol.close()
+    assert transport.disconnecting and not transport.disconnected
+    clock.advance(5)
+    assert transport.disconnected  # abortConnection was called
+    protocol.connectionLost()
+    assert clock.getDelayedCalls() == []
+
+
+def test_writes_queue_while_paused_and_flush_in_order() -> None:
+    """While the transport has paused us, writes are queued here and counted; on resume
+    they go out in order."""
+    protocol, transport, _ = connect(max_buffer_bytes=1000)
+    transport.clear()
+    protocol.pauseProducing()
+    protocol.write(b"a\n")
+    protocol.write(b"b\n")
+    assert transport.value() == b""
+    assert protocol.queued_bytes == 4
+    protocol.resumeProducing()
+    assert transport.value() == b"a\nb\n"
+    assert protocol.queued_bytes == 0
+
+
+def test_a_peer_that_does_not_read_is_cut_off_at_the_buffer_bound() -> None:
+    """Queued bytes may reach max_buffer_bytes; one byte more sends
+    ERROR Failed to keep up, drops the queue and closes."""
+    protocol, transport, _ = connect(max_buffer_bytes=1000)
+    transport.clear()
+    protocol.pauseProducing()
+    protocol.write(b"x" * 999 + b"\n")
+    assert protocol.queued_bytes == 1000
+    assert not transport.disconnecting
+    protocol.write(b"\n")
+    assert transport.value() == b"ERROR Failed to keep up\n"
+    assert protocol.queued_bytes == 0
+    assert transport.disconnecting
+    protocol.write(b"more\n")
+    assert transport.value() == b"ERROR Failed to keep up\n"
+    protocol.connectionLost()
+    assert protocol.reasons == [FAILED_TO_KEEP_UP]
+
+
+def test_connection_lost_without_a_local_reason_is_closed_by_peer() -> None:
+    protocol, _, clock = connect()
+    protocol.connectionLost()
+    assert protocol.reasons == [CLOSED_BY_PEER]
+    assert clock.getDelayedCalls() == []
+
+
+def test_held_input_waits_in_order_and_pauses_reading() -> None:
+    """Lines that arrive while input is held are handed over in order on release; past
+    1000 held lines the transport stops reading until the release."""
+    protocol, transport, _ = connect()
+    protocol.dataReceived(b"NAME w\n")
+    protocol.hold_input()
+    protocol.dataReceived(b"".join(b"PING %d\n" % i for i in range(1001)))
+    assert protocol.received == []
+    assert transport.producerState == "paused"
+    protocol.release_input()
+    assert [c.timestamp_ms for c in protocol.received] == list(range(1001))  # type: ignore[attr-defined]
+    assert transport.producerState == "producing"
+
+
+@dataclass(frozen=True)
+class Ack(Command):
+    NAME: ClassVar[str] = "ACK"
+    token: int
+
+    @classmethod
+    def from_args(cls, args: str) -> Ack:
+        return cls(int(args))
+
+    def to_args(self) -> str:
+        return str(self.token)
+
+
+def test_application_commands_reach_unhandled_hook() -> None:
+    """A registered application command without an on_<NAME> method goes to unhandled()."""
+    registry = default_registry().copy()
+    registry.register(Ack, {WORKER})
+    seen: list[Command] = []
+
+    class Master(ReplicationProtocol):
+        def unhandled(self, command: Command) -> None:
+            seen.append(command)
+
+    protocol = Master(Clock(), registry, MASTER, "m")
+    protocol.makeConnection(StringTransport())
+    protocol.dataReceived(b"NAME w\nACK 7\n")
+    assert seen == [Ack(7)]
