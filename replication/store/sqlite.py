@@ -1,0 +1,443 @@
+"""The durable :class:`~replication.store.StreamStore`: one SQLite file in WAL mode.
+
+Used by ``store: {type: sqlite}``. The schema (version :data:`SCHEMA_VERSION`, kept in
+``PRAGMA user_version``; ``PRAGMA application_id`` marks the file as ours)::
+
+    streams(name TEXT PRIMARY KEY, head INTEGER, oldest INTEGER, rows INTEGER)
+    entries(stream TEXT, token INTEGER, time REAL, nrows INTEGER, rows TEXT,
+            PRIMARY KEY (stream, token)) WITHOUT ROWID
+
+``streams`` keeps each stream's head, oldest retained token and retained row count, so
+``head``, ``oldest`` and ``retained_rows`` are one primary-key lookup, and a stream whose old
+entries were trimmed keeps its head: tokens are never reused, across restarts too. The rows of
+one token are stored as one TEXT, joined with ``"\\n"`` (rows are compact JSON texts, which never
+contain a raw newline; ``append`` refuses a row that does). Reads and trims are range queries
+on the primary key; trims delete a token range in one statement.
+
+Threads. The master calls ``append`` and ``trim`` from one writer thread, and everything else
+from the reactor thread, possibly while an append runs. So the store holds two connections:
+
+- the *writer* connection, used only by ``append``, ``trim`` (and ``close``), under
+  ``_write_lock``. Each call is one ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction; the commit
+  (an fsync with ``synchronous=FULL``) happens on the writer thread.
+- the *reader* connection (``query_only``), used by ``stream_names``, ``head``, ``oldest``,
+  ``retained_rows``, ``read`` and ``create_stream`` under ``_read_lock``. In WAL mode a reader
+  never waits for the writer, and each statement (run in autocommit mode, cursors closed
+  promptly) sees the data committed when it started, never a half-written batch.
+
+``create_stream`` runs on the reactor thread, but writing there would mean waiting for the
+writer's transaction and then doing an fsync of its own. Instead a new empty stream is
+recorded in memory (``_pending``, under a lock that is only ever held for a set operation)
+and written by the next ``append`` or ``trim`` transaction, or by ``close``. Until then every
+reader method reports it as an empty stream (head 0). A crash before then forgets only that
+the empty stream was created, which loses no data and cannot cause a token to be reused. To
+stay consistent while the writer moves a stream from ``_pending`` to the database, readers
+look at ``_pending`` before the database, and the writer removes a name from ``_pending`` only
+after its transaction committed.
+
+Opening. A path that does not exist is created (with its parent directories). An existing file
+is first inspected through a read-only connection; a file that is not a SQLite database, fails
+``PRAGMA quick_check``, belongs to another application or has a newer schema version raises
+:class:`~replication.store.StoreError` naming the path and the problem, and the file is left
+byte-for-byte unchanged (a read-only look at a WAL database may create its ``-wal``/``-shm``
+side files, never change the main file).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from replication.store import Entry, Retention, StoreError, UnknownStream
+
+SCHEMA_VERSION = 1
+"""The version of the schema this module writes and reads (``PRAGMA user_version``)."""
+
+APPLICATION_ID = 0x52504C53
+"""``PRAGMA application_id`` of our files: ``b"RPLS"``."""
+
+_SYNCHRONOUS = ("FULL", "NORMAL")
+
+_SCHEMA = (
+    "CREATE TABLE streams ("
+    " name TEXT PRIMARY KEY,"
+    " head INTEGER NOT NULL,"
+    " oldest INTEGER NOT NULL,"
+    " rows INTEGER NOT NULL"
+    ") WITHOUT ROWID",
+    "CREATE TABLE entries ("
+    " stream TEXT NOT NULL,"
+    " token INTEGER NOT NULL,"
+    " time REAL NOT NULL,"
+    " nrows INTEGER NOT NULL,"
+    " rows TEXT NOT NULL,"
+    " PRIMARY KEY (stream, token)"
+    ") WITHOUT ROWID",
+)
+_TABLES = {"streams", "entries"}
+
+
+class SqliteStore:
+    """Streams in one SQLite file, durable across restarts and crashes.
+
+    :param path: the database file; created, with its parent directories, if missing.
+    :param synchronous: ``"FULL"`` (default: a committed append survives power loss) or
+        ``"NORMAL"`` (faster; in WAL mode a power loss may lose the last commits, never
+        corrupt the file; a process crash loses nothing).
+    :param quick_check: run ``PRAGMA quick_check`` on an existing file before using it
+        (default). It reads the whole file, so it takes a while on a large store.
+    :raises StoreError: the file cannot be opened or is not a store this version can use.
+    """
+
+    blocking = True
+
+    def __init__(self, path: str, synchronous: str = "FULL", quick_check: bool = True) -> None:
+        sync = synchronous.upper()
+        if sync not in _SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, not {synchronous!r}")
+        if path in ("", ":memory:") or path.startswith("file:"):
+            raise ValueError(f"SqliteStore needs a file path, not {path!r}")
+        self.path = path
+        self._pending: set[str] = set()
+        self._pending_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._closed = False
+
+        if os.path.exists(path):
+            new = _inspect(path, quick_check)
+        else:
+            parent = os.path.dirname(os.path.abspath(path))
+            try:
+                os.makedirs(parent, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"SQLite store {path}: cannot create directory {parent}: {e}") from e
+            new = True
+
+        try:
+            self._writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise StoreError(f"SQLite store {path}: cannot open: {e}") from e
+        try:
+            self._setup_writer(sync, new)
+            self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            try:
+                self._reader.execute("PRAGMA query_only = ON")
+                self._reader.execute(f"PRAGMA synchronous = {sync}")
+            except BaseException:
+                self._reader.close()
+                raise
+        except sqlite3.Error as e:
+            self._writer.close()
+            raise StoreError(f"SQLite store {path}: cannot open: {e}") from e
+        except BaseException:
+            self._writer.close()
+            raise
+
+    def _setup_writer(self, sync: str, new: bool) -> None:
+        w = self._writer
+        mode = w.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"SQLite store {self.path}: cannot use WAL mode (journal_mode is {mode})")
+        w.execute(f"PRAGMA synchronous = {sync}")
+        if not new:
+            return
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have created the schema since we looked.
+            tables = {r[0] for r in w.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables:
+                for statement in _SCHEMA:
+                    w.execute(statement)
+                w.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                w.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            w.execute("COMMIT")
+        except BaseException:
+            w.execute("ROLLBACK")
+            raise
+        if tables:
+            _check_schema(self.path, w)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        if self._closed:
+            raise StoreError(f"SQLite store {self.path}: {what} after close")
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise StoreError(f"SQLite store {self.path}: {what} failed: {e}") from e
+
+    def _stream_row(self, stream: str) -> tuple[int, int, int]:
+        """``(head, oldest, rows)`` of ``stream``; reader thread, ``_read_lock`` held."""
+        with self._pending_lock:  # before the database: see the module docstring
+            pending = stream in self._pending
+        row = self._reader.execute(
+            "SELECT head, oldest, rows FROM streams WHERE name = ?", (stream,)
+        ).fetchall()
+        if row:
+            head, oldest, rows = row[0]
+            return int(head), int(oldest), int(rows)
+        if pending:
+            return (0, 1, 0)
+        raise UnknownStream(stream)
+
+    def _flush_pending(self) -> set[str]:
+        """Insert the streams created since the last write; writer, in a transaction."""
+        if not self._pending:
+            return set()
+        with self._pending_lock:
+            names = set(self._pending)
+        self._writer.executemany(
+            "INSERT OR IGNORE INTO streams (name, head, oldest, rows) VALUES (?, 0, 1, 0)",
+            [(n,) for n in sorted(names)],
+        )
+        return names
+
+    def _flushed(self, names: set[str]) -> None:
+        if names:
+            with self._pending_lock:
+                self._pending -= names
+
+    # -- reactor thread --------------------------------------------------------------------
+
+    def stream_names(self) -> list[str]:
+        with self._errors("stream_names"), self._read_lock:
+            with self._pending_lock:
+                names = set(self._pending)
+            names.update(r[0] for r in self._reader.execute("SELECT name FROM streams").fetchall())
+        return sorted(names)
+
+    def create_stream(self, stream: str) -> None:
+        with self._errors("create_stream"), self._read_lock:
+            with self._pending_lock:
+                if stream in self._pending:
+                    return
+            known = self._reader.execute("SELECT 1 FROM streams WHERE name = ?", (stream,)).fetchall()
+            if not known:
+                with self._pending_lock:
+                    self._pending.add(stream)
+
+    def head(self, stream: str) -> int:
+        with self._errors("head"), self._read_lock:
+            return self._stream_row(stream)[0]
+
+    def oldest(self, stream: str) -> int:
+        with self._errors("oldest"), self._read_lock:
+            return self._stream_row(stream)[1]
+
+    def retained_rows(self, stream: str) -> int:
+        with self._errors("retained_rows"), self._read_lock:
+            return self._stream_row(stream)[2]
+
+    def read(self, stream: str, after: int, upto: int, max_rows: int) -> list[Entry]:
+        out: list[Entry] = []
+        with self._errors("read"), self._read_lock:
+            if max_rows > 0 and upto > after:
+                cursor = self._reader.execute(
+                    "SELECT token, nrows, rows FROM entries"
+                    " WHERE stream = ? AND token > ? AND token <= ? ORDER BY token",
+                    (stream, after, upto),
+                )
+                try:
+                    gathered = 0
+                    for token, nrows, text in cursor:
+                        out.append(Entry(token, tuple(text.split("\n"))))
+                        gathered += nrows
+                        if gathered >= max_rows:
+                            break
+                finally:
+                    cursor.close()
+            if not out:
+                self._stream_row(stream)  # raises UnknownStream
+        return out
+
+    # -- writer thread ---------------------------------------------------------------------
+
+    def append(self, batch: Sequence[tuple[str, Sequence[str]]], now: float) -> list[int]:
+        texts = []
+        for _, rows in batch:
+            if not rows:
+                raise ValueError("a token carries at least one row")
+            text = "\n".join(rows)
+            if text.count("\n") != len(rows) - 1:
+                raise ValueError("a row contains a raw newline")
+            texts.append(text)
+        tokens: list[int] = []
+        with self._errors("append"), self._write_lock:
+            w = self._writer
+            w.execute("BEGIN IMMEDIATE")
+            try:
+                created = self._flush_pending()
+                streams: dict[str, list[int]] = {}  # name -> [head, rows added]
+                entries = []
+                for (name, rows), text in zip(batch, texts):
+                    s = streams.get(name)
+                    if s is None:
+                        found = w.execute("SELECT head FROM streams WHERE name = ?", (name,)).fetchall()
+                        if not found:
+                            w.execute(
+                                "INSERT INTO streams (name, head, oldest, rows) VALUES (?, 0, 1, 0)",
+                                (name,),
+                            )
+                        s = streams[name] = [found[0][0] if found else 0, 0]
+                    s[0] += 1
+                    s[1] += len(rows)
+                    entries.append((name, s[0], now, len(rows), text))
+                    tokens.append(s[0])
+                w.executemany(
+                    "INSERT INTO entries (stream, token, time, nrows, rows) VALUES (?, ?, ?, ?, ?)",
+                    entries,
+                )
+                w.executemany(
+                    "UPDATE streams SET head = ?, rows = rows + ? WHERE name = ?",
+                    [(h, n, name) for name, (h, n) in streams.items()],
+                )
+                w.execute("COMMIT")
+            except BaseException:
+                if w.in_transaction:
+                    w.execute("ROLLBACK")
+                raise
+            self._flushed(created)
+        return tokens
+
+    def trim(self, stream: str, retention: Retention, now: float) -> int:
+        max_rows, max_age = retention.max_rows, retention.max_age
+        cutoff = None if max_age is None else now - max_age
+        with self._errors("trim"), self._write_lock:
+            w = self._writer
+            w.execute("BEGIN IMMEDIATE")
+            try:
+                created = self._flush_pending()
+                found = w.execute(
+                    "SELECT head, oldest, rows FROM streams WHERE name = ?", (stream,)
+                ).fetchall()
+                if not found:
+                    raise UnknownStream(stream)
+                head, oldest, rows = found[0]
+                dropped = 0
+                keep = oldest  # the first token kept
+                if head > oldest and (max_rows is not None or cutoff is not None):
+                    # Walk the oldest tokens (never the head) until one may stay.
+                    cursor = w.execute(
+                        "SELECT token, time, nrows FROM entries"
+                        " WHERE stream = ? AND token >= ? AND token < ? ORDER BY token",
+                        (stream, oldest, head),
+                    )
+                    try:
+                        for token, time, nrows in cursor:
+                            too_many = max_rows is not None and rows - dropped > max_rows
+                            too_old = cutoff is not None and time < cutoff
+                            if not (too_many or too_old):
+                                break
+                            dropped += nrows
+                            keep = token + 1
+                    finally:
+                        cursor.close()
+                if keep > oldest:
+                    w.execute("DELETE FROM entries WHERE stream = ? AND token < ?", (stream, keep))
+                    w.execute(
+                        "UPDATE streams SET oldest = ?, rows = rows - ? WHERE name = ?",
+                        (keep, dropped, stream),
+                    )
+                w.execute("COMMIT")
+            except BaseException:
+                if w.in_transaction:
+                    w.execute("ROLLBACK")
+                raise
+            self._flushed(created)
+        return dropped
+
+    def close(self) -> None:
+        """Write streams created since the last write, then close both connections."""
+        if self._closed:
+            return
+        try:
+            with self._errors("close"), self._write_lock:
+                if self._pending:
+                    w = self._writer
+                    w.execute("BEGIN IMMEDIATE")
+                    try:
+                        created = self._flush_pending()
+                        w.execute("COMMIT")
+                        self._flushed(created)
+                    except BaseException:
+                        if w.in_transaction:
+                            w.execute("ROLLBACK")
+                        raise
+        finally:
+            self._closed = True
+            with self._read_lock:
+                self._reader.close()
+            with self._write_lock:
+                self._writer.close()
+
+
+def _inspect(path: str, quick_check: bool) -> bool:
+    """Look at an existing file read-only; return whether it is an empty database that needs
+    the schema, or raise :class:`StoreError` if it cannot be used."""
+    if os.path.isdir(path):
+        raise StoreError(f"SQLite store {path}: is a directory, not a database file")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(16)
+    except OSError as e:
+        raise StoreError(f"SQLite store {path}: cannot read: {e}") from e
+    if not magic:
+        return True
+    if magic != b"SQLite format 3\x00":
+        raise StoreError(f"SQLite store {path}: not a SQLite database (wrong header)")
+    uri = pathlib.Path(path).resolve().as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+    except sqlite3.Error as e:
+        raise StoreError(f"SQLite store {path}: cannot open read-only to check it: {e}") from e
+    try:
+        try:
+            tables = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            if quick_check:
+                problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+                if problems != ["ok"]:
+                    raise StoreError(
+                        f"SQLite store {path}: the database is corrupt (quick_check: "
+                        + "; ".join(map(str, problems)) + ")"
+                    )
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as e:
+            raise StoreError(f"SQLite store {path}: the database is corrupt ({e})") from e
+        if not tables and app_id == 0 and version == 0:
+            return True  # an empty database: ours to set up
+        if app_id != APPLICATION_ID:
+            listed = ", ".join(sorted(tables)) or "none"
+            raise StoreError(
+                f"SQLite store {path}: a SQLite database of another application"
+                f" (application_id {app_id}, tables: {listed}), not a replication stream store"
+            )
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"SQLite store {path}: schema version {version} is newer than the version"
+                f" {SCHEMA_VERSION} this replication supports; upgrade replication"
+            )
+        _check_schema(path, conn)
+        return False
+    finally:
+        conn.close()
+
+
+def _check_schema(path: str, conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if version != SCHEMA_VERSION or not _TABLES <= tables:
+        missing = ", ".join(sorted(_TABLES - tables)) or "none"
+        raise StoreError(
+            f"SQLite store {path}: not a usable replication store (schema version {version},"
+            f" expected {SCHEMA_VERSION}; missing tables: {missing})"
+        )

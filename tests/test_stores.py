@@ -1,0 +1,377 @@
+"""The :class:`~replication.store.StreamStore` contract, run against every store we ship."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from replication.store import Entry, Retention, StoreError, StreamStore, UnknownStream
+from replication.store.memory import MemoryStore
+from replication.store.sqlite import SqliteStore
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StreamStore]:
+    s: StreamStore
+    if request.param == "memory":
+        s = MemoryStore()
+    else:
+        s = SqliteStore(str(tmp_path / "store.db"), synchronous="NORMAL")
+    yield s
+    s.close()
+
+
+def rows(token: int, n: int = 1) -> list[str]:
+    return [f'{{"t":{token},"i":{i}}}' for i in range(n)]
+
+
+# -- tokens and append ---------------------------------------------------------------------
+
+
+def test_tokens_start_at_one_and_are_contiguous(store: StreamStore) -> None:
+    """The first token of a stream is 1 and each append takes the next integer."""
+    assert [store.append([("s", ["a"])], 0)[0] for _ in range(5)] == [1, 2, 3, 4, 5]
+    assert store.head("s") == 5
+    assert store.oldest("s") == 1
+
+
+def test_batch_returns_tokens_in_order_across_streams(store: StreamStore) -> None:
+    """A batch over several streams appends each item as the next token of its stream and
+    returns the tokens in batch order; streams are numbered independently."""
+    store.append([("b", ["x"])], 0)
+    tokens = store.append(
+        [("a", ["1"]), ("b", ["2"]), ("a", ["3", "4"]), ("c", ["5"]), ("b", ["6"])], 0
+    )
+    assert tokens == [1, 2, 2, 1, 3]
+    assert store.read("a", 0, 10, 100) == [Entry(1, ("1",)), Entry(2, ("3", "4"))]
+    assert store.read("b", 0, 10, 100) == [Entry(1, ("x",)), Entry(2, ("2",)), Entry(3, ("6",))]
+    assert store.read("c", 0, 10, 100) == [Entry(1, ("5",))]
+
+
+def test_append_creates_streams(store: StreamStore) -> None:
+    """Appending to a stream that does not exist creates it."""
+    store.append([("new", ["r"])], 0)
+    assert store.stream_names() == ["new"]
+    assert store.head("new") == 1
+
+
+def test_empty_append_returns_nothing(store: StreamStore) -> None:
+    """An empty batch stores nothing and returns no tokens."""
+    assert store.append([], 0) == []
+    assert store.stream_names() == []
+
+
+def test_append_with_an_empty_rows_list_stores_nothing(store: StreamStore) -> None:
+    """A batch with one item of no rows raises ValueError, and none of that batch is stored:
+    no token, no new stream."""
+    store.append([("a", ["1"])], 0)
+    with pytest.raises(ValueError):
+        store.append([("a", ["2"]), ("b", ["3"]), ("a", [])], 0)
+    assert store.stream_names() == ["a"]
+    assert store.head("a") == 1
+    assert store.retained_rows("a") == 1
+    assert store.read("a", 0, 10, 10) == [Entry(1, ("1",))]
+    assert store.append([("a", ["4"])], 0) == [2]
+
+
+def test_rows_round_trip_exactly(store: StreamStore) -> None:
+    """Rows come back exactly as appended: non-ASCII text, escapes, empty strings, spaces."""
+    texts = [
+        '{"name":"Zoë","city":"Köln"}',
+        '{"emoji":"🎉","cjk":"漢字","rtl":"שלום"}',
+        '{"escaped":"line\\nbreak\\u2028","tab":"\\t"}',
+        "\u2028\u2029\r\x85 raw separators but no newline",
+        "",
+        "  spaced  ",
+        '"\\\\"',
+    ]
+    store.append([("s", texts)], 0)
+    store.append([("s", [""])], 0)
+    assert store.read("s", 0, 2, 100) == [Entry(1, tuple(texts)), Entry(2, ("",))]
+
+
+# -- head, oldest, retained_rows -------------------------------------------------------------
+
+
+def test_created_stream_is_empty(store: StreamStore) -> None:
+    """A created stream has head 0, oldest 1, no rows and reads as []; creating it again
+    changes nothing."""
+    store.create_stream("s")
+    store.create_stream("s")
+    assert store.stream_names() == ["s"]
+    assert (store.head("s"), store.oldest("s"), store.retained_rows("s")) == (0, 1, 0)
+    assert store.read("s", 0, 100, 100) == []
+    assert store.append([("s", ["r"])], 0) == [1]
+
+
+def test_create_stream_keeps_an_existing_stream(store: StreamStore) -> None:
+    """create_stream on a stream with entries leaves it as it is."""
+    store.append([("s", ["a", "b"])], 0)
+    store.create_stream("s")
+    assert (store.head("s"), store.oldest("s"), store.retained_rows("s")) == (1, 1, 2)
+
+
+def test_head_oldest_rows_of_a_non_empty_stream(store: StreamStore) -> None:
+    """head is the newest token, oldest the oldest retained, retained_rows counts rows."""
+    store.append([("s", ["a"]), ("s", ["b", "c"]), ("s", ["d", "e", "f"])], 0)
+    assert (store.head("s"), store.oldest("s"), store.retained_rows("s")) == (3, 1, 6)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.head("nope"),
+        lambda s: s.oldest("nope"),
+        lambda s: s.retained_rows("nope"),
+        lambda s: s.read("nope", 0, 10, 10),
+        lambda s: s.read("nope", 5, 1, 10),
+        lambda s: s.trim("nope", Retention(max_rows=1), 0),
+    ],
+    ids=["head", "oldest", "retained_rows", "read", "read-empty-range", "trim"],
+)
+def test_unknown_stream(store: StreamStore, call) -> None:  # type: ignore[no-untyped-def]
+    """Every per-stream method raises UnknownStream, a StoreError and a KeyError, for a
+    stream that does not exist."""
+    store.append([("other", ["r"])], 0)
+    with pytest.raises(UnknownStream) as info:
+        call(store)
+    assert isinstance(info.value, KeyError)
+    assert isinstance(info.value, StoreError)
+    assert "nope" in str(info.value)
+
+
+def test_stream_names_sorted(store: StreamStore) -> None:
+    """stream_names lists every stream, appended or created, sorted."""
+    assert store.stream_names() == []
+    store.append([("zeta", ["r"]), ("alpha", ["r"])], 0)
+    store.create_stream("mu")
+    store.create_stream("Beta")
+    assert store.stream_names() == ["Beta", "alpha", "mu", "zeta"]
+
+
+# -- read ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ten(store: StreamStore) -> StreamStore:
+    """A stream "s" of tokens 1..10, token t holding t rows."""
+    for t in range(1, 11):
+        store.append([("s", rows(t, t))], 0)
+    return store
+
+
+def test_read_bounds(ten: StreamStore) -> None:
+    """read returns the tokens with after < token <= upto, oldest first."""
+    assert [e.token for e in ten.read("s", 0, 10, 1000)] == list(range(1, 11))
+    assert [e.token for e in ten.read("s", 3, 6, 1000)] == [4, 5, 6]
+    assert [e.token for e in ten.read("s", 9, 10, 1000)] == [10]
+    assert ten.read("s", 5, 5, 1000) == []
+    assert ten.read("s", 6, 5, 1000) == []
+    assert ten.read("s", 4, 5, 1000) == [Entry(5, tuple(rows(5, 5)))]
+
+
+def test_read_stops_after_whole_tokens(ten: StreamStore) -> None:
+    """read stops once max_rows rows are gathered, never splitting a token: it may return
+    more rows than max_rows, but stops at the first token that reaches it."""
+    assert [e.token for e in ten.read("s", 0, 10, 1)] == [1]
+    assert [e.token for e in ten.read("s", 0, 10, 3)] == [1, 2]  # 1 + 2 rows
+    assert [e.token for e in ten.read("s", 0, 10, 4)] == [1, 2, 3]  # 6 rows: 3 is whole
+    assert [e.token for e in ten.read("s", 0, 10, 6)] == [1, 2, 3]
+    assert [e.token for e in ten.read("s", 0, 10, 7)] == [1, 2, 3, 4]
+    for entry in ten.read("s", 0, 10, 7):
+        assert len(entry.rows) == entry.token
+
+
+def test_read_returns_a_token_bigger_than_max_rows(ten: StreamStore) -> None:
+    """A single token of more than max_rows rows is still returned, whole, on its own."""
+    assert ten.read("s", 8, 10, 2) == [Entry(9, tuple(rows(9, 9)))]
+
+
+def test_read_beyond_head(ten: StreamStore) -> None:
+    """Reading from the head or beyond returns []; upto beyond head stops at head."""
+    assert ten.read("s", 10, 20, 100) == []
+    assert ten.read("s", 15, 20, 100) == []
+    assert [e.token for e in ten.read("s", 8, 1_000_000, 100)] == [9, 10]
+
+
+def test_read_before_oldest_starts_at_oldest(ten: StreamStore) -> None:
+    """After trimming, a read from before the oldest retained token starts at oldest."""
+    ten.trim("s", Retention(max_rows=10 + 9), 0)  # keeps 9 and 10
+    assert ten.oldest("s") == 9
+    assert [e.token for e in ten.read("s", 0, 10, 100)] == [9, 10]
+    assert [e.token for e in ten.read("s", 3, 9, 100)] == [9]
+    assert ten.read("s", 3, 8, 100) == []
+
+
+def test_paging_through_a_stream(ten: StreamStore) -> None:
+    """Reading page after page from the last token read yields each token once, in order."""
+    seen: list[int] = []
+    after = 0
+    while True:
+        page = ten.read("s", after, ten.head("s"), 5)
+        if not page:
+            break
+        seen.extend(e.token for e in page)
+        after = page[-1].token
+    assert seen == list(range(1, 11))
+
+
+# -- trim ------------------------------------------------------------------------------------
+
+
+def test_trim_by_max_rows_drops_whole_oldest_tokens(store: StreamStore) -> None:
+    """Trimming to max_rows drops the oldest whole tokens until at most max_rows rows
+    remain, and returns how many rows it dropped; head does not move."""
+    store.append([("s", rows(1, 3)), ("s", rows(2, 3)), ("s", rows(3, 3))], 0)
+    assert store.trim("s", Retention(max_rows=5), 0) == 6  # 3 + 3 would leave 3 <= 5
+    assert (store.head("s"), store.oldest("s"), store.retained_rows("s")) == (3, 3, 3)
+    assert store.read("s", 0, 3, 100) == [Entry(3, tuple(rows(3, 3)))]
+
+
+def test_trim_within_limits_drops_nothing(store: StreamStore) -> None:
+    """A stream within its retention, or without any bound, loses nothing."""
+    store.append([("s", ["a"]), ("s", ["b"])], 0)
+    assert store.trim("s", Retention(max_rows=2), 0) == 0
+    assert store.trim("s", Retention(), 1e9) == 0
+    assert store.trim("s", Retention(max_age=10), 10) == 0  # exactly max_age old: kept
+    assert (store.oldest("s"), store.retained_rows("s")) == (1, 2)
+
+
+def test_trim_keeps_the_newest_token(store: StreamStore) -> None:
+    """The newest token is always kept, even if it alone exceeds max_rows or max_age."""
+    store.append([("s", rows(1, 2)), ("s", rows(2, 5))], 0)
+    assert store.trim("s", Retention(max_rows=0), 0) == 2
+    assert store.trim("s", Retention(max_rows=0, max_age=1), 100) == 0
+    assert (store.head("s"), store.oldest("s"), store.retained_rows("s")) == (2, 2, 5)
+    assert store.read("s", 0, 2, 1) == [Entry(2, tuple(rows(2, 5)))]
+
+
+def test_trim_by_max_age(store: StreamStore) -> None:
+    """Trimming by max_age drops the tokens appended more than max_age seconds before now."""
+    for t in range(1, 6):
+        store.append([("s", rows(t, 2))], now=100.0 + t)  # token t at time 100 + t
+    assert store.trim("s", Retention(max_age=2), now=105.0) == 4  # keeps 103, 104, 105
+    assert (store.head("s"), store.oldest("s"), store.retained_rows("s")) == (5, 3, 6)
+    assert store.trim("s", Retention(max_age=1000), now=105.0) == 0
+
+
+def test_trim_by_both_bounds(store: StreamStore) -> None:
+    """With both bounds, a token is dropped if either bound wants it gone."""
+    for t in range(1, 6):
+        store.append([("s", ["r"])], now=float(t))
+    assert store.trim("s", Retention(max_rows=4, max_age=100), now=6) == 1
+    assert store.trim("s", Retention(max_rows=100, max_age=3.5), now=6) == 1  # t=2 is 4 s old
+    assert store.oldest("s") == 3
+    assert store.trim("s", Retention(max_rows=100, max_age=2.5), now=6) == 1
+    assert store.oldest("s") == 4
+
+
+def test_trim_touches_one_stream(store: StreamStore) -> None:
+    """Trimming one stream leaves the others alone."""
+    store.append([("a", ["1"]), ("b", ["1"]), ("a", ["2"]), ("b", ["2"])], 0)
+    store.trim("a", Retention(max_rows=1), 0)
+    assert (store.oldest("a"), store.oldest("b")) == (2, 1)
+    assert store.retained_rows("b") == 2
+
+
+def test_tokens_continue_after_trimming(store: StreamStore) -> None:
+    """After a trim the next append takes head + 1; tokens are never reused."""
+    for _ in range(4):
+        store.append([("s", ["r"])], 0)
+    store.trim("s", Retention(max_rows=0), 0)
+    assert store.append([("s", ["n"])], 0) == [5]
+    assert (store.oldest("s"), store.retained_rows("s")) == (4, 2)
+
+
+def test_trim_of_a_created_empty_stream(store: StreamStore) -> None:
+    """Trimming an empty stream drops nothing."""
+    store.create_stream("s")
+    assert store.trim("s", Retention(max_rows=0, max_age=0), 100) == 0
+    assert (store.head("s"), store.oldest("s")) == (0, 1)
+
+
+# -- against a reference model -----------------------------------------------------------------
+
+
+class Model:
+    """The simplest possible store: every token of every stream in a dict."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, dict[int, tuple[tuple[str, ...], float]]] = {}
+        self.heads: dict[str, int] = {}
+
+    def append(self, batch: list[tuple[str, list[str]]], now: float) -> list[int]:
+        out = []
+        for name, rs in batch:
+            self.heads[name] = self.heads.get(name, 0) + 1
+            self.streams.setdefault(name, {})[self.heads[name]] = (tuple(rs), now)
+            out.append(self.heads[name])
+        return out
+
+    def oldest(self, name: str) -> int:
+        kept = self.streams[name]
+        return min(kept) if kept else self.heads[name] + 1
+
+    def retained_rows(self, name: str) -> int:
+        return sum(len(r) for r, _ in self.streams[name].values())
+
+    def read(self, name: str, after: int, upto: int, max_rows: int) -> list[Entry]:
+        out: list[Entry] = []
+        for token in sorted(self.streams[name]):
+            if after < token <= upto and sum(len(e.rows) for e in out) < max_rows:
+                out.append(Entry(token, self.streams[name][token][0]))
+        return out
+
+    def trim(self, name: str, retention: Retention, now: float) -> int:
+        kept = self.streams[name]
+        dropped = 0
+        for token in sorted(kept)[:-1]:
+            rs, time = kept[token]
+            too_many = retention.max_rows is not None and self.retained_rows(name) > retention.max_rows
+            too_old = retention.max_age is not None and now - retention.max_age > time
+            if not (too_many or too_old):
+                break
+            del kept[token]
+            dropped += len(rs)
+        return dropped
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_operations_match_a_model(store: StreamStore, seed: int) -> None:
+    """Any sequence of appends, trims and reads gives the same answers as a dict of tokens."""
+    rng = random.Random(seed)
+    model = Model()
+    names = ["a", "b", "c"]
+    now = 1000.0
+    for step in range(300):
+        now += rng.choice([0, 0.5, 1, 3])
+        op = rng.random()
+        if op < 0.5:
+            batch = [
+                (rng.choice(names), [f'{{"s":{step},"i":{i},"x":"é"}}' for i in range(rng.randint(1, 4))])
+                for _ in range(rng.randint(1, 5))
+            ]
+            assert store.append(batch, now) == model.append(batch, now)
+        elif op < 0.65 and model.heads:
+            name = rng.choice(sorted(model.heads))
+            retention = Retention(
+                max_rows=rng.choice([None, 0, 3, 10, 30]), max_age=rng.choice([None, 0, 2, 10])
+            )
+            assert store.trim(name, retention, now) == model.trim(name, retention, now)
+        elif model.heads:
+            name = rng.choice(sorted(model.heads))
+            head = model.heads[name]
+            after = rng.randint(-1, head + 1)
+            upto = rng.randint(after, head + 2)
+            max_rows = rng.randint(1, 12)
+            assert store.read(name, after, upto, max_rows) == model.read(name, after, upto, max_rows)
+        for name in model.heads:
+            assert store.head(name) == model.heads[name]
+            assert store.oldest(name) == model.oldest(name)
+            assert store.retained_rows(name) == model.retained_rows(name)
+        assert store.stream_names() == sorted(model.heads)
+    for name in model.heads:
+        assert store.read(name, 0, model.heads[name], 10**9) == model.read(name, 0, model.heads[name], 10**9)
