@@ -78,6 +78,31 @@ class Worker:
         #: The newest head the master has shown, per stream (from RDATA and POSITION).
         self.heads: dict[str, int] = {}
         self.connection: WorkerConnection | None = None
+        self._in_flight = 0
+        self._idle_waiters: list[Callable[[], None]] = []
+
+    @property
+    def busy(self) -> bool:
+        """True while a handler call that returned an awaitable has not finished, even if
+        the connection it came from is gone."""
+        return self._in_flight > 0
+
+    def handler_started(self) -> None:
+        self._in_flight += 1
+
+    def handler_finished(self) -> None:
+        self._in_flight -= 1
+        if not self._in_flight:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter()
+
+    def when_idle(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once no handler call is in flight."""
+        if self._in_flight:
+            self._idle_waiters.append(callback)
+        else:
+            callback()
 
     def factory(self) -> Factory:
         return WorkerFactory(self)
@@ -129,6 +154,20 @@ class WorkerConnection(ReplicationProtocol):
         self.worker.connection = self
         for command in self.worker.replicate_commands():
             self.send(command)
+        if self.worker.busy:
+            # A handler call from the previous connection is still running: nothing from
+            # this connection may be handled before it ends and its position is recorded.
+            self.hold_input()
+            self.worker.when_idle(self._previous_handler_done)
+
+    def _previous_handler_done(self) -> None:
+        if not self._lost and not self._busy:
+            self.release_input()
+            self.worker.positions.sync()
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        self.worker.positions.sync()
 
     def closed(self, reason: str) -> None:
         self._lost = True
@@ -224,10 +263,12 @@ class WorkerConnection(ReplicationProtocol):
             )
             self._busy = True
             self.hold_input()
+            self.worker.handler_started()
             deferred.addCallbacks(
                 lambda _: self._done(stream, position, force),
                 lambda f: self._failed(f, call, stream, position, what, force),
             )
+            deferred.addBoth(lambda _: self.worker.handler_finished())
             return
         self._done(stream, position, force)
 
@@ -240,6 +281,7 @@ class WorkerConnection(ReplicationProtocol):
             self._busy = False
             if not self._lost:
                 self.release_input()
+            self.worker.positions.sync()
 
     def _failed(
         self, failure: Failure, call: Callable[[], Any], stream: str, position: int, what: str,

@@ -455,3 +455,33 @@ def test_no_delayed_calls_are_left_after_disconnect(harness: Harness) -> None:
     pipe.disconnect()
     assert harness.clock.getDelayedCalls() == []
     assert default_registry().names(MASTER) >= {"RDATA", "POSITION"}
+
+
+def test_a_pending_handler_is_not_overtaken_after_a_reconnect(harness: Harness) -> None:
+    """If the connection drops while an asynchronous handler call is pending, the next
+    connection handles nothing until that call ends; the replayed token is then dropped as
+    a duplicate, so the handler sees each token once, never two at a time."""
+    pending: list[Deferred[None]] = []
+    seen: list[int] = []
+
+    def handler(stream: str, token: int, rows: list[Any]) -> Deferred[None]:
+        seen.append(token)
+        d: Deferred[None] = Deferred()
+        pending.append(d)
+        return d
+
+    harness.publish("events", [1])
+    harness.publish("events", [2])
+    worker = harness.worker(handler)
+    pipe = harness.connect(worker)
+    harness.run(pipe)
+    assert seen == [1]
+    pipe.disconnect()
+    second = harness.connect(worker)
+    harness.run(second)
+    assert seen == [1]
+    pending[0].callback(None)
+    harness.run(second)
+    assert seen == [1, 2]
+    pending[1].callback(None)
+    assert worker.positions.get("events") == 2
