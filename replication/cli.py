@@ -49,6 +49,8 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _make_store(config: MasterConfig) -> Any:
+    """Open the configured store; a store that cannot be opened is a CommandLineError."""
+    from replication.store import StoreError
     from replication.store.memory import MemoryStore
 
     if config.store.type == "memory":
@@ -59,7 +61,13 @@ def _make_store(config: MasterConfig) -> Any:
         from replication.store.sqlite import SqliteStore
 
         path = config.store.path or os.path.join(config.data_dir, "streams.sqlite3")
-        return SqliteStore(path)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            return SqliteStore(path)
+        except OSError as e:
+            raise CommandLineError(f"cannot create the data directory for {path}: {e.strerror}") from None
+        except StoreError as e:
+            raise CommandLineError(f"cannot open the store: {e}") from None
     raise CommandLineError(f"unknown store type {config.store.type!r}")
 
 
@@ -148,11 +156,13 @@ def cmd_master(args: argparse.Namespace) -> int:
             ports.extend(r for ok, r in results if ok)
             if failures:
                 raise failures[0].value
+            master.start()
             log.info("master %s ready (store: %s)", config.server_name, config.store.type)
 
         return DeferredList(listening, consumeErrors=True).addCallback(done)
 
     def stop() -> Any:
+        master.stop()
         for port in ports:
             port.stopListening()
         for connection in list(master.connections):

@@ -151,7 +151,7 @@ class StoreConfig:
     """Where the master keeps its streams."""
 
     #: ``"memory"`` or ``"sqlite"``.
-    type: str = "memory"
+    type: str = "sqlite"
     #: SQLite database file; only with ``type: sqlite``. ``None``: a default inside ``data_dir``.
     path: str | None = None
 

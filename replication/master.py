@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from replication.commands import (
@@ -49,7 +50,7 @@ from replication.commands import (
 )
 from replication.config import MasterConfig
 from replication.protocol import ReplicationProtocol
-from replication.store import StoreError, StreamStore
+from replication.store import StoreError, StreamStore, UnknownStream
 from replication.streams import missing_before, plan_catch_up
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,8 @@ class Master:
         an application extended).
     :param max_pending_rows: rows that may wait for a commit; past that, publishes are
         refused with 503 rather than queued without bound.
+    :param trim_interval: seconds between background retention passes over every stream
+        (started by :meth:`start`); the in-memory store is also trimmed on each publish.
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class Master:
         run_blocking: BlockingRunner | None = None,
         registry: CommandRegistry | None = None,
         max_pending_rows: int = 1_000_000,
+        trim_interval: float = 5.0,
     ) -> None:
         if store.blocking and run_blocking is None:
             raise ValueError("a blocking store needs run_blocking to keep disk work off the reactor")
@@ -135,10 +139,57 @@ class Master:
         self._pending: list[_Publish] = []
         self._pending_rows = 0
         self._committing = False
+        self._trimming = False
+        self._trim_loop = LoopingCall(self.trim)
+        self._trim_loop.clock = clock
+        self.trim_interval = trim_interval
         for name in config.streams:
             store.create_stream(name)
         for name in store.stream_names():
             self._streams[name] = _Stream(name, store.head(name))
+
+    # -- life --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start background retention."""
+        self._trim_loop.start(self.trim_interval, now=False)
+
+    def stop(self) -> None:
+        if self._trim_loop.running:
+            self._trim_loop.stop()
+
+    def trim(self) -> Deferred[None]:
+        """Apply each stream's retention now: on the writer thread for a blocking store
+        (one pass at a time), inline otherwise. Fires when the pass is done."""
+        retention = {s: self.config.retention_for(s) for s in self.stream_names()}
+        if not self.store.blocking:
+            self._trim_streams(self.store, retention, self.clock.seconds())
+            return succeed(None)
+        if self._trimming:
+            return succeed(None)
+        assert self.run_blocking is not None
+        self._trimming = True
+
+        def done(result: object) -> None:
+            self._trimming = False
+            if isinstance(result, Failure):
+                log.error("retention pass failed: %s", result.getErrorMessage())
+            elif result:
+                log.debug("retention dropped %s rows", result)
+
+        d = self.run_blocking(self._trim_streams, self.store, retention, self.clock.seconds())
+        d.addBoth(done)
+        return d
+
+    @staticmethod
+    def _trim_streams(store: StreamStore, retention: dict[str, Any], now: float) -> int:
+        dropped = 0
+        for stream, keep in retention.items():
+            try:
+                dropped += store.trim(stream, keep, now)
+            except UnknownStream:
+                pass  # followed by a worker, never published to
+        return dropped
 
     # -- streams -----------------------------------------------------------------------
 

@@ -225,13 +225,32 @@ def read_json_lines(path: Path) -> tuple[list[dict[str, Any]], str]:
 
 
 def read_positions(path: Path) -> dict[str, int] | None:
-    """The positions recorded in a worker's position file, or ``None`` if there is none."""
+    """The positions recorded in a worker's position file, or ``None`` if there is none.
+
+    Reads the file without the product's code (which may create or rewrite it), in either
+    format: the journal (``# replication positions v1`` then ``<stream> <token>`` lines, the
+    last line of a stream wins, a line cut short at the end is ignored) or the older JSON
+    ``{"positions": {...}}``.
+    """
     try:
-        document = json.loads(path.read_bytes())
-    except (FileNotFoundError, ValueError):
+        raw = path.read_bytes()
+    except FileNotFoundError:
         return None
-    positions = document.get("positions")
-    return positions if isinstance(positions, dict) else None
+    if raw.lstrip().startswith(b"{"):
+        try:
+            positions = json.loads(raw).get("positions")
+        except ValueError:
+            return None
+        return positions if isinstance(positions, dict) else None
+    *lines, _torn = raw.split(b"\n")
+    if not lines or not lines[0].startswith(b"#"):
+        return None
+    positions = {}
+    for line in lines[1:]:
+        parts = line.split(b" ")
+        if len(parts) == 2 and parts[1].isdigit():
+            positions[parts[0].decode(errors="replace")] = int(parts[1])
+    return positions
 
 
 # -- HTTP ----------------------------------------------------------------------------------
