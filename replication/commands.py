@@ -101,16 +101,21 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_strict_decode = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_float=_finite_float
+).decode
+
+
 def decode_json(text: str) -> Any:
     """Decode one JSON document, strictly: ``NaN``, ``Infinity`` and numbers that overflow
     a float are refused with :class:`CommandParseError`, as is anything not JSON."""
     try:
-        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        value = _strict_decode(text)
     except ValueError as e:
         if isinstance(e, CommandParseError):
             raise
         raise CommandParseError(f"RDATA row is not valid JSON: {e}") from None
-    if "\\ud" in text.lower():
+    if "\\u" in text and "\\ud" in text.lower():
         # An escaped lone surrogate decodes to a string that UTF-8 cannot carry.
         try:
             _compact_json.encode(value).encode("utf-8")
