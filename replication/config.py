@@ -218,7 +218,7 @@ class WorkerConfig:
     streams: tuple[WorkerStream, ...] = ()
     #: ``package.module:callable``; only its syntax is checked here, it is not imported.
     handler: str = "replication.handlers:print_json"
-    #: ``None``: ``<name>.positions.json`` in the current directory.
+    #: ``None``: ``<name>.positions`` in the current directory.
     position_file: str | None = None
     #: yaml ``handler_retry: {max_delay: ...}``: longest wait between retries of a handler.
     handler_retry_max_delay: float = 60.0
@@ -228,10 +228,10 @@ class WorkerConfig:
     reconnect: ReconnectConfig = ReconnectConfig()
 
     def resolved_position_file(self) -> str:
-        """The position file to use: ``position_file``, or ``<name>.positions.json``."""
+        """The position file to use: ``position_file``, or ``<name>.positions``."""
         if self.position_file is not None:
             return self.position_file
-        return f"{self.name}.positions.json"
+        return f"{self.name}.positions"
 
 
 _Config = TypeVar("_Config", MasterConfig, WorkerConfig)

@@ -311,9 +311,9 @@ def test_worker_stream_list_starts_from_earliest() -> None:
 
 
 def test_default_position_file_is_named_after_the_worker() -> None:
-    """Without position_file the worker uses <name>.positions.json in the current directory."""
-    assert worker_config_from_text("name: w7").resolved_position_file() == "w7.positions.json"
-    assert WorkerConfig().resolved_position_file() == "worker.positions.json"
+    """Without position_file the worker uses <name>.positions in the current directory."""
+    assert worker_config_from_text("name: w7").resolved_position_file() == "w7.positions"
+    assert WorkerConfig().resolved_position_file() == "worker.positions"
 
 
 def test_anchors_aliases_and_merge_keys_work_like_safe_load() -> None:
