@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 
 from replication.commands import (
     WORKER,
+    CommandParseError,
     CommandRegistry,
     ErrorCommand,
     GapCommand,
@@ -37,6 +38,7 @@ from replication.commands import (
     RdataCommand,
     ReplicateCommand,
     ResetCommand,
+    decode_json,
     default_registry,
 )
 from replication.config import WorkerConfig
@@ -48,6 +50,7 @@ from replication.streams import AssemblyError, TokenAssembler
 log = logging.getLogger(__name__)
 
 FIRST_RETRY_DELAY = 1.0
+_NOT_CALLED = object()
 
 
 class Worker:
@@ -144,6 +147,7 @@ class WorkerConnection(ReplicationProtocol):
         )
         self.worker = worker
         self.assembler = TokenAssembler()
+        self._followed_bytes = {name.encode(): name for name in worker.streams}
         self._retry_call: IDelayedCall | None = None
         self._retry_delay = FIRST_RETRY_DELAY
         self._busy = False
@@ -186,26 +190,66 @@ class WorkerConnection(ReplicationProtocol):
 
     # -- commands ----------------------------------------------------------------------
 
-    def on_RDATA(self, command: RdataCommand) -> None:
-        stream = command.stream
-        if not self._followed(stream, "RDATA"):
+    def lineReceived(self, line: bytes) -> None:
+        """The hot path: ``RDATA`` lines of followed streams are parsed here directly (split,
+        token, strict JSON), without building a command object. Anything unusual (another
+        command, an unfollowed stream, a malformed line) takes the general path, which
+        parses it fully and answers errors."""
+        if line[:6] != b"RDATA " or self.peer_name is None or len(line) > self.max_line_bytes:
+            super().lineReceived(line)
+            return
+        parts = line.split(b" ", 3)
+        stream = self._followed_bytes.get(parts[1]) if len(parts) == 4 else None
+        token_text = parts[2] if stream is not None else b""
+        if token_text == b"batch":
+            token = None
+        elif token_text.isdigit() and len(token_text) <= 19:
+            token = int(token_text)
+        else:
+            super().lineReceived(line)
             return
         try:
-            done = self.assembler.add(stream, command.token, command.row)
+            row = decode_json(parts[3].decode())
+        except (UnicodeDecodeError, CommandParseError):
+            super().lineReceived(line)
+            return
+        self._rdata(stream, token, row)  # type: ignore[arg-type]
+
+    def on_RDATA(self, command: RdataCommand) -> None:
+        if self._followed(command.stream, "RDATA"):
+            self._rdata(command.stream, command.token, command.row)
+
+    def _rdata(self, stream: str, token: int | None, row: Any) -> None:
+        try:
+            done = self.assembler.add(stream, token, row)
         except AssemblyError as e:
             self.send_error(str(e))
             return
         if done is None:
             return
         token, rows = done
-        heads = self.worker.heads
+        worker = self.worker
+        heads = worker.heads
         if token > heads.get(stream, 0):
             heads[stream] = token
-        position = self.worker.positions.get(stream)
+        position = worker.positions.get(stream)
         if position is not None and token <= position:
             log.debug("dropping %s token %d: already handled (position %d)", stream, token, position)
             return
-        self._run(lambda: self.worker.handler(stream, token, rows), stream, token, f"token {token}")
+        handler = worker.handler
+        try:
+            result = handler(stream, token, rows)
+        except Exception:
+            result = Failure()
+        if result is None:
+            # The common case, kept short: a synchronous handler that succeeded.
+            worker.positions.set(stream, token)
+            self._retry_delay = FIRST_RETRY_DELAY
+            return
+        self._run(
+            lambda: handler(stream, token, rows), stream, token, f"token {token}",
+            first_result=result,
+        )
 
     def on_POSITION(self, command: PositionCommand) -> None:
         stream, token = command.stream, command.token
@@ -247,16 +291,24 @@ class WorkerConnection(ReplicationProtocol):
     # -- running the handler -----------------------------------------------------------
 
     def _run(
-        self, call: Callable[[], Any], stream: str, position: int, what: str, force: bool = False
+        self, call: Callable[[], Any], stream: str, position: int, what: str,
+        force: bool = False, first_result: Any = _NOT_CALLED,
     ) -> None:
-        """Run ``call``; when it succeeds, record ``position`` for ``stream`` (lower than the
-        current one only when ``force``). While it is pending or waiting for a retry, input
-        is held so that nothing overtakes it."""
-        try:
-            result = call()
-        except Exception:
-            self._failed(Failure(), call, stream, position, what, force)
+        """Run ``call`` (unless ``first_result`` is what it already returned, or the
+        Failure it raised); when it succeeds, record ``position`` for ``stream`` (lower than
+        the current one only when ``force``). While it is pending or waiting for a retry,
+        input is held so that nothing overtakes it."""
+        if first_result is _NOT_CALLED:
+            try:
+                result = call()
+            except Exception:
+                self._failed(Failure(), call, stream, position, what, force)
+                return
+        elif isinstance(first_result, Failure):
+            self._failed(first_result, call, stream, position, what, force)
             return
+        else:
+            result = first_result
         if inspect.isawaitable(result):
             deferred: Deferred[Any] = (
                 result if isinstance(result, Deferred) else ensureDeferred(result)  # type: ignore[arg-type]

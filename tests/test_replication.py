@@ -485,3 +485,59 @@ def test_a_pending_handler_is_not_overtaken_after_a_reconnect(harness: Harness) 
     assert seen == [1, 2]
     pending[1].callback(None)
     assert worker.positions.get("events") == 2
+
+
+def worker_end(harness: Harness, handler: Any) -> tuple[WorkerConnection, StringTransport]:
+    connection = WorkerConnection(harness.worker(handler))
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    connection.dataReceived(b"SERVER m\n")
+    transport.clear()
+    return connection, transport
+
+
+@pytest.mark.parametrize(
+    "line, error",
+    [
+        (b"RDATA events x {}", b"ERROR token must be a non-negative integer, got 'x'"),
+        (b"RDATA events 1 {bad", b"ERROR RDATA row is not valid JSON"),
+        (b"RDATA events 1 NaN", b"ERROR RDATA row is not valid JSON: NaN is not a JSON value"),
+        (b'RDATA events 1 "\xff"', b"ERROR line is not valid UTF-8"),
+        (b"RDATA events 1", b"ERROR RDATA takes 3 arguments"),
+        (b"RDATA events 12345678901234567890 1", b"ERROR token must be a non-negative integer"),
+    ],
+)
+def test_the_worker_refuses_malformed_rdata(harness: Harness, line: bytes, error: bytes) -> None:
+    """The worker's fast RDATA path hands anything malformed to the full parser, which
+    answers ERROR and closes; the handler is not called."""
+    handler = Recording()
+    connection, transport = worker_end(harness, handler)
+    connection.dataReceived(line + b"\n")
+    assert transport.value().startswith(error)
+    assert transport.disconnecting
+    assert handler.tokens == []
+
+
+def test_the_worker_ignores_rows_of_streams_it_does_not_follow(harness: Harness) -> None:
+    handler = Recording()
+    connection, transport = worker_end(harness, handler)
+    connection.dataReceived(b"RDATA other 1 {}\nRDATA events 1 {}\n")
+    assert handler.tokens == [("events", 1, [{}])]
+    assert not transport.disconnecting
+
+
+WORKER_INPUT = (
+    'RDATA events batch {"a":"\u00e9"}\nRDATA events batch [1]\nRDATA events 1 2\n'
+    "POSITION events 1\nPING 5\nRDATA events 2 null\n"
+).encode()
+
+
+@pytest.mark.parametrize("chunk", range(1, len(WORKER_INPUT) + 1))
+def test_worker_framing_is_the_same_in_every_chunk_size(harness: Harness, chunk: int) -> None:
+    """Batches, positions and pings fed to a worker in chunks of any size give the same
+    handler calls."""
+    handler = Recording()
+    connection, _ = worker_end(harness, handler)
+    for i in range(0, len(WORKER_INPUT), chunk):
+        connection.dataReceived(WORKER_INPUT[i : i + chunk])
+    assert handler.tokens == [("events", 1, [{"a": "\u00e9"}, [1], 2]), ("events", 2, [None])]
