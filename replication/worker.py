@@ -38,11 +38,12 @@ from replication.commands import (
     RdataCommand,
     ReplicateCommand,
     ResetCommand,
-    decode_json,
+    decode_json_bytes,
     default_registry,
 )
 from replication.config import WorkerConfig
 from replication.handlers import Handler
+from replication.metrics import WorkerMetrics
 from replication.positions import PositionFile
 from replication.protocol import ReplicationProtocol
 from replication.streams import AssemblyError, TokenAssembler
@@ -61,6 +62,8 @@ class Worker:
     :param positions: where handled positions are recorded.
     :param clock: time for keepalive and handler retries.
     :param registry: the commands connections understand.
+    :param metrics: where this worker's metrics are collected (built by the entry point
+        around its registry); ``None``: a private registry (``worker.metrics.registry``).
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class Worker:
         clock: IReactorTime,
         *,
         registry: CommandRegistry | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.config = config
         self.handler = handler
@@ -83,6 +87,8 @@ class Worker:
         self.connection: WorkerConnection | None = None
         self._in_flight = 0
         self._idle_waiters: list[Callable[[], None]] = []
+        self.metrics = metrics if metrics is not None else WorkerMetrics()
+        self.metrics.bind(self)
 
     @property
     def busy(self) -> bool:
@@ -152,10 +158,20 @@ class WorkerConnection(ReplicationProtocol):
         self._retry_delay = FIRST_RETRY_DELAY
         self._busy = False
         self._lost = False
+        #: RDATA lines taken by the fast path of :meth:`lineReceived` (for metrics).
+        self.rdata_received = 0
+        self._handler_started = 0.0
+
+    def command_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        received, sent = super().command_counts()
+        if self.rdata_received:
+            received["RDATA"] = received.get("RDATA", 0) + self.rdata_received
+        return received, sent
 
     def handshake_done(self) -> None:
         log.info("connected to master %s", self.peer_name)
         self.worker.connection = self
+        self.worker.metrics.connected(self)
         for command in self.worker.replicate_commands():
             self.send(command)
         if self.worker.busy:
@@ -174,6 +190,7 @@ class WorkerConnection(ReplicationProtocol):
         self.worker.positions.sync()
 
     def closed(self, reason: str) -> None:
+        self.worker.metrics.connection_closed(self, reason)
         self._lost = True
         if self._retry_call is not None and self._retry_call.active():
             self._retry_call.cancel()
@@ -209,10 +226,11 @@ class WorkerConnection(ReplicationProtocol):
             super().lineReceived(line)
             return
         try:
-            row = decode_json(parts[3].decode())
-        except (UnicodeDecodeError, CommandParseError):
+            row = decode_json_bytes(parts[3])
+        except CommandParseError:
             super().lineReceived(line)
             return
+        self.rdata_received += 1
         self._rdata(stream, token, row)  # type: ignore[arg-type]
 
     def on_RDATA(self, command: RdataCommand) -> None:
@@ -237,6 +255,7 @@ class WorkerConnection(ReplicationProtocol):
             log.debug("dropping %s token %d: already handled (position %d)", stream, token, position)
             return
         handler = worker.handler
+        self._handler_started = started = self.clock.seconds()
         try:
             result = handler(stream, token, rows)
         except Exception:
@@ -245,6 +264,7 @@ class WorkerConnection(ReplicationProtocol):
             # The common case, kept short: a synchronous handler that succeeded.
             worker.positions.set(stream, token)
             self._retry_delay = FIRST_RETRY_DELAY
+            worker.metrics.handler_done(stream, self.clock.seconds() - started)
             return
         self._run(
             lambda: handler(stream, token, rows), stream, token, f"token {token}",
@@ -299,6 +319,7 @@ class WorkerConnection(ReplicationProtocol):
         the current one only when ``force``). While it is pending or waiting for a retry,
         input is held so that nothing overtakes it."""
         if first_result is _NOT_CALLED:
+            self._handler_started = self.clock.seconds()
             try:
                 result = call()
             except Exception:
@@ -325,6 +346,7 @@ class WorkerConnection(ReplicationProtocol):
         self._done(stream, position, force)
 
     def _done(self, stream: str, position: int, force: bool) -> None:
+        self.worker.metrics.handler_done(stream, self.clock.seconds() - self._handler_started)
         self._retry_delay = FIRST_RETRY_DELAY
         current = self.worker.positions.get(stream)
         if force or current is None or position > current:
@@ -339,6 +361,7 @@ class WorkerConnection(ReplicationProtocol):
         self, failure: Failure, call: Callable[[], Any], stream: str, position: int, what: str,
         force: bool,
     ) -> None:
+        self.worker.metrics.handler_failed(stream, self.clock.seconds() - self._handler_started)
         delay = self._retry_delay
         self._retry_delay = min(delay * 2, self.worker.config.handler_retry_max_delay)
         log.error(
