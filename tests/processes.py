@@ -332,3 +332,38 @@ def worker_command(port: int, name: str, position_file: Path, *extra: str) -> li
         "--position-file", str(position_file),
         *extra,
     )
+
+
+# -- durable masters (SQLite store) ---------------------------------------------------------
+
+
+def start_sqlite_master(
+    tmp: Path, name: str, port: int, http_port: int, data_dir: Path, *extra: str,
+    timeout: float = 15.0,
+) -> Process:
+    """Start ``replication master`` with the SQLite store in ``data_dir`` (the database is
+    ``data_dir/streams.sqlite3``) and wait until ``GET /health`` answers 200. Restarting it
+    with the same ``data_dir`` reopens the same store. The caller must kill it."""
+    return start_master(
+        tmp, name, port, http_port, "--store", "sqlite", "--data-dir", str(data_dir), *extra,
+        timeout=timeout,
+    )
+
+
+def write_worker_config(path: Path, name: str, port: int, *, initial_delay: float = 0.1,
+                        max_delay: float = 0.5) -> Path:
+    """A worker YAML config that reconnects quickly (for tests that restart the master);
+    give the streams and position file on the command line (:func:`worker_command`)."""
+    path.write_text(
+        f"name: {name}\n"
+        f"master: tcp:host={HOST}:port={port}\n"
+        f"reconnect: {{initial_delay: {initial_delay}, max_delay: {max_delay}}}\n"
+    )
+    return path
+
+
+def stream_head(http_port: int, stream: str, timeout: float = 5.0) -> int:
+    """The master's head of ``stream`` (``GET /streams/<stream>``); fails unless 200."""
+    status, answer = http_request(http_port, "GET", f"/streams/{stream}", timeout=timeout)
+    assert status == 200 and isinstance(answer, dict), (status, answer)
+    return int(answer["head"])
