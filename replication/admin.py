@@ -1,9 +1,15 @@
-"""The master's HTTP interface (twisted.web): publishing and health.
+"""The HTTP interfaces (twisted.web): the master's publishing, status, health and metrics,
+and a worker's metrics.
 
 ``POST /streams/<stream>`` with a JSON body ``{"rows": [<json>, ...]}`` publishes the rows as
 one token and answers ``{"stream": ..., "token": N}`` once they are committed. Every refusal
 is a JSON ``{"error": "..."}`` with a 4xx or 5xx status, and nothing of a refused request is
-published. ``GET /health`` answers 200 while the master serves.
+published. ``GET /health`` answers 200 while the master serves. ``GET /status`` describes the
+master, its streams, its connections (with each worker's position and lag per stream) and
+what it remembers of each worker name (connects, last disconnect); :func:`master_status`
+builds it. ``GET /metrics`` is the Prometheus text format of the master's registry;
+:func:`metrics_resource` serves a worker's (``metrics.listen``). Both render on the reactor
+thread, which is where :mod:`replication.metrics` expects to be scraped.
 """
 
 from __future__ import annotations
@@ -11,13 +17,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from replication import __version__
-from replication.master import Master, PublishError
+from replication.master import Master, MasterConnection, PublishError
+from replication.metrics import stream_retention
 
 
 def _respond(request: Request, status: int, body: dict[str, Any]) -> bytes:
@@ -120,9 +129,113 @@ class _Health(Resource):
         return _respond(request, 200, {"status": "ok", "version": __version__})
 
 
+class _Metrics(Resource):
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        request.setHeader(b"cache-control", b"no-store")
+        return generate_latest(self.registry)
+
+
+class _Status(Resource):
+    isLeaf = True
+
+    def __init__(self, master: Master) -> None:
+        super().__init__()
+        self.master = master
+
+    def render_GET(self, request: Request) -> bytes:
+        return _respond(request, 200, master_status(self.master))
+
+
+def _address(connection: MasterConnection) -> str:
+    transport: Any = connection.transport
+    peer: Any = transport.getPeer() if transport is not None else None
+    if hasattr(peer, "host") and hasattr(peer, "port"):
+        return f"{peer.host}:{peer.port}"
+    return str(getattr(peer, "name", None) or peer)
+
+
+def master_status(master: Master) -> dict[str, Any]:
+    """What ``GET /status`` answers: the master, each stream (head, oldest retained token,
+    rows retained), each connection (worker name, address, since when, per stream the last
+    token *sent* and the lag behind the head, bytes buffered) and, per worker name, how often
+    it connected and why it last disconnected. Times are seconds since the epoch."""
+    now = master.clock.seconds()
+    metrics = master.metrics
+    streams = []
+    for state in master.stream_states():
+        oldest, retained = stream_retention(master, state.name, state.head)
+        streams.append({
+            "name": state.name, "head": state.head, "oldest": oldest, "retained_rows": retained,
+            "rows_published": state.rows_published,
+        })
+    connections = []
+    open_by_label: dict[str, int] = {}
+    for connection in sorted(master.connections, key=lambda c: c.connected_since or 0.0):
+        label = metrics.peer_label(connection.peer_name)
+        open_by_label[label] = open_by_label.get(label, 0) + 1
+        since = connection.connected_since
+        followed = []
+        for stream, position in master.sent_positions(connection).items():
+            sub = connection.subscriptions.get(stream)
+            followed.append({
+                "name": stream,
+                "position": position,
+                "lag": max(master.head(stream) - position, 0),
+                "live": sub.live if sub is not None else True,
+            })
+        connections.append({
+            "worker": connection.peer_name,
+            "address": _address(connection),
+            "connected_since": since,
+            "connected_seconds": now - since if since is not None else None,
+            "all_streams": master.follows_all(connection),
+            "streams": followed,
+            "buffered_bytes": connection.queued_bytes,
+        })
+    workers = [
+        {
+            "name": label,
+            "connected": open_by_label.get(label, 0),
+            "connects": record.connects,
+            "disconnects": dict(sorted(record.disconnects.items())),
+            "last_disconnect_reason": record.last_disconnect_reason,
+            "last_disconnect_at": record.last_disconnect_at,
+        }
+        for label, record in sorted(metrics.peers.items())
+    ]
+    return {
+        "server_name": master.config.server_name,
+        "version": __version__,
+        "now": now,
+        "started_at": master.started_at,
+        "uptime_seconds": now - master.started_at,
+        "limits": {"max_buffer_bytes": master.config.limits.max_buffer_bytes},
+        "streams": streams,
+        "connections": connections,
+        "workers": workers,
+    }
+
+
 def admin_resource(master: Master) -> Resource:
     """The root resource of the master's HTTP listener."""
     root = Resource()
     root.putChild(b"streams", _Streams(master))
     root.putChild(b"health", _Health(master))
+    root.putChild(b"status", _Status(master))
+    root.putChild(b"metrics", _Metrics(master.metrics.registry))
+    return root
+
+
+def metrics_resource(registry: CollectorRegistry) -> Resource:
+    """A root resource that serves ``registry`` at ``/metrics`` (a worker's
+    ``metrics.listen``)."""
+    root = Resource()
+    root.putChild(b"metrics", _Metrics(registry))
     return root

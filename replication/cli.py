@@ -1,8 +1,10 @@
-"""The ``replication`` command line tool: ``master``, ``worker``, ``publish``, ``check-config``.
+"""The ``replication`` command line tool: ``master``, ``worker``, ``publish``, ``status``,
+``check-config``.
 
 This is the only module that touches the global reactor: it reads the configuration, applies
-command line overrides, builds the store, the master or worker and their listeners, and runs
-the reactor until SIGINT or SIGTERM.
+command line overrides, builds the store, the metrics registry (one ``CollectorRegistry`` per
+process, passed down), the master or worker and their listeners, and runs the reactor until
+SIGINT or SIGTERM. ``status`` reads a master's ``/status`` and prints it as tables.
 """
 
 from __future__ import annotations
@@ -128,8 +130,11 @@ def cmd_master(args: argparse.Namespace) -> int:
     from twisted.python.threadpool import ThreadPool
     from twisted.web.server import Site
 
+    from prometheus_client import CollectorRegistry
+
     from replication.admin import admin_resource
     from replication.master import Master, MasterFactory
+    from replication.metrics import MasterMetrics
 
     store = _make_store(config)
     pool = None
@@ -141,7 +146,8 @@ def cmd_master(args: argparse.Namespace) -> int:
         def run_blocking(f: Callable[..., Any], *a: Any) -> Any:
             return deferToThreadPool(reactor, pool, f, *a)
 
-    master = Master(config, store, reactor, run_blocking=run_blocking)
+    metrics = MasterMetrics(CollectorRegistry(), config.metrics_max_peer_labels)
+    master = Master(config, store, reactor, run_blocking=run_blocking, metrics=metrics)
     ports: list[Any] = []
 
     def start() -> Any:
@@ -187,14 +193,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
         changes["handler"] = args.handler
     if args.position_file is not None:
         changes["position_file"] = args.position_file
+    if args.metrics_listen is not None:
+        changes["metrics_listen"] = None if args.metrics_listen == "none" else args.metrics_listen
     config = validate_worker(dataclasses.replace(config, **changes))
     if not config.streams:
         raise CommandLineError("no streams to follow: give --stream NAME or `streams:` in the config")
 
+    from prometheus_client import CollectorRegistry
     from twisted.internet import reactor
     from twisted.internet.endpoints import clientFromString
+    from twisted.web.server import Site
 
+    from replication.admin import metrics_resource
     from replication.handlers import HandlerLoadError, load_handler
+    from replication.metrics import WorkerMetrics
     from replication.positions import PositionFile, PositionFileError
     from replication.worker import Worker, worker_service
 
@@ -203,13 +215,34 @@ def cmd_worker(args: argparse.Namespace) -> int:
         positions = PositionFile(config.resolved_position_file())
     except (HandlerLoadError, PositionFileError) as e:
         raise CommandLineError(str(e)) from None
-    worker = Worker(config, handler, positions, reactor)
+    registry = CollectorRegistry()
+    worker = Worker(config, handler, positions, reactor, metrics=WorkerMetrics(registry))
     service = worker_service(worker, clientFromString(reactor, config.master), reactor)
     log.info(
         "worker %s following %s from %s (positions in %s)",
         config.name, ", ".join(s.name for s in config.streams), config.master, positions.path,
     )
-    return _run_reactor(reactor, service.startService, service.stopService)
+    ports: list[Any] = []
+
+    def start() -> Any:
+        if config.metrics_listen is None:
+            service.startService()
+            return None
+        site = Site(metrics_resource(registry))
+        site.noisy = False
+
+        def listening(port: Any) -> None:
+            ports.append(port)
+            service.startService()
+
+        return _listen(reactor, config.metrics_listen, site, "metrics").addCallback(listening)
+
+    def stop() -> Any:
+        for port in ports:
+            port.stopListening()
+        return service.stopService()
+
+    return _run_reactor(reactor, start, stop)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -239,6 +272,114 @@ def cmd_publish(args: argparse.Namespace) -> int:
         print(f"replication: cannot reach the master at {args.url}: {reason}", file=sys.stderr)
         return 1
     print(answer["token"])
+    return 0
+
+
+def _fetch_status(url: str, timeout: float) -> dict[str, Any]:
+    """GET ``<url>/status`` and decode it; unreachable or odd answers are CommandLineError."""
+    target = f"{url.rstrip('/')}/status"
+    try:
+        with urllib.request.urlopen(target, timeout=timeout) as response:
+            document = json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        raise CommandLineError(f"{target} answered {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise CommandLineError(f"cannot reach the master at {url}: {reason}") from None
+    except ValueError as e:
+        raise CommandLineError(f"{target} did not answer JSON: {e}") from None
+    if not isinstance(document, dict) or "streams" not in document:
+        raise CommandLineError(f"{target} did not answer a master's status")
+    return document
+
+
+def _duration(seconds: float | None) -> str:
+    """``3725.2`` -> ``1h 2m``; ``42.5`` -> ``42s``."""
+    if seconds is None:
+        return "-"
+    seconds = int(max(seconds, 0))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    shown = [f"{n}{unit}" for n, unit in parts if n]
+    return " ".join(shown[:2]) or "0s"
+
+
+def _bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024 or unit == "MiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover - the loop always returns
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    return [line(headers), *(line(r) for r in rows)]
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """A master's ``/status`` document as readable tables."""
+    now = status.get("now") or 0.0
+    lines = [
+        f"master {status['server_name']} (replication {status.get('version', '?')}), "
+        f"up {_duration(status.get('uptime_seconds'))}",
+        "",
+    ]
+    streams = status["streams"]
+    if streams:
+        lines += _table(
+            ("STREAM", "HEAD", "OLDEST", "RETAINED"),
+            [(s["name"], str(s["head"]), str(s["oldest"]), str(s["retained_rows"])) for s in streams],
+        )
+    else:
+        lines.append("no streams")
+    lines.append("")
+    connections = status["connections"]
+    rows: list[tuple[str, ...]]
+    if connections:
+        rows = []
+        for c in connections:
+            followed = ", ".join(
+                f"{s['name']}@{s['position']} lag {s['lag']}"
+                + ("" if s.get("live", True) else " (catching up)")
+                for s in c["streams"]
+            )
+            if c.get("all_streams"):
+                followed = "ALL" + (f": {followed}" if followed else "")
+            rows.append((
+                c["worker"] or "?", c["address"], _duration(c.get("connected_seconds")),
+                _bytes(c["buffered_bytes"]), followed or "-",
+            ))
+        lines += _table(("WORKER", "ADDRESS", "CONNECTED FOR", "BUFFERED", "STREAMS"), rows)
+    else:
+        lines.append("no workers connected")
+    workers = status.get("workers") or []
+    if workers:
+        lines.append("")
+        rows = []
+        for w in workers:
+            last = "-"
+            if w.get("last_disconnect_reason"):
+                ago = _duration(now - w["last_disconnect_at"]) if w.get("last_disconnect_at") else "?"
+                last = f"{w['last_disconnect_reason']}, {ago} ago"
+            rows.append((w["name"], str(w["connected"]), str(w["connects"]), last))
+        lines += _table(("WORKER", "OPEN", "CONNECTS", "LAST DISCONNECT"), rows)
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _fetch_status(args.url, args.timeout)
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print(format_status(status))
     return 0
 
 
@@ -283,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", metavar="NAME", help="the name sent in NAME")
     p.add_argument("--handler", metavar="MODULE:CALLABLE", help="handler called with (stream, token, rows)")
     p.add_argument("--position-file", metavar="FILE", help="where positions are recorded")
+    p.add_argument("--metrics-listen", metavar="ENDPOINT",
+                   help="Twisted endpoint serving /metrics, e.g. tcp:9100:interface=127.0.0.1, or 'none'")
     p.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
     p.set_defaults(func=cmd_worker)
 
@@ -293,6 +436,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=DEFAULT_URL, help=f"the master's HTTP address (default {DEFAULT_URL})")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
     p.set_defaults(func=cmd_publish, verbose=False)
+
+    p = sub.add_parser("status", help="show a master's streams and workers",
+                       description="Show a master's streams, its connected workers with their "
+                       "position and lag per stream, and each worker's reconnects, from its /status.")
+    p.add_argument("--url", default=DEFAULT_URL, help=f"the master's HTTP address (default {DEFAULT_URL})")
+    p.add_argument("--json", action="store_true", help="print the /status JSON instead of tables")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
+    p.set_defaults(func=cmd_status, verbose=False)
 
     p = sub.add_parser("check-config", help="validate a configuration file",
                        description="Validate a master or worker configuration file and say what is wrong.")

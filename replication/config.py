@@ -59,6 +59,8 @@ MIN_LINE_BYTES: Final = 1024
 MAX_LINE_BYTES: Final = 64 * MiB
 MAX_CONNECTIONS: Final = 1_000_000
 MAX_CATCHUP_PAGE_ROWS: Final = 100_000
+#: ``metrics.max_peer_labels`` upper bound.
+MAX_PEER_LABELS: Final = 10_000
 
 STORE_TYPES: Final = ("memory", "sqlite")
 WORKER_STREAM_STARTS: Final = ("earliest", "latest")
@@ -184,6 +186,9 @@ class MasterConfig:
     )
     keepalive: KeepaliveConfig = KeepaliveConfig()
     limits: LimitsConfig = LimitsConfig()
+    #: yaml ``metrics: {max_peer_labels: ...}``: distinct worker names used as metric label
+    #: values (and remembered in ``/status``); later names are reported as ``other``.
+    metrics_max_peer_labels: int = 100
 
     def retention_for(self, stream: str) -> RetentionConfig:
         """The retention of ``stream``: its override if it has one, else the default."""
@@ -226,6 +231,9 @@ class WorkerConfig:
     max_line_bytes: int = 65536
     keepalive: KeepaliveConfig = KeepaliveConfig()
     reconnect: ReconnectConfig = ReconnectConfig()
+    #: yaml ``metrics: {listen: ...}``: Twisted server endpoint serving ``/metrics``;
+    #: ``None`` serves none.
+    metrics_listen: str | None = None
 
     def resolved_position_file(self) -> str:
         """The position file to use: ``position_file``, or ``<name>.positions``."""
@@ -595,6 +603,7 @@ _MASTER_KEYS: Final = (
     "retention",
     "keepalive",
     "limits",
+    "metrics",
 )
 _RETENTION_KEYS: Final = ("max_rows", "max_age")
 _LIMITS_KEYS: Final = (
@@ -614,6 +623,7 @@ _WORKER_KEYS: Final = (
     "limits",
     "keepalive",
     "reconnect",
+    "metrics",
 )
 
 
@@ -672,6 +682,10 @@ def master_config_from_text(text: str, source: str = "<string>") -> MasterConfig
             if key in limits:
                 limits[key] = _size(doc, limits[key], f"limits.{key}")
         changes["limits"] = LimitsConfig(**limits)
+    if "metrics" in top:
+        metrics = _section(doc, top["metrics"], "metrics", ("max_peer_labels",))
+        if "max_peer_labels" in metrics:
+            changes["metrics_max_peer_labels"] = metrics["max_peer_labels"]
     config = MasterConfig(**changes)
     _validate_master(config, doc)
     return config
@@ -726,6 +740,10 @@ def worker_config_from_text(text: str, source: str = "<string>") -> WorkerConfig
         changes["reconnect"] = ReconnectConfig(
             **{key: _duration(doc, item, f"reconnect.{key}") for key, item in section.items()}
         )
+    if "metrics" in top:
+        metrics = _section(doc, top["metrics"], "metrics", ("listen",))
+        if "listen" in metrics:
+            changes["metrics_listen"] = metrics["listen"]
     config = WorkerConfig(**changes)
     _validate_worker(config, doc, stream_paths)
     return config
@@ -961,6 +979,9 @@ def _validate_master(config: MasterConfig, doc: _Document) -> None:
     _check_int(
         doc, limits.catchup_page_rows, "limits.catchup_page_rows", 1, MAX_CATCHUP_PAGE_ROWS
     )
+    _check_int(
+        doc, config.metrics_max_peer_labels, "metrics.max_peer_labels", 0, MAX_PEER_LABELS
+    )
 
 
 def _validate_worker(config: WorkerConfig, doc: _Document, stream_paths: Sequence[str]) -> None:
@@ -1005,3 +1026,5 @@ def _validate_worker(config: WorkerConfig, doc: _Document, stream_paths: Sequenc
             "reconnect.max_delay",
             f"must be at least reconnect.initial_delay ({initial:g}s), got {maximum:g}s",
         )
+    if config.metrics_listen is not None:
+        _check_endpoint(doc, config.metrics_listen, "metrics.listen", server=True)

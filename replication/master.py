@@ -49,6 +49,7 @@ from replication.commands import (
     rdata_lines,
 )
 from replication.config import MasterConfig
+from replication.metrics import MasterMetrics
 from replication.protocol import ReplicationProtocol
 from replication.store import StoreError, StreamStore, UnknownStream
 from replication.streams import missing_before, plan_catch_up
@@ -79,16 +80,24 @@ class _Stream:
     name: str
     head: int
     live: set[MasterConnection] = field(default_factory=set)
+    # Rows since this process started, for metrics (plain ints: the publish path stays cheap).
+    rows_published: int = 0
+    rows_sent_live: int = 0
+    rows_sent_catchup: int = 0
 
 
 @dataclass(eq=False)
 class Subscription:
     """One connection's subscription to one stream: the last token sent, and whether the
-    catch-up is done (``live``)."""
+    catch-up is done (``live``). ``position`` is not moved by live rows: a live subscription
+    has been sent everything up to the stream's head (see :meth:`Master.sent_positions`).
+    ``live_since_rows`` is the stream's ``rows_published`` when it went live, from which
+    the live rows sent to it are computed when metrics are read."""
 
     stream: str
     position: int
     live: bool = False
+    live_since_rows: int = 0
 
 
 @dataclass(eq=False)
@@ -112,6 +121,8 @@ class Master:
         refused with 503 rather than queued without bound.
     :param trim_interval: seconds between background retention passes over every stream
         (started by :meth:`start`); the in-memory store is also trimmed on each publish.
+    :param metrics: where this master's metrics are collected (built by the entry point
+        around its registry); ``None``: a private registry (``master.metrics.registry``).
     """
 
     def __init__(
@@ -124,6 +135,7 @@ class Master:
         registry: CommandRegistry | None = None,
         max_pending_rows: int = 1_000_000,
         trim_interval: float = 5.0,
+        metrics: MasterMetrics | None = None,
     ) -> None:
         if store.blocking and run_blocking is None:
             raise ValueError("a blocking store needs run_blocking to keep disk work off the reactor")
@@ -147,6 +159,13 @@ class Master:
             store.create_stream(name)
         for name in store.stream_names():
             self._streams[name] = _Stream(name, store.head(name))
+        self.started_at = clock.seconds()
+        #: Rows published to any stream since start (for ALL-streams subscribers' metrics).
+        self.rows_published = 0
+        if metrics is None:
+            metrics = MasterMetrics(None, config.metrics_max_peer_labels)
+        self.metrics = metrics
+        metrics.bind(self)
 
     # -- life --------------------------------------------------------------------------
 
@@ -209,6 +228,29 @@ class Master:
 
     def knows(self, stream: str) -> bool:
         return stream in self._streams or not self.config.strict_streams
+
+    def stream_states(self) -> list[_Stream]:
+        """Each stream's state, by name: ``name``, ``head``, ``live`` (its live subscribers)
+        and the row counters ``rows_published``, ``rows_sent_live``, ``rows_sent_catchup``.
+        For metrics and status; do not change them."""
+        return [self._streams[name] for name in sorted(self._streams)]
+
+    def follows_all(self, connection: MasterConnection) -> bool:
+        """True if ``connection`` subscribed with ``REPLICATE ALL NOW``."""
+        return connection in self._all_streams
+
+    def sent_positions(self, connection: MasterConnection) -> dict[str, int]:
+        """The last token sent to ``connection`` for each stream it follows. A live
+        subscription has been sent everything up to the head, so it is read from the head
+        here rather than tracked on the fan-out path. "Sent" means written to the
+        connection: some of it may still wait in its buffer."""
+        streams = self._streams
+        if connection in self._all_streams:
+            return {name: streams[name].head for name in sorted(streams)}
+        return {
+            name: streams[name].head if sub.live else sub.position
+            for name, sub in connection.subscriptions.items()
+        }
 
     # -- publishing --------------------------------------------------------------------
 
@@ -306,8 +348,11 @@ class Master:
     def _committed(self, stream: str, token: int, rows: list[str]) -> None:
         state = self._stream(stream)
         state.head = token
+        state.rows_published += len(rows)
+        self.rows_published += len(rows)
         receivers = state.live | self._all_streams if self._all_streams else state.live
         if receivers:
+            state.rows_sent_live += len(rows) * len(receivers)
             data = rdata_lines(stream, token, rows)
             for connection in tuple(receivers):
                 connection.write(data)
@@ -336,7 +381,7 @@ class Master:
         state = self._stream(stream)
         self._unsubscribe(connection, stream)
         if command.token is None:
-            sub = Subscription(stream, state.head, live=True)
+            sub = Subscription(stream, state.head, live=True, live_since_rows=state.rows_published)
             connection.subscriptions[stream] = sub
             state.live.add(connection)
             connection.send(PositionCommand(stream, state.head))
@@ -357,6 +402,8 @@ class Master:
         for stream in list(connection.subscriptions):
             self._unsubscribe(connection, stream)
         self._all_streams.add(connection)
+        if connection.all_since_rows is None:
+            connection.all_since_rows = self.rows_published
         for name in self.stream_names():
             connection.send(PositionCommand(name, self._streams[name].head))
 
@@ -364,7 +411,10 @@ class Master:
         sub = connection.subscriptions.pop(stream, None)
         if sub is None:
             return
-        self._streams[stream].live.discard(connection)
+        state = self._streams[stream]
+        state.live.discard(connection)
+        if sub.live:
+            connection.rdata_rows_sent += state.rows_published - sub.live_since_rows
         if not sub.live:
             connection.catching_up.remove(sub)
 
@@ -417,9 +467,13 @@ class Master:
                     b"".join([rdata_lines(sub.stream, e.token, e.rows) for e in entries])
                 )
                 sub.position = entries[-1].token
+                rows = sum(len(e.rows) for e in entries)
+                state.rows_sent_catchup += rows
+                connection.rdata_rows_sent += rows
         if sub.position >= head:
             connection.send(PositionCommand(sub.stream, head))
             sub.live = True
+            sub.live_since_rows = state.rows_published
             state.live.add(connection)
             return True
         return False
@@ -436,6 +490,9 @@ class Master:
     def connection_lost(self, connection: MasterConnection) -> None:
         self.connections.discard(connection)
         self._all_streams.discard(connection)
+        if connection.all_since_rows is not None:
+            connection.rdata_rows_sent += self.rows_published - connection.all_since_rows
+            connection.all_since_rows = None
         for stream in list(connection.subscriptions):
             self._unsubscribe(connection, stream)
         if connection.pump_call is not None and connection.pump_call.active():
@@ -464,6 +521,29 @@ class MasterConnection(ReplicationProtocol):
         self.catching_up: deque[Subscription] = deque()
         self.pump_call: IDelayedCall | None = None
         self._admitted = False
+        #: RDATA lines written: catch-up pages and live rows of ended subscriptions; see
+        #: :meth:`rdata_sent` for the total.
+        self.rdata_rows_sent = 0
+        #: ``master.rows_published`` when this connection subscribed to ALL streams.
+        self.all_since_rows: int | None = None
+
+    def rdata_sent(self) -> int:
+        """RDATA lines written to this connection. Live rows are not counted per write:
+        they are the rows published since each live subscription began, computed here."""
+        total = self.rdata_rows_sent
+        for sub in self.subscriptions.values():
+            if sub.live:
+                total += self.master._streams[sub.stream].rows_published - sub.live_since_rows
+        if self.all_since_rows is not None:
+            total += self.master.rows_published - self.all_since_rows
+        return total
+
+    def command_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        received, sent = super().command_counts()
+        rdata = self.rdata_sent()
+        if rdata:
+            sent["RDATA"] = sent.get("RDATA", 0) + rdata
+        return received, sent
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -477,6 +557,7 @@ class MasterConnection(ReplicationProtocol):
 
     def handshake_done(self) -> None:
         log.info("%s connected", self.describe())
+        self.master.metrics.peer_connected(self)
 
     def on_REPLICATE(self, command: ReplicateCommand) -> None:
         self.master.replicate(self, command)
@@ -486,6 +567,7 @@ class MasterConnection(ReplicationProtocol):
             self.master.pump(self)
 
     def closed(self, reason: str) -> None:
+        self.master.metrics.connection_closed(self, reason)
         if self._admitted:
             log.info("%s disconnected: %s", self.describe(), reason)
             self.master.connection_lost(self)

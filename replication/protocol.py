@@ -39,7 +39,10 @@ from replication.commands import (
 
 log = logging.getLogger(__name__)
 
-#: Why a connection ended, as counted by metrics and shown in logs.
+#: Why a connection ended, as counted by metrics and shown in logs. ``CLOSED_LOCALLY`` is
+#: also what a close started by this side's transport reports (e.g. ``ClientService``
+#: stopping calls ``transport.loseConnection()`` itself), told from a peer's close by the
+#: transport's ``disconnecting`` flag.
 CLOSED_BY_PEER = "closed by peer"
 CLOSED_LOCALLY = "closed locally"
 PING_TIMEOUT = "ping timeout"
@@ -103,6 +106,11 @@ class ReplicationProtocol(Protocol):
         self.peer_name: str | None = None
         self.connected_since: float | None = None
         self.close_reason: str | None = None
+        #: Commands sent and received on this connection, by name: plain ints on the
+        #: reactor thread, read by :mod:`replication.metrics` at scrape time (see
+        #: :meth:`command_counts`).
+        self.sent_counts: dict[str, int] = {}
+        self.received_counts: dict[str, int] = {}
 
         self._buffer = b""
         self._held: deque[bytes] = deque()
@@ -140,7 +148,8 @@ class ReplicationProtocol(Protocol):
         self.queued_bytes = 0
         self._held.clear()
         if self.close_reason is None:
-            self.close_reason = CLOSED_BY_PEER
+            local = self.transport is not None and getattr(self.transport, "disconnecting", False)
+            self.close_reason = CLOSED_LOCALLY if local else CLOSED_BY_PEER
         self.closed(self.close_reason)
 
     def close(self, reason: str = CLOSED_LOCALLY) -> None:
@@ -167,12 +176,19 @@ class ReplicationProtocol(Protocol):
         self._queue.clear()
         self.queued_bytes = 0
         self.transport.write(ErrorCommand(message).to_line() + b"\n")
+        self.sent_counts["ERROR"] = self.sent_counts.get("ERROR", 0) + 1
         self.close(reason)
 
     def describe(self) -> str:
         peer = self.transport.getPeer() if self.transport is not None else None
         address = f"{peer.host}:{peer.port}" if hasattr(peer, "port") else str(peer)
         return f"{self.peer_side} {self.peer_name or '?'} at {address}"
+
+    def command_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """``(received, sent)``: commands of this connection by name, so far. Subclasses
+        whose hot paths bypass :meth:`send` or :meth:`command_received` add what those
+        counted."""
+        return dict(self.received_counts), dict(self.sent_counts)
 
     # -- subclass hooks ----------------------------------------------------------------
 
@@ -205,6 +221,8 @@ class ReplicationProtocol(Protocol):
                 f"{command.NAME} line of {len(line)} bytes is over the limit of "
                 f"{self.max_line_bytes} bytes"
             )
+        counts = self.sent_counts
+        counts[command.NAME] = counts.get(command.NAME, 0) + 1
         self.write(line + b"\n")
 
     def write(self, data: bytes) -> None:
@@ -281,6 +299,8 @@ class ReplicationProtocol(Protocol):
         self.command_received(command)
 
     def command_received(self, command: Command) -> None:
+        counts = self.received_counts
+        counts[command.NAME] = counts.get(command.NAME, 0) + 1
         if self.peer_name is None:
             expected = ServerCommand if self.peer_side == MASTER else NameCommand
             if not isinstance(command, expected):

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-from twisted.web.server import Site
 
-from replication.admin import admin_resource
+# tests/ is not a package, so pytest puts tests/ itself on sys.path.
+from helpers import request
 from replication.config import LimitsConfig, MasterConfig
 from replication.master import Master
 from replication.store.memory import MemoryStore
@@ -19,24 +17,6 @@ from replication.store.memory import MemoryStore
 
 def make_master(**changes: Any) -> Master:
     return Master(dataclasses.replace(MasterConfig(), **changes), MemoryStore(), Clock())
-
-
-def request(master: Master, method: str, path: str, body: bytes = b"") -> tuple[int, Any]:
-    """Send one HTTP/1.1 request through the real Site and parse the JSON answer."""
-    site = Site(admin_resource(master))
-    protocol = site.buildProtocol(None)
-    transport = StringTransport()
-    protocol.makeConnection(transport)
-    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
-    protocol.dataReceived(head.encode() + body)
-    response = transport.value()
-    status_line, _, rest = response.partition(b"\r\n")
-    status = int(status_line.split()[1])
-    payload = rest.split(b"\r\n\r\n", 1)[1]
-    if b"transfer-encoding: chunked" in rest.lower().split(b"\r\n\r\n", 1)[0]:
-        payload = payload.split(b"\r\n", 1)[1].rsplit(b"\r\n0\r\n", 1)[0].rsplit(b"\r\n", 1)[0]
-    protocol.connectionLost(None)
-    return status, json.loads(payload)
 
 
 def test_publish_answers_the_token() -> None:

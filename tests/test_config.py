@@ -259,6 +259,19 @@ def test_http_listen_null_disables_http() -> None:
     assert master_config_from_text("http:").http_listen == MasterConfig().http_listen
 
 
+def test_metrics_keys() -> None:
+    """metrics.max_peer_labels (master, default 100) and metrics.listen (worker, default
+    null: no /metrics) are read; a section with no value keeps the defaults."""
+    assert MasterConfig().metrics_max_peer_labels == 100
+    assert master_config_from_text("metrics: {max_peer_labels: 0}").metrics_max_peer_labels == 0
+    assert master_config_from_text("metrics:\n").metrics_max_peer_labels == 100
+    assert WorkerConfig().metrics_listen is None
+    config = worker_config_from_text("metrics: {listen: 'tcp:9100:interface=127.0.0.1'}")
+    assert config.metrics_listen == "tcp:9100:interface=127.0.0.1"
+    assert worker_config_from_text("metrics: {listen: null}").metrics_listen is None
+    assert worker_config_from_text("metrics:\n") == WorkerConfig()
+
+
 def test_sqlite_store_without_path_is_allowed() -> None:
     """type sqlite alone means a default database file inside data_dir."""
     config = master_config_from_text("store: {type: sqlite}")
@@ -455,6 +468,14 @@ MASTER_ERRORS = [
     ("listen: !custom x\n", "listen", 1, "unsupported YAML tag '!custom'"),
     ("streams: !!set {a}\n", "streams", 1, "unsupported YAML tag"),
     ("a: &a [*a]\n", "a[0]", 1, "an alias refers to a value that contains it"),
+    ("metrics:\n  max_peer_labels: -1\n", "metrics.max_peer_labels", 2,
+     "must be between 0 and 10000, got -1"),
+    ("metrics:\n  max_peer_labels: 10001\n", "metrics.max_peer_labels", 2, "between 0 and 10000"),
+    ("metrics:\n  max_peer_labels: many\n", "metrics.max_peer_labels", 2,
+     "must be an integer, got 'many'"),
+    ("metrics:\n  max_peer_label: 5\n", "metrics.max_peer_label", 2,
+     "did you mean 'max_peer_labels'?"),
+    ("metrics:\n  listen: 'tcp:9100'\n", "metrics.listen", 2, "unknown key 'listen'"),
 ]
 
 
@@ -503,6 +524,11 @@ WORKER_ERRORS = [
      "must be at least reconnect.initial_delay (10s), got 5s"),
     ("reconnect:\n  initial_delay: 60\n", "reconnect.max_delay", 1, "must be at least"),
     ("reconnect:\n  initial_delay: false\n", "reconnect.initial_delay", 2, "got false"),
+    ("metrics:\n  listen: 'tcp:notaport'\n", "metrics.listen", 2,
+     "invalid Twisted server endpoint 'tcp:notaport'"),
+    ("metrics:\n  listen: 9100\n", "metrics.listen", 2, "must be a string, got 9100"),
+    ("metrics:\n  max_peer_labels: 5\n", "metrics.max_peer_labels", 2,
+     "unknown key 'max_peer_labels'; valid keys are: listen"),
 ]
 
 
@@ -584,6 +610,7 @@ def test_validate_returns_valid_configs() -> None:
         ({"stream_retention": {"bad name": RetentionConfig()}}, "retention.streams.bad name",
          "invalid stream name"),
         ({"server_name": ""}, "server_name", "must not be empty"),
+        ({"metrics_max_peer_labels": True}, "metrics.max_peer_labels", "got true"),
     ],
 )
 def test_validate_master_checks_replaced_values(
@@ -609,6 +636,7 @@ def test_validate_master_checks_replaced_values(
         ({"max_line_bytes": 10}, "limits.max_line_bytes", "between 1024"),
         ({"handler_retry_max_delay": -1}, "handler_retry.max_delay", "positive"),
         ({"reconnect": ReconnectConfig(5.0, 1.0)}, "reconnect.max_delay", "at least"),
+        ({"metrics_listen": "nope:1"}, "metrics.listen", "Unknown endpoint type"),
     ],
 )
 def test_validate_worker_checks_replaced_values(

@@ -1,0 +1,496 @@
+"""Metric definitions and the collectors that expose them to Prometheus.
+
+Every metric of a master (:class:`MasterMetrics`) and of a worker (:class:`WorkerMetrics`) is
+defined here; docs/operations.rst describes each one. The entry point creates one
+``CollectorRegistry`` per process, builds the metrics object around it and passes it to
+:class:`~replication.master.Master` or :class:`~replication.worker.Worker`, which call
+:meth:`bind`. Nothing here uses prometheus_client's global ``REGISTRY``.
+
+Nothing is counted with prometheus_client's ``Counter`` on the hot path (its ``inc()`` takes
+a lock: ~0.5 µs, a histogram ``observe()`` ~1 µs). The services keep plain integers, updated
+on the reactor thread: per stream rows published and sent (the fan-out adds
+``rows × receivers`` once per publish), per connection commands by name, per worker stream
+handler calls and a bucketed duration histogram. Everything else is read from the services'
+own state when the registry is scraped: open connections, bytes buffered per connection,
+heads, oldest and retained rows, positions and lag, connected or not. Scrape from the
+reactor thread (the HTTP resources of :mod:`replication.admin` do).
+
+Label values stay bounded: command names come from the command registry, stream names from
+the streams that exist, reasons from the close reasons of :mod:`replication.protocol`, and
+peer names through :class:`PeerLabels`: the first ``max_peer_labels`` names seen keep their
+own label, later ones are counted as ``other``.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+from replication import __version__
+from replication.store import StoreError
+
+if TYPE_CHECKING:
+    from replication.master import Master
+    from replication.protocol import ReplicationProtocol
+    from replication.worker import Worker
+
+#: The label value of peer names past the cap.
+OTHER = "other"
+#: The label value of a connection whose peer has not sent its name (yet).
+UNNAMED = "unnamed"
+#: Upper bounds (seconds) of the worker's handler duration histogram buckets.
+HANDLER_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+)
+_FIRST_BUCKET = HANDLER_BUCKETS[0]
+_bisect_left = bisect.bisect_left
+#: Master names a worker keeps as label values (a worker talks to one master at a time, or
+#: to the few masters of a cluster).
+WORKER_PEER_LABELS = 16
+
+# Every metric, by the name Prometheus shows (counters end in _total) and its help text.
+# docs/operations.rst lists each of them; tests/test_metrics.py checks that it does.
+COMMON_METRICS: dict[str, str] = {
+    "replication_info": "Constant 1; labels say the role, the process's name and the version.",
+    "replication_commands_received_total": (
+        "Protocol commands received, by command and peer name (one per line; on a worker "
+        "every RDATA line counts, so a token of n rows adds n)."
+    ),
+    "replication_commands_sent_total": (
+        "Protocol commands sent, by command and peer name (one per line; a master's live "
+        "RDATA lines are the rows published while the peer's subscription was live)."
+    ),
+    "replication_disconnects_total": (
+        "Connections ended, by close reason and peer name (closed_by_peer, closed_locally, "
+        "ping_timeout, failed_to_keep_up, protocol_error, line_too_long, "
+        "too_many_connections)."
+    ),
+}
+MASTER_METRICS: dict[str, str] = {
+    **COMMON_METRICS,
+    "replication_start_time_seconds": "When the master started, in seconds since the epoch.",
+    "replication_connections_open": "Worker connections open now (admitted).",
+    "replication_connection_buffered_bytes": (
+        "Bytes the master holds for a worker's connections beyond what the transport holds, "
+        "by peer name (summed over that name's connections); past "
+        "replication_connection_buffer_limit_bytes the connection is cut off."
+    ),
+    "replication_connection_buffer_limit_bytes": (
+        "limits.max_buffer_bytes: bytes held for one connection before it is cut off as "
+        "failed to keep up."
+    ),
+    "replication_connection_lag_tokens": (
+        "Tokens between a stream's head and the last token sent to the worker, by peer name "
+        "and stream (the largest over that name's connections). Sent, not handled: the "
+        "worker's own replication_worker_lag_tokens says what it has handled."
+    ),
+    "replication_peer_connects_total": (
+        "Connections that completed the handshake, by peer name: more than one means the "
+        "worker reconnected."
+    ),
+    "replication_stream_rows_published_total": "Rows published to a stream since start.",
+    "replication_stream_head_token": "The newest committed token of a stream.",
+    "replication_stream_oldest_token": (
+        "The oldest token a stream retains (head + 1 when it retains none)."
+    ),
+    "replication_stream_retained_rows": "Rows a stream retains in the store.",
+    "replication_stream_live_subscribers": (
+        "Connections receiving a stream's rows live (including ALL-streams subscribers)."
+    ),
+    "replication_stream_rows_sent_live_total": (
+        "RDATA rows written to live subscribers: rows x receivers, counted once per publish."
+    ),
+    "replication_stream_rows_sent_catchup_total": (
+        "RDATA rows written to connections catching up from the store."
+    ),
+}
+WORKER_METRICS: dict[str, str] = {
+    **COMMON_METRICS,
+    "replication_worker_connected": "1 while the worker is connected to its master, else 0.",
+    "replication_worker_reconnects_total": (
+        "Connections to the master after the first one that completed the handshake."
+    ),
+    "replication_worker_position_token": (
+        "The last token of a stream the worker handled and recorded."
+    ),
+    "replication_worker_head_token": (
+        "The newest token of a stream the master has shown (in RDATA or POSITION)."
+    ),
+    "replication_worker_lag_tokens": (
+        "Tokens between the master's head (as last learned from RDATA and POSITION) and the "
+        "worker's recorded position."
+    ),
+    "replication_worker_tokens_handled_total": (
+        "Handler calls that succeeded, by stream: one per token (a GAP or RESET passed to "
+        "the handler counts as one too)."
+    ),
+    "replication_worker_handler_errors_total": "Handler calls that raised or failed, by stream.",
+    "replication_worker_handler_duration_seconds": (
+        "Time of each handler call, by stream (until its Deferred or coroutine finished), "
+        "failures included."
+    ),
+}
+
+
+def reason_label(reason: str) -> str:
+    """A close reason (``"failed to keep up"``) as a label value (``failed_to_keep_up``)."""
+    return reason.replace(" ", "_")
+
+
+class PeerLabels:
+    """Peer names as label values: each of the first ``limit`` distinct names is its own
+    label for the life of the process; later names are ``other``; no name is ``unnamed``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._known: set[str] = set()
+
+    def __call__(self, name: str | None) -> str:
+        if name is None:
+            return UNNAMED
+        known = self._known
+        if name in known:
+            return name
+        if len(known) < self.limit:
+            known.add(name)
+            return name
+        return OTHER
+
+
+@dataclass
+class PeerRecord:
+    """What a master remembers about one peer label across its connections."""
+
+    label: str
+    connects: int = 0
+    disconnects: dict[str, int] = field(default_factory=dict)
+    last_disconnect_reason: str | None = None
+    last_disconnect_at: float | None = None
+
+
+class _CommandTotals:
+    """Commands of connections that ended, by ``(command, peer label)``, plus those of open
+    connections read at scrape time: together a counter that only grows."""
+
+    def __init__(self) -> None:
+        self.received: dict[tuple[str, str], int] = {}
+        self.sent: dict[tuple[str, str], int] = {}
+
+    def fold(self, connection: ReplicationProtocol, label: str) -> None:
+        received, sent = connection.command_counts()
+        _add(self.received, received, label)
+        _add(self.sent, sent, label)
+
+    def families(
+        self, open_connections: Iterable[tuple[ReplicationProtocol, str]]
+    ) -> Iterator[Metric]:
+        received, sent = dict(self.received), dict(self.sent)
+        for connection, label in open_connections:
+            live_received, live_sent = connection.command_counts()
+            _add(received, live_received, label)
+            _add(sent, live_sent, label)
+        for name, values in (("received", received), ("sent", sent)):
+            full = f"replication_commands_{name}_total"
+            family = CounterMetricFamily(full, COMMON_METRICS[full], labels=["command", "peer"])
+            for (command, peer), value in sorted(values.items()):
+                family.add_metric([command, peer], value)
+            yield family
+
+
+def _add(totals: dict[tuple[str, str], int], counts: dict[str, int], label: str) -> None:
+    for command, n in counts.items():
+        key = (command, label)
+        totals[key] = totals.get(key, 0) + n
+
+
+def _registry(registry: CollectorRegistry | None) -> CollectorRegistry:
+    return registry if registry is not None else CollectorRegistry()
+
+
+def _gauge(name: str, helps: dict[str, str], labels: list[str] | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, helps[name], labels=labels)
+
+
+def _counter(
+    name: str, helps: dict[str, str], labels: list[str] | None = None
+) -> CounterMetricFamily:
+    return CounterMetricFamily(name, helps[name], labels=labels)
+
+
+class MasterMetrics:
+    """A master's metrics, collected from the master it is bound to when scraped.
+
+    :param registry: the process's registry; ``None``: a new private one.
+    :param max_peer_labels: distinct worker names kept as label values and in
+        :attr:`peers` (``metrics.max_peer_labels``); later names are ``other``.
+
+    The master calls :meth:`bind` once, :meth:`peer_connected` after each handshake and
+    :meth:`connection_closed` when a connection ends.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, max_peer_labels: int = 100
+    ) -> None:
+        self.registry = _registry(registry)
+        self.peer_label = PeerLabels(max_peer_labels)
+        #: By peer label: connects, disconnects by reason, the last disconnect.
+        self.peers: dict[str, PeerRecord] = {}
+        self._commands = _CommandTotals()
+        self._master: Master | None = None
+
+    def bind(self, master: Master) -> None:
+        """Collect from ``master`` when the registry is scraped."""
+        if self._master is not None:
+            raise ValueError("these MasterMetrics already observe a master")
+        self._master = master
+        self.registry.register(self)
+
+    def peer(self, label: str) -> PeerRecord:
+        record = self.peers.get(label)
+        if record is None:
+            record = self.peers[label] = PeerRecord(label)
+        return record
+
+    # -- called by the master ----------------------------------------------------------
+
+    def peer_connected(self, connection: ReplicationProtocol) -> None:
+        self.peer(self.peer_label(connection.peer_name)).connects += 1
+
+    def connection_closed(self, connection: ReplicationProtocol, reason: str) -> None:
+        label = self.peer_label(connection.peer_name)
+        self._commands.fold(connection, label)
+        record = self.peer(label)
+        record.disconnects[reason] = record.disconnects.get(reason, 0) + 1
+        record.last_disconnect_reason = reason
+        record.last_disconnect_at = connection.clock.seconds()
+
+    # -- scrape ------------------------------------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        master = self._master
+        if master is None:
+            return
+        config = master.config
+        labels = self.peer_label
+        connections = sorted(master.connections, key=lambda c: c.connected_since or 0.0)
+        named = [(c, labels(c.peer_name)) for c in connections]
+
+        info = _gauge("replication_info", MASTER_METRICS, ["role", "name", "version"])
+        info.add_metric(["master", config.server_name, __version__], 1)
+        yield info
+        started = _gauge("replication_start_time_seconds", MASTER_METRICS)
+        started.add_metric([], master.started_at)
+        yield started
+        yield from self._commands.families(named)
+
+        disconnects = _counter("replication_disconnects_total", MASTER_METRICS, ["reason", "peer"])
+        connects = _counter("replication_peer_connects_total", MASTER_METRICS, ["peer"])
+        for label, record in sorted(self.peers.items()):
+            connects.add_metric([label], record.connects)
+            for reason, n in sorted(record.disconnects.items()):
+                disconnects.add_metric([reason_label(reason), label], n)
+        yield disconnects
+        yield connects
+
+        open_ = _gauge("replication_connections_open", MASTER_METRICS)
+        open_.add_metric([], len(connections))
+        yield open_
+        buffered_by_peer: dict[str, int] = {}
+        lag: dict[tuple[str, str], int] = {}
+        for connection, label in named:
+            buffered_by_peer[label] = buffered_by_peer.get(label, 0) + connection.queued_bytes
+            for stream, position in master.sent_positions(connection).items():
+                behind = max(master.head(stream) - position, 0)
+                key = (label, stream)
+                lag[key] = max(lag.get(key, 0), behind)
+        buffered = _gauge("replication_connection_buffered_bytes", MASTER_METRICS, ["peer"])
+        for label, n in sorted(buffered_by_peer.items()):
+            buffered.add_metric([label], n)
+        yield buffered
+        limit = _gauge("replication_connection_buffer_limit_bytes", MASTER_METRICS)
+        limit.add_metric([], config.limits.max_buffer_bytes)
+        yield limit
+        lag_family = _gauge("replication_connection_lag_tokens", MASTER_METRICS, ["peer", "stream"])
+        for (label, stream), n in sorted(lag.items()):
+            lag_family.add_metric([label, stream], n)
+        yield lag_family
+
+        yield from self._stream_families(master)
+
+    def _stream_families(self, master: Master) -> Iterator[Metric]:
+        names = (
+            "replication_stream_rows_published_total",
+            "replication_stream_head_token",
+            "replication_stream_oldest_token",
+            "replication_stream_retained_rows",
+            "replication_stream_live_subscribers",
+            "replication_stream_rows_sent_live_total",
+            "replication_stream_rows_sent_catchup_total",
+        )
+        families = [
+            (_counter if name.endswith("_total") else _gauge)(name, MASTER_METRICS, ["stream"])
+            for name in names
+        ]
+        all_streams = sum(1 for c in master.connections if master.follows_all(c))
+        for state in master.stream_states():
+            oldest, retained = stream_retention(master, state.name, state.head)
+            values = (
+                state.rows_published, state.head, oldest, retained,
+                len(state.live) + all_streams, state.rows_sent_live, state.rows_sent_catchup,
+            )
+            for family, value in zip(families, values):
+                family.add_metric([state.name], value)
+        yield from families
+
+
+def stream_retention(master: Master, stream: str, head: int) -> tuple[int, int]:
+    """``(oldest token, retained rows)`` of ``stream`` from the master's store; a stream
+    the store does not hold (followed, never published) or cannot read retains nothing."""
+    try:
+        return master.store.oldest(stream), master.store.retained_rows(stream)
+    except StoreError:
+        return head + 1, 0
+
+
+class _StreamStats:
+    __slots__ = ("handled", "errors", "buckets", "seconds")
+
+    def __init__(self) -> None:
+        self.handled = 0
+        self.errors = 0
+        self.buckets = [0] * (len(HANDLER_BUCKETS) + 1)
+        self.seconds = 0.0
+
+
+class WorkerMetrics:
+    """A worker's metrics, collected from the worker it is bound to when scraped.
+
+    :param registry: the process's registry; ``None``: a new private one.
+
+    The worker calls :meth:`bind` once, :meth:`connected` after each handshake,
+    :meth:`connection_closed` when a connection ends, and :meth:`handler_done` or
+    :meth:`handler_failed` after each handler call (a few integer operations: this is on
+    the per-token path).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = _registry(registry)
+        self.peer_label = PeerLabels(WORKER_PEER_LABELS)
+        self.connects = 0
+        #: Disconnects by ``(reason, master label)``.
+        self.disconnects: dict[tuple[str, str], int] = {}
+        self._streams: dict[str, _StreamStats] = {}
+        self._commands = _CommandTotals()
+        self._worker: Worker | None = None
+
+    def bind(self, worker: Worker) -> None:
+        """Collect from ``worker`` when the registry is scraped."""
+        if self._worker is not None:
+            raise ValueError("these WorkerMetrics already observe a worker")
+        self._worker = worker
+        self.registry.register(self)
+
+    # -- called by the worker ----------------------------------------------------------
+
+    def connected(self, connection: ReplicationProtocol) -> None:
+        self.connects += 1
+
+    def connection_closed(self, connection: ReplicationProtocol, reason: str) -> None:
+        label = self.peer_label(connection.peer_name)
+        self._commands.fold(connection, label)
+        key = (reason, label)
+        self.disconnects[key] = self.disconnects.get(key, 0) + 1
+
+    def handler_done(self, stream: str, seconds: float) -> None:
+        stats = self._streams.get(stream)
+        if stats is None:
+            stats = self._new_stream(stream)
+        stats.handled += 1
+        stats.seconds += seconds
+        if seconds <= _FIRST_BUCKET:  # most calls: skip the search
+            stats.buckets[0] += 1
+        else:
+            stats.buckets[_bisect_left(HANDLER_BUCKETS, seconds)] += 1
+
+    def handler_failed(self, stream: str, seconds: float) -> None:
+        stats = self._streams.get(stream)
+        if stats is None:
+            stats = self._new_stream(stream)
+        stats.errors += 1
+        stats.seconds += seconds
+        stats.buckets[_bisect_left(HANDLER_BUCKETS, seconds)] += 1
+
+    def _new_stream(self, stream: str) -> _StreamStats:
+        stats = self._streams[stream] = _StreamStats()
+        return stats
+
+    # -- scrape ------------------------------------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        worker = self._worker
+        if worker is None:
+            return
+        connection = worker.connection
+        info = _gauge("replication_info", WORKER_METRICS, ["role", "name", "version"])
+        info.add_metric(["worker", worker.config.name, __version__], 1)
+        yield info
+        live = [(connection, self.peer_label(connection.peer_name))] if connection else []
+        yield from self._commands.families(live)
+        disconnects = _counter("replication_disconnects_total", WORKER_METRICS, ["reason", "peer"])
+        for (reason, label), n in sorted(self.disconnects.items()):
+            disconnects.add_metric([reason_label(reason), label], n)
+        yield disconnects
+        connected = _gauge("replication_worker_connected", WORKER_METRICS)
+        connected.add_metric([], 1 if connection is not None else 0)
+        yield connected
+        reconnects = _counter("replication_worker_reconnects_total", WORKER_METRICS)
+        reconnects.add_metric([], max(self.connects - 1, 0))
+        yield reconnects
+
+        position = _gauge("replication_worker_position_token", WORKER_METRICS, ["stream"])
+        head = _gauge("replication_worker_head_token", WORKER_METRICS, ["stream"])
+        lag = _gauge("replication_worker_lag_tokens", WORKER_METRICS, ["stream"])
+        for stream in worker.streams:
+            recorded = worker.positions.get(stream)
+            if recorded is not None:
+                position.add_metric([stream], recorded)
+            if stream in worker.heads:
+                head.add_metric([stream], worker.heads[stream])
+            behind = worker.lag(stream)
+            if behind is not None:
+                lag.add_metric([stream], behind)
+        yield position
+        yield head
+        yield lag
+
+        handled = _counter("replication_worker_tokens_handled_total", WORKER_METRICS, ["stream"])
+        errors = _counter("replication_worker_handler_errors_total", WORKER_METRICS, ["stream"])
+        duration = HistogramMetricFamily(
+            "replication_worker_handler_duration_seconds",
+            WORKER_METRICS["replication_worker_handler_duration_seconds"],
+            labels=["stream"],
+        )
+        for stream, stats in sorted(self._streams.items()):
+            handled.add_metric([stream], stats.handled)
+            errors.add_metric([stream], stats.errors)
+            cumulative, buckets = 0, []
+            for bound, n in zip((*HANDLER_BUCKETS, float("inf")), stats.buckets):
+                cumulative += n
+                le = floatToGoString(bound)  # type: ignore[no-untyped-call]
+                buckets.append((le, cumulative))
+            duration.add_metric([stream], buckets, sum_value=stats.seconds)
+        yield handled
+        yield errors
+        yield duration

@@ -1,0 +1,57 @@
+"""Helpers shared by test modules: raw HTTP requests through a real twisted.web Site over a
+StringTransport, without a reactor or a socket."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.testing import StringTransport
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from replication.admin import admin_resource
+from replication.master import Master
+
+
+def raw_request(
+    resource: Resource, method: str, path: str, body: bytes = b""
+) -> tuple[int, dict[str, str], bytes]:
+    """Send one HTTP/1.1 request to ``resource`` (the root of a Site) and return the status,
+    the response headers (lower-case names) and the body (de-chunked)."""
+    site = Site(resource)
+    protocol = site.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    protocol.dataReceived(head.encode() + body)
+    response = transport.value()
+    status_line, _, rest = response.partition(b"\r\n")
+    status = int(status_line.split()[1])
+    header_block, payload = rest.split(b"\r\n\r\n", 1)
+    headers = {}
+    for line in header_block.split(b"\r\n"):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding") == "chunked":
+        payload = _dechunk(payload)
+    protocol.connectionLost(None)
+    return status, headers, payload
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = b""
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += data[:size]
+        data = data[size + 2 :]
+    return out
+
+
+def request(master: Master, method: str, path: str, body: bytes = b"") -> tuple[int, Any]:
+    """Send one HTTP/1.1 request through the master's real Site and parse the JSON answer."""
+    status, _, payload = raw_request(admin_resource(master), method, path, body)
+    return status, json.loads(payload)
