@@ -25,6 +25,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from replication import __version__
+from replication.commands import CommandParseError, decode_json_bytes
 from replication.master import Master, MasterConnection, PublishError
 from replication.metrics import stream_retention
 
@@ -61,9 +62,9 @@ class _StreamResource(Resource):
                 f"request body is over {limit} bytes (limits.max_body_bytes); publish in smaller batches",
             )
         try:
-            document = json.loads(body)
-        except ValueError as e:
-            return _error(request, 400, f"body is not valid JSON: {e}")
+            document = decode_json_bytes(body, what="body")
+        except CommandParseError as e:
+            return _error(request, 400, str(e))
         except RecursionError:
             return _error(request, 400, "body is nested too deeply")
         if not isinstance(document, dict) or "rows" not in document:
@@ -75,7 +76,7 @@ class _StreamResource(Resource):
         if not isinstance(rows, list):
             return _error(request, 400, '"rows" must be a list of JSON values')
         try:
-            encoded = self.master.encode_rows(self.stream, rows)
+            encoded = self.master.encode_rows(self.stream, rows, parsed=True)
         except PublishError as e:
             return _error(request, e.status, e.message)
         d: Deferred[int] = self.master.submit(self.stream, encoded)

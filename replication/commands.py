@@ -95,14 +95,18 @@ def encode_json(value: Any) -> str:
     return text
 
 
+class _NotJson(ValueError):
+    pass
+
+
 def _reject_constant(name: str) -> Any:
-    raise CommandParseError(f"RDATA row is not valid JSON: {name} is not a JSON value")
+    raise _NotJson(f"{name} is not a JSON value")
 
 
 def _finite_float(text: str) -> float:
     value = float(text)
     if value in (float("inf"), float("-inf")):
-        raise CommandParseError(f"RDATA row is not valid JSON: {text} overflows a float")
+        raise _NotJson(f"{text} overflows a float")
     return value
 
 
@@ -111,22 +115,21 @@ _strict_decode = json.JSONDecoder(
 ).decode
 
 
-def decode_json(text: str) -> Any:
+def decode_json(text: str, what: str = "RDATA row") -> Any:
     """Decode one JSON document, strictly: ``NaN``, ``Infinity`` and numbers that overflow
-    a float are refused with :class:`CommandParseError`, as is anything not JSON."""
+    a float are refused with :class:`CommandParseError` (``"<what> is not valid JSON:
+    ..."``), as is anything not JSON."""
     try:
         value = _strict_decode(text)
     except ValueError as e:
-        if isinstance(e, CommandParseError):
-            raise
-        raise CommandParseError(f"RDATA row is not valid JSON: {e}") from None
+        raise CommandParseError(f"{what} is not valid JSON: {e}") from None
     if "\\u" in text and "\\ud" in text.lower():
         # An escaped lone surrogate decodes to a string that UTF-8 cannot carry.
         try:
             _compact_json.encode(value).encode("utf-8")
         except UnicodeEncodeError:
             raise CommandParseError(
-                "RDATA row is not valid JSON: it escapes a lone UTF-16 surrogate"
+                f"{what} is not valid JSON: it escapes a lone UTF-16 surrogate"
             ) from None
     return value
 
@@ -140,7 +143,7 @@ def _has_twenty_digits(data: bytes) -> bool:
     return _TWENTY_ZEROS in data.translate(_DIGITS_AS_ZEROS)
 
 
-def decode_json_bytes(data: bytes) -> Any:
+def decode_json_bytes(data: bytes, what: str = "RDATA row") -> Any:
     """Decode one JSON document from UTF-8 bytes, as strictly as :func:`decode_json`.
 
     With orjson installed it does the work (it refuses NaN, Infinity, lone surrogates and
@@ -157,8 +160,8 @@ def decode_json_bytes(data: bytes) -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise CommandParseError(f"JSON is not valid UTF-8 (byte {e.start})") from None
-    return decode_json(text)
+        raise CommandParseError(f"{what} is not valid UTF-8 (byte {e.start})") from None
+    return decode_json(text, what)
 
 
 def encode_parsed_json(value: Any) -> str:

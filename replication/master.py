@@ -45,6 +45,7 @@ from replication.commands import (
     check_stream_name,
     default_registry,
     encode_json,
+    encode_parsed_json,
     rdata_line_length,
     rdata_lines,
 )
@@ -61,7 +62,7 @@ T = TypeVar("T")
 BlockingRunner = Callable[..., "Deferred[Any]"]
 
 #: Catch-up pages one connection may send in one turn of the reactor before yielding.
-PAGES_PER_TURN = 4
+PAGES_PER_TURN = 1
 TOO_MANY_CONNECTIONS = "too many connections"
 
 
@@ -254,9 +255,10 @@ class Master:
 
     # -- publishing --------------------------------------------------------------------
 
-    def encode_rows(self, stream: str, rows: Sequence[Any]) -> list[str]:
+    def encode_rows(self, stream: str, rows: Sequence[Any], parsed: bool = False) -> list[str]:
         """Check a publish and encode its rows as compact JSON, or raise
-        :class:`PublishError` saying what is wrong."""
+        :class:`PublishError` saying what is wrong. ``parsed`` says the rows came out of a
+        JSON parser (only JSON types, no NaN), which allows the faster encoder."""
         try:
             check_stream_name(stream)
         except CommandParseError as e:
@@ -270,13 +272,16 @@ class Master:
         if not rows:
             raise PublishError(400, "rows must hold at least one row")
         limit = self.config.limits.max_line_bytes
+        room = limit - rdata_line_length(stream, "")  # bytes of JSON a row may take
+        surely_fits = room // 4  # characters that fit even at 4 UTF-8 bytes each
+        encode = encode_parsed_json if parsed else encode_json
         encoded = []
         for i, row in enumerate(rows):
             try:
-                text = encode_json(row)
+                text = encode(row)
             except CommandParseError as e:
                 raise PublishError(400, f"row {i}: {e}") from None
-            if rdata_line_length(stream, text) > limit:
+            if len(text) > surely_fits and len(text.encode()) > room:
                 raise PublishError(
                     413,
                     f"row {i} is {len(text.encode())} bytes of JSON; with its RDATA prefix it "

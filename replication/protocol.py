@@ -51,6 +51,8 @@ PROTOCOL_ERROR = "protocol error"
 LINE_TOO_LONG = "line too long"
 
 _HELD_LINES_BEFORE_PAUSE = 1000
+#: Longest ERROR text sent; longer ones are cut (they may quote the peer's input).
+MAX_ERROR_CHARS = 512
 
 
 @implementer(IPushProducer)
@@ -172,6 +174,9 @@ class ReplicationProtocol(Protocol):
         """Send ``ERROR <message>`` ahead of anything queued, then close."""
         if self._closing:
             return
+        if len(message) > MAX_ERROR_CHARS:
+            # Error texts may quote what the peer sent; keep them well inside a line.
+            message = message[:MAX_ERROR_CHARS] + "..."
         log.warning("%s: sending ERROR %s", self.describe(), message)
         self._queue.clear()
         self.queued_bytes = 0

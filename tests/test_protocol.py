@@ -306,3 +306,12 @@ def test_application_commands_reach_unhandled_hook() -> None:
     protocol.makeConnection(StringTransport())
     protocol.dataReceived(b"NAME w\nACK 7\n")
     assert seen == [Ack(7)]
+
+
+def test_error_texts_that_quote_the_peer_are_cut_short() -> None:
+    """An ERROR that quotes a long bad input is cut to 512 characters plus '...'."""
+    protocol, transport, _ = connect()
+    protocol.dataReceived(b"NAME w\nREPLICATE " + b"x" * 5000 + b" 1\n")
+    line = sent_lines(transport)[-1]
+    assert line.startswith(b"ERROR invalid stream name 'xxx")
+    assert line.endswith(b"...") and len(line) == len(b"ERROR ") + 512 + 3
