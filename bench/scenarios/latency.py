@@ -1,0 +1,121 @@
+"""Scenario 4: latency from publish to handler at a steady 10,000 rows/s with 10 workers.
+
+A master (``--store memory``) and 10 workers with the handler ``handlers:LatencyRecorder``.
+One publisher process POSTs 100 rows every 10 ms on an absolute schedule; just before each
+POST it writes ``time.time()`` into ``row[4]`` of the token's rows. Each worker's handler
+notes ``time.time()`` once per token (the handler is called once per token, with its rows)
+and keeps ``(publish time, handler time)`` per row; the end token makes it write them to a
+file. Rows published in the first second of a run (warm-up) are left out; the rest (about 3 s
+in quick mode, 5 s otherwise) give p50, p99 and max over all rows of all 10 workers. Each run
+reuses the same processes; each figure is the median of the runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from common import (
+    STREAM,
+    Group,
+    child,
+    free_ports,
+    percentile,
+    read_positions,
+    scratch,
+    start_master,
+    summary,
+    wait_files,
+    wait_until,
+    worker,
+)
+
+RATE = 10_000
+PER_TOKEN = 100
+WORKERS = 10
+WARMUP = 1.0
+
+
+def _read(path: str) -> tuple[list[float], list[float]]:
+    sent, handled = [], []
+    with open(path) as f:
+        f.readline()
+        for line in f:
+            s, h = line.split()
+            sent.append(float(s))
+            handled.append(float(h))
+    return sent, handled
+
+
+def run(quick: bool, runs: int, log: Any) -> dict[str, Any]:
+    measure = 3.0 if quick else 5.0
+    timeout = 60.0
+    log(f"latency: {WORKERS} workers, {RATE} rows/s as {PER_TOKEN} rows every "
+        f"{PER_TOKEN / RATE * 1000:.0f} ms, {WARMUP:.0f} s warm-up + {measure:.0f} s x {runs} runs")
+    with scratch("latency") as tmp, Group() as group:
+        done_dir = tmp / "done"
+        done_dir.mkdir()
+        os.environ["BENCH_DONE_DIR"] = str(done_dir)
+        port, http_port = free_ports(2)
+        master = start_master(tmp, "master", port, http_port, "--stream", STREAM)
+        group.add(master)
+        workers = [group.add(worker(tmp, f"w{i}", port, "handlers:LatencyRecorder"))
+                   for i in range(WORKERS)]
+        for i, w in enumerate(workers):
+            wait_until(lambda i=i: (read_positions(tmp / f"w{i}.positions") or {}).get(STREAM) is not None,
+                       30, f"worker w{i} subscribed", alive=[master, w])
+        results = []
+        for k in range(runs):
+            run_id = f"r{k}"
+            out = tmp / f"pub-{run_id}.json"
+            publisher = group.add(child(f"pub-{run_id}", "latency_publish_child.py",
+                                        [str(http_port), str(RATE), str(PER_TOKEN),
+                                         str(WARMUP + measure), run_id, str(out)], tmp),
+                                  transient=True)
+            publisher.wait_for_exit(WARMUP + measure + timeout)
+            info = json.loads(out.read_text())
+            if info["errors"]:
+                raise RuntimeError(f"publisher failed: {info['errors'][:3]}")
+            wait_files(done_dir, f"{run_id}.lat", WORKERS, timeout, f"workers of {run_id}", group)
+            cutoff = info["start"] + WARMUP
+            latencies: list[float] = []
+            received = 0
+            for path in done_dir.glob(f"*.{run_id}.lat"):
+                sent, handled = _read(str(path))
+                received += len(sent)
+                latencies.extend(h - s for s, h in zip(sent, handled) if s >= cutoff)
+            latencies.sort()
+            published = info["rows"]
+            result = {
+                "published_rows": published,
+                "measured_rows": len(latencies),
+                "delivered_rows": received,
+                "complete": received == published * WORKERS,
+                "achieved_rate": published / (info["end"] - info["start"]),
+                "late_sends": info["late_sends"],
+                "max_late_ms": info["max_late"] * 1000,
+                "p50_ms": percentile(latencies, 50) * 1000,
+                "p90_ms": percentile(latencies, 90) * 1000,
+                "p99_ms": percentile(latencies, 99) * 1000,
+                "p999_ms": percentile(latencies, 99.9) * 1000,
+                "max_ms": latencies[-1] * 1000 if latencies else None,
+            }
+            log(f"  run {k}: p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
+                f"max {result['max_ms']:.2f} ms ({result['achieved_rate']:.0f} rows/s, "
+                f"{result['late_sends']} late sends)")
+            results.append(result)
+            time.sleep(0.3)
+    return {
+        "scenario": "latency",
+        "workers": WORKERS,
+        "rate": RATE,
+        "rows_per_token": PER_TOKEN,
+        "warmup_s": WARMUP,
+        "measure_s": measure,
+        "runs": results,
+        "p50_ms": summary([r["p50_ms"] for r in results]),
+        "p99_ms": summary([r["p99_ms"] for r in results]),
+        "max_ms": summary([r["max_ms"] for r in results]),
+    }
