@@ -11,9 +11,9 @@ The first line names the format; each later line records ``<stream> <token>``, a
 line for a stream is its position. Recording a position is one ``write`` appended to the
 file, so it is safe against the worker process dying at any moment: the write has reached
 the operating system before the next token is handled. :meth:`PositionFile.sync` fsyncs
-what was appended (the worker calls it after each batch of input it processed), so after a
-power cut the positions are at most that batch old and never torn: a last line cut short
-is ignored. When the journal grows past ``compact_after`` lines it is rewritten with one
+what was appended (the worker's service calls it every second, off the per-token path,
+since one fsync can take milliseconds), so after a power cut the positions are at most
+that old, and never torn: a last line cut short is ignored. When the journal grows past ``compact_after`` lines it is rewritten with one
 line per stream by writing a temporary file, fsyncing it, renaming it over the journal and
 fsyncing the directory, so the file on disk is always complete.
 

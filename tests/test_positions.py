@@ -74,3 +74,33 @@ def test_an_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(PositionFileError, match="cannot (read|write) position file .*Not a directory"):
         PositionFile(str(blocker / "w.positions"))
+
+
+def test_the_worker_service_syncs_positions_every_second(tmp_path: Path) -> None:
+    """The worker's service fsyncs the position file once a second and when it stops,
+    never on the per-token path."""
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import Clock
+
+    from replication.config import WorkerConfig, WorkerStream
+    from replication.worker import POSITION_SYNC_INTERVAL, Worker, worker_service
+
+    class NeverConnects:
+        def connect(self, factory: object) -> Deferred[None]:
+            return Deferred()
+
+    clock = Clock()
+    positions = PositionFile(str(tmp_path / "w.positions"))
+    synced: list[float] = []
+    real_sync = positions.sync
+    positions.sync = lambda: (synced.append(clock.seconds()), real_sync())[1]  # type: ignore[method-assign]
+    worker = Worker(WorkerConfig(streams=(WorkerStream("events"),)), print, positions, clock)
+    service = worker_service(worker, NeverConnects(), clock)  # type: ignore[arg-type]
+    service.startService()
+    positions.set("events", 1)
+    assert synced == []
+    clock.advance(POSITION_SYNC_INTERVAL)
+    clock.advance(POSITION_SYNC_INTERVAL)
+    assert synced == [1.0, 2.0]
+    service.stopService()
+    assert synced == [1.0, 2.0, 2.0]
