@@ -132,7 +132,7 @@ def cmd_master(args: argparse.Namespace) -> int:
 
     from prometheus_client import CollectorRegistry
 
-    from replication.admin import admin_resource
+    from replication.admin import admin_site
     from replication.master import Master, MasterFactory
     from replication.metrics import MasterMetrics
 
@@ -153,7 +153,7 @@ def cmd_master(args: argparse.Namespace) -> int:
     def start() -> Any:
         listening = [_listen(reactor, config.listen, MasterFactory(master), "workers")]
         if config.http_listen is not None:
-            site = Site(admin_resource(master))
+            site = admin_site(master)
             site.noisy = False
             listening.append(_listen(reactor, config.http_listen, site, "HTTP"))
 

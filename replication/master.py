@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -306,23 +306,48 @@ class Master:
     def submit(self, stream: str, rows: list[str]) -> Deferred[int]:
         """Commit rows that :meth:`encode_rows` checked and encoded, as one token; then hand
         them to the live subscribers. Fires with the token."""
+        return self.submit_many(stream, [rows]).addCallback(lambda tokens: tokens[0])
+
+    def submit_many(self, stream: str, tokens_rows: list[list[str]]) -> Deferred[list[int]]:
+        """Commit several tokens of ``stream`` at once, all or none, in one store
+        transaction: their tokens are consecutive. Fires with the tokens."""
         if not self.store.blocking:
             now = self.clock.seconds()
             try:
-                (token,) = self.store.append([(stream, rows)], now)
+                tokens = self.store.append([(stream, rows) for rows in tokens_rows], now)
             except StoreError as e:
                 return fail(PublishError(503, f"store failed: {e}"))
-            self._committed(stream, token, rows)
+            for token, rows in zip(tokens, tokens_rows):
+                self._committed(stream, token, rows)
             self._trim_inline(stream, now)
-            return succeed(token)
-        if self._pending_rows + len(rows) > self.max_pending_rows:
+            return succeed(tokens)
+        count = sum(len(rows) for rows in tokens_rows)
+        if self._pending_rows + count > self.max_pending_rows:
             return fail(PublishError(503, "too many rows waiting to be committed; retry later"))
-        waiter: Deferred[int] = Deferred()
-        self._pending.append(_Publish(stream, rows, waiter))
-        self._pending_rows += len(rows)
+        waiters: list[Deferred[int]] = []
+        for rows in tokens_rows:
+            waiter: Deferred[int] = Deferred()
+            self._pending.append(_Publish(stream, rows, waiter))
+            waiters.append(waiter)
+        self._pending_rows += count
         if not self._committing:
             self._commit_pending()
-        return waiter
+        # The publishes of one call are in the same pending batch, hence one transaction:
+        # they succeed or fail together.
+        return gatherResults(waiters, consumeErrors=True).addErrback(
+            lambda failure: failure.value.subFailure  # the PublishError, not FirstError
+        )
+
+    def publish_many(self, stream: str, tokens_rows: Sequence[Sequence[Any]]) -> Deferred[list[int]]:
+        """Publish several tokens to ``stream`` at once (each a list of JSON-serialisable
+        rows), all or none, with consecutive tokens; fires with the tokens."""
+        try:
+            if isinstance(tokens_rows, (str, bytes)) or not tokens_rows:
+                raise PublishError(400, "tokens must be a non-empty list of row lists")
+            encoded = [self.encode_rows(stream, rows) for rows in tokens_rows]
+        except PublishError:
+            return fail()
+        return self.submit_many(stream, encoded)
 
     def _commit_pending(self) -> None:
         assert self.run_blocking is not None

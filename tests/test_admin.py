@@ -75,3 +75,16 @@ def test_health_and_stream_listing() -> None:
     assert request(master, "GET", "/health")[0] == 200
     assert request(master, "GET", "/streams") == (200, {"streams": {"a": 1}})
     assert request(master, "GET", "/streams/a") == (200, {"stream": "a", "head": 1})
+
+
+def test_several_tokens_in_one_request() -> None:
+    """{"tokens": [[...], [...]]} publishes each inner list as one token, consecutively,
+    and answers the tokens; a bad inner list refuses the whole request."""
+    master = make_master()
+    status, body = request(master, "POST", "/streams/events", b'{"tokens": [[1], [2, 3], [{"a": 4}]]}')
+    assert (status, body) == (200, {"stream": "events", "tokens": [1, 2, 3]})
+    assert [e.rows for e in master.store.read("events", 0, 3, 100)] == [("1",), ("2", "3"), ('{"a":4}',)]
+    for bad in (b'{"tokens": [[1], []]}', b'{"tokens": []}', b'{"tokens": [1]}', b'{"rows": [1], "tokens": [[1]]}'):
+        status, _ = request(master, "POST", "/streams/events", bad)
+        assert status == 400
+    assert master.head("events") == 3

@@ -188,3 +188,21 @@ def test_in_memory_retention_by_age_trims_idle_streams() -> None:
     clock.advance(120)
     assert master.store.oldest("events") == 4
     master.stop()
+
+
+def test_several_tokens_of_one_call_commit_together_or_not_at_all() -> None:
+    """publish_many puts its tokens in one commit: all consecutive, all acknowledged
+    together; if that commit fails, every one of them fails with the same 503."""
+    master, store, runner, _ = make()
+    results: list[list[int]] = []
+    master.publish("events", ["first"])  # starts a commit of its own
+    master.publish_many("events", [[1], [2, 3], [4]]).addCallback(results.append)
+    runner.run_all()
+    assert results == [[2, 3, 4]]
+    assert store.appends == [1, 3]
+    errors: list[PublishError] = []
+    store.fail_next = True
+    master.publish_many("events", [[5], [6]]).addErrback(lambda f: errors.append(f.value))
+    runner.run_all()
+    assert [e.status for e in errors] == [503]
+    assert master.head("events") == 4
