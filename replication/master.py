@@ -317,8 +317,7 @@ class Master:
                 tokens = self.store.append([(stream, rows) for rows in tokens_rows], now)
             except StoreError as e:
                 return fail(PublishError(503, f"store failed: {e}"))
-            for token, rows in zip(tokens, tokens_rows):
-                self._committed(stream, token, rows)
+            self._committed([(stream, token, rows) for token, rows in zip(tokens, tokens_rows)])
             self._trim_inline(stream, now)
             return succeed(tokens)
         count = sum(len(rows) for rows in tokens_rows)
@@ -357,8 +356,7 @@ class Master:
         d = self.run_blocking(self.store.append, [(p.stream, p.rows) for p in batch], now)
 
         def committed(tokens: list[int]) -> None:
-            for publish, token in zip(batch, tokens):
-                self._committed(publish.stream, token, publish.rows)
+            self._committed([(p.stream, t, p.rows) for p, t in zip(batch, tokens)])
             for publish, token in zip(batch, tokens):
                 publish.waiter.callback(token)
 
@@ -375,15 +373,29 @@ class Master:
 
         d.addCallbacks(committed, failed).addBoth(next_commit)
 
-    def _committed(self, stream: str, token: int, rows: list[str]) -> None:
+    def _committed(self, entries: list[tuple[str, int, list[str]]]) -> None:
+        """Committed tokens, in token order: advance the heads and send them live. The
+        tokens of one stream are encoded once, joined, and written with one call per
+        subscriber."""
+        if len(entries) == 1:
+            stream, token, rows = entries[0]
+            self._send_live(stream, token, len(rows), rdata_lines(stream, token, rows))
+            return
+        by_stream: dict[str, list[tuple[int, list[str]]]] = {}
+        for stream, token, rows in entries:
+            by_stream.setdefault(stream, []).append((token, rows))
+        for stream, tokens in by_stream.items():
+            data = b"".join([rdata_lines(stream, token, rows) for token, rows in tokens])
+            self._send_live(stream, tokens[-1][0], sum(len(rows) for _, rows in tokens), data)
+
+    def _send_live(self, stream: str, head: int, count: int, data: bytes) -> None:
         state = self._stream(stream)
-        state.head = token
-        state.rows_published += len(rows)
-        self.rows_published += len(rows)
+        state.head = head
+        state.rows_published += count
+        self.rows_published += count
         receivers = state.live | self._all_streams if self._all_streams else state.live
         if receivers:
-            state.rows_sent_live += len(rows) * len(receivers)
-            data = rdata_lines(stream, token, rows)
+            state.rows_sent_live += count * len(receivers)
             for connection in tuple(receivers):
                 connection.write(data)
 

@@ -3,8 +3,9 @@
     python http_publish_child.py PORT ROWS PER_TOKEN CLIENTS RUN_ID OUT_JSON
 
 The bodies are encoded before the clock starts. ``CLIENTS`` threads each hold one keep-alive
-HTTP connection and publish an equal share of the tokens (one POST per token, waiting for
-each answer). When all are answered, one more POST carries the end row ``["bench.end",
+HTTP connection and publish an equal share of the requests, waiting for each answer. A token of 100 rows or
+more is one POST; smaller tokens go several to a POST (``{"tokens": [[...], ...]}``, about
+100 rows a request), as the Redis baseline pipelines 100 PUBLISHes per round trip. When all are answered, one more POST carries the end row ``["bench.end",
 RUN_ID]``: the master sends tokens to each worker in token order, so a worker that handled
 it has handled everything before it. Writes ``{"start": <time.time() before the first
 POST>, "acked": <time when the last data POST was answered>, "tokens": n, "rows": n}``.
@@ -22,16 +23,21 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import encode, end_row, make_rows  # noqa: E402
 
 HOST = "127.0.0.1"
+ROWS_PER_REQUEST = 100
 
 
 def main() -> None:
     port, rows, per_token, clients = (int(a) for a in sys.argv[1:5])
     run_id, out_path = sys.argv[5], sys.argv[6]
     all_rows = make_rows(rows)
-    bodies = [
-        encode({"rows": all_rows[i:i + per_token]}).encode()
-        for i in range(0, rows, per_token)
-    ]
+    tokens = [all_rows[i:i + per_token] for i in range(0, rows, per_token)]
+    if per_token >= ROWS_PER_REQUEST:
+        bodies = [encode({"rows": t}).encode() for t in tokens]
+    else:
+        # Small tokens travel several to a request ({"tokens": [...]}), about
+        # ROWS_PER_REQUEST rows each, as the Redis baseline pipelines its PUBLISHes.
+        step = ROWS_PER_REQUEST // per_token
+        bodies = [encode({"tokens": tokens[i:i + step]}).encode() for i in range(0, len(tokens), step)]
     shares = [bodies[i::clients] for i in range(clients)]
     headers = {"content-type": "application/json"}
     connections = [http.client.HTTPConnection(HOST, port, timeout=60) for _ in range(clients)]
@@ -70,7 +76,7 @@ def main() -> None:
         if response.status != 200:
             errors.append(f"end token: {response.status}")
     with open(out_path, "w") as f:
-        json.dump({"start": start, "acked": acked, "tokens": len(bodies), "rows": rows,
+        json.dump({"start": start, "acked": acked, "tokens": len(tokens), "rows": rows,
                    "errors": errors}, f)
 
 
