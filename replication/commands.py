@@ -176,6 +176,18 @@ def encode_parsed_json(value: Any) -> str:
     return encode_json(value)
 
 
+def encode_parsed_rows(values: Iterable[Any]) -> list[str] | None:
+    """:func:`encode_parsed_json` of each value, in one pass when orjson can encode them
+    all; ``None`` when it cannot (then encode them one by one)."""
+    if _orjson is None:
+        return None
+    dumps = _orjson.dumps
+    try:
+        return [dumps(value).decode() for value in values]
+    except TypeError:
+        return None
+
+
 def _split(args: str, count: int, name: str, usage: str) -> list[str]:
     parts = args.split(" ", count - 1)
     if len(parts) != count or not all(parts) or " " in parts[-1] and count > 1 and name != "RDATA":

@@ -46,6 +46,7 @@ from replication.commands import (
     default_registry,
     encode_json,
     encode_parsed_json,
+    encode_parsed_rows,
     rdata_line_length,
     rdata_lines,
 )
@@ -274,6 +275,12 @@ class Master:
         limit = self.config.limits.max_line_bytes
         room = limit - rdata_line_length(stream, "")  # bytes of JSON a row may take
         surely_fits = room // 4  # characters that fit even at 4 UTF-8 bytes each
+        if parsed:
+            # The common HTTP case, in one pass; any trouble takes the row-by-row path below,
+            # which names the row at fault.
+            texts = encode_parsed_rows(rows)
+            if texts is not None and max(map(len, texts)) <= surely_fits:
+                return texts
         encode = encode_parsed_json if parsed else encode_json
         encoded = []
         for i, row in enumerate(rows):
