@@ -135,6 +135,11 @@ class ReplicationProtocol(Protocol):
         self.connected_since = now
         self._last_sent = self._last_received = now
         self.transport.registerProducer(self, True)
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            # Lines are already gathered into large writes; Nagle's algorithm would only hold
+            # the tail of each write back until the peer's delayed ACK (up to 40 ms).
+            set_no_delay(True)
         first: Command = (
             ServerCommand(self.name) if self.side == MASTER else NameCommand(self.name)
         )
