@@ -42,6 +42,20 @@ class Recording:
         return [t for s, t, _ in self.tokens if s == stream]
 
 
+class DeferredHandler:
+    """A handler whose calls stay pending until the test fires their Deferreds."""
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[None]] = []
+        self.seen: list[int] = []
+
+    def __call__(self, stream: str, token: int, rows: list[Any]) -> Deferred[None]:
+        self.seen.append(token)
+        d: Deferred[None] = Deferred()
+        self.pending.append(d)
+        return d
+
+
 class Harness:
     def __init__(self, tmp_path: Any, **master_changes: Any) -> None:
         self.tmp_path = tmp_path
@@ -377,14 +391,8 @@ def test_a_failing_handler_is_retried_with_backoff_and_order_is_kept(harness: Ha
 def test_an_asynchronous_handler_holds_the_next_token(harness: Harness) -> None:
     """While a handler's Deferred is pending the next token waits; the position moves
     when it fires."""
-    pending: list[Deferred[None]] = []
-    seen: list[int] = []
-
-    def handler(stream: str, token: int, rows: list[Any]) -> Deferred[None]:
-        seen.append(token)
-        d: Deferred[None] = Deferred()
-        pending.append(d)
-        return d
+    handler = DeferredHandler()
+    pending, seen = handler.pending, handler.seen
 
     harness.publish("events", [1])
     harness.publish("events", [2])
@@ -461,14 +469,8 @@ def test_a_pending_handler_is_not_overtaken_after_a_reconnect(harness: Harness) 
     """If the connection drops while an asynchronous handler call is pending, the next
     connection handles nothing until that call ends; the replayed token is then dropped as
     a duplicate, so the handler sees each token once, never two at a time."""
-    pending: list[Deferred[None]] = []
-    seen: list[int] = []
-
-    def handler(stream: str, token: int, rows: list[Any]) -> Deferred[None]:
-        seen.append(token)
-        d: Deferred[None] = Deferred()
-        pending.append(d)
-        return d
+    handler = DeferredHandler()
+    pending, seen = handler.pending, handler.seen
 
     harness.publish("events", [1])
     harness.publish("events", [2])
