@@ -559,9 +559,7 @@ class MasterConnection(ReplicationProtocol):
             master.registry,
             MASTER,
             config.server_name,
-            ping_interval=config.keepalive.ping_interval,
-            ping_timeout=config.keepalive.ping_timeout,
-            close_timeout=config.keepalive.close_timeout,
+            keepalive=config.keepalive,
             max_line_bytes=config.limits.max_line_bytes,
             max_buffer_bytes=config.limits.max_buffer_bytes,
         )

@@ -36,6 +36,7 @@ from replication.commands import (
     PingCommand,
     ServerCommand,
 )
+from replication.config import KeepaliveConfig
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,10 @@ class ReplicationProtocol(Protocol):
     :param registry: the commands this connection understands.
     :param side: ``"master"`` or ``"worker"``: which end this is.
     :param name: what this end calls itself in its first line (``SERVER``/``NAME``).
-    :param ping_interval: seconds without sending after which a ``PING`` is sent.
-    :param ping_timeout: seconds of silence, after the peer has sent a ``PING``, after which
-        the peer is cut off with ``ERROR ping timeout``.
-    :param close_timeout: seconds a graceful close may take before the connection is aborted.
+    :param keepalive: ``ping_interval``, seconds without sending after which a ``PING`` is
+        sent; ``ping_timeout``, seconds of silence, after the peer has sent a ``PING``,
+        after which the peer is cut off with ``ERROR ping timeout``; ``close_timeout``,
+        seconds a graceful close may take before the connection is aborted.
     :param max_line_bytes: the longest line accepted or sent, without its ``\\n``.
     :param max_buffer_bytes: bytes this end may hold for a peer that does not read, beyond
         what the transport holds, before it sends ``ERROR Failed to keep up`` and closes;
@@ -86,9 +87,7 @@ class ReplicationProtocol(Protocol):
         side: str,
         name: str,
         *,
-        ping_interval: float = 5.0,
-        ping_timeout: float = 25.0,
-        close_timeout: float = 5.0,
+        keepalive: KeepaliveConfig = KeepaliveConfig(),
         max_line_bytes: int = 65536,
         max_buffer_bytes: int | None = 8 * 1024 * 1024,
     ) -> None:
@@ -99,9 +98,9 @@ class ReplicationProtocol(Protocol):
         self.side = side
         self.peer_side = WORKER if side == MASTER else MASTER
         self.name = name
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
-        self.close_timeout = close_timeout
+        self.ping_interval = keepalive.ping_interval
+        self.ping_timeout = keepalive.ping_timeout
+        self.close_timeout = keepalive.close_timeout
         self.max_line_bytes = max_line_bytes
         self.max_buffer_bytes = max_buffer_bytes
 

@@ -146,9 +146,7 @@ class WorkerConnection(ReplicationProtocol):
             worker.registry,
             WORKER,
             config.name,
-            ping_interval=config.keepalive.ping_interval,
-            ping_timeout=config.keepalive.ping_timeout,
-            close_timeout=config.keepalive.close_timeout,
+            keepalive=config.keepalive,
             max_line_bytes=config.max_line_bytes,
             max_buffer_bytes=None,
         )

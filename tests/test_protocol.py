@@ -4,7 +4,7 @@ keepalive, errors, line limits and bounded outbound buffering."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 from twisted.internet.task import Clock
@@ -21,6 +21,7 @@ from replication.commands import (
     ServerCommand,
     default_registry,
 )
+from replication.config import KeepaliveConfig
 from replication.protocol import (
     CLOSED_BY_PEER,
     FAILED_TO_KEEP_UP,
@@ -54,9 +55,14 @@ class Recorder(ReplicationProtocol):
         self.reasons.append(reason)
 
 
-def connect(side: str = MASTER, **kwargs: object) -> tuple[Recorder, StringTransport, Clock]:
+KEEPALIVE_KEYS = ("ping_interval", "ping_timeout", "close_timeout")
+
+
+def connect(side: str = MASTER, **kwargs: Any) -> tuple[Recorder, StringTransport, Clock]:
+    """A protocol end on a StringTransport; keepalive settings may be given one by one."""
     clock = Clock()
-    protocol = Recorder(clock, side, **kwargs)
+    timers = {k: float(kwargs.pop(k)) for k in KEEPALIVE_KEYS if k in kwargs}
+    protocol = Recorder(clock, side, keepalive=KeepaliveConfig(**timers), **kwargs)
     transport = StringTransport()
     protocol.makeConnection(transport)
     return protocol, transport, clock

@@ -56,6 +56,18 @@ class DeferredHandler:
         return d
 
 
+def two_tokens_first_pending(harness: "Harness") -> tuple[DeferredHandler, Worker, MemoryPipe]:
+    """Tokens 1 and 2 published, a worker connected whose handler call for 1 is pending."""
+    harness.publish("events", [1])
+    harness.publish("events", [2])
+    handler = DeferredHandler()
+    worker = harness.worker(handler)
+    pipe = harness.connect(worker)
+    harness.run(pipe)
+    assert handler.seen == [1]
+    return handler, worker, pipe
+
+
 class Harness:
     def __init__(self, tmp_path: Any, **master_changes: Any) -> None:
         self.tmp_path = tmp_path
@@ -391,15 +403,8 @@ def test_a_failing_handler_is_retried_with_backoff_and_order_is_kept(harness: Ha
 def test_an_asynchronous_handler_holds_the_next_token(harness: Harness) -> None:
     """While a handler's Deferred is pending the next token waits; the position moves
     when it fires."""
-    handler = DeferredHandler()
+    handler, worker, pipe = two_tokens_first_pending(harness)
     pending, seen = handler.pending, handler.seen
-
-    harness.publish("events", [1])
-    harness.publish("events", [2])
-    worker = harness.worker(handler)
-    pipe = harness.connect(worker)
-    harness.run(pipe)
-    assert seen == [1]
     assert worker.positions.get("events") is None
     pending[0].callback(None)
     assert seen == [1, 2]
@@ -469,15 +474,8 @@ def test_a_pending_handler_is_not_overtaken_after_a_reconnect(harness: Harness) 
     """If the connection drops while an asynchronous handler call is pending, the next
     connection handles nothing until that call ends; the replayed token is then dropped as
     a duplicate, so the handler sees each token once, never two at a time."""
-    handler = DeferredHandler()
+    handler, worker, pipe = two_tokens_first_pending(harness)
     pending, seen = handler.pending, handler.seen
-
-    harness.publish("events", [1])
-    harness.publish("events", [2])
-    worker = harness.worker(handler)
-    pipe = harness.connect(worker)
-    harness.run(pipe)
-    assert seen == [1]
     pipe.disconnect()
     second = harness.connect(worker)
     harness.run(second)
