@@ -1,55 +1,97 @@
 """The worker's position file: the last token it handled, per stream, kept on disk.
 
-The file is a small journal of text lines::
+The file is a journal of text lines followed by NUL bytes up to its preallocated size::
 
-    # replication positions v1
+    # replication positions v2
     events 41
     receipts 7
     events 42
+    \\0\\0\\0\\0 ... (up to ``capacity`` bytes, 4 MiB by default)
 
 The first line names the format; each later line records ``<stream> <token>``, and the last
-line for a stream is its position. Recording a position is one ``write`` appended to the
-file, so it is safe against the worker process dying at any moment: the write has reached
-the operating system before the next token is handled. :meth:`PositionFile.sync` fsyncs
-what was appended (the worker's service calls it every second, off the per-token path,
-since one fsync can take milliseconds), so after a power cut the positions are at most
-that old, and never torn: a last line cut short is ignored. When the journal grows past ``compact_after`` lines it is rewritten with one
-line per stream by writing a temporary file, fsyncing it, renaming it over the journal and
-fsyncing the directory, so the file on disk is always complete.
+line for a stream is its position. The file is preallocated (``posix_fallocate``) and mapped
+into the worker's memory (``mmap``, shared), and recording a position copies one line into
+the mapping after the previous one: no system call, so it stays cheap on the per-token path.
 
-A file that exists but is not a position file stops the worker with a clear message; it is
-never overwritten or deleted.
+What survives what:
+
+* **The worker process dying** at any instant (even ``SIGKILL``): every position recorded
+  before it died is kept. The mapping is the operating system's page cache of the file, so
+  a line copied into it belongs to the file as soon as :meth:`PositionFile.set` returns,
+  whether or not the process lives on; at most the token being handled when it died is
+  handled again. A line the process was killed in the middle of copying is incomplete
+  (its newline, or a byte before it, is still NUL) and is ignored.
+* **A power cut or an operating system crash**: :meth:`PositionFile.sync` writes the mapped
+  pages to the disk (``msync``); the worker's service calls it every second, off the
+  per-token path, so the positions on disk are at most about a second old. Positions
+  recorded after the last sync may or may not have reached the disk, and since the kernel
+  writes pages back in any order the file may then hold a run of NUL bytes followed by some
+  later lines: reading stops at the first NUL byte, and the text after the last complete
+  line before it is dropped. The positions read are then at least those of the last sync;
+  the tokens handled since are handled again.
+
+When a line does not fit in the space left, the file is compacted: the positions, one line
+per stream, are written to ``<path>.tmp``, which is preallocated (to twice the size if they
+would fill more than half of it), fsynced, and renamed over the file; the directory is
+fsynced too, so the file on disk is always complete. Opening the file does the same after
+reading it, so a torn last line is dropped and a file of the older format (``# replication
+positions v1``, the same lines without NUL padding, which is still read) is converted.
+
+A file that exists but is not a position file, or has a damaged line, stops the worker with
+a clear message; it is never overwritten or deleted. The file must not be edited, truncated
+or replaced while the worker runs (truncating a mapped file makes the worker's next store
+fault). Preallocation makes a full disk an error when the file is opened or compacted
+rather than on a store; on copy-on-write file systems (btrfs, ZFS) it cannot fully
+guarantee that.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Mapping
 
-HEADER = b"# replication positions v1\n"
+HEADER = b"# replication positions v2\n"
+HEADER_V1 = b"# replication positions v1\n"
+
+#: The default size of the file, preallocated; it is compacted when full.
+DEFAULT_CAPACITY = 4 * 1024 * 1024
 
 
 class PositionFileError(Exception):
     """The position file cannot be read or written; the message names the path."""
 
 
+def _preallocate(fd: int, size: int) -> None:
+    """Reserve ``size`` bytes of disk for the file open on ``fd`` (zero-filled)."""
+    if hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(fd, 0, size)
+        return
+    chunk = bytes(min(size, 1 << 20))
+    offset = 0
+    while offset < size:
+        offset += os.pwrite(fd, chunk[: size - offset], offset)
+
+
 class PositionFile:
-    """Positions of one worker, loaded at start and appended to on every change.
+    """Positions of one worker, loaded at start and recorded on every change.
 
     :param path: the file; its directory is created if missing.
     :param fsync: make :meth:`sync` flush to the disk (survives power loss). Off, positions
         are still safe when the process dies, but a power cut may lose recent ones.
-    :param compact_after: journal lines after which the file is rewritten compactly.
+    :param capacity: the size in bytes the file is preallocated to; when the journal fills
+        it, it is compacted (and the capacity doubled if the compact positions take more
+        than half of it).
     """
 
-    def __init__(self, path: str, fsync: bool = True, compact_after: int = 100_000) -> None:
+    def __init__(self, path: str, fsync: bool = True, capacity: int = DEFAULT_CAPACITY) -> None:
         self.path = os.path.abspath(path)
         self.fsync = fsync
-        self.compact_after = compact_after
+        self.capacity = max(int(capacity), 1)
         self._positions: dict[str, int] = {}
-        self._lines = 0
-        self._unsynced = False
-        self._fd: int | None = None
+        self._mm: mmap.mmap | None = None
+        self._write = self._closed_write
+        self._synced = 0  # the offset in the mapping up to which it was last flushed
         self._load()
 
     def _fail(self, what: str) -> PositionFileError:
@@ -57,37 +99,41 @@ class PositionFile:
             f"position file {self.path} {what}; move it aside to start over, or restore it"
         )
 
+    def _error(self, doing: str, e: OSError) -> PositionFileError:
+        return PositionFileError(f"cannot {doing} position file {self.path}: {e.strerror or e}")
+
     def _load(self) -> None:
         try:
             with open(self.path, "rb") as f:
                 raw = f.read()
         except FileNotFoundError:
-            self._rewrite()
+            self._compact()
             return
         except OSError as e:
-            raise PositionFileError(f"cannot read position file {self.path}: {e.strerror}") from None
-        if not raw.startswith(HEADER):
+            raise self._error("read", e) from None
+        if raw.startswith(HEADER):
+            body = raw[len(HEADER):]
+        elif raw.startswith(HEADER_V1):
+            body = raw[len(HEADER_V1):]
+        else:
             raise self._fail("is not a position file (its first line is not "
                              f"{HEADER.decode().strip()!r})")
-        lines = raw[len(HEADER):].split(b"\n")
-        torn = lines.pop()  # the text after the last newline: empty, or a line cut short
+        # The journal ends at the first NUL: the preallocated space never written, or a gap
+        # of pages not written back before a power cut (what follows it was not synced).
+        end = body.find(b"\0")
+        if end >= 0:
+            body = body[:end]
+        lines = body.split(b"\n")
+        lines.pop()  # the text after the last newline: empty, or a line cut short
+        positions: dict[str, int] = {}
         for number, line in enumerate(lines, start=2):
             parts = line.split(b" ")
             if len(parts) != 2 or not parts[1].isdigit():
                 raise self._fail(f"has a damaged line {number}: {line[:80]!r}")
-            self._positions[parts[0].decode("utf-8", "replace")] = int(parts[1])
-        self._lines = len(lines)
-        if torn:
-            # A crash or power cut in the middle of an append: drop the partial line.
-            self._rewrite()
-        else:
-            self._open()
-
-    def _open(self) -> None:
-        try:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        except OSError as e:
-            raise PositionFileError(f"cannot open position file {self.path}: {e.strerror}") from None
+            positions[parts[0].decode("utf-8", "replace")] = int(parts[1])
+        self._positions = positions
+        # Always start from a fresh compact file: drops a torn line, converts v1.
+        self._compact()
 
     def get(self, stream: str) -> int | None:
         """The last token handled on ``stream``, or ``None`` if the worker never saw it."""
@@ -97,56 +143,92 @@ class PositionFile:
         return dict(self._positions)
 
     def set(self, stream: str, token: int) -> None:
-        """Record ``token`` as handled on ``stream``: one append to the file."""
+        """Record ``token`` as handled on ``stream``: one line copied into the mapped file
+        (no system call), or a compaction when the file is full."""
+        line = f"{stream} {token}\n".encode()
         self._positions[stream] = token
-        if self._lines >= self.compact_after:
-            self._rewrite()
-            return
-        assert self._fd is not None
         try:
-            os.write(self._fd, b"%s %d\n" % (stream.encode(), token))
-        except OSError as e:
-            raise PositionFileError(f"cannot write position file {self.path}: {e.strerror}") from None
-        self._lines += 1
-        self._unsynced = True
+            self._write(line)
+        except ValueError:  # mmap.write: "data out of range", or the mapping is closed
+            self._full()
+
+    def _full(self) -> None:
+        if self._mm is None or self._mm.closed:
+            raise PositionFileError(f"position file {self.path} is closed")
+        # The positions (with the one just set) go to a new compact file.
+        self._compact()
+
+    def _closed_write(self, data: bytes) -> int:
+        raise ValueError("closed")
 
     def sync(self) -> None:
-        """Flush appended positions to the disk (when ``fsync`` is on)."""
-        if self._unsynced and self.fsync and self._fd is not None:
+        """Flush recorded positions to the disk (when ``fsync`` is on)."""
+        mm = self._mm
+        if mm is None or mm.closed:
+            return
+        offset = mm.tell()
+        if offset != self._synced and self.fsync:
             try:
-                os.fsync(self._fd)
+                mm.flush()
             except OSError as e:
-                raise PositionFileError(f"cannot sync position file {self.path}: {e.strerror}") from None
-        self._unsynced = False
+                raise self._error("sync", e) from None
+        self._synced = offset
 
-    def _rewrite(self) -> None:
-        """Write every position to a temporary file, fsync, rename it over the journal,
-        fsync the directory."""
+    def _compact(self) -> None:
+        """Write every position to a preallocated temporary file, fsync it, rename it over
+        the file, fsync the directory, and map the new file in place of the old one."""
         directory = os.path.dirname(self.path)
         temporary = f"{self.path}.tmp"
-        body = b"".join(b"%s %d\n" % (s.encode(), t) for s, t in sorted(self._positions.items()))
-        self.close()
+        content = HEADER + b"".join(
+            f"{stream} {token}\n".encode() for stream, token in sorted(self._positions.items())
+        )
+        capacity = self.capacity
+        while len(content) > capacity // 2:
+            capacity *= 2
+        renamed = False
+        mm: mmap.mmap | None = None
         try:
             os.makedirs(directory, exist_ok=True)
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                os.write(fd, HEADER + body)
+                _preallocate(fd, capacity)
+                os.pwrite(fd, content, 0)
                 os.fsync(fd)
+                mm = mmap.mmap(fd, capacity)
             finally:
-                os.close(fd)
+                os.close(fd)  # the mapping holds its own reference to the file
             os.replace(temporary, self.path)
+            renamed = True
+        except OSError as e:
+            if mm is not None:
+                mm.close()
+            if not renamed:
+                try:
+                    os.unlink(temporary)
+                except OSError:
+                    pass
+            raise self._error("write", e) from None
+        # The path now names the new file: switch to it before anything else can fail.
+        mm.seek(len(content))
+        old = self._mm
+        self._mm = mm
+        self._write = mm.write
+        self._synced = len(content)
+        self.capacity = capacity
+        if old is not None:
+            old.close()
+        try:
             dir_fd = os.open(directory, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
         except OSError as e:
-            raise PositionFileError(f"cannot write position file {self.path}: {e.strerror}") from None
-        self._lines = len(self._positions)
-        self._unsynced = False
-        self._open()
+            raise self._error("write", e) from None
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Unmap the file (recorded positions stay in it); later calls do nothing."""
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
+        self._write = self._closed_write

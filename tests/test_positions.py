@@ -1,13 +1,31 @@
-"""The worker's position file: appends, reloads, torn and damaged files, compaction."""
+"""The worker's position file: records, reloads, torn and damaged files, compaction, a
+process killed mid-run."""
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from replication.positions import HEADER, PositionFile, PositionFileError
+
+HEADER_V1 = b"# replication positions v1\n"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def journal(path: Path) -> tuple[bytes, bytes]:
+    """The header and the journal lines of a v2 file, checking it is well-formed: the
+    lines, then only NUL bytes to the end."""
+    raw = path.read_bytes()
+    assert raw.startswith(HEADER)
+    body, _, padding = raw[len(HEADER):].partition(b"\0")
+    assert padding.strip(b"\0") == b""
+    return raw[:len(HEADER)], body
 
 
 def test_positions_survive_reopening(tmp_path: Path) -> None:
@@ -23,24 +41,64 @@ def test_positions_survive_reopening(tmp_path: Path) -> None:
     positions.close()
     again = PositionFile(str(path))
     assert again.all() == {"events": 0, "receipts": 3}
+    assert path.stat().st_size == 4 * 1024 * 1024
+    assert journal(path)[1] == b"events 0\nreceipts 3\n"
 
 
-def test_a_torn_last_line_is_ignored_and_removed(tmp_path: Path) -> None:
-    """A line cut short by a crash or power cut in the middle of an append is dropped;
-    the positions before it stand, and the file is rewritten whole."""
+def test_a_recorded_position_is_in_the_file_at_once(tmp_path: Path) -> None:
+    """What set() stores is in the file as any other process reads it, before any sync or
+    close: it is in the operating system, not in the worker's memory."""
     path = tmp_path / "w.positions"
-    path.write_bytes(HEADER + b"events 41\nevents 4")
-    positions = PositionFile(str(path))
-    assert positions.get("events") == 41
-    assert path.read_bytes() == HEADER + b"events 41\n"
+    positions = PositionFile(str(path), capacity=4096)
+    positions.set("events", 41)
+    positions.set("events", 42)
+    assert journal(path)[1] == b"events 41\nevents 42\n"
+    positions.close()
+    positions.close()  # closing twice is harmless
+    with pytest.raises(PositionFileError, match="is closed"):
+        positions.set("events", 43)
+    positions.sync()  # nothing to do once closed
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        # v2: the last line cut short, then the NUL padding
+        (HEADER + b"events 41\nevents 4" + bytes(100), {"events": 41}),
+        # v2: a line being copied when the process was killed: a byte before its newline
+        # never written
+        (HEADER + b"events 41\nevents 4\x002\n" + bytes(100), {"events": 41}),
+        # v2 after a power cut: a page not written back, then a later one that was
+        (HEADER + b"events 41\nrec" + bytes(100) + b"events 50\n" + bytes(100), {"events": 41}),
+        # v1: no padding, the last line cut short
+        (HEADER_V1 + b"events 41\nreceipts 2\nevents 4", {"events": 41, "receipts": 2}),
+    ],
+)
+def test_a_torn_last_line_is_ignored_and_removed(
+    tmp_path: Path, content: bytes, expected: dict[str, int]
+) -> None:
+    """A line cut short by a process killed or a power cut in the middle of recording it is
+    dropped, with anything after a run of NUL bytes; the positions before it stand, and the
+    file is rewritten whole."""
+    path = tmp_path / "w.positions"
+    path.write_bytes(content)
+    positions = PositionFile(str(path), capacity=1024)
+    assert positions.all() == expected
+    assert journal(path)[1] == b"".join(b"%s %d\n" % (s.encode(), t) for s, t in sorted(expected.items()))
+    assert path.stat().st_size == 1024
 
 
 @pytest.mark.parametrize(
     "content, message",
     [
         (b'{"positions": {"events": 3}}', "is not a position file"),
+        (b"", "is not a position file"),
+        (bytes(4096), "is not a position file"),
+        (b"# replication positions v3\nevents 1\n", "is not a position file"),
         (HEADER + b"events x\n", "damaged line 2"),
-        (HEADER + b"events 1 2\n", "damaged line 2"),
+        (HEADER + b"events 1 2\n" + bytes(64), "damaged line 2"),
+        (HEADER + b"events 1\nevents\n" + bytes(64), "damaged line 3"),
+        (HEADER_V1 + b"events 1\nevents -2\n", "damaged line 3"),
     ],
 )
 def test_a_foreign_or_damaged_file_is_refused_and_left_alone(
@@ -54,19 +112,60 @@ def test_a_foreign_or_damaged_file_is_refused_and_left_alone(
         PositionFile(str(path))
     assert str(path) in str(info.value)
     assert path.read_bytes() == content
+    assert not os.path.exists(f"{path}.tmp")
 
 
-def test_the_journal_is_compacted(tmp_path: Path) -> None:
-    """Past compact_after lines the journal is rewritten with one line per stream."""
+def test_a_v1_file_is_read_and_converted(tmp_path: Path) -> None:
     path = tmp_path / "w.positions"
-    positions = PositionFile(str(path), compact_after=10)
-    for token in range(1, 26):
+    path.write_bytes(HEADER_V1 + b"events 41\nreceipts 7\nevents 42\n")
+    positions = PositionFile(str(path), capacity=512)
+    assert positions.all() == {"events": 42, "receipts": 7}
+    assert journal(path)[1] == b"events 42\nreceipts 7\n"
+    assert path.stat().st_size == 512
+    positions.set("events", 43)
+    positions.close()
+    assert PositionFile(str(path)).all() == {"events": 43, "receipts": 7}
+
+
+def test_the_journal_is_compacted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When a line does not fit, the file is rewritten with one line per stream, at the
+    same size; the values are right after many compactions and after reopening."""
+    path = tmp_path / "w.positions"
+    positions = PositionFile(str(path), capacity=256)
+    renamed: list[str] = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (renamed.append(str(b)), real_replace(a, b))[1])
+    for token in range(1, 401):
         positions.set("a", token)
         positions.set("b", token * 2)
-    lines = path.read_bytes().splitlines()
-    assert len(lines) <= 12
-    assert PositionFile(str(path)).all() == {"a": 25, "b": 50}
+        assert positions.get("a") == token
+    assert len(renamed) >= 20 and set(renamed) == {str(path)}  # 256 bytes hold ~30 lines
+    assert path.stat().st_size == 256
+    assert positions.all() == {"a": 400, "b": 800}
+    lines = journal(path)[1].splitlines()
+    assert lines[-2:] == [b"a 400", b"b 800"]
+    assert len(lines) <= (256 - len(HEADER)) // len(b"a 1\n")
     assert not os.path.exists(f"{path}.tmp")
+    positions.close()
+    assert PositionFile(str(path), capacity=256).all() == {"a": 400, "b": 800}
+
+
+def test_the_capacity_grows_when_the_streams_do_not_fit(tmp_path: Path) -> None:
+    """Compact positions filling more than half the file double its size."""
+    path = tmp_path / "w.positions"
+    positions = PositionFile(str(path), capacity=64)
+    expected = {f"stream-{n:03}": n * 1000 for n in range(50)}
+    for stream, token in expected.items():
+        positions.set(stream, token)
+    for stream, token in expected.items():
+        positions.set(stream, token + 1)
+    expected = {stream: token + 1 for stream, token in expected.items()}
+    assert positions.all() == expected
+    size = path.stat().st_size
+    assert size >= 2 * (len(HEADER) + sum(len(f"{s} {t}\n") for s, t in expected.items()))
+    assert size & (size - 1) == 0  # 64 doubled
+    positions.close()
+    assert PositionFile(str(path), capacity=64).all() == expected
 
 
 def test_an_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
@@ -74,6 +173,103 @@ def test_an_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(PositionFileError, match="cannot (read|write) position file .*Not a directory"):
         PositionFile(str(blocker / "w.positions"))
+
+
+def test_a_full_disk_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Running out of space while preallocating, at start or when compacting, is an error
+    naming the file; the file on disk is kept, and recording works again once there is
+    space."""
+    path = tmp_path / "w.positions"
+
+    def no_space(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "posix_fallocate", no_space)
+        with pytest.raises(PositionFileError, match="No space left on device") as info:
+            PositionFile(str(path))
+        assert str(path) in str(info.value)
+        assert not path.exists() and not os.path.exists(f"{path}.tmp")
+
+    positions = PositionFile(str(path), capacity=128)
+    positions.set("events", 1)
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "posix_fallocate", no_space)
+        with pytest.raises(PositionFileError, match=f"{path}.*No space left on device"):
+            for token in range(2, 100):
+                positions.set("events", token)
+        assert not os.path.exists(f"{path}.tmp")
+        # the full file stays, with every position that fitted in it
+        failed = positions.get("events")
+        assert failed is not None
+        assert journal(path)[1].splitlines()[-1] == b"events %d" % (failed - 1)
+    positions.set("events", 100)
+    positions.close()
+    assert PositionFile(str(path)).all() == {"events": 100}
+
+
+def test_without_posix_fallocate_the_file_is_filled_with_zeros(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(os, "posix_fallocate")
+    path = tmp_path / "w.positions"
+    positions = PositionFile(str(path), capacity=3 * 1024 * 1024 + 5)
+    positions.set("events", 7)
+    assert path.stat().st_size == 3 * 1024 * 1024 + 5
+    assert journal(path)[1] == b"events 7\n"
+
+
+def test_sync_flushes_only_when_positions_were_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "w.positions"
+    for fsync in (True, False):
+        positions = PositionFile(str(path), fsync=fsync)
+        positions.sync()
+        positions.set("events", 1)
+        positions.sync()
+        positions.sync()
+        positions.close()
+        assert PositionFile(str(path)).get("events") == 1
+
+
+CHILD = """
+import os, sys
+from replication.positions import PositionFile
+positions = PositionFile(sys.argv[1], capacity=int(sys.argv[2]))
+token = 0
+while True:
+    token += 1
+    positions.set("events", token)
+    if token % 1000 == 0:
+        os.write(1, b"%d\\n" % token)
+"""
+
+
+@pytest.mark.parametrize("capacity", [4 * 1024 * 1024, 64 * 1024])
+def test_a_killed_process_loses_no_recorded_position(tmp_path: Path, capacity: int) -> None:
+    """A worker process killed (SIGKILL) while recording positions as fast as it can, with
+    no sync and no close, left every position it recorded in the file: reopened, the
+    position is at least the last one it reported, and the file is well-formed. With the
+    small capacity it is killed among compactions."""
+    path = tmp_path / "w.positions"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path), str(capacity)],
+        stdout=subprocess.PIPE, cwd=ROOT,
+    )
+    try:
+        assert child.stdout is not None
+        reported = 0
+        while reported < 100_000:
+            line = child.stdout.readline()
+            assert line, "the child process stopped"
+            reported = int(line)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    position = PositionFile(str(path), capacity=capacity).get("events")
+    assert position is not None and position >= reported
+    assert journal(path)[1] == b"events %d\n" % position
 
 
 def test_the_worker_service_syncs_positions_every_second(tmp_path: Path) -> None:

@@ -87,7 +87,7 @@ class Harness:
         name: str = "w1",
     ) -> Worker:
         config = WorkerConfig(name=name, streams=tuple(WorkerStream(s, start) for s in streams))
-        positions = PositionFile(str(self.tmp_path / f"{name}.json"), fsync=False)
+        positions = PositionFile(str(self.tmp_path / f"{name}.positions"), fsync=False, capacity=16384)
         return Worker(config, handler, positions, self.clock)
 
     def connect(self, worker: Worker, **pipe_options: Any) -> MemoryPipe:
