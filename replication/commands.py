@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
@@ -162,6 +162,18 @@ def decode_json_bytes(data: bytes, what: str = "RDATA row") -> Any:
     except UnicodeDecodeError as e:
         raise CommandParseError(f"{what} is not valid UTF-8 (byte {e.start})") from None
     return decode_json(text, what)
+
+
+def json_loader(data: bytes | None) -> Callable[[bytes], Any]:
+    """A decoder for the rows of many lines at once, as strict as :func:`decode_json_bytes`:
+    orjson's own ``loads`` when orjson is installed and ``data`` (the bytes the lines were
+    split from) holds no run of 20 digits, so the check is made once per read instead of
+    once per row; otherwise :func:`decode_json_bytes`. Both raise ``ValueError`` on what
+    they refuse (``CommandParseError``, or orjson's error, which may still be a document
+    that the standard library path accepts: pass such lines to the general path)."""
+    if _orjson is not None and data is not None and not _has_twenty_digits(data):
+        return _orjson.loads  # type: ignore[no-any-return]
+    return decode_json_bytes
 
 
 def encode_parsed_json(value: Any) -> str:
@@ -529,6 +541,26 @@ def rdata_lines(stream: str, token: int, rows: Iterable[str]) -> bytes:
     last = len(rows) - 1
     parts = [batch + row + "\n" for row in rows[:last]]
     parts.append(f"RDATA {stream} {token} {rows[last]}\n")
+    return "".join(parts).encode()
+
+
+def rdata_block(stream: str, tokens: Iterable[tuple[int, Sequence[str]]]) -> bytes:
+    """:func:`rdata_lines` of many ``(token, rows)`` of one stream, joined: what the master
+    writes for a multi-token publish or a catch-up page, built in one pass."""
+    head = f"RDATA {stream} "
+    batch = f"RDATA {stream} batch "
+    parts = []
+    append = parts.append
+    for token, rows in tokens:
+        last = len(rows) - 1
+        if last:
+            if last < 0:
+                raise ValueError("a token carries at least one row")
+            for i in range(last):
+                append(batch)
+                append(rows[i])
+                append("\n")
+        append(f"{head}{token} {rows[last]}\n")
     return "".join(parts).encode()
 
 

@@ -284,17 +284,29 @@ class ReplicationProtocol(Protocol):
         if self._holding:
             self._held.extend(lines)
             self._maybe_pause_reading()
-        else:
-            for i, line in enumerate(lines):
-                if self._closing:
-                    return
-                self.lineReceived(line)
-                if self._holding:
-                    self._held.extend(lines[i + 1 :])
-                    self._maybe_pause_reading()
-                    break
+        elif lines:
+            self.linesReceived(lines, data)
         if len(self._buffer) > self.max_line_bytes and not self._closing:
             self._line_too_long(len(self._buffer))
+
+    def linesReceived(self, lines: list[bytes], data: bytes) -> None:
+        """Handle the complete lines of one read (``data``: the bytes they were split from,
+        which may end with a partial line). Each goes to :meth:`lineReceived` until the
+        connection closes or input is held; the rest are then held, in order. Subclasses
+        may take common lines faster, as long as they keep that contract (see
+        :meth:`hold_remaining`)."""
+        for i, line in enumerate(lines):
+            if self._closing:
+                return
+            self.lineReceived(line)
+            if self._holding:
+                self.hold_remaining(lines, i + 1)
+                return
+
+    def hold_remaining(self, lines: list[bytes], start: int) -> None:
+        """Input is held: keep ``lines[start:]`` for :meth:`release_input`."""
+        self._held.extend(lines[start:])
+        self._maybe_pause_reading()
 
     def lineReceived(self, line: bytes) -> None:
         if len(line) > self.max_line_bytes:
@@ -344,9 +356,10 @@ class ReplicationProtocol(Protocol):
     def release_input(self) -> None:
         """Hand the lines held since :meth:`hold_input` over, in order, and read again."""
         self._holding = False
-        held = self._held
-        while held and not self._holding and not self._closing:
-            self.lineReceived(held.popleft())
+        if self._held and not self._closing:
+            lines = list(self._held)
+            self._held.clear()
+            self.linesReceived(lines, None)
         if not self._holding and self._reading_paused and self.transport is not None:
             self._reading_paused = False
             self._last_received = self.clock.seconds()

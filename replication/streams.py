@@ -57,28 +57,31 @@ class TokenAssembler:
     :meth:`add` returns ``None`` for a ``batch`` row and ``(token, rows)`` when the token
     completes; tokens must increase within one connection. :meth:`discard` drops a stream's
     partial batch (on ``RESET`` or when the connection is lost).
+
+    ``partial`` (rows gathered so far, per stream) and ``last`` (the last completed token,
+    per stream) are public so that the worker's hot loop can apply the same rules inline.
     """
 
-    _partial: dict[str, list[Any]] = field(default_factory=dict)
-    _last: dict[str, int] = field(default_factory=dict)
+    partial: dict[str, list[Any]] = field(default_factory=dict)
+    last: dict[str, int] = field(default_factory=dict)
 
     def add(self, stream: str, token: int | None, row: Any) -> tuple[int, list[Any]] | None:
         if token is None:
-            self._partial.setdefault(stream, []).append(row)
+            self.partial.setdefault(stream, []).append(row)
             return None
-        last = self._last.get(stream)
+        last = self.last.get(stream)
         if last is not None and token <= last:
             raise AssemblyError(
                 f"RDATA {stream} token {token} does not follow token {last} sent before it"
             )
-        self._last[stream] = token
-        rows = self._partial.pop(stream, [])
+        self.last[stream] = token
+        rows = self.partial.pop(stream, [])
         rows.append(row)
         return token, rows
 
     def pending_rows(self, stream: str) -> int:
-        return len(self._partial.get(stream, ()))
+        return len(self.partial.get(stream, ()))
 
     def discard(self, stream: str) -> None:
-        self._partial.pop(stream, None)
-        self._last.pop(stream, None)
+        self.partial.pop(stream, None)
+        self.last.pop(stream, None)

@@ -31,7 +31,6 @@ from twisted.python.failure import Failure
 
 from replication.commands import (
     WORKER,
-    CommandParseError,
     CommandRegistry,
     ErrorCommand,
     GapCommand,
@@ -39,8 +38,8 @@ from replication.commands import (
     RdataCommand,
     ReplicateCommand,
     ResetCommand,
-    decode_json_bytes,
     default_registry,
+    json_loader,
 )
 from replication.config import WorkerConfig
 from replication.handlers import Handler
@@ -201,37 +200,108 @@ class WorkerConnection(ReplicationProtocol):
 
     # -- commands ----------------------------------------------------------------------
 
-    def lineReceived(self, line: bytes) -> None:
-        """The hot path: ``RDATA`` lines of followed streams are parsed here directly (split,
-        token, strict JSON), without building a command object. Anything unusual (another
-        command, an unfollowed stream, a malformed line) takes the general path, which
-        parses it fully and answers errors."""
-        if line[:6] != b"RDATA " or self.peer_name is None or len(line) > self.max_line_bytes:
-            super().lineReceived(line)
+    def linesReceived(self, lines: list[bytes], data: bytes | None) -> None:
+        """The hot path. ``RDATA`` lines of followed streams, with a ``batch`` or numeric
+        token in order, are parsed (split, token, strict JSON) and gathered here directly,
+        and each complete token goes straight to the handler, without building command
+        objects. Anything else (other commands, unfollowed streams, malformed lines,
+        tokens out of order) takes the general path of :meth:`lineReceived`, which parses
+        it fully and answers errors; so does everything after a handler that did not just
+        return ``None``. It keeps the contract of the base class: once input is held, the
+        remaining lines are held, in order."""
+        if self.peer_name is None or self._closing:
+            super().linesReceived(lines, data)
             return
-        parts = line.split(b" ", 3)
-        stream = self._followed_bytes.get(parts[1]) if len(parts) == 4 else None
-        token_text = parts[2] if stream is not None else b""
-        if token_text == b"batch":
-            token = None
-        elif token_text.isdigit() and len(token_text) <= 19:
-            token = int(token_text)
-        else:
-            super().lineReceived(line)
-            return
+        loads = json_loader(data)
+        max_line = self.max_line_bytes
+        followed = self._followed_bytes
+        partial = self.assembler.partial
+        last_tokens = self.assembler.last
+        worker = self.worker
+        heads = worker.heads
+        positions = worker.positions
+        handler = worker.handler
+        handler_done = worker.metrics.handler_done
+        seconds = self.clock.seconds
+        fast = 0
         try:
-            row = decode_json_bytes(parts[3])
-        except CommandParseError:
-            super().lineReceived(line)
-            return
-        self.rdata_received += 1
-        self._rdata(stream, token, row)  # type: ignore[arg-type]
+            for i, line in enumerate(lines):
+                if line[:6] == b"RDATA " and len(line) <= max_line:
+                    parts = line.split(b" ", 3)
+                    stream = followed.get(parts[1]) if len(parts) == 4 else None
+                    if stream is not None:
+                        token_text = parts[2]
+                        if token_text == b"batch":
+                            try:
+                                row = loads(parts[3])
+                            except ValueError:
+                                pass  # the general path decides, and answers errors
+                            else:
+                                fast += 1
+                                gathered = partial.get(stream)
+                                if gathered is None:
+                                    partial[stream] = [row]
+                                else:
+                                    gathered.append(row)
+                                continue
+                        elif token_text.isdigit() and len(token_text) <= 19:
+                            token = int(token_text)
+                            last = last_tokens.get(stream)
+                            decoded = last is None or token > last  # else: general path
+                            if decoded:
+                                try:
+                                    row = loads(parts[3])
+                                except ValueError:
+                                    decoded = False
+                            if decoded:
+                                fast += 1
+                                last_tokens[stream] = token
+                                rows = partial.pop(stream, None)
+                                if rows is None:
+                                    rows = [row]
+                                else:
+                                    rows.append(row)
+                                if token > heads.get(stream, 0):
+                                    heads[stream] = token
+                                position = positions.get(stream)
+                                if position is not None and token <= position:
+                                    log.debug("dropping %s token %d: already handled (position %d)",
+                                              stream, token, position)
+                                    continue
+                                started = seconds()
+                                try:
+                                    result = handler(stream, token, rows)
+                                except Exception:
+                                    result = Failure()
+                                if result is None:
+                                    positions.set(stream, token)
+                                    handler_done(stream, seconds() - started)
+                                    self._retry_delay = FIRST_RETRY_DELAY
+                                    continue
+                                self._handler_started = started
+                                self._handler_returned(handler, stream, token, rows, result)
+                                if self._holding:
+                                    self.hold_remaining(lines, i + 1)
+                                    return
+                                if self._closing:
+                                    return
+                                continue
+                # The general path.
+                self.lineReceived(line)
+                if self._holding:
+                    self.hold_remaining(lines, i + 1)
+                    return
+                if self._closing:
+                    return
+        finally:
+            self.rdata_received += fast
 
     def on_RDATA(self, command: RdataCommand) -> None:
         if self._followed(command.stream, "RDATA"):
             self._rdata(command.stream, command.token, command.row)
 
     def _rdata(self, stream: str, token: int | None, row: Any) -> None:
+        """One ``RDATA`` row by the general path (the reference for :meth:`linesReceived`)."""
         try:
             done = self.assembler.add(stream, token, row)
         except AssemblyError as e:
@@ -255,11 +325,17 @@ class WorkerConnection(ReplicationProtocol):
         except Exception:
             result = Failure()
         if result is None:
-            # The common case, kept short: a synchronous handler that succeeded.
             worker.positions.set(stream, token)
             self._retry_delay = FIRST_RETRY_DELAY
             worker.metrics.handler_done(stream, self.clock.seconds() - started)
             return
+        self._handler_returned(handler, stream, token, rows, result)
+
+    def _handler_returned(
+        self, handler: Handler, stream: str, token: int, rows: list[Any], result: Any
+    ) -> None:
+        """The handler returned something other than ``None`` (an awaitable, or by mistake
+        a value) or raised (``result`` is the Failure): wait for it, or retry it."""
         self._run(
             lambda: handler(stream, token, rows), stream, token, f"token {token}",
             first_result=result,

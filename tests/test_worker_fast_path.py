@@ -1,0 +1,209 @@
+"""The worker's hot loop (``WorkerConnection.linesReceived``) against its reference.
+
+The hot loop parses ``RDATA`` lines, gathers tokens and calls the handler inline; every other
+line goes through the general path (full parse, ``on_RDATA``, ``_rdata``). These tests feed
+the same random streams of lines, in random chunks, to a worker using the hot loop and to one
+whose every line takes the general path, and require the same handler calls, positions,
+output to the master and connection state. Then a few cases by name.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from replication.config import WorkerConfig, WorkerStream
+from replication.positions import PositionFile
+from replication.protocol import ReplicationProtocol
+from replication.worker import Worker, WorkerConnection
+
+
+class ReferenceConnection(WorkerConnection):
+    """Every line by the general path: one ``lineReceived`` per line."""
+
+    def linesReceived(self, lines: list[bytes], data: bytes | None) -> None:
+        ReplicationProtocol.linesReceived(self, lines, data)
+
+
+class Handler:
+    """Records calls; some tokens return a Deferred (fired later by the test), some raise."""
+
+    def __init__(self, pending: set[int], failing: set[int]) -> None:
+        self.calls: list[tuple[str, int, list[Any]]] = []
+        self.pending = pending
+        self.failing = failing
+        self.deferreds: list[Deferred[None]] = []
+
+    def __call__(self, stream: str, token: int, rows: list[Any]) -> Deferred[None] | None:
+        self.calls.append((stream, token, rows))
+        if token in self.failing:
+            self.failing.discard(token)  # fails once, then succeeds on the retry
+            raise RuntimeError(f"token {token} fails once")
+        if token in self.pending:
+            self.pending.discard(token)
+            d: Deferred[None] = Deferred()
+            self.deferreds.append(d)
+            return d
+        return None
+
+
+ROWS = [
+    b'["m.room.message","!r:x",{"body":"hi"},1]',
+    b"{}",
+    b"null",
+    b"12345678901234567890123",  # beyond 64 bits: orjson would make it a float
+    b'{"big":-99999999999999999999}',
+    b'"\\ud83d\\ude00"',
+    b"[1.5e3,true,false]",
+]
+BAD = [
+    b"RDATA events 7 {bad",
+    b"RDATA events x []",
+    b"RDATA events 5 NaN",
+    b'RDATA events 9 "\\ud800"',
+    b"RDATA events",
+    b"BOGUS 1",
+]
+
+
+def random_lines(rng: random.Random) -> list[bytes]:
+    """A master's output as a worker could see it: mostly good RDATA (1-row and batched
+    tokens, some repeated, some for an unfollowed stream), POSITION and PING lines, and
+    now and then something malformed or out of order."""
+    lines = []
+    token = rng.randint(0, 3)
+    for _ in range(rng.randint(1, 40)):
+        kind = rng.random()
+        if kind < 0.6:
+            token += rng.choice((1, 1, 1, 2))
+            for _ in range(rng.choice((0, 0, 0, 1, 3))):
+                lines.append(b"RDATA events batch " + rng.choice(ROWS))
+            lines.append(b"RDATA events %d " % token + rng.choice(ROWS))
+        elif kind < 0.7:
+            lines.append(b"RDATA other %d []" % rng.randint(1, 9))
+        elif kind < 0.8:
+            lines.append(b"POSITION events %d" % (token + rng.randint(0, 2)))
+        elif kind < 0.85:
+            lines.append(b"PING 5")
+        elif kind < 0.9:
+            lines.append(b"RDATA events %d [1]" % max(token - rng.randint(0, 2), 1))  # repeat
+        elif kind < 0.93:
+            lines.append(rng.choice(BAD))
+        else:
+            lines.append(b"RDATA events batch " + rng.choice(ROWS))
+    return lines
+
+
+def run(cls: type[WorkerConnection], tmp_path: Any, seed: int, lines: list[bytes],
+        position: int | None) -> dict[str, Any]:
+    rng = random.Random(seed)
+    pending = {t for t in range(1, 200) if rng.random() < 0.05}
+    failing = {t for t in range(1, 200) if rng.random() < 0.03}
+    handler = Handler(pending, failing)
+    clock = Clock()
+    positions = PositionFile(str(tmp_path / f"{cls.__name__}-{seed}.positions"), fsync=False,
+                             capacity=4096)
+    if position is not None:
+        positions.set("events", position)
+    config = WorkerConfig(name="w", streams=(WorkerStream("events"),))
+    worker = Worker(config, handler, positions, clock)
+    connection = cls(worker)
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    data = b"SERVER m\n" + b"".join(line + b"\n" for line in lines)
+    at = 0
+    while at < len(data):
+        size = rng.choice((1, 7, 50, 400, len(data)))
+        connection.dataReceived(data[at:at + size])
+        at += size
+        # Let pending handlers finish and retries run, at random moments.
+        while handler.deferreds and rng.random() < 0.5:
+            handler.deferreds.pop(0).callback(None)
+        if rng.random() < 0.3:
+            clock.advance(rng.choice((0.5, 1.0, 2.0)))
+    for _ in range(20):
+        while handler.deferreds:
+            handler.deferreds.pop(0).callback(None)
+        clock.advance(5)
+    positions.close()
+    return {
+        "calls": handler.calls,
+        "position": worker.positions.get("events"),
+        "heads": dict(worker.heads),
+        "sent": transport.value().split(b"\n")[1:],  # after NAME; PINGs carry the clock
+        "closing": connection._closing,
+        "received": connection.command_counts()[0],
+    }
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_the_hot_loop_does_what_the_general_path_does(tmp_path: Any, seed: int) -> None:
+    rng = random.Random(seed)
+    lines = random_lines(rng)
+    position = rng.choice((None, None, 0, 2, 5))
+    fast = run(WorkerConnection, tmp_path, seed, lines, position)
+    reference = run(ReferenceConnection, tmp_path, seed, lines, position)
+    assert fast == reference
+
+
+def connected(tmp_path: Any, handler: Any) -> tuple[Worker, WorkerConnection, StringTransport]:
+    positions = PositionFile(str(tmp_path / "w.positions"), fsync=False, capacity=4096)
+    worker = Worker(WorkerConfig(name="w", streams=(WorkerStream("events"),)), handler,
+                    positions, Clock())
+    connection = WorkerConnection(worker)
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    connection.dataReceived(b"SERVER m\n")
+    transport.clear()
+    return worker, connection, transport
+
+
+def test_lines_after_a_pending_handler_wait_in_order(tmp_path: Any) -> None:
+    """A handler that returns a Deferred in the middle of a read holds the rest of that
+    read; nothing after it is handled until it fires, then all of it, in order."""
+    calls: list[int] = []
+    waiting: list[Deferred[None]] = []
+
+    def handler(stream: str, token: int, rows: list[Any]) -> Deferred[None] | None:
+        calls.append(token)
+        if token == 2:
+            waiting.append(Deferred())
+            return waiting[0]
+        return None
+
+    worker, connection, _ = connected(tmp_path, handler)
+    connection.dataReceived(b"".join(b"RDATA events %d [%d]\n" % (t, t) for t in range(1, 6)))
+    assert calls == [1, 2]
+    assert worker.positions.get("events") == 1
+    waiting[0].callback(None)
+    assert calls == [1, 2, 3, 4, 5]
+    assert worker.positions.get("events") == 5
+
+
+def test_a_bad_line_in_the_middle_of_a_read_stops_it(tmp_path: Any) -> None:
+    """Tokens before a malformed line are handled; the line gets ERROR and a close; the
+    lines after it are not handled."""
+    calls: list[int] = []
+    worker, connection, transport = connected(
+        tmp_path, lambda s, t, r: calls.append(t) and None
+    )
+    connection.dataReceived(b"RDATA events 1 [1]\nRDATA events 2 {bad\nRDATA events 3 [3]\n")
+    assert calls == [1]
+    assert transport.value().startswith(b"ERROR RDATA row is not valid JSON")
+    assert transport.disconnecting
+    assert worker.positions.get("events") == 1
+
+
+def test_big_integers_stay_exact_in_the_hot_loop(tmp_path: Any) -> None:
+    """A read holding a 20-digit number is decoded by the standard library path, which
+    keeps integers beyond 64 bits exact."""
+    calls: list[list[Any]] = []
+    _, connection, _ = connected(tmp_path, lambda s, t, r: calls.append(r) and None)
+    connection.dataReceived(b"RDATA events 1 [1]\nRDATA events 2 [123456789012345678901234]\n")
+    assert calls == [[[1]], [[123456789012345678901234]]]
+    assert isinstance(calls[1][0][0], int)
