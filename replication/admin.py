@@ -14,7 +14,6 @@ thread, which is where :mod:`replication.metrics` expects to be scraped.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -25,7 +24,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from replication import __version__
-from replication.commands import CommandParseError, decode_json_bytes
+from replication.commands import CommandParseError, decode_json_bytes, encode_parsed_json
 from replication.master import Master, MasterConnection, PublishError
 from replication.metrics import stream_retention
 
@@ -34,7 +33,7 @@ def _respond(request: Request, status: int, body: dict[str, Any]) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+    return encode_parsed_json(body).encode() + b"\n"
 
 
 def _error(request: Request, status: int, message: str) -> bytes:
@@ -84,10 +83,9 @@ class _StreamResource(Resource):
             ):
                 return _error(request, 400, '"tokens" must be a non-empty list of lists of JSON values')
         try:
-            encoded = [self.master.encode_rows(self.stream, rows, parsed=True) for rows in batches]
+            encoded = self.master.encode_tokens(self.stream, batches, parsed=True)
         except PublishError as e:
-            where = "" if len(batches) == 1 else " (in one of the tokens)"
-            return _error(request, e.status, e.message + where)
+            return _error(request, e.status, e.message)
         d: Deferred[list[int]] = self.master.submit_many(self.stream, encoded)
         single = "rows" in document
 

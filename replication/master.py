@@ -47,6 +47,7 @@ from replication.commands import (
     encode_json,
     encode_parsed_json,
     encode_parsed_rows,
+    rdata_block,
     rdata_line_length,
     rdata_lines,
 )
@@ -257,9 +258,17 @@ class Master:
     # -- publishing --------------------------------------------------------------------
 
     def encode_rows(self, stream: str, rows: Sequence[Any], parsed: bool = False) -> list[str]:
-        """Check a publish and encode its rows as compact JSON, or raise
+        """Check a publish of one token and encode its rows as compact JSON, or raise
         :class:`PublishError` saying what is wrong. ``parsed`` says the rows came out of a
         JSON parser (only JSON types, no NaN), which allows the faster encoder."""
+        return self.encode_tokens(stream, [rows], parsed)[0]
+
+    def encode_tokens(
+        self, stream: str, tokens_rows: Sequence[Sequence[Any]], parsed: bool = False
+    ) -> list[list[str]]:
+        """:meth:`encode_rows` for several tokens at once: the stream is checked once and,
+        for parsed rows, all rows are encoded in one pass. Errors name the token (when there
+        are several) and the row at fault."""
         try:
             check_stream_name(stream)
         except CommandParseError as e:
@@ -268,34 +277,50 @@ class Master:
             raise PublishError(
                 404, f"unknown stream {stream!r}: strict_streams is on and it is not configured"
             )
-        if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
-            raise PublishError(400, "rows must be a list of JSON values")
-        if not rows:
-            raise PublishError(400, "rows must hold at least one row")
+        if isinstance(tokens_rows, (str, bytes)) or not isinstance(tokens_rows, Sequence) or not tokens_rows:
+            raise PublishError(400, "tokens must be a non-empty list of row lists")
         limit = self.config.limits.max_line_bytes
         room = limit - rdata_line_length(stream, "")  # bytes of JSON a row may take
         surely_fits = room // 4  # characters that fit even at 4 UTF-8 bytes each
-        if parsed:
-            # The common HTTP case, in one pass; any trouble takes the row-by-row path below,
-            # which names the row at fault.
-            texts = encode_parsed_rows(rows)
+        if parsed and all(type(rows) is list and rows for rows in tokens_rows):
+            # The common HTTP case, in one pass over every row; any trouble takes the
+            # row-by-row path below, which names the row at fault.
+            texts = encode_parsed_rows([row for rows in tokens_rows for row in rows])
             if texts is not None and max(map(len, texts)) <= surely_fits:
-                return texts
+                if len(tokens_rows) == 1:
+                    return [texts]
+                out = []
+                start = 0
+                for rows in tokens_rows:
+                    end = start + len(rows)
+                    out.append(texts[start:end])
+                    start = end
+                return out
         encode = encode_parsed_json if parsed else encode_json
-        encoded = []
-        for i, row in enumerate(rows):
-            try:
-                text = encode(row)
-            except CommandParseError as e:
-                raise PublishError(400, f"row {i}: {e}") from None
-            if len(text) > surely_fits and len(text.encode()) > room:
-                raise PublishError(
-                    413,
-                    f"row {i} is {len(text.encode())} bytes of JSON; with its RDATA prefix it "
-                    f"would pass the line limit of {limit} bytes (limits.max_line_bytes)",
-                )
-            encoded.append(text)
-        return encoded
+        several = len(tokens_rows) > 1
+        encoded_tokens = []
+        for t, rows in enumerate(tokens_rows):
+            where = f"token {t}, " if several else ""
+            if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
+                raise PublishError(400, f"{where}rows must be a list of JSON values")
+            if not rows:
+                raise PublishError(400, f"{where}rows must hold at least one row")
+            encoded = []
+            for i, row in enumerate(rows):
+                try:
+                    text = encode(row)
+                except CommandParseError as e:
+                    raise PublishError(400, f"{where}row {i}: {e}") from None
+                if len(text) > surely_fits and len(text.encode()) > room:
+                    raise PublishError(
+                        413,
+                        f"{where}row {i} is {len(text.encode())} bytes of JSON; with its RDATA "
+                        f"prefix it would pass the line limit of {limit} bytes "
+                        "(limits.max_line_bytes)",
+                    )
+                encoded.append(text)
+            encoded_tokens.append(encoded)
+        return encoded_tokens
 
     def publish(self, stream: str, rows: Sequence[Any]) -> Deferred[int]:
         """Publish ``rows`` (JSON-serialisable values) to ``stream`` as one new token.
@@ -348,9 +373,7 @@ class Master:
         """Publish several tokens to ``stream`` at once (each a list of JSON-serialisable
         rows), all or none, with consecutive tokens; fires with the tokens."""
         try:
-            if isinstance(tokens_rows, (str, bytes)) or not tokens_rows:
-                raise PublishError(400, "tokens must be a non-empty list of row lists")
-            encoded = [self.encode_rows(stream, rows) for rows in tokens_rows]
+            encoded = self.encode_tokens(stream, tokens_rows)
         except PublishError:
             return fail()
         return self.submit_many(stream, encoded)
@@ -390,10 +413,14 @@ class Master:
             return
         by_stream: dict[str, list[tuple[int, list[str]]]] = {}
         for stream, token, rows in entries:
-            by_stream.setdefault(stream, []).append((token, rows))
+            tokens = by_stream.get(stream)
+            if tokens is None:
+                by_stream[stream] = [(token, rows)]
+            else:
+                tokens.append((token, rows))
         for stream, tokens in by_stream.items():
-            data = b"".join([rdata_lines(stream, token, rows) for token, rows in tokens])
-            self._send_live(stream, tokens[-1][0], sum(len(rows) for _, rows in tokens), data)
+            count = sum([len(rows) for _, rows in tokens])
+            self._send_live(stream, tokens[-1][0], count, rdata_block(stream, tokens))
 
     def _send_live(self, stream: str, head: int, count: int, data: bytes) -> None:
         state = self._stream(stream)
@@ -512,9 +539,7 @@ class Master:
                 connection.send(GapCommand(sub.stream, *gap))
                 sub.position = gap[1]
             if entries:
-                connection.write(
-                    b"".join([rdata_lines(sub.stream, e.token, e.rows) for e in entries])
-                )
+                connection.write(rdata_block(sub.stream, [(e.token, e.rows) for e in entries]))
                 sub.position = entries[-1].token
                 rows = sum(len(e.rows) for e in entries)
                 state.rows_sent_catchup += rows

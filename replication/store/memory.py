@@ -1,8 +1,11 @@
 """The in-memory :class:`~replication.store.StreamStore`: fast, and forgotten at exit.
 
-Used by tests and by ``store: {type: memory}``. Each stream is a list of entries with a moving
-start (trimmed entries are cut off in bulk once they are half the list); since tokens are
-contiguous, the entry of token ``t`` sits at index ``start + t - oldest``.
+Used by tests and by ``store: {type: memory}``. Each stream is a list holding each token's
+rows with a moving start (trimmed tokens are cut off in bulk once they are half the list);
+since tokens are contiguous, the rows of token ``t`` sit at index ``start + t - oldest``.
+Rows are kept as plain tuples of strings, which Python's garbage collector stops tracking
+after its first pass over them: a master holding millions of rows pays nothing for them in
+later collections. :class:`~replication.store.Entry` objects are built only when read.
 """
 
 from __future__ import annotations
@@ -18,21 +21,21 @@ class _Stream:
     head: int = 0
     rows: int = 0
     start: int = 0
-    entries: list[Entry] = field(default_factory=list)
+    entries: list[tuple[str, ...]] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
 
     @property
     def oldest(self) -> int:
         return self.head + 1 - (len(self.entries) - self.start)
 
-    def drop_first(self) -> Entry:
-        entry = self.entries[self.start]
+    def drop_first(self) -> tuple[str, ...]:
+        rows = self.entries[self.start]
         self.start += 1
         if self.start > 1024 and self.start * 2 > len(self.entries):
             del self.entries[: self.start]
             del self.times[: self.start]
             self.start = 0
-        return entry
+        return rows
 
 
 class MemoryStore:
@@ -74,7 +77,7 @@ class MemoryStore:
             if s is None:
                 s = self._streams[name] = _Stream()
             s.head += 1
-            s.entries.append(Entry(s.head, tuple(rows)))
+            s.entries.append(tuple(rows))
             s.times.append(now)
             s.rows += len(rows)
             tokens.append(s.head)
@@ -88,11 +91,13 @@ class MemoryStore:
         out: list[Entry] = []
         gathered = 0
         entries = s.entries
+        token = first + index - s.start
         while index < end and gathered < max_rows:
-            entry = entries[index]
-            out.append(entry)
-            gathered += len(entry.rows)
+            rows = entries[index]
+            out.append(Entry(token, rows))
+            gathered += len(rows)
             index += 1
+            token += 1
         return out
 
     def trim(self, stream: str, retention: Retention, now: float) -> int:
@@ -104,9 +109,9 @@ class MemoryStore:
             too_old = max_age is not None and s.times[s.start] < now - max_age
             if not (too_many or too_old):
                 break
-            entry = s.drop_first()
-            s.rows -= len(entry.rows)
-            dropped += len(entry.rows)
+            rows = len(s.drop_first())
+            s.rows -= rows
+            dropped += rows
         return dropped
 
     def close(self) -> None:
