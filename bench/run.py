@@ -109,10 +109,11 @@ def build_table(results: dict[str, Any]) -> list[list[str]]:
             ratio = ours["median"] / raw["median"] if ours and raw.get("median") else None
             rows.append([label + " vs raw socket", fmt_rate(ours) + " rows/s" if ours else "-",
                          fmt_rate(raw), f"{ratio:.3f}x" if ratio else "-", "(limit)", "-"])
-    lat = results.get("latency")
-    if lat and "p50_ms" in lat:
+    for lat in results.get("latency", []):
         p50, p99, mx = lat["p50_ms"], lat["p99_ms"], lat["max_ms"]
-        where = f"latency 10k rows/s, 10 workers"
+        per = lat["rows_per_token"]
+        every = per / lat["rate"] * 1000
+        where = f"latency 10k rows/s, 10 workers, {per} rows/{every:g} ms"
         rows.append([where + ": p50", fmt_num(p50, "ms"), "", "", f"<= {LATENCY_P50_MS:g} ms",
                      verdict(p50["median"] <= LATENCY_P50_MS)])
         rows.append([where + ": p99", fmt_num(p99, "ms"), "", "", f"<= {LATENCY_P99_MS:g} ms",

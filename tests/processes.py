@@ -228,9 +228,9 @@ def read_positions(path: Path) -> dict[str, int] | None:
     """The positions recorded in a worker's position file, or ``None`` if there is none.
 
     Reads the file without the product's code (which may create or rewrite it), in either
-    format: the journal (``# replication positions v1`` then ``<stream> <token>`` lines, the
-    last line of a stream wins, a line cut short at the end is ignored) or the older JSON
-    ``{"positions": {...}}``.
+    format: the journal (``# replication positions v1`` or ``v2`` then ``<stream> <token>``
+    lines, the last line of a stream wins, a line cut short at the end is ignored; v2 is
+    padded with NUL bytes, where the journal ends) or the older JSON ``{"positions": {...}}``.
     """
     try:
         raw = path.read_bytes()
@@ -242,6 +242,9 @@ def read_positions(path: Path) -> dict[str, int] | None:
         except ValueError:
             return None
         return positions if isinstance(positions, dict) else None
+    end = raw.find(b"\0")
+    if end >= 0:
+        raw = raw[:end]
     *lines, _torn = raw.split(b"\n")
     if not lines or not lines[0].startswith(b"#"):
         return None

@@ -1,8 +1,11 @@
 """Scenario 4: latency from publish to handler at a steady 10,000 rows/s with 10 workers.
 
 A master (``--store memory``) and 10 workers with the handler ``handlers:LatencyRecorder``.
-One publisher process POSTs 100 rows every 10 ms on an absolute schedule; just before each
-POST it writes ``time.time()`` into ``row[4]`` of the token's rows. Each worker's handler
+One publisher process POSTs one token on an absolute schedule; just before each POST it
+writes ``time.time()`` into ``row[4]`` of the token's rows. Two variants of the same rate:
+**steady**, 10 rows every 1 ms (the target's figure), and **bursts**, 100 rows every 10 ms,
+where each worker gets 100 rows at once and the last of 10 workers waits for the other nine
+on 2 cores. Each worker's handler
 notes ``time.time()`` once per token (the handler is called once per token, with its rows)
 and keeps ``(publish time, handler time)`` per row; the end token makes it write them to a
 file. Rows published in the first second of a run (warm-up) are left out; the rest (about 3 s
@@ -33,7 +36,8 @@ from common import (
 )
 
 RATE = 10_000
-PER_TOKEN = 100
+#: Rows per token of each variant: (name, rows per token); one token every rows/RATE seconds.
+VARIANTS = (("steady", 10), ("bursts", 100))
 WORKERS = 10
 WARMUP = 1.0
 
@@ -49,12 +53,16 @@ def _read(path: str) -> tuple[list[float], list[float]]:
     return sent, handled
 
 
-def run(quick: bool, runs: int, log: Any) -> dict[str, Any]:
+def run(quick: bool, runs: int, log: Any) -> list[dict[str, Any]]:
+    return [run_variant(name, per_token, quick, runs, log) for name, per_token in VARIANTS]
+
+
+def run_variant(variant: str, per_token: int, quick: bool, runs: int, log: Any) -> dict[str, Any]:
     measure = 3.0 if quick else 5.0
     timeout = 60.0
-    log(f"latency: {WORKERS} workers, {RATE} rows/s as {PER_TOKEN} rows every "
-        f"{PER_TOKEN / RATE * 1000:.0f} ms, {WARMUP:.0f} s warm-up + {measure:.0f} s x {runs} runs")
-    with scratch("latency") as tmp, Group() as group:
+    log(f"latency ({variant}): {WORKERS} workers, {RATE} rows/s as {per_token} rows every "
+        f"{per_token / RATE * 1000:.0f} ms, {WARMUP:.0f} s warm-up + {measure:.0f} s x {runs} runs")
+    with scratch(f"latency-{variant}") as tmp, Group() as group:
         done_dir = tmp / "done"
         done_dir.mkdir()
         os.environ["BENCH_DONE_DIR"] = str(done_dir)
@@ -71,7 +79,7 @@ def run(quick: bool, runs: int, log: Any) -> dict[str, Any]:
             run_id = f"r{k}"
             out = tmp / f"pub-{run_id}.json"
             publisher = group.add(child(f"pub-{run_id}", "latency_publish_child.py",
-                                        [str(http_port), str(RATE), str(PER_TOKEN),
+                                        [str(http_port), str(RATE), str(per_token),
                                          str(WARMUP + measure), run_id, str(out)], tmp),
                                   transient=True)
             publisher.wait_for_exit(WARMUP + measure + timeout)
@@ -109,9 +117,10 @@ def run(quick: bool, runs: int, log: Any) -> dict[str, Any]:
             time.sleep(0.3)
     return {
         "scenario": "latency",
+        "variant": variant,
         "workers": WORKERS,
         "rate": RATE,
-        "rows_per_token": PER_TOKEN,
+        "rows_per_token": per_token,
         "warmup_s": WARMUP,
         "measure_s": measure,
         "runs": results,
