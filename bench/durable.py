@@ -544,7 +544,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
     quick = args.quick
-    seconds = 2.5 if quick else 5.0
+    seconds = 1.5 if quick else 5.0
     runs = 3
     tmp = Path(tempfile.mkdtemp(prefix="bench-durable-"))
     began = time.monotonic()
