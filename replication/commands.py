@@ -534,14 +534,7 @@ def rdata_lines(stream: str, token: int, rows: Iterable[str]) -> bytes:
     This is the master's fan-out encoder: the result is written as it is to every
     subscriber of ``stream``.
     """
-    rows = list(rows)
-    if not rows:
-        raise ValueError("a token carries at least one row")
-    batch = f"RDATA {stream} batch "
-    last = len(rows) - 1
-    parts = [batch + row + "\n" for row in rows[:last]]
-    parts.append(f"RDATA {stream} {token} {rows[last]}\n")
-    return "".join(parts).encode()
+    return rdata_block(stream, [(token, list(rows))])
 
 
 def rdata_block(stream: str, tokens: Iterable[tuple[int, Sequence[str]]]) -> bytes:
@@ -549,19 +542,18 @@ def rdata_block(stream: str, tokens: Iterable[tuple[int, Sequence[str]]]) -> byt
     writes for a multi-token publish or a catch-up page, built in one pass."""
     head = f"RDATA {stream} "
     batch = f"RDATA {stream} batch "
-    parts = []
-    append = parts.append
-    for token, rows in tokens:
+    between = "\n" + batch
+
+    def several(token: int, rows: Sequence[str]) -> str:
+        if not rows:
+            raise ValueError("a token carries at least one row")
         last = len(rows) - 1
-        if last:
-            if last < 0:
-                raise ValueError("a token carries at least one row")
-            for i in range(last):
-                append(batch)
-                append(rows[i])
-                append("\n")
-        append(f"{head}{token} {rows[last]}\n")
-    return "".join(parts).encode()
+        return f"{batch}{between.join(rows[:last])}\n{head}{token} {rows[last]}\n"
+
+    return "".join([
+        f"{head}{token} {rows[0]}\n" if len(rows) == 1 else several(token, rows)
+        for token, rows in tokens
+    ]).encode()
 
 
 def rdata_line_length(stream: str, row: str) -> int:

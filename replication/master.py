@@ -349,7 +349,7 @@ class Master:
                 tokens = self.store.append([(stream, rows) for rows in tokens_rows], now)
             except StoreError as e:
                 return fail(PublishError(503, f"store failed: {e}"))
-            self._committed([(stream, token, rows) for token, rows in zip(tokens, tokens_rows)])
+            self._committed_stream(stream, tokens, tokens_rows)
             self._trim_inline(stream, now)
             return succeed(tokens)
         count = sum(len(rows) for rows in tokens_rows)
@@ -421,6 +421,14 @@ class Master:
         for stream, tokens in by_stream.items():
             count = sum([len(rows) for _, rows in tokens])
             self._send_live(stream, tokens[-1][0], count, rdata_block(stream, tokens))
+
+    def _committed_stream(self, stream: str, tokens: list[int], tokens_rows: list[list[str]]) -> None:
+        """:meth:`_committed` for consecutive tokens of one stream."""
+        if len(tokens) == 1:
+            data = rdata_lines(stream, tokens[0], tokens_rows[0])
+        else:
+            data = rdata_block(stream, zip(tokens, tokens_rows))
+        self._send_live(stream, tokens[-1], sum(map(len, tokens_rows)), data)
 
     def _send_live(self, stream: str, head: int, count: int, data: bytes) -> None:
         state = self._stream(stream)

@@ -8,6 +8,7 @@ application commands, and the helpers the master uses to encode rows (``encode_j
 from __future__ import annotations
 
 import json
+import random
 import math
 from dataclasses import FrozenInstanceError, dataclass
 from typing import Any, ClassVar
@@ -35,6 +36,7 @@ from replication.commands import (
     encode_json,
     parse_token,
     rdata_line_length,
+    rdata_block,
     rdata_lines,
 )
 
@@ -627,6 +629,31 @@ def test_rdata_lines_with_no_rows_raises_value_error(rows: Any) -> None:
     """A token carries at least one row; no rows raises ValueError."""
     with pytest.raises(ValueError, match="at least one row"):
         rdata_lines("s", 1, rows)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_rdata_block_is_the_rdata_lines_of_each_token_joined(seed: int) -> None:
+    """rdata_block of random tokens (1 to 5 rows each) equals their rdata_lines joined,
+    and parses back into the same commands."""
+    rng = random.Random(seed)
+    tokens = [
+        (t, [encode_json([t, k, "\u00e9" * rng.randint(0, 3)]) for k in range(rng.randint(1, 5))])
+        for t in range(1, rng.randint(2, 30))
+    ]
+    block = rdata_block("events", tokens)
+    assert block == b"".join(rdata_lines("events", t, rows) for t, rows in tokens)
+    registry = default_registry()
+    parsed = [registry.parse(line, MASTER) for line in block.split(b"\n")[:-1]]
+    expected = [
+        RdataCommand("events", t if k == len(rows) - 1 else None, json.loads(row))
+        for t, rows in tokens for k, row in enumerate(rows)
+    ]
+    assert parsed == expected
+
+
+def test_rdata_block_refuses_a_token_without_rows() -> None:
+    with pytest.raises(ValueError, match="at least one row"):
+        rdata_block("s", [(1, ["1"]), (2, [])])
 
 
 # --------------------------------------------------------------------------- rdata_line_length

@@ -72,13 +72,17 @@ class MemoryStore:
             if not rows:
                 raise ValueError("a token carries at least one row")
         tokens = []
+        current = None
         for name, rows in batch:
-            s = self._streams.get(name)
-            if s is None:
-                s = self._streams[name] = _Stream()
+            if name != current:  # batches are mostly runs of one stream
+                s = self._streams.get(name)
+                if s is None:
+                    s = self._streams[name] = _Stream()
+                current = name
+                add_rows, add_time = s.entries.append, s.times.append
             s.head += 1
-            s.entries.append(tuple(rows))
-            s.times.append(now)
+            add_rows(tuple(rows))
+            add_time(now)
             s.rows += len(rows)
             tokens.append(s.head)
         return tokens
