@@ -38,7 +38,10 @@ reading it, so a torn last line is dropped and a file of the older format (``# r
 positions v1``, the same lines without NUL padding, which is still read) is converted.
 
 A file that exists but is not a position file, or has a damaged line, stops the worker with
-a clear message; it is never overwritten or deleted. The file must not be edited, truncated
+a clear message; it is never overwritten or deleted. Only one process may use a position
+file at a time: it holds an exclusive lock (``flock``) on ``<path>.lock`` while the file
+is open, and a second worker given the same file stops with a message naming the holder's
+process id, rather than both recording positions into one file. The file must not be edited, truncated
 or replaced while the worker runs (truncating a mapped file makes the worker's next store
 fault). Preallocation makes a full disk an error when the file is opened or compacted
 rather than on a store; on copy-on-write file systems (btrfs, ZFS) it cannot fully
@@ -47,9 +50,11 @@ guarantee that.
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 from collections.abc import Mapping
+from typing import BinaryIO
 
 HEADER = b"# replication positions v2\n"
 HEADER_V1 = b"# replication positions v1\n"
@@ -92,7 +97,39 @@ class PositionFile:
         self._mm: mmap.mmap | None = None
         self._write = self._closed_write
         self._synced = 0  # the offset in the mapping up to which it was last flushed
-        self._load()
+        self._lock_file: BinaryIO | None = None
+        self._lock()
+        try:
+            self._load()
+        except BaseException:
+            self.close()
+            raise
+
+    def _lock(self) -> None:
+        """Take the exclusive lock on ``<path>.lock`` (kept until :meth:`close`, released by
+        the kernel if the process dies), or fail naming the process that holds it."""
+        lock_path = f"{self.path}.lock"
+        try:
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # a new directory
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise self._error("open", e) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise PositionFileError(
+                f"position file {self.path} is in use by another process (pid {holder}); "
+                "give each worker its own position file"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # A file object, so that a PositionFile dropped without close() still lets go.
+        self._lock_file = os.fdopen(fd, "r+b", buffering=0)
 
     def _fail(self, what: str) -> PositionFileError:
         return PositionFileError(
@@ -227,8 +264,12 @@ class PositionFile:
             raise self._error("write", e) from None
 
     def close(self) -> None:
-        """Unmap the file (recorded positions stay in it); later calls do nothing."""
+        """Unmap the file (recorded positions stay in it) and release its lock; later calls
+        do nothing."""
         if self._mm is not None:
             self._mm.close()
             self._mm = None
         self._write = self._closed_write
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the lock
+            self._lock_file = None

@@ -312,8 +312,9 @@ def test_registries_are_private_and_passed_in(tmp_path: Path) -> None:
     assert registry.get_sample_value("replication_connections_open") == 0
     assert h.master.metrics.registry is not registry
     worker_registry = CollectorRegistry()
-    worker = Worker(h.worker(Recording()).config, Recording(), h.worker(Recording()).positions,
-                    h.clock, metrics=WorkerMetrics(worker_registry))
+    first = h.worker(Recording())
+    worker = Worker(first.config, Recording(), first.positions, h.clock,
+                    metrics=WorkerMetrics(worker_registry))
     assert worker_registry.get_sample_value("replication_worker_connected") == 0
     assert {name for name in prometheus_client.REGISTRY._names_to_collectors} == before
     try:

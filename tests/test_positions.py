@@ -171,7 +171,7 @@ def test_the_capacity_grows_when_the_streams_do_not_fit(tmp_path: Path) -> None:
 def test_an_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(PositionFileError, match="cannot (read|write) position file .*Not a directory"):
+    with pytest.raises(PositionFileError, match="cannot (open|read|write) position file .*Not a directory"):
         PositionFile(str(blocker / "w.positions"))
 
 
@@ -300,3 +300,38 @@ def test_the_worker_service_syncs_positions_every_second(tmp_path: Path) -> None
     assert synced == [1.0, 2.0]
     service.stopService()
     assert synced == [1.0, 2.0, 2.0]
+
+
+def test_a_position_file_in_use_is_refused(tmp_path: Path) -> None:
+    """Two workers given the same position file: the second stops with a message naming
+    the first one's process; once the first closes (or dies), the file can be opened."""
+    path = tmp_path / "w.positions"
+    first = PositionFile(str(path))
+    first.set("events", 5)
+    with pytest.raises(PositionFileError, match=rf"is in use by another process \(pid {os.getpid()}\)"):
+        PositionFile(str(path))
+    assert first.get("events") == 5
+    first.set("events", 6)  # the refused open changed nothing
+    first.close()
+    second = PositionFile(str(path))
+    assert second.get("events") == 6
+    second.close()
+
+
+def test_the_lock_of_a_killed_worker_is_released(tmp_path: Path) -> None:
+    """The kernel drops the lock of a process that dies, so a restarted worker opens the
+    file at once."""
+    path = tmp_path / "w.positions"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path), str(64 * 1024)], stdout=subprocess.PIPE
+    )
+    assert child.stdout is not None
+    child.stdout.readline()  # it has recorded 1,000 tokens
+    with pytest.raises(PositionFileError, match="in use by another process"):
+        PositionFile(str(path))
+    child.kill()
+    child.wait()
+    child.stdout.close()
+    positions = PositionFile(str(path))
+    assert (positions.get("events") or 0) >= 1000
+    positions.close()
