@@ -49,7 +49,6 @@ from replication.commands import (
     encode_parsed_rows,
     rdata_block,
     rdata_line_length,
-    rdata_lines,
 )
 from replication.config import MasterConfig
 from replication.metrics import MasterMetrics
@@ -287,8 +286,6 @@ class Master:
             # row-by-row path below, which names the row at fault.
             texts = encode_parsed_rows([row for rows in tokens_rows for row in rows])
             if texts is not None and max(map(len, texts)) <= surely_fits:
-                if len(tokens_rows) == 1:
-                    return [texts]
                 out = []
                 start = 0
                 for rows in tokens_rows:
@@ -407,27 +404,17 @@ class Master:
         """Committed tokens, in token order: advance the heads and send them live. The
         tokens of one stream are encoded once, joined, and written with one call per
         subscriber."""
-        if len(entries) == 1:
-            stream, token, rows = entries[0]
-            self._send_live(stream, token, len(rows), rdata_lines(stream, token, rows))
-            return
-        by_stream: dict[str, list[tuple[int, list[str]]]] = {}
+        by_stream: dict[str, tuple[list[int], list[list[str]]]] = {}
         for stream, token, rows in entries:
-            tokens = by_stream.get(stream)
-            if tokens is None:
-                by_stream[stream] = [(token, rows)]
-            else:
-                tokens.append((token, rows))
-        for stream, tokens in by_stream.items():
-            count = sum([len(rows) for _, rows in tokens])
-            self._send_live(stream, tokens[-1][0], count, rdata_block(stream, tokens))
+            tokens, tokens_rows = by_stream.setdefault(stream, ([], []))
+            tokens.append(token)
+            tokens_rows.append(rows)
+        for stream, (tokens, tokens_rows) in by_stream.items():
+            self._committed_stream(stream, tokens, tokens_rows)
 
     def _committed_stream(self, stream: str, tokens: list[int], tokens_rows: list[list[str]]) -> None:
         """:meth:`_committed` for consecutive tokens of one stream."""
-        if len(tokens) == 1:
-            data = rdata_lines(stream, tokens[0], tokens_rows[0])
-        else:
-            data = rdata_block(stream, zip(tokens, tokens_rows))
+        data = rdata_block(stream, zip(tokens, tokens_rows))
         self._send_live(stream, tokens[-1], sum(map(len, tokens_rows)), data)
 
     def _send_live(self, stream: str, head: int, count: int, data: bytes) -> None:

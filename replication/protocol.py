@@ -289,9 +289,9 @@ class ReplicationProtocol(Protocol):
         if len(self._buffer) > self.max_line_bytes and not self._closing:
             self._line_too_long(len(self._buffer))
 
-    def linesReceived(self, lines: list[bytes], data: bytes) -> None:
+    def linesReceived(self, lines: list[bytes], data: bytes | None) -> None:
         """Handle the complete lines of one read (``data``: the bytes they were split from,
-        which may end with a partial line). Each goes to :meth:`lineReceived` until the
+        which may end with a partial line; ``None`` for lines released after a hold). Each goes to :meth:`lineReceived` until the
         connection closes or input is held; the rest are then held, in order. Subclasses
         may take common lines faster, as long as they keep that contract (see
         :meth:`hold_remaining`)."""
