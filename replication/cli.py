@@ -146,7 +146,7 @@ def cmd_master(args: argparse.Namespace) -> int:
         def run_blocking(f: Callable[..., Any], *a: Any) -> Any:
             return deferToThreadPool(reactor, pool, f, *a)
 
-    metrics = MasterMetrics(CollectorRegistry(), config.metrics_max_peer_labels)
+    metrics = MasterMetrics(CollectorRegistry())
     master = Master(config, store, reactor, run_blocking=run_blocking, metrics=metrics)
     ports: list[Any] = []
 

@@ -4,7 +4,9 @@ Every metric of a master (:class:`MasterMetrics`) and of a worker (:class:`Worke
 defined here; docs/operations.rst describes each one. The entry point creates one
 ``CollectorRegistry`` per process, builds the metrics object around it and passes it to
 :class:`~replication.master.Master` or :class:`~replication.worker.Worker`, which call
-:meth:`bind`. Nothing here uses prometheus_client's global ``REGISTRY``.
+:meth:`bind`. Nothing here uses prometheus_client's global ``REGISTRY``. A master's metrics
+read only its :class:`~replication.snapshot.MasterSnapshot` (this module imports nothing from
+the master); a worker's read the worker.
 
 Nothing is counted with prometheus_client's ``Counter`` on the hot path (its ``inc()`` takes
 a lock: ~0.5 µs, a histogram ``observe()`` ~1 µs). The services keep plain integers, updated
@@ -24,8 +26,7 @@ own label, later ones are counted as ``other``.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
@@ -38,17 +39,25 @@ from prometheus_client.core import (
 from prometheus_client.utils import floatToGoString
 
 from replication import __version__
-from replication.store import StoreError
+from replication.snapshot import OTHER, UNNAMED, MasterSnapshot, PeerLabels, PeerRecord, add_counts
+
+__all__ = [
+    "HANDLER_BUCKETS",
+    "MASTER_METRICS",
+    "OTHER",
+    "UNNAMED",
+    "WORKER_METRICS",
+    "MasterMetrics",
+    "PeerLabels",
+    "PeerRecord",
+    "WorkerMetrics",
+    "reason_label",
+]
 
 if TYPE_CHECKING:
-    from replication.master import Master
     from replication.protocol import ReplicationProtocol
     from replication.worker import Worker
 
-#: The label value of peer names past the cap.
-OTHER = "other"
-#: The label value of a connection whose peer has not sent its name (yet).
-UNNAMED = "unnamed"
 #: Upper bounds (seconds) of the worker's handler duration histogram buckets.
 HANDLER_BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -149,37 +158,6 @@ def reason_label(reason: str) -> str:
     return reason.replace(" ", "_")
 
 
-class PeerLabels:
-    """Peer names as label values: each of the first ``limit`` distinct names is its own
-    label for the life of the process; later names are ``other``; no name is ``unnamed``."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._known: set[str] = set()
-
-    def __call__(self, name: str | None) -> str:
-        if name is None:
-            return UNNAMED
-        known = self._known
-        if name in known:
-            return name
-        if len(known) < self.limit:
-            known.add(name)
-            return name
-        return OTHER
-
-
-@dataclass
-class PeerRecord:
-    """What a master remembers about one peer label across its connections."""
-
-    label: str
-    connects: int = 0
-    disconnects: dict[str, int] = field(default_factory=dict)
-    last_disconnect_reason: str | None = None
-    last_disconnect_at: float | None = None
-
-
 class _CommandTotals:
     """Commands of connections that ended, by ``(command, peer label)``, plus those of open
     connections read at scrape time: together a counter that only grows."""
@@ -190,8 +168,8 @@ class _CommandTotals:
 
     def fold(self, connection: ReplicationProtocol, label: str) -> None:
         received, sent = connection.command_counts()
-        _add(self.received, received, label)
-        _add(self.sent, sent, label)
+        add_counts(self.received, received, label)
+        add_counts(self.sent, sent, label)
 
     def families(
         self, open_connections: Iterable[tuple[ReplicationProtocol, str]]
@@ -199,20 +177,21 @@ class _CommandTotals:
         received, sent = dict(self.received), dict(self.sent)
         for connection, label in open_connections:
             live_received, live_sent = connection.command_counts()
-            _add(received, live_received, label)
-            _add(sent, live_sent, label)
-        for name, values in (("received", received), ("sent", sent)):
-            full = f"replication_commands_{name}_total"
-            family = CounterMetricFamily(full, COMMON_METRICS[full], labels=["command", "peer"])
-            for (command, peer), value in sorted(values.items()):
-                family.add_metric([command, peer], value)
-            yield family
+            add_counts(received, live_received, label)
+            add_counts(sent, live_sent, label)
+        yield from command_families(received, sent)
 
 
-def _add(totals: dict[tuple[str, str], int], counts: dict[str, int], label: str) -> None:
-    for command, n in counts.items():
-        key = (command, label)
-        totals[key] = totals.get(key, 0) + n
+def command_families(
+    received: dict[tuple[str, str], int], sent: dict[tuple[str, str], int]
+) -> Iterator[Metric]:
+    """The two command counters, from totals by ``(command, peer label)``."""
+    for name, values in (("received", received), ("sent", sent)):
+        full = f"replication_commands_{name}_total"
+        family = CounterMetricFamily(full, COMMON_METRICS[full], labels=["command", "peer"])
+        for (command, peer), value in sorted(values.items()):
+            family.add_metric([command, peer], value)
+        yield family
 
 
 def _registry(registry: CollectorRegistry | None) -> CollectorRegistry:
@@ -230,138 +209,101 @@ def _counter(
 
 
 class MasterMetrics:
-    """A master's metrics, collected from the master it is bound to when scraped.
+    """A master's metrics, collected from its :class:`~replication.snapshot.MasterSnapshot`
+    when scraped.
 
     :param registry: the process's registry; ``None``: a new private one.
-    :param max_peer_labels: distinct worker names kept as label values and in
-        :attr:`peers` (``metrics.max_peer_labels``); later names are ``other``.
 
-    The master calls :meth:`bind` once, :meth:`peer_connected` after each handshake and
-    :meth:`connection_closed` when a connection ends.
+    The master calls :meth:`bind` once with its ``snapshot`` method. Label values are
+    bounded where the snapshot is made (peer labels: ``metrics.max_peer_labels``).
     """
 
-    def __init__(
-        self, registry: CollectorRegistry | None = None, max_peer_labels: int = 100
-    ) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = _registry(registry)
-        self.peer_label = PeerLabels(max_peer_labels)
-        #: By peer label: connects, disconnects by reason, the last disconnect.
-        self.peers: dict[str, PeerRecord] = {}
-        self._commands = _CommandTotals()
-        self._master: Master | None = None
+        self._snapshot: Callable[[], MasterSnapshot] | None = None
 
-    def bind(self, master: Master) -> None:
-        """Collect from ``master`` when the registry is scraped."""
-        if self._master is not None:
+    def bind(self, snapshot: Callable[[], MasterSnapshot]) -> None:
+        """Collect from ``snapshot()`` when the registry is scraped."""
+        if self._snapshot is not None:
             raise ValueError("these MasterMetrics already observe a master")
-        self._master = master
+        self._snapshot = snapshot
         self.registry.register(self)
-
-    def peer(self, label: str) -> PeerRecord:
-        record = self.peers.get(label)
-        if record is None:
-            record = self.peers[label] = PeerRecord(label)
-        return record
-
-    # -- called by the master ----------------------------------------------------------
-
-    def peer_connected(self, connection: ReplicationProtocol) -> None:
-        self.peer(self.peer_label(connection.peer_name)).connects += 1
-
-    def connection_closed(self, connection: ReplicationProtocol, reason: str) -> None:
-        label = self.peer_label(connection.peer_name)
-        self._commands.fold(connection, label)
-        record = self.peer(label)
-        record.disconnects[reason] = record.disconnects.get(reason, 0) + 1
-        record.last_disconnect_reason = reason
-        record.last_disconnect_at = connection.clock.seconds()
 
     # -- scrape ------------------------------------------------------------------------
 
     def collect(self) -> Iterator[Metric]:
-        master = self._master
-        if master is None:
+        if self._snapshot is None:
             return
-        config = master.config
-        labels = self.peer_label
-        connections = sorted(master.connections, key=lambda c: c.connected_since or 0.0)
-        named = [(c, labels(c.peer_name)) for c in connections]
-
+        view = self._snapshot()
         info = _gauge("replication_info", MASTER_METRICS, ["role", "name", "version"])
-        info.add_metric(["master", config.server_name, __version__], 1)
+        info.add_metric(["master", view.server_name, __version__], 1)
         yield info
         started = _gauge("replication_start_time_seconds", MASTER_METRICS)
-        started.add_metric([], master.started_at)
+        started.add_metric([], view.started_at)
         yield started
-        yield from self._commands.families(named)
+        received, sent = dict(view.closed_received), dict(view.closed_sent)
+        for connection in view.connections:
+            add_counts(received, connection.commands_received, connection.label)
+            add_counts(sent, connection.commands_sent, connection.label)
+        yield from command_families(received, sent)
 
         disconnects = _counter("replication_disconnects_total", MASTER_METRICS, ["reason", "peer"])
         connects = _counter("replication_peer_connects_total", MASTER_METRICS, ["peer"])
-        for label, record in sorted(self.peers.items()):
-            connects.add_metric([label], record.connects)
-            for reason, n in sorted(record.disconnects.items()):
-                disconnects.add_metric([reason_label(reason), label], n)
+        for peer in view.peers:
+            connects.add_metric([peer.label], peer.connects)
+            for reason, n in sorted(peer.disconnects.items()):
+                disconnects.add_metric([reason_label(reason), peer.label], n)
         yield disconnects
         yield connects
 
         open_ = _gauge("replication_connections_open", MASTER_METRICS)
-        open_.add_metric([], len(connections))
+        open_.add_metric([], len(view.connections))
         yield open_
         buffered_by_peer: dict[str, int] = {}
         lag: dict[tuple[str, str], int] = {}
-        for connection, label in named:
-            buffered_by_peer[label] = buffered_by_peer.get(label, 0) + connection.queued_bytes
-            for stream, position in master.sent_positions(connection).items():
-                behind = max(master.head(stream) - position, 0)
-                key = (label, stream)
-                lag[key] = max(lag.get(key, 0), behind)
+        for connection in view.connections:
+            label = connection.label
+            buffered_by_peer[label] = buffered_by_peer.get(label, 0) + connection.buffered_bytes
+            for follow in connection.streams:
+                key = (label, follow.name)
+                lag[key] = max(lag.get(key, 0), follow.lag)
         buffered = _gauge("replication_connection_buffered_bytes", MASTER_METRICS, ["peer"])
         for label, n in sorted(buffered_by_peer.items()):
             buffered.add_metric([label], n)
         yield buffered
         limit = _gauge("replication_connection_buffer_limit_bytes", MASTER_METRICS)
-        limit.add_metric([], config.limits.max_buffer_bytes)
+        limit.add_metric([], view.max_buffer_bytes)
         yield limit
         lag_family = _gauge("replication_connection_lag_tokens", MASTER_METRICS, ["peer", "stream"])
         for (label, stream), n in sorted(lag.items()):
             lag_family.add_metric([label, stream], n)
         yield lag_family
 
-        yield from self._stream_families(master)
+        yield from _stream_families(view)
 
-    def _stream_families(self, master: Master) -> Iterator[Metric]:
-        names = (
-            "replication_stream_rows_published_total",
-            "replication_stream_head_token",
-            "replication_stream_oldest_token",
-            "replication_stream_retained_rows",
-            "replication_stream_live_subscribers",
-            "replication_stream_rows_sent_live_total",
-            "replication_stream_rows_sent_catchup_total",
+
+def _stream_families(view: MasterSnapshot) -> Iterator[Metric]:
+    names = (
+        "replication_stream_rows_published_total",
+        "replication_stream_head_token",
+        "replication_stream_oldest_token",
+        "replication_stream_retained_rows",
+        "replication_stream_live_subscribers",
+        "replication_stream_rows_sent_live_total",
+        "replication_stream_rows_sent_catchup_total",
+    )
+    families = [
+        (_counter if name.endswith("_total") else _gauge)(name, MASTER_METRICS, ["stream"])
+        for name in names
+    ]
+    for stream in view.streams:
+        values = (
+            stream.rows_published, stream.head, stream.oldest, stream.retained_rows,
+            stream.live_subscribers, stream.rows_sent_live, stream.rows_sent_catchup,
         )
-        families = [
-            (_counter if name.endswith("_total") else _gauge)(name, MASTER_METRICS, ["stream"])
-            for name in names
-        ]
-        all_streams = sum(1 for c in master.connections if master.follows_all(c))
-        for state in master.stream_states():
-            oldest, retained = stream_retention(master, state.name, state.head)
-            values = (
-                state.rows_published, state.head, oldest, retained,
-                len(state.live) + all_streams, state.rows_sent_live, state.rows_sent_catchup,
-            )
-            for family, value in zip(families, values):
-                family.add_metric([state.name], value)
-        yield from families
-
-
-def stream_retention(master: Master, stream: str, head: int) -> tuple[int, int]:
-    """``(oldest token, retained rows)`` of ``stream`` from the master's store; a stream
-    the store does not hold (followed, never published) or cannot read retains nothing."""
-    try:
-        return master.store.oldest(stream), master.store.retained_rows(stream)
-    except StoreError:
-        return head + 1, 0
+        for family, value in zip(families, values):
+            family.add_metric([stream.name], value)
+    yield from families
 
 
 class _StreamStats:

@@ -33,12 +33,14 @@ class BlockingMemoryStore(MemoryStore):
         self.appends: list[int] = []
         self.fail_next = False
 
-    def append(self, batch: Sequence[tuple[str, Sequence[str]]], now: float) -> list[int]:
+    def append(
+        self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = ""
+    ) -> list[int]:
         if self.fail_next:
             self.fail_next = False
             raise StoreError("disk full")
         self.appends.append(len(batch))
-        return super().append(batch, now)
+        return super().append(batch, now, origin)
 
 
 class ManualRunner:
@@ -71,7 +73,9 @@ def make(store: Any = None, **changes: Any) -> tuple[Master, Any, ManualRunner, 
     runner = ManualRunner()
     store = store if store is not None else BlockingMemoryStore()
     config = dataclasses.replace(MasterConfig(), **changes)
-    return Master(config, store, clock, run_blocking=runner), store, runner, clock
+    master = Master(config, store, clock, run_blocking=runner)
+    runner.run_all()  # the store is opened on the writer thread
+    return master, store, runner, clock
 
 
 def subscriber(master: Master) -> StringTransport:
@@ -138,6 +142,7 @@ def test_too_many_waiting_rows_are_refused() -> None:
     runner = ManualRunner()
     master = Master(MasterConfig(), BlockingMemoryStore(), clock, run_blocking=runner,
                     max_pending_rows=5)
+    runner.run_all()  # the store is opened on the writer thread
     master.publish("events", [0])  # being committed, not pending
     master.publish("events", [1, 2, 3])
     master.publish("events", [4, 5])
@@ -146,6 +151,29 @@ def test_too_many_waiting_rows_are_refused() -> None:
     assert [e.status for e in errors] == [503]
     runner.run_all()
     assert master.head("events") == 3
+
+
+def test_publishes_before_the_store_is_open_are_refused() -> None:
+    """Until the store is open (on the writer thread) a publish fails with 503 and nothing
+    of it is stored; once it is open, publishes are taken."""
+    clock = Clock()
+    runner = ManualRunner()
+    store = BlockingMemoryStore()
+    master = Master(MasterConfig(streams=("events",)), store, clock, run_blocking=runner)
+    errors: list[PublishError] = []
+    master.publish("events", [1]).addErrback(lambda f: errors.append(f.value))
+    assert [(e.status, e.message) for e in errors] == [
+        (503, "the master is still opening its store; retry shortly")
+    ]
+    assert store.appends == []
+    opened: list[None] = []
+    master.ready.addCallback(opened.append)
+    runner.run_all()
+    assert opened == [None]
+    tokens: list[int] = []
+    master.publish("events", [1]).addCallback(tokens.append)
+    runner.run_all()
+    assert tokens == [1] and store.appends == [1]
 
 
 def test_a_blocking_store_requires_a_runner() -> None:

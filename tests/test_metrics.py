@@ -237,7 +237,7 @@ def test_peer_labels_are_capped(tmp_path: Path) -> None:
     assert value(m, "replication_peer_connects_total", peer="other") == 2
     assert value(m, "replication_peer_connects_total", peer="c") is None
     assert value(m, "replication_commands_received_total", command="NAME", peer="other") == 2
-    assert set(h.master.metrics.peers) == {"a", "b", "other"}
+    assert set(h.master.history.peers) == {"a", "b", "other"}
 
 
 def test_all_streams_subscribers_count_rows_of_every_stream(tmp_path: Path) -> None:
@@ -302,7 +302,7 @@ def test_registries_are_private_and_passed_in(tmp_path: Path) -> None:
     never on prometheus_client's global REGISTRY; one metrics object observes one service."""
     before = {name for name in prometheus_client.REGISTRY._names_to_collectors}
     registry = CollectorRegistry()
-    metrics = MasterMetrics(registry, 10)
+    metrics = MasterMetrics(registry)
     h = Harness(tmp_path)
     from replication.master import Master
 

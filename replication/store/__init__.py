@@ -4,7 +4,13 @@ A store keeps, per stream, the rows of each token in token order. Tokens are ass
 store: the first token of a stream is 1 and each append takes the next integer, so the tokens
 of a stream are contiguous and the retained ones are exactly ``oldest(stream)..head(stream)``.
 Stores are pure: no reactor, no threads of their own; time is passed in. Implementations:
-:mod:`replication.store.memory` (and, with the durable-streams work, SQLite).
+:mod:`replication.store.memory` and :mod:`replication.store.sqlite`.
+
+Rows are keyed by ``(stream, origin)``: the origin is the master that accepted a publish.
+:data:`LOCAL_ORIGIN` names the master that owns the store; it is the only origin the stores
+of this version keep (a peer cluster of masters will store the rows of other origins beside
+it). The master never calls a store directly: it goes through the asynchronous interface of
+:mod:`replication.store.asynchronous`, which runs a blocking store in threads.
 """
 
 from __future__ import annotations
@@ -16,6 +22,10 @@ from typing import Protocol
 
 class StoreError(Exception):
     """The store cannot do what was asked: its message says why, for an operator."""
+
+
+#: The origin of rows accepted by the master that owns the store.
+LOCAL_ORIGIN = ""
 
 
 class UnknownStream(StoreError, KeyError):
@@ -34,6 +44,30 @@ class Entry:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamStats:
+    """What a store holds of one stream: its ``head`` (newest token, 0 if none), its
+    ``oldest`` retained token (``head + 1`` when it retains none) and its ``retained_rows``."""
+
+    head: int
+    oldest: int
+    retained_rows: int
+
+
+def check_origin(origin: str) -> None:
+    """Raise :class:`StoreError` unless ``origin`` is one the stores of this version keep."""
+    if origin != LOCAL_ORIGIN:
+        raise StoreError(
+            f"origin {origin!r}: this store keeps only the rows of its own master "
+            "(the local origin)"
+        )
+
+
+def stream_stats(store: StreamStore, stream: str) -> StreamStats:
+    """:class:`StreamStats` of ``stream``, read with three calls of the store."""
+    return StreamStats(store.head(stream), store.oldest(stream), store.retained_rows(stream))
+
+
+@dataclass(frozen=True, slots=True)
 class Retention:
     """How much of a stream a store keeps: at most ``max_rows`` rows and nothing older than
     ``max_age`` seconds (``None``: no such bound). Whole tokens are dropped, oldest first; the
@@ -41,6 +75,17 @@ class Retention:
 
     max_rows: int | None = None
     max_age: float | None = None
+
+
+class RetentionPolicy(Protocol):
+    """Anything that says how much to keep, like :class:`Retention` (the configuration's
+    ``RetentionConfig`` is one)."""
+
+    @property
+    def max_rows(self) -> int | None: ...
+
+    @property
+    def max_age(self) -> float | None: ...
 
 
 class StreamStore(Protocol):
@@ -68,17 +113,22 @@ class StreamStore(Protocol):
     def retained_rows(self, stream: str) -> int:
         """How many rows of ``stream`` are retained."""
 
-    def append(self, batch: Sequence[tuple[str, Sequence[str]]], now: float) -> list[int]:
-        """Append each ``(stream, rows)`` of ``batch`` as one token, in order, as one unit:
-        either every entry is stored or none is. Streams are created as needed. Returns the
-        tokens, in the order of ``batch``. ``now`` (seconds since the epoch) is recorded
-        for age-based retention."""
+    def append(
+        self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN
+    ) -> list[int]:
+        """Append each ``(stream, rows)`` of ``batch`` as one token of ``origin``, in order,
+        as one unit: either every entry is stored or none is. Streams are created as needed.
+        Returns the tokens, in the order of ``batch``. ``now`` (seconds since the epoch) is
+        recorded for age-based retention."""
 
-    def read(self, stream: str, after: int, upto: int, max_rows: int) -> list[Entry]:
-        """Entries with ``after < token <= upto``, oldest first: whole tokens, stopping once
-        ``max_rows`` rows are gathered (always at least one entry when one is there)."""
+    def read(
+        self, stream: str, after: int, upto: int, max_rows: int, origin: str = LOCAL_ORIGIN
+    ) -> list[Entry]:
+        """Entries of ``origin`` with ``after < token <= upto``, oldest first: whole tokens,
+        stopping once ``max_rows`` rows are gathered (always at least one entry when one is
+        there)."""
 
-    def trim(self, stream: str, retention: Retention, now: float) -> int:
+    def trim(self, stream: str, retention: RetentionPolicy, now: float) -> int:
         """Drop the oldest tokens of ``stream`` beyond ``retention``; return how many rows
         were dropped."""
 

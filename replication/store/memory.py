@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from replication.store import Entry, Retention, UnknownStream
+from replication.store import LOCAL_ORIGIN, Entry, RetentionPolicy, check_origin, UnknownStream
 
 
 @dataclass
@@ -67,17 +67,22 @@ class MemoryStore:
     def retained_rows(self, stream: str) -> int:
         return self._get(stream).rows
 
-    def append(self, batch: Sequence[tuple[str, Sequence[str]]], now: float) -> list[int]:
+    def append(
+        self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN
+    ) -> list[int]:
+        check_origin(origin)
         for _, rows in batch:
             if not rows:
                 raise ValueError("a token carries at least one row")
         tokens = []
         current = None
+        s: _Stream  # set by the first entry
         for name, rows in batch:
             if name != current:  # batches are mostly runs of one stream
-                s = self._streams.get(name)
-                if s is None:
-                    s = self._streams[name] = _Stream()
+                found = self._streams.get(name)
+                if found is None:
+                    found = self._streams[name] = _Stream()
+                s = found
                 current = name
                 add_rows, add_time = s.entries.append, s.times.append
             s.head += 1
@@ -87,7 +92,10 @@ class MemoryStore:
             tokens.append(s.head)
         return tokens
 
-    def read(self, stream: str, after: int, upto: int, max_rows: int) -> list[Entry]:
+    def read(
+        self, stream: str, after: int, upto: int, max_rows: int, origin: str = LOCAL_ORIGIN
+    ) -> list[Entry]:
+        check_origin(origin)
         s = self._get(stream)
         first = s.oldest
         index = s.start + max(after + 1 - first, 0)
@@ -104,7 +112,7 @@ class MemoryStore:
             token += 1
         return out
 
-    def trim(self, stream: str, retention: Retention, now: float) -> int:
+    def trim(self, stream: str, retention: RetentionPolicy, now: float) -> int:
         s = self._get(stream)
         dropped = 0
         max_rows, max_age = retention.max_rows, retention.max_age

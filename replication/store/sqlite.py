@@ -52,7 +52,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from replication.store import Entry, Retention, StoreError, UnknownStream
+from replication.store import LOCAL_ORIGIN, Entry, RetentionPolicy, check_origin, StoreError, UnknownStream
 
 SCHEMA_VERSION = 1
 """The version of the schema this module writes and reads (``PRAGMA user_version``)."""
@@ -235,7 +235,10 @@ class SqliteStore:
         with self._errors("retained_rows"), self._read_lock:
             return self._stream_row(stream)[2]
 
-    def read(self, stream: str, after: int, upto: int, max_rows: int) -> list[Entry]:
+    def read(
+        self, stream: str, after: int, upto: int, max_rows: int, origin: str = LOCAL_ORIGIN
+    ) -> list[Entry]:
+        check_origin(origin)
         out: list[Entry] = []
         with self._errors("read"), self._read_lock:
             if max_rows > 0 and upto > after:
@@ -259,7 +262,10 @@ class SqliteStore:
 
     # -- writer thread ---------------------------------------------------------------------
 
-    def append(self, batch: Sequence[tuple[str, Sequence[str]]], now: float) -> list[int]:
+    def append(
+        self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN
+    ) -> list[int]:
+        check_origin(origin)
         texts = []
         for _, rows in batch:
             if not rows:
@@ -306,7 +312,7 @@ class SqliteStore:
             self._flushed(created)
         return tokens
 
-    def trim(self, stream: str, retention: Retention, now: float) -> int:
+    def trim(self, stream: str, retention: RetentionPolicy, now: float) -> int:
         max_rows, max_age = retention.max_rows, retention.max_age
         cutoff = None if max_age is None else now - max_age
         with self._errors("trim"), self._write_lock:

@@ -1,0 +1,419 @@
+"""Fan-out: who follows which stream, their catch-up, and live writes.
+
+:class:`FanOut` listens to the :class:`~replication.master.log.StreamLog`. It keeps its own
+record of every follower's subscriptions (:class:`Subscription`) and talks to connections
+only through the narrow :class:`Follower` interface, so any kind of connection (a worker
+today; a publisher, a cluster peer or an older dialect later) can follow streams without
+changing anything here.
+
+- ``REPLICATE <stream> NOW`` makes a subscription live at once, with ``POSITION <head>``.
+- ``REPLICATE <stream> <token>`` starts a catch-up: pages of history are read from the
+  store (asynchronously: a blocking store is read in a thread) and written while the
+  follower's transport takes them (:attr:`Follower.can_write`), one page per turn of the
+  reactor, streams of one follower taking turns; tokens retention dropped are announced
+  with ``GAP``; once the follower has been sent everything up to the head it gets
+  ``POSITION <head>`` and is live. A worker a million rows behind costs one page of memory.
+- Live: the rows of each committed run are encoded once into ``RDATA`` lines and the same
+  bytes are written to every live follower of the stream (and every ``ALL`` follower).
+
+The check that moves a subscription from catch-up to live and the live writes both run on
+the reactor thread, after the log has advanced the head, so no token falls between them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+
+from replication.commands import (
+    ALL_STREAMS,
+    Command,
+    ErrorCommand,
+    GapCommand,
+    PositionCommand,
+    ReplicateCommand,
+    ResetCommand,
+    rdata_block,
+)
+from replication.master.log import StreamLog, StreamState
+from replication.store import Entry
+from replication.streams import missing_before, plan_catch_up
+
+log = logging.getLogger(__name__)
+
+#: Catch-up pages one follower may be sent in one turn of the reactor before yielding.
+PAGES_PER_TURN = 1
+
+
+class Follower(Protocol):
+    """What fan-out needs of a connection that follows streams."""
+
+    @property
+    def can_write(self) -> bool:
+        """True while the connection takes data without queueing it."""
+
+    @property
+    def dialect(self) -> str:
+        """The protocol dialect the connection speaks (see ``replication.commands``)."""
+
+    def write(self, data: bytes) -> None:
+        """Send whole encoded lines."""
+
+    def send(self, command: Command) -> None:
+        """Encode and send one command."""
+
+    def send_error(self, message: str) -> None:
+        """Send ``ERROR <message>`` and close."""
+
+    def describe(self) -> str:
+        """A label for logs: who the connection is and where from."""
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One follower's subscription to one stream: the last token sent, and whether the
+    catch-up is done (``live``). ``position`` is not moved by live rows: a live subscription
+    has been sent everything up to the stream's head (see :meth:`FanOut.sent_positions`).
+    ``live_since_rows`` is the stream's ``rows_published`` when it went live, from which
+    the live rows sent to it are computed when metrics are read."""
+
+    stream: str
+    position: int
+    live: bool = False
+    live_since_rows: int = 0
+
+
+@dataclass(eq=False)
+class _Followed:
+    """Fan-out's counters and live followers of one stream."""
+
+    live: set[Follower] = field(default_factory=set)
+    rows_sent_live: int = 0
+    rows_sent_catchup: int = 0
+
+
+@dataclass(eq=False)
+class _FollowerState:
+    subscriptions: dict[str, Subscription] = field(default_factory=dict)
+    catching_up: deque[Subscription] = field(default_factory=deque)
+    pump_call: IDelayedCall | None = None
+    reading: bool = False
+    pumping: bool = False
+    #: RDATA lines written: catch-up pages and live rows of ended subscriptions.
+    rdata_rows_sent: int = 0
+    #: ``log.rows_published`` when this follower subscribed to ALL streams.
+    all_since_rows: int | None = None
+
+
+class FanOut:
+    """Subscriptions, catch-up and live writes of one master.
+
+    :param log: the stream log it listens to (it registers itself).
+    :param clock: for yielding between catch-up pages.
+    :param page_rows: rows per catch-up page (``limits.catchup_page_rows``).
+    :param knows: whether a stream may be followed (``strict_streams``).
+    """
+
+    def __init__(
+        self,
+        log: StreamLog,
+        clock: IReactorTime,
+        *,
+        page_rows: int,
+        knows: Callable[[str], bool],
+    ) -> None:
+        self.log = log
+        self.clock = clock
+        self.page_rows = page_rows
+        self.knows = knows
+        self._followers: dict[Follower, _FollowerState] = {}
+        self._all: set[Follower] = set()
+        self._streams: dict[str, _Followed] = {}
+        log.add_listener(self)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def followed(self, stream: str) -> _Followed:
+        state = self._streams.get(stream)
+        if state is None:
+            state = self._streams[stream] = _Followed()
+        return state
+
+    def live_count(self, stream: str) -> int:
+        """Followers receiving ``stream`` live, ALL followers included."""
+        state = self._streams.get(stream)
+        return (len(state.live) if state is not None else 0) + len(self._all)
+
+    def counters(self, stream: str) -> tuple[int, int]:
+        """``(rows sent live, rows sent in catch-up)`` of ``stream`` since start."""
+        state = self._streams.get(stream)
+        return (state.rows_sent_live, state.rows_sent_catchup) if state is not None else (0, 0)
+
+    def follows_all(self, follower: Follower) -> bool:
+        """True if ``follower`` subscribed with ``REPLICATE ALL NOW``."""
+        return follower in self._all
+
+    def subscriptions(self, follower: Follower) -> dict[str, Subscription]:
+        """``follower``'s subscriptions by stream (a copy)."""
+        state = self._followers.get(follower)
+        return dict(state.subscriptions) if state is not None else {}
+
+    def catching_up(self, follower: Follower) -> bool:
+        state = self._followers.get(follower)
+        return bool(state is not None and state.catching_up)
+
+    def sent_positions(self, follower: Follower) -> dict[str, int]:
+        """The last token sent to ``follower`` for each stream it follows. A live
+        subscription has been sent everything up to the head, so it is read from the head
+        here rather than tracked on the fan-out path. "Sent" means written to the
+        connection: some of it may still wait in its buffer."""
+        log_ = self.log
+        if follower in self._all:
+            return {name: log_.head(name) for name in log_.stream_names()}
+        state = self._followers.get(follower)
+        if state is None:
+            return {}
+        return {
+            name: log_.head(name) if sub.live else sub.position
+            for name, sub in state.subscriptions.items()
+        }
+
+    def rdata_sent(self, follower: Follower) -> int:
+        """RDATA lines written to ``follower``. Live rows are not counted per write: they
+        are the rows published since each live subscription began, computed here."""
+        state = self._followers.get(follower)
+        if state is None:
+            return 0
+        total = state.rdata_rows_sent
+        for sub in state.subscriptions.values():
+            if sub.live:
+                stream = self.log.state(sub.stream)
+                if stream is not None:
+                    total += stream.rows_published - sub.live_since_rows
+        if state.all_since_rows is not None:
+            total += self.log.rows_published - state.all_since_rows
+        return total
+
+    # -- subscribing ---------------------------------------------------------------------
+
+    def replicate(self, follower: Follower, command: ReplicateCommand) -> None:
+        """Serve ``REPLICATE``: subscribe ``follower`` and start its catch-up."""
+        stream = command.stream
+        state = self._followers.get(follower)
+        if state is None:
+            state = self._followers[follower] = _FollowerState()
+        if stream == ALL_STREAMS:
+            self._replicate_all(follower, state)
+            return
+        if follower in self._all:
+            follower.send(
+                ErrorCommand(f"REPLICATE {stream} ignored: already subscribed to ALL streams")
+            )
+            return
+        if not self.knows(stream):
+            follower.send(
+                ErrorCommand(f"unknown stream {stream!r}: this master serves only its configured streams")
+            )
+            return
+        stream_state = self.log.state(stream) or self.log.ensure(stream)
+        self._unsubscribe(follower, state, stream)
+        if command.token is None:
+            sub = Subscription(
+                stream, stream_state.head, live=True, live_since_rows=stream_state.rows_published
+            )
+            state.subscriptions[stream] = sub
+            self.followed(stream).live.add(follower)
+            follower.send(PositionCommand(stream, stream_state.head))
+            return
+        plan = plan_catch_up(command.token, stream_state.head)
+        if plan.reset:
+            log.warning(
+                "%s asked for %s after token %d but the head is %d: sending RESET",
+                follower.describe(), stream, command.token, stream_state.head,
+            )
+            follower.send(ResetCommand(stream, stream_state.head))
+        sub = Subscription(stream, plan.position)
+        state.subscriptions[stream] = sub
+        state.catching_up.append(sub)
+        self.pump(follower)
+
+    def _replicate_all(self, follower: Follower, state: _FollowerState) -> None:
+        for stream in list(state.subscriptions):
+            self._unsubscribe(follower, state, stream)
+        self._all.add(follower)
+        if state.all_since_rows is None:
+            state.all_since_rows = self.log.rows_published
+        for name in self.log.stream_names():
+            follower.send(PositionCommand(name, self.log.head(name)))
+
+    def _unsubscribe(self, follower: Follower, state: _FollowerState, stream: str) -> None:
+        sub = state.subscriptions.pop(stream, None)
+        if sub is None:
+            return
+        followed = self.followed(stream)
+        followed.live.discard(follower)
+        if sub.live:
+            stream_state = self.log.state(stream)
+            if stream_state is not None:
+                state.rdata_rows_sent += stream_state.rows_published - sub.live_since_rows
+        else:
+            state.catching_up.remove(sub)
+
+    def remove(self, follower: Follower) -> None:
+        """``follower`` is gone: drop its subscriptions and any pending catch-up turn."""
+        state = self._followers.pop(follower, None)
+        self._all.discard(follower)
+        if state is None:
+            return
+        for stream in list(state.subscriptions):
+            self._unsubscribe(follower, state, stream)
+        if state.pump_call is not None and state.pump_call.active():
+            state.pump_call.cancel()
+        state.pump_call = None
+
+    # -- catch-up ------------------------------------------------------------------------
+
+    def pump(self, follower: Follower) -> None:
+        """Send ``follower`` catch-up pages while it can take them, a page per turn of the
+        reactor so that other connections and publishes are served meanwhile. Call it when
+        the follower's transport has drained."""
+        state = self._followers.get(follower)
+        if state is None or state.pump_call is not None or state.reading or state.pumping:
+            return
+        queue = state.catching_up
+        pages = 0
+        state.pumping = True
+        try:
+            while queue and follower.can_write and not state.reading:
+                if pages >= PAGES_PER_TURN:
+                    state.pump_call = self.clock.callLater(0, self._pump_later, follower)
+                    return
+                pages += 1
+                sub = queue[0]
+                head = self.log.head(sub.stream)
+                if sub.position >= head:
+                    self._go_live(follower, state, sub)
+                    continue
+                state.reading = True
+                d = self.log.read(sub.stream, sub.position, head, self.page_rows)
+                d.addCallbacks(
+                    self._page_read, self._read_failed,
+                    callbackArgs=(follower, state, sub, head), errbackArgs=(follower, state, sub),
+                )
+        finally:
+            state.pumping = False
+
+    def _pump_later(self, follower: Follower) -> None:
+        state = self._followers.get(follower)
+        if state is not None:
+            state.pump_call = None
+            self.pump(follower)
+
+    def _current(self, follower: Follower, state: _FollowerState, sub: Subscription) -> bool:
+        """Whether ``sub`` is still a catch-up of a follower that is still here."""
+        return (
+            self._followers.get(follower) is state
+            and state.subscriptions.get(sub.stream) is sub
+            and not sub.live
+        )
+
+    def _page_read(
+        self, entries: list[Entry], follower: Follower, state: _FollowerState,
+        sub: Subscription, head: int,
+    ) -> None:
+        state.reading = False
+        if self._current(follower, state, sub):
+            gap = missing_before(sub.position, entries[0].token if entries else None, head)
+            if gap is not None:
+                log.warning(
+                    "%s: tokens %d..%d of %s are no longer retained: sending GAP",
+                    follower.describe(), gap[0], gap[1], sub.stream,
+                )
+                follower.send(GapCommand(sub.stream, *gap))
+                sub.position = gap[1]
+            if entries:
+                follower.write(rdata_block(sub.stream, [(e.token, e.rows) for e in entries]))
+                sub.position = entries[-1].token
+                rows = sum(len(e.rows) for e in entries)
+                self.followed(sub.stream).rows_sent_catchup += rows
+                state.rdata_rows_sent += rows
+            if sub.position >= self.log.head(sub.stream):
+                self._go_live(follower, state, sub)
+            elif state.catching_up and state.catching_up[0] is sub:
+                state.catching_up.rotate(-1)
+        if not state.pumping:  # the read finished later than it started: go on from here
+            self.pump(follower)
+
+    def _read_failed(
+        self, failure: Failure, follower: Follower, state: _FollowerState, sub: Subscription
+    ) -> None:
+        state.reading = False
+        if not self._current(follower, state, sub):
+            if not state.pumping:
+                self.pump(follower)
+            return
+        log.error("reading %s for %s failed: %s", sub.stream, follower.describe(),
+                  failure.getErrorMessage())
+        follower.send_error(f"master cannot read stream {sub.stream}: store failure")
+
+    def _go_live(self, follower: Follower, state: _FollowerState, sub: Subscription) -> None:
+        stream_state = self.log.state(sub.stream) or self.log.ensure(sub.stream)
+        follower.send(PositionCommand(sub.stream, stream_state.head))
+        sub.live = True
+        sub.position = stream_state.head
+        sub.live_since_rows = stream_state.rows_published
+        self.followed(sub.stream).live.add(follower)
+        state.catching_up.remove(sub)
+
+    # -- live (LogListener) --------------------------------------------------------------
+
+    def committed(
+        self, state: StreamState, first: int, tokens_rows: Sequence[Sequence[str]], rows: int
+    ) -> None:
+        followed = self._streams.get(state.stream)
+        if followed is None:
+            if not self._all:
+                return
+            followed = self.followed(state.stream)
+        receivers = (followed.live | self._all) if self._all else followed.live
+        if not receivers:
+            return
+        if len(tokens_rows) == 1:
+            data = rdata_block(state.stream, ((first, tokens_rows[0]),))
+        else:
+            data = rdata_block(state.stream, zip(range(first, first + len(tokens_rows)), tokens_rows))
+        followed.rows_sent_live += rows * len(receivers)
+        for follower in tuple(receivers):
+            follower.write(data)
+
+    def skipped(self, state: StreamState, first: int, last: int) -> None:
+        """Tokens that live followers will never get live: put each of them back into
+        catch-up at its position, which answers the missing tokens with ``GAP``; ``ALL``
+        followers, which never catch up, are sent the ``GAP`` at once."""
+        for follower in tuple(self._all):
+            follower.send(GapCommand(state.stream, first, last))
+        followed = self._streams.get(state.stream)
+        if followed is None:
+            return
+        for follower in list(followed.live):
+            fstate = self._followers.get(follower)
+            sub = fstate.subscriptions.get(state.stream) if fstate is not None else None
+            if fstate is None or sub is None:
+                continue
+            followed.live.discard(follower)
+            stream_state = self.log.state(state.stream)
+            if stream_state is not None:
+                fstate.rdata_rows_sent += stream_state.rows_published - sub.live_since_rows
+            sub.live = False
+            sub.position = first - 1
+            fstate.catching_up.append(sub)
+            self.pump(follower)
+
+
+__all__ = ["FanOut", "Follower", "PAGES_PER_TURN", "Subscription"]

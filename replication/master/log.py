@@ -1,0 +1,414 @@
+"""The stream log: the one owner of the master's stream state.
+
+:class:`StreamLog` keeps, per ``(stream, origin)``, the head (the newest committed token),
+the oldest retained token, the rows retained and the rows committed since start
+(:class:`StreamState`); it owns the commit queue and the order of commits. Everything that
+changes a head goes through it, and everything that needs committed rows listens to it:
+
+- **publishes** of the local origin (:meth:`StreamLog.publish`) wait in one queue. With a
+  store whose calls never block (memory) the queue is committed at once, on the caller's
+  thread; with a blocking store (SQLite), every publish that arrives while a commit runs
+  joins the next commit (group commit), which runs in the store's writer thread. Both take
+  the same steps: append, then advance the heads and tell the listeners, then answer the
+  publishers, in that order, so that no listener and no publisher ever sees a token a crash
+  could take back.
+- **pokes** (:meth:`StreamLog.poke`): rows that another writer committed to the same store
+  (what a shared database needs). The log reads what lies beyond its heads and hands it to
+  the listeners in token order, as if it had committed it itself.
+- a commit whose tokens do not follow the head (another writer got in between) is held back
+  while the missing tokens are read, so listeners always see each stream's tokens once, in
+  order, without a gap; a gap that retention already dropped is reported as
+  :meth:`LogListener.skipped`.
+
+Listeners (:class:`LogListener`, the fan-out) receive committed runs of one stream:
+consecutive tokens, their rows as compact JSON texts. Retention runs through the log too
+(:meth:`StreamLog.trim`), which is how the retained-token statistics stay current without
+asking the store when metrics are scraped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+from replication.store import LOCAL_ORIGIN, Entry, RetentionPolicy, StoreError, StreamStats
+from replication.store.asynchronous import AsyncStore, TrimResult
+
+log = logging.getLogger(__name__)
+
+
+class PublishError(Exception):
+    """A publish that was refused; nothing of it was stored. ``status`` is the HTTP status
+    that answers it (400 bad request, 404 unknown stream, 413 too large, 503 unavailable)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class StreamKey(NamedTuple):
+    """What the log keys its state by: the stream and the origin of its rows."""
+
+    stream: str
+    origin: str
+
+
+@dataclass(eq=False, slots=True)
+class StreamState:
+    """One ``(stream, origin)`` of the log. Read it; only the log changes it.
+
+    ``head`` is the newest token listeners have been given (0: none); ``oldest`` the oldest
+    token the store retains (``head + 1`` when none) and ``retained_rows`` its rows, as of
+    the last commit or retention pass; ``rows_published`` counts the rows committed since
+    this process started.
+    """
+
+    stream: str
+    origin: str
+    head: int = 0
+    oldest: int = 1
+    retained_rows: int = 0
+    rows_published: int = 0
+    #: While missing tokens are being read: the runs that must wait for them, in order.
+    held: list[tuple[int, Sequence[Sequence[str]], int]] | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> StreamKey:
+        return StreamKey(self.stream, self.origin)
+
+
+class LogListener(Protocol):
+    """What the log tells about committed rows."""
+
+    def committed(
+        self, state: StreamState, first: int, tokens_rows: Sequence[Sequence[str]], rows: int
+    ) -> None:
+        """Tokens ``first .. first + len(tokens_rows) - 1`` of ``state`` were committed
+        (``state.head`` is already the last of them); ``rows`` is their number of rows."""
+
+    def skipped(self, state: StreamState, first: int, last: int) -> None:
+        """Tokens ``first..last`` were committed by another writer and dropped by retention
+        before this log could read them: listeners that deliver live must not pretend they
+        delivered them."""
+
+
+@dataclass(eq=False, slots=True)
+class _Publish:
+    stream: str
+    tokens_rows: list[list[str]]
+    rows: int
+    waiter: Deferred[list[int]]
+
+
+class StreamLog:
+    """Heads per ``(stream, origin)``, the commit queue and the listeners of commits.
+
+    :param store: the store, through its asynchronous interface.
+    :param clock: time for commit timestamps and retention.
+    :param retention: the retention of a stream, by name.
+    :param max_pending_rows: rows that may wait for a commit; past that, publishes are
+        refused with 503 rather than queued without bound.
+    :param page_rows: rows per read when the log fetches tokens another writer committed.
+
+    Call :meth:`open` once (the master does); until it has fired, publishes are refused.
+    """
+
+    def __init__(
+        self,
+        store: AsyncStore,
+        clock: IReactorTime,
+        retention: Callable[[str], RetentionPolicy],
+        *,
+        max_pending_rows: int = 1_000_000,
+        page_rows: int = 10_000,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.retention = retention
+        self.max_pending_rows = max_pending_rows
+        self.page_rows = page_rows
+        self.listeners: list[LogListener] = []
+        #: Rows committed to any stream since start.
+        self.rows_published = 0
+        self.opened = False
+        self._states: dict[StreamKey, StreamState] = {}
+        #: The local origin's states by stream name: the publish path's lookup.
+        self._local: dict[str, StreamState] = {}
+        self._inline = store.inline
+        self._pending: list[_Publish] = []
+        self._pending_rows = 0
+        self._committing = False
+        self._trimming = False
+
+    # -- state ---------------------------------------------------------------------------
+
+    def open(self, create: Sequence[str]) -> Deferred[None]:
+        """Create the streams in ``create`` and load every stream's state from the store."""
+
+        def loaded(stats: dict[str, StreamStats]) -> None:
+            for name, s in stats.items():
+                state = self.ensure(name)
+                state.head, state.oldest, state.retained_rows = s.head, s.oldest, s.retained_rows
+            self.opened = True
+
+        return self.store.open(create).addCallback(loaded)
+
+    def add_listener(self, listener: LogListener) -> None:
+        self.listeners.append(listener)
+
+    def ensure(self, stream: str, origin: str = LOCAL_ORIGIN) -> StreamState:
+        """The state of ``(stream, origin)``, created empty (head 0) if the log has none: a
+        stream that is followed before its first publish."""
+        key = StreamKey(stream, origin)
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = StreamState(stream, origin)
+            if origin == LOCAL_ORIGIN:
+                self._local[stream] = state
+        return state
+
+    def state(self, stream: str, origin: str = LOCAL_ORIGIN) -> StreamState | None:
+        if origin == LOCAL_ORIGIN:
+            return self._local.get(stream)
+        return self._states.get(StreamKey(stream, origin))
+
+    def head(self, stream: str, origin: str = LOCAL_ORIGIN) -> int:
+        """The newest committed token of ``(stream, origin)`` listeners have seen, 0 if none."""
+        state = self.state(stream, origin)
+        return state.head if state is not None else 0
+
+    def states(self) -> list[StreamState]:
+        """Every state, by stream name then origin."""
+        return [self._states[key] for key in sorted(self._states)]
+
+    def stream_names(self) -> list[str]:
+        """The streams of the local origin, sorted."""
+        return sorted(self._local)
+
+    def read(
+        self, stream: str, after: int, upto: int, max_rows: int, origin: str = LOCAL_ORIGIN
+    ) -> Deferred[list[Entry]]:
+        """Committed entries of ``(stream, origin)`` from the store (see
+        :meth:`~replication.store.StreamStore.read`)."""
+        return self.store.read(stream, after, upto, max_rows, origin)
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def publish(self, stream: str, tokens_rows: list[list[str]]) -> Deferred[list[int]]:
+        """Commit ``tokens_rows`` (each a token's rows, checked and encoded) to ``stream`` as
+        consecutive tokens of the local origin, all or none, in one store transaction. Fires
+        with the tokens once they are committed and every listener has been told, or fails
+        with :class:`PublishError` (503) and nothing of the call stored."""
+        if not self.opened:
+            return fail(PublishError(503, "the master is still opening its store; retry shortly"))
+        inline = self._inline
+        if inline is not None and not self._committing:
+            # The same steps as _commit_pending, without a queue or a Deferred per step.
+            now = self.clock.seconds()
+            try:
+                tokens = inline.append([(stream, rows) for rows in tokens_rows], now)
+            except StoreError as e:
+                return fail(PublishError(503, f"store failed: {e}"))
+            state = self._local.get(stream) or self.ensure(stream)
+            self._deliver(state, tokens[0], tokens_rows, sum(map(len, tokens_rows)))
+            self._trim_inline(state, now)
+            return succeed(tokens)
+        count = sum(map(len, tokens_rows))
+        if self._pending_rows + count > self.max_pending_rows:
+            return fail(PublishError(503, "too many rows waiting to be committed; retry later"))
+        waiter: Deferred[list[int]] = Deferred()
+        self._pending.append(_Publish(stream, tokens_rows, count, waiter))
+        self._pending_rows += count
+        if not self._committing:
+            self._commit_pending()
+        return waiter
+
+    def _commit_pending(self) -> None:
+        batch, self._pending, self._pending_rows = self._pending, [], 0
+        self._committing = True
+        now = self.clock.seconds()
+        entries = [(p.stream, rows) for p in batch for rows in p.tokens_rows]
+        d = self.store.append(entries, now)
+        d.addCallbacks(
+            self._batch_committed, self._batch_failed,
+            callbackArgs=(batch, now), errbackArgs=(batch,),
+        )
+        d.addBoth(self._next_commit)
+
+    def _batch_committed(self, tokens: list[int], batch: list[_Publish], now: float) -> None:
+        # Runs of one stream, in token order (the tokens of one stream in a batch are
+        # consecutive: the store appends them in one transaction).
+        runs: dict[str, tuple[int, list[list[str]], list[int]]] = {}
+        answers = []
+        i = 0
+        for publish in batch:
+            n = len(publish.tokens_rows)
+            mine = tokens[i:i + n]
+            i += n
+            answers.append((publish.waiter, mine))
+            run = runs.get(publish.stream)
+            if run is None:
+                runs[publish.stream] = (mine[0], list(publish.tokens_rows), [publish.rows])
+            else:
+                run[1].extend(publish.tokens_rows)
+                run[2].append(publish.rows)
+        for stream, (first, tokens_rows, counts) in runs.items():
+            state = self._local.get(stream) or self.ensure(stream)
+            self._deliver(state, first, tokens_rows, sum(counts))
+            if self._inline is not None:
+                self._trim_inline(state, now)
+        for waiter, mine in answers:
+            waiter.callback(mine)
+
+    def _batch_failed(self, failure: Failure, batch: list[_Publish]) -> None:
+        log.error("commit of %d publishes failed: %s", len(batch), failure.getErrorMessage())
+        error = PublishError(503, f"store failed: {failure.getErrorMessage()}")
+        for publish in batch:
+            publish.waiter.errback(error)
+
+    def _next_commit(self, _: object) -> None:
+        self._committing = False
+        if self._pending:
+            self._commit_pending()
+
+    # -- handing committed tokens to the listeners, in order --------------------------------
+
+    def _deliver(
+        self, state: StreamState, first: int, tokens_rows: Sequence[Sequence[str]], rows: int
+    ) -> None:
+        """Committed tokens ``first ..`` of ``state``: to the listeners, in order, once."""
+        if state.held is not None:  # missing tokens are being read: wait behind them
+            state.held.append((first, tokens_rows, rows))
+            return
+        head = state.head
+        if first <= head:  # some were already delivered (read after a poke)
+            skip = head - first + 1
+            if skip >= len(tokens_rows):
+                return
+            tokens_rows = tokens_rows[skip:]
+            rows = sum(map(len, tokens_rows))
+            first = head + 1
+        elif first > head + 1:  # another writer committed in between: fetch its tokens first
+            state.held = [(first, tokens_rows, rows)]
+            self._fill(state, first - 1)
+            return
+        state.head = first + len(tokens_rows) - 1
+        state.rows_published += rows
+        state.retained_rows += rows
+        self.rows_published += rows
+        for listener in self.listeners:
+            listener.committed(state, first, tokens_rows, rows)
+
+    def _fill(self, state: StreamState, upto: int) -> None:
+        """Read ``state.head + 1 .. upto`` from the store and deliver it, then what was held."""
+        after = state.head
+        d = self.store.read(state.stream, after, upto, self.page_rows, state.origin)
+
+        def read(entries: list[Entry]) -> None:
+            if entries and entries[0].token > after + 1:
+                self._skip(state, after + 1, entries[0].token - 1)
+            elif not entries:
+                self._skip(state, after + 1, upto)
+            held, state.held = state.held, None
+            if entries:  # contiguous tokens: one run
+                self._deliver(
+                    state, entries[0].token, [e.rows for e in entries],
+                    sum(len(e.rows) for e in entries),
+                )
+            state.held = held
+            if state.head < upto:
+                self._fill(state, upto)
+            else:
+                self._release(state)
+
+        def failed(failure: Failure) -> None:
+            log.error(
+                "cannot read %s tokens %d..%d committed by another writer: %s; retrying in 1s",
+                state.stream, after + 1, upto, failure.getErrorMessage(),
+            )
+            self.clock.callLater(1.0, self._fill, state, upto)
+
+        d.addCallbacks(read, failed)
+
+    def _release(self, state: StreamState) -> None:
+        held, state.held = state.held or [], None
+        for first, tokens_rows, rows in held:
+            self._deliver(state, first, tokens_rows, rows)
+
+    def _skip(self, state: StreamState, first: int, last: int) -> None:
+        log.warning(
+            "%s tokens %d..%d were committed by another writer and trimmed before this master "
+            "read them", state.stream, first, last,
+        )
+        state.head = last
+        state.oldest = max(state.oldest, last + 1)
+        for listener in self.listeners:
+            listener.skipped(state, first, last)
+
+    def poke(self) -> Deferred[None]:
+        """Rows may have been committed to the store by someone else: read every stream's
+        head and deliver what lies beyond the log's, in order. Fires once the new heads are
+        known (the rows may still be on their way to the listeners)."""
+
+        def found(stats: dict[str, StreamStats]) -> None:
+            for name, s in stats.items():
+                state = self._local.get(name) or self.ensure(name)
+                if s.head > state.head and state.held is None:
+                    state.held = []
+                    self._fill(state, s.head)
+
+        return self.store.open(()).addCallback(found)
+
+    # -- retention -----------------------------------------------------------------------
+
+    def _trim_inline(self, state: StreamState, now: float) -> None:
+        inline = self._inline
+        assert inline is not None
+        dropped = inline.trim(state.stream, self.retention(state.stream), now)
+        if dropped:
+            state.retained_rows -= dropped
+            state.oldest = inline.oldest(state.stream)
+
+    def trim(self) -> Deferred[None]:
+        """Apply each local stream's retention now (in the store's writer thread for a
+        blocking store, one pass at a time). Fires when the pass is done; a failed pass is
+        logged, not raised."""
+        if self._trimming:
+            return succeed(None)
+        self._trimming = True
+        retention = {name: self.retention(name) for name in self._local}
+        d = self.store.trim(retention, self.clock.seconds())
+
+        def done(result: TrimResult | Failure) -> None:
+            self._trimming = False
+            if isinstance(result, Failure):
+                log.error("retention pass failed: %s", result.getErrorMessage())
+                return
+            for name, stats in result.stats.items():
+                state = self._local.get(name)
+                if state is not None:
+                    state.oldest, state.retained_rows = stats.oldest, stats.retained_rows
+            if result.dropped:
+                log.debug("retention dropped %s rows", result.dropped)
+
+        return d.addBoth(done)
+
+    def close(self) -> Deferred[None]:
+        """Close the store (after the writes in flight)."""
+        return self.store.close()
+
+
+__all__ = [
+    "LogListener",
+    "PublishError",
+    "StreamKey",
+    "StreamLog",
+    "StreamState",
+]

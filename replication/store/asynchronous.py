@@ -1,0 +1,229 @@
+"""The store as the master sees it: every call returns a Deferred.
+
+:class:`AsyncStore` is the interface; two adapters implement it over a
+:class:`~replication.store.StreamStore`:
+
+- :class:`InlineStore` for a store that never blocks (the memory store): each call runs at
+  once on the caller's thread and returns an already-fired Deferred. Its :attr:`inline`
+  attribute hands the store itself to callers that want to skip the Deferred on a hot path
+  (the stream log's commit path does, and then takes exactly the same steps).
+- :class:`ThreadedStore` for a store that does disk work (SQLite): writes (``append``,
+  ``trim``, opening and closing) run one at a time, in order, through ``run_write`` (a single
+  writer thread), and reads through ``run_read`` (a reader thread), so that no store I/O runs
+  on the reactor thread. Results come back on the reactor thread.
+
+:func:`adapt` picks the adapter a store needs from its ``blocking`` attribute. Nothing here
+imports a reactor: the runners are passed in (see :func:`thread_runner`, which the service
+builds around Twisted's thread pools).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from twisted.internet.defer import Deferred, fail, succeed
+
+from replication.store import (
+    LOCAL_ORIGIN,
+    Entry,
+    RetentionPolicy,
+    StoreError,
+    StreamStats,
+    StreamStore,
+    UnknownStream,
+    stream_stats,
+)
+
+T = TypeVar("T")
+
+#: Runs a blocking call off the reactor thread: ``runner(f, *args) -> Deferred`` that fires,
+#: on the reactor thread, with ``f(*args)`` or its failure.
+BlockingRunner = Callable[..., "Deferred[Any]"]
+
+
+@dataclass(frozen=True, slots=True)
+class TrimResult:
+    """A retention pass: rows ``dropped`` in all, and each trimmed stream's stats after it."""
+
+    dropped: int
+    stats: Mapping[str, StreamStats]
+
+
+class AsyncStore(Protocol):
+    """The master's view of a store. Every method returns a Deferred that fails with
+    :class:`~replication.store.StoreError` when the store cannot do what was asked.
+
+    ``inline`` is the underlying store when its methods may be called on the reactor thread
+    (they never block), else ``None``. ``blocking`` is the underlying store's.
+    """
+
+    inline: StreamStore | None
+    blocking: bool
+
+    def open(self, create: Sequence[str]) -> Deferred[dict[str, StreamStats]]:
+        """Create the streams named in ``create`` (if missing) and return the stats of every
+        stream the store holds, by name."""
+
+    def append(
+        self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN
+    ) -> Deferred[list[int]]:
+        """:meth:`StreamStore.append <replication.store.StreamStore.append>`."""
+
+    def read(
+        self, stream: str, after: int, upto: int, max_rows: int, origin: str = LOCAL_ORIGIN
+    ) -> Deferred[list[Entry]]:
+        """:meth:`StreamStore.read <replication.store.StreamStore.read>`."""
+
+    def stats(self, streams: Sequence[str]) -> Deferred[dict[str, StreamStats]]:
+        """The stats of each of ``streams`` the store holds (unknown ones are left out)."""
+
+    def trim(self, retention: Mapping[str, RetentionPolicy], now: float) -> Deferred[TrimResult]:
+        """Apply ``retention`` to each stream it names; unknown streams are skipped."""
+
+    def close(self) -> Deferred[None]:
+        """Release the store; after writes in flight have finished, for a threaded store."""
+
+
+# -- the operations, as plain functions of a StreamStore (run inline or in a thread) --------
+
+
+def _open(store: StreamStore, create: Sequence[str]) -> dict[str, StreamStats]:
+    for name in create:
+        store.create_stream(name)
+    return {name: stream_stats(store, name) for name in store.stream_names()}
+
+
+def _stats(store: StreamStore, streams: Sequence[str]) -> dict[str, StreamStats]:
+    out = {}
+    for name in streams:
+        try:
+            out[name] = stream_stats(store, name)
+        except UnknownStream:
+            pass
+    return out
+
+
+def _trim(store: StreamStore, retention: Mapping[str, RetentionPolicy], now: float) -> TrimResult:
+    dropped = 0
+    stats = {}
+    for stream, keep in retention.items():
+        try:
+            removed = store.trim(stream, keep, now)
+            dropped += removed
+            stats[stream] = stream_stats(store, stream)
+        except UnknownStream:
+            pass  # followed by a worker, never published to
+    return TrimResult(dropped, stats)
+
+
+def _call(f: Callable[..., T], *args: Any) -> Deferred[T]:
+    try:
+        return succeed(f(*args))
+    except Exception:
+        return fail()
+
+
+class InlineStore:
+    """:class:`AsyncStore` over a store whose calls never block: run at once, already fired."""
+
+    def __init__(self, store: StreamStore) -> None:
+        if store.blocking:
+            raise ValueError("a blocking store must run behind ThreadedStore")
+        self.inline: StreamStore | None = store
+        self.store = store
+        self.blocking = False
+
+    def open(self, create: Sequence[str]) -> Deferred[dict[str, StreamStats]]:
+        return _call(_open, self.store, create)
+
+    def append(
+        self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN
+    ) -> Deferred[list[int]]:
+        return _call(self.store.append, batch, now, origin)
+
+    def read(
+        self, stream: str, after: int, upto: int, max_rows: int, origin: str = LOCAL_ORIGIN
+    ) -> Deferred[list[Entry]]:
+        return _call(self.store.read, stream, after, upto, max_rows, origin)
+
+    def stats(self, streams: Sequence[str]) -> Deferred[dict[str, StreamStats]]:
+        return _call(_stats, self.store, streams)
+
+    def trim(self, retention: Mapping[str, RetentionPolicy], now: float) -> Deferred[TrimResult]:
+        return _call(_trim, self.store, retention, now)
+
+    def close(self) -> Deferred[None]:
+        return _call(self.store.close)
+
+
+class ThreadedStore:
+    """:class:`AsyncStore` over a blocking store.
+
+    :param store: the store; its writes must be called from one thread at a time, its reads
+        may run beside them (see :mod:`replication.store.sqlite`).
+    :param run_write: runs ``append``, ``trim``, opening and closing, one call at a time, in
+        the order given (a one-thread pool).
+    :param run_read: runs ``read`` and ``stats``; ``None``: ``run_write`` (reads then queue
+        behind commits).
+    """
+
+    def __init__(
+        self,
+        store: StreamStore,
+        run_write: BlockingRunner,
+        run_read: BlockingRunner | None = None,
+    ) -> None:
+        self.inline: StreamStore | None = None
+        self.store = store
+        self.blocking = True
+        self.run_write = run_write
+        self.run_read = run_read if run_read is not None else run_write
+
+    def open(self, create: Sequence[str]) -> Deferred[dict[str, StreamStats]]:
+        return self.run_write(_open, self.store, create)
+
+    def append(
+        self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN
+    ) -> Deferred[list[int]]:
+        return self.run_write(self.store.append, batch, now, origin)
+
+    def read(
+        self, stream: str, after: int, upto: int, max_rows: int, origin: str = LOCAL_ORIGIN
+    ) -> Deferred[list[Entry]]:
+        return self.run_read(self.store.read, stream, after, upto, max_rows, origin)
+
+    def stats(self, streams: Sequence[str]) -> Deferred[dict[str, StreamStats]]:
+        return self.run_read(_stats, self.store, streams)
+
+    def trim(self, retention: Mapping[str, RetentionPolicy], now: float) -> Deferred[TrimResult]:
+        return self.run_write(_trim, self.store, retention, now)
+
+    def close(self) -> Deferred[None]:
+        return self.run_write(self.store.close)
+
+
+def adapt(
+    store: StreamStore,
+    run_write: BlockingRunner | None = None,
+    run_read: BlockingRunner | None = None,
+) -> AsyncStore:
+    """The :class:`AsyncStore` for ``store``: :class:`InlineStore` if it never blocks, else
+    :class:`ThreadedStore` (which needs ``run_write``)."""
+    if not store.blocking:
+        return InlineStore(store)
+    if run_write is None:
+        raise ValueError("a blocking store needs run_blocking to keep disk work off the reactor")
+    return ThreadedStore(store, run_write, run_read)
+
+
+__all__ = [
+    "AsyncStore",
+    "BlockingRunner",
+    "InlineStore",
+    "StoreError",
+    "ThreadedStore",
+    "TrimResult",
+    "adapt",
+]
