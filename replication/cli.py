@@ -50,29 +50,6 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
-def _make_store(config: MasterConfig) -> Any:
-    """Open the configured store; a store that cannot be opened is a CommandLineError."""
-    from replication.store import StoreError
-    from replication.store.memory import MemoryStore
-
-    if config.store.type == "memory":
-        return MemoryStore()
-    if config.store.type == "sqlite":
-        import os
-
-        from replication.store.sqlite import SqliteStore
-
-        path = config.store.path or os.path.join(config.data_dir, "streams.sqlite3")
-        try:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            return SqliteStore(path)
-        except OSError as e:
-            raise CommandLineError(f"cannot create the data directory for {path}: {e.strerror}") from None
-        except StoreError as e:
-            raise CommandLineError(f"cannot open the store: {e}") from None
-    raise CommandLineError(f"unknown store type {config.store.type!r}")
-
-
 def _listen(reactor: Any, description: str, factory: Any, what: str) -> Any:
     from twisted.internet.endpoints import serverFromString
 
@@ -107,6 +84,12 @@ def _run_reactor(reactor: Any, start: Callable[[], Any], stop: Callable[[], Any]
     return status["code"]
 
 
+def _run_service(reactor: Any, service: Any) -> int:
+    """Start ``service`` (a tree with a ``started`` Deferred) under the reactor and stop it,
+    awaiting every child, when the reactor shuts down; a failure to start is exit status 1."""
+    return _run_reactor(reactor, lambda: (service.startService(), service.started)[1], service.stopService)
+
+
 def cmd_master(args: argparse.Namespace) -> int:
     config = load_master_config(args.config)
     changes: dict[str, Any] = {}
@@ -125,59 +108,14 @@ def cmd_master(args: argparse.Namespace) -> int:
     config = validate_master(dataclasses.replace(config, **changes))
 
     from twisted.internet import reactor
-    from twisted.internet.defer import DeferredList
-    from twisted.internet.threads import deferToThreadPool
-    from twisted.python.threadpool import ThreadPool
-    from twisted.web.server import Site
 
-    from prometheus_client import CollectorRegistry
+    from replication.master.app import ServiceError, master_service
 
-    from replication.admin import admin_site
-    from replication.master import Master, MasterFactory
-    from replication.metrics import MasterMetrics
-
-    store = _make_store(config)
-    pool = None
-    run_blocking = None
-    if store.blocking:
-        pool = ThreadPool(1, 1, "replication-writer")
-        pool.start()
-
-        def run_blocking(f: Callable[..., Any], *a: Any) -> Any:
-            return deferToThreadPool(reactor, pool, f, *a)
-
-    metrics = MasterMetrics(CollectorRegistry())
-    master = Master(config, store, reactor, run_blocking=run_blocking, metrics=metrics)
-    ports: list[Any] = []
-
-    def start() -> Any:
-        listening = [_listen(reactor, config.listen, MasterFactory(master), "workers")]
-        if config.http_listen is not None:
-            site = admin_site(master)
-            site.noisy = False
-            listening.append(_listen(reactor, config.http_listen, site, "HTTP"))
-
-        def done(results: list[tuple[bool, Any]]) -> None:
-            failures = [r for ok, r in results if not ok]
-            ports.extend(r for ok, r in results if ok)
-            if failures:
-                raise failures[0].value
-            master.start()
-            log.info("master %s ready (store: %s)", config.server_name, config.store.type)
-
-        return DeferredList(listening, consumeErrors=True).addCallback(done)
-
-    def stop() -> Any:
-        master.stop()
-        for port in ports:
-            port.stopListening()
-        for connection in list(master.connections):
-            connection.close()
-        if pool is not None:
-            pool.stop()
-        store.close()
-
-    return _run_reactor(reactor, start, stop)
+    try:
+        service = master_service(config, reactor)
+    except ServiceError as e:
+        raise CommandLineError(str(e)) from None
+    return _run_service(reactor, service)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
