@@ -325,3 +325,45 @@ def test_appends_survive_sigkill(tmp_path: Path) -> None:
     for e in entries:
         assert e.rows[0] == '{"i":%d}' % e.token
     s.close()
+
+
+def test_a_version_1_file_is_migrated_to_origins_when_opened(tmp_path: Path) -> None:
+    """A store written before origins existed (schema version 1) opens: its rows become the
+    local origin's, tokens continue, and the file is now version 2 for good."""
+    import sqlite3
+
+    from replication.store.sqlite import APPLICATION_ID
+
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(
+        "CREATE TABLE streams (name TEXT PRIMARY KEY, head INTEGER NOT NULL,"
+        " oldest INTEGER NOT NULL, rows INTEGER NOT NULL) WITHOUT ROWID"
+    )
+    conn.execute(
+        "CREATE TABLE entries (stream TEXT NOT NULL, token INTEGER NOT NULL, time REAL NOT NULL,"
+        " nrows INTEGER NOT NULL, rows TEXT NOT NULL, PRIMARY KEY (stream, token)) WITHOUT ROWID"
+    )
+    conn.execute("INSERT INTO streams VALUES ('events', 3, 2, 3)")
+    conn.execute("INSERT INTO entries VALUES ('events', 2, 0, 2, '1\n2')")
+    conn.execute("INSERT INTO entries VALUES ('events', 3, 0, 1, '3')")
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+
+    store = SqliteStore(str(path))
+    assert store.keys() == [("events", "")]
+    assert (store.head("events"), store.oldest("events"), store.retained_rows("events")) == (3, 2, 3)
+    assert store.read("events", 0, 10, 100) == [Entry(2, ("1", "2")), Entry(3, ("3",))]
+    assert store.append([("events", ["4"])], 0) == [4]
+    store.close()
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert {r[0] for r in check.execute("SELECT name FROM sqlite_master WHERE type='table'")} == {
+        "streams", "entries",
+    }
+    check.close()
+    again = SqliteStore(str(path))
+    assert again.head("events") == 4
+    again.close()

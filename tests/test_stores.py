@@ -375,3 +375,54 @@ def test_random_operations_match_a_model(store: StreamStore, seed: int) -> None:
         assert store.stream_names() == sorted(model.heads)
     for name in model.heads:
         assert store.read(name, 0, model.heads[name], 10**9) == model.read(name, 0, model.heads[name], 10**9)
+
+
+# -- origins ---------------------------------------------------------------------------------
+
+
+def test_other_origins_are_kept_apart_from_the_local_one(store: StreamStore) -> None:
+    """Rows ingested for origin B of stream s have B's tokens and do not move the local
+    head; both are listed by keys(), only the local stream by stream_names()."""
+    store.append([("s", ["l1"])], 0)
+    assert store.ingest("s", "B", [Entry(1, ("b1",)), Entry(2, ("b2", "b3"))], 0) == 2
+    assert store.head("s") == 1 and store.head("s", "B") == 2
+    assert store.retained_rows("s", "B") == 3
+    assert store.read("s", 0, 10, 100, "B") == [Entry(1, ("b1",)), Entry(2, ("b2", "b3"))]
+    assert store.read("s", 0, 10, 100) == [Entry(1, ("l1",))]
+    assert store.keys() == [("s", ""), ("s", "B")]
+    assert store.stream_names() == ["s"]
+
+
+def test_ingest_drops_duplicates_and_refuses_gaps(store: StreamStore) -> None:
+    """Tokens at or below the origin's head are dropped; a token that does not follow
+    the head refuses the whole ingest; an ingest of only duplicates changes nothing."""
+    store.ingest("s", "B", [Entry(1, ("a",))], 0)
+    assert store.ingest("s", "B", [Entry(1, ("a",)), Entry(2, ("b",))], 0) == 2
+    assert store.ingest("s", "B", [Entry(2, ("b",))], 0) == 2
+    with pytest.raises(StoreError, match="token 5 does not follow token 3"):
+        store.ingest("s", "B", [Entry(3, ("c",)), Entry(5, ("e",))], 0)
+    assert store.head("s", "B") == 2 and store.retained_rows("s", "B") == 2
+
+
+def test_ingest_of_the_local_origin_and_append_to_another_are_refused(store: StreamStore) -> None:
+    with pytest.raises(StoreError, match="local origin"):
+        store.ingest("s", "", [Entry(1, ("a",))], 0)
+    with pytest.raises(StoreError, match="allocates tokens only"):
+        store.append([("s", ["a"])], 0, "B")
+    assert store.keys() == []
+
+
+def test_other_origins_are_trimmed_by_their_own_retention(store: StreamStore) -> None:
+    store.ingest("s", "B", [Entry(t, (str(t),)) for t in range(1, 6)], 0)
+    store.append([("s", ["l"])], 0)
+    assert store.trim("s", Retention(max_rows=2), 0, "B") == 3
+    assert store.oldest("s", "B") == 4 and store.retained_rows("s", "B") == 2
+    assert store.retained_rows("s") == 1
+
+
+def test_an_unknown_origin_is_an_unknown_stream(store: StreamStore) -> None:
+    store.append([("s", ["l"])], 0)
+    with pytest.raises(UnknownStream):
+        store.head("s", "nobody")
+    with pytest.raises(UnknownStream):
+        store.read("s", 0, 1, 1, "nobody")

@@ -239,7 +239,7 @@ def test_retention_passes_update_the_statistics_without_reading_the_store_later(
 def test_the_inline_adapter_answers_at_once_and_fails_with_the_store_error() -> None:
     store = InlineStore(MemoryStore())
     assert store.append([("s", ["1"])], 0).result == [1]
-    assert store.stats(["s", "nope"]).result == {"s": StreamStats(1, 1, 1)}
+    assert store.open(()).result == {("s", ""): StreamStats(1, 1, 1)}
     errors: list[Any] = []
     store.read("nope", 0, 1, 10).addErrback(errors.append)
     assert errors and errors[0].check(StoreError)
@@ -352,3 +352,69 @@ def test_live_followers_of_skipped_tokens_are_sent_gap() -> None:
         a.publish("s", [[str(i)]])
     b.poke()
     assert follower.lines() == ["GAP s 1 2", "POSITION s 2", "RDATA s 3 3"]
+
+
+# -- rows of other origins -----------------------------------------------------------------
+
+
+def test_ingested_rows_keep_their_origin_and_tokens_and_duplicates_are_dropped() -> None:
+    """Rows of origin B are stored under (stream, B) with B's tokens; a relayed batch that
+    repeats tokens already stored adds only the new ones; the listener hears each once."""
+    from replication.store import Entry
+
+    log = inline_log()
+    listener = Listener()
+    log.add_listener(listener)
+    assert log.ingest("s", "B", [Entry(1, ("a",)), Entry(2, ("b", "c"))]).result == 2
+    assert log.ingest("s", "B", [Entry(2, ("b", "c")), Entry(3, ("d",))]).result == 3
+    state = log.state("s", "B")
+    assert state is not None and (state.head, state.retained_rows) == (3, 4)
+    assert log.head("s") == 0  # the local origin's tokens are separate
+    assert [(e[2], e[3]) for e in listener.events] == [
+        ([1, 2], [["a"], ["b", "c"]]), ([3], [["d"]]),
+    ]
+
+
+def test_an_ingest_with_a_gap_is_refused_whole() -> None:
+    """Tokens of an origin are stored without gaps: 1 then 3 is refused, nothing stored."""
+    from replication.store import Entry
+
+    log = inline_log()
+    errors: list[Any] = []
+    log.ingest("s", "B", [Entry(1, ("a",)), Entry(3, ("c",))]).addErrback(errors.append)
+    assert errors and "does not follow token 1" in errors[0].getErrorMessage()
+    assert log.head("s", "B") == 0
+
+
+def test_the_local_origin_is_not_ingested() -> None:
+    from replication.store import Entry
+
+    errors: list[Any] = []
+    inline_log().ingest("s", "", [Entry(1, ("a",))]).addErrback(errors.append)
+    assert errors and errors[0].check(StoreError)
+
+
+def test_fan_out_does_not_send_other_origins_rows_in_todays_dialect() -> None:
+    """A follower of the stream gets the local origin's tokens only: the protocol it speaks
+    cannot name an origin, and another origin's token 1 is not the local token 1."""
+    from replication.store import Entry
+
+    log = inline_log()
+    fanout = FanOut(log, Clock(), page_rows=10, knows=lambda _: True)
+    follower = FakeFollower()
+    fanout.replicate(follower, ReplicateCommand("s", None))
+    follower.lines()
+    log.ingest("s", "B", [Entry(1, ("9",))])
+    log.publish("s", [["1"]])
+    assert follower.lines() == ["RDATA s 1 1"]
+
+
+def test_a_reopened_log_loads_every_origins_head() -> None:
+    from replication.store import Entry
+
+    store = MemoryStore()
+    first = inline_log(store)
+    first.publish("s", [["1"]])
+    first.ingest("s", "B", [Entry(1, ("a",)), Entry(2, ("b",))])
+    again = inline_log(store)
+    assert (again.head("s"), again.head("s", "B")) == (1, 2)

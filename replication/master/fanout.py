@@ -42,7 +42,7 @@ from replication.commands import (
     rdata_block,
 )
 from replication.master.log import StreamLog, StreamState
-from replication.store import Entry
+from replication.store import LOCAL_ORIGIN, Entry
 from replication.streams import missing_before, plan_catch_up
 
 log = logging.getLogger(__name__)
@@ -376,6 +376,10 @@ class FanOut:
     def committed(
         self, state: StreamState, first: int, tokens_rows: Sequence[Sequence[str]], rows: int
     ) -> None:
+        if state.origin != LOCAL_ORIGIN:
+            # Rows of other origins have tokens of their own: the dialect spoken today has
+            # no way to name an origin, so they are not sent (the cluster's dialect will).
+            return
         followed = self._streams.get(state.stream)
         if followed is None:
             if not self._all:
@@ -396,6 +400,8 @@ class FanOut:
         """Tokens that live followers will never get live: put each of them back into
         catch-up at its position, which answers the missing tokens with ``GAP``; ``ALL``
         followers, which never catch up, are sent the ``GAP`` at once."""
+        if state.origin != LOCAL_ORIGIN:
+            return
         for follower in tuple(self._all):
             follower.send(GapCommand(state.stream, first, last))
         followed = self._streams.get(state.stream)

@@ -152,9 +152,9 @@ class StreamLog:
     def open(self, create: Sequence[str]) -> Deferred[None]:
         """Create the streams in ``create`` and load every stream's state from the store."""
 
-        def loaded(stats: dict[str, StreamStats]) -> None:
-            for name, s in stats.items():
-                state = self.ensure(name)
+        def loaded(stats: dict[tuple[str, str], StreamStats]) -> None:
+            for (name, origin), s in stats.items():
+                state = self.ensure(name, origin)
                 state.head, state.oldest, state.retained_rows = s.head, s.oldest, s.retained_rows
             self.opened = True
 
@@ -278,6 +278,31 @@ class StreamLog:
         if self._pending:
             self._commit_pending()
 
+    # -- rows of other origins ----------------------------------------------------------
+
+    def ingest(self, stream: str, origin: str, entries: Sequence[Entry]) -> Deferred[int]:
+        """Store rows of another ``origin`` (relayed by a peer) with that origin's tokens,
+        in one store transaction that also records the origin's new position (its head);
+        tokens already stored are dropped as duplicates, the others must continue the head
+        without a gap. Fires with the origin's new head once the listeners have been told
+        of the new tokens; fails with :class:`~replication.store.StoreError`."""
+        if not self.opened:
+            return fail(StoreError("the master is still opening its store"))
+        if origin == LOCAL_ORIGIN:
+            return fail(StoreError("ingest takes rows of other origins; publish the local ones"))
+        state = self.state(stream, origin) or self.ensure(stream, origin)
+        d = self.store.ingest(stream, origin, entries, self.clock.seconds())
+
+        def stored(head: int) -> int:
+            new = [entry for entry in entries if entry.token > state.head]
+            if new:
+                self._deliver(
+                    state, new[0].token, [e.rows for e in new], sum(len(e.rows) for e in new)
+                )
+            return head
+
+        return d.addCallback(stored)
+
     # -- handing committed tokens to the listeners, in order --------------------------------
 
     def _deliver(
@@ -357,9 +382,9 @@ class StreamLog:
         head and deliver what lies beyond the log's, in order. Fires once the new heads are
         known (the rows may still be on their way to the listeners)."""
 
-        def found(stats: dict[str, StreamStats]) -> None:
-            for name, s in stats.items():
-                state = self._local.get(name) or self.ensure(name)
+        def found(stats: dict[tuple[str, str], StreamStats]) -> None:
+            for (name, origin), s in stats.items():
+                state = self.state(name, origin) or self.ensure(name, origin)
                 if s.head > state.head and state.held is None:
                     state.held = []
                     self._fill(state, s.head)

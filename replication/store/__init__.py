@@ -54,17 +54,43 @@ class StreamStats:
 
 
 def check_origin(origin: str) -> None:
-    """Raise :class:`StoreError` unless ``origin`` is one the stores of this version keep."""
+    """Raise :class:`StoreError` unless ``origin`` is one whose tokens this store allocates
+    (``append``): the local origin. Rows of other origins come with their tokens
+    (``ingest``)."""
     if origin != LOCAL_ORIGIN:
         raise StoreError(
-            f"origin {origin!r}: this store keeps only the rows of its own master "
-            "(the local origin)"
+            f"origin {origin!r}: this store allocates tokens only for its own master (the "
+            "local origin); store the rows of other origins with ingest"
         )
 
 
-def stream_stats(store: StreamStore, stream: str) -> StreamStats:
-    """:class:`StreamStats` of ``stream``, read with three calls of the store."""
-    return StreamStats(store.head(stream), store.oldest(stream), store.retained_rows(stream))
+def check_ingest(stream: str, origin: str, entries: Sequence[Entry], head: int) -> list[Entry]:
+    """The entries of an ``ingest`` of ``(stream, origin)`` that are new given its ``head``:
+    those above it (the rest are duplicates, dropped). Raises :class:`StoreError` for the
+    local origin, and for tokens that do not continue the head one by one (a gap would hide
+    lost rows); :class:`ValueError` for an entry without rows."""
+    if origin == LOCAL_ORIGIN:
+        raise StoreError("ingest stores rows of other origins; the local origin's take append")
+    new = [entry for entry in entries if entry.token > head]
+    expected = head + 1
+    for entry in new:
+        if not entry.rows:
+            raise ValueError("a token carries at least one row")
+        if entry.token != expected:
+            raise StoreError(
+                f"ingest of {stream} from origin {origin!r}: token {entry.token} does not "
+                f"follow token {expected - 1}; tokens of an origin are stored without gaps"
+            )
+        expected += 1
+    return new
+
+
+def stream_stats(store: StreamStore, stream: str, origin: str = LOCAL_ORIGIN) -> StreamStats:
+    """:class:`StreamStats` of ``(stream, origin)``, read with three calls of the store."""
+    return StreamStats(
+        store.head(stream, origin), store.oldest(stream, origin),
+        store.retained_rows(stream, origin),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,19 +125,22 @@ class StreamStore(Protocol):
     blocking: bool
 
     def stream_names(self) -> list[str]:
-        """Every stream the store holds, sorted."""
+        """Every stream of the local origin the store holds, sorted."""
+
+    def keys(self) -> list[tuple[str, str]]:
+        """Every ``(stream, origin)`` the store holds, sorted."""
 
     def create_stream(self, stream: str) -> None:
-        """Create an empty stream (head 0); does nothing if it exists."""
+        """Create an empty stream of the local origin (head 0); does nothing if it exists."""
 
-    def head(self, stream: str) -> int:
-        """The newest token of ``stream``, 0 if nothing was ever appended."""
+    def head(self, stream: str, origin: str = LOCAL_ORIGIN) -> int:
+        """The newest token of ``(stream, origin)``, 0 if nothing was ever stored."""
 
-    def oldest(self, stream: str) -> int:
+    def oldest(self, stream: str, origin: str = LOCAL_ORIGIN) -> int:
         """The oldest retained token, or ``head + 1`` when nothing is retained."""
 
-    def retained_rows(self, stream: str) -> int:
-        """How many rows of ``stream`` are retained."""
+    def retained_rows(self, stream: str, origin: str = LOCAL_ORIGIN) -> int:
+        """How many rows of ``(stream, origin)`` are retained."""
 
     def append(
         self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN
@@ -128,9 +157,17 @@ class StreamStore(Protocol):
         stopping once ``max_rows`` rows are gathered (always at least one entry when one is
         there)."""
 
-    def trim(self, stream: str, retention: RetentionPolicy, now: float) -> int:
-        """Drop the oldest tokens of ``stream`` beyond ``retention``; return how many rows
-        were dropped."""
+    def ingest(self, stream: str, origin: str, entries: Sequence[Entry], now: float) -> int:
+        """Store entries of another ``origin`` with the tokens that origin gave them, as one
+        unit. Tokens at or below the head of ``(stream, origin)`` are duplicates and are
+        dropped; the others must continue the head one by one (see :func:`check_ingest`).
+        Returns the new head: the origin's position on this store, committed with its rows."""
+
+    def trim(
+        self, stream: str, retention: RetentionPolicy, now: float, origin: str = LOCAL_ORIGIN
+    ) -> int:
+        """Drop the oldest tokens of ``(stream, origin)`` beyond ``retention``; return how
+        many rows were dropped."""
 
     def close(self) -> None:
         """Release what the store holds open. The store is not used afterwards."""

@@ -62,9 +62,9 @@ class AsyncStore(Protocol):
     inline: StreamStore | None
     blocking: bool
 
-    def open(self, create: Sequence[str]) -> Deferred[dict[str, StreamStats]]:
-        """Create the streams named in ``create`` (if missing) and return the stats of every
-        stream the store holds, by name."""
+    def open(self, create: Sequence[str]) -> Deferred[dict[tuple[str, str], StreamStats]]:
+        """Create the local streams named in ``create`` (if missing) and return the stats of
+        every ``(stream, origin)`` the store holds."""
 
     def append(
         self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN
@@ -76,8 +76,10 @@ class AsyncStore(Protocol):
     ) -> Deferred[list[Entry]]:
         """:meth:`StreamStore.read <replication.store.StreamStore.read>`."""
 
-    def stats(self, streams: Sequence[str]) -> Deferred[dict[str, StreamStats]]:
-        """The stats of each of ``streams`` the store holds (unknown ones are left out)."""
+    def ingest(
+        self, stream: str, origin: str, entries: Sequence[Entry], now: float
+    ) -> Deferred[int]:
+        """:meth:`StreamStore.ingest <replication.store.StreamStore.ingest>`."""
 
     def trim(self, retention: Mapping[str, RetentionPolicy], now: float) -> Deferred[TrimResult]:
         """Apply ``retention`` to each stream it names; unknown streams are skipped."""
@@ -89,20 +91,10 @@ class AsyncStore(Protocol):
 # -- the operations, as plain functions of a StreamStore (run inline or in a thread) --------
 
 
-def _open(store: StreamStore, create: Sequence[str]) -> dict[str, StreamStats]:
+def _open(store: StreamStore, create: Sequence[str]) -> dict[tuple[str, str], StreamStats]:
     for name in create:
         store.create_stream(name)
-    return {name: stream_stats(store, name) for name in store.stream_names()}
-
-
-def _stats(store: StreamStore, streams: Sequence[str]) -> dict[str, StreamStats]:
-    out = {}
-    for name in streams:
-        try:
-            out[name] = stream_stats(store, name)
-        except UnknownStream:
-            pass
-    return out
+    return {key: stream_stats(store, *key) for key in store.keys()}
 
 
 def _trim(store: StreamStore, retention: Mapping[str, RetentionPolicy], now: float) -> TrimResult:
@@ -135,7 +127,7 @@ class InlineStore:
         self.store = store
         self.blocking = False
 
-    def open(self, create: Sequence[str]) -> Deferred[dict[str, StreamStats]]:
+    def open(self, create: Sequence[str]) -> Deferred[dict[tuple[str, str], StreamStats]]:
         return _call(_open, self.store, create)
 
     def append(
@@ -148,8 +140,10 @@ class InlineStore:
     ) -> Deferred[list[Entry]]:
         return _call(self.store.read, stream, after, upto, max_rows, origin)
 
-    def stats(self, streams: Sequence[str]) -> Deferred[dict[str, StreamStats]]:
-        return _call(_stats, self.store, streams)
+    def ingest(
+        self, stream: str, origin: str, entries: Sequence[Entry], now: float
+    ) -> Deferred[int]:
+        return _call(self.store.ingest, stream, origin, entries, now)
 
     def trim(self, retention: Mapping[str, RetentionPolicy], now: float) -> Deferred[TrimResult]:
         return _call(_trim, self.store, retention, now)
@@ -181,7 +175,7 @@ class ThreadedStore:
         self.run_write = run_write
         self.run_read = run_read if run_read is not None else run_write
 
-    def open(self, create: Sequence[str]) -> Deferred[dict[str, StreamStats]]:
+    def open(self, create: Sequence[str]) -> Deferred[dict[tuple[str, str], StreamStats]]:
         return self.run_write(_open, self.store, create)
 
     def append(
@@ -194,8 +188,10 @@ class ThreadedStore:
     ) -> Deferred[list[Entry]]:
         return self.run_read(self.store.read, stream, after, upto, max_rows, origin)
 
-    def stats(self, streams: Sequence[str]) -> Deferred[dict[str, StreamStats]]:
-        return self.run_read(_stats, self.store, streams)
+    def ingest(
+        self, stream: str, origin: str, entries: Sequence[Entry], now: float
+    ) -> Deferred[int]:
+        return self.run_write(self.store.ingest, stream, origin, entries, now)
 
     def trim(self, retention: Mapping[str, RetentionPolicy], now: float) -> Deferred[TrimResult]:
         return self.run_write(_trim, self.store, retention, now)

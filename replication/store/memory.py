@@ -13,7 +13,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from replication.store import LOCAL_ORIGIN, Entry, RetentionPolicy, check_origin, UnknownStream
+from replication.store import (
+    LOCAL_ORIGIN,
+    Entry,
+    RetentionPolicy,
+    UnknownStream,
+    check_ingest,
+    check_origin,
+)
 
 
 @dataclass
@@ -44,28 +51,46 @@ class MemoryStore:
     blocking = False
 
     def __init__(self) -> None:
+        #: The local origin's streams, by name (the publish path's lookup).
         self._streams: dict[str, _Stream] = {}
+        #: Other origins' streams, by ``(stream, origin)``.
+        self._others: dict[tuple[str, str], _Stream] = {}
 
-    def _get(self, stream: str) -> _Stream:
-        try:
-            return self._streams[stream]
-        except KeyError:
-            raise UnknownStream(stream) from None
+    def _get(self, stream: str, origin: str = LOCAL_ORIGIN) -> _Stream:
+        found = self._streams.get(stream) if origin == LOCAL_ORIGIN else self._others.get((stream, origin))
+        if found is None:
+            raise UnknownStream(stream)
+        return found
 
     def stream_names(self) -> list[str]:
         return sorted(self._streams)
 
+    def keys(self) -> list[tuple[str, str]]:
+        return sorted([(name, LOCAL_ORIGIN) for name in self._streams] + list(self._others))
+
     def create_stream(self, stream: str) -> None:
         self._streams.setdefault(stream, _Stream())
 
-    def head(self, stream: str) -> int:
-        return self._get(stream).head
+    def head(self, stream: str, origin: str = LOCAL_ORIGIN) -> int:
+        return self._get(stream, origin).head
 
-    def oldest(self, stream: str) -> int:
-        return self._get(stream).oldest
+    def oldest(self, stream: str, origin: str = LOCAL_ORIGIN) -> int:
+        return self._get(stream, origin).oldest
 
-    def retained_rows(self, stream: str) -> int:
-        return self._get(stream).rows
+    def retained_rows(self, stream: str, origin: str = LOCAL_ORIGIN) -> int:
+        return self._get(stream, origin).rows
+
+    def ingest(self, stream: str, origin: str, entries: Sequence[Entry], now: float) -> int:
+        s = self._others.get((stream, origin))
+        new = check_ingest(stream, origin, entries, s.head if s is not None else 0)
+        if s is None:
+            s = self._others[(stream, origin)] = _Stream()
+        for entry in new:
+            s.head = entry.token
+            s.entries.append(tuple(entry.rows))
+            s.times.append(now)
+            s.rows += len(entry.rows)
+        return s.head
 
     def append(
         self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN
@@ -95,8 +120,7 @@ class MemoryStore:
     def read(
         self, stream: str, after: int, upto: int, max_rows: int, origin: str = LOCAL_ORIGIN
     ) -> list[Entry]:
-        check_origin(origin)
-        s = self._get(stream)
+        s = self._get(stream, origin)
         first = s.oldest
         index = s.start + max(after + 1 - first, 0)
         end = s.start + min(upto, s.head) - first + 1
@@ -112,8 +136,10 @@ class MemoryStore:
             token += 1
         return out
 
-    def trim(self, stream: str, retention: RetentionPolicy, now: float) -> int:
-        s = self._get(stream)
+    def trim(
+        self, stream: str, retention: RetentionPolicy, now: float, origin: str = LOCAL_ORIGIN
+    ) -> int:
+        s = self._get(stream, origin)
         dropped = 0
         max_rows, max_age = retention.max_rows, retention.max_age
         while len(s.entries) - s.start > 1:
@@ -128,3 +154,4 @@ class MemoryStore:
 
     def close(self) -> None:
         self._streams.clear()
+        self._others.clear()

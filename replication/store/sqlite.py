@@ -3,11 +3,15 @@
 Used by ``store: {type: sqlite}``. The schema (version :data:`SCHEMA_VERSION`, kept in
 ``PRAGMA user_version``; ``PRAGMA application_id`` marks the file as ours)::
 
-    streams(name TEXT PRIMARY KEY, head INTEGER, oldest INTEGER, rows INTEGER)
-    entries(stream TEXT, token INTEGER, time REAL, nrows INTEGER, rows TEXT,
-            PRIMARY KEY (stream, token)) WITHOUT ROWID
+    streams(name TEXT, origin TEXT, head INTEGER, oldest INTEGER, rows INTEGER,
+            PRIMARY KEY (name, origin)) WITHOUT ROWID
+    entries(stream TEXT, origin TEXT, token INTEGER, time REAL, nrows INTEGER, rows TEXT,
+            PRIMARY KEY (stream, origin, token)) WITHOUT ROWID
 
-``streams`` keeps each stream's head, oldest retained token and retained row count, so
+Everything is keyed by ``(stream, origin)``; the local origin is ``''``. A version 1 file
+(which had no origin columns: every row was local) is migrated in place when it is opened,
+in one transaction. ``streams`` keeps each stream's head, oldest retained token and retained
+row count, so
 ``head``, ``oldest`` and ``retained_rows`` are one primary-key lookup, and a stream whose old
 entries were trimmed keeps its head: tokens are never reused, across restarts too. The rows of
 one token are stored as one TEXT, joined with ``"\\n"`` (rows are compact JSON texts, which never
@@ -52,10 +56,19 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from replication.store import LOCAL_ORIGIN, Entry, RetentionPolicy, check_origin, StoreError, UnknownStream
+from replication.store import (
+    LOCAL_ORIGIN,
+    Entry,
+    RetentionPolicy,
+    StoreError,
+    UnknownStream,
+    check_ingest,
+    check_origin,
+)
 
-SCHEMA_VERSION = 1
-"""The version of the schema this module writes and reads (``PRAGMA user_version``)."""
+SCHEMA_VERSION = 2
+"""The version of the schema this module writes and reads (``PRAGMA user_version``); files
+of version 1 are migrated when opened."""
 
 APPLICATION_ID = 0x52504C53
 """``PRAGMA application_id`` of our files: ``b"RPLS"``."""
@@ -64,19 +77,34 @@ _SYNCHRONOUS = ("FULL", "NORMAL")
 
 _SCHEMA = (
     "CREATE TABLE streams ("
-    " name TEXT PRIMARY KEY,"
+    " name TEXT NOT NULL,"
+    " origin TEXT NOT NULL,"
     " head INTEGER NOT NULL,"
     " oldest INTEGER NOT NULL,"
-    " rows INTEGER NOT NULL"
+    " rows INTEGER NOT NULL,"
+    " PRIMARY KEY (name, origin)"
     ") WITHOUT ROWID",
     "CREATE TABLE entries ("
     " stream TEXT NOT NULL,"
+    " origin TEXT NOT NULL,"
     " token INTEGER NOT NULL,"
     " time REAL NOT NULL,"
     " nrows INTEGER NOT NULL,"
     " rows TEXT NOT NULL,"
-    " PRIMARY KEY (stream, token)"
+    " PRIMARY KEY (stream, origin, token)"
     ") WITHOUT ROWID",
+)
+#: Version 1 -> 2: the origin columns, every existing row local (``''``).
+_MIGRATE_1_TO_2 = (
+    "ALTER TABLE streams RENAME TO streams_v1",
+    "ALTER TABLE entries RENAME TO entries_v1",
+    *_SCHEMA,
+    "INSERT INTO streams (name, origin, head, oldest, rows)"
+    " SELECT name, '', head, oldest, rows FROM streams_v1",
+    "INSERT INTO entries (stream, origin, token, time, nrows, rows)"
+    " SELECT stream, '', token, time, nrows, rows FROM entries_v1",
+    "DROP TABLE streams_v1",
+    "DROP TABLE entries_v1",
 )
 _TABLES = {"streams", "entries"}
 
@@ -145,6 +173,8 @@ class SqliteStore:
             raise StoreError(f"SQLite store {self.path}: cannot use WAL mode (journal_mode is {mode})")
         w.execute(f"PRAGMA synchronous = {sync}")
         if not new:
+            if w.execute("PRAGMA user_version").fetchone()[0] == 1:
+                self._migrate_from_1()
             return
         w.execute("BEGIN IMMEDIATE")
         try:
@@ -162,6 +192,22 @@ class SqliteStore:
         if tables:
             _check_schema(self.path, w)
 
+    def _migrate_from_1(self) -> None:
+        """Add the origin columns to a version 1 file, in one transaction."""
+        w = self._writer
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            if w.execute("PRAGMA user_version").fetchone()[0] == 1:  # not done meanwhile
+                for statement in _MIGRATE_1_TO_2:
+                    w.execute(statement)
+                w.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            w.execute("COMMIT")
+        except BaseException:
+            if w.in_transaction:
+                w.execute("ROLLBACK")
+            raise
+        _check_schema(self.path, w)
+
     # -- helpers ---------------------------------------------------------------------------
 
     @contextmanager
@@ -173,12 +219,13 @@ class SqliteStore:
         except sqlite3.Error as e:
             raise StoreError(f"SQLite store {self.path}: {what} failed: {e}") from e
 
-    def _stream_row(self, stream: str) -> tuple[int, int, int]:
-        """``(head, oldest, rows)`` of ``stream``; reader thread, ``_read_lock`` held."""
+    def _stream_row(self, stream: str, origin: str = LOCAL_ORIGIN) -> tuple[int, int, int]:
+        """``(head, oldest, rows)`` of ``(stream, origin)``; reader thread, ``_read_lock``
+        held."""
         with self._pending_lock:  # before the database: see the module docstring
-            pending = stream in self._pending
+            pending = origin == LOCAL_ORIGIN and stream in self._pending
         row = self._reader.execute(
-            "SELECT head, oldest, rows FROM streams WHERE name = ?", (stream,)
+            "SELECT head, oldest, rows FROM streams WHERE name = ? AND origin = ?", (stream, origin)
         ).fetchall()
         if row:
             head, oldest, rows = row[0]
@@ -194,7 +241,7 @@ class SqliteStore:
         with self._pending_lock:
             names = set(self._pending)
         self._writer.executemany(
-            "INSERT OR IGNORE INTO streams (name, head, oldest, rows) VALUES (?, 0, 1, 0)",
+            "INSERT OR IGNORE INTO streams (name, origin, head, oldest, rows) VALUES (?, '', 0, 1, 0)",
             [(n,) for n in sorted(names)],
         )
         return names
@@ -210,42 +257,56 @@ class SqliteStore:
         with self._errors("stream_names"), self._read_lock:
             with self._pending_lock:
                 names = set(self._pending)
-            names.update(r[0] for r in self._reader.execute("SELECT name FROM streams").fetchall())
+            names.update(
+                r[0] for r in self._reader.execute(
+                    "SELECT name FROM streams WHERE origin = ''"
+                ).fetchall()
+            )
         return sorted(names)
+
+    def keys(self) -> list[tuple[str, str]]:
+        with self._errors("keys"), self._read_lock:
+            with self._pending_lock:
+                keys = {(name, LOCAL_ORIGIN) for name in self._pending}
+            keys.update(
+                (r[0], r[1]) for r in self._reader.execute("SELECT name, origin FROM streams").fetchall()
+            )
+        return sorted(keys)
 
     def create_stream(self, stream: str) -> None:
         with self._errors("create_stream"), self._read_lock:
             with self._pending_lock:
                 if stream in self._pending:
                     return
-            known = self._reader.execute("SELECT 1 FROM streams WHERE name = ?", (stream,)).fetchall()
+            known = self._reader.execute(
+                "SELECT 1 FROM streams WHERE name = ? AND origin = ''", (stream,)
+            ).fetchall()
             if not known:
                 with self._pending_lock:
                     self._pending.add(stream)
 
-    def head(self, stream: str) -> int:
+    def head(self, stream: str, origin: str = LOCAL_ORIGIN) -> int:
         with self._errors("head"), self._read_lock:
-            return self._stream_row(stream)[0]
+            return self._stream_row(stream, origin)[0]
 
-    def oldest(self, stream: str) -> int:
+    def oldest(self, stream: str, origin: str = LOCAL_ORIGIN) -> int:
         with self._errors("oldest"), self._read_lock:
-            return self._stream_row(stream)[1]
+            return self._stream_row(stream, origin)[1]
 
-    def retained_rows(self, stream: str) -> int:
+    def retained_rows(self, stream: str, origin: str = LOCAL_ORIGIN) -> int:
         with self._errors("retained_rows"), self._read_lock:
-            return self._stream_row(stream)[2]
+            return self._stream_row(stream, origin)[2]
 
     def read(
         self, stream: str, after: int, upto: int, max_rows: int, origin: str = LOCAL_ORIGIN
     ) -> list[Entry]:
-        check_origin(origin)
         out: list[Entry] = []
         with self._errors("read"), self._read_lock:
             if max_rows > 0 and upto > after:
                 cursor = self._reader.execute(
                     "SELECT token, nrows, rows FROM entries"
-                    " WHERE stream = ? AND token > ? AND token <= ? ORDER BY token",
-                    (stream, after, upto),
+                    " WHERE stream = ? AND origin = ? AND token > ? AND token <= ? ORDER BY token",
+                    (stream, origin, after, upto),
                 )
                 try:
                     gathered = 0
@@ -257,7 +318,7 @@ class SqliteStore:
                 finally:
                     cursor.close()
             if not out:
-                self._stream_row(stream)  # raises UnknownStream
+                self._stream_row(stream, origin)  # raises UnknownStream
         return out
 
     # -- writer thread ---------------------------------------------------------------------
@@ -266,14 +327,8 @@ class SqliteStore:
         self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN
     ) -> list[int]:
         check_origin(origin)
-        texts = []
-        for _, rows in batch:
-            if not rows:
-                raise ValueError("a token carries at least one row")
-            text = "\n".join(rows)
-            if text.count("\n") != len(rows) - 1:
-                raise ValueError("a row contains a raw newline")
-            texts.append(text)
+        check_origin(origin)
+        texts = [_joined(rows) for _, rows in batch]
         tokens: list[int] = []
         with self._errors("append"), self._write_lock:
             w = self._writer
@@ -285,10 +340,13 @@ class SqliteStore:
                 for (name, rows), text in zip(batch, texts):
                     s = streams.get(name)
                     if s is None:
-                        found = w.execute("SELECT head FROM streams WHERE name = ?", (name,)).fetchall()
+                        found = w.execute(
+                            "SELECT head FROM streams WHERE name = ? AND origin = ''", (name,)
+                        ).fetchall()
                         if not found:
                             w.execute(
-                                "INSERT INTO streams (name, head, oldest, rows) VALUES (?, 0, 1, 0)",
+                                "INSERT INTO streams (name, origin, head, oldest, rows)"
+                                " VALUES (?, '', 0, 1, 0)",
                                 (name,),
                             )
                         s = streams[name] = [found[0][0] if found else 0, 0]
@@ -297,11 +355,12 @@ class SqliteStore:
                     entries.append((name, s[0], now, len(rows), text))
                     tokens.append(s[0])
                 w.executemany(
-                    "INSERT INTO entries (stream, token, time, nrows, rows) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO entries (stream, origin, token, time, nrows, rows)"
+                    " VALUES (?, '', ?, ?, ?, ?)",
                     entries,
                 )
                 w.executemany(
-                    "UPDATE streams SET head = ?, rows = rows + ? WHERE name = ?",
+                    "UPDATE streams SET head = ?, rows = rows + ? WHERE name = ? AND origin = ''",
                     [(h, n, name) for name, (h, n) in streams.items()],
                 )
                 w.execute("COMMIT")
@@ -312,7 +371,47 @@ class SqliteStore:
             self._flushed(created)
         return tokens
 
-    def trim(self, stream: str, retention: RetentionPolicy, now: float) -> int:
+    def ingest(self, stream: str, origin: str, entries: Sequence[Entry], now: float) -> int:
+        texts = [_joined(entry.rows) for entry in entries]
+        with self._errors("ingest"), self._write_lock:
+            w = self._writer
+            w.execute("BEGIN IMMEDIATE")
+            try:
+                created = self._flush_pending()
+                found = w.execute(
+                    "SELECT head FROM streams WHERE name = ? AND origin = ?", (stream, origin)
+                ).fetchall()
+                head = found[0][0] if found else 0
+                new = check_ingest(stream, origin, entries, head)
+                if new:
+                    if not found:
+                        w.execute(
+                            "INSERT INTO streams (name, origin, head, oldest, rows)"
+                            " VALUES (?, ?, 0, 1, 0)",
+                            (stream, origin),
+                        )
+                    by_token = {entry.token: text for entry, text in zip(entries, texts)}
+                    w.executemany(
+                        "INSERT INTO entries (stream, origin, token, time, nrows, rows)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        [(stream, origin, e.token, now, len(e.rows), by_token[e.token]) for e in new],
+                    )
+                    head = new[-1].token
+                    w.execute(
+                        "UPDATE streams SET head = ?, rows = rows + ? WHERE name = ? AND origin = ?",
+                        (head, sum(len(e.rows) for e in new), stream, origin),
+                    )
+                w.execute("COMMIT")
+            except BaseException:
+                if w.in_transaction:
+                    w.execute("ROLLBACK")
+                raise
+            self._flushed(created)
+        return int(head)
+
+    def trim(
+        self, stream: str, retention: RetentionPolicy, now: float, origin: str = LOCAL_ORIGIN
+    ) -> int:
         max_rows, max_age = retention.max_rows, retention.max_age
         cutoff = None if max_age is None else now - max_age
         with self._errors("trim"), self._write_lock:
@@ -321,7 +420,8 @@ class SqliteStore:
             try:
                 created = self._flush_pending()
                 found = w.execute(
-                    "SELECT head, oldest, rows FROM streams WHERE name = ?", (stream,)
+                    "SELECT head, oldest, rows FROM streams WHERE name = ? AND origin = ?",
+                    (stream, origin),
                 ).fetchall()
                 if not found:
                     raise UnknownStream(stream)
@@ -331,9 +431,9 @@ class SqliteStore:
                 if head > oldest and (max_rows is not None or cutoff is not None):
                     # Walk the oldest tokens (never the head) until one may stay.
                     cursor = w.execute(
-                        "SELECT token, time, nrows FROM entries"
-                        " WHERE stream = ? AND token >= ? AND token < ? ORDER BY token",
-                        (stream, oldest, head),
+                        "SELECT token, time, nrows FROM entries WHERE stream = ? AND origin = ?"
+                        " AND token >= ? AND token < ? ORDER BY token",
+                        (stream, origin, oldest, head),
                     )
                     try:
                         for token, time, nrows in cursor:
@@ -346,10 +446,13 @@ class SqliteStore:
                     finally:
                         cursor.close()
                 if keep > oldest:
-                    w.execute("DELETE FROM entries WHERE stream = ? AND token < ?", (stream, keep))
                     w.execute(
-                        "UPDATE streams SET oldest = ?, rows = rows - ? WHERE name = ?",
-                        (keep, dropped, stream),
+                        "DELETE FROM entries WHERE stream = ? AND origin = ? AND token < ?",
+                        (stream, origin, keep),
+                    )
+                    w.execute(
+                        "UPDATE streams SET oldest = ?, rows = rows - ? WHERE name = ? AND origin = ?",
+                        (keep, dropped, stream, origin),
                     )
                 w.execute("COMMIT")
             except BaseException:
@@ -382,6 +485,16 @@ class SqliteStore:
                 self._reader.close()
             with self._write_lock:
                 self._writer.close()
+
+
+def _joined(rows: Sequence[str]) -> str:
+    """The rows of one token as one TEXT; raises ValueError for no rows or a raw newline."""
+    if not rows:
+        raise ValueError("a token carries at least one row")
+    text = "\n".join(rows)
+    if text.count("\n") != len(rows) - 1:
+        raise ValueError("a row contains a raw newline")
+    return text
 
 
 def _inspect(path: str, quick_check: bool) -> bool:
@@ -432,16 +545,18 @@ def _inspect(path: str, quick_check: bool) -> bool:
                 f"SQLite store {path}: schema version {version} is newer than the version"
                 f" {SCHEMA_VERSION} this replication supports; upgrade replication"
             )
-        _check_schema(path, conn)
+        _check_schema(path, conn, (1, SCHEMA_VERSION))  # version 1 is migrated on open
         return False
     finally:
         conn.close()
 
 
-def _check_schema(path: str, conn: sqlite3.Connection) -> None:
+def _check_schema(
+    path: str, conn: sqlite3.Connection, versions: tuple[int, ...] = (SCHEMA_VERSION,)
+) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if version != SCHEMA_VERSION or not _TABLES <= tables:
+    if version not in versions or not _TABLES <= tables:
         missing = ", ".join(sorted(_TABLES - tables)) or "none"
         raise StoreError(
             f"SQLite store {path}: not a usable replication store (schema version {version},"
