@@ -1,8 +1,9 @@
 """Compare two versions of the code side by side: fan-out and durable ingest, interleaved.
 
-    .venv/bin/python bench/compare.py --baseline REV [--rounds 3] [--json PATH]
+    .venv/bin/python bench/compare.py --baseline REV [--new REV] [--rounds 3] [--json PATH]
 
-The package as it was at git revision ``REV`` is extracted into a temporary directory; then,
+The package as it was at git revision ``--baseline`` is extracted into a temporary directory
+(and so is ``--new``'s when given; without it the working tree is the new side); then,
 for each round, the fan-out scenario (``bench/run.py --quick --only fanout --runs 1``: our
 master and workers only, 1 and 10 workers, 1 and 100 rows per token) and the ingest part of
 ``bench/durable.py --quick --skip-catch-up`` (HTTP publishes to the SQLite and memory stores)
@@ -85,13 +86,16 @@ def figures(code: Path, scratch: Path) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", required=True, metavar="REV", help="git revision to compare with")
+    parser.add_argument("--new", metavar="REV", help="git revision of the new side "
+                        "(default: the working tree)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per side (default 3)")
     parser.add_argument("--json", metavar="PATH", default=str(HERE / "results" / "compare.json"))
     args = parser.parse_args(argv)
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
         base = extract(args.baseline, Path(tmp) / "baseline")
-        sides = {"baseline": base, "new": ROOT}
+        new = extract(args.new, Path(tmp) / "new") if args.new else ROOT
+        sides = {"baseline": base, "new": new}
         samples: dict[str, dict[str, list[float]]] = {"baseline": {}, "new": {}}
         for round_ in range(args.rounds):
             order = ("baseline", "new") if round_ % 2 == 0 else ("new", "baseline")
@@ -118,10 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         ratio_s = f"{r['ratio']:.2f}" if r["ratio"] else "-"
         print(f"{r['figure']:{width}}  {old_s:>16}  {new_s:>12}  {ratio_s}")
     print(f"\n{args.rounds} rounds per side, interleaved; {time.monotonic() - began:.0f} s; "
-          f"baseline {args.baseline}")
+          f"baseline {args.baseline}, new {args.new or 'working tree'}")
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"baseline": args.baseline, "rounds": args.rounds, "figures": rows},
+    path.write_text(json.dumps({"baseline": args.baseline, "new": args.new or "working tree",
+                                "rounds": args.rounds, "figures": rows},
                                indent=2) + "\n")
     print(f"wrote {path}")
     return 0
