@@ -3,43 +3,18 @@ duplicates, gaps, resets, subscriptions, congestion, handler failures and publis
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from replication.commands import MASTER, RdataCommand, default_registry
-from replication.config import LimitsConfig, MasterConfig, RetentionConfig, WorkerConfig, WorkerStream
-from replication.master import Master, MasterConnection, PublishError
-from replication.positions import PositionFile
+from replication.config import LimitsConfig, RetentionConfig
+from replication.master import MasterConnection, PublishError
 from replication.protocol import FAILED_TO_KEEP_UP
-from replication.store.memory import MemoryStore
-from replication.testing import MemoryPipe
+from replication.testing import Harness, MemoryPipe, Recording
 from replication.worker import Worker, WorkerConnection
-
-
-class Recording:
-    """A handler that records tokens, gaps and resets."""
-
-    def __init__(self) -> None:
-        self.tokens: list[tuple[str, int, list[Any]]] = []
-        self.events: list[tuple[Any, ...]] = []
-
-    def __call__(self, stream: str, token: int, rows: list[Any]) -> None:
-        self.tokens.append((stream, token, rows))
-        self.events.append(("token", stream, token))
-
-    def gap(self, stream: str, first: int, last: int) -> None:
-        self.events.append(("gap", stream, first, last))
-
-    def reset(self, stream: str, old: int, head: int) -> None:
-        self.events.append(("reset", stream, old, head))
-
-    def token_numbers(self, stream: str = "events") -> list[int]:
-        return [t for s, t, _ in self.tokens if s == stream]
 
 
 class DeferredHandler:
@@ -56,7 +31,7 @@ class DeferredHandler:
         return d
 
 
-def two_tokens_first_pending(harness: "Harness") -> tuple[DeferredHandler, Worker, MemoryPipe]:
+def two_tokens_first_pending(harness: Harness) -> tuple[DeferredHandler, Worker, MemoryPipe]:
     """Tokens 1 and 2 published, a worker connected whose handler call for 1 is pending."""
     harness.publish("events", [1])
     harness.publish("events", [2])
@@ -66,44 +41,6 @@ def two_tokens_first_pending(harness: "Harness") -> tuple[DeferredHandler, Worke
     harness.run(pipe)
     assert handler.seen == [1]
     return handler, worker, pipe
-
-
-class Harness:
-    def __init__(self, tmp_path: Any, **master_changes: Any) -> None:
-        self.tmp_path = tmp_path
-        self.clock = Clock()
-        self.store = MemoryStore()
-        self.config = dataclasses.replace(MasterConfig(), **master_changes)
-        self.master = Master(self.config, self.store, self.clock)
-        self.pipes: list[MemoryPipe] = []
-
-    def publish(self, stream: str, rows: list[Any]) -> int:
-        results: list[int] = []
-        self.master.publish(stream, rows).addCallback(results.append)
-        return results[0]
-
-    def worker(
-        self, handler: Any, streams: tuple[str, ...] = ("events",), start: str = "earliest",
-        name: str = "w1",
-    ) -> Worker:
-        config = WorkerConfig(name=name, streams=tuple(WorkerStream(s, start) for s in streams))
-        positions = PositionFile(str(self.tmp_path / f"{name}.positions"), fsync=False, capacity=16384)
-        return Worker(config, handler, positions, self.clock)
-
-    def connect(self, worker: Worker, **pipe_options: Any) -> MemoryPipe:
-        pipe = MemoryPipe(MasterConnection(self.master), WorkerConnection(worker), **pipe_options)
-        self.pipes.append(pipe)
-        pipe.pump()
-        return pipe
-
-    def run(self, pipe: MemoryPipe, turns: int = 10000) -> None:
-        """Pump and let zero-delay calls (the catch-up pump) run until nothing moves."""
-        for _ in range(turns):
-            moved = pipe.pump()
-            pending = [c for c in self.clock.getDelayedCalls() if c.getTime() <= self.clock.seconds()]
-            if not moved and not pending:
-                return
-            self.clock.advance(0)
 
 
 @pytest.fixture

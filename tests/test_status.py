@@ -28,13 +28,12 @@ from processes import (
     wait_until,
     worker_command,
 )
-from test_replication import Harness, Recording
 
 from replication.admin import admin_resource, master_status
 from replication.cli import format_status, main
 from replication.config import LimitsConfig
 from replication.master import MasterConnection
-from replication.testing import MemoryPipe
+from replication.testing import Harness, MemoryPipe, Recording
 from replication.worker import WorkerConnection
 
 
