@@ -617,6 +617,17 @@ class Harness:
                 return
             self.clock.advance(0)
 
+    def disconnect_all(self) -> list[IDelayedCall]:
+        """Break every pipe made by :meth:`connect` and every link of ``network`` at once,
+        as a network failure would, and return the clock's delayed calls still pending.
+        With no worker service running, that list should be empty: a timer left behind by
+        a connection that is gone is a leak."""
+        for pipe in self.pipes:
+            pipe.disconnect()
+        for link in list(self.network.links):
+            link.disconnect()
+        return list(self.clock.getDelayedCalls())
+
     def worker_service(self, worker: Worker) -> ClientService:
         """The service a deployed worker runs (:func:`replication.worker.worker_service`),
         dialing the master over ``network`` from a host named after the worker. Not

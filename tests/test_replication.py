@@ -109,7 +109,7 @@ def test_catch_up_while_publishing_loses_and_repeats_nothing(tmp_path: Any) -> N
 
 def test_a_reconnecting_worker_gets_exactly_what_it_missed(harness: Harness) -> None:
     """A worker that handled 1..5, was disconnected, and comes back while 6..8 were
-    published, receives 6..8 only."""
+    published, receives 6..8 only; once it is gone no timer is left."""
     handler = Recording()
     worker = harness.worker(handler)
     for i in range(5):
@@ -121,6 +121,7 @@ def test_a_reconnecting_worker_gets_exactly_what_it_missed(harness: Harness) -> 
         harness.publish("events", [i])
     harness.run(harness.connect(worker))
     assert handler.token_numbers() == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert harness.disconnect_all() == []
 
 
 def test_tokens_at_or_below_the_position_are_dropped(harness: Harness) -> None:
@@ -256,7 +257,8 @@ def test_fan_out_writes_the_same_bytes_to_every_subscriber(harness: Harness) -> 
 def test_a_worker_that_stops_reading_is_cut_off_within_the_bound_and_recovers(tmp_path: Any) -> None:
     """A worker that stops reading is sent ERROR Failed to keep up once the master holds
     more than max_buffer_bytes for it; the master never holds more than the bound plus the
-    transport's window; the worker reconnects and receives every token exactly once."""
+    transport's window; the worker reconnects and receives every token exactly once; once it
+    is gone no timer is left."""
     bound = 64 * 1024
     h = Harness(tmp_path, limits=LimitsConfig(max_buffer_bytes=bound))
     handler = Recording()
@@ -283,6 +285,7 @@ def test_a_worker_that_stops_reading_is_cut_off_within_the_bound_and_recovers(tm
         h.publish("events", [row])
     h.run(h.connect(worker))
     assert handler.token_numbers() == list(range(1, h.master.head("events") + 1))
+    assert h.disconnect_all() == []
 
 
 def test_a_far_behind_worker_is_paged_not_cut_off(tmp_path: Any) -> None:
@@ -351,7 +354,8 @@ def test_an_asynchronous_handler_holds_the_next_token(harness: Harness) -> None:
 
 
 def test_connections_past_the_limit_are_refused(tmp_path: Any) -> None:
-    """With max_connections 1, a second connection gets ERROR too many connections."""
+    """With max_connections 1, a second connection gets ERROR too many connections; once
+    both are gone no timer is left."""
     h = Harness(tmp_path, limits=LimitsConfig(max_connections=1))
     first = MasterConnection(h.master)
     first.makeConnection(StringTransport())
@@ -364,6 +368,9 @@ def test_connections_past_the_limit_are_refused(tmp_path: Any) -> None:
     assert transport.disconnecting
     second.connectionLost()
     assert h.master.connections == {first}
+    first.connectionLost()
+    assert h.master.connections == set()
+    assert h.clock.getDelayedCalls() == []
 
 
 @pytest.mark.parametrize(
@@ -410,7 +417,8 @@ def test_no_delayed_calls_are_left_after_disconnect(harness: Harness) -> None:
 def test_a_pending_handler_is_not_overtaken_after_a_reconnect(harness: Harness) -> None:
     """If the connection drops while an asynchronous handler call is pending, the next
     connection handles nothing until that call ends; the replayed token is then dropped as
-    a duplicate, so the handler sees each token once, never two at a time."""
+    a duplicate, so the handler sees each token once, never two at a time; once it is gone
+    no timer is left."""
     handler, worker, pipe = two_tokens_first_pending(harness)
     pending, seen = handler.pending, handler.seen
     pipe.disconnect()
@@ -422,6 +430,7 @@ def test_a_pending_handler_is_not_overtaken_after_a_reconnect(harness: Harness) 
     assert seen == [1, 2]
     pending[1].callback(None)
     assert worker.positions.get("events") == 2
+    assert harness.disconnect_all() == []
 
 
 def worker_end(harness: Harness, handler: Any) -> tuple[WorkerConnection, StringTransport]:
