@@ -186,7 +186,8 @@ def test_a_table_with_two_routes_for_one_request_is_refused(routes: list[Route],
 
 @pytest.mark.parametrize(
     "method, pattern",
-    [("GET", "a"), ("GET", "/a/{x}/{x}"), ("GET", "/a/{1x}"), ("GET", "/a/b{x}"), ("get", "/a"), ("", "/a")],
+    [("GET", "a"), ("GET", "/a/{x}/{x}"), ("GET", "/a/{1x}"), ("GET", "/a/b{x}"), ("get", "/a"), ("", "/a"),
+     ("HEAD", "/a")],
 )
 def test_a_malformed_route_is_refused(method: str, pattern: str) -> None:
     with pytest.raises(RouteError):

@@ -86,7 +86,7 @@ def _parse_pattern(pattern: str) -> tuple[_Segment, ...]:
 class Route:
     """One entry of a :class:`RouteTable`.
 
-    :param method: the HTTP method, upper case (``GET`` also answers ``HEAD``).
+    :param method: the HTTP method, upper case; not ``HEAD``, which ``GET`` answers.
     :param pattern: the path, ``/``-separated; a segment ``{name}`` is a parameter.
     :param handler: see :data:`RouteHandler`.
     :param access: the kind of access the route needs, for an :data:`Authorizer` to
@@ -102,6 +102,8 @@ class Route:
     def __post_init__(self) -> None:
         if not self.method.isupper() or not self.method.isalpha():
             raise RouteError(f"route method {self.method!r} must be an upper-case word")
+        if self.method == "HEAD":
+            raise RouteError("HEAD is answered by the GET route of the same pattern")
         object.__setattr__(self, "segments", _parse_pattern(self.pattern))
 
     def match(self, path: Sequence[bytes]) -> dict[str, str] | None:
