@@ -10,12 +10,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-
-# tests/ is not a package, so pytest puts tests/ itself on sys.path.
-from helpers import raw_request, request
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
+
+# tests/ is not a package, so pytest puts tests/ itself on sys.path.
+from helpers import raw_request, request
 
 from replication.config import MasterConfig
 from replication.http import JsonRequest, admin_site, master_routes
@@ -27,7 +28,7 @@ from replication.http.routing import (
     RouteTable,
     json_response,
 )
-from replication.master import Master
+from replication.master import Master, PublishError
 from replication.store.memory import MemoryStore
 
 
@@ -268,3 +269,41 @@ def test_a_post_to_the_master_site_is_not_parsed_as_a_form() -> None:
     get.gotLength(0)
     get.requestReceived(b"GET", b"/streams?a=b", b"HTTP/1.1")
     assert get.args == {b"a": [b"b"]}
+
+
+@pytest.mark.parametrize(
+    "failure, status, error",
+    [
+        (None, 200, None),
+        (PublishError(503, "store unavailable"), 503, "store unavailable"),
+        (OSError("disk full"), 500, "internal error while publishing"),
+    ],
+)
+def test_a_publish_is_answered_when_its_commit_settles(
+    monkeypatch: pytest.MonkeyPatch, failure: Exception | None, status: int, error: str | None
+) -> None:
+    """The answer waits for the commit's Deferred: the tokens once it fires, the
+    PublishError's status and message if it fails with one, and a 500 otherwise."""
+    master = make_master()
+    commits: list[Deferred[list[int]]] = []
+
+    def submit_many(stream: str, encoded: Any) -> Deferred[list[int]]:
+        commits.append(Deferred())
+        return commits[-1]
+
+    monkeypatch.setattr(master, "submit_many", submit_many)
+    channel = DummyChannel()
+    channel.site = admin_site(master)
+    post = JsonRequest(channel)
+    body = b'{"rows": [1]}'
+    post.gotLength(len(body))
+    post.handleContentChunk(body)
+    post.requestReceived(b"POST", b"/streams/events", b"HTTP/1.1")
+    assert not post.finished and len(commits) == 1
+    if failure is None:
+        commits[0].callback([7])
+    else:
+        commits[0].errback(failure)
+    assert post.finished and post.code == status
+    answer = {"stream": "events", "token": 7} if error is None else {"error": error}
+    assert json.dumps(answer, separators=(",", ":")).encode() + b"\n" in channel.transport.written.getvalue()
