@@ -17,14 +17,13 @@ from twisted.internet.testing import StringTransport
 
 # tests/ is not a package, so pytest puts tests/ itself on sys.path.
 from helpers import raw_request
-from test_replication import Harness, Recording
 
 from replication.admin import admin_resource, metrics_resource
 from replication.config import LimitsConfig
 from replication.master import MasterConnection
 from replication.metrics import MASTER_METRICS, WORKER_METRICS, MasterMetrics, WorkerMetrics
-from replication.protocol import CLOSED_BY_PEER, CLOSED_LOCALLY, FAILED_TO_KEEP_UP
-from replication.testing import MemoryPipe
+from replication.protocol import CLOSED_BY_PEER, CLOSED_LOCALLY
+from replication.testing import Harness, MemoryPipe, Recording
 from replication.worker import Worker, WorkerConnection
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.rst"

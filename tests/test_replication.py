@@ -3,43 +3,18 @@ duplicates, gaps, resets, subscriptions, congestion, handler failures and publis
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from replication.commands import MASTER, RdataCommand, default_registry
-from replication.config import LimitsConfig, MasterConfig, RetentionConfig, WorkerConfig, WorkerStream
-from replication.master import Master, MasterConnection, PublishError
-from replication.positions import PositionFile
+from replication.config import LimitsConfig, RetentionConfig
+from replication.master import MasterConnection, PublishError
 from replication.protocol import FAILED_TO_KEEP_UP
-from replication.store.memory import MemoryStore
-from replication.testing import MemoryPipe
+from replication.testing import Harness, MemoryPipe, Recording
 from replication.worker import Worker, WorkerConnection
-
-
-class Recording:
-    """A handler that records tokens, gaps and resets."""
-
-    def __init__(self) -> None:
-        self.tokens: list[tuple[str, int, list[Any]]] = []
-        self.events: list[tuple[Any, ...]] = []
-
-    def __call__(self, stream: str, token: int, rows: list[Any]) -> None:
-        self.tokens.append((stream, token, rows))
-        self.events.append(("token", stream, token))
-
-    def gap(self, stream: str, first: int, last: int) -> None:
-        self.events.append(("gap", stream, first, last))
-
-    def reset(self, stream: str, old: int, head: int) -> None:
-        self.events.append(("reset", stream, old, head))
-
-    def token_numbers(self, stream: str = "events") -> list[int]:
-        return [t for s, t, _ in self.tokens if s == stream]
 
 
 class DeferredHandler:
@@ -56,7 +31,7 @@ class DeferredHandler:
         return d
 
 
-def two_tokens_first_pending(harness: "Harness") -> tuple[DeferredHandler, Worker, MemoryPipe]:
+def two_tokens_first_pending(harness: Harness) -> tuple[DeferredHandler, Worker, MemoryPipe]:
     """Tokens 1 and 2 published, a worker connected whose handler call for 1 is pending."""
     harness.publish("events", [1])
     harness.publish("events", [2])
@@ -66,44 +41,6 @@ def two_tokens_first_pending(harness: "Harness") -> tuple[DeferredHandler, Worke
     harness.run(pipe)
     assert handler.seen == [1]
     return handler, worker, pipe
-
-
-class Harness:
-    def __init__(self, tmp_path: Any, **master_changes: Any) -> None:
-        self.tmp_path = tmp_path
-        self.clock = Clock()
-        self.store = MemoryStore()
-        self.config = dataclasses.replace(MasterConfig(), **master_changes)
-        self.master = Master(self.config, self.store, self.clock)
-        self.pipes: list[MemoryPipe] = []
-
-    def publish(self, stream: str, rows: list[Any]) -> int:
-        results: list[int] = []
-        self.master.publish(stream, rows).addCallback(results.append)
-        return results[0]
-
-    def worker(
-        self, handler: Any, streams: tuple[str, ...] = ("events",), start: str = "earliest",
-        name: str = "w1",
-    ) -> Worker:
-        config = WorkerConfig(name=name, streams=tuple(WorkerStream(s, start) for s in streams))
-        positions = PositionFile(str(self.tmp_path / f"{name}.positions"), fsync=False, capacity=16384)
-        return Worker(config, handler, positions, self.clock)
-
-    def connect(self, worker: Worker, **pipe_options: Any) -> MemoryPipe:
-        pipe = MemoryPipe(MasterConnection(self.master), WorkerConnection(worker), **pipe_options)
-        self.pipes.append(pipe)
-        pipe.pump()
-        return pipe
-
-    def run(self, pipe: MemoryPipe, turns: int = 10000) -> None:
-        """Pump and let zero-delay calls (the catch-up pump) run until nothing moves."""
-        for _ in range(turns):
-            moved = pipe.pump()
-            pending = [c for c in self.clock.getDelayedCalls() if c.getTime() <= self.clock.seconds()]
-            if not moved and not pending:
-                return
-            self.clock.advance(0)
 
 
 @pytest.fixture
@@ -172,7 +109,7 @@ def test_catch_up_while_publishing_loses_and_repeats_nothing(tmp_path: Any) -> N
 
 def test_a_reconnecting_worker_gets_exactly_what_it_missed(harness: Harness) -> None:
     """A worker that handled 1..5, was disconnected, and comes back while 6..8 were
-    published, receives 6..8 only."""
+    published, receives 6..8 only; once it is gone no timer is left."""
     handler = Recording()
     worker = harness.worker(handler)
     for i in range(5):
@@ -184,6 +121,7 @@ def test_a_reconnecting_worker_gets_exactly_what_it_missed(harness: Harness) -> 
         harness.publish("events", [i])
     harness.run(harness.connect(worker))
     assert handler.token_numbers() == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert harness.disconnect_all() == []
 
 
 def test_tokens_at_or_below_the_position_are_dropped(harness: Harness) -> None:
@@ -319,7 +257,8 @@ def test_fan_out_writes_the_same_bytes_to_every_subscriber(harness: Harness) -> 
 def test_a_worker_that_stops_reading_is_cut_off_within_the_bound_and_recovers(tmp_path: Any) -> None:
     """A worker that stops reading is sent ERROR Failed to keep up once the master holds
     more than max_buffer_bytes for it; the master never holds more than the bound plus the
-    transport's window; the worker reconnects and receives every token exactly once."""
+    transport's window; the worker reconnects and receives every token exactly once; once it
+    is gone no timer is left."""
     bound = 64 * 1024
     h = Harness(tmp_path, limits=LimitsConfig(max_buffer_bytes=bound))
     handler = Recording()
@@ -346,6 +285,7 @@ def test_a_worker_that_stops_reading_is_cut_off_within_the_bound_and_recovers(tm
         h.publish("events", [row])
     h.run(h.connect(worker))
     assert handler.token_numbers() == list(range(1, h.master.head("events") + 1))
+    assert h.disconnect_all() == []
 
 
 def test_a_far_behind_worker_is_paged_not_cut_off(tmp_path: Any) -> None:
@@ -414,7 +354,8 @@ def test_an_asynchronous_handler_holds_the_next_token(harness: Harness) -> None:
 
 
 def test_connections_past_the_limit_are_refused(tmp_path: Any) -> None:
-    """With max_connections 1, a second connection gets ERROR too many connections."""
+    """With max_connections 1, a second connection gets ERROR too many connections; once
+    both are gone no timer is left."""
     h = Harness(tmp_path, limits=LimitsConfig(max_connections=1))
     first = MasterConnection(h.master)
     first.makeConnection(StringTransport())
@@ -427,6 +368,9 @@ def test_connections_past_the_limit_are_refused(tmp_path: Any) -> None:
     assert transport.disconnecting
     second.connectionLost()
     assert h.master.connections == {first}
+    first.connectionLost()
+    assert h.master.connections == set()
+    assert h.clock.getDelayedCalls() == []
 
 
 @pytest.mark.parametrize(
@@ -473,7 +417,8 @@ def test_no_delayed_calls_are_left_after_disconnect(harness: Harness) -> None:
 def test_a_pending_handler_is_not_overtaken_after_a_reconnect(harness: Harness) -> None:
     """If the connection drops while an asynchronous handler call is pending, the next
     connection handles nothing until that call ends; the replayed token is then dropped as
-    a duplicate, so the handler sees each token once, never two at a time."""
+    a duplicate, so the handler sees each token once, never two at a time; once it is gone
+    no timer is left."""
     handler, worker, pipe = two_tokens_first_pending(harness)
     pending, seen = handler.pending, handler.seen
     pipe.disconnect()
@@ -485,6 +430,7 @@ def test_a_pending_handler_is_not_overtaken_after_a_reconnect(harness: Harness) 
     assert seen == [1, 2]
     pending[1].callback(None)
     assert worker.positions.get("events") == 2
+    assert harness.disconnect_all() == []
 
 
 def worker_end(harness: Harness, handler: Any) -> tuple[WorkerConnection, StringTransport]:

@@ -28,13 +28,12 @@ from processes import (
     wait_until,
     worker_command,
 )
-from test_replication import Harness, Recording
 
 from replication.admin import admin_resource, master_status
 from replication.cli import format_status, main
 from replication.config import LimitsConfig
 from replication.master import MasterConnection
-from replication.testing import MemoryPipe
+from replication.testing import Harness, MemoryPipe, Recording
 from replication.worker import WorkerConnection
 
 
@@ -101,7 +100,8 @@ def test_status_shows_a_lagging_workers_position_and_lag(tmp_path: Path) -> None
 
 def test_status_shows_a_cut_off_workers_reconnect(tmp_path: Path) -> None:
     """After a cut-off and a reconnect, /status shows two connects for w1, the reason it
-    was last disconnected and when; the new connection is live with no lag."""
+    was last disconnected and when; the new connection is live with no lag. Once it is
+    gone too, no timer is left."""
     h = cut_off_and_back(tmp_path)
     body = master_status(h.master)
     (worker,) = body["workers"]
@@ -117,6 +117,9 @@ def test_status_shows_a_cut_off_workers_reconnect(tmp_path: Path) -> None:
     text = format_status(body)
     assert "WORKER  OPEN  CONNECTS  LAST DISCONNECT" in text
     assert "w1      1     2         failed to keep up, 30s ago" in text
+    assert h.disconnect_all() == []
+    (worker,) = master_status(h.master)["workers"]
+    assert (worker["connected"], worker["disconnects"]) == (0, {"failed to keep up": 1, "closed by peer": 1})
 
 
 def test_health_answers_200_and_metrics_is_text(tmp_path: Path) -> None:
