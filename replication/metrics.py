@@ -15,7 +15,7 @@ on the reactor thread: per stream rows published and sent (the fan-out adds
 handler calls and a bucketed duration histogram. Everything else is read from the services'
 own state when the registry is scraped: open connections, bytes buffered per connection,
 heads, oldest and retained rows, positions and lag, connected or not. Scrape from the
-reactor thread (the HTTP resources of :mod:`replication.admin` do).
+reactor thread (the HTTP resources of :mod:`replication.http` do).
 
 Label values stay bounded: command names come from the command registry, stream names from
 the streams that exist, reasons from the close reasons of :mod:`replication.protocol`, and

@@ -218,7 +218,7 @@ def master_service(
     :param registry: the process's metrics registry; ``None``: a private one.
     :raises ServiceError: the store cannot be opened.
     """
-    from replication.admin import admin_site
+    from replication.http import admin_site
 
     if store is None:
         store = open_store(config)
