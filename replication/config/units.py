@@ -96,10 +96,9 @@ def parse_size(value: object) -> int:
 
 def format_duration(seconds: float) -> str:
     """``seconds`` as a duration string: ``500ms`` below a second when exact, else ``5s``."""
-    if seconds < 1:
-        milliseconds = Fraction(seconds).limit_denominator(1000) * 1000
-        if milliseconds.denominator == 1 and milliseconds == Fraction(seconds) * 1000:
-            return f"{milliseconds}ms"
+    milliseconds = round(seconds * 1000)
+    if seconds < 1 and milliseconds / 1000 == seconds:
+        return f"{milliseconds}ms"
     return f"{seconds:g}s"
 
 
