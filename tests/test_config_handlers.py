@@ -6,8 +6,13 @@ import json
 
 import pytest
 
-from replication.config import ConfigError, WorkerConfig, is_handler_name, validate_worker
-from replication.config import worker_config_from_text
+from replication.config import (
+    ConfigError,
+    WorkerConfig,
+    is_handler_name,
+    validate_worker,
+    worker_config_from_text,
+)
 from replication.handlers import HandlerLoadError, load_handler, print_json
 
 NAMES = [

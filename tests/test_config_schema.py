@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from replication.config import MASTER, WORKER, WORKER_ONLY_KEYS, MasterConfig, WorkerConfig
+from replication.config import (
+    MASTER,
+    WORKER,
+    WORKER_ONLY_KEYS,
+    MasterConfig,
+    WorkerConfig,
+)
 from replication.config.kinds import AtLeast, Duration, Integer
 from replication.config.schema import Key, Schema
 

@@ -406,8 +406,14 @@ class WorkerStreams(Kind):
         assert isinstance(value, tuple)
         return "``[]``" if not value else _literal(value)
 
+    def item_option(self) -> tuple[tuple[str, ...], str]:
+        default = {field.name: field.default for field in dataclasses.fields(WorkerStream)}
+        return self.start.options, str(default["start"])
+
     def items_from_flag(self, texts: list[str], option: str | None) -> tuple[object, ...]:
-        return tuple(WorkerStream(name) if option is None else WorkerStream(name, option) for name in texts)
+        if option is None:
+            return tuple(WorkerStream(name) for name in texts)
+        return tuple(WorkerStream(name, option) for name in texts)
 
 
 class PerStream(Kind):

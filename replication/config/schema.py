@@ -40,6 +40,7 @@ __all__ = [
     "Schema",
     "check",
     "load",
+    "replace_at",
     "unknown_key",
 ]
 
@@ -87,6 +88,11 @@ class Kind:
     def from_flag(self, text: str) -> object:
         """The value a command line flag's ``text`` stands for."""
         return text
+
+    def item_option(self) -> tuple[tuple[str, ...], str] | None:
+        """For a list whose items have an option (a worker stream's ``from``): the option's
+        allowed values and default; ``None`` otherwise."""
+        return None
 
     def items_from_flag(self, texts: list[str], option: str | None) -> tuple[object, ...]:
         """The list items that a repeated flag's ``texts`` stand for (``option``: the value
@@ -267,12 +273,12 @@ def load(schema: Schema[_Config], document: Document, root: Any) -> _Config:
     _load_section(loading, root, "", values)
     config = schema.default()
     for path, value in values.items():
-        config = _replace(config, schema.key(path).attrs, value)
+        config = replace_at(config, schema.key(path).attrs, value)
     for path, value in values.items():
         key = schema.key(path)
         finished = key.kind.finish(value, config)
         if finished is not value:
-            config = _replace(config, key.attrs, finished)
+            config = replace_at(config, key.attrs, finished)
     check(schema, config, document)
     return config
 
@@ -292,10 +298,12 @@ def _load_section(loading: Loading, value: Any, section: str, values: dict[str, 
             values[path] = key.kind.load(loading, mapping[name], path)
 
 
-def _replace(config: Any, attrs: tuple[str, ...], value: object) -> Any:
+def replace_at(config: _Config, attrs: tuple[str, ...], value: object) -> _Config:
+    """A copy of the dataclass ``config`` with the attribute at path ``attrs`` set to ``value``
+    (nested dataclasses are copied too; nothing is checked)."""
     if len(attrs) > 1:
-        value = _replace(getattr(config, attrs[0]), attrs[1:], value)
-    return dataclasses.replace(config, **{attrs[0]: value})
+        value = replace_at(getattr(config, attrs[0]), attrs[1:], value)
+    return dataclasses.replace(config, **{attrs[0]: value})  # type: ignore[type-var]
 
 
 def check(schema: Schema[_Config], config: _Config, document: Document) -> None:
