@@ -68,7 +68,12 @@ def test_a_rule_must_refer_to_an_earlier_key() -> None:
         Schema(
             MasterConfig,
             (
-                Key("limits.max_buffer_bytes", Integer(1), "x", rule=AtLeast("limits.max_line_bytes")),
+                Key(
+                    "limits.max_buffer_bytes",
+                    Integer(1),
+                    "x",
+                    rule=AtLeast("limits.max_line_bytes"),
+                ),
                 Key("limits.max_line_bytes", Integer(1), "y"),
             ),
         )
@@ -79,5 +84,8 @@ def test_a_key_is_described_once() -> None:
     with pytest.raises(ValueError, match="twice"):
         Schema(
             WorkerConfig,
-            (Key("reconnect.max_delay", Duration(), "x"), Key("reconnect.max_delay", Duration(), "y")),
+            (
+                Key("reconnect.max_delay", Duration(), "x"),
+                Key("reconnect.max_delay", Duration(), "y"),
+            ),
         )

@@ -27,8 +27,6 @@ from typing import Any, Final
 from replication.config.schema import Flag, Key, Schema
 from replication.config.sections import MASTER, WORKER
 
-__all__ = ["DOCUMENT", "ROLES", "entry", "main", "reference", "render"]
-
 #: docs/configuration.rst in a source checkout.
 DOCUMENT: Final = Path(__file__).resolve().parents[2] / "docs" / "configuration.rst"
 #: The generated regions: role name -> its schema.

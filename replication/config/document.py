@@ -12,12 +12,15 @@ from typing import Any, Final
 
 import yaml  # type: ignore[import-untyped,unused-ignore]
 from yaml.constructor import SafeConstructor  # type: ignore[import-untyped,unused-ignore]
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode  # type: ignore[import-untyped,unused-ignore]
+from yaml.nodes import (  # type: ignore[import-untyped,unused-ignore]
+    MappingNode,
+    Node,
+    ScalarNode,
+    SequenceNode,
+)
 
 from replication.config.errors import ConfigError
 from replication.config.units import describe
-
-__all__ = ["Document", "compose", "join", "read_text"]
 
 _MAP_TAG: Final = "tag:yaml.org,2002:map"
 _SEQ_TAG: Final = "tag:yaml.org,2002:seq"

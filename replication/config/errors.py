@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError"]
-
 
 class ConfigError(Exception):
     """A configuration that cannot be used, and where it went wrong.

@@ -14,8 +14,6 @@ from typing import Any, TypeVar
 
 from replication.config.schema import Flag, Schema, replace_at
 
-__all__ = ["add_flags", "apply_flags"]
-
 _Config = TypeVar("_Config")
 
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from replication.commands import CommandParseError, check_peer_name, check_stream_name
-from replication.config.document import Document
+from replication.config.document import Document, join
 from replication.config.model import WorkerStream
 from replication.config.schema import AnyKey, Checking, Key, Kind, Loading, Rule
 from replication.config.units import (
@@ -28,26 +28,6 @@ from replication.config.units import (
     parse_duration,
     parse_size,
 )
-
-__all__ = [
-    "AtLeast",
-    "Boolean",
-    "Choice",
-    "Duration",
-    "Endpoint",
-    "GreaterThan",
-    "HandlerName",
-    "Integer",
-    "Nullable",
-    "OnlyWith",
-    "PeerName",
-    "PerStream",
-    "Size",
-    "StreamNames",
-    "Text",
-    "WorkerStreams",
-    "is_handler_name",
-]
 
 
 def is_handler_name(name: str) -> bool:
@@ -88,6 +68,32 @@ def _stream_name(document: Document, value: object, path: str) -> str:
     except CommandParseError as error:
         raise document.error(path, str(error)) from None
     return value
+
+
+def _with_unit(
+    document: Document, text: str, path: str, parse: Callable[[str], object], wanted: str
+) -> object:
+    """``parse(text)``, or an error saying the value must be ``wanted``."""
+    try:
+        return parse(text)
+    except ValueError:
+        raise document.error(path, f"must be {wanted}, got {text!r}") from None
+
+
+def _items(document: Document, value: object, path: str, wanted: str) -> Iterator[tuple[str, Any]]:
+    """Each item of the tuple ``value`` with its path (``streams[2]``); an error if ``value`` is
+    not a tuple."""
+    _instance(document, value, tuple, path, wanted)
+    assert isinstance(value, tuple)
+    for index, item in enumerate(value):
+        yield f"{path}[{index}]", item
+
+
+def _once(document: Document, seen: dict[str, str], stream: str, path: str) -> None:
+    """Record that ``stream`` is at ``path``; an error if ``seen`` already has it."""
+    if stream in seen:
+        raise document.error(path, f"duplicate stream {stream!r} (also {seen[stream]})")
+    seen[stream] = document.written(path)
 
 
 def _instance(document: Document, value: object, kind: type, path: str, wanted: str) -> None:
@@ -239,14 +245,8 @@ class Size(Integer):
 
     def load(self, loading: Loading, value: Any, path: str) -> Any:
         if isinstance(value, str):
-            try:
-                return parse_size(value)
-            except ValueError:
-                raise loading.document.error(
-                    path,
-                    f"must be a positive integer or a size like '64KiB', '8MiB', '1GiB', "
-                    f"got {value!r}",
-                ) from None
+            wanted = "a positive integer or a size like '64KiB', '8MiB', '1GiB'"
+            return _with_unit(loading.document, value, path, parse_size, wanted)
         return value
 
     def show(self, value: object) -> str:
@@ -266,14 +266,10 @@ class Duration(Kind):
 
     def load(self, loading: Loading, value: Any, path: str) -> Any:
         if isinstance(value, str):
-            try:
-                return parse_duration(value)
-            except ValueError:
-                raise loading.document.error(
-                    path,
-                    f"must be a positive number of seconds or a duration like '500ms', '5s', "
-                    f"'2m', '1h', '7d', got {value!r}",
-                ) from None
+            wanted = (
+                "a positive number of seconds or a duration like '500ms', '5s', '2m', '1h', '7d'"
+            )
+            return _with_unit(loading.document, value, path, parse_duration, wanted)
         if isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         return value
@@ -335,22 +331,13 @@ class StreamNames(Kind):
 
     def check(self, checking: Checking, value: object, path: str) -> None:
         document = checking.document
-        _instance(document, value, tuple, path, "a tuple of stream names")
-        assert isinstance(value, tuple)
-        first_index: dict[str, int] = {}
-        for index, stream in enumerate(value):
-            item = f"{path}[{index}]"
-            _stream_name(document, stream, item)
-            if stream in first_index:
-                raise document.error(
-                    item, f"duplicate stream {stream!r} (also {path}[{first_index[stream]}])"
-                )
-            first_index[stream] = index
+        seen: dict[str, str] = {}
+        for item, stream in _items(document, value, path, "a tuple of stream names"):
+            _once(document, seen, _stream_name(document, stream, item), item)
 
     def show(self, value: object) -> str:
         assert isinstance(value, tuple)
         return f"``[{', '.join(value)}]``"
-
 
 
 class WorkerStreams(Kind):
@@ -388,18 +375,11 @@ class WorkerStreams(Kind):
 
     def check(self, checking: Checking, value: object, path: str) -> None:
         document = checking.document
-        _instance(document, value, tuple, path, "a tuple of WorkerStream")
-        assert isinstance(value, tuple)
-        first_path: dict[str, str] = {}
-        for index, stream in enumerate(value):
-            item = f"{path}[{index}]"
+        seen: dict[str, str] = {}
+        for item, stream in _items(document, value, path, "a tuple of WorkerStream"):
             _instance(document, stream, WorkerStream, item, "a WorkerStream")
-            _stream_name(document, stream.name, item)
-            if stream.name in first_path:
-                raise document.error(
-                    item, f"duplicate stream {stream.name!r} (also {first_path[stream.name]})"
-                )
-            first_path[stream.name] = document.written(item)
+            assert isinstance(stream, WorkerStream)
+            _once(document, seen, _stream_name(document, stream.name, item), item)
             self.start.check(checking, stream.start, f"{item}.from")
 
     def show(self, value: object) -> str:
@@ -440,17 +420,18 @@ class PerStream(Kind):
             stream_path = f"{path}.{stream}"
             _stream_name(loading.document, stream, stream_path)
             options = loading.section(spec, stream_path, [key.name for key in items])
-            overrides[stream] = {
-                key.attrs[-1]: key.kind.load(loading, options[key.name], f"{stream_path}.{key.name}")
-                for key in items
-                if key.name in options
-            }
+            changes: dict[str, Any] = {}
+            for key in items:
+                if key.name in options:
+                    item = join(stream_path, key.name)
+                    changes[key.attrs[-1]] = key.kind.load(loading, options[key.name], item)
+            overrides[stream] = changes
         return overrides
 
     def finish(self, value: Any, config: Any) -> Any:
         base = getattr(config, self.base)
         return types.MappingProxyType(
-            {stream: _replace(base, changes) for stream, changes in value.items()}
+            {stream: dataclasses.replace(base, **changes) for stream, changes in value.items()}
         )
 
     def check(self, checking: Checking, value: object, path: str) -> None:
@@ -472,56 +453,57 @@ class PerStream(Kind):
                 )
             _instance(document, override, model, stream_path, f"a {model.__name__}")
             for key in items:
-                key.kind.check(checking, getattr(override, key.attrs[-1]), f"{stream_path}.{key.name}")
+                item = getattr(override, key.attrs[-1])
+                key.kind.check(checking, item, join(stream_path, key.name))
 
     def show(self, value: object) -> str:
         return "``{}``"
 
 
-def _replace(base: Any, changes: dict[str, Any]) -> Any:
-    return dataclasses.replace(base, **changes)
+class _Compared(Rule):
+    """The key's value compared with the ``other`` key's (both numbers, already checked)."""
+
+    #: How the rule reads: ``at least``.
+    wording: str
+
+    def __init__(self, other: str) -> None:
+        self.other = other
+
+    def fails(self, value: float, other: float) -> bool:
+        """Whether ``value`` breaks the rule against ``other``."""
+        raise NotImplementedError
+
+    def check(self, checking: Checking, key: Key, value: object) -> None:
+        other_key = checking.schema.key(self.other)
+        other = other_key.value_in(checking.config)
+        assert isinstance(value, int | float) and isinstance(other, int | float)
+        if self.fails(value, other):
+            raise checking.document.error(
+                key.path,
+                f"must be {self.wording} {self.other} ({other_key.kind.text(other)}), "
+                f"got {key.kind.text(value)}",
+            )
+
+    def describe(self) -> str:
+        return f"{self.wording} ``{self.other}``"
 
 
-class AtLeast(Rule):
+class AtLeast(_Compared):
     """The key's value is at least the ``other`` key's."""
 
-    def __init__(self, other: str) -> None:
-        self.other = other
+    wording = "at least"
 
-    def check(self, checking: Checking, key: Key, value: object) -> None:
-        other_key = checking.schema.key(self.other)
-        other = other_key.value_in(checking.config)
-        assert isinstance(value, int | float) and isinstance(other, int | float)
-        if value < other:
-            raise checking.document.error(
-                key.path,
-                f"must be at least {self.other} ({other_key.kind.text(other)}), "
-                f"got {key.kind.text(value)}",
-            )
-
-    def describe(self) -> str:
-        return f"at least ``{self.other}``"
+    def fails(self, value: float, other: float) -> bool:
+        return value < other
 
 
-class GreaterThan(Rule):
+class GreaterThan(_Compared):
     """The key's value is greater than the ``other`` key's."""
 
-    def __init__(self, other: str) -> None:
-        self.other = other
+    wording = "greater than"
 
-    def check(self, checking: Checking, key: Key, value: object) -> None:
-        other_key = checking.schema.key(self.other)
-        other = other_key.value_in(checking.config)
-        assert isinstance(value, int | float) and isinstance(other, int | float)
-        if value <= other:
-            raise checking.document.error(
-                key.path,
-                f"must be greater than {self.other} ({other_key.kind.text(other)}), "
-                f"got {key.kind.text(value)}",
-            )
-
-    def describe(self) -> str:
-        return f"greater than ``{self.other}``"
+    def fails(self, value: float, other: float) -> bool:
+        return value <= other
 
 
 class OnlyWith(Rule):

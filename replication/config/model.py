@@ -12,21 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
-__all__ = [
-    "KeepaliveConfig",
-    "LimitsConfig",
-    "MasterConfig",
-    "MiB",
-    "ReconnectConfig",
-    "RetentionConfig",
-    "StoreConfig",
-    "WorkerConfig",
-    "WorkerStream",
-    "with_overrides",
-]
-
 MiB: Final = 1024 * 1024
-
 
 
 @dataclass(frozen=True)

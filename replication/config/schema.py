@@ -29,21 +29,6 @@ from typing import Any, Generic, Literal, TypeVar
 from replication.config.document import Document, join
 from replication.config.units import describe
 
-__all__ = [
-    "AnyKey",
-    "Checking",
-    "Flag",
-    "Key",
-    "Kind",
-    "Loading",
-    "Rule",
-    "Schema",
-    "check",
-    "load",
-    "replace_at",
-    "unknown_key",
-]
-
 _Config = TypeVar("_Config")
 
 

@@ -33,19 +33,6 @@ from replication.config.kinds import (
 from replication.config.model import MasterConfig, MiB, WorkerConfig
 from replication.config.schema import Flag, Key, Schema
 
-__all__ = [
-    "MASTER",
-    "MAX_CATCHUP_PAGE_ROWS",
-    "MAX_CONNECTIONS",
-    "MAX_LINE_BYTES",
-    "MAX_PEER_LABELS",
-    "MIN_LINE_BYTES",
-    "STORE_TYPES",
-    "WORKER",
-    "WORKER_ONLY_KEYS",
-    "WORKER_STREAM_STARTS",
-]
-
 #: ``limits.max_line_bytes`` bounds, for master and worker alike.
 MIN_LINE_BYTES: Final = 1024
 MAX_LINE_BYTES: Final = 64 * MiB

@@ -13,8 +13,6 @@ from collections.abc import Mapping
 from fractions import Fraction
 from typing import Final
 
-__all__ = ["describe", "format_duration", "format_size", "parse_duration", "parse_size"]
-
 _NUMBER = r"(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
 _DURATION = re.compile(_NUMBER + r"\s*(?P<unit>ms|s|m|h|d)?")
 _SIZE = re.compile(_NUMBER + r"\s*(?P<unit>B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?")
@@ -91,7 +89,6 @@ def parse_size(value: object) -> int:
     if size <= 0:
         raise ValueError(f"a size must be greater than 0, got {value!r}")
     return int(size)
-
 
 
 def format_duration(seconds: float) -> str:
