@@ -6,7 +6,7 @@ attribute that holds it in the result (``limits.max_line_bytes``, or ``http_list
 ``http.listen``), its :class:`Kind` (type, bounds, how it is read and checked), its
 documentation, an optional :class:`Rule` relating it to an earlier key, and an optional
 command line :class:`Flag`. Defaults are not repeated here: they are the defaults of the result
-dataclass, read by :meth:`Key.default`.
+dataclass, read by :meth:`Schema.default_of`.
 
 From that one description come:
 

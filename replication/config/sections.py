@@ -182,16 +182,16 @@ MASTER: Final = Schema(
             rule=AtLeast("limits.max_line_bytes"),
         ),
         Key(
-            "limits.max_connections",
-            Integer(1, MAX_CONNECTIONS),
-            "Simultaneous worker connections; further connections are refused with an "
-            "``ERROR``.",
-        ),
-        Key(
             "limits.max_body_bytes",
             Size(),
             "The largest HTTP publish body.",
             rule=AtLeast("limits.max_line_bytes"),
+        ),
+        Key(
+            "limits.max_connections",
+            Integer(1, MAX_CONNECTIONS),
+            "Simultaneous worker connections; further connections are refused with an "
+            "``ERROR``.",
         ),
         Key(
             "limits.catchup_page_rows",
