@@ -22,7 +22,9 @@ from replication.config import (
     validate_worker,
     worker_config_from_text,
 )
-from replication.config.flags import apply_flags
+from replication.config.flags import add_flags, apply_flags
+from replication.config.kinds import StreamNames
+from replication.config.schema import Flag, Key, Schema
 
 # (flag, dest, metavar, help, choices, default, append) as the CLI had them before the schema.
 MASTER_FLAGS = [
@@ -183,3 +185,21 @@ def test_choices_are_enforced_by_argparse(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit):
         build_parser().parse_args(["worker", "--start", "middle"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_an_item_option_flag_needs_items_with_an_option() -> None:
+    """A flag with an item option on a list whose items have none is a schema mistake, refused
+    when the parser is built rather than ignored."""
+    schema = Schema(
+        MasterConfig,
+        (
+            Key(
+                "streams",
+                StreamNames(),
+                "x",
+                flag=Flag("--stream", "h", repeat="extend", item_option=Flag("--start", "h")),
+            ),
+        ),
+    )
+    with pytest.raises(TypeError, match="--start"):
+        add_flags(argparse.ArgumentParser(), schema)

@@ -37,8 +37,10 @@ def add_flags(parser: argparse.ArgumentParser, schema: Schema[Any]) -> None:
         if flag.repeat is not None:
             options["action"] = "append"
         parser.add_argument(flag.name, **options)
-        item_option = key.kind.item_option()
-        if flag.item_option is not None and item_option is not None:
+        if flag.item_option is not None:
+            item_option = key.kind.item_option()
+            if item_option is None:
+                raise TypeError(f"{key.path}: {flag.item_option.name} needs items with an option")
             option_choices, default = item_option
             parser.add_argument(
                 flag.item_option.name,
