@@ -10,7 +10,6 @@ SIGINT or SIGTERM. ``status`` reads a master's ``/status`` and prints it as tabl
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -22,16 +21,17 @@ from typing import Any
 
 from replication import __version__
 from replication.config import (
+    MASTER,
+    WORKER,
     ConfigError,
     MasterConfig,
-    WorkerConfig,
-    WorkerStream,
     detect_role,
     load_master_config,
     load_worker_config,
     validate_master,
     validate_worker,
 )
+from replication.config.flags import add_flags, apply_flags
 
 log = logging.getLogger("replication")
 
@@ -91,21 +91,7 @@ def _run_service(reactor: Any, service: Any) -> int:
 
 
 def cmd_master(args: argparse.Namespace) -> int:
-    config = load_master_config(args.config)
-    changes: dict[str, Any] = {}
-    if args.listen is not None:
-        changes["listen"] = args.listen
-    if args.http_listen is not None:
-        changes["http_listen"] = None if args.http_listen == "none" else args.http_listen
-    if args.server_name is not None:
-        changes["server_name"] = args.server_name
-    if args.stream:
-        changes["streams"] = tuple(dict.fromkeys(config.streams + tuple(args.stream)))
-    if args.store is not None:
-        changes["store"] = dataclasses.replace(config.store, type=args.store)
-    if args.data_dir is not None:
-        changes["data_dir"] = args.data_dir
-    config = validate_master(dataclasses.replace(config, **changes))
+    config = validate_master(apply_flags(MASTER, load_master_config(args.config), args))
 
     from twisted.internet import reactor
 
@@ -119,21 +105,7 @@ def cmd_master(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    config = load_worker_config(args.config)
-    changes: dict[str, Any] = {}
-    if args.master is not None:
-        changes["master"] = args.master
-    if args.name is not None:
-        changes["name"] = args.name
-    if args.stream:
-        changes["streams"] = tuple(WorkerStream(name, args.start) for name in args.stream)
-    if args.handler is not None:
-        changes["handler"] = args.handler
-    if args.position_file is not None:
-        changes["position_file"] = args.position_file
-    if args.metrics_listen is not None:
-        changes["metrics_listen"] = None if args.metrics_listen == "none" else args.metrics_listen
-    config = validate_worker(dataclasses.replace(config, **changes))
+    config = validate_worker(apply_flags(WORKER, load_worker_config(args.config), args))
     if not config.streams:
         raise CommandLineError("no streams to follow: give --stream NAME or `streams:` in the config")
 
@@ -343,27 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("master", help="run a master", description="Run a master. With no "
                        "configuration it serves workers on 127.0.0.1:9092 and HTTP on 127.0.0.1:9093.")
     p.add_argument("--config", "-c", metavar="FILE", help="YAML configuration file")
-    p.add_argument("--listen", metavar="ENDPOINT", help="Twisted endpoint for workers, e.g. tcp:9092:interface=127.0.0.1")
-    p.add_argument("--http-listen", metavar="ENDPOINT", help="Twisted endpoint for HTTP, or 'none'")
-    p.add_argument("--server-name", metavar="NAME", help="the name sent in SERVER")
-    p.add_argument("--stream", action="append", metavar="NAME", help="a stream to create at start (repeatable)")
-    p.add_argument("--store", choices=("memory", "sqlite"), help="where streams are kept")
-    p.add_argument("--data-dir", metavar="DIR", help="directory for the master's data")
+    add_flags(p, MASTER)  # --server-name, --listen, --http-listen, --data-dir, --stream, --store
     p.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
     p.set_defaults(func=cmd_master)
 
     p = sub.add_parser("worker", help="run a worker", description="Run a worker that follows "
                        "streams of a master and hands each token to a handler.")
     p.add_argument("--config", "-c", metavar="FILE", help="YAML configuration file")
-    p.add_argument("--master", metavar="ENDPOINT", help="Twisted client endpoint of the master, e.g. tcp:host=127.0.0.1:port=9092")
-    p.add_argument("--stream", action="append", metavar="NAME", help="a stream to follow (repeatable; replaces the config's list)")
-    p.add_argument("--start", choices=("earliest", "latest"), default="earliest",
-                   help="for --stream: where to begin a stream this worker never saw (default earliest)")
-    p.add_argument("--name", metavar="NAME", help="the name sent in NAME")
-    p.add_argument("--handler", metavar="MODULE:CALLABLE", help="handler called with (stream, token, rows)")
-    p.add_argument("--position-file", metavar="FILE", help="where positions are recorded")
-    p.add_argument("--metrics-listen", metavar="ENDPOINT",
-                   help="Twisted endpoint serving /metrics, e.g. tcp:9100:interface=127.0.0.1, or 'none'")
+    # --name, --master, --stream with --start, --handler, --position-file, --metrics-listen
+    add_flags(p, WORKER)
     p.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
     p.set_defaults(func=cmd_worker)
 

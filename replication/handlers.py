@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import importlib
 import json
-import re
 import sys
 from collections.abc import Callable
 from typing import IO, Any
 
-Handler = Callable[[str, int, list[Any]], Any]
+from replication.config.kinds import is_handler_name
 
-_NAME = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+Handler = Callable[[str, int, list[Any]], Any]
 
 
 class HandlerLoadError(Exception):
@@ -58,7 +57,7 @@ print_json = PrintJson()
 
 def load_handler(name: str) -> Handler:
     """Load ``package.module:attribute``; a class is instantiated without arguments."""
-    if not _NAME.fullmatch(name):
+    if not is_handler_name(name):
         raise HandlerLoadError(f"handler {name!r} must look like package.module:callable")
     module_name, _, attribute = name.partition(":")
     try:

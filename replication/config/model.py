@@ -1,0 +1,158 @@
+"""The result types of configuration: frozen dataclasses the master, the worker and the tests use.
+
+Their field defaults are the defaults of every configuration key (the schema in
+:mod:`replication.config.sections` reads them from here rather than repeating them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+MiB: Final = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class KeepaliveConfig:
+    """Keepalive timers of one connection, in seconds."""
+
+    #: Send ``PING`` after this many seconds without sending anything.
+    ping_interval: float = 5.0
+    #: Cut off a peer that has pinged once and then is silent this long; > ``ping_interval``.
+    ping_timeout: float = 25.0
+    #: Abort (instead of finishing) a graceful close that takes longer than this.
+    close_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """The master's resource limits (yaml ``limits:``)."""
+
+    #: Longest line either side may send, ``1024 ..= 64 MiB``.
+    max_line_bytes: int = 65536
+    #: Bytes buffered per connection before ``ERROR Failed to keep up``; >= ``max_line_bytes``.
+    max_buffer_bytes: int = 8 * MiB
+    #: Simultaneous worker connections, ``1 ..= 1_000_000``.
+    max_connections: int = 1000
+    #: Largest HTTP publish body; >= ``max_line_bytes``.
+    max_body_bytes: int = 16 * MiB
+    #: Rows read from the store per catch-up step, ``1 ..= 100_000``.
+    catchup_page_rows: int = 1000
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """How much history a stream keeps; ``None`` means unbounded."""
+
+    max_rows: int | None = 1_000_000
+    #: Seconds.
+    max_age: float | None = None
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where the master keeps its streams."""
+
+    #: ``"memory"`` or ``"sqlite"``.
+    type: str = "sqlite"
+    #: SQLite database file; only with ``type: sqlite``. ``None``: a default inside ``data_dir``.
+    path: str | None = None
+
+
+def _empty_retention_map() -> Mapping[str, RetentionConfig]:
+    return types.MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class MasterConfig:
+    """Everything ``replication master`` needs."""
+
+    server_name: str = "master"
+    #: Twisted server endpoint string for worker connections.
+    listen: str = "tcp:9092:interface=127.0.0.1"
+    #: yaml ``http: {listen: ...}``; ``None`` disables the HTTP admin server.
+    http_listen: str | None = "tcp:9093:interface=127.0.0.1"
+    data_dir: str = "./replication-data"
+    #: Streams declared up front.
+    streams: tuple[str, ...] = ()
+    #: When true, only the declared ``streams`` may be published to or followed.
+    strict_streams: bool = False
+    store: StoreConfig = StoreConfig()
+    #: The default retention of every stream.
+    retention: RetentionConfig = RetentionConfig()
+    #: Per-stream overrides (yaml ``retention.streams``), already merged with ``retention``.
+    #: Left out of ``hash()`` (a mapping is not hashable) but part of ``==``.
+    stream_retention: Mapping[str, RetentionConfig] = field(
+        default_factory=_empty_retention_map, hash=False
+    )
+    keepalive: KeepaliveConfig = KeepaliveConfig()
+    limits: LimitsConfig = LimitsConfig()
+    #: yaml ``metrics: {max_peer_labels: ...}``: distinct worker names used as metric label
+    #: values (and remembered in ``/status``); later names are reported as ``other``.
+    metrics_max_peer_labels: int = 100
+
+    def retention_for(self, stream: str) -> RetentionConfig:
+        """The retention of ``stream``: its override if it has one, else the default."""
+        return self.stream_retention.get(stream, self.retention)
+
+
+@dataclass(frozen=True)
+class WorkerStream:
+    """A stream a worker follows."""
+
+    name: str
+    #: ``"earliest"`` or ``"latest"``: where to begin when there is no recorded position.
+    start: str = "earliest"
+
+
+@dataclass(frozen=True)
+class ReconnectConfig:
+    """Backoff between a worker's connection attempts, in seconds."""
+
+    initial_delay: float = 0.5
+    #: >= ``initial_delay``.
+    max_delay: float = 30.0
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything ``replication worker`` needs."""
+
+    name: str = "worker"
+    #: Twisted client endpoint string of the master.
+    master: str = "tcp:host=127.0.0.1:port=9092"
+    streams: tuple[WorkerStream, ...] = ()
+    #: ``package.module:callable``; only its syntax is checked here, it is not imported.
+    handler: str = "replication.handlers:print_json"
+    #: ``None``: ``<name>.positions`` in the current directory.
+    position_file: str | None = None
+    #: yaml ``handler_retry: {max_delay: ...}``: longest wait between retries of a handler.
+    handler_retry_max_delay: float = 60.0
+    #: yaml ``limits: {max_line_bytes: ...}``.
+    max_line_bytes: int = 65536
+    keepalive: KeepaliveConfig = KeepaliveConfig()
+    reconnect: ReconnectConfig = ReconnectConfig()
+    #: yaml ``metrics: {listen: ...}``: Twisted server endpoint serving ``/metrics``;
+    #: ``None`` serves none.
+    metrics_listen: str | None = None
+
+    def resolved_position_file(self) -> str:
+        """The position file to use: ``position_file``, or ``<name>.positions``."""
+        if self.position_file is not None:
+            return self.position_file
+        return f"{self.name}.positions"
+
+
+_Config = TypeVar("_Config", MasterConfig, WorkerConfig)
+
+
+def with_overrides(config: _Config, **changes: Any) -> _Config:
+    """Return a copy of ``config`` with ``changes`` applied (:func:`dataclasses.replace`).
+
+    Nothing is checked: call :func:`validate_master` or :func:`validate_worker` on the result.
+    """
+    return dataclasses.replace(config, **changes)
+

@@ -1,0 +1,368 @@
+"""The master's and the worker's configuration keys, described once: :data:`MASTER` and
+:data:`WORKER`.
+
+Each :class:`~replication.config.schema.Key` gives a key's YAML path, kind and bounds, its
+reference text (docs/configuration.rst is generated from it, see
+:mod:`replication.config.docs`) and its command line flag, if it has one. Defaults are the
+result dataclasses' (:mod:`replication.config.model`). Keys are checked in this order, and a
+rule may only refer to an earlier key.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from replication.config.kinds import (
+    AtLeast,
+    Boolean,
+    Choice,
+    Duration,
+    Endpoint,
+    GreaterThan,
+    HandlerName,
+    Integer,
+    Nullable,
+    OnlyWith,
+    PeerName,
+    PerStream,
+    Size,
+    StreamNames,
+    Text,
+    WorkerStreams,
+)
+from replication.config.model import MasterConfig, MiB, WorkerConfig
+from replication.config.schema import Flag, Key, Schema
+
+#: ``limits.max_line_bytes`` bounds, for master and worker alike.
+MIN_LINE_BYTES: Final = 1024
+MAX_LINE_BYTES: Final = 64 * MiB
+MAX_CONNECTIONS: Final = 1_000_000
+MAX_CATCHUP_PAGE_ROWS: Final = 100_000
+#: ``metrics.max_peer_labels`` upper bound.
+MAX_PEER_LABELS: Final = 10_000
+
+STORE_TYPES: Final = ("memory", "sqlite")
+WORKER_STREAM_STARTS: Final = ("earliest", "latest")
+
+_LINE_BYTES: Final = Size(MIN_LINE_BYTES, MAX_LINE_BYTES)
+
+
+def _keepalive() -> tuple[Key, ...]:
+    """The keepalive keys, the same for master and worker."""
+    return (
+        Key(
+            "keepalive.ping_interval",
+            Duration(),
+            "Send ``PING`` after this long without sending anything.",
+        ),
+        Key(
+            "keepalive.ping_timeout",
+            Duration(),
+            "Cut off a peer that has pinged and then stays silent this long.",
+            rule=GreaterThan("keepalive.ping_interval"),
+        ),
+        Key(
+            "keepalive.close_timeout",
+            Duration(),
+            "A graceful close (after ``ERROR`` or at shutdown) that takes longer than this is "
+            "aborted.",
+        ),
+    )
+
+
+MASTER: Final = Schema(
+    MasterConfig,
+    (
+        Key(
+            "server_name",
+            PeerName("server_name"),
+            "The name the master sends in ``SERVER``; shown in worker logs and metrics. A "
+            "server or worker name (see above).",
+            flag=Flag("--server-name", "the name sent in SERVER", metavar="NAME"),
+        ),
+        Key(
+            "listen",
+            Endpoint(server=True),
+            "Where workers connect.",
+            flag=Flag(
+                "--listen",
+                "Twisted endpoint for workers, e.g. tcp:9092:interface=127.0.0.1",
+                metavar="ENDPOINT",
+            ),
+        ),
+        Key(
+            "http.listen",
+            Nullable(Endpoint(server=True)),
+            "The HTTP admin server (publish, status, health, metrics). ``null`` disables it; "
+            "``http:`` with no value keeps the default.",
+            attr="http_listen",
+            flag=Flag(
+                "--http-listen",
+                "Twisted endpoint for HTTP, or 'none'",
+                metavar="ENDPOINT",
+                null_word="none",
+            ),
+        ),
+        Key(
+            "data_dir",
+            Text(),
+            "Directory for the master's files, including the SQLite database when "
+            "``store.path`` is not set.",
+            flag=Flag("--data-dir", "directory for the master's data", metavar="DIR"),
+        ),
+        Key(
+            "streams",
+            StreamNames(),
+            "Streams that exist from the start. Each name must be valid and appear once.",
+            flag=Flag(
+                "--stream",
+                "a stream to create at start (repeatable)",
+                metavar="NAME",
+                repeat="extend",
+            ),
+        ),
+        Key(
+            "strict_streams",
+            Boolean(),
+            "When ``true``, only the streams listed in ``streams`` can be published to or "
+            "followed; other names are refused. When ``false``, a stream is created by its "
+            "first publish.",
+        ),
+        Key(
+            "store.type",
+            Choice(STORE_TYPES),
+            "``sqlite`` keeps streams in a database file (WAL mode, every publish committed "
+            "with ``synchronous=FULL`` before it is acknowledged), so they survive crashes and "
+            "restarts; ``memory`` keeps them in the process (fast, lost on restart: workers "
+            "that come back are sent ``RESET``).",
+            flag=Flag("--store", "where streams are kept"),
+        ),
+        Key(
+            "store.path",
+            Nullable(Text()),
+            "The SQLite database file; ``null`` means ``<data_dir>/streams.sqlite3``. The "
+            "master creates the directory. A file from a newer version, a file that is not a "
+            "database, a corrupt one or another application's database stops the master with "
+            "a message saying which; the file is never modified or deleted.",
+            rule=OnlyWith("store.type", "sqlite"),
+        ),
+        Key(
+            "retention.max_rows",
+            Nullable(Integer(1)),
+            "The newest rows kept per stream; ``null`` keeps every row.",
+        ),
+        Key(
+            "retention.max_age",
+            Nullable(Duration()),
+            "Rows older than this are dropped; ``null`` keeps rows of any age.",
+        ),
+        Key(
+            "retention.streams",
+            PerStream("retention", declared="streams", strict="strict_streams"),
+            "Per-stream overrides, each a mapping of ``max_rows`` and ``max_age``. A key left "
+            "out of an override is taken from the top-level ``retention``; a key set to "
+            "``null`` there means unbounded. A stream with no value (``events:``) uses the "
+            "top-level retention. With ``strict_streams: true`` every stream named here must "
+            "be in ``streams``.",
+            attr="stream_retention",
+        ),
+        *_keepalive(),
+        Key(
+            "limits.max_line_bytes",
+            _LINE_BYTES,
+            "The longest protocol line either side may send. Rows whose line would be longer "
+            "are refused at publish time.",
+        ),
+        Key(
+            "limits.max_buffer_bytes",
+            Size(),
+            "Bytes buffered for one worker connection before the master gives up on it with "
+            "``ERROR Failed to keep up`` and closes it; the worker then reconnects and catches "
+            "up from the store.",
+            rule=AtLeast("limits.max_line_bytes"),
+        ),
+        Key(
+            "limits.max_body_bytes",
+            Size(),
+            "The largest HTTP publish body.",
+            rule=AtLeast("limits.max_line_bytes"),
+        ),
+        Key(
+            "limits.max_connections",
+            Integer(1, MAX_CONNECTIONS),
+            "Simultaneous worker connections; further connections are refused with an "
+            "``ERROR``.",
+        ),
+        Key(
+            "limits.catchup_page_rows",
+            Integer(1, MAX_CATCHUP_PAGE_ROWS),
+            "Rows read from the store per catch-up step for a worker that is behind.",
+        ),
+        Key(
+            "metrics.max_peer_labels",
+            Integer(0, MAX_PEER_LABELS),
+            "How many distinct worker names the master uses as the ``peer`` label of its "
+            "metrics and remembers in ``GET /status`` (connects, last disconnect). The first "
+            "names seen keep their own label for the life of the process; later names are "
+            "counted as ``other``, so a fleet that renames workers (or a client that invents "
+            "names) cannot grow the metrics without bound. The master serves ``/metrics`` on "
+            "its HTTP listener (``http.listen``); see `operations.rst <operations.rst>`_.",
+            attr="metrics_max_peer_labels",
+        ),
+    ),
+)
+
+_WORKER_STREAMS_DOC: Final = """\
+Either a list of stream names, each followed from ``earliest``::
+
+    streams: [events, presence]
+
+or a mapping of stream name to options, where a stream with no value takes the defaults::
+
+    streams:
+      events:
+      presence: {from: latest}
+
+``streams.<name>.from``
+    ``earliest`` (default) or ``latest``: where to begin when the worker has no recorded
+    position for the stream. ``earliest`` replays all retained history; ``latest`` starts
+    with the next row published. Once a position is recorded, the worker always resumes
+    from it.
+
+Each stream may appear once. ``--stream`` replaces the file's list; ``--start`` gives the
+``from`` of the streams it names."""
+
+_POSITION_FILE_DOC: Final = """\
+The file where the worker records the last token it handled for each stream. ``null``
+means ``<name>.positions`` in the current directory. It is a journal of
+``<stream> <token>`` lines after a header line, in a file preallocated to 4 MiB (the unused
+end is NUL bytes) and mapped into the worker's memory: recording a handled token copies one
+line into the mapping, without a system call.
+
+* If the worker process dies at any moment (even ``kill -9``), every position recorded
+  before is kept (the mapped pages belong to the operating system, not the process), so
+  at most the token being handled is handled again.
+* The file is flushed to the disk every second (and when the worker stops), so a power
+  cut or an operating system crash loses at most about the last second of positions;
+  those tokens are handled again. A line cut short, or anything after a run of NUL
+  bytes (pages not written back in time), is ignored when the file is read.
+* When the file is full it is rewritten with one line per stream, through a temporary
+  file (``<position_file>.tmp``), fsync and rename, so the file on disk is always
+  complete; it is also rewritten this way each time the worker starts. Its size doubles
+  if the streams' positions alone would fill more than half of it.
+* A file that is not a position file, or has a damaged line, stops the worker with a
+  message naming it; it is never overwritten or deleted. Files of the older format
+  (``# replication positions v1``) are read and converted.
+* One worker per file: while it runs, the worker holds a lock on
+  ``<position_file>.lock`` (which holds its process id). A second worker given the same
+  file stops at once with a message naming the first one's process id. The lock goes
+  with the process, so a worker restarted after a crash is not held up.
+
+The space is reserved when the file is created, so a full disk shows up as an error
+naming the file when it is created or rewritten, not as a crash while recording a
+position. Do not edit, truncate or replace the file while the worker runs; stop the
+worker first."""
+
+WORKER: Final = Schema(
+    WorkerConfig,
+    (
+        Key(
+            "name",
+            PeerName("name"),
+            "The name the worker sends in ``NAME``; used in the master's logs and metrics and "
+            "in the default position file name. A server or worker name (see above).",
+            flag=Flag("--name", "the name sent in NAME", metavar="NAME"),
+        ),
+        Key(
+            "master",
+            Endpoint(server=False),
+            "The master to follow.",
+            flag=Flag(
+                "--master",
+                "Twisted client endpoint of the master, e.g. tcp:host=127.0.0.1:port=9092",
+                metavar="ENDPOINT",
+            ),
+        ),
+        Key(
+            "streams",
+            WorkerStreams(Choice(WORKER_STREAM_STARTS, either=True)),
+            _WORKER_STREAMS_DOC,
+            flag=Flag(
+                "--stream",
+                "a stream to follow (repeatable; replaces the config's list)",
+                metavar="NAME",
+                repeat="replace",
+                item_option=Flag(
+                    "--start",
+                    "for --stream: where to begin a stream this worker never saw "
+                    "(default earliest)",
+                ),
+            ),
+        ),
+        Key(
+            "handler",
+            HandlerName(),
+            "The function called with each token's rows, written ``package.module:callable``: "
+            "dotted Python identifiers either side of the colon (the part after ``:`` may be "
+            "dotted, e.g. ``myapp.sync:Syncer.handle``). Only the syntax is checked when the "
+            "file is read; the module is imported when the worker starts.",
+            flag=Flag(
+                "--handler",
+                "handler called with (stream, token, rows)",
+                metavar="MODULE:CALLABLE",
+            ),
+        ),
+        Key(
+            "position_file",
+            Nullable(Text()),
+            _POSITION_FILE_DOC,
+            flag=Flag("--position-file", "where positions are recorded", metavar="FILE"),
+        ),
+        Key(
+            "handler_retry.max_delay",
+            Duration(),
+            "A handler that fails is retried with a doubling delay, at most this long; the "
+            "stream does not move on until the handler succeeds.",
+            attr="handler_retry_max_delay",
+        ),
+        Key(
+            "limits.max_line_bytes",
+            _LINE_BYTES,
+            "The longest line accepted from the master; it should be at least the master's "
+            "``limits.max_line_bytes``. This is the only key of a worker's ``limits``.",
+            attr="max_line_bytes",
+        ),
+        *_keepalive(),
+        Key(
+            "reconnect.initial_delay",
+            Duration(),
+            "The wait before the first reconnection attempt after a connection is lost or "
+            "refused.",
+        ),
+        Key(
+            "reconnect.max_delay",
+            Duration(),
+            "The longest wait between attempts; the delay grows from ``initial_delay`` up to "
+            "this.",
+            rule=AtLeast("reconnect.initial_delay"),
+        ),
+        Key(
+            "metrics.listen",
+            Nullable(Endpoint(server=True)),
+            "Where the worker serves its Prometheus metrics at ``/metrics`` (for instance "
+            "``tcp:9100:interface=127.0.0.1``); ``null`` serves none. See `operations.rst "
+            "<operations.rst>`_ for the metrics.",
+            attr="metrics_listen",
+            flag=Flag(
+                "--metrics-listen",
+                "Twisted endpoint serving /metrics, e.g. tcp:9100:interface=127.0.0.1, "
+                "or 'none'",
+                metavar="ENDPOINT",
+                null_word="none",
+            ),
+        ),
+    ),
+)
+
+#: Top-level keys that only a worker file has; ``detect_role`` looks for them.
+WORKER_ONLY_KEYS: Final = frozenset(WORKER.children("")) - frozenset(MASTER.children(""))
