@@ -42,11 +42,11 @@ from replication.commands import (
     json_loader,
 )
 from replication.config import WorkerConfig
-from replication.handlers import Handler
 from replication.metrics import WorkerMetrics
-from replication.positions import PositionFile
 from replication.protocol import ReplicationProtocol
 from replication.streams import AssemblyError, TokenAssembler
+from replication.worker.handlers import Handler
+from replication.worker.positions import PositionFile
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,33 @@
+"""The worker: follows streams of a master and hands each token to a handler, once, in order.
+
+The package's modules:
+
+* :mod:`replication.worker.connection`: :class:`Worker` (what outlives a connection) and
+  :class:`WorkerConnection` (one connection to the master), :func:`worker_service`.
+* :mod:`replication.worker.positions`: the position file.
+* :mod:`replication.worker.handlers`: what a handler is, the default one, and loading one
+  named in the configuration.
+
+The names below are the package's public interface (``from replication.worker import
+Worker``).
+"""
+
+from replication.worker.connection import (
+    FIRST_RETRY_DELAY,
+    POSITION_SYNC_INTERVAL,
+    Worker,
+    WorkerConnection,
+    WorkerFactory,
+    WorkerService,
+    worker_service,
+)
+
+__all__ = [
+    "FIRST_RETRY_DELAY",
+    "POSITION_SYNC_INTERVAL",
+    "Worker",
+    "WorkerConnection",
+    "WorkerFactory",
+    "WorkerService",
+    "worker_service",
+]
