@@ -2,8 +2,10 @@
 
 The package's modules:
 
-* :mod:`replication.worker.connection`: :class:`Worker` (what outlives a connection) and
-  :class:`WorkerConnection` (one connection to the master), :func:`worker_service`.
+* :mod:`replication.worker.service`: :class:`Worker` (what outlives a connection) and
+  :func:`worker_service`.
+* :mod:`replication.worker.connection`: :class:`WorkerConnection` (one connection to the
+  master).
 * :mod:`replication.worker.positions`: the position file.
 * :mod:`replication.worker.handlers`: what a handler is, the default one, and loading one
   named in the configuration.
@@ -14,10 +16,12 @@ Worker``).
 
 from replication.worker.connection import (
     FIRST_RETRY_DELAY,
-    POSITION_SYNC_INTERVAL,
-    Worker,
     WorkerConnection,
     WorkerFactory,
+)
+from replication.worker.service import (
+    POSITION_SYNC_INTERVAL,
+    Worker,
     WorkerService,
     worker_service,
 )

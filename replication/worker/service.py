@@ -1,0 +1,149 @@
+"""The worker's lasting state and its service.
+
+:class:`Worker` holds what outlives a connection: the configuration, the handler and the
+position file. :func:`worker_service` keeps it connected to its master (Twisted's
+``ClientService``) and syncs its positions to disk every second.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+
+from replication.commands import CommandRegistry, ReplicateCommand, default_registry
+from replication.config import WorkerConfig
+from replication.metrics import WorkerMetrics
+from replication.worker.connection import WorkerConnection, WorkerFactory
+from replication.worker.handlers import Handler
+from replication.worker.positions import PositionFile
+
+
+class Worker:
+    """A worker's lasting state: configuration, handler, positions.
+
+    :param config: the worker's configuration.
+    :param handler: called as ``handler(stream, token, rows)``; see :mod:`replication.handlers`.
+    :param positions: where handled positions are recorded.
+    :param clock: time for keepalive and handler retries.
+    :param registry: the commands connections understand.
+    :param metrics: where this worker's metrics are collected (built by the entry point
+        around its registry); ``None``: a private registry (``worker.metrics.registry``).
+    """
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        handler: Handler,
+        positions: PositionFile,
+        clock: IReactorTime,
+        *,
+        registry: CommandRegistry | None = None,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self.config = config
+        self.handler = handler
+        self.positions = positions
+        self.clock = clock
+        self.registry = registry if registry is not None else default_registry()
+        self.streams = {s.name: s for s in config.streams}
+        #: The newest head the master has shown, per stream (from RDATA and POSITION).
+        self.heads: dict[str, int] = {}
+        self.connection: WorkerConnection | None = None
+        self._in_flight = 0
+        self._idle_waiters: list[Callable[[], None]] = []
+        self.metrics = metrics if metrics is not None else WorkerMetrics()
+        self.metrics.bind(self)
+
+    @property
+    def busy(self) -> bool:
+        """True while a handler call that returned an awaitable has not finished, even if
+        the connection it came from is gone."""
+        return self._in_flight > 0
+
+    def handler_started(self) -> None:
+        self._in_flight += 1
+
+    def handler_finished(self) -> None:
+        self._in_flight -= 1
+        if not self._in_flight:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter()
+
+    def when_idle(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once no handler call is in flight."""
+        if self._in_flight:
+            self._idle_waiters.append(callback)
+        else:
+            callback()
+
+    def factory(self) -> Factory:
+        return WorkerFactory(self)
+
+    def replicate_commands(self) -> list[ReplicateCommand]:
+        """The ``REPLICATE`` lines a new connection sends, one per configured stream."""
+        commands = []
+        for stream in self.config.streams:
+            position = self.positions.get(stream.name)
+            if position is None:
+                position = 0 if stream.start == "earliest" else None
+            commands.append(ReplicateCommand(stream.name, position))
+        return commands
+
+    def lag(self, stream: str) -> int | None:
+        """Tokens between this worker's position and the master's last known head."""
+        head = self.heads.get(stream)
+        position = self.positions.get(stream)
+        if head is None or position is None:
+            return None
+        return max(head - position, 0)
+
+
+
+#: Seconds between fsyncs of the position file. Each handled token is appended to the file
+#: at once (safe if the process dies); only a power cut can lose up to this much, which is
+#: then handled again. An fsync can take milliseconds, so it is kept off the per-read path.
+POSITION_SYNC_INTERVAL = 1.0
+
+
+class WorkerService(ClientService):
+    """``ClientService`` that also flushes the worker's positions to disk every
+    :data:`POSITION_SYNC_INTERVAL` seconds, and once more when it stops."""
+
+    def __init__(self, worker: Worker, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.worker = worker
+        self._sync = LoopingCall(worker.positions.sync)
+        self._sync.clock = kwargs["clock"]
+
+    def startService(self) -> None:
+        super().startService()
+        self._sync.start(POSITION_SYNC_INTERVAL, now=False)
+
+    def stopService(self) -> Deferred[None]:
+        if self._sync.running:
+            self._sync.stop()
+        d: Deferred[None] = super().stopService()
+        d.addBoth(lambda result: (self.worker.positions.sync(), result)[1])
+        return d
+
+
+def worker_service(worker: Worker, endpoint: IStreamClientEndpoint, clock: IReactorTime) -> ClientService:
+    """A service that keeps ``worker`` connected to its master, reconnecting with
+    exponential backoff and jitter between ``reconnect.initial_delay`` and
+    ``reconnect.max_delay``, and syncing its position file to disk every second."""
+    reconnect = worker.config.reconnect
+    policy = backoffPolicy(
+        initialDelay=reconnect.initial_delay,
+        maxDelay=reconnect.max_delay,
+        factor=2.0,
+        jitter=lambda: random.uniform(0, reconnect.initial_delay),
+    )
+    return WorkerService(worker, endpoint, worker.factory(), retryPolicy=policy, clock=clock)
