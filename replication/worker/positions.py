@@ -1,4 +1,15 @@
-"""The worker's position file: the last token it handled, per stream, kept on disk.
+"""Where a worker records the last token it handled, per stream: the :class:`Positions`
+interface, its in-memory implementation :class:`MemoryPositions`, and the position file
+:class:`PositionFile`, which keeps them on disk.
+
+Positions are keyed by stream and origin (the master that accepted the token). Today a
+worker follows one master and every position belongs to the local origin: ``origin=None``,
+the default of every method. The position file's format holds local positions only (a
+position of any other origin is refused with :class:`OriginError`); the in-memory positions
+keep any origin, and a cluster change extends the file format the same way.
+
+The position file
+-----------------
 
 The file is a journal of text lines followed by NUL bytes up to its preallocated size::
 
@@ -53,8 +64,8 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
-from collections.abc import Mapping
-from typing import BinaryIO
+from collections.abc import Callable, Mapping
+from typing import BinaryIO, Protocol
 
 HEADER = b"# replication positions v2\n"
 HEADER_V1 = b"# replication positions v1\n"
@@ -63,8 +74,83 @@ HEADER_V1 = b"# replication positions v1\n"
 DEFAULT_CAPACITY = 4 * 1024 * 1024
 
 
-class PositionFileError(Exception):
+#: The origin of a position recorded without one: the master this worker follows.
+LOCAL_ORIGIN = None
+
+
+class PositionsError(Exception):
+    """Positions cannot be read or recorded (closed, or the storage failed)."""
+
+
+class PositionFileError(PositionsError):
     """The position file cannot be read or written; the message names the path."""
+
+
+class OriginError(PositionsError, ValueError):
+    """A position of an origin that these positions cannot keep."""
+
+
+class Positions(Protocol):
+    """The last token handled per stream (and origin), as the worker's token runner records
+    them: :meth:`set` is on the per-token path and must be cheap; :meth:`sync` makes what
+    was recorded durable and is called about once a second; after :meth:`close`, :meth:`set`
+    raises :class:`PositionsError`.
+
+    ``origin`` is the master that accepted the token; ``None`` (:data:`LOCAL_ORIGIN`, the
+    default) is the master this worker follows, today the only one.
+    """
+
+    def get(self, stream: str, origin: str | None = LOCAL_ORIGIN) -> int | None:
+        """The last token handled on ``stream``, or ``None`` if the worker never saw it."""
+        ...
+
+    def set(self, stream: str, token: int, origin: str | None = LOCAL_ORIGIN) -> None:
+        """Record ``token`` as handled on ``stream`` (lower than before after a reset)."""
+        ...
+
+    def sync(self) -> None:
+        """Make the positions recorded so far durable."""
+        ...
+
+    def close(self) -> None:
+        """Release what the positions hold; later calls do nothing."""
+        ...
+
+
+class MemoryPositions:
+    """:class:`Positions` kept in memory only, for tests and for workers whose handler
+    keeps its own positions: lost when the process ends.
+
+    :param initial: local positions to start from, by stream.
+    """
+
+    def __init__(self, initial: Mapping[str, int] | None = None) -> None:
+        self._positions: dict[str, int] = dict(initial or {})
+        self._origins: dict[tuple[str, str], int] = {}
+        self._closed = False
+
+    def get(self, stream: str, origin: str | None = LOCAL_ORIGIN) -> int | None:
+        if origin is None:
+            return self._positions.get(stream)
+        return self._origins.get((stream, origin))
+
+    def set(self, stream: str, token: int, origin: str | None = LOCAL_ORIGIN) -> None:
+        if self._closed:
+            raise PositionsError("positions are closed")
+        if origin is None:
+            self._positions[stream] = token
+        else:
+            self._origins[(stream, origin)] = token
+
+    def all(self) -> Mapping[str, int]:
+        """The local positions, by stream."""
+        return dict(self._positions)
+
+    def sync(self) -> None:
+        """Nothing to make durable."""
+
+    def close(self) -> None:
+        self._closed = True
 
 
 def _preallocate(fd: int, size: int) -> None:
@@ -79,7 +165,8 @@ def _preallocate(fd: int, size: int) -> None:
 
 
 class PositionFile:
-    """Positions of one worker, loaded at start and recorded on every change.
+    """:class:`Positions` of one worker in a file, loaded at start and recorded on every
+    change; local positions only (the file format has no origin).
 
     :param path: the file; its directory is created if missing.
     :param fsync: make :meth:`sync` flush to the disk (survives power loss). Off, positions
@@ -95,7 +182,7 @@ class PositionFile:
         self.capacity = max(int(capacity), 1)
         self._positions: dict[str, int] = {}
         self._mm: mmap.mmap | None = None
-        self._write = self._closed_write
+        self._write: Callable[[bytes], int] = self._closed_write
         self._synced = 0  # the offset in the mapping up to which it was last flushed
         self._lock_file: BinaryIO | None = None
         self._lock()
@@ -172,16 +259,21 @@ class PositionFile:
         # Always start from a fresh compact file: drops a torn line, converts v1.
         self._compact()
 
-    def get(self, stream: str) -> int | None:
+    def get(self, stream: str, origin: str | None = LOCAL_ORIGIN) -> int | None:
         """The last token handled on ``stream``, or ``None`` if the worker never saw it."""
+        if origin is not None:
+            raise self._origin_error(origin)
         return self._positions.get(stream)
 
     def all(self) -> Mapping[str, int]:
+        """The positions, by stream."""
         return dict(self._positions)
 
-    def set(self, stream: str, token: int) -> None:
+    def set(self, stream: str, token: int, origin: str | None = LOCAL_ORIGIN) -> None:
         """Record ``token`` as handled on ``stream``: one line copied into the mapped file
         (no system call), or a compaction when the file is full."""
+        if origin is not None:
+            raise self._origin_error(origin)
         line = f"{stream} {token}\n".encode()
         self._positions[stream] = token
         try:
@@ -194,6 +286,12 @@ class PositionFile:
             raise PositionFileError(f"position file {self.path} is closed")
         # The positions (with the one just set) go to a new compact file.
         self._compact()
+
+    def _origin_error(self, origin: str) -> OriginError:
+        return OriginError(
+            f"position file {self.path} keeps positions of the local origin only, not of "
+            f"{origin!r}"
+        )
 
     def _closed_write(self, data: bytes) -> int:
         raise ValueError("closed")

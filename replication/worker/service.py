@@ -22,7 +22,7 @@ from replication.config import WorkerConfig
 from replication.metrics import WorkerMetrics
 from replication.worker.connection import WorkerConnection, WorkerFactory
 from replication.worker.handlers import Handler
-from replication.worker.positions import PositionFile
+from replication.worker.positions import Positions
 
 
 class Worker:
@@ -41,7 +41,7 @@ class Worker:
         self,
         config: WorkerConfig,
         handler: Handler,
-        positions: PositionFile,
+        positions: Positions,
         clock: IReactorTime,
         *,
         registry: CommandRegistry | None = None,
