@@ -5,7 +5,9 @@ The package's modules:
 * :mod:`replication.worker.service`: :class:`Worker` (what outlives a connection) and
   :func:`worker_service`.
 * :mod:`replication.worker.connection`: :class:`WorkerConnection` (one connection to the
-  master).
+  master: parses and assembles tokens).
+* :mod:`replication.worker.runner`: :class:`TokenRunner` (complete tokens in: handler calls,
+  retries, positions recorded; outlives connections).
 * :mod:`replication.worker.positions`: the position file.
 * :mod:`replication.worker.handlers`: what a handler is, the default one, and loading one
   named in the configuration.
@@ -14,11 +16,8 @@ The names below are the package's public interface (``from replication.worker im
 Worker``).
 """
 
-from replication.worker.connection import (
-    FIRST_RETRY_DELAY,
-    WorkerConnection,
-    WorkerFactory,
-)
+from replication.worker.connection import WorkerConnection, WorkerFactory
+from replication.worker.runner import FIRST_RETRY_DELAY, InputGate, TokenRunner
 from replication.worker.service import (
     POSITION_SYNC_INTERVAL,
     Worker,
@@ -29,6 +28,8 @@ from replication.worker.service import (
 __all__ = [
     "FIRST_RETRY_DELAY",
     "POSITION_SYNC_INTERVAL",
+    "InputGate",
+    "TokenRunner",
     "Worker",
     "WorkerConnection",
     "WorkerFactory",

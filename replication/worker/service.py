@@ -1,7 +1,7 @@
 """The worker's lasting state and its service.
 
-:class:`Worker` holds what outlives a connection: the configuration, the handler and the
-position file. :func:`worker_service` keeps it connected to its master (Twisted's
+:class:`Worker` holds what outlives a connection: the configuration, the metrics and the
+:class:`~replication.worker.runner.TokenRunner` (handler, positions, retries). :func:`worker_service` keeps it connected to its master (Twisted's
 ``ClientService``) and syncs its positions to disk every second.
 """
 
@@ -23,13 +23,16 @@ from replication.metrics import WorkerMetrics
 from replication.worker.connection import WorkerConnection, WorkerFactory
 from replication.worker.handlers import Handler
 from replication.worker.positions import Positions
+from replication.worker.runner import TokenRunner
 
 
 class Worker:
-    """A worker's lasting state: configuration, handler, positions.
+    """A worker's lasting state: configuration, metrics, the token runner (with the handler
+    and the positions) and the current connection.
 
     :param config: the worker's configuration.
-    :param handler: called as ``handler(stream, token, rows)``; see :mod:`replication.handlers`.
+    :param handler: called as ``handler(stream, token, rows)``; see
+        :mod:`replication.worker.handlers`.
     :param positions: where handled positions are recorded.
     :param clock: time for keepalive and handler retries.
     :param registry: the commands connections understand.
@@ -48,41 +51,39 @@ class Worker:
         metrics: WorkerMetrics | None = None,
     ) -> None:
         self.config = config
-        self.handler = handler
-        self.positions = positions
         self.clock = clock
         self.registry = registry if registry is not None else default_registry()
         self.streams = {s.name: s for s in config.streams}
-        #: The newest head the master has shown, per stream (from RDATA and POSITION).
-        self.heads: dict[str, int] = {}
         self.connection: WorkerConnection | None = None
-        self._in_flight = 0
-        self._idle_waiters: list[Callable[[], None]] = []
         self.metrics = metrics if metrics is not None else WorkerMetrics()
+        self.runner = TokenRunner(
+            handler, positions, clock, self.metrics,
+            max_retry_delay=config.handler_retry_max_delay,
+        )
         self.metrics.bind(self)
+
+    @property
+    def handler(self) -> Handler:
+        return self.runner.handler
+
+    @property
+    def positions(self) -> Positions:
+        return self.runner.positions
+
+    @property
+    def heads(self) -> dict[str, int]:
+        """The newest head the master has shown, per stream (from RDATA and POSITION)."""
+        return self.runner.heads
 
     @property
     def busy(self) -> bool:
         """True while a handler call that returned an awaitable has not finished, even if
         the connection it came from is gone."""
-        return self._in_flight > 0
-
-    def handler_started(self) -> None:
-        self._in_flight += 1
-
-    def handler_finished(self) -> None:
-        self._in_flight -= 1
-        if not self._in_flight:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                waiter()
+        return self.runner.busy
 
     def when_idle(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once no handler call is in flight."""
-        if self._in_flight:
-            self._idle_waiters.append(callback)
-        else:
-            callback()
+        self.runner.when_idle(callback)
 
     def factory(self) -> Factory:
         return WorkerFactory(self)
@@ -99,12 +100,7 @@ class Worker:
 
     def lag(self, stream: str) -> int | None:
         """Tokens between this worker's position and the master's last known head."""
-        head = self.heads.get(stream)
-        position = self.positions.get(stream)
-        if head is None or position is None:
-            return None
-        return max(head - position, 0)
-
+        return self.runner.lag(stream)
 
 
 #: Seconds between fsyncs of the position file. Each handled token is appended to the file
