@@ -165,7 +165,7 @@ class WorkerConnection(ReplicationProtocol):
                                 try:
                                     result = handler(stream, token, rows)
                                 except Exception:  # noqa: BLE001  (any handler error is retried)
-                                    result = Failure()
+                                    result = Failure()  # type: ignore[no-untyped-call]
                                 if result is None:
                                     positions.set(stream, token)
                                     handler_done(stream, seconds() - started)
@@ -224,5 +224,5 @@ class WorkerFactory(Factory):
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
 
-    def buildProtocol(self, addr: IAddress) -> WorkerConnection:
+    def buildProtocol(self, addr: IAddress | None) -> WorkerConnection:
         return WorkerConnection(self.worker)

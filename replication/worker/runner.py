@@ -179,7 +179,7 @@ class TokenRunner:
         try:
             result = handler(stream, token, rows)
         except Exception:  # noqa: BLE001  (any handler error is retried)
-            result = Failure()
+            result = Failure()  # type: ignore[no-untyped-call]
         if result is None:
             positions.set(stream, token)
             self.metrics.handler_done(stream, seconds() - started)
@@ -244,7 +244,8 @@ class TokenRunner:
             try:
                 result = call()
             except Exception:  # noqa: BLE001  (any handler error is retried)
-                self._failed(Failure(), call, stream, position, what, force, epoch)
+                failure = Failure()  # type: ignore[no-untyped-call]
+                self._failed(failure, call, stream, position, what, force, epoch)
                 return
         elif isinstance(first_result, Failure):
             self._failed(first_result, call, stream, position, what, force, epoch)
