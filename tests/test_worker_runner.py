@@ -202,16 +202,22 @@ def test_a_lost_connection_drops_a_waiting_retry() -> None:
     assert clock.getDelayedCalls()[0].getTime() == clock.seconds() + FIRST_RETRY_DELAY
 
 
-def test_a_pending_call_outlives_its_connection() -> None:
-    """A call pending when its connection is lost goes on: the next connection's input is
-    held until it ends, its position is then recorded, and the next connection is
-    released."""
-    runner, handler, positions, _, gate = make()
+def pending_then_reconnected() -> tuple[TokenRunner, Handler, MemoryPositions, Clock, Gate, Gate]:
+    """Token 1's call pending, its connection lost, and a second connection attached."""
+    runner, handler, positions, clock, gate = make()
     handler.pending.add(1)
     runner.submit("events", 1, [1])
     runner.detach(gate)
     second = Gate()
     runner.attach(second)
+    return runner, handler, positions, clock, gate, second
+
+
+def test_a_pending_call_outlives_its_connection() -> None:
+    """A call pending when its connection is lost goes on: the next connection's input is
+    held until it ends, its position is then recorded, and the next connection is
+    released."""
+    runner, handler, positions, _, gate, second = pending_then_reconnected()
     assert second.held and runner.busy and not runner.blocked
     handler.deferreds[0].callback(None)
     assert positions.get("events") == 1
@@ -222,12 +228,7 @@ def test_a_pending_call_outlives_its_connection() -> None:
 def test_a_pending_call_that_fails_after_its_connection_is_lost_is_not_retried() -> None:
     """A call from a lost connection that then fails is not retried (its token comes again
     from the master after the recorded position); the next connection is released."""
-    runner, handler, positions, clock, gate = make()
-    handler.pending.add(1)
-    runner.submit("events", 1, [1])
-    runner.detach(gate)
-    second = Gate()
-    runner.attach(second)
+    runner, handler, positions, clock, _, second = pending_then_reconnected()
     handler.deferreds[0].errback(RuntimeError("boom"))
     assert clock.getDelayedCalls() == []
     assert positions.get("events") is None
