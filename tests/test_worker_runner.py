@@ -302,3 +302,41 @@ def test_lag_is_head_minus_position() -> None:
     runner.caught_up("events", 5)
     runner.heads["events"] = 9
     assert runner.lag("events") == 4
+
+
+def test_a_worker_with_positions_in_memory_follows_a_master() -> None:
+    """A Worker given MemoryPositions follows a real master over a MemoryPipe: every token
+    once, in order, its position recorded in memory; after a reconnect, only the new token
+    is handled."""
+    from replication.config import MasterConfig, WorkerConfig, WorkerStream
+    from replication.master import Master, MasterConnection
+    from replication.store.memory import MemoryStore
+    from replication.testing import MemoryPipe
+    from replication.worker import Worker, WorkerConnection
+
+    clock = Clock()
+    master = Master(MasterConfig(), MemoryStore(), clock)
+    for token in (1, 2, 3):
+        master.publish("events", [token, token * 10])
+    seen: list[tuple[int, list[Any]]] = []
+    positions = MemoryPositions()
+    worker = Worker(
+        WorkerConfig(name="w", streams=(WorkerStream("events"),)),
+        lambda stream, token, rows: seen.append((token, rows)), positions, clock,
+    )
+
+    def follow() -> MemoryPipe:
+        pipe = MemoryPipe(MasterConnection(master), WorkerConnection(worker))
+        for _ in range(100):
+            clock.advance(0)
+            if not pipe.pump():
+                break
+        return pipe
+
+    follow().disconnect()
+    assert seen == [(1, [1, 10]), (2, [2, 20]), (3, [3, 30])]
+    assert positions.get("events") == 3
+    master.publish("events", [4])
+    follow()
+    assert [token for token, _ in seen] == [1, 2, 3, 4]
+    assert positions.get("events") == 4
