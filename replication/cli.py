@@ -111,48 +111,36 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from prometheus_client import CollectorRegistry
     from twisted.internet import reactor
-    from twisted.internet.endpoints import clientFromString
-    from twisted.web.server import Site
+    from twisted.internet.endpoints import clientFromString, serverFromString
 
-    from replication.admin import metrics_resource
-    from replication.handlers import HandlerLoadError, load_handler
     from replication.metrics import WorkerMetrics
-    from replication.positions import PositionFile, PositionFileError
     from replication.worker import Worker, worker_service
+    from replication.worker.handlers import HandlerLoadError, load_handler
+    from replication.worker.positions import PositionFile, PositionFileError
 
     try:
         handler = load_handler(config.handler)
         positions = PositionFile(config.resolved_position_file())
     except (HandlerLoadError, PositionFileError) as e:
         raise CommandLineError(str(e)) from None
-    registry = CollectorRegistry()
-    worker = Worker(config, handler, positions, reactor, metrics=WorkerMetrics(registry))
-    service = worker_service(worker, clientFromString(reactor, config.master), reactor)
+    worker = Worker(config, handler, positions, reactor, metrics=WorkerMetrics(CollectorRegistry()))
+    service = worker_service(
+        worker, clientFromString(reactor, config.master), reactor,
+        metrics_endpoint=(
+            None if config.metrics_listen is None
+            else serverFromString(reactor, config.metrics_listen)
+        ),
+    )
     log.info(
         "worker %s following %s from %s (positions in %s)",
         config.name, ", ".join(s.name for s in config.streams), config.master, positions.path,
     )
-    ports: list[Any] = []
 
     def start() -> Any:
-        if config.metrics_listen is None:
-            service.startService()
-            return None
-        site = Site(metrics_resource(registry))
-        site.noisy = False
+        service.startService()
+        return service.when_listening()
 
-        def listening(port: Any) -> None:
-            ports.append(port)
-            service.startService()
-
-        return _listen(reactor, config.metrics_listen, site, "metrics").addCallback(listening)
-
-    def stop() -> Any:
-        for port in ports:
-            port.stopListening()
-        return service.stopService()
-
-    return _run_reactor(reactor, start, stop)
+    return _run_reactor(reactor, start, service.stopService)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:

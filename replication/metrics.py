@@ -321,10 +321,10 @@ class WorkerMetrics:
 
     :param registry: the process's registry; ``None``: a new private one.
 
-    The worker calls :meth:`bind` once, :meth:`connected` after each handshake,
-    :meth:`connection_closed` when a connection ends, and :meth:`handler_done` or
-    :meth:`handler_failed` after each handler call (a few integer operations: this is on
-    the per-token path).
+    The worker calls :meth:`bind` once; its connections call :meth:`connected` after each
+    handshake and :meth:`connection_closed` when one ends; its token runner calls
+    :meth:`handler_done` or :meth:`handler_failed` after each handler call (a few integer
+    operations: this is on the per-token path).
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -404,13 +404,14 @@ class WorkerMetrics:
         position = _gauge("replication_worker_position_token", WORKER_METRICS, ["stream"])
         head = _gauge("replication_worker_head_token", WORKER_METRICS, ["stream"])
         lag = _gauge("replication_worker_lag_tokens", WORKER_METRICS, ["stream"])
+        runner = worker.runner  # positions and heads outlive connections there
         for stream in worker.streams:
-            recorded = worker.positions.get(stream)
+            recorded = runner.positions.get(stream)
             if recorded is not None:
                 position.add_metric([stream], recorded)
-            if stream in worker.heads:
-                head.add_metric([stream], worker.heads[stream])
-            behind = worker.lag(stream)
+            if stream in runner.heads:
+                head.add_metric([stream], runner.heads[stream])
+            behind = runner.lag(stream)
             if behind is not None:
                 lag.add_metric([stream], behind)
         yield position

@@ -1,5 +1,6 @@
-"""The worker's position file: records, reloads, torn and damaged files, compaction, a
-process killed mid-run."""
+"""Worker positions: the contract every :class:`Positions` keeps (run against the in-memory
+positions and the position file), then the position file's own: records, reloads, torn and
+damaged files, compaction, a process killed mid-run."""
 
 from __future__ import annotations
 
@@ -13,6 +14,12 @@ from pathlib import Path
 import pytest
 
 from replication.positions import HEADER, PositionFile, PositionFileError
+from replication.worker.positions import (
+    MemoryPositions,
+    OriginError,
+    Positions,
+    PositionsError,
+)
 
 HEADER_V1 = b"# replication positions v1\n"
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +33,93 @@ def journal(path: Path) -> tuple[bytes, bytes]:
     body, _, padding = raw[len(HEADER):].partition(b"\0")
     assert padding.strip(b"\0") == b""
     return raw[:len(HEADER)], body
+
+
+@pytest.fixture(params=["memory", "file"])
+def positions(request: pytest.FixtureRequest, tmp_path: Path) -> Positions:
+    """Each implementation of :class:`Positions`, empty."""
+    if request.param == "memory":
+        return MemoryPositions()
+    opened = PositionFile(str(tmp_path / "w.positions"), fsync=False, capacity=64)
+    request.addfinalizer(opened.close)
+    return opened
+
+
+def test_a_stream_never_recorded_has_no_position(positions: Positions) -> None:
+    """``get`` of a stream never recorded is ``None``, not 0 (0 means "before token 1")."""
+    assert positions.get("events") is None
+    positions.set("receipts", 0)
+    assert positions.get("receipts") == 0
+    assert positions.get("events") is None
+
+
+def test_the_last_position_recorded_wins(positions: Positions) -> None:
+    """Each stream's position is the last token set for it, even a lower one (a reset moves
+    a position back to 0); streams do not affect each other."""
+    for token in (1, 2, 3, 10):
+        positions.set("events", token)
+    positions.set("receipts", 7)
+    positions.set("events", 0)
+    assert positions.get("events") == 0
+    assert positions.get("receipts") == 7
+
+
+def test_the_local_origin_is_the_default(positions: Positions) -> None:
+    """``origin=None`` names the local origin, the same positions as no origin at all."""
+    positions.set("events", 4, origin=None)
+    assert positions.get("events") == 4
+    positions.set("events", 5)
+    assert positions.get("events", None) == 5
+
+
+def test_sync_keeps_every_position(positions: Positions) -> None:
+    """A sync, with or without changes since the last one, changes no position."""
+    positions.sync()
+    positions.set("events", 1)
+    positions.sync()
+    positions.sync()
+    assert positions.get("events") == 1
+
+
+def test_recording_after_close_fails(positions: Positions) -> None:
+    """After ``close``, recording a position raises PositionsError; closing again does
+    nothing."""
+    positions.set("events", 1)
+    positions.close()
+    with pytest.raises(PositionsError):
+        positions.set("events", 2)
+    positions.close()
+
+
+def test_big_tokens_are_kept_exactly(positions: Positions) -> None:
+    """Tokens up to the protocol's largest (19 digits) are kept exactly."""
+    positions.set("events", 9_999_999_999_999_999_999)
+    assert positions.get("events") == 9_999_999_999_999_999_999
+
+
+def test_memory_positions_keep_other_origins_apart() -> None:
+    """In memory, positions of another origin are kept per (stream, origin), apart from the
+    local ones."""
+    positions = MemoryPositions({"events": 3})
+    assert positions.get("events") == 3
+    assert positions.get("events", "master-b") is None
+    positions.set("events", 9, origin="master-b")
+    assert positions.get("events", "master-b") == 9
+    assert positions.get("events") == 3
+    assert positions.all() == {"events": 3}
+
+
+def test_the_position_file_refuses_other_origins(tmp_path: Path) -> None:
+    """The position file's format holds local positions only: reading or recording a
+    position of another origin raises OriginError and leaves the file as it was."""
+    positions = PositionFile(str(tmp_path / "w.positions"))
+    positions.set("events", 3)
+    with pytest.raises(OriginError, match="local origin only, not of 'master-b'"):
+        positions.set("events", 9, origin="master-b")
+    with pytest.raises(OriginError):
+        positions.get("events", "master-b")
+    positions.close()
+    assert journal(tmp_path / "w.positions")[1] == b"events 3\n"
 
 
 def test_positions_survive_reopening(tmp_path: Path) -> None:

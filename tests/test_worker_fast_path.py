@@ -1,7 +1,8 @@
 """The worker's hot loop (``WorkerConnection.linesReceived``) against its reference.
 
-The hot loop parses ``RDATA`` lines, gathers tokens and calls the handler inline; every other
-line goes through the general path (full parse, ``on_RDATA``, ``_rdata``). These tests feed
+The hot loop parses ``RDATA`` lines, gathers tokens and runs the token runner's synchronous
+half (drop, handler call, position) inline; every other line goes through the general path
+(full parse, ``on_RDATA``, ``_rdata``, ``TokenRunner.submit``). These tests feed
 the same random streams of lines, in random chunks, to a worker using the hot loop and to one
 whose every line takes the general path, and require the same handler calls, positions,
 output to the master and connection state. Then a few cases by name.

@@ -1,0 +1,373 @@
+"""Where a worker records the last token it handled, per stream: the :class:`Positions`
+interface, its in-memory implementation :class:`MemoryPositions`, and the position file
+:class:`PositionFile`, which keeps them on disk.
+
+Positions are keyed by stream and origin (the master that accepted the token). Today a
+worker follows one master and every position belongs to the local origin: ``origin=None``,
+the default of every method. The position file's format holds local positions only (a
+position of any other origin is refused with :class:`OriginError`); the in-memory positions
+keep any origin, and a cluster change extends the file format the same way.
+
+The position file
+-----------------
+
+The file is a journal of text lines followed by NUL bytes up to its preallocated size::
+
+    # replication positions v2
+    events 41
+    receipts 7
+    events 42
+    \\0\\0\\0\\0 ... (up to ``capacity`` bytes, 4 MiB by default)
+
+The first line names the format; each later line records ``<stream> <token>``, and the last
+line for a stream is its position. The file is preallocated (``posix_fallocate``) and mapped
+into the worker's memory (``mmap``, shared), and recording a position copies one line into
+the mapping after the previous one: no system call, so it stays cheap on the per-token path.
+
+What survives what:
+
+* **The worker process dying** at any instant (even ``SIGKILL``): every position recorded
+  before it died is kept. The mapping is the operating system's page cache of the file, so
+  a line copied into it belongs to the file as soon as :meth:`PositionFile.set` returns,
+  whether or not the process lives on; at most the token being handled when it died is
+  handled again. A line the process was killed in the middle of copying is incomplete
+  (its newline, or a byte before it, is still NUL) and is ignored.
+* **A power cut or an operating system crash**: :meth:`PositionFile.sync` writes the mapped
+  pages to the disk (``msync``); the worker's service calls it every second, off the
+  per-token path, so the positions on disk are at most about a second old. Positions
+  recorded after the last sync may or may not have reached the disk, and since the kernel
+  writes pages back in any order the file may then hold a run of NUL bytes followed by some
+  later lines: reading stops at the first NUL byte, and the text after the last complete
+  line before it is dropped. The positions read are then at least those of the last sync;
+  the tokens handled since are handled again.
+
+When a line does not fit in the space left, the file is compacted: the positions, one line
+per stream, are written to ``<path>.tmp``, which is preallocated (to twice the size if they
+would fill more than half of it), fsynced, and renamed over the file; the directory is
+fsynced too, so the file on disk is always complete. Opening the file does the same after
+reading it, so a torn last line is dropped and a file of the older format (``# replication
+positions v1``, the same lines without NUL padding, which is still read) is converted.
+
+A file that exists but is not a position file, or has a damaged line, stops the worker with
+a clear message; it is never overwritten or deleted. Only one process may use a position
+file at a time: it holds an exclusive lock (``flock``) on ``<path>.lock`` while the file
+is open, and a second worker given the same file stops with a message naming the holder's
+process id, rather than both recording positions into one file. The file must not be edited, truncated
+or replaced while the worker runs (truncating a mapped file makes the worker's next store
+fault). Preallocation makes a full disk an error when the file is opened or compacted
+rather than on a store; on copy-on-write file systems (btrfs, ZFS) it cannot fully
+guarantee that.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+from collections.abc import Callable, Mapping
+from typing import BinaryIO, Protocol
+
+HEADER = b"# replication positions v2\n"
+HEADER_V1 = b"# replication positions v1\n"
+
+#: The default size of the file, preallocated; it is compacted when full.
+DEFAULT_CAPACITY = 4 * 1024 * 1024
+
+
+#: The origin of a position recorded without one: the master this worker follows.
+LOCAL_ORIGIN = None
+
+
+class PositionsError(Exception):
+    """Positions cannot be read or recorded (closed, or the storage failed)."""
+
+
+class PositionFileError(PositionsError):
+    """The position file cannot be read or written; the message names the path."""
+
+
+class OriginError(PositionsError, ValueError):
+    """A position of an origin that these positions cannot keep."""
+
+
+class Positions(Protocol):
+    """The last token handled per stream (and origin), as the worker's token runner records
+    them: :meth:`set` is on the per-token path and must be cheap; :meth:`sync` makes what
+    was recorded durable and is called about once a second; after :meth:`close`, :meth:`set`
+    raises :class:`PositionsError`.
+
+    ``origin`` is the master that accepted the token; ``None`` (:data:`LOCAL_ORIGIN`, the
+    default) is the master this worker follows, today the only one.
+    """
+
+    def get(self, stream: str, origin: str | None = LOCAL_ORIGIN) -> int | None:
+        """The last token handled on ``stream``, or ``None`` if the worker never saw it."""
+        ...
+
+    def set(self, stream: str, token: int, origin: str | None = LOCAL_ORIGIN) -> None:
+        """Record ``token`` as handled on ``stream`` (lower than before after a reset)."""
+        ...
+
+    def sync(self) -> None:
+        """Make the positions recorded so far durable."""
+        ...
+
+    def close(self) -> None:
+        """Release what the positions hold; later calls do nothing."""
+        ...
+
+
+class MemoryPositions:
+    """:class:`Positions` kept in memory only, for tests and for workers whose handler
+    keeps its own positions: lost when the process ends.
+
+    :param initial: local positions to start from, by stream.
+    """
+
+    def __init__(self, initial: Mapping[str, int] | None = None) -> None:
+        self._positions: dict[str, int] = dict(initial or {})
+        self._origins: dict[tuple[str, str], int] = {}
+        self._closed = False
+
+    def get(self, stream: str, origin: str | None = LOCAL_ORIGIN) -> int | None:
+        if origin is None:
+            return self._positions.get(stream)
+        return self._origins.get((stream, origin))
+
+    def set(self, stream: str, token: int, origin: str | None = LOCAL_ORIGIN) -> None:
+        if self._closed:
+            raise PositionsError("positions are closed")
+        if origin is None:
+            self._positions[stream] = token
+        else:
+            self._origins[(stream, origin)] = token
+
+    def all(self) -> Mapping[str, int]:
+        """The local positions, by stream."""
+        return dict(self._positions)
+
+    def sync(self) -> None:
+        """Nothing to make durable."""
+
+    def close(self) -> None:
+        self._closed = True
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Reserve ``size`` bytes of disk for the file open on ``fd`` (zero-filled)."""
+    if hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(fd, 0, size)
+        return
+    chunk = bytes(min(size, 1 << 20))
+    offset = 0
+    while offset < size:
+        offset += os.pwrite(fd, chunk[: size - offset], offset)
+
+
+class PositionFile:
+    """:class:`Positions` of one worker in a file, loaded at start and recorded on every
+    change; local positions only (the file format has no origin).
+
+    :param path: the file; its directory is created if missing.
+    :param fsync: make :meth:`sync` flush to the disk (survives power loss). Off, positions
+        are still safe when the process dies, but a power cut may lose recent ones.
+    :param capacity: the size in bytes the file is preallocated to; when the journal fills
+        it, it is compacted (and the capacity doubled if the compact positions take more
+        than half of it).
+    """
+
+    def __init__(self, path: str, fsync: bool = True, capacity: int = DEFAULT_CAPACITY) -> None:
+        self.path = os.path.abspath(path)
+        self.fsync = fsync
+        self.capacity = max(int(capacity), 1)
+        self._positions: dict[str, int] = {}
+        self._mm: mmap.mmap | None = None
+        self._write: Callable[[bytes], int] = self._closed_write
+        self._synced = 0  # the offset in the mapping up to which it was last flushed
+        self._lock_file: BinaryIO | None = None
+        self._lock()
+        try:
+            self._load()
+        except BaseException:
+            self.close()
+            raise
+
+    def _lock(self) -> None:
+        """Take the exclusive lock on ``<path>.lock`` (kept until :meth:`close`, released by
+        the kernel if the process dies), or fail naming the process that holds it."""
+        lock_path = f"{self.path}.lock"
+        try:
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # a new directory
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise self._error("open", e) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise PositionFileError(
+                f"position file {self.path} is in use by another process (pid {holder}); "
+                "give each worker its own position file"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # A file object, so that a PositionFile dropped without close() still lets go.
+        self._lock_file = os.fdopen(fd, "r+b", buffering=0)
+
+    def _fail(self, what: str) -> PositionFileError:
+        return PositionFileError(
+            f"position file {self.path} {what}; move it aside to start over, or restore it"
+        )
+
+    def _error(self, doing: str, e: OSError) -> PositionFileError:
+        return PositionFileError(f"cannot {doing} position file {self.path}: {e.strerror or e}")
+
+    def _load(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            self._compact()
+            return
+        except OSError as e:
+            raise self._error("read", e) from None
+        if raw.startswith(HEADER):
+            body = raw[len(HEADER):]
+        elif raw.startswith(HEADER_V1):
+            body = raw[len(HEADER_V1):]
+        else:
+            raise self._fail("is not a position file (its first line is not "
+                             f"{HEADER.decode().strip()!r})")
+        # The journal ends at the first NUL: the preallocated space never written, or a gap
+        # of pages not written back before a power cut (what follows it was not synced).
+        end = body.find(b"\0")
+        if end >= 0:
+            body = body[:end]
+        lines = body.split(b"\n")
+        lines.pop()  # the text after the last newline: empty, or a line cut short
+        positions: dict[str, int] = {}
+        for number, line in enumerate(lines, start=2):
+            parts = line.split(b" ")
+            if len(parts) != 2 or not parts[1].isdigit():
+                raise self._fail(f"has a damaged line {number}: {line[:80]!r}")
+            positions[parts[0].decode("utf-8", "replace")] = int(parts[1])
+        self._positions = positions
+        # Always start from a fresh compact file: drops a torn line, converts v1.
+        self._compact()
+
+    def get(self, stream: str, origin: str | None = LOCAL_ORIGIN) -> int | None:
+        """The last token handled on ``stream``, or ``None`` if the worker never saw it."""
+        if origin is not None:
+            raise self._origin_error(origin)
+        return self._positions.get(stream)
+
+    def all(self) -> Mapping[str, int]:
+        """The positions, by stream."""
+        return dict(self._positions)
+
+    def set(self, stream: str, token: int, origin: str | None = LOCAL_ORIGIN) -> None:
+        """Record ``token`` as handled on ``stream``: one line copied into the mapped file
+        (no system call), or a compaction when the file is full."""
+        if origin is not None:
+            raise self._origin_error(origin)
+        line = f"{stream} {token}\n".encode()
+        self._positions[stream] = token
+        try:
+            self._write(line)
+        except ValueError:  # mmap.write: "data out of range", or the mapping is closed
+            self._full()
+
+    def _full(self) -> None:
+        if self._mm is None or self._mm.closed:
+            raise PositionFileError(f"position file {self.path} is closed")
+        # The positions (with the one just set) go to a new compact file.
+        self._compact()
+
+    def _origin_error(self, origin: str) -> OriginError:
+        return OriginError(
+            f"position file {self.path} keeps positions of the local origin only, not of "
+            f"{origin!r}"
+        )
+
+    def _closed_write(self, data: bytes) -> int:
+        raise ValueError("closed")
+
+    def sync(self) -> None:
+        """Flush recorded positions to the disk (when ``fsync`` is on)."""
+        mm = self._mm
+        if mm is None or mm.closed:
+            return
+        offset = mm.tell()
+        if offset != self._synced and self.fsync:
+            try:
+                mm.flush()
+            except OSError as e:
+                raise self._error("sync", e) from None
+        self._synced = offset
+
+    def _compact(self) -> None:
+        """Write every position to a preallocated temporary file, fsync it, rename it over
+        the file, fsync the directory, and map the new file in place of the old one."""
+        directory = os.path.dirname(self.path)
+        temporary = f"{self.path}.tmp"
+        content = HEADER + b"".join(
+            f"{stream} {token}\n".encode() for stream, token in sorted(self._positions.items())
+        )
+        capacity = self.capacity
+        while len(content) > capacity // 2:
+            capacity *= 2
+        renamed = False
+        mm: mmap.mmap | None = None
+        try:
+            os.makedirs(directory, exist_ok=True)
+            fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                _preallocate(fd, capacity)
+                os.pwrite(fd, content, 0)
+                os.fsync(fd)
+                mm = mmap.mmap(fd, capacity)
+            finally:
+                os.close(fd)  # the mapping holds its own reference to the file
+            os.replace(temporary, self.path)
+            renamed = True
+        except OSError as e:
+            if mm is not None:
+                mm.close()
+            if not renamed:
+                try:
+                    os.unlink(temporary)
+                except OSError:
+                    pass
+            raise self._error("write", e) from None
+        # The path now names the new file: switch to it before anything else can fail.
+        mm.seek(len(content))
+        old = self._mm
+        self._mm = mm
+        self._write = mm.write
+        self._synced = len(content)
+        self.capacity = capacity
+        if old is not None:
+            old.close()
+        try:
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as e:
+            raise self._error("write", e) from None
+
+    def close(self) -> None:
+        """Unmap the file (recorded positions stay in it) and release its lock; later calls
+        do nothing."""
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
+        self._write = self._closed_write
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the lock
+            self._lock_file = None

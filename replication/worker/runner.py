@@ -1,0 +1,320 @@
+"""The worker's token runner: what happens to a complete token, whichever connection it came
+from.
+
+:class:`TokenRunner` is owned by the :class:`~replication.worker.service.Worker` and outlives
+its connections. A connection parses and assembles; it hands the runner complete tokens
+(:meth:`TokenRunner.submit`), the master's ``GAP``, ``RESET`` and ``POSITION`` news, and
+itself as an :class:`InputGate` while it is the worker's connection. The runner:
+
+* drops a token at or below the recorded position (already handled);
+* calls the handler (see :mod:`replication.worker.handlers`) and, when it returns an
+  awaitable, waits for it;
+* records the position (behind :class:`~replication.worker.positions.Positions`) only after
+  the handler succeeded;
+* retries a failed call with the same token after a delay that doubles from
+  :data:`FIRST_RETRY_DELAY` up to ``max_retry_delay``;
+* holds the connection's input while a call is pending or waiting for its retry, so that
+  nothing overtakes it, and releases it after.
+
+When the connection is lost, a retry waiting for its turn is dropped: the next connection
+asks the master for everything after the recorded position, so the token comes again. A
+call still pending goes on (its position is recorded if it succeeds), and the next
+connection's input is held until it ends.
+
+The clock is passed in; nothing here touches the global reactor.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+
+from replication.metrics import WorkerMetrics
+from replication.worker.handlers import Handler
+from replication.worker.positions import Positions
+
+log = logging.getLogger(__name__)
+
+#: Seconds before the first retry of a failed handler call; each later retry waits twice as
+#: long, up to the runner's ``max_retry_delay``.
+FIRST_RETRY_DELAY = 1.0
+_NOT_CALLED = object()
+
+
+class InputGate(Protocol):
+    """What the runner needs of the connection it takes tokens from: holding back its input
+    (lines received wait, in order) and handing it over again."""
+
+    def hold_input(self) -> None: ...
+
+    def release_input(self) -> None: ...
+
+
+class TokenRunner:
+    """Runs the handler on complete tokens, once each, in order, and records positions.
+
+    :param handler: called as ``handler(stream, token, rows)``; its optional ``gap`` and
+        ``reset`` methods are called on ``GAP`` and ``RESET``.
+    :param positions: where handled positions are recorded.
+    :param clock: time for handler durations and retry delays.
+    :param metrics: told of every handler call's outcome and duration.
+    :param max_retry_delay: the longest delay between retries of a failed call.
+
+    ``heads`` is the newest token the master has shown per stream (from complete tokens
+    and ``POSITION``), for lag.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        positions: Positions,
+        clock: IReactorTime,
+        metrics: WorkerMetrics,
+        *,
+        max_retry_delay: float,
+    ) -> None:
+        self.handler = handler
+        self.positions = positions
+        self.clock = clock
+        self.metrics = metrics
+        self.max_retry_delay = max_retry_delay
+        self.heads: dict[str, int] = {}
+        self._gate: InputGate | None = None
+        #: Counts detaches: a call that finishes in another epoch than the one it started in
+        #: came from a lost connection.
+        self._epoch = 0
+        self._blocked = False
+        self._retry_call: IDelayedCall | None = None
+        self._retry_delay = FIRST_RETRY_DELAY
+        self._started = 0.0
+        self._in_flight = 0
+        self._idle_waiters: list[Callable[[], None]] = []
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """True while a handler call that returned an awaitable has not finished, even if
+        the connection it came from is gone."""
+        return self._in_flight > 0
+
+    @property
+    def blocked(self) -> bool:
+        """True while a call is pending or waiting for its retry: no token may be submitted
+        (the attached connection's input is held)."""
+        return self._blocked
+
+    def when_idle(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once no handler call is in flight."""
+        if self._in_flight:
+            self._idle_waiters.append(callback)
+        else:
+            callback()
+
+    def lag(self, stream: str) -> int | None:
+        """Tokens between the recorded position and the master's last known head."""
+        head = self.heads.get(stream)
+        position = self.positions.get(stream)
+        if head is None or position is None:
+            return None
+        return max(head - position, 0)
+
+    # -- connections ---------------------------------------------------------------------
+
+    def attach(self, gate: InputGate) -> None:
+        """``gate`` is now the worker's connection. If a call from an earlier connection is
+        still in flight, its input is held until that call ends."""
+        self._gate = gate
+        self._retry_delay = FIRST_RETRY_DELAY
+        if self._in_flight:
+            gate.hold_input()
+            self.when_idle(lambda: self._idle_for(gate))
+
+    def _idle_for(self, gate: InputGate) -> None:
+        if self._gate is gate and not self._blocked:
+            gate.release_input()
+
+    def detach(self, gate: InputGate) -> None:
+        """``gate`` is gone: drop a retry waiting for its turn (the next connection starts
+        again from the recorded position)."""
+        if gate is not self._gate:
+            return
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None
+        self._gate = None
+        self._epoch += 1
+        self._blocked = False
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def submit(self, stream: str, token: int, rows: list[Any]) -> bool:
+        """A complete token: drop it if already handled, else call the handler and record
+        the position once it succeeded. Returns ``True`` when that is all done (the handler
+        returned ``None``, or the token was dropped); ``False`` when the call went on
+        another way (it is pending or waiting for a retry and input is held, or it returned
+        a value): the caller looks at its input's state. Never call it while
+        :attr:`blocked`.
+
+        The worker connection's hot loop repeats the part up to the handler returning
+        ``None`` inline, and calls :meth:`handler_returned` for the rest; keep the two
+        alike (tests/test_worker_fast_path.py compares them on random line streams)."""
+        heads = self.heads
+        if token > heads.get(stream, 0):
+            heads[stream] = token
+        positions = self.positions
+        position = positions.get(stream)
+        if position is not None and token <= position:
+            log.debug("dropping %s token %d: already handled (position %d)", stream, token, position)
+            return True
+        handler = self.handler
+        seconds = self.clock.seconds
+        started = seconds()
+        try:
+            result = handler(stream, token, rows)
+        except Exception:  # noqa: BLE001  (any handler error is retried)
+            result = Failure()  # type: ignore[no-untyped-call]
+        if result is None:
+            positions.set(stream, token)
+            self.metrics.handler_done(stream, seconds() - started)
+            return True
+        self.handler_returned(stream, token, rows, result, started)
+        return False
+
+    def handler_returned(
+        self, stream: str, token: int, rows: list[Any], result: Any, started: float
+    ) -> None:
+        """The handler, called at ``started`` with a token, returned something other than
+        ``None`` (an awaitable, or by mistake a value) or raised (``result`` is the
+        Failure): wait for it, or retry it. (:meth:`submit`'s slow half.)"""
+        handler = self.handler
+        self._started = started
+        self._run(
+            lambda: handler(stream, token, rows), stream, token, f"token {token}",
+            first_result=result,
+        )
+
+    def gap(self, stream: str, first: int, last: int) -> None:
+        """The master's retention dropped ``first..last`` before this worker got them: call
+        the handler's ``gap`` hook (if any), then record ``last``."""
+        log.warning("%s: tokens %d..%d were dropped by the master's retention", stream, first, last)
+        hook = getattr(self.handler, "gap", None)
+        call: Callable[[], Any] = (lambda: hook(stream, first, last)) if hook else (lambda: None)
+        self._run(call, stream, last, f"gap {first}..{last}")
+
+    def reset(self, stream: str, head: int) -> None:
+        """The master's head ``head`` is behind the recorded position: call the handler's
+        ``reset`` hook (if any), then record 0 (the stream is replayed from its start)."""
+        old = self.positions.get(stream) or 0
+        log.warning(
+            "%s: the master's head %d is behind this worker's position %d; its history was "
+            "lost or replaced: replaying the stream from the start", stream, head, old,
+        )
+        hook = getattr(self.handler, "reset", None)
+        call: Callable[[], Any] = (lambda: hook(stream, old, head)) if hook else (lambda: None)
+        self._run(call, stream, 0, f"reset to {head}", force=True)
+
+    def caught_up(self, stream: str, token: int) -> None:
+        """The master's ``POSITION``: catch-up is done at its head ``token``; nothing lies
+        between the recorded position and it (or the subscription started from now)."""
+        self.heads[stream] = token
+        position = self.positions.get(stream)
+        if position is None or position < token:
+            self.positions.set(stream, token)
+
+    # -- running a call ------------------------------------------------------------------
+
+    def _run(
+        self, call: Callable[[], Any], stream: str, position: int, what: str,
+        force: bool = False, first_result: Any = _NOT_CALLED,
+    ) -> None:
+        """Run ``call`` (unless ``first_result`` is what it already returned, or the
+        Failure it raised); when it succeeds, record ``position`` for ``stream`` (lower than
+        the current one only when ``force``). While it is pending or waiting for a retry,
+        the connection's input is held so that nothing overtakes it."""
+        epoch = self._epoch
+        if first_result is _NOT_CALLED:
+            self._started = self.clock.seconds()
+            try:
+                result = call()
+            except Exception:  # noqa: BLE001  (any handler error is retried)
+                failure = Failure()  # type: ignore[no-untyped-call]
+                self._failed(failure, call, stream, position, what, force, epoch)
+                return
+        elif isinstance(first_result, Failure):
+            self._failed(first_result, call, stream, position, what, force, epoch)
+            return
+        else:
+            result = first_result
+        if inspect.isawaitable(result):
+            deferred: Deferred[Any] = (
+                result if isinstance(result, Deferred) else ensureDeferred(result)  # type: ignore[arg-type]
+            )
+            self._block()
+            self._in_flight += 1
+            deferred.addCallbacks(
+                lambda _: self._done(stream, position, force, epoch),
+                lambda f: self._failed(f, call, stream, position, what, force, epoch),
+            )
+            deferred.addBoth(self._finished)
+            return
+        self._done(stream, position, force, epoch)
+
+    def _block(self) -> None:
+        self._blocked = True
+        if self._gate is not None:
+            self._gate.hold_input()
+
+    def _done(self, stream: str, position: int, force: bool, epoch: int) -> None:
+        self.metrics.handler_done(stream, self.clock.seconds() - self._started)
+        current = self.positions.get(stream)
+        if force or current is None or position > current:
+            self.positions.set(stream, position)
+        if epoch != self._epoch:
+            return  # its connection is gone; the next one waits for :meth:`_finished`
+        self._retry_delay = FIRST_RETRY_DELAY
+        if self._blocked:
+            self._blocked = False
+            if self._gate is not None:
+                self._gate.release_input()
+
+    def _failed(
+        self, failure: Failure, call: Callable[[], Any], stream: str, position: int, what: str,
+        force: bool, epoch: int,
+    ) -> None:
+        self.metrics.handler_failed(stream, self.clock.seconds() - self._started)
+        if epoch != self._epoch:
+            log.error(
+                "handler failed on %s %s; its connection is gone: the next one starts again "
+                "from the recorded position\n%s", stream, what, failure.getTraceback(),
+            )
+            return
+        delay = self._retry_delay
+        self._retry_delay = min(delay * 2, self.max_retry_delay)
+        log.error(
+            "handler failed on %s %s; retrying in %.1fs\n%s",
+            stream, what, delay, failure.getTraceback(),
+        )
+        self._block()
+        self._retry_call = self.clock.callLater(
+            delay, self._retry, call, stream, position, what, force
+        )
+
+    def _retry(
+        self, call: Callable[[], Any], stream: str, position: int, what: str, force: bool
+    ) -> None:
+        self._retry_call = None
+        self._run(call, stream, position, what, force)
+
+    def _finished(self, result: object) -> None:
+        self._in_flight -= 1
+        if not self._in_flight:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter()

@@ -1,0 +1,329 @@
+# twisted.application.service has no annotations:
+# mypy: disable-error-code="no-untyped-call"
+"""The worker's lasting state and its service.
+
+:class:`Worker` holds what outlives a connection: the configuration, the metrics and the
+:class:`~replication.worker.runner.TokenRunner` (handler, positions, retries). :func:`worker_service` keeps it connected to its master (Twisted's
+``ClientService``) and syncs its positions to disk every second.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
+
+from replication.commands import CommandRegistry, ReplicateCommand, default_registry
+from replication.config import WorkerConfig
+from replication.metrics import WorkerMetrics
+from replication.worker.connection import WorkerConnection, WorkerFactory
+from replication.worker.handlers import Handler
+from replication.worker.positions import Positions
+from replication.worker.runner import TokenRunner
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """A worker's lasting state: configuration, metrics, the token runner (with the handler
+    and the positions) and the current connection.
+
+    :param config: the worker's configuration.
+    :param handler: called as ``handler(stream, token, rows)``; see
+        :mod:`replication.worker.handlers`.
+    :param positions: where handled positions are recorded.
+    :param clock: time for keepalive and handler retries.
+    :param registry: the commands connections understand.
+    :param metrics: where this worker's metrics are collected (built by the entry point
+        around its registry); ``None``: a private registry (``worker.metrics.registry``).
+    """
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        handler: Handler,
+        positions: Positions,
+        clock: IReactorTime,
+        *,
+        registry: CommandRegistry | None = None,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.registry = registry if registry is not None else default_registry()
+        self.streams = {s.name: s for s in config.streams}
+        self.connection: WorkerConnection | None = None
+        self.metrics = metrics if metrics is not None else WorkerMetrics()
+        self.runner = TokenRunner(
+            handler, positions, clock, self.metrics,
+            max_retry_delay=config.handler_retry_max_delay,
+        )
+        self.metrics.bind(self)
+
+    @property
+    def handler(self) -> Handler:
+        return self.runner.handler
+
+    @property
+    def positions(self) -> Positions:
+        return self.runner.positions
+
+    @property
+    def heads(self) -> dict[str, int]:
+        """The newest head the master has shown, per stream (from RDATA and POSITION)."""
+        return self.runner.heads
+
+    @property
+    def busy(self) -> bool:
+        """True while a handler call that returned an awaitable has not finished, even if
+        the connection it came from is gone."""
+        return self.runner.busy
+
+    def when_idle(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once no handler call is in flight."""
+        self.runner.when_idle(callback)
+
+    def factory(self) -> Factory:
+        return WorkerFactory(self)
+
+    def replicate_commands(self) -> list[ReplicateCommand]:
+        """The ``REPLICATE`` lines a new connection sends, one per configured stream."""
+        commands = []
+        for stream in self.config.streams:
+            position = self.positions.get(stream.name)
+            if position is None:
+                position = 0 if stream.start == "earliest" else None
+            commands.append(ReplicateCommand(stream.name, position))
+        return commands
+
+    def lag(self, stream: str) -> int | None:
+        """Tokens between this worker's position and the master's last known head."""
+        return self.runner.lag(stream)
+
+
+#: Seconds between fsyncs of the position file. Each handled token is appended to the file
+#: at once (safe if the process dies); only a power cut can lose up to this much, which is
+#: then handled again. An fsync can take milliseconds, so it is kept off the per-read path.
+POSITION_SYNC_INTERVAL = 1.0
+
+
+class OrderedMultiService(MultiService):
+    """A ``MultiService`` whose children start in the order they were added and stop in
+    reverse, each stop (its Deferred) finished before the next one begins.
+
+    A child whose ``startService`` raises stops the children started before it (in
+    reverse) and the error propagates. A child whose stop fails is logged and the next one
+    is stopped all the same.
+    """
+
+    def startService(self) -> None:
+        Service.startService(self)
+        started: list[IService] = []
+        for child in self:
+            try:
+                child.startService()
+            except BaseException:
+                self.running = 0
+                for done in reversed(started):
+                    done.stopService()
+                raise
+            started.append(child)
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return ensureDeferred(self._stop_children())
+
+    async def _stop_children(self) -> None:
+        for child in reversed(list(self)):
+            if not child.running:
+                continue
+            try:
+                await maybeDeferred(child.stopService)
+            except Exception:
+                log.exception("stopping %s failed", child.name or child)
+
+
+class PositionSyncService(Service):
+    """Syncs ``positions`` every ``interval`` seconds of ``clock`` (the first one an
+    interval after the start), and once more when it stops."""
+
+    def __init__(self, positions: Positions, clock: IReactorTime,
+                 interval: float = POSITION_SYNC_INTERVAL) -> None:
+        self.positions = positions
+        self.interval = interval
+        self._loop = LoopingCall(positions.sync)
+        self._loop.clock = clock
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        if self._loop.running:
+            self._loop.stop()
+        self.positions.sync()
+
+
+class ListeningService(Service):
+    """Listens on ``endpoint`` with ``factory`` while running; ``what`` names it in logs.
+
+    A listen that fails at once (the usual case: the address is taken) makes
+    :meth:`startService` raise; :meth:`when_listening` tells of a later outcome too.
+    Stopping stops listening and waits for the port to close.
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory,
+                 what: str) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.what = what
+        self._port: IListeningPort | None = None
+        self._outcome: IListeningPort | Failure | None = None
+        self._waiters: list[Deferred[IListeningPort]] = []
+        self._listening: Deferred[IListeningPort] | None = None
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._outcome = None
+        self._listening = self.endpoint.listen(self.factory)
+        self._listening.addCallbacks(self._listened, self._failed)
+        if isinstance(self._outcome, Failure):
+            self.running = 0
+            self._outcome.raiseException()
+
+    def _listened(self, port: IListeningPort) -> None:
+        self._listening = None
+        self._port = self._outcome = port
+        log.info("listening for %s on %s", self.what, describe_address(port.getHost()))
+        self._tell()
+
+    def _failed(self, failure: Failure) -> None:
+        self._listening = None
+        self._outcome = failure
+        if not self.running:
+            return  # raised by startService, or cancelled by stopService
+        log.error("cannot listen for %s: %s", self.what, failure.getErrorMessage())
+        self._tell()
+
+    def _tell(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            self._fire(waiter)
+
+    def _fire(self, waiter: Deferred[IListeningPort]) -> None:
+        outcome = self._outcome
+        if isinstance(outcome, Failure):
+            waiter.errback(outcome)
+        elif outcome is not None:
+            waiter.callback(outcome)
+
+    def when_listening(self) -> Deferred[IListeningPort]:
+        """Fires with the port once listening, or fails if the listen failed."""
+        waiter: Deferred[IListeningPort] = Deferred()
+        if self._outcome is None:
+            self._waiters.append(waiter)
+        else:
+            self._fire(waiter)
+        return waiter
+
+    def stopService(self) -> Deferred[None] | None:
+        Service.stopService(self)
+        port, self._port = self._port, None
+        if port is not None:
+            stopped: Deferred[None] = maybeDeferred(port.stopListening)  # type: ignore[call-overload]
+            return stopped
+        if self._listening is not None:
+            self._listening.cancel()
+        return None
+
+
+def describe_address(address: IAddress) -> str:
+    """``host:port`` for an IP address, else the path of a UNIX address or its text."""
+    port = getattr(address, "port", None)
+    if port is not None:
+        return f"{getattr(address, 'host', '')}:{port}"
+    return str(getattr(address, "name", address))
+
+
+class WorkerService(OrderedMultiService):
+    """The worker's services, started in this order and stopped in reverse:
+
+    1. ``metrics`` (when configured, :class:`ListeningService`): ``/metrics`` of the
+       worker's registry;
+    2. ``positions`` (:class:`PositionSyncService`): syncs the position file every
+       :data:`POSITION_SYNC_INTERVAL` seconds, and once more after the connection closed;
+    3. ``connection`` (Twisted's ``ClientService``): keeps the worker connected to its
+       master, reconnecting with backoff.
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__()
+        self.worker = worker
+
+    @property
+    def connection(self) -> ClientService:
+        connection: ClientService = self.getServiceNamed("connection")
+        return connection
+
+    def when_listening(self) -> Deferred[None]:
+        """Fires once the worker's listener listens (at once when there is none); fails if
+        it cannot. Ask after :meth:`startService`."""
+        try:
+            metrics: ListeningService = self.getServiceNamed("metrics")
+        except KeyError:
+            return succeed(None)
+        return metrics.when_listening().addCallback(lambda _: None)
+
+
+def worker_service(
+    worker: Worker,
+    endpoint: IStreamClientEndpoint,
+    clock: IReactorTime,
+    *,
+    metrics_endpoint: IStreamServerEndpoint | None = None,
+) -> WorkerService:
+    """The worker's service tree (see :class:`WorkerService`): ``worker`` connected to its
+    master at ``endpoint``, reconnecting with exponential backoff and jitter between
+    ``reconnect.initial_delay`` and ``reconnect.max_delay``; its position file synced to
+    disk every second; and, with ``metrics_endpoint``, its metrics served there."""
+    service = WorkerService(worker)
+    if metrics_endpoint is not None:
+        from twisted.web.server import Site
+
+        from replication.admin import metrics_resource
+
+        site = Site(metrics_resource(worker.metrics.registry))
+        site.noisy = False
+        metrics = ListeningService(metrics_endpoint, site, "metrics")
+        metrics.setName("metrics")
+        metrics.setServiceParent(service)
+    positions = PositionSyncService(worker.positions, clock)
+    positions.setName("positions")
+    positions.setServiceParent(service)
+    reconnect = worker.config.reconnect
+    policy = backoffPolicy(
+        initialDelay=reconnect.initial_delay,
+        maxDelay=reconnect.max_delay,
+        factor=2.0,
+        jitter=lambda: random.uniform(0, reconnect.initial_delay),
+    )
+    connection = ClientService(endpoint, worker.factory(), retryPolicy=policy, clock=clock)
+    connection.setName("connection")
+    connection.setServiceParent(service)
+    return service
