@@ -14,8 +14,10 @@ import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, ClassVar, Final
 
+_orjson: ModuleType | None
 try:  # optional: a faster JSON codec, used where it accepts exactly what the strict path does
     import orjson as _orjson
 except ImportError:  # pragma: no cover - exercised by the tests with orjson hidden
@@ -182,9 +184,11 @@ def encode_parsed_json(value: Any) -> str:
     integers beyond 64 bits) with :func:`encode_json`. Both give valid compact JSON."""
     if _orjson is not None:
         try:
-            return _orjson.dumps(value).decode()
+            text: str = _orjson.dumps(value).decode()
         except TypeError:
             pass
+        else:
+            return text
     return encode_json(value)
 
 
