@@ -1,12 +1,17 @@
 """The Twisted side of the wire protocol, shared by master and worker connections.
 
-:class:`ReplicationProtocol` owns what both ends do the same way: line framing with a
-maximum line length in both directions, the handshake (the master's first line is ``SERVER``,
-the worker's ``NAME``), keepalive (``PING`` after a silence; a peer that has pinged and then
-stays silent is cut off), turning every protocol violation into ``ERROR <reason>`` and a close,
-aborting a graceful close that stalls, and bounded outbound buffering: the protocol is a push
+:class:`ReplicationProtocol` owns the I/O that both ends do the same way: line framing with a
+maximum line length in both directions, turning every protocol violation into
+``ERROR <reason>`` and a close, and bounded outbound buffering: the protocol is a push
 producer on its transport, and what it holds for a peer that does not read is counted in
 bytes and capped (see :meth:`ReplicationProtocol.write`).
+
+What the connection *does* about the handshake (the master's first line is ``SERVER``, the
+worker's ``NAME``), keepalive (``PING`` after a silence; a peer that has pinged and then stays
+silent is cut off; a peer that never sends its first line is cut off too) and a close that
+stalls is decided by its :class:`replication.wire.session.Session`, a sans-IO state machine;
+this class feeds it commands and the time, carries out the actions it returns, and keeps one
+timer (an ``IDelayedCall``) set to the session's next deadline.
 
 Subclasses (:class:`replication.master.MasterConnection`,
 :class:`replication.worker.WorkerConnection`) handle commands in ``on_<NAME>`` methods.
@@ -18,9 +23,15 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
+from typing import Protocol as TypingProtocol
 
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -33,9 +44,20 @@ from replication.wire.commands import (
     CommandParseError,
     CommandRegistry,
     ErrorCommand,
-    NameCommand,
     PingCommand,
-    ServerCommand,
+)
+from replication.wire.session import (  # noqa: F401 (the close reasons are re-exported)
+    HANDSHAKE_TIMEOUT,
+    PING_TIMEOUT,
+    PROTOCOL_ERROR,
+    Abort,
+    Action,
+    CloseWithError,
+    Deliver,
+    HandshakeDone,
+    Send,
+    Session,
+    WakeAt,
 )
 
 log = logging.getLogger(__name__)
@@ -43,17 +65,35 @@ log = logging.getLogger(__name__)
 #: Why a connection ended, as counted by metrics and shown in logs. ``CLOSED_LOCALLY`` is
 #: also what a close started by this side's transport reports (e.g. ``ClientService``
 #: stopping calls ``transport.loseConnection()`` itself), told from a peer's close by the
-#: transport's ``disconnecting`` flag.
+#: transport's ``disconnecting`` flag. The session's reasons (``PING_TIMEOUT``,
+#: ``HANDSHAKE_TIMEOUT``, ``PROTOCOL_ERROR``) are defined in :mod:`replication.wire.session`
+#: and are importable from here too.
 CLOSED_BY_PEER = "closed by peer"
 CLOSED_LOCALLY = "closed locally"
-PING_TIMEOUT = "ping timeout"
 FAILED_TO_KEEP_UP = "failed to keep up"
-PROTOCOL_ERROR = "protocol error"
 LINE_TOO_LONG = "line too long"
 
 _HELD_LINES_BEFORE_PAUSE = 1000
 #: Longest ERROR text sent; longer ones are cut (they may quote the peer's input).
 MAX_ERROR_CHARS = 512
+#: The least delay of the session's timer: a deadline already due is polled this much later.
+_MIN_TIMER_DELAY = 0.001
+_DEFAULT_KEEPALIVE = KeepaliveConfig()
+
+
+class _Transport(TypingProtocol):
+    """What this protocol uses of its transport: a TCP-like transport that is also a push
+    producer (reading) and a consumer (our output)."""
+
+    disconnecting: bool
+
+    def write(self, data: bytes) -> None: ...
+    def loseConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
+    def getPeer(self) -> IAddress: ...
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None: ...
+    def pauseProducing(self) -> None: ...
+    def resumeProducing(self) -> None: ...
 
 
 @implementer(IPushProducer)
@@ -66,8 +106,10 @@ class ReplicationProtocol(Protocol):
     :param name: what this end calls itself in its first line (``SERVER``/``NAME``).
     :param keepalive: ``ping_interval``, seconds without sending after which a ``PING`` is
         sent; ``ping_timeout``, seconds of silence, after the peer has sent a ``PING``,
-        after which the peer is cut off with ``ERROR ping timeout``; ``close_timeout``,
-        seconds a graceful close may take before the connection is aborted.
+        after which the peer is cut off with ``ERROR ping timeout``, and also the seconds the
+        peer's first line may take before it is cut off with ``ERROR handshake timeout``;
+        ``close_timeout``, seconds a graceful close may take before the connection is
+        aborted.
     :param max_line_bytes: the longest line accepted or sent, without its ``\\n``.
     :param max_buffer_bytes: bytes this end may hold for a peer that does not read, beyond
         what the transport holds, before it sends ``ERROR Failed to keep up`` and closes;
@@ -75,7 +117,8 @@ class ReplicationProtocol(Protocol):
 
     Hooks for subclasses: ``on_<NAME>(command)`` for each command the peer may send after the
     handshake, :meth:`handshake_done`, :meth:`writable` (the transport drained and nothing is
-    queued), :meth:`closed`. ``peer_name`` is the name the peer gave in its first line.
+    queued), :meth:`closed`. ``peer_name`` is the name the peer gave in its first line;
+    ``session`` is the connection's :class:`~replication.wire.session.Session`.
     """
 
     delimiter = b"\n"
@@ -87,7 +130,7 @@ class ReplicationProtocol(Protocol):
         side: str,
         name: str,
         *,
-        keepalive: KeepaliveConfig = KeepaliveConfig(),
+        keepalive: KeepaliveConfig = _DEFAULT_KEEPALIVE,
         max_line_bytes: int = 65536,
         max_buffer_bytes: int | None = 8 * 1024 * 1024,
     ) -> None:
@@ -103,6 +146,13 @@ class ReplicationProtocol(Protocol):
         self.close_timeout = keepalive.close_timeout
         self.max_line_bytes = max_line_bytes
         self.max_buffer_bytes = max_buffer_bytes
+        self.session = Session(
+            side,
+            name,
+            ping_interval=keepalive.ping_interval,
+            ping_timeout=keepalive.ping_timeout,
+            close_timeout=keepalive.close_timeout,
+        )
 
         self.peer_name: str | None = None
         self.connected_since: float | None = None
@@ -120,36 +170,30 @@ class ReplicationProtocol(Protocol):
         self._paused = False
         self._queue: deque[bytes] = deque()
         self.queued_bytes = 0
-        self._peer_pinged = False
-        self._last_sent = 0.0
-        self._last_received = 0.0
-        self._keepalive_call: IDelayedCall | None = None
-        self._abort_call: IDelayedCall | None = None
+        #: The one timer, set to the session's next deadline.
+        self._timer: IDelayedCall | None = None
+        #: True once a close has begun (read by subclasses' hot paths: a plain attribute).
         self._closing = False
+        #: ``self.transport``, typed for what this class uses of it; set on connection, and
+        #: used only from then on.
+        self._link = cast(_Transport, None)
 
     # -- connection life ---------------------------------------------------------------
 
     def connectionMade(self) -> None:
         now = self.clock.seconds()
         self.connected_since = now
-        self._last_sent = self._last_received = now
-        self.transport.registerProducer(self, True)
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        self._link = link = cast(_Transport, self.transport)
+        link.registerProducer(self, True)
+        set_no_delay = getattr(link, "setTcpNoDelay", None)
         if set_no_delay is not None:
             # Lines are already gathered into large writes; Nagle's algorithm would only hold
             # the tail of each write back until the peer's delayed ACK (up to 40 ms).
             set_no_delay(True)
-        first: Command = (
-            ServerCommand(self.name) if self.side == MASTER else NameCommand(self.name)
-        )
-        self.send(first)
-        self._keepalive_call = self.clock.callLater(self.ping_interval, self._keepalive)
+        self.carry_out(self.session.connected(now))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        for call in (self._keepalive_call, self._abort_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._keepalive_call = self._abort_call = None
+        self.carry_out(self.session.connection_lost(self.clock.seconds()))
         self._queue.clear()
         self.queued_bytes = 0
         self._held.clear()
@@ -166,13 +210,8 @@ class ReplicationProtocol(Protocol):
         self._closing = True
         if self.close_reason is None:
             self.close_reason = reason
-        self.transport.loseConnection()
-        self._abort_call = self.clock.callLater(self.close_timeout, self._abort)
-
-    def _abort(self) -> None:
-        self._abort_call = None
-        log.warning("%s: close stalled for %ss; aborting", self.describe(), self.close_timeout)
-        self.transport.abortConnection()
+        self._link.loseConnection()
+        self.carry_out(self.session.close(self.clock.seconds()))
 
     def send_error(self, message: str, reason: str = PROTOCOL_ERROR) -> None:
         """Send ``ERROR <message>`` ahead of anything queued, then close."""
@@ -184,13 +223,14 @@ class ReplicationProtocol(Protocol):
         log.warning("%s: sending ERROR %s", self.describe(), message)
         self._queue.clear()
         self.queued_bytes = 0
-        self.transport.write(ErrorCommand(message).to_line() + b"\n")
+        self._link.write(ErrorCommand(message).to_line() + b"\n")
         self.sent_counts["ERROR"] = self.sent_counts.get("ERROR", 0) + 1
         self.close(reason)
 
     def describe(self) -> str:
         peer = self.transport.getPeer() if self.transport is not None else None
-        address = f"{peer.host}:{peer.port}" if hasattr(peer, "port") else str(peer)
+        host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+        address = str(peer) if port is None else f"{host}:{port}"
         return f"{self.peer_side} {self.peer_name or '?'} at {address}"
 
     def command_counts(self) -> tuple[dict[str, int], dict[str, int]]:
@@ -198,6 +238,55 @@ class ReplicationProtocol(Protocol):
         whose hot paths bypass :meth:`send` or :meth:`command_received` add what those
         counted."""
         return dict(self.received_counts), dict(self.sent_counts)
+
+    # -- the session's actions ---------------------------------------------------------
+
+    def carry_out(self, actions: tuple[Action, ...]) -> None:
+        """Do what the session decided, in order."""
+        for action in actions:
+            if isinstance(action, Deliver):
+                self._deliver(action.command)
+            elif isinstance(action, WakeAt):
+                self._wake_at(action.deadline)
+            elif isinstance(action, Send):
+                self.send(action.command)
+            elif isinstance(action, HandshakeDone):
+                self.peer_name = action.peer_name
+                self.handshake_done()
+            elif isinstance(action, CloseWithError):
+                self.send_error(action.message, action.reason)
+            else:
+                assert isinstance(action, Abort)
+                log.warning(
+                    "%s: close stalled for %ss; aborting", self.describe(), self.close_timeout
+                )
+                self._link.abortConnection()
+
+    def _wake_at(self, deadline: float | None) -> None:
+        """Set the one timer to ``deadline`` (``None``: no timer)."""
+        call = self._timer
+        if deadline is None:
+            if call is not None:
+                self._timer = None
+                if call.active():
+                    call.cancel()
+            return
+        delay = max(deadline - self.clock.seconds(), _MIN_TIMER_DELAY)
+        if call is not None and call.active():
+            call.reset(delay)
+        else:
+            self._timer = self.clock.callLater(delay, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self.carry_out(self.session.poll(self.clock.seconds()))
+
+    def _deliver(self, command: Command) -> None:
+        method: Callable[[Any], None] | None = getattr(self, "on_" + command.NAME, None)
+        if method is None:
+            self.unhandled(command)
+        else:
+            method(command)
 
     # -- subclass hooks ----------------------------------------------------------------
 
@@ -211,7 +300,7 @@ class ReplicationProtocol(Protocol):
         """The connection is gone; ``reason`` is one of this module's close reasons."""
 
     def on_PING(self, command: PingCommand) -> None:
-        self._peer_pinged = True
+        """The peer pinged (the session has noted that its silence counts from now on)."""
 
     def on_ERROR(self, command: ErrorCommand) -> None:
         log.warning("%s sent ERROR %s", self.describe(), command.message)
@@ -240,7 +329,7 @@ class ReplicationProtocol(Protocol):
         too slow: it gets ``ERROR Failed to keep up`` and the connection is closed."""
         if self._closing:
             return
-        self._last_sent = self.clock.seconds()
+        self.session.last_sent = self.clock.seconds()
         if self._paused or self._queue:
             self._queue.append(data)
             self.queued_bytes += len(data)
@@ -248,7 +337,7 @@ class ReplicationProtocol(Protocol):
             if limit is not None and self.queued_bytes > limit:
                 self.send_error("Failed to keep up", FAILED_TO_KEEP_UP)
             return
-        self.transport.write(data)
+        self._link.write(data)
 
     @property
     def can_write(self) -> bool:
@@ -262,10 +351,11 @@ class ReplicationProtocol(Protocol):
     def resumeProducing(self) -> None:
         self._paused = False
         queue = self._queue
+        write = self._link.write
         while queue and not self._paused:
             data = queue.popleft()
             self.queued_bytes -= len(data)
-            self.transport.write(data)
+            write(data)
         if not self._paused and not self._closing:
             self.writable()
 
@@ -276,7 +366,7 @@ class ReplicationProtocol(Protocol):
     # -- inbound -----------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        self._last_received = self.clock.seconds()
+        self.session.last_received = self.clock.seconds()
         if self._buffer:
             data = self._buffer + data
         lines = data.split(b"\n")
@@ -320,26 +410,12 @@ class ReplicationProtocol(Protocol):
         self.command_received(command)
 
     def command_received(self, command: Command) -> None:
+        """A parsed command from the peer: counted, then handed to the session, whose
+        actions deliver it to ``on_<NAME>`` (or :meth:`unhandled`) once the handshake is
+        done."""
         counts = self.received_counts
         counts[command.NAME] = counts.get(command.NAME, 0) + 1
-        if self.peer_name is None:
-            expected = ServerCommand if self.peer_side == MASTER else NameCommand
-            if not isinstance(command, expected):
-                self.send_error(f"expected {expected.NAME} first, got {command.NAME}")
-                return
-            self.peer_name = (
-                command.server_name if isinstance(command, ServerCommand) else command.name
-            )
-            self.handshake_done()
-            return
-        if isinstance(command, (ServerCommand, NameCommand)):
-            self.send_error(f"{command.NAME} may only be sent once, as the first line")
-            return
-        method: Callable[[Any], None] | None = getattr(self, "on_" + command.NAME, None)
-        if method is None:
-            self.unhandled(command)
-        else:
-            method(command)
+        self.carry_out(self.session.receive(command, self.clock.seconds()))
 
     def _line_too_long(self, length: int) -> None:
         self._buffer = b""
@@ -362,30 +438,11 @@ class ReplicationProtocol(Protocol):
             self.linesReceived(lines, None)
         if not self._holding and self._reading_paused and self.transport is not None:
             self._reading_paused = False
-            self._last_received = self.clock.seconds()
-            self.transport.resumeProducing()
+            self._link.resumeProducing()
+            self.carry_out(self.session.resume_reading(self.clock.seconds()))
 
     def _maybe_pause_reading(self) -> None:
         if len(self._held) > _HELD_LINES_BEFORE_PAUSE and not self._reading_paused:
             self._reading_paused = True
-            self.transport.pauseProducing()
-
-    # -- keepalive ---------------------------------------------------------------------
-
-    def _keepalive(self) -> None:
-        self._keepalive_call = None
-        if self._closing:
-            return
-        now = self.clock.seconds()
-        if self._reading_paused:
-            # Our own choice not to read: the peer's pings wait unread in the socket.
-            self._last_received = now
-        if self._peer_pinged and now - self._last_received >= self.ping_timeout:
-            self.send_error("ping timeout", PING_TIMEOUT)
-            return
-        if now - self._last_sent >= self.ping_interval:
-            self.send(PingCommand(int(now * 1000)))
-        due = self._last_sent + self.ping_interval
-        if self._peer_pinged:
-            due = min(due, self._last_received + self.ping_timeout)
-        self._keepalive_call = self.clock.callLater(max(due - now, 0.001), self._keepalive)
+            self.session.pause_reading()
+            self._link.pauseProducing()
