@@ -46,7 +46,7 @@ from replication.wire.commands import (
     ErrorCommand,
     PingCommand,
 )
-from replication.wire.session import (  # noqa: F401 (the close reasons are re-exported)
+from replication.wire.session import (
     HANDSHAKE_TIMEOUT,
     PING_TIMEOUT,
     PROTOCOL_ERROR,
@@ -59,6 +59,18 @@ from replication.wire.session import (  # noqa: F401 (the close reasons are re-e
     Session,
     WakeAt,
 )
+
+__all__ = [
+    "CLOSED_BY_PEER",
+    "CLOSED_LOCALLY",
+    "FAILED_TO_KEEP_UP",
+    "HANDSHAKE_TIMEOUT",
+    "LINE_TOO_LONG",
+    "MAX_ERROR_CHARS",
+    "PING_TIMEOUT",
+    "PROTOCOL_ERROR",
+    "ReplicationProtocol",
+]
 
 log = logging.getLogger(__name__)
 
