@@ -5,6 +5,8 @@ socket, no reactor, no clock."""
 from __future__ import annotations
 
 import itertools
+import re
+from pathlib import Path
 
 import pytest
 
@@ -422,3 +424,19 @@ def test_input_after_a_close_began_is_discarded() -> None:
 def test_a_session_knows_only_two_sides() -> None:
     with pytest.raises(ValueError, match="side must be"):
         Session("relay", "x", ping_interval=1, ping_timeout=2, close_timeout=1)
+
+
+PROTOCOL_DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.rst"
+DOC_ROW = re.compile(r"^``(\w+)``\s+``(\w+)``\s+``(\w+)``\s+``(\w+)``$")
+
+
+def test_the_protocol_doc_shows_the_same_table_in_the_same_order() -> None:
+    """docs/protocol.rst's "Session states" table lists exactly the code's transitions,
+    row for row."""
+    text = PROTOCOL_DOC.read_text(encoding="utf-8")
+    section = text.split("\nSession states\n", 1)[1].split("\nSubscription states\n", 1)[0]
+    rows = [m.groups() for m in map(DOC_ROW.match, section.splitlines()) if m]
+    assert rows == [
+        (state.name, event.name, row.target.name, row.effect.name)
+        for (state, event), row in TRANSITIONS.items()
+    ]

@@ -138,36 +138,38 @@ class Transition(NamedTuple):
     effect: Effect
 
 
-def _rows() -> dict[tuple[State, Event], Transition]:
-    S, E, F, T = State, Event, Effect, Transition
-    rows = {
-        (S.IDLE, E.CONNECTED): T(S.AWAITING_PEER_NAME, F.SEND_HELLO),
-        # The seam: negotiation and authentication will be states between here and READY.
-        (S.AWAITING_PEER_NAME, E.HELLO): T(S.READY, F.HANDSHAKE_DONE),
-        (S.AWAITING_PEER_NAME, E.PING_DUE): T(S.AWAITING_PEER_NAME, F.SEND_PING),
-        (S.AWAITING_PEER_NAME, E.HANDSHAKE_TIMEOUT): T(S.CLOSING, F.TIME_OUT),
-        (S.AWAITING_PEER_NAME, E.CLOSE): T(S.CLOSING, F.START_CLOSE),
-        (S.AWAITING_PEER_NAME, E.CONNECTION_LOST): T(S.CLOSED, F.NOTHING),
-        (S.READY, E.PING): T(S.READY, F.NOTE_PING),
-        (S.READY, E.COMMAND): T(S.READY, F.DELIVER),
-        (S.READY, E.PING_DUE): T(S.READY, F.SEND_PING),
-        (S.READY, E.PING_TIMEOUT): T(S.CLOSING, F.TIME_OUT),
-        (S.READY, E.CLOSE): T(S.CLOSING, F.START_CLOSE),
-        (S.READY, E.CONNECTION_LOST): T(S.CLOSED, F.NOTHING),
-        (S.CLOSING, E.CLOSE_TIMEOUT): T(S.ABORTING, F.ABORT),
-        (S.CLOSING, E.CONNECTION_LOST): T(S.CLOSED, F.NOTHING),
-        (S.ABORTING, E.CONNECTION_LOST): T(S.CLOSED, F.NOTHING),
-        (S.CLOSED, E.CLOSE): T(S.CLOSED, F.NOTHING),
-    }
-    for state in (S.CLOSING, S.ABORTING):
-        for event in (E.HELLO, E.PING, E.COMMAND, E.CLOSE):
-            rows[state, event] = T(state, F.NOTHING)
-    return rows
-
+_S, _E, _F, _T = State, Event, Effect, Transition
 
 #: The session's rules: ``(state, event) -> (next state, effect)``. A pair missing here is a
-#: protocol error (see the module docstring). ``docs/protocol.rst`` shows the same table.
-TRANSITIONS: Final[Mapping[tuple[State, Event], Transition]] = MappingProxyType(_rows())
+#: protocol error (see the module docstring). ``docs/protocol.rst`` shows the same table, in
+#: the same order.
+TRANSITIONS: Final[Mapping[tuple[State, Event], Transition]] = MappingProxyType({
+    (_S.IDLE, _E.CONNECTED): _T(_S.AWAITING_PEER_NAME, _F.SEND_HELLO),
+    # The seam: negotiation and authentication will be states between here and READY.
+    (_S.AWAITING_PEER_NAME, _E.HELLO): _T(_S.READY, _F.HANDSHAKE_DONE),
+    (_S.AWAITING_PEER_NAME, _E.PING_DUE): _T(_S.AWAITING_PEER_NAME, _F.SEND_PING),
+    (_S.AWAITING_PEER_NAME, _E.HANDSHAKE_TIMEOUT): _T(_S.CLOSING, _F.TIME_OUT),
+    (_S.AWAITING_PEER_NAME, _E.CLOSE): _T(_S.CLOSING, _F.START_CLOSE),
+    (_S.AWAITING_PEER_NAME, _E.CONNECTION_LOST): _T(_S.CLOSED, _F.NOTHING),
+    (_S.READY, _E.PING): _T(_S.READY, _F.NOTE_PING),
+    (_S.READY, _E.COMMAND): _T(_S.READY, _F.DELIVER),
+    (_S.READY, _E.PING_DUE): _T(_S.READY, _F.SEND_PING),
+    (_S.READY, _E.PING_TIMEOUT): _T(_S.CLOSING, _F.TIME_OUT),
+    (_S.READY, _E.CLOSE): _T(_S.CLOSING, _F.START_CLOSE),
+    (_S.READY, _E.CONNECTION_LOST): _T(_S.CLOSED, _F.NOTHING),
+    (_S.CLOSING, _E.HELLO): _T(_S.CLOSING, _F.NOTHING),
+    (_S.CLOSING, _E.PING): _T(_S.CLOSING, _F.NOTHING),
+    (_S.CLOSING, _E.COMMAND): _T(_S.CLOSING, _F.NOTHING),
+    (_S.CLOSING, _E.CLOSE): _T(_S.CLOSING, _F.NOTHING),
+    (_S.CLOSING, _E.CLOSE_TIMEOUT): _T(_S.ABORTING, _F.ABORT),
+    (_S.CLOSING, _E.CONNECTION_LOST): _T(_S.CLOSED, _F.NOTHING),
+    (_S.ABORTING, _E.HELLO): _T(_S.ABORTING, _F.NOTHING),
+    (_S.ABORTING, _E.PING): _T(_S.ABORTING, _F.NOTHING),
+    (_S.ABORTING, _E.COMMAND): _T(_S.ABORTING, _F.NOTHING),
+    (_S.ABORTING, _E.CLOSE): _T(_S.ABORTING, _F.NOTHING),
+    (_S.ABORTING, _E.CONNECTION_LOST): _T(_S.CLOSED, _F.NOTHING),
+    (_S.CLOSED, _E.CLOSE): _T(_S.CLOSED, _F.NOTHING),
+})
 
 
 class LocalProtocolError(Exception):
