@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pytest
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 import replication.protocol as old_protocol
 import replication.wire.protocol as wire_protocol
@@ -386,7 +387,7 @@ class Silent(Protocol):
 
     lost = False
 
-    def connectionLost(self, reason: object = None) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
 
 
