@@ -1,4 +1,4 @@
-"""Unit tests of the pure command codec in :mod:`replication.commands`.
+"""Unit tests of the pure command codec in :mod:`replication.wire.commands`.
 
 Tables of valid and invalid lines for every built-in command, the registry's rules for
 application commands, and the helpers the master uses to encode rows (``encode_json``,
@@ -8,14 +8,16 @@ application commands, and the helpers the master uses to encode rows (``encode_j
 from __future__ import annotations
 
 import json
-import random
 import math
+import random
 from dataclasses import FrozenInstanceError, dataclass
 from typing import Any, ClassVar
 
 import pytest
 
-from replication.commands import (
+import replication.commands as old_commands
+import replication.wire.commands as wire_commands
+from replication.wire.commands import (
     ALL_STREAMS,
     MASTER,
     WORKER,
@@ -35,8 +37,8 @@ from replication.commands import (
     default_registry,
     encode_json,
     parse_token,
-    rdata_line_length,
     rdata_block,
+    rdata_line_length,
     rdata_lines,
 )
 
@@ -759,3 +761,12 @@ def test_check_stream_name_rejects_bad_names(name: str) -> None:
 def test_check_stream_name_accepts_good_names(name: str) -> None:
     """check_stream_name returns a valid name unchanged."""
     assert check_stream_name(name) == name
+
+
+def test_the_old_import_path_is_the_moved_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``replication.commands`` is the very module ``replication.wire.commands``: every
+    name, private ones included, is there, and patching one through the old name patches
+    the codec (here: hiding orjson makes the codec take its standard library path)."""
+    assert old_commands is wire_commands
+    monkeypatch.setattr(old_commands, "_orjson", None)
+    assert wire_commands.json_loader(b'{"a":1}') is wire_commands.decode_json_bytes

@@ -1,5 +1,6 @@
-"""The shared protocol layer over a StringTransport and a Clock: framing, handshake,
-keepalive, errors, line limits and bounded outbound buffering."""
+"""The shared protocol layer over a StringTransport (or a MemoryPipe) and a Clock: framing,
+handshake, keepalive and the handshake deadline as the session decides them, errors, line
+limits and bounded outbound buffering."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pytest
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
-from replication.commands import (
+import replication.protocol as old_protocol
+import replication.wire.protocol as wire_protocol
+from replication.config import KeepaliveConfig
+from replication.testing import MemoryPipe
+from replication.wire.commands import (
     MASTER,
     WORKER,
     Command,
@@ -21,15 +28,16 @@ from replication.commands import (
     ServerCommand,
     default_registry,
 )
-from replication.config import KeepaliveConfig
-from replication.protocol import (
+from replication.wire.protocol import (
     CLOSED_BY_PEER,
     FAILED_TO_KEEP_UP,
+    HANDSHAKE_TIMEOUT,
     LINE_TOO_LONG,
     PING_TIMEOUT,
     PROTOCOL_ERROR,
     ReplicationProtocol,
 )
+from replication.wire.session import State
 
 
 class Recorder(ReplicationProtocol):
@@ -321,3 +329,126 @@ def test_error_texts_that_quote_the_peer_are_cut_short() -> None:
     line = sent_lines(transport)[-1]
     assert line.startswith(b"ERROR invalid stream name 'xxx")
     assert line.endswith(b"...") and len(line) == len(b"ERROR ") + 512 + 3
+
+
+# -- the handshake deadline and the one timer ---------------------------------------------
+
+
+def test_a_silent_peer_is_cut_off_at_the_handshake_deadline() -> None:
+    """A worker that connects and never sends NAME gets ERROR handshake timeout
+    ping_timeout seconds after connecting (PINGs go out meanwhile); the close reason is
+    handshake timeout and no delayed call is left."""
+    protocol, transport, clock = connect(ping_interval=5, ping_timeout=25, close_timeout=5)
+    clock.pump([5] * 4 + [4.9])
+    assert not transport.disconnecting
+    pings = [b"PING %d" % t for t in (5000, 10000, 15000, 20000)]
+    assert sent_lines(transport) == [b"SERVER me", *pings]
+    clock.advance(0.1)
+    assert sent_lines(transport)[-1] == b"ERROR handshake timeout: expected NAME within 25s"
+    assert transport.disconnecting
+    protocol.connectionLost()
+    assert protocol.reasons == [HANDSHAKE_TIMEOUT]
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_partial_first_line_does_not_meet_the_handshake_deadline() -> None:
+    """Bytes without a line break are not a first line: the peer is still cut off."""
+    protocol, transport, clock = connect(ping_timeout=25)
+    protocol.dataReceived(b"NAME w")
+    clock.advance(25)
+    assert sent_lines(transport)[-1].startswith(b"ERROR handshake timeout")
+    assert protocol.peer_name is None
+
+
+def test_a_first_line_just_in_time_completes_the_handshake() -> None:
+    """NAME arriving a moment before the deadline is in time; the connection stays up
+    with PINGs going out."""
+    protocol, transport, clock = connect(ping_interval=5, ping_timeout=25)
+    clock.advance(24.9)
+    protocol.dataReceived(b"NAME w\n")
+    clock.pump([5] * 20)
+    assert protocol.peer_name == "w"
+    assert not transport.disconnecting
+    assert protocol.session.state is State.READY
+
+
+def test_a_worker_cuts_off_a_master_that_never_says_server() -> None:
+    """The worker end applies the same deadline to the master's SERVER line."""
+    protocol, transport, clock = connect(WORKER, ping_timeout=10)
+    clock.advance(10)
+    assert sent_lines(transport)[-1] == b"ERROR handshake timeout: expected SERVER within 10s"
+    protocol.connectionLost()
+    assert protocol.reasons == [HANDSHAKE_TIMEOUT]
+    assert clock.getDelayedCalls() == []
+
+
+class Silent(Protocol):
+    """A peer that connects and says nothing."""
+
+    lost = False
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+
+
+@pytest.mark.parametrize("peer_reads", [True, False])
+def test_a_silent_peer_over_a_pipe_is_gone_after_the_deadline(peer_reads: bool) -> None:
+    """Over an in-memory pipe, a peer that never sends its first line is disconnected at
+    the handshake deadline (at once if it reads; after close_timeout, by an abort, if it
+    does not read either), and the master end leaves no delayed call behind."""
+    clock = Clock()
+    keepalive = KeepaliveConfig(ping_interval=5, ping_timeout=25, close_timeout=5)
+    master = Recorder(clock, keepalive=keepalive)
+    peer = Silent()
+    pipe = MemoryPipe(master, peer)
+    pipe.client_reads = peer_reads
+    for _ in range(5):
+        clock.advance(5)
+        pipe.pump()
+    assert master.session.state is not State.AWAITING_PEER_NAME
+    if not peer_reads:
+        assert pipe.connected  # the ERROR waits unread; the close is stalled
+        clock.advance(5)
+        pipe.pump()
+    assert not pipe.connected and peer.lost
+    assert master.reasons == [HANDSHAKE_TIMEOUT]
+    assert master.session.state is State.CLOSED
+    assert clock.getDelayedCalls() == []
+
+
+def test_one_timer_at_a_time() -> None:
+    """Handshake, keepalive and close share one delayed call, set to the session's next
+    deadline."""
+    protocol, _, clock = connect(ping_interval=5, ping_timeout=25, close_timeout=3)
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [5]  # the first PING
+    protocol.dataReceived(b"NAME w\nPING 1\n")
+    clock.pump([5, 5])
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [15]  # the next PING
+    protocol.close()
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [13]  # the abort
+    protocol.connectionLost()
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_peer_is_not_timed_out_while_this_end_does_not_read() -> None:
+    """While held input has paused reading, a peer that pinged is not silent, however
+    long; once reading resumes, its silence counts from then."""
+    protocol, transport, clock = connect(ping_interval=5, ping_timeout=25)
+    protocol.dataReceived(b"NAME w\nPING 1\n")
+    protocol.hold_input()
+    protocol.dataReceived(b"".join(b"PING %d\n" % i for i in range(1001)))
+    assert transport.producerState == "paused"
+    clock.pump([5] * 20)
+    assert not transport.disconnecting
+    protocol.release_input()
+    assert transport.producerState == "producing"
+    clock.advance(24.9)
+    assert not transport.disconnecting
+    clock.advance(0.1)
+    assert sent_lines(transport)[-1] == b"ERROR ping timeout"
+
+
+def test_the_old_import_path_is_the_moved_module() -> None:
+    """``replication.protocol`` is the very module ``replication.wire.protocol``."""
+    assert old_protocol is wire_protocol
+    assert old_protocol.PING_TIMEOUT == PING_TIMEOUT

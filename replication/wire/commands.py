@@ -1,0 +1,566 @@
+"""The wire protocol's commands: one frozen class per command, parsing and encoding, no I/O.
+
+A line is ``NAME`` or ``NAME SP arguments`` in UTF-8, without its ``\\n``. Each command class
+knows its ``NAME``, how to build itself from the argument text (``from_args``) and how to
+write it back (``to_args``). A :class:`CommandRegistry` maps names to classes and says which
+side (``master`` or ``worker``) may send each one; applications register their own commands
+on a copy of the default registry. Every malformed line raises :class:`CommandParseError`
+with a message that can be sent to the peer as it is. Nothing here imports Twisted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, ClassVar, Final
+
+_orjson: ModuleType | None
+try:  # optional: a faster JSON codec, used where it accepts exactly what the strict path does
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised by the tests with orjson hidden
+    _orjson = None
+
+MASTER: Final = "master"
+WORKER: Final = "worker"
+SIDES: Final = frozenset({MASTER, WORKER})
+
+#: The stream name that ``REPLICATE ALL NOW`` uses to mean every stream; no stream has it.
+ALL_STREAMS: Final = "ALL"
+
+_STREAM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
+_PEER_NAME = re.compile(r"[\x21-\x7e]{1,128}")
+_COMMAND_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
+
+_compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+class CommandParseError(ValueError):
+    """A line, or a field of a command, that is not valid protocol.
+
+    The message names what is wrong in words a person can act on; the protocol layer sends
+    it to the peer as ``ERROR <message>``.
+    """
+
+
+def check_stream_name(name: str) -> str:
+    """Return ``name`` if it is a valid stream name, else raise :class:`CommandParseError`.
+
+    Stream names are 1 to 128 characters of ``A-Z a-z 0-9 _ . -``, not starting with ``.``
+    or ``-``; ``ALL`` is reserved for ``REPLICATE ALL NOW``.
+    """
+    if not _STREAM_NAME.fullmatch(name):
+        raise CommandParseError(
+            f"invalid stream name {name!r}: use 1 to 128 characters of A-Z a-z 0-9 _ . - "
+            "(not starting with . or -)"
+        )
+    if name == ALL_STREAMS:
+        raise CommandParseError(f"{ALL_STREAMS!r} is reserved and cannot name a stream")
+    return name
+
+
+def check_peer_name(name: str, what: str = "name") -> str:
+    """Return ``name`` if it is a valid server or worker name (1 to 128 printable ASCII
+    characters, no spaces), else raise :class:`CommandParseError`."""
+    if not _PEER_NAME.fullmatch(name):
+        raise CommandParseError(
+            f"invalid {what} {name!r}: use 1 to 128 printable ASCII characters without spaces"
+        )
+    return name
+
+
+def parse_token(text: str, what: str = "token") -> int:
+    """Parse a non-negative decimal token (``0`` means "before the first row")."""
+    if not text.isdigit() or not text.isascii() or len(text) > 19:
+        raise CommandParseError(f"{what} must be a non-negative integer, got {text!r}")
+    return int(text)
+
+
+def _check_token(token: int, what: str = "token") -> None:
+    if not isinstance(token, int) or isinstance(token, bool) or not 0 <= token < 10**19:
+        raise CommandParseError(f"{what} must be a non-negative integer, got {token!r}")
+
+
+def encode_json(value: Any) -> str:
+    """Encode ``value`` as compact JSON (no spaces, no NaN, non-ASCII kept as UTF-8).
+
+    A JSON document never contains a raw newline, so the result always fits in one line.
+    Strings holding lone surrogates (which UTF-8 cannot carry) are refused.
+    """
+    try:
+        text = _compact_json.encode(value)
+        text.encode("utf-8")
+    except (TypeError, ValueError) as e:
+        raise CommandParseError(f"row is not JSON-serialisable: {e}") from None
+    return text
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _NotJson(f"{text} overflows a float")
+    return value
+
+
+_strict_decode = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_float=_finite_float
+).decode
+
+
+def decode_json(text: str, what: str = "RDATA row") -> Any:
+    """Decode one JSON document, strictly: ``NaN``, ``Infinity`` and numbers that overflow
+    a float are refused with :class:`CommandParseError` (``"<what> is not valid JSON:
+    ..."``), as is anything not JSON."""
+    try:
+        value = _strict_decode(text)
+    except ValueError as e:
+        raise CommandParseError(f"{what} is not valid JSON: {e}") from None
+    if "\\u" in text and "\\ud" in text.lower():
+        # An escaped lone surrogate decodes to a string that UTF-8 cannot carry.
+        try:
+            _compact_json.encode(value).encode("utf-8")
+        except UnicodeEncodeError:
+            raise CommandParseError(
+                f"{what} is not valid JSON: it escapes a lone UTF-16 surrogate"
+            ) from None
+    return value
+
+
+_DIGITS_AS_ZEROS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+_TWENTY_ZEROS = b"0" * 20
+
+
+def _has_twenty_digits(data: bytes) -> bool:
+    # One C-speed pass: digits become "0", everything else a space.
+    return _TWENTY_ZEROS in data.translate(_DIGITS_AS_ZEROS)
+
+
+def decode_json_bytes(data: bytes, what: str = "RDATA row") -> Any:
+    """Decode one JSON document from UTF-8 bytes, as strictly as :func:`decode_json`.
+
+    With orjson installed it does the work (it refuses NaN, Infinity, lone surrogates and
+    invalid UTF-8 by itself); whatever orjson refuses (e.g. integers beyond 64 bits) goes
+    to the standard library path, which has the final word, so both accept the same
+    documents. orjson turns integers beyond 64 bits into floats, so a document with a run of
+    20 digits is always decoded by the standard library, which keeps them exact.
+    """
+    if _orjson is not None and not _has_twenty_digits(data):
+        try:
+            return _orjson.loads(data)
+        except _orjson.JSONDecodeError:
+            pass
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CommandParseError(f"{what} is not valid UTF-8 (byte {e.start})") from None
+    return decode_json(text, what)
+
+
+def json_loader(data: bytes | None) -> Callable[[bytes], Any]:
+    """A decoder for the rows of many lines at once, as strict as :func:`decode_json_bytes`:
+    orjson's own ``loads`` when orjson is installed and ``data`` (the bytes the lines were
+    split from) holds no run of 20 digits, so the check is made once per read instead of
+    once per row; otherwise :func:`decode_json_bytes`. Both raise ``ValueError`` on what
+    they refuse (``CommandParseError``, or orjson's error, which may still be a document
+    that the standard library path accepts: pass such lines to the general path)."""
+    if _orjson is not None and data is not None and not _has_twenty_digits(data):
+        return _orjson.loads  # type: ignore[no-any-return]
+    return decode_json_bytes
+
+
+def encode_parsed_json(value: Any) -> str:
+    """Encode, as compact JSON, a value that a JSON parser produced (only JSON types, no
+    NaN): with orjson when installed, else (or for what orjson cannot encode, such as
+    integers beyond 64 bits) with :func:`encode_json`. Both give valid compact JSON."""
+    if _orjson is not None:
+        try:
+            text: str = _orjson.dumps(value).decode()
+        except TypeError:
+            pass
+        else:
+            return text
+    return encode_json(value)
+
+
+def encode_parsed_rows(values: Iterable[Any]) -> list[str] | None:
+    """:func:`encode_parsed_json` of each value, in one pass when orjson can encode them
+    all; ``None`` when it cannot (then encode them one by one)."""
+    if _orjson is None:
+        return None
+    dumps = _orjson.dumps
+    try:
+        return [dumps(value).decode() for value in values]
+    except TypeError:
+        return None
+
+
+def _split(args: str, count: int, name: str, usage: str) -> list[str]:
+    parts = args.split(" ", count - 1)
+    if len(parts) != count or not all(parts) or " " in parts[-1] and count > 1 and name != "RDATA":
+        plural = "argument" if count == 1 else "arguments"
+        raise CommandParseError(f"{name} takes {count} {plural}: {name} {usage}")
+    return parts
+
+
+class Command:
+    """Base class of every command, built in or registered by an application.
+
+    Subclasses are frozen dataclasses that set ``NAME`` and implement ``from_args`` and
+    ``to_args``; ``from_args`` receives everything after ``NAME `` (or ``""``) and raises
+    :class:`CommandParseError` for anything it cannot accept.
+    """
+
+    NAME: ClassVar[str]
+
+    @classmethod
+    def from_args(cls, args: str) -> Command:
+        raise NotImplementedError
+
+    def to_args(self) -> str:
+        raise NotImplementedError
+
+    def to_line(self) -> bytes:
+        """The command as one line of UTF-8, without the trailing ``\\n``."""
+        args = self.to_args()
+        try:
+            return f"{self.NAME} {args}".encode() if args else self.NAME.encode()
+        except UnicodeEncodeError as e:
+            raise CommandParseError(f"{self.NAME} cannot be encoded as UTF-8: {e.reason}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCommand(Command):
+    """``SERVER <server_name>``: the first line the master sends."""
+
+    NAME: ClassVar[str] = "SERVER"
+    server_name: str
+
+    def __post_init__(self) -> None:
+        check_peer_name(self.server_name, "server name")
+
+    @classmethod
+    def from_args(cls, args: str) -> ServerCommand:
+        return cls(_split(args, 1, cls.NAME, "<server_name>")[0])
+
+    def to_args(self) -> str:
+        return self.server_name
+
+
+@dataclass(frozen=True, slots=True)
+class NameCommand(Command):
+    """``NAME <worker_name>``: the first line the worker sends."""
+
+    NAME: ClassVar[str] = "NAME"
+    name: str
+
+    def __post_init__(self) -> None:
+        check_peer_name(self.name, "worker name")
+
+    @classmethod
+    def from_args(cls, args: str) -> NameCommand:
+        return cls(_split(args, 1, cls.NAME, "<worker_name>")[0])
+
+    def to_args(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True, slots=True)
+class PingCommand(Command):
+    """``PING <ms timestamp>``: keepalive, sent by either side after a silence."""
+
+    NAME: ClassVar[str] = "PING"
+    timestamp_ms: int
+
+    def __post_init__(self) -> None:
+        _check_token(self.timestamp_ms, "PING timestamp")
+
+    @classmethod
+    def from_args(cls, args: str) -> PingCommand:
+        (text,) = _split(args, 1, cls.NAME, "<ms timestamp>")
+        return cls(parse_token(text, "PING timestamp"))
+
+    def to_args(self) -> str:
+        return str(self.timestamp_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicateCommand(Command):
+    """``REPLICATE <stream> <token>``, ``REPLICATE <stream> NOW`` or ``REPLICATE ALL NOW``.
+
+    ``token`` is the last token the worker has; ``None`` means ``NOW`` (new rows only).
+    ``stream`` is :data:`ALL_STREAMS` only together with ``NOW``.
+    """
+
+    NAME: ClassVar[str] = "REPLICATE"
+    stream: str
+    token: int | None
+
+    def __post_init__(self) -> None:
+        if self.stream == ALL_STREAMS:
+            if self.token is not None:
+                raise CommandParseError("REPLICATE ALL takes NOW, not a token")
+        else:
+            check_stream_name(self.stream)
+        if self.token is not None:
+            _check_token(self.token)
+
+    @classmethod
+    def from_args(cls, args: str) -> ReplicateCommand:
+        stream, token = _split(args, 2, cls.NAME, "<stream> <token|NOW>")
+        return cls(stream, None if token == "NOW" else parse_token(token))
+
+    def to_args(self) -> str:
+        return f"{self.stream} {'NOW' if self.token is None else self.token}"
+
+
+@dataclass(frozen=True, slots=True)
+class RdataCommand(Command):
+    """``RDATA <stream> <token|batch> <json>``: one row of a stream.
+
+    The rows of one token are sent in order; all but the last carry ``batch`` (``token`` is
+    ``None``) and the last carries the token.
+    """
+
+    NAME: ClassVar[str] = "RDATA"
+    stream: str
+    token: int | None
+    row: Any
+
+    def __post_init__(self) -> None:
+        check_stream_name(self.stream)
+        if self.token is not None:
+            _check_token(self.token)
+
+    @classmethod
+    def from_args(cls, args: str) -> RdataCommand:
+        stream, token, row = _split(args, 3, cls.NAME, "<stream> <token|batch> <json>")
+        value = decode_json(row)
+        return cls(stream, None if token == "batch" else parse_token(token), value)
+
+    def to_args(self) -> str:
+        token = "batch" if self.token is None else str(self.token)
+        return f"{self.stream} {token} {encode_json(self.row)}"
+
+
+@dataclass(frozen=True, slots=True)
+class PositionCommand(Command):
+    """``POSITION <stream> <token>``: catch-up of the stream is done; live rows follow."""
+
+    NAME: ClassVar[str] = "POSITION"
+    stream: str
+    token: int
+
+    def __post_init__(self) -> None:
+        check_stream_name(self.stream)
+        _check_token(self.token)
+
+    @classmethod
+    def from_args(cls, args: str) -> PositionCommand:
+        stream, token = _split(args, 2, cls.NAME, "<stream> <token>")
+        return cls(stream, parse_token(token))
+
+    def to_args(self) -> str:
+        return f"{self.stream} {self.token}"
+
+
+@dataclass(frozen=True, slots=True)
+class GapCommand(Command):
+    """``GAP <stream> <first> <last>``: tokens ``first..last`` are no longer retained.
+
+    Sent during catch-up when the worker asked for history that retention has dropped; the
+    rows that follow start after ``last``.
+    """
+
+    NAME: ClassVar[str] = "GAP"
+    stream: str
+    first: int
+    last: int
+
+    def __post_init__(self) -> None:
+        check_stream_name(self.stream)
+        _check_token(self.first, "first token")
+        _check_token(self.last, "last token")
+        if not 0 < self.first <= self.last:
+            raise CommandParseError(
+                f"GAP needs 0 < first <= last, got first={self.first} last={self.last}"
+            )
+
+    @classmethod
+    def from_args(cls, args: str) -> GapCommand:
+        stream, first, last = _split(args, 3, cls.NAME, "<stream> <first> <last>")
+        return cls(stream, parse_token(first, "first token"), parse_token(last, "last token"))
+
+    def to_args(self) -> str:
+        return f"{self.stream} {self.first} {self.last}"
+
+
+@dataclass(frozen=True, slots=True)
+class ResetCommand(Command):
+    """``RESET <stream> <head>``: the worker's token is ahead of the master's head.
+
+    The master's history of the stream was lost or replaced (an in-memory master restarted).
+    The worker forgets its position; the stream is then replayed from its start.
+    """
+
+    NAME: ClassVar[str] = "RESET"
+    stream: str
+    head: int
+
+    def __post_init__(self) -> None:
+        check_stream_name(self.stream)
+        _check_token(self.head, "head token")
+
+    @classmethod
+    def from_args(cls, args: str) -> ResetCommand:
+        stream, head = _split(args, 2, cls.NAME, "<stream> <head>")
+        return cls(stream, parse_token(head, "head token"))
+
+    def to_args(self) -> str:
+        return f"{self.stream} {self.head}"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorCommand(Command):
+    """``ERROR <text>``: something went wrong; the text says what.
+
+    Line breaks in ``message`` are replaced by spaces so it always fits in one line.
+    """
+
+    NAME: ClassVar[str] = "ERROR"
+    message: str
+
+    def __post_init__(self) -> None:
+        if "\n" in self.message or "\r" in self.message:
+            flat = self.message.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+            object.__setattr__(self, "message", flat)
+
+    @classmethod
+    def from_args(cls, args: str) -> ErrorCommand:
+        return cls(args)
+
+    def to_args(self) -> str:
+        return self.message
+
+
+class CommandRegistry:
+    """Which commands exist and which side may send each.
+
+    ``parse(line, sender)`` turns one received line into a command, checking that ``sender``
+    (the peer's side) is allowed to send it. Applications add their own commands with
+    :meth:`register` on a registry from :func:`default_registry`; built-in names cannot be
+    replaced.
+    """
+
+    def __init__(self) -> None:
+        self._classes: dict[str, type[Command]] = {}
+        self._senders: dict[str, frozenset[str]] = {}
+
+    def register(self, cls: type[Command], sent_by: Iterable[str]) -> None:
+        """Add ``cls`` to the registry; ``sent_by`` holds ``"master"``, ``"worker"`` or both."""
+        name = getattr(cls, "NAME", None)
+        if not isinstance(name, str) or not _COMMAND_NAME.fullmatch(name):
+            raise ValueError(
+                f"{cls.__name__}.NAME must be 1 to 32 of A-Z 0-9 _ starting with a letter"
+            )
+        if name in self._classes:
+            raise ValueError(f"a command named {name} is already registered")
+        senders = frozenset(sent_by)
+        if not senders or not senders <= SIDES:
+            raise ValueError(f"sent_by must name 'master', 'worker' or both, got {sorted(senders)}")
+        self._classes[name] = cls
+        self._senders[name] = senders
+
+    def copy(self) -> CommandRegistry:
+        new = CommandRegistry()
+        new._classes = dict(self._classes)
+        new._senders = dict(self._senders)
+        return new
+
+    def names(self, sent_by: str | None = None) -> frozenset[str]:
+        """The registered command names, or those ``sent_by`` may send."""
+        if sent_by is None:
+            return frozenset(self._classes)
+        return frozenset(n for n, s in self._senders.items() if sent_by in s)
+
+    def parse(self, line: bytes, sender: str) -> Command:
+        """Parse one line (without ``\\n``) received from a peer on side ``sender``."""
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CommandParseError(f"line is not valid UTF-8 (byte {e.start})") from None
+        if "\n" in text or "\r" in text:
+            raise CommandParseError("line contains an embedded line break")
+        name, _, args = text.partition(" ")
+        cls = self._classes.get(name)
+        if cls is None:
+            shown = name if len(name) <= 40 else name[:40] + "..."
+            raise CommandParseError(f"unknown command {shown!r}")
+        if sender not in self._senders[name]:
+            raise CommandParseError(f"{name} may not be sent by the {sender}")
+        return cls.from_args(args)
+
+
+_BUILTINS: tuple[tuple[type[Command], frozenset[str]], ...] = (
+    (ServerCommand, frozenset({MASTER})),
+    (NameCommand, frozenset({WORKER})),
+    (PingCommand, SIDES),
+    (ReplicateCommand, frozenset({WORKER})),
+    (RdataCommand, frozenset({MASTER})),
+    (PositionCommand, frozenset({MASTER})),
+    (GapCommand, frozenset({MASTER})),
+    (ResetCommand, frozenset({MASTER})),
+    (ErrorCommand, SIDES),
+)
+
+
+def default_registry() -> CommandRegistry:
+    """A new registry holding the built-in commands, ready for applications to extend."""
+    registry = CommandRegistry()
+    for cls, senders in _BUILTINS:
+        registry.register(cls, senders)
+    return registry
+
+
+def rdata_lines(stream: str, token: int, rows: Iterable[str]) -> bytes:
+    """Encode the rows of one token as ``RDATA`` lines, each ending in ``\\n``.
+
+    ``rows`` are compact JSON texts; all but the last get ``batch``, the last the token.
+    This is the master's fan-out encoder: the result is written as it is to every
+    subscriber of ``stream``.
+    """
+    return rdata_block(stream, [(token, list(rows))])
+
+
+def rdata_block(stream: str, tokens: Iterable[tuple[int, Sequence[str]]]) -> bytes:
+    """:func:`rdata_lines` of many ``(token, rows)`` of one stream, joined: what the master
+    writes for a multi-token publish or a catch-up page, built in one pass."""
+    head = f"RDATA {stream} "
+    batch = f"RDATA {stream} batch "
+    between = "\n" + batch
+
+    def several(token: int, rows: Sequence[str]) -> str:
+        if not rows:
+            raise ValueError("a token carries at least one row")
+        last = len(rows) - 1
+        return f"{batch}{between.join(rows[:last])}\n{head}{token} {rows[last]}\n"
+
+    return "".join([
+        f"{head}{token} {rows[0]}\n" if len(rows) == 1 else several(token, rows)
+        for token, rows in tokens
+    ]).encode()
+
+
+def rdata_line_length(stream: str, row: str) -> int:
+    """The longest encoded ``RDATA`` line ``row`` can produce in ``stream``, in bytes, for
+    checking a row against the line limit before a token is known (19 token digits)."""
+    return len("RDATA ") + len(stream.encode()) + 1 + 19 + 1 + len(row.encode())

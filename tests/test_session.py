@@ -1,0 +1,442 @@
+"""The sans-IO session (:mod:`replication.wire.session`) driven with plain numbers: every row
+of its transition table, every pair missing from it, and every deadline at its edge. No
+socket, no reactor, no clock."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+
+import pytest
+
+from replication.wire.commands import (
+    MASTER,
+    WORKER,
+    Command,
+    ErrorCommand,
+    NameCommand,
+    PingCommand,
+    ReplicateCommand,
+    ServerCommand,
+)
+from replication.wire.session import (
+    HANDSHAKE_TIMEOUT,
+    PEER_CONNECTED,
+    PEER_EVENTS,
+    PING_TIMEOUT,
+    PROTOCOL_ERROR,
+    TRANSITIONS,
+    Abort,
+    Action,
+    CloseWithError,
+    Deliver,
+    Effect,
+    Event,
+    HandshakeDone,
+    LocalProtocolError,
+    Send,
+    Session,
+    State,
+    Transition,
+    WakeAt,
+)
+
+#: Timers used throughout, chosen so that sums stay exact in binary floating point.
+INTERVAL, TIMEOUT, CLOSE = 5.0, 25.0, 3.0
+START = 100.0
+#: Just before a deadline.
+EARLY = 1 / 1024
+
+
+def new_session(side: str = MASTER, **timers: float) -> Session:
+    settings = {"ping_interval": INTERVAL, "ping_timeout": TIMEOUT, "close_timeout": CLOSE}
+    settings.update(timers)
+    return Session(side, "me", **settings)
+
+
+def hello_from_peer(session: Session) -> Command:
+    return NameCommand("peer-1") if session.side == MASTER else ServerCommand("peer-1")
+
+
+def effects(actions: tuple[Action, ...]) -> list[Action]:
+    """The actions without the wake-ups."""
+    return [a for a in actions if not isinstance(a, WakeAt)]
+
+
+def in_state(state: State, side: str = MASTER, *, pinged: bool = False) -> Session:
+    """A session brought to ``state`` through its public inputs; ``pinged``: the peer has
+    sent a PING (only for READY)."""
+    session = new_session(side)
+    if state is State.IDLE:
+        return session
+    session.connected(START)
+    if state is State.AWAITING_PEER_NAME:
+        return session
+    if state is State.CLOSED:
+        session.connection_lost(START)
+        return session
+    session.receive(hello_from_peer(session), START)
+    if pinged:
+        session.receive(PingCommand(1), START)
+    if state is State.READY:
+        return session
+    session.close(START)
+    if state is State.CLOSING:
+        return session
+    assert state is State.ABORTING
+    assert effects(session.poll(START + CLOSE)) == [Abort()]
+    return session
+
+
+def fire(session: Session, event: Event) -> tuple[tuple[Action, ...], float]:
+    """Make ``event`` happen to ``session`` through its public inputs; return the actions
+    and the time it happened at."""
+    now = START + 1
+    if event is Event.CONNECTED:
+        return session.connected(now), now
+    if event is Event.CLOSE:
+        return session.close(now), now
+    if event is Event.CONNECTION_LOST:
+        return session.connection_lost(now), now
+    if event is Event.HELLO:
+        return session.receive(hello_from_peer(session), now), now
+    if event is Event.PING:
+        return session.receive(PingCommand(7), now), now
+    if event is Event.COMMAND:
+        return session.receive(ReplicateCommand("events", 41), now), now
+    # The clock: poll when this event, and no other, is due.
+    deadline = {
+        Event.PING_DUE: session.last_sent + INTERVAL,
+        Event.HANDSHAKE_TIMEOUT: session.connected_at + TIMEOUT,
+        Event.PING_TIMEOUT: session.last_received + TIMEOUT,
+        Event.CLOSE_TIMEOUT: session.closing_at + CLOSE,
+    }[event]
+    if event is Event.PING_TIMEOUT:
+        session.last_sent = deadline  # so that no PING is due at the same time
+    return session.poll(deadline), deadline
+
+
+@pytest.mark.parametrize(
+    "state, event, row",
+    [(state, event, row) for (state, event), row in TRANSITIONS.items()],
+    ids=[f"{state.name}-{event.name}" for state, event in TRANSITIONS],
+)
+def test_every_transition_of_the_table(state: State, event: Event, row: Transition) -> None:
+    """Each row of the table, fired through the session's public inputs, leads to the row's
+    next state and does the row's effect (seen in the actions returned)."""
+    session = in_state(state, pinged=event is Event.PING_TIMEOUT)
+    actions, now = fire(session, event)
+    assert session.state is row.target
+    done = effects(actions)
+    effect = row.effect
+    if effect is Effect.SEND_HELLO:
+        assert done == [Send(ServerCommand("me"))]
+        assert session.connected_at == session.last_sent == now
+    elif effect is Effect.HANDSHAKE_DONE:
+        assert done == [HandshakeDone("peer-1")]
+        assert session.peer_name == "peer-1"
+    elif effect is Effect.NOTE_PING:
+        assert done == [Deliver(PingCommand(7))]
+        assert session.peer_pinged
+    elif effect is Effect.DELIVER:
+        assert done == [Deliver(ReplicateCommand("events", 41))]
+    elif effect is Effect.SEND_PING:
+        assert done == [Send(PingCommand(int(now * 1000)))]
+        assert session.last_sent == now
+    elif effect is Effect.TIME_OUT:
+        expected = {
+            Event.HANDSHAKE_TIMEOUT: CloseWithError(
+                "handshake timeout: expected NAME within 25s", HANDSHAKE_TIMEOUT, WORKER
+            ),
+            Event.PING_TIMEOUT: CloseWithError("ping timeout", PING_TIMEOUT, WORKER),
+        }[event]
+        assert done == [expected]
+        assert session.closing_at == now
+    elif effect is Effect.START_CLOSE:
+        assert done == []
+        assert session.closing_at == now
+    elif effect is Effect.ABORT:
+        assert done == [Abort()]
+    else:
+        assert effect is Effect.NOTHING
+        assert done == []
+    # A wake-up, when there is one, comes first and names the session's new deadline.
+    wakes = [i for i, a in enumerate(actions) if isinstance(a, WakeAt)]
+    assert wakes in ([], [0])
+    if wakes:
+        assert actions[0] == WakeAt(session.deadline)
+
+
+MISSING = [
+    (state, event)
+    for state, event in itertools.product(State, Event)
+    if (state, event) not in TRANSITIONS
+]
+PEER_FAULTS = [(s, e) for s, e in MISSING if e in PEER_EVENTS and s in PEER_CONNECTED]
+LOCAL_FAULTS = [
+    (s, e)
+    for s, e in MISSING
+    if (s, e) not in PEER_FAULTS
+    # Clock events come only from poll, which finds only those of the session's state.
+    and e not in {Event.PING_DUE, Event.HANDSHAKE_TIMEOUT, Event.PING_TIMEOUT, Event.CLOSE_TIMEOUT}
+]
+
+
+def test_the_missing_pairs_are_those_the_protocol_forbids() -> None:
+    """The peer's faults are exactly: anything but its first line before its first line,
+    and its first line again afterwards."""
+    assert sorted(PEER_FAULTS, key=str) == sorted(
+        [
+            (State.AWAITING_PEER_NAME, Event.PING),
+            (State.AWAITING_PEER_NAME, Event.COMMAND),
+            (State.READY, Event.HELLO),
+        ],
+        key=str,
+    )
+
+
+@pytest.mark.parametrize("side", [MASTER, WORKER])
+@pytest.mark.parametrize(
+    "state, event", PEER_FAULTS, ids=[f"{s.name}-{e.name}" for s, e in PEER_FAULTS]
+)
+def test_a_missing_pair_from_the_peer_is_its_protocol_error(
+    side: str, state: State, event: Event
+) -> None:
+    """A command the peer may not send in the session's state is answered with ERROR and a
+    close, blamed on the peer; the session is then CLOSING, with the close deadline."""
+    session = in_state(state, side)
+    actions, now = fire(session, event)
+    peer = WORKER if side == MASTER else MASTER
+    hello, command = ("NAME", "REPLICATE") if side == MASTER else ("SERVER", "REPLICATE")
+    message = {
+        Event.PING: f"expected {hello} first, got PING",
+        Event.COMMAND: f"expected {hello} first, got {command}",
+        Event.HELLO: f"{hello} may only be sent once, as the first line",
+    }[event]
+    assert actions == (WakeAt(now + CLOSE), CloseWithError(message, PROTOCOL_ERROR, peer))
+    assert session.state is State.CLOSING
+
+
+def test_an_error_from_the_peer_before_its_first_line_is_refused_too() -> None:
+    """ERROR is a command like any other: before the handshake it is a protocol error."""
+    session = in_state(State.AWAITING_PEER_NAME, WORKER)
+    actions = session.receive(ErrorCommand("hello?"), START)
+    assert effects(actions) == [
+        CloseWithError("expected SERVER first, got ERROR", PROTOCOL_ERROR, MASTER)
+    ]
+
+
+@pytest.mark.parametrize(
+    "state, event", LOCAL_FAULTS, ids=[f"{s.name}-{e.name}" for s, e in LOCAL_FAULTS]
+)
+def test_a_missing_pair_from_this_end_raises(state: State, event: Event) -> None:
+    """A local input the state does not allow (connecting twice, losing a connection twice,
+    input before the connection or after its loss) is this end's bug: it raises, naming the
+    event and the state, and leaves the state as it was."""
+    session = in_state(state)
+    with pytest.raises(LocalProtocolError, match=f"{event.name} cannot happen in state {state.name}"):
+        fire(session, event)
+    assert session.state is state
+
+
+@pytest.mark.parametrize("state", list(State))
+def test_poll_never_finds_a_clock_event_its_state_has_no_row_for(state: State) -> None:
+    """Polling any state at any time (before, at and long after every deadline) takes only
+    rows of the table."""
+    for offset in (0.0, INTERVAL - EARLY, INTERVAL, TIMEOUT, CLOSE, 1000.0):
+        session = in_state(state, pinged=state is State.READY)
+        actions = session.poll(START + offset)
+        assert isinstance(actions[0], WakeAt)
+
+
+# -- deadlines, each at its edge ---------------------------------------------------------
+
+
+def test_a_silent_peer_is_cut_off_at_the_handshake_deadline() -> None:
+    """A peer that connects and never sends its first line gets
+    ERROR handshake timeout after ping_timeout seconds, not a moment before; PINGs go out
+    meanwhile."""
+    session = new_session()
+    assert session.connected(START) == (WakeAt(START + INTERVAL), Send(ServerCommand("me")))
+    sent: list[Action] = []
+    now = START
+    while True:
+        deadline = session.deadline
+        assert deadline is not None and deadline > now
+        assert session.poll(deadline - EARLY) == (WakeAt(deadline),)
+        now = deadline
+        actions = session.poll(now)
+        if session.state is not State.AWAITING_PEER_NAME:
+            break
+        sent += effects(actions)
+    assert now == START + TIMEOUT
+    assert sent == [Send(PingCommand(int(t * 1000))) for t in (105, 110, 115, 120)]
+    assert actions == (
+        WakeAt(now + CLOSE),
+        CloseWithError("handshake timeout: expected NAME within 25s", HANDSHAKE_TIMEOUT, WORKER),
+    )
+    assert session.state is State.CLOSING
+
+
+def test_the_handshake_deadline_can_be_set_apart_from_the_ping_timeout() -> None:
+    """handshake_timeout, when given, replaces ping_timeout for the first line only."""
+    session = new_session(WORKER, handshake_timeout=2.0)
+    session.connected(START)
+    assert session.deadline == START + 2
+    assert effects(session.poll(START + 2)) == [
+        CloseWithError("handshake timeout: expected SERVER within 2s", HANDSHAKE_TIMEOUT, MASTER)
+    ]
+
+
+def test_a_first_line_just_before_the_handshake_deadline_is_in_time() -> None:
+    """The peer's first line a moment before the deadline completes the handshake; from
+    then on only the PING cadence is awaited."""
+    session = new_session()
+    session.connected(START)
+    session.last_sent = START + TIMEOUT - 1  # this end kept sending
+    actions = session.receive(NameCommand("w"), START + TIMEOUT - EARLY)
+    assert actions == (WakeAt(START + TIMEOUT - 1 + INTERVAL), HandshakeDone("w"))
+    assert effects(session.poll(START + TIMEOUT)) == []
+
+
+def test_a_ping_goes_out_after_ping_interval_of_sending_nothing() -> None:
+    """In READY, PING <ms> goes out when this end has sent nothing for ping_interval; any
+    write (the I/O layer moves last_sent) pushes it back."""
+    session = in_state(State.READY)
+    assert session.deadline == START + INTERVAL
+    assert session.poll(START + INTERVAL - EARLY) == (WakeAt(START + INTERVAL),)
+    assert session.poll(START + INTERVAL) == (
+        WakeAt(START + 2 * INTERVAL),
+        Send(PingCommand(int((START + INTERVAL) * 1000))),
+    )
+    session.last_sent = START + INTERVAL + 3  # something else was written
+    assert session.poll(START + 2 * INTERVAL) == (WakeAt(START + 2 * INTERVAL + 3),)
+
+
+def test_a_peer_that_pinged_is_cut_off_after_ping_timeout_of_silence() -> None:
+    """Once the peer has pinged, ping_timeout seconds without a byte from it cut it off;
+    a moment earlier they do not."""
+    session = in_state(State.READY)
+    actions = session.receive(PingCommand(1), START + 1)
+    assert actions == (Deliver(PingCommand(1)),)  # the deadline (next PING) did not move
+    session.last_received = START + 1  # the I/O layer marks the read
+    silent_until = START + 1 + TIMEOUT
+    session.last_sent = silent_until  # no PING due at the same time
+    assert effects(session.poll(silent_until - EARLY)) == []
+    assert session.poll(silent_until) == (
+        WakeAt(silent_until + CLOSE),
+        CloseWithError("ping timeout", PING_TIMEOUT, WORKER),
+    )
+
+
+def test_a_peer_that_never_pinged_is_never_timed_out() -> None:
+    """Without a PING from the peer, its silence never counts; only PINGs go out."""
+    session = in_state(State.READY)
+    for _ in range(100):
+        deadline = session.deadline
+        assert deadline is not None
+        assert [type(a) for a in effects(session.poll(deadline))] == [Send]
+    assert session.state is State.READY
+
+
+def test_a_first_ping_that_brings_the_deadline_forward_wakes_earlier() -> None:
+    """When ping_timeout is shorter than ping_interval, the peer's first PING makes the
+    silence deadline the next one, and the session says so."""
+    session = new_session(ping_interval=30.0, ping_timeout=10.0)
+    session.connected(START)
+    session.receive(NameCommand("w"), START)
+    session.last_received = START + 2
+    assert session.receive(PingCommand(1), START + 2) == (
+        WakeAt(START + 12),
+        Deliver(PingCommand(1)),
+    )
+    assert session.receive(PingCommand(2), START + 3) == (Deliver(PingCommand(2)),)
+
+
+def test_while_reading_is_paused_the_peers_silence_does_not_count() -> None:
+    """This end not reading on purpose is not the peer's silence; after reading resumes,
+    its silence counts from the resumption."""
+    session = in_state(State.READY, pinged=True)
+    session.pause_reading()
+    assert session.deadline == START + INTERVAL  # the silence deadline is gone
+    now = START
+    while now < START + 10 * TIMEOUT:
+        deadline = session.deadline
+        assert deadline is not None
+        now = deadline
+        assert [type(a) for a in effects(session.poll(now))] == [Send]
+    resumed = now + 1
+    assert session.resume_reading(resumed) == ()  # the next PING is still earlier
+    assert session.last_received == resumed
+    session.last_sent = resumed + TIMEOUT
+    assert effects(session.poll(resumed + TIMEOUT - EARLY)) == []
+    assert effects(session.poll(resumed + TIMEOUT)) == [
+        CloseWithError("ping timeout", PING_TIMEOUT, WORKER)
+    ]
+
+
+def test_resuming_reading_wakes_earlier_when_the_silence_deadline_comes_first() -> None:
+    """When the silence deadline after resuming comes before the next PING, the session
+    returns a wake-up for it."""
+    session = new_session(ping_interval=30.0, ping_timeout=10.0)
+    session.connected(START)
+    session.receive(NameCommand("w"), START)
+    session.receive(PingCommand(1), START)
+    session.pause_reading()
+    assert session.deadline == START + 30  # only the next PING while not reading
+    session.poll(START + 5)
+    assert session.resume_reading(START + 6) == (WakeAt(START + 16),)
+
+
+def test_a_stalled_close_is_aborted_after_close_timeout() -> None:
+    """A close not finished close_timeout seconds after it began is aborted, not a moment
+    before; after the abort nothing is awaited."""
+    session = in_state(State.READY)
+    assert session.close(START + 1) == (WakeAt(START + 1 + CLOSE),)
+    assert session.close(START + 2) == ()  # a second close is the first one
+    assert session.poll(START + 1 + CLOSE - EARLY) == (WakeAt(START + 1 + CLOSE),)
+    assert session.poll(START + 1 + CLOSE) == (WakeAt(None), Abort())
+    assert (session.state, session.deadline) == (State.ABORTING, None)
+    assert session.connection_lost(START + 6) == ()
+    assert session.state is State.CLOSED
+
+
+def test_nothing_is_awaited_once_the_connection_is_lost() -> None:
+    """Losing the connection in any connected state ends every deadline."""
+    for state in (State.AWAITING_PEER_NAME, State.READY, State.CLOSING):
+        session = in_state(state)
+        assert session.connection_lost(START + 1) == (WakeAt(None),)
+        assert session.deadline is None
+        assert session.poll(START + 1000) == (WakeAt(None),)
+        assert session.close(START + 1001) == ()
+
+
+def test_input_after_a_close_began_is_discarded() -> None:
+    """Once closing, the peer's commands (even ones that would be errors) do nothing."""
+    session = in_state(State.CLOSING)
+    for command in (NameCommand("again"), PingCommand(1), ReplicateCommand("events", 1)):
+        assert session.receive(command, START + 1) == ()
+    assert session.state is State.CLOSING
+    assert not session.peer_pinged
+
+
+def test_a_session_knows_only_two_sides() -> None:
+    with pytest.raises(ValueError, match="side must be"):
+        Session("relay", "x", ping_interval=1, ping_timeout=2, close_timeout=1)
+
+
+PROTOCOL_DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.rst"
+DOC_ROW = re.compile(r"^``(\w+)``\s+``(\w+)``\s+``(\w+)``\s+``(\w+)``$")
+
+
+def test_the_protocol_doc_shows_the_same_table_in_the_same_order() -> None:
+    """docs/protocol.rst's "Session states" table lists exactly the code's transitions,
+    row for row."""
+    text = PROTOCOL_DOC.read_text(encoding="utf-8")
+    section = text.split("\nSession states\n", 1)[1].split("\nSubscription states\n", 1)[0]
+    rows = [m.groups() for m in map(DOC_ROW.match, section.splitlines()) if m]
+    assert rows == [
+        (state.name, event.name, row.target.name, row.effect.name)
+        for (state, event), row in TRANSITIONS.items()
+    ]
