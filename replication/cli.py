@@ -24,7 +24,6 @@ from replication.config import (
     MASTER,
     WORKER,
     ConfigError,
-    MasterConfig,
     detect_role,
     load_master_config,
     load_worker_config,
@@ -50,20 +49,6 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
-def _listen(reactor: Any, description: str, factory: Any, what: str) -> Any:
-    from twisted.internet.endpoints import serverFromString
-
-    return serverFromString(reactor, description).listen(factory).addCallback(
-        lambda port: log.info("listening for %s on %s", what, _address(port.getHost())) or port
-    )
-
-
-def _address(address: Any) -> str:
-    if hasattr(address, "port"):
-        return f"{address.host}:{address.port}"
-    return str(getattr(address, "name", address))
-
-
 def _run_reactor(reactor: Any, start: Callable[[], Any], stop: Callable[[], Any]) -> int:
     """Run ``start`` under the reactor; a failure to start stops it with exit status 1."""
     status = {"code": 0}
@@ -85,9 +70,14 @@ def _run_reactor(reactor: Any, start: Callable[[], Any], stop: Callable[[], Any]
 
 
 def _run_service(reactor: Any, service: Any) -> int:
-    """Start ``service`` (a tree with a ``started`` Deferred) under the reactor and stop it,
+    """Start ``service`` (a tree with ``when_listening()``) under the reactor and stop it,
     awaiting every child, when the reactor shuts down; a failure to start is exit status 1."""
-    return _run_reactor(reactor, lambda: (service.startService(), service.started)[1], service.stopService)
+
+    def start() -> Any:
+        service.startService()
+        return service.when_listening()
+
+    return _run_reactor(reactor, start, service.stopService)
 
 
 def cmd_master(args: argparse.Namespace) -> int:
@@ -125,10 +115,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise CommandLineError(str(e)) from None
     worker = Worker(config, handler, positions, reactor, metrics=WorkerMetrics(CollectorRegistry()))
     service = worker_service(
-        worker, clientFromString(reactor, config.master), reactor,
+        worker, clientFromString(reactor, config.master), reactor,  # type: ignore[no-untyped-call]
         metrics_endpoint=(
             None if config.metrics_listen is None
-            else serverFromString(reactor, config.metrics_listen)
+            else serverFromString(reactor, config.metrics_listen)  # type: ignore[no-untyped-call]
         ),
     )
     log.info(
@@ -136,11 +126,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         config.name, ", ".join(s.name for s in config.streams), config.master, positions.path,
     )
 
-    def start() -> Any:
-        service.startService()
-        return service.when_listening()
-
-    return _run_reactor(reactor, start, service.stopService)
+    return _run_service(reactor, service)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:

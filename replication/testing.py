@@ -27,7 +27,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from twisted.application.internet import ClientService
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import (
@@ -58,7 +57,7 @@ from replication.config import MasterConfig, WorkerConfig, WorkerStream
 from replication.master import Master, MasterConnection, MasterFactory
 from replication.positions import PositionFile
 from replication.store.memory import MemoryStore
-from replication.worker import Worker, WorkerConnection, worker_service
+from replication.worker import Worker, WorkerConnection, WorkerService, worker_service
 
 
 @implementer(ITransport)
@@ -628,7 +627,7 @@ class Harness:
             link.disconnect()
         return list(self.clock.getDelayedCalls())
 
-    def worker_service(self, worker: Worker) -> ClientService:
+    def worker_service(self, worker: Worker) -> WorkerService:
         """The service a deployed worker runs (:func:`replication.worker.worker_service`),
         dialing the master over ``network`` from a host named after the worker. Not
         started: call ``startService()``."""

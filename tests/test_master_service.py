@@ -13,10 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet.testing import MemoryReactorClock
 
 from replication.config import MasterConfig
-from replication.master.app import Listener, MasterRunner, StoreThreads, master_service
+from replication.master.app import MasterRunner, ServiceError, StoreThreads, master_service
+from replication.services import ListeningService
+from replication.store import StoreError
 from replication.store.memory import MemoryStore
 from replication.store.sqlite import SqliteStore
 
@@ -30,11 +33,11 @@ def test_a_memory_master_listens_on_both_ports_once_started() -> None:
     replication and HTTP ports, and ``started`` fires."""
     reactor = MemoryReactorClock()
     service = master_service(CONFIG, reactor, store=MemoryStore())
-    assert [type(c) for c in service] == [MasterRunner, Listener, Listener]
+    assert [type(c) for c in service] == [MasterRunner, ListeningService, ListeningService]
     assert reactor.tcpServers == []
     started: list[object] = []
-    service.started.addCallback(started.append)
     service.startService()
+    service.when_listening().addCallback(started.append)
     assert [(port, interface) for port, _, _, interface in reactor.tcpServers] == [
         (19092, "127.0.0.1"), (19093, "127.0.0.1"),
     ]
@@ -48,7 +51,7 @@ def test_without_http_there_is_one_listener() -> None:
     service = master_service(
         dataclasses.replace(CONFIG, http_listen=None), reactor, store=MemoryStore()
     )
-    assert [type(c) for c in service] == [MasterRunner, Listener]
+    assert [type(c) for c in service] == [MasterRunner, ListeningService]
 
 
 class ThreadedMemoryReactor(MemoryReactorClock):
@@ -80,7 +83,7 @@ def test_a_blocking_store_runs_in_threads_and_listeners_wait_for_it_to_open(tmp_
     reactor = ThreadedMemoryReactor()
     store = SqliteStore(str(tmp_path / "s.db"))
     service = master_service(CONFIG, reactor, store=store)
-    assert [type(c) for c in service] == [StoreThreads, MasterRunner, Listener, Listener]
+    assert [type(c) for c in service] == [StoreThreads, MasterRunner, ListeningService, ListeningService]
     service.startService()
     assert reactor.tcpServers == []  # the store is not open yet
     reactor.drain_until(lambda: len(reactor.tcpServers) == 2)
@@ -94,16 +97,31 @@ def test_a_blocking_store_runs_in_threads_and_listeners_wait_for_it_to_open(tmp_
     assert reactor.getDelayedCalls() == []
 
 
-def test_a_listener_that_cannot_listen_fails_started() -> None:
-    """A listen description that cannot be parsed fails ``started`` with the reason."""
+def test_a_listen_description_that_cannot_be_parsed_is_refused_when_building() -> None:
+    """An endpoint string no endpoint parser takes is a ServiceError naming the key."""
+    with pytest.raises(ServiceError, match="listen: cannot listen on 'nonsense:1'"):
+        master_service(dataclasses.replace(CONFIG, listen="nonsense:1"), MemoryReactorClock(),
+                       store=MemoryStore())
+
+
+def test_a_store_that_cannot_be_opened_fails_the_listeners() -> None:
+    """If opening the store fails, no listener listens and ``when_listening`` fails with
+    the store's error."""
+
+    class Broken(MemoryStore):
+        def keys(self) -> list[tuple[str, str]]:
+            raise StoreError("cannot read the streams table")
+
     reactor = MemoryReactorClock()
-    service = master_service(
-        dataclasses.replace(CONFIG, listen="nonsense:1"), reactor, store=MemoryStore()
-    )
+    service = master_service(CONFIG, reactor, store=Broken())
     errors: list[Any] = []
-    service.started.addErrback(errors.append)
-    service.startService()
-    assert len(errors) == 1 and "nonsense" in errors[0].getErrorMessage()
+    try:
+        service.startService()
+    except StoreError:
+        pass
+    service.when_listening().addErrback(errors.append)
+    assert reactor.tcpServers == []
+    assert errors and "cannot read the streams table" in errors[0].getErrorMessage()
     service.stopService()
 
 

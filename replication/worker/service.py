@@ -14,23 +14,20 @@ import random
 from collections.abc import Callable
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
-    IAddress,
-    IListeningPort,
-    IProtocolFactory,
     IReactorTime,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
-from twisted.python.failure import Failure
 
 from replication.commands import CommandRegistry, ReplicateCommand, default_registry
 from replication.config import WorkerConfig
 from replication.metrics import WorkerMetrics
+from replication.services import ListeningService, OrderedMultiService
 from replication.worker.connection import WorkerConnection, WorkerFactory
 from replication.worker.handlers import Handler
 from replication.worker.positions import Positions
@@ -122,42 +119,6 @@ class Worker:
 POSITION_SYNC_INTERVAL = 1.0
 
 
-class OrderedMultiService(MultiService):
-    """A ``MultiService`` whose children start in the order they were added and stop in
-    reverse, each stop (its Deferred) finished before the next one begins.
-
-    A child whose ``startService`` raises stops the children started before it (in
-    reverse) and the error propagates. A child whose stop fails is logged and the next one
-    is stopped all the same.
-    """
-
-    def startService(self) -> None:
-        Service.startService(self)
-        started: list[IService] = []
-        for child in self:
-            try:
-                child.startService()
-            except BaseException:
-                self.running = 0
-                for done in reversed(started):
-                    done.stopService()
-                raise
-            started.append(child)
-
-    def stopService(self) -> Deferred[None]:
-        Service.stopService(self)
-        return ensureDeferred(self._stop_children())
-
-    async def _stop_children(self) -> None:
-        for child in reversed(list(self)):
-            if not child.running:
-                continue
-            try:
-                await maybeDeferred(child.stopService)
-            except Exception:
-                log.exception("stopping %s failed", child.name or child)
-
-
 class PositionSyncService(Service):
     """Syncs ``positions`` every ``interval`` seconds of ``clock`` (the first one an
     interval after the start), and once more when it stops."""
@@ -178,87 +139,6 @@ class PositionSyncService(Service):
         if self._loop.running:
             self._loop.stop()
         self.positions.sync()
-
-
-class ListeningService(Service):
-    """Listens on ``endpoint`` with ``factory`` while running; ``what`` names it in logs.
-
-    A listen that fails at once (the usual case: the address is taken) makes
-    :meth:`startService` raise; :meth:`when_listening` tells of a later outcome too.
-    Stopping stops listening and waits for the port to close.
-    """
-
-    def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory,
-                 what: str) -> None:
-        self.endpoint = endpoint
-        self.factory = factory
-        self.what = what
-        self._port: IListeningPort | None = None
-        self._outcome: IListeningPort | Failure | None = None
-        self._waiters: list[Deferred[IListeningPort]] = []
-        self._listening: Deferred[IListeningPort] | None = None
-
-    def startService(self) -> None:
-        Service.startService(self)
-        self._outcome = None
-        self._listening = self.endpoint.listen(self.factory)
-        self._listening.addCallbacks(self._listened, self._failed)
-        if isinstance(self._outcome, Failure):
-            self.running = 0
-            self._outcome.raiseException()
-
-    def _listened(self, port: IListeningPort) -> None:
-        self._listening = None
-        self._port = self._outcome = port
-        log.info("listening for %s on %s", self.what, describe_address(port.getHost()))
-        self._tell()
-
-    def _failed(self, failure: Failure) -> None:
-        self._listening = None
-        self._outcome = failure
-        if not self.running:
-            return  # raised by startService, or cancelled by stopService
-        log.error("cannot listen for %s: %s", self.what, failure.getErrorMessage())
-        self._tell()
-
-    def _tell(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            self._fire(waiter)
-
-    def _fire(self, waiter: Deferred[IListeningPort]) -> None:
-        outcome = self._outcome
-        if isinstance(outcome, Failure):
-            waiter.errback(outcome)
-        elif outcome is not None:
-            waiter.callback(outcome)
-
-    def when_listening(self) -> Deferred[IListeningPort]:
-        """Fires with the port once listening, or fails if the listen failed."""
-        waiter: Deferred[IListeningPort] = Deferred()
-        if self._outcome is None:
-            self._waiters.append(waiter)
-        else:
-            self._fire(waiter)
-        return waiter
-
-    def stopService(self) -> Deferred[None] | None:
-        Service.stopService(self)
-        port, self._port = self._port, None
-        if port is not None:
-            stopped: Deferred[None] = maybeDeferred(port.stopListening)  # type: ignore[call-overload]
-            return stopped
-        if self._listening is not None:
-            self._listening.cancel()
-        return None
-
-
-def describe_address(address: IAddress) -> str:
-    """``host:port`` for an IP address, else the path of a UNIX address or its text."""
-    port = getattr(address, "port", None)
-    if port is not None:
-        return f"{getattr(address, 'host', '')}:{port}"
-    return str(getattr(address, "name", address))
 
 
 class WorkerService(OrderedMultiService):
