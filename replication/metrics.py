@@ -18,7 +18,7 @@ heads, oldest and retained rows, positions and lag, connected or not. Scrape fro
 reactor thread (the HTTP resources of :mod:`replication.http` do).
 
 Label values stay bounded: command names come from the command registry, stream names from
-the streams that exist, reasons from the close reasons of :mod:`replication.protocol`, and
+the streams that exist, reasons from the close reasons of :mod:`replication.wire.protocol`, and
 peer names through :class:`PeerLabels`: the first ``max_peer_labels`` names seen keep their
 own label, later ones are counted as ``other``.
 """
@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from replication.protocol import ReplicationProtocol
+    from replication.wire.protocol import ReplicationProtocol
     from replication.worker import Worker
 
 #: Upper bounds (seconds) of the worker's handler duration histogram buckets.
@@ -83,7 +83,7 @@ COMMON_METRICS: dict[str, str] = {
     ),
     "replication_disconnects_total": (
         "Connections ended, by close reason and peer name (closed_by_peer, closed_locally, "
-        "ping_timeout, failed_to_keep_up, protocol_error, line_too_long, "
+        "ping_timeout, handshake_timeout, failed_to_keep_up, protocol_error, line_too_long, "
         "too_many_connections)."
     ),
 }

@@ -17,7 +17,7 @@ import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from replication.commands import CommandParseError, check_peer_name, check_stream_name
+from replication.wire.commands import CommandParseError, check_peer_name, check_stream_name
 from replication.config.document import Document, join
 from replication.config.model import WorkerStream
 from replication.config.schema import AnyKey, Checking, Key, Kind, Loading, Rule

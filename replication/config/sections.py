@@ -58,7 +58,8 @@ def _keepalive() -> tuple[Key, ...]:
         Key(
             "keepalive.ping_timeout",
             Duration(),
-            "Cut off a peer that has pinged and then stays silent this long.",
+            "Cut off a peer that has pinged and then stays silent this long; also the time a "
+            "new connection has to send its first line (``SERVER`` or ``NAME``).",
             rule=GreaterThan("keepalive.ping_interval"),
         ),
         Key(

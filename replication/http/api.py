@@ -30,7 +30,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from replication import __version__
-from replication.commands import CommandParseError, decode_json_bytes
+from replication.wire.commands import CommandParseError, decode_json_bytes
 from replication.http.routing import (
     HttpError,
     Route,

@@ -31,7 +31,7 @@ from typing import Any
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from replication.commands import encode_parsed_json
+from replication.wire.commands import encode_parsed_json
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ The package, by responsibility (who calls whom, top down):
   the read-only :class:`~replication.snapshot.MasterSnapshot` for metrics and status.
 - :mod:`~replication.master.connection`: :class:`MasterConnection`, the master's end of one
   connection (framing, handshake and keepalive come from
-  :class:`~replication.protocol.ReplicationProtocol`); it hands ``REPLICATE`` to the fan-out.
+  :class:`~replication.wire.protocol.ReplicationProtocol`); it hands ``REPLICATE`` to the fan-out.
 - :mod:`~replication.master.fanout`: :class:`~replication.master.fanout.FanOut`,
   subscriptions, catch-up paged from the store and live writes, talking to connections
   through the narrow :class:`~replication.master.fanout.Follower` interface.

@@ -1,7 +1,7 @@
 """The master's end of one connection: :class:`MasterConnection` and its factory.
 
 A connection is admitted or refused (``limits.max_connections``), speaks the handshake and
-keepalive of :class:`~replication.protocol.ReplicationProtocol`, and hands ``REPLICATE`` to the
+keepalive of :class:`~replication.wire.protocol.ReplicationProtocol`, and hands ``REPLICATE`` to the
 master's fan-out, for which it is a :class:`~replication.master.fanout.Follower`: fan-out
 writes to it, asks whether it can take more, and is told when its transport drains.
 """
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory
 
-from replication.commands import MASTER, ReplicateCommand
-from replication.protocol import ReplicationProtocol
+from replication.wire.commands import MASTER, ReplicateCommand
+from replication.wire.protocol import ReplicationProtocol
 
 if TYPE_CHECKING:
     from replication.master.fanout import Subscription

@@ -31,7 +31,7 @@ from typing import Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from replication.commands import (
+from replication.wire.commands import (
     ALL_STREAMS,
     Command,
     ErrorCommand,
@@ -60,7 +60,7 @@ class Follower(Protocol):
 
     @property
     def dialect(self) -> str:
-        """The protocol dialect the connection speaks (see ``replication.commands``)."""
+        """The protocol dialect the connection speaks (see ``replication.wire.commands``)."""
 
     def write(self, data: bytes) -> None:
         """Send whole encoded lines."""

@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
-from replication.commands import (
+from replication.wire.commands import (
     CommandParseError,
     CommandRegistry,
     check_stream_name,

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from replication.commands import (
+from replication.wire.commands import (
     WORKER,
     ErrorCommand,
     GapCommand,
@@ -28,7 +28,7 @@ from replication.commands import (
     ResetCommand,
     json_loader,
 )
-from replication.protocol import ReplicationProtocol
+from replication.wire.protocol import ReplicationProtocol
 from replication.streams import AssemblyError, TokenAssembler
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 
-from replication.commands import CommandRegistry, ReplicateCommand, default_registry
+from replication.wire.commands import CommandRegistry, ReplicateCommand, default_registry
 from replication.config import WorkerConfig
 from replication.metrics import WorkerMetrics
 from replication.services import ListeningService, OrderedMultiService
