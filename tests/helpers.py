@@ -1,10 +1,14 @@
 """Helpers shared by test modules: raw HTTP requests through a real twisted.web Site over a
-StringTransport, without a reactor or a socket."""
+StringTransport, without a reactor or a socket; a runner that stands in for the store's
+threads."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
+
+from twisted.internet.defer import Deferred
 
 from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
@@ -55,3 +59,29 @@ def request(master: Master, method: str, path: str, body: bytes = b"") -> tuple[
     """Send one HTTP/1.1 request through the master's real Site and parse the JSON answer."""
     status, _, payload = raw_request(admin_resource(master), method, path, body)
     return status, json.loads(payload)
+
+
+class ManualRunner:
+    """Stands in for a thread (the store's writer or reader): calls wait until the test
+    runs them, so every interleaving is explicit."""
+
+    def __init__(self) -> None:
+        self.queue: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.queue.append((f, args, d))
+        return d
+
+    def run_one(self) -> None:
+        f, args, d = self.queue.pop(0)
+        try:
+            result = f(*args)
+        except Exception as e:
+            d.errback(e)
+        else:
+            d.callback(result)
+
+    def run_all(self) -> None:
+        while self.queue:
+            self.run_one()

@@ -7,15 +7,15 @@ so every interleaving is explicit."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from helpers import ManualRunner
 from replication.config import MasterConfig, RetentionConfig
 from replication.master import Master, MasterConnection, PublishError
 from replication.store import StoreError
@@ -41,31 +41,6 @@ class BlockingMemoryStore(MemoryStore):
             raise StoreError("disk full")
         self.appends.append(len(batch))
         return super().append(batch, now, origin)
-
-
-class ManualRunner:
-    """Stands in for the writer thread: calls wait until :meth:`run_one`."""
-
-    def __init__(self) -> None:
-        self.queue: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
-
-    def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.queue.append((f, args, d))
-        return d
-
-    def run_one(self) -> None:
-        f, args, d = self.queue.pop(0)
-        try:
-            result = f(*args)
-        except Exception as e:
-            d.errback(e)
-        else:
-            d.callback(result)
-
-    def run_all(self) -> None:
-        while self.queue:
-            self.run_one()
 
 
 def make(store: Any = None, **changes: Any) -> tuple[Master, Any, ManualRunner, Clock]:

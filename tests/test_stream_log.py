@@ -4,13 +4,13 @@ gaps) delivered once and in order, and catch-up over asynchronous reads."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
+from helpers import ManualRunner
 from replication.commands import Command, ReplicateCommand
 from replication.master.fanout import FanOut
 from replication.master.log import PublishError, StreamLog, StreamState
@@ -19,31 +19,6 @@ from replication.store.asynchronous import InlineStore, ThreadedStore, adapt
 from replication.store.memory import MemoryStore
 
 KEEP_ALL = Retention()
-
-
-class ManualRunner:
-    """Stands in for a thread: calls wait until the test runs them."""
-
-    def __init__(self) -> None:
-        self.queue: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
-
-    def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.queue.append((f, args, d))
-        return d
-
-    def run_one(self) -> None:
-        f, args, d = self.queue.pop(0)
-        try:
-            result = f(*args)
-        except Exception as e:
-            d.errback(e)
-        else:
-            d.callback(result)
-
-    def run_all(self) -> None:
-        while self.queue:
-            self.run_one()
 
 
 class Listener:

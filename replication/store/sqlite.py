@@ -219,6 +219,24 @@ class SqliteStore:
         except sqlite3.Error as e:
             raise StoreError(f"SQLite store {self.path}: {what} failed: {e}") from e
 
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction on the writer connection (``BEGIN IMMEDIATE`` ... ``COMMIT``,
+        rolled back if anything raises), which first writes the streams created since the
+        last write; ``what`` names the operation in errors."""
+        with self._errors(what), self._write_lock:
+            w = self._writer
+            w.execute("BEGIN IMMEDIATE")
+            try:
+                created = self._flush_pending()
+                yield w
+                w.execute("COMMIT")
+            except BaseException:
+                if w.in_transaction:
+                    w.execute("ROLLBACK")
+                raise
+            self._flushed(created)
+
     def _stream_row(self, stream: str, origin: str = LOCAL_ORIGIN) -> tuple[int, int, int]:
         """``(head, oldest, rows)`` of ``(stream, origin)``; reader thread, ``_read_lock``
         held."""
@@ -327,86 +345,65 @@ class SqliteStore:
         self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN
     ) -> list[int]:
         check_origin(origin)
-        check_origin(origin)
         texts = [_joined(rows) for _, rows in batch]
         tokens: list[int] = []
-        with self._errors("append"), self._write_lock:
-            w = self._writer
-            w.execute("BEGIN IMMEDIATE")
-            try:
-                created = self._flush_pending()
-                streams: dict[str, list[int]] = {}  # name -> [head, rows added]
-                entries = []
-                for (name, rows), text in zip(batch, texts):
-                    s = streams.get(name)
-                    if s is None:
-                        found = w.execute(
-                            "SELECT head FROM streams WHERE name = ? AND origin = ''", (name,)
-                        ).fetchall()
-                        if not found:
-                            w.execute(
-                                "INSERT INTO streams (name, origin, head, oldest, rows)"
-                                " VALUES (?, '', 0, 1, 0)",
-                                (name,),
-                            )
-                        s = streams[name] = [found[0][0] if found else 0, 0]
-                    s[0] += 1
-                    s[1] += len(rows)
-                    entries.append((name, s[0], now, len(rows), text))
-                    tokens.append(s[0])
-                w.executemany(
-                    "INSERT INTO entries (stream, origin, token, time, nrows, rows)"
-                    " VALUES (?, '', ?, ?, ?, ?)",
-                    entries,
-                )
-                w.executemany(
-                    "UPDATE streams SET head = ?, rows = rows + ? WHERE name = ? AND origin = ''",
-                    [(h, n, name) for name, (h, n) in streams.items()],
-                )
-                w.execute("COMMIT")
-            except BaseException:
-                if w.in_transaction:
-                    w.execute("ROLLBACK")
-                raise
-            self._flushed(created)
+        with self._transaction("append") as w:
+            streams: dict[str, list[int]] = {}  # name -> [head, rows added]
+            entries = []
+            for (name, rows), text in zip(batch, texts):
+                s = streams.get(name)
+                if s is None:
+                    found = w.execute(
+                        "SELECT head FROM streams WHERE name = ? AND origin = ''", (name,)
+                    ).fetchall()
+                    if not found:
+                        w.execute(
+                            "INSERT INTO streams (name, origin, head, oldest, rows)"
+                            " VALUES (?, '', 0, 1, 0)",
+                            (name,),
+                        )
+                    s = streams[name] = [found[0][0] if found else 0, 0]
+                s[0] += 1
+                s[1] += len(rows)
+                entries.append((name, s[0], now, len(rows), text))
+                tokens.append(s[0])
+            w.executemany(
+                "INSERT INTO entries (stream, origin, token, time, nrows, rows)"
+                " VALUES (?, '', ?, ?, ?, ?)",
+                entries,
+            )
+            w.executemany(
+                "UPDATE streams SET head = ?, rows = rows + ? WHERE name = ? AND origin = ''",
+                [(h, n, name) for name, (h, n) in streams.items()],
+            )
         return tokens
 
     def ingest(self, stream: str, origin: str, entries: Sequence[Entry], now: float) -> int:
         texts = [_joined(entry.rows) for entry in entries]
-        with self._errors("ingest"), self._write_lock:
-            w = self._writer
-            w.execute("BEGIN IMMEDIATE")
-            try:
-                created = self._flush_pending()
-                found = w.execute(
-                    "SELECT head FROM streams WHERE name = ? AND origin = ?", (stream, origin)
-                ).fetchall()
-                head = found[0][0] if found else 0
-                new = check_ingest(stream, origin, entries, head)
-                if new:
-                    if not found:
-                        w.execute(
-                            "INSERT INTO streams (name, origin, head, oldest, rows)"
-                            " VALUES (?, ?, 0, 1, 0)",
-                            (stream, origin),
-                        )
-                    by_token = {entry.token: text for entry, text in zip(entries, texts)}
-                    w.executemany(
-                        "INSERT INTO entries (stream, origin, token, time, nrows, rows)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
-                        [(stream, origin, e.token, now, len(e.rows), by_token[e.token]) for e in new],
-                    )
-                    head = new[-1].token
+        with self._transaction("ingest") as w:
+            found = w.execute(
+                "SELECT head FROM streams WHERE name = ? AND origin = ?", (stream, origin)
+            ).fetchall()
+            head = found[0][0] if found else 0
+            new = check_ingest(stream, origin, entries, head)
+            if new:
+                if not found:
                     w.execute(
-                        "UPDATE streams SET head = ?, rows = rows + ? WHERE name = ? AND origin = ?",
-                        (head, sum(len(e.rows) for e in new), stream, origin),
+                        "INSERT INTO streams (name, origin, head, oldest, rows)"
+                        " VALUES (?, ?, 0, 1, 0)",
+                        (stream, origin),
                     )
-                w.execute("COMMIT")
-            except BaseException:
-                if w.in_transaction:
-                    w.execute("ROLLBACK")
-                raise
-            self._flushed(created)
+                by_token = {entry.token: text for entry, text in zip(entries, texts)}
+                w.executemany(
+                    "INSERT INTO entries (stream, origin, token, time, nrows, rows)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    [(stream, origin, e.token, now, len(e.rows), by_token[e.token]) for e in new],
+                )
+                head = new[-1].token
+                w.execute(
+                    "UPDATE streams SET head = ?, rows = rows + ? WHERE name = ? AND origin = ?",
+                    (head, sum(len(e.rows) for e in new), stream, origin),
+                )
         return int(head)
 
     def trim(
@@ -414,52 +411,42 @@ class SqliteStore:
     ) -> int:
         max_rows, max_age = retention.max_rows, retention.max_age
         cutoff = None if max_age is None else now - max_age
-        with self._errors("trim"), self._write_lock:
-            w = self._writer
-            w.execute("BEGIN IMMEDIATE")
-            try:
-                created = self._flush_pending()
-                found = w.execute(
-                    "SELECT head, oldest, rows FROM streams WHERE name = ? AND origin = ?",
-                    (stream, origin),
-                ).fetchall()
-                if not found:
-                    raise UnknownStream(stream)
-                head, oldest, rows = found[0]
-                dropped = 0
-                keep = oldest  # the first token kept
-                if head > oldest and (max_rows is not None or cutoff is not None):
-                    # Walk the oldest tokens (never the head) until one may stay.
-                    cursor = w.execute(
-                        "SELECT token, time, nrows FROM entries WHERE stream = ? AND origin = ?"
-                        " AND token >= ? AND token < ? ORDER BY token",
-                        (stream, origin, oldest, head),
-                    )
-                    try:
-                        for token, time, nrows in cursor:
-                            too_many = max_rows is not None and rows - dropped > max_rows
-                            too_old = cutoff is not None and time < cutoff
-                            if not (too_many or too_old):
-                                break
-                            dropped += nrows
-                            keep = token + 1
-                    finally:
-                        cursor.close()
-                if keep > oldest:
-                    w.execute(
-                        "DELETE FROM entries WHERE stream = ? AND origin = ? AND token < ?",
-                        (stream, origin, keep),
-                    )
-                    w.execute(
-                        "UPDATE streams SET oldest = ?, rows = rows - ? WHERE name = ? AND origin = ?",
-                        (keep, dropped, stream, origin),
-                    )
-                w.execute("COMMIT")
-            except BaseException:
-                if w.in_transaction:
-                    w.execute("ROLLBACK")
-                raise
-            self._flushed(created)
+        with self._transaction("trim") as w:
+            found = w.execute(
+                "SELECT head, oldest, rows FROM streams WHERE name = ? AND origin = ?",
+                (stream, origin),
+            ).fetchall()
+            if not found:
+                raise UnknownStream(stream)
+            head, oldest, rows = found[0]
+            dropped = 0
+            keep = oldest  # the first token kept
+            if head > oldest and (max_rows is not None or cutoff is not None):
+                # Walk the oldest tokens (never the head) until one may stay.
+                cursor = w.execute(
+                    "SELECT token, time, nrows FROM entries WHERE stream = ? AND origin = ?"
+                    " AND token >= ? AND token < ? ORDER BY token",
+                    (stream, origin, oldest, head),
+                )
+                try:
+                    for token, time, nrows in cursor:
+                        too_many = max_rows is not None and rows - dropped > max_rows
+                        too_old = cutoff is not None and time < cutoff
+                        if not (too_many or too_old):
+                            break
+                        dropped += nrows
+                        keep = token + 1
+                finally:
+                    cursor.close()
+            if keep > oldest:
+                w.execute(
+                    "DELETE FROM entries WHERE stream = ? AND origin = ? AND token < ?",
+                    (stream, origin, keep),
+                )
+                w.execute(
+                    "UPDATE streams SET oldest = ?, rows = rows - ? WHERE name = ? AND origin = ?",
+                    (keep, dropped, stream, origin),
+                )
         return dropped
 
     def close(self) -> None:
@@ -467,18 +454,9 @@ class SqliteStore:
         if self._closed:
             return
         try:
-            with self._errors("close"), self._write_lock:
-                if self._pending:
-                    w = self._writer
-                    w.execute("BEGIN IMMEDIATE")
-                    try:
-                        created = self._flush_pending()
-                        w.execute("COMMIT")
-                        self._flushed(created)
-                    except BaseException:
-                        if w.in_transaction:
-                            w.execute("ROLLBACK")
-                        raise
+            if self._pending:
+                with self._transaction("close"):
+                    pass  # the transaction writes the pending streams
         finally:
             self._closed = True
             with self._read_lock:
