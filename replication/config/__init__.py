@@ -49,6 +49,7 @@ from replication.config.schema import check, load
 from replication.config.sections import (
     MASTER,
     MAX_CATCHUP_PAGE_ROWS,
+    MAX_STREAMS,
     MAX_CONNECTIONS,
     MAX_LINE_BYTES,
     MAX_PEER_LABELS,
@@ -63,6 +64,7 @@ from replication.config.units import parse_duration, parse_size
 __all__ = [
     "MASTER",
     "MAX_CATCHUP_PAGE_ROWS",
+    "MAX_STREAMS",
     "MAX_CONNECTIONS",
     "MAX_LINE_BYTES",
     "MAX_PEER_LABELS",

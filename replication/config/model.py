@@ -41,6 +41,9 @@ class LimitsConfig:
     max_body_bytes: int = 16 * MiB
     #: Rows read from the store per catch-up step, ``1 ..= 100_000``.
     catchup_page_rows: int = 1000
+    #: Streams the master holds at most (publishing to a new one past it is refused),
+    #: ``1 ..= 1_000_000``.
+    max_streams: int = 10_000
 
 
 @dataclass(frozen=True)

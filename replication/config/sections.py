@@ -38,6 +38,8 @@ MIN_LINE_BYTES: Final = 1024
 MAX_LINE_BYTES: Final = 64 * MiB
 MAX_CONNECTIONS: Final = 1_000_000
 MAX_CATCHUP_PAGE_ROWS: Final = 100_000
+#: ``limits.max_streams`` upper bound.
+MAX_STREAMS: Final = 1_000_000
 #: ``metrics.max_peer_labels`` upper bound.
 MAX_PEER_LABELS: Final = 10_000
 
@@ -198,6 +200,14 @@ MASTER: Final = Schema(
             "limits.catchup_page_rows",
             Integer(1, MAX_CATCHUP_PAGE_ROWS),
             "Rows read from the store per catch-up step for a worker that is behind.",
+        ),
+        Key(
+            "limits.max_streams",
+            Integer(1, MAX_STREAMS),
+            "Streams the master holds at most, the configured ones included. A publish that "
+            "would create a stream past this is refused (HTTP 403); publishes to existing "
+            "streams go on. Following a stream never creates it, so workers cannot grow the "
+            "master by subscribing to invented names.",
         ),
         Key(
             "metrics.max_peer_labels",

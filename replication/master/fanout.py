@@ -221,23 +221,27 @@ class FanOut:
                 ErrorCommand(f"unknown stream {stream!r}: this master serves only its configured streams")
             )
             return
-        stream_state = self.log.state(stream) or self.log.ensure(stream)
+        # Following a stream never creates it (in the log, the store or the metrics): a
+        # stream nobody published to is followed at head 0 until its first publish.
+        stream_state = self.log.state(stream)
+        head = stream_state.head if stream_state is not None else 0
         self._unsubscribe(follower, state, stream)
         if command.token is None:
             sub = Subscription(
-                stream, stream_state.head, live=True, live_since_rows=stream_state.rows_published
+                stream, head, live=True,
+                live_since_rows=stream_state.rows_published if stream_state is not None else 0,
             )
             state.subscriptions[stream] = sub
             self.followed(stream).live.add(follower)
-            follower.send(PositionCommand(stream, stream_state.head))
+            follower.send(PositionCommand(stream, head))
             return
-        plan = plan_catch_up(command.token, stream_state.head)
+        plan = plan_catch_up(command.token, head)
         if plan.reset:
             log.warning(
                 "%s asked for %s after token %d but the head is %d: sending RESET",
-                follower.describe(), stream, command.token, stream_state.head,
+                follower.describe(), stream, command.token, head,
             )
-            follower.send(ResetCommand(stream, stream_state.head))
+            follower.send(ResetCommand(stream, head))
         sub = Subscription(stream, plan.position)
         state.subscriptions[stream] = sub
         state.catching_up.append(sub)
@@ -256,10 +260,13 @@ class FanOut:
         sub = state.subscriptions.pop(stream, None)
         if sub is None:
             return
-        followed = self.followed(stream)
-        followed.live.discard(follower)
+        stream_state = self.log.state(stream)
+        followed = self._streams.get(stream)
+        if followed is not None:
+            followed.live.discard(follower)
+            if not followed.live and stream_state is None:
+                del self._streams[stream]  # nothing to count for a stream that does not exist
         if sub.live:
-            stream_state = self.log.state(stream)
             if stream_state is not None:
                 state.rdata_rows_sent += stream_state.rows_published - sub.live_since_rows
         else:
@@ -363,11 +370,12 @@ class FanOut:
         follower.send_error(f"master cannot read stream {sub.stream}: store failure")
 
     def _go_live(self, follower: Follower, state: _FollowerState, sub: Subscription) -> None:
-        stream_state = self.log.state(sub.stream) or self.log.ensure(sub.stream)
-        follower.send(PositionCommand(sub.stream, stream_state.head))
+        stream_state = self.log.state(sub.stream)
+        head = stream_state.head if stream_state is not None else 0
+        follower.send(PositionCommand(sub.stream, head))
         sub.live = True
-        sub.position = stream_state.head
-        sub.live_since_rows = stream_state.rows_published
+        sub.position = head
+        sub.live_since_rows = stream_state.rows_published if stream_state is not None else 0
         self.followed(sub.stream).live.add(follower)
         state.catching_up.remove(sub)
 

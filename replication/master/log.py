@@ -116,6 +116,9 @@ class StreamLog:
     :param max_pending_rows: rows that may wait for a commit; past that, publishes are
         refused with 503 rather than queued without bound.
     :param page_rows: rows per read when the log fetches tokens another writer committed.
+    :param max_streams: local streams the log holds at most (``limits.max_streams``); a
+        publish that would create one more is refused with 403. Streams the store already
+        holds when it is opened count, and are kept, even past the limit.
 
     Call :meth:`open` once (the master does); until it has fired, publishes are refused.
     """
@@ -128,12 +131,16 @@ class StreamLog:
         *,
         max_pending_rows: int = 1_000_000,
         page_rows: int = 10_000,
+        max_streams: int = 10_000,
     ) -> None:
         self.store = store
         self.clock = clock
         self.retention = retention
         self.max_pending_rows = max_pending_rows
         self.page_rows = page_rows
+        self.max_streams = max_streams
+        #: New local streams that publishes waiting for a commit will create.
+        self._creating: set[str] = set()
         self.listeners: list[LogListener] = []
         #: Rows committed to any stream since start.
         self.rows_published = 0
@@ -172,6 +179,7 @@ class StreamLog:
             state = self._states[key] = StreamState(stream, origin)
             if origin == LOCAL_ORIGIN:
                 self._local[stream] = state
+                self._creating.discard(stream)
         return state
 
     def state(self, stream: str, origin: str = LOCAL_ORIGIN) -> StreamState | None:
@@ -208,6 +216,16 @@ class StreamLog:
         with :class:`PublishError` (503) and nothing of the call stored."""
         if not self.opened:
             return fail(PublishError(503, "the master is still opening its store; retry shortly"))
+        added = False  # whether this call reserved a new stream
+        if stream not in self._local and stream not in self._creating:
+            if len(self._local) + len(self._creating) >= self.max_streams:
+                return fail(PublishError(
+                    403,
+                    f"cannot create stream {stream!r}: this master holds {self.max_streams} "
+                    "streams already (limits.max_streams)",
+                ))
+            self._creating.add(stream)
+            added = True
         inline = self._inline
         if inline is not None and not self._committing:
             # The same steps as _commit_pending, without a queue or a Deferred per step.
@@ -215,6 +233,8 @@ class StreamLog:
             try:
                 tokens = inline.append([(stream, rows) for rows in tokens_rows], now)
             except StoreError as e:
+                if added:
+                    self._creating.discard(stream)
                 return fail(PublishError(503, f"store failed: {e}"))
             state = self._local.get(stream) or self.ensure(stream)
             self._deliver(state, tokens[0], tokens_rows, sum(map(len, tokens_rows)))
@@ -222,6 +242,8 @@ class StreamLog:
             return succeed(tokens)
         count = sum(map(len, tokens_rows))
         if self._pending_rows + count > self.max_pending_rows:
+            if added:
+                self._creating.discard(stream)
             return fail(PublishError(503, "too many rows waiting to be committed; retry later"))
         waiter: Deferred[list[int]] = Deferred()
         self._pending.append(_Publish(stream, tokens_rows, count, waiter))
@@ -268,6 +290,8 @@ class StreamLog:
             waiter.callback(mine)
 
     def _batch_failed(self, failure: Failure, batch: list[_Publish]) -> None:
+        waiting = {p.stream for p in self._pending}
+        self._creating -= {p.stream for p in batch} - waiting
         log.error("commit of %d publishes failed: %s", len(batch), failure.getErrorMessage())
         error = PublishError(503, f"store failed: {failure.getErrorMessage()}")
         for publish in batch:

@@ -98,6 +98,7 @@ class Master:
             config.retention_for,
             max_pending_rows=max_pending_rows,
             page_rows=config.limits.catchup_page_rows,
+            max_streams=config.limits.max_streams,
         )
         self.fanout = FanOut(
             self.log, clock, page_rows=config.limits.catchup_page_rows, knows=self.knows
