@@ -10,6 +10,10 @@ Who owns what:
 - :class:`Master` checks and encodes publishes, admits connections, runs retention on a
   timer, and builds the :class:`~replication.snapshot.MasterSnapshot` that metrics and
   status read; the store is reached only through the log, asynchronously.
+
+Identity: the master's origin id is its store's (learnt by the log when the store opens);
+its fingerprint is made at random when the :class:`Master` is built and never stored (see
+:mod:`replication.cluster.identity`). Both are in the snapshot.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from replication.wire.commands import (
     encode_parsed_rows,
     rdata_line_length,
 )
+from replication.cluster.identity import new_fingerprint
 from replication.config import MasterConfig
 from replication.master.connection import MasterConnection
 from replication.master.fanout import FanOut
@@ -108,6 +113,8 @@ class Master:
         self._trim_loop.clock = clock
         self.trim_interval = trim_interval
         self.started_at = clock.seconds()
+        #: This process's fingerprint: random, made at every start, never stored.
+        self.fingerprint = new_fingerprint()
         #: Fires once the store is open and every stream's state is loaded.
         self.ready: Deferred[None] = self.log.open(config.streams)
         if metrics is None:
@@ -145,6 +152,12 @@ class Master:
     def head(self, stream: str) -> int:
         """The newest token of ``stream`` that workers may see (committed), 0 if none."""
         return self.log.head(stream)
+
+    @property
+    def origin_id(self) -> str | None:
+        """The store's origin id (what other masters call this master's rows); ``None``
+        until the store is open."""
+        return self.log.origin_id
 
     def knows(self, stream: str) -> bool:
         return self.log.state(stream) is not None or not self.config.strict_streams
@@ -304,6 +317,8 @@ class Master:
             ))
         return MasterSnapshot(
             server_name=self.config.server_name,
+            origin_id=self.log.origin_id,
+            fingerprint=self.fingerprint,
             now=now,
             started_at=self.started_at,
             max_buffer_bytes=self.config.limits.max_buffer_bytes,
