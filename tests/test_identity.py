@@ -3,6 +3,8 @@ self-detection of a master among its configured peers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from replication.cluster.identity import (
@@ -120,3 +122,23 @@ def test_recognition_is_symmetric() -> None:
     for x in identities:
         for y in identities:
             assert recognise(x, y) is recognise(y, x)
+
+
+def test_a_master_knows_itself_and_tells_a_second_process_on_its_store_apart(
+    tmp_path: Path,
+) -> None:
+    """A master's identity is its store's origin id with its own fingerprint: it recognises
+    itself as self; a second Master on the same store is a conflict; a master on another
+    store is a peer."""
+    from replication.master import Master
+    from replication.testing import Harness
+
+    h = Harness(tmp_path)
+    ours, again = h.master.identity(), h.master.identity()
+    assert ours is not None and again is not None
+    assert ours == Identity(h.store.origin_id, h.master.fingerprint)
+    assert recognise(ours, again) is Recognition.SELF
+    twin = Master(h.config, h.store, h.clock).identity()
+    assert twin is not None and recognise(ours, twin) is Recognition.CONFLICT
+    other = Harness(tmp_path).master.identity()
+    assert other is not None and recognise(ours, other) is Recognition.PEER

@@ -415,8 +415,13 @@ def test_ingest_drops_duplicates_and_refuses_gaps(store: StreamStore) -> None:
 
 
 def test_ingest_of_the_local_origin_and_append_to_another_are_refused(store: StreamStore) -> None:
+    """The local origin's rows are appended, never ingested: neither as ``""`` nor under the
+    store's own origin id (which would store one origin under two keys); other origins'
+    rows are never appended."""
     with pytest.raises(StoreError, match="local origin"):
         store.ingest("s", "", [Entry(1, ("a",))], 0)
+    with pytest.raises(StoreError, match="own origin id"):
+        store.ingest("s", store.origin_id, [Entry(1, ("a",))], 0)
     with pytest.raises(StoreError, match="allocates tokens only"):
         store.append([("s", ["a"])], 0, "B")
     assert store.keys() == []

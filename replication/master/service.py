@@ -36,7 +36,7 @@ from replication.wire.commands import (
     encode_parsed_rows,
     rdata_line_length,
 )
-from replication.cluster.identity import new_fingerprint
+from replication.cluster.identity import Identity, new_fingerprint
 from replication.config import MasterConfig
 from replication.master.connection import MasterConnection
 from replication.master.fanout import FanOut
@@ -158,6 +158,13 @@ class Master:
         """The store's origin id (what other masters call this master's rows); ``None``
         until the store is open."""
         return self.log.origin_id
+
+    def identity(self) -> Identity | None:
+        """This master as its peers will see it: the store's origin id and this process's
+        fingerprint (what :func:`~replication.cluster.identity.recognise` compares);
+        ``None`` until the store is open."""
+        origin_id = self.log.origin_id
+        return None if origin_id is None else Identity(origin_id, self.fingerprint)
 
     def knows(self, stream: str) -> bool:
         return self.log.state(stream) is not None or not self.config.strict_streams

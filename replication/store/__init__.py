@@ -73,13 +73,21 @@ def check_origin(origin: str) -> None:
         )
 
 
-def check_ingest(stream: str, origin: str, entries: Sequence[Entry], head: int) -> list[Entry]:
+def check_ingest(
+    stream: str, origin: str, entries: Sequence[Entry], head: int, origin_id: str
+) -> list[Entry]:
     """The entries of an ``ingest`` of ``(stream, origin)`` that are new given its ``head``:
     those above it (the rest are duplicates, dropped). Raises :class:`StoreError` for the
-    local origin, and for tokens that do not continue the head one by one (a gap would hide
-    lost rows); :class:`ValueError` for an entry without rows."""
+    local origin, whether named ``""`` or by the store's own ``origin_id`` (its rows are
+    keyed ``""`` only, never under two names), and for tokens that do not continue the head
+    one by one (a gap would hide lost rows); :class:`ValueError` for an entry without rows."""
     if origin == LOCAL_ORIGIN:
         raise StoreError("ingest stores rows of other origins; the local origin's take append")
+    if origin == origin_id:
+        raise StoreError(
+            f"ingest of {stream} from origin {origin!r}: that is this store's own origin id; "
+            "its rows are the local origin's and are never stored as another origin's"
+        )
     new = [entry for entry in entries if entry.token > head]
     expected = head + 1
     for entry in new:

@@ -88,7 +88,7 @@ class MemoryStore:
 
     def ingest(self, stream: str, origin: str, entries: Sequence[Entry], now: float) -> int:
         s = self._others.get((stream, origin))
-        new = check_ingest(stream, origin, entries, s.head if s is not None else 0)
+        new = check_ingest(stream, origin, entries, s.head if s is not None else 0, self.origin_id)
         if s is None:
             s = self._others[(stream, origin)] = _Stream()
         for entry in new:

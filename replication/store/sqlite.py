@@ -18,13 +18,14 @@ the master a new origin without anyone deciding it. A version 1 file (which had 
 columns, every row local, and no ``meta``) is migrated in place when it is opened, in one
 transaction that also creates its origin id. Version 2 was not released before ``meta``
 joined it, so ``meta`` is part of version 2 rather than a version 3; a version 2 file made
-by a development build before that has no ``meta`` and is refused. ``streams`` keeps each stream's head, oldest retained token and retained
-row count, so
+by a development build before that has no ``meta`` and is refused.
+
+``streams`` keeps each stream's head, oldest retained token and retained row count, so
 ``head``, ``oldest`` and ``retained_rows`` are one primary-key lookup, and a stream whose old
 entries were trimmed keeps its head: tokens are never reused, across restarts too. The rows of
-one token are stored as one TEXT, joined with ``"\\n"`` (rows are compact JSON texts, which never
-contain a raw newline; ``append`` refuses a row that does). Reads and trims are range queries
-on the primary key; trims delete a token range in one statement.
+one token are stored as one TEXT, joined with ``"\\n"`` (rows are compact JSON texts, which
+never contain a raw newline; ``append`` refuses a row that does). Reads and trims are range
+queries on the primary key; trims delete a token range in one statement.
 
 Threads. The master calls ``append`` and ``trim`` from one writer thread, and everything else
 from the reactor thread, possibly while an append runs. So the store holds two connections:
@@ -405,7 +406,7 @@ class SqliteStore:
                 "SELECT head FROM streams WHERE name = ? AND origin = ?", (stream, origin)
             ).fetchall()
             head = found[0][0] if found else 0
-            new = check_ingest(stream, origin, entries, head)
+            new = check_ingest(stream, origin, entries, head, self.origin_id)
             if new:
                 if not found:
                     w.execute(
