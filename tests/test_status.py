@@ -139,7 +139,9 @@ def test_status_names_the_origin_and_the_process(tmp_path: Path) -> None:
     assert lines[1] == f"origin {h.store.origin_id}, process {h.master.fingerprint}"
 
 
-def test_a_restart_on_the_same_store_keeps_the_origin_with_a_new_fingerprint(tmp_path: Path) -> None:
+def test_a_restart_on_the_same_store_keeps_the_origin_with_a_new_fingerprint(
+    tmp_path: Path,
+) -> None:
     """Two master processes, one after the other, on one SQLite file: the same origin id,
     two fingerprints. Until the store is open (on the writer thread) the origin id is null."""
     path = str(tmp_path / "streams.sqlite3")

@@ -153,12 +153,6 @@ class Master:
         """The newest token of ``stream`` that workers may see (committed), 0 if none."""
         return self.log.head(stream)
 
-    @property
-    def origin_id(self) -> str | None:
-        """The store's origin id (what other masters call this master's rows); ``None``
-        until the store is open."""
-        return self.log.origin_id
-
     def identity(self) -> Identity | None:
         """This master as its peers will see it: the store's origin id and this process's
         fingerprint (what :func:`~replication.cluster.identity.recognise` compares);
