@@ -214,6 +214,7 @@ def format_status(status: dict[str, Any]) -> str:
     lines = [
         f"master {status['server_name']} (replication {status.get('version', '?')}), "
         f"up {_duration(status.get('uptime_seconds'))}",
+        f"origin {status.get('origin_id') or '?'}, process {status.get('fingerprint') or '?'}",
         "",
     ]
     streams = status["streams"]

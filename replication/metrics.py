@@ -72,7 +72,8 @@ WORKER_PEER_LABELS = 16
 # Every metric, by the name Prometheus shows (counters end in _total) and its help text.
 # docs/operations.rst lists each of them; tests/test_metrics.py checks that it does.
 COMMON_METRICS: dict[str, str] = {
-    "replication_info": "Constant 1; labels say the role, the process's name and the version.",
+    "replication_info": "Constant 1; labels say the role, the process's name and the version "
+    "(and a master's origin id).",
     "replication_commands_received_total": (
         "Protocol commands received, by command and peer name (one per line; on a worker "
         "every RDATA line counts, so a token of n rows adds n)."
@@ -235,8 +236,8 @@ class MasterMetrics:
         if self._snapshot is None:
             return
         view = self._snapshot()
-        info = _gauge("replication_info", MASTER_METRICS, ["role", "name", "version"])
-        info.add_metric(["master", view.server_name, __version__], 1)
+        info = _gauge("replication_info", MASTER_METRICS, ["role", "name", "version", "origin"])
+        info.add_metric(["master", view.server_name, __version__, view.origin_id or ""], 1)
         yield info
         started = _gauge("replication_start_time_seconds", MASTER_METRICS)
         started.add_metric([], view.started_at)

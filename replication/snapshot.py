@@ -163,9 +163,13 @@ class PeerView:
 
 @dataclass(frozen=True, slots=True)
 class MasterSnapshot:
-    """A master at one moment. Times are seconds since the epoch."""
+    """A master at one moment. Times are seconds since the epoch. ``origin_id`` is the
+    store's origin id (``None`` until the store is open), ``fingerprint`` this process's
+    (see :mod:`replication.cluster.identity`)."""
 
     server_name: str
+    origin_id: str | None
+    fingerprint: str
     now: float
     started_at: float
     max_buffer_bytes: int

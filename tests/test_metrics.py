@@ -16,13 +16,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 
 # tests/ is not a package, so pytest puts tests/ itself on sys.path.
-from helpers import raw_request
+from helpers import ManualRunner, raw_request
 
 from replication.admin import admin_resource, metrics_resource
 from replication.config import LimitsConfig
 from replication.master import MasterConnection
 from replication.metrics import MASTER_METRICS, WORKER_METRICS, MasterMetrics, WorkerMetrics
 from replication.protocol import CLOSED_BY_PEER, CLOSED_LOCALLY
+from replication.store.memory import MemoryStore
 from replication.testing import Harness, MemoryPipe, Recording
 from replication.worker import Worker, WorkerConnection
 
@@ -294,6 +295,38 @@ def test_handler_errors_and_durations(tmp_path: Path) -> None:
         pytest.approx(0.3)
     )
     assert value(w, "replication_worker_handler_duration_seconds_count", stream="events") == 2
+
+
+def test_the_masters_info_names_its_origin(tmp_path: Path) -> None:
+    """replication_info of a master has one series, whose origin label is the store's origin
+    id (empty until the store is open); a worker's has no origin label."""
+    from replication import __version__
+    from replication.master import Master
+
+    h = Harness(tmp_path)
+    m = scrape_master(h)
+    infos = [labels for (name, labels) in m if name == "replication_info"]
+    assert infos == [frozenset({
+        ("role", "master"), ("name", "master"), ("version", __version__),
+        ("origin", h.store.origin_id),
+    })]
+    registry = CollectorRegistry()
+    runner = ManualRunner()
+
+    class Blocking(MemoryStore):
+        blocking = True
+
+    store = Blocking()
+    Master(h.config, store, h.clock, run_blocking=runner, metrics=MasterMetrics(registry))
+    labels = dict(role="master", name="master", version=__version__)
+    assert registry.get_sample_value("replication_info", {**labels, "origin": ""}) == 1
+    runner.run_all()
+    assert registry.get_sample_value("replication_info", {**labels, "origin": ""}) is None
+    assert registry.get_sample_value("replication_info", {**labels, "origin": store.origin_id}) == 1
+    w = scrape_worker(h.worker(Recording()))
+    assert [dict(labels) for (name, labels) in w if name == "replication_info"] == [
+        {"role": "worker", "name": "w1", "version": __version__}
+    ]
 
 
 def test_registries_are_private_and_passed_in(tmp_path: Path) -> None:

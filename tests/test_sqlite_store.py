@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from replication.cluster.identity import check_origin_id
 from replication.store import Entry, Retention, StoreError
-from replication.store.sqlite import SCHEMA_VERSION, SqliteStore
+from replication.store.sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteStore
 
 
 def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
@@ -208,6 +209,73 @@ def test_our_database_missing_a_table_is_refused(tmp_path: Path) -> None:
     _refused(path, "missing tables: entries")
 
 
+def test_a_store_without_its_meta_table_is_refused(tmp_path: Path) -> None:
+    """A version 2 store whose meta table (its origin id) is gone is refused, saying so,
+    and left as it was."""
+    path = tmp_path / "s.db"
+    SqliteStore(str(path)).close()
+    conn = sqlite3.connect(str(path))
+    conn.execute("DROP TABLE meta")
+    conn.close()
+    _refused(path, "missing tables: meta", "origin id")
+
+
+def test_a_store_without_its_origin_id_is_refused(tmp_path: Path) -> None:
+    """A store whose meta table has no origin_id row is refused rather than given a new id
+    (which would silently make it a new origin), and left as it was."""
+    path = tmp_path / "s.db"
+    SqliteStore(str(path)).close()
+    conn = sqlite3.connect(str(path))
+    conn.execute("DELETE FROM meta")
+    conn.commit()
+    conn.close()
+    _refused(path, "holds no origin_id", "no origin id")
+
+
+@pytest.mark.parametrize("value", ["short", "x" * 65, "has spaces in it ok", "", b"x" * 20])
+def test_a_store_with_a_malformed_origin_id_is_refused(tmp_path: Path, value: object) -> None:
+    """An origin_id that does not match the id format (too short, too long, a character
+    outside the alphabet, empty, a BLOB) is refused, quoting it."""
+    path = tmp_path / "s.db"
+    SqliteStore(str(path)).close()
+    conn = sqlite3.connect(str(path))
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'origin_id'", (value,))
+    conn.commit()
+    conn.close()
+    _refused(path, "origin_id in its meta table", "malformed", repr(value))
+
+
+def test_the_origin_id_is_created_with_the_schema_and_survives_reopening(tmp_path: Path) -> None:
+    """A new file gets a well-formed origin id in its meta table, in the transaction that
+    creates the schema; reopening the file gives the same id, a second file another."""
+    path = tmp_path / "s.db"
+    store = SqliteStore(str(path))
+    origin_id = check_origin_id(store.origin_id)
+    store.close()
+    conn = sqlite3.connect(str(path))
+    assert conn.execute("SELECT key, value FROM meta").fetchall() == [("origin_id", origin_id)]
+    conn.close()
+    again = SqliteStore(str(path))
+    assert again.origin_id == origin_id
+    again.close()
+    other = SqliteStore(str(tmp_path / "other.db"))
+    assert other.origin_id != origin_id
+    other.close()
+
+
+def test_a_wiped_store_is_a_new_origin(tmp_path: Path) -> None:
+    """Deleting the store's files and starting again makes a new origin id."""
+    path = tmp_path / "s.db"
+    store = SqliteStore(str(path))
+    first = store.origin_id
+    store.close()
+    for leftover in tmp_path.iterdir():
+        leftover.unlink()
+    store = SqliteStore(str(path))
+    assert store.origin_id != first
+    store.close()
+
+
 def test_empty_file_and_empty_database_become_stores(tmp_path: Path) -> None:
     """An empty file, or a SQLite database with nothing in it, is set up as a new store."""
     empty = tmp_path / "empty.db"
@@ -327,14 +395,9 @@ def test_appends_survive_sigkill(tmp_path: Path) -> None:
     s.close()
 
 
-def test_a_version_1_file_is_migrated_to_origins_when_opened(tmp_path: Path) -> None:
-    """A store written before origins existed (schema version 1) opens: its rows become the
-    local origin's, tokens continue, and the file is now version 2 for good."""
-    import sqlite3
-
-    from replication.store.sqlite import APPLICATION_ID
-
-    path = tmp_path / "v1.db"
+def _version_1_file(path: Path) -> None:
+    """A store as schema version 1 wrote it: no origin columns, no meta table; stream
+    ``events`` with tokens 2 (two rows) and 3 retained."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(
@@ -352,7 +415,16 @@ def test_a_version_1_file_is_migrated_to_origins_when_opened(tmp_path: Path) -> 
     conn.execute("PRAGMA user_version = 1")
     conn.close()
 
+
+def test_a_version_1_file_is_migrated_to_origins_when_opened(tmp_path: Path) -> None:
+    """A store written before origins existed (schema version 1) opens: its rows become the
+    local origin's, tokens continue, the file is now version 2 for good, and it has an
+    origin id that stays the same when it is opened again."""
+    path = tmp_path / "v1.db"
+    _version_1_file(path)
     store = SqliteStore(str(path))
+    origin_id = store.origin_id
+    check_origin_id(origin_id)
     assert store.keys() == [("events", "")]
     assert (store.head("events"), store.oldest("events"), store.retained_rows("events")) == (3, 2, 3)
     assert store.read("events", 0, 10, 100) == [Entry(2, ("1", "2")), Entry(3, ("3",))]
@@ -361,9 +433,11 @@ def test_a_version_1_file_is_migrated_to_origins_when_opened(tmp_path: Path) -> 
     check = sqlite3.connect(path)
     assert check.execute("PRAGMA user_version").fetchone()[0] == 2
     assert {r[0] for r in check.execute("SELECT name FROM sqlite_master WHERE type='table'")} == {
-        "streams", "entries",
+        "streams", "entries", "meta",
     }
+    assert check.execute("SELECT key, value FROM meta").fetchall() == [("origin_id", origin_id)]
     check.close()
     again = SqliteStore(str(path))
     assert again.head("events") == 4
+    assert again.origin_id == origin_id
     again.close()

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.task import Clock
 
 # tests/ is not a package, so pytest puts tests/ itself on sys.path.
-from helpers import raw_request, request
+from helpers import ManualRunner, raw_request, request
 from processes import (
     HOST,
     Process,
@@ -25,14 +26,17 @@ from processes import (
     read_positions,
     replication_command,
     start_master,
+    start_sqlite_master,
     wait_until,
     worker_command,
 )
 
 from replication.admin import admin_resource, master_status
 from replication.cli import format_status, main
-from replication.config import LimitsConfig
-from replication.master import MasterConnection
+from replication.cluster.identity import check_fingerprint
+from replication.config import LimitsConfig, MasterConfig
+from replication.master import Master, MasterConnection
+from replication.store.sqlite import SqliteStore
 from replication.testing import Harness, MemoryPipe, Recording
 from replication.worker import WorkerConnection
 
@@ -120,6 +124,50 @@ def test_status_shows_a_cut_off_workers_reconnect(tmp_path: Path) -> None:
     assert h.disconnect_all() == []
     (worker,) = master_status(h.master)["workers"]
     assert (worker["connected"], worker["disconnects"]) == (0, {"failed to keep up": 1, "closed by peer": 1})
+
+
+def test_status_names_the_origin_and_the_process(tmp_path: Path) -> None:
+    """/status gives the master's origin id (its store's) and this process's fingerprint,
+    and `replication status` prints both under the title line."""
+    h = Harness(tmp_path)
+    status, body = request(h.master, "GET", "/status")
+    assert status == 200
+    assert body["origin_id"] == h.store.origin_id
+    assert body["fingerprint"] == h.master.fingerprint == check_fingerprint(body["fingerprint"])
+    lines = format_status(body).splitlines()
+    assert lines[0].startswith("master master (replication ")
+    assert lines[1] == f"origin {h.store.origin_id}, process {h.master.fingerprint}"
+
+
+def test_a_restart_on_the_same_store_keeps_the_origin_with_a_new_fingerprint(
+    tmp_path: Path,
+) -> None:
+    """Two master processes, one after the other, on one SQLite file: the same origin id,
+    two fingerprints. Until the store is open (on the writer thread) the origin id is null."""
+    path = str(tmp_path / "streams.sqlite3")
+    seen = []
+    for _ in range(2):
+        runner = ManualRunner()
+        master = Master(MasterConfig(), SqliteStore(path), Clock(), run_blocking=runner)
+        assert master_status(master)["origin_id"] is None
+        runner.run_all()
+        seen.append((master_status(master)["origin_id"], master_status(master)["fingerprint"]))
+        master.close()
+        runner.run_all()
+    (origin1, fingerprint1), (origin2, fingerprint2) = seen
+    assert origin1 is not None and origin1 == origin2
+    assert fingerprint1 != fingerprint2
+
+
+def test_the_status_command_reads_a_status_without_identity() -> None:
+    """`replication status` against a master older than origin ids prints '?' for them."""
+    body = {
+        "server_name": "old", "version": "0.0.9", "now": 0.0, "uptime_seconds": 5.0,
+        "streams": [], "connections": [],
+    }
+    assert format_status(body).splitlines()[:2] == [
+        "master old (replication 0.0.9), up 5s", "origin ?, process ?",
+    ]
 
 
 def test_health_answers_200_and_metrics_is_text(tmp_path: Path) -> None:
@@ -225,3 +273,37 @@ def test_status_and_metrics_of_real_processes(tmp_path: Path) -> None:
         key = ("replication_commands_received_total", frozenset({("command", "RDATA"), ("peer", "master")}))
         assert w[key] == 2
         assert w[("replication_worker_connected", frozenset())] == 1
+
+
+def test_a_real_master_keeps_its_origin_across_a_restart_and_a_wiped_store_is_a_new_one(
+    tmp_path: Path,
+) -> None:
+    """End to end on SQLite: /status and the replication_info metric name the same origin
+    id; a restart on the same data directory keeps it with a new fingerprint; a restart on
+    a wiped data directory is a new origin."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port, http_port = free_ports(2)
+    data = tmp_path / "data"
+
+    def identity() -> tuple[str, str]:
+        status, body = http_request(http_port, "GET", "/status")
+        assert status == 200
+        status, text = http_request(http_port, "GET", "/metrics")
+        (info,) = [
+            sample for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name == "replication_info"
+        ]
+        assert info.labels["origin"] == body["origin_id"]
+        return body["origin_id"], body["fingerprint"]
+
+    runs = []
+    for wipe in (False, False, True):
+        if wipe:
+            for leftover in data.iterdir():
+                leftover.unlink()
+        with start_sqlite_master(tmp_path, "master", port, http_port, data):
+            runs.append(identity())
+    (first, f1), (second, f2), (third, f3) = runs
+    assert first == second != third
+    assert len({f1, f2, f3}) == 3

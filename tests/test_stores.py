@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from replication.cluster.identity import check_origin_id
 from replication.store import Entry, Retention, StoreError, StreamStore, UnknownStream
 from replication.store.memory import MemoryStore
 from replication.store.sqlite import SqliteStore
@@ -22,6 +23,15 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StreamStor
         s = SqliteStore(str(tmp_path / "store.db"), synchronous="NORMAL")
     yield s
     s.close()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], StreamStore]:
+    """Opens the store again, as a master restarting on it would: the same file for SQLite,
+    a new object for the memory store (which keeps nothing across a restart)."""
+    if request.param == "memory":
+        return MemoryStore
+    return lambda: SqliteStore(str(tmp_path / "store.db"), synchronous="NORMAL")
 
 
 def rows(token: int, n: int = 1) -> list[str]:
@@ -405,8 +415,13 @@ def test_ingest_drops_duplicates_and_refuses_gaps(store: StreamStore) -> None:
 
 
 def test_ingest_of_the_local_origin_and_append_to_another_are_refused(store: StreamStore) -> None:
+    """The local origin's rows are appended, never ingested: neither as ``""`` nor under the
+    store's own origin id (which would store one origin under two keys); other origins'
+    rows are never appended."""
     with pytest.raises(StoreError, match="local origin"):
         store.ingest("s", "", [Entry(1, ("a",))], 0)
+    with pytest.raises(StoreError, match="own origin id"):
+        store.ingest("s", store.origin_id, [Entry(1, ("a",))], 0)
     with pytest.raises(StoreError, match="allocates tokens only"):
         store.append([("s", ["a"])], 0, "B")
     assert store.keys() == []
@@ -426,3 +441,44 @@ def test_an_unknown_origin_is_an_unknown_stream(store: StreamStore) -> None:
         store.head("s", "nobody")
     with pytest.raises(UnknownStream):
         store.read("s", 0, 1, 1, "nobody")
+
+
+# -- identity ------------------------------------------------------------------------------
+
+
+def test_a_store_has_a_well_formed_origin_id(store: StreamStore) -> None:
+    """Every store has an origin id of the documented format from the moment it is open,
+    and it does not change as the store is used."""
+    origin_id = check_origin_id(store.origin_id)
+    store.append([("s", rows(1))], 0)
+    store.ingest("s", "other", [Entry(1, tuple(rows(1)))], 0)
+    assert store.origin_id == origin_id
+
+
+def test_two_new_stores_are_two_origins(reopen: Callable[[], StreamStore], tmp_path: Path) -> None:
+    """Two stores created apart have different origin ids."""
+    first = reopen()
+    if isinstance(first, SqliteStore):
+        second: StreamStore = SqliteStore(str(tmp_path / "second.db"), synchronous="NORMAL")
+    else:
+        second = MemoryStore()
+    assert first.origin_id != second.origin_id
+    first.close()
+    second.close()
+
+
+def test_the_origin_id_lasts_as_long_as_the_stores_data(reopen: Callable[[], StreamStore]) -> None:
+    """Reopening a durable store gives its rows back under the same origin id; a store that
+    keeps nothing across a restart (memory) comes back as a new origin, as documented."""
+    store = reopen()
+    store.append([("s", rows(1))], 0)
+    origin_id = store.origin_id
+    store.close()
+    again = reopen()
+    try:
+        if isinstance(again, SqliteStore):
+            assert again.head("s") == 1 and again.origin_id == origin_id
+        else:
+            assert again.keys() == [] and again.origin_id != origin_id
+    finally:
+        again.close()

@@ -15,7 +15,7 @@ from replication.commands import Command, ReplicateCommand
 from replication.master.fanout import FanOut
 from replication.master.log import PublishError, StreamLog, StreamState
 from replication.store import Retention, StoreError, StreamStats
-from replication.store.asynchronous import InlineStore, ThreadedStore, adapt
+from replication.store.asynchronous import InlineStore, OpenedStore, ThreadedStore, adapt
 from replication.store.memory import MemoryStore
 
 KEEP_ALL = Retention()
@@ -93,6 +93,23 @@ def test_inline_publishes_reach_listeners_before_the_publisher() -> None:
     assert state is not None
     assert (state.head, state.oldest, state.retained_rows, state.rows_published) == (2, 1, 3, 3)
     assert listener.events == [("tokens", "s", [1, 2], [["1"], ["2", "3"]], 3)]
+
+
+def test_the_log_learns_the_stores_origin_id_when_it_opens() -> None:
+    """The store's origin id reaches the log through the asynchronous open: unknown
+    (``None``) until the open ran on the writer thread, then the store's own; pokes do not
+    change it."""
+    runner = ManualRunner()
+    store = MemoryStore()
+    log = StreamLog(ThreadedStore(store, runner), Clock(), lambda _: KEEP_ALL)
+    log.open(("s",))
+    assert log.origin_id is None and not log.opened
+    runner.run_all()
+    assert log.opened and log.origin_id == store.origin_id
+    log.poke()
+    runner.run_all()
+    assert log.origin_id == store.origin_id
+    assert inline_log(store).origin_id == store.origin_id
 
 
 def test_threaded_commits_group_publishes_and_tell_listeners_per_stream_run() -> None:
@@ -212,9 +229,10 @@ def test_retention_passes_update_the_statistics_without_reading_the_store_later(
 
 
 def test_the_inline_adapter_answers_at_once_and_fails_with_the_store_error() -> None:
-    store = InlineStore(MemoryStore())
+    memory = MemoryStore()
+    store = InlineStore(memory)
     assert store.append([("s", ["1"])], 0).result == [1]
-    assert store.open(()).result == {("s", ""): StreamStats(1, 1, 1)}
+    assert store.open(()).result == OpenedStore(memory.origin_id, {("s", ""): StreamStats(1, 1, 1)})
     errors: list[Any] = []
     store.read("nope", 0, 1, 10).addErrback(errors.append)
     assert errors and errors[0].check(StoreError)

@@ -1,4 +1,5 @@
-"""What ``GET /status`` answers: :func:`master_status` describes the master, its streams, its
+"""What ``GET /status`` answers: :func:`master_status` describes the master (with its origin
+id and process fingerprint), its streams, its
 connections (with each worker's position and lag per stream) and what it remembers of each
 worker name (connects, last disconnect), all read from the master's one read-only view,
 :meth:`Master.snapshot <replication.master.Master.snapshot>`."""
@@ -12,7 +13,8 @@ from replication.master import Master
 
 
 def master_status(master: Master) -> dict[str, Any]:
-    """What ``GET /status`` answers, from the master's snapshot: the master, each stream
+    """What ``GET /status`` answers, from the master's snapshot: the master (its origin id,
+    ``null`` until the store is open, and this process's fingerprint), each stream
     (head, oldest retained token, rows retained), each connection (worker name, address,
     since when, per stream the last token *sent* and the lag behind the head, bytes
     buffered) and, per worker name, how often it connected and why it last disconnected.
@@ -38,6 +40,8 @@ def master_status(master: Master) -> dict[str, Any]:
         })
     return {
         "server_name": view.server_name,
+        "origin_id": view.origin_id,
+        "fingerprint": view.fingerprint,
         "version": __version__,
         "now": now,
         "started_at": view.started_at,

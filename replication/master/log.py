@@ -24,6 +24,10 @@ Listeners (:class:`LogListener`, the fan-out) receive committed runs of one stre
 consecutive tokens, their rows as compact JSON texts. Retention runs through the log too
 (:meth:`StreamLog.trim`), which is how the retained-token statistics stay current without
 asking the store when metrics are scraped.
+
+Opening the log (:meth:`StreamLog.open`) also learns the store's origin id
+(:attr:`StreamLog.origin_id`): the name other masters give the rows of the local origin,
+which the log, like the store, keys as ``""``.
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from replication.store import LOCAL_ORIGIN, Entry, RetentionPolicy, StoreError, StreamStats
-from replication.store.asynchronous import AsyncStore, TrimResult
+from replication.store import LOCAL_ORIGIN, Entry, RetentionPolicy, StoreError
+from replication.store.asynchronous import AsyncStore, OpenedStore, TrimResult
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +149,9 @@ class StreamLog:
         #: Rows committed to any stream since start.
         self.rows_published = 0
         self.opened = False
+        #: The store's origin id (what other masters call the local origin ``""``); ``None``
+        #: until :meth:`open` has fired.
+        self.origin_id: str | None = None
         self._states: dict[StreamKey, StreamState] = {}
         #: The local origin's states by stream name: the publish path's lookup.
         self._local: dict[str, StreamState] = {}
@@ -157,12 +164,14 @@ class StreamLog:
     # -- state ---------------------------------------------------------------------------
 
     def open(self, create: Sequence[str]) -> Deferred[None]:
-        """Create the streams in ``create`` and load every stream's state from the store."""
+        """Create the streams in ``create``, load every stream's state and the store's origin
+        id (:attr:`origin_id`) from the store."""
 
-        def loaded(stats: dict[tuple[str, str], StreamStats]) -> None:
-            for (name, origin), s in stats.items():
+        def loaded(opened: OpenedStore) -> None:
+            for (name, origin), s in opened.stats.items():
                 state = self.ensure(name, origin)
                 state.head, state.oldest, state.retained_rows = s.head, s.oldest, s.retained_rows
+            self.origin_id = opened.origin_id
             self.opened = True
 
         return self.store.open(create).addCallback(loaded)
@@ -406,8 +415,8 @@ class StreamLog:
         head and deliver what lies beyond the log's, in order. Fires once the new heads are
         known (the rows may still be on their way to the listeners)."""
 
-        def found(stats: dict[tuple[str, str], StreamStats]) -> None:
-            for (name, origin), s in stats.items():
+        def found(opened: OpenedStore) -> None:
+            for (name, origin), s in opened.stats.items():
                 state = self.state(name, origin) or self.ensure(name, origin)
                 if s.head > state.head and state.held is None:
                     state.held = []

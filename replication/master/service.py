@@ -10,6 +10,10 @@ Who owns what:
 - :class:`Master` checks and encodes publishes, admits connections, runs retention on a
   timer, and builds the :class:`~replication.snapshot.MasterSnapshot` that metrics and
   status read; the store is reached only through the log, asynchronously.
+
+Identity: the master's origin id is its store's (learnt by the log when the store opens);
+its fingerprint is made at random when the :class:`Master` is built and never stored (see
+:mod:`replication.cluster.identity`). Both are in the snapshot.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from replication.wire.commands import (
     encode_parsed_rows,
     rdata_line_length,
 )
+from replication.cluster.identity import Identity, new_fingerprint
 from replication.config import MasterConfig
 from replication.master.connection import MasterConnection
 from replication.master.fanout import FanOut
@@ -109,6 +114,8 @@ class Master:
         self._trim_loop.clock = clock
         self.trim_interval = trim_interval
         self.started_at = clock.seconds()
+        #: This process's fingerprint: random, made at every start, never stored.
+        self.fingerprint = new_fingerprint()
         #: Fires once the store is open and every stream's state is loaded.
         self.ready: Deferred[None] = self.log.open(config.streams)
         if metrics is None:
@@ -146,6 +153,13 @@ class Master:
     def head(self, stream: str) -> int:
         """The newest token of ``stream`` that workers may see (committed), 0 if none."""
         return self.log.head(stream)
+
+    def identity(self) -> Identity | None:
+        """This master as its peers will see it: the store's origin id and this process's
+        fingerprint (what :func:`~replication.cluster.identity.recognise` compares);
+        ``None`` until the store is open."""
+        origin_id = self.log.origin_id
+        return None if origin_id is None else Identity(origin_id, self.fingerprint)
 
     def knows(self, stream: str) -> bool:
         return self.log.state(stream) is not None or not self.config.strict_streams
@@ -305,6 +319,8 @@ class Master:
             ))
         return MasterSnapshot(
             server_name=self.config.server_name,
+            origin_id=self.log.origin_id,
+            fingerprint=self.fingerprint,
             now=now,
             started_at=self.started_at,
             max_buffer_bytes=self.config.limits.max_buffer_bytes,

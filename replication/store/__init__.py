@@ -7,10 +7,19 @@ Stores are pure: no reactor, no threads of their own; time is passed in. Impleme
 :mod:`replication.store.memory` and :mod:`replication.store.sqlite`.
 
 Rows are keyed by ``(stream, origin)``: the origin is the master that accepted a publish.
-:data:`LOCAL_ORIGIN` names the master that owns the store; it is the only origin the stores
-of this version keep (a peer cluster of masters will store the rows of other origins beside
-it). The master never calls a store directly: it goes through the asynchronous interface of
+:data:`LOCAL_ORIGIN` names the master that owns the store; other origins' rows (a peer
+cluster's) are stored beside its own with ``ingest``. The master never calls a store
+directly: it goes through the asynchronous interface of
 :mod:`replication.store.asynchronous`, which runs a blocking store in threads.
+
+Identity. Every store has an **origin id** (:attr:`StreamStore.origin_id`), created with the
+store and kept in it, so it survives restarts: it is the name other masters and workers give
+the rows this master accepted. A new or wiped store is a new origin. Inside the store the own
+origin stays ``""`` (:data:`LOCAL_ORIGIN`) in every ``(stream, origin)`` key, so no row is
+rewritten when the id is created: ``""`` is the store-relative name of ``origin_id``, and
+other origins are keyed by their ids. The memory store makes a new id for each store object,
+so a master on the memory store is a new origin at every start. The format is
+:data:`replication.cluster.identity.ID_PATTERN`.
 """
 
 from __future__ import annotations
@@ -64,13 +73,21 @@ def check_origin(origin: str) -> None:
         )
 
 
-def check_ingest(stream: str, origin: str, entries: Sequence[Entry], head: int) -> list[Entry]:
+def check_ingest(
+    stream: str, origin: str, entries: Sequence[Entry], head: int, origin_id: str
+) -> list[Entry]:
     """The entries of an ``ingest`` of ``(stream, origin)`` that are new given its ``head``:
     those above it (the rest are duplicates, dropped). Raises :class:`StoreError` for the
-    local origin, and for tokens that do not continue the head one by one (a gap would hide
-    lost rows); :class:`ValueError` for an entry without rows."""
+    local origin, whether named ``""`` or by the store's own ``origin_id`` (its rows are
+    keyed ``""`` only, never under two names), and for tokens that do not continue the head
+    one by one (a gap would hide lost rows); :class:`ValueError` for an entry without rows."""
     if origin == LOCAL_ORIGIN:
         raise StoreError("ingest stores rows of other origins; the local origin's take append")
+    if origin == origin_id:
+        raise StoreError(
+            f"ingest of {stream} from origin {origin!r}: that is this store's own origin id; "
+            "its rows are the local origin's and are never stored as another origin's"
+        )
     new = [entry for entry in entries if entry.token > head]
     expected = head + 1
     for entry in new:
@@ -117,12 +134,17 @@ class RetentionPolicy(Protocol):
 class StreamStore(Protocol):
     """The storage of streams. Every method may raise :class:`StoreError`.
 
+    ``origin_id`` names the store's own origin for other masters (``""`` inside the store).
     ``blocking`` tells the master whether ``append`` does disk work that must run off the
     reactor thread; a blocking store is called from one writer thread for ``append`` and
     ``trim`` and from the reactor thread for everything else, so it must allow that.
     """
 
     blocking: bool
+
+    #: This store's origin id (see the module docstring): fixed for the life of the store,
+    #: a well-formed id (:func:`~replication.cluster.identity.check_origin_id`).
+    origin_id: str
 
     def stream_names(self) -> list[str]:
         """Every stream of the local origin the store holds, sorted."""

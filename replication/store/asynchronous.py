@@ -15,6 +15,9 @@
 :func:`adapt` picks the adapter a store needs from its ``blocking`` attribute. Nothing here
 imports a reactor: the runners are passed in (see :func:`thread_runner`, which the service
 builds around Twisted's thread pools).
+
+Opening a store (:meth:`AsyncStore.open`) is how its origin id reaches the master: the
+answer (:class:`OpenedStore`) carries it with the stats of every stream.
 """
 
 from __future__ import annotations
@@ -44,6 +47,15 @@ BlockingRunner = Callable[..., "Deferred[Any]"]
 
 
 @dataclass(frozen=True, slots=True)
+class OpenedStore:
+    """What opening a store found: its ``origin_id`` (see :mod:`replication.store`) and the
+    ``stats`` of every ``(stream, origin)`` it holds."""
+
+    origin_id: str
+    stats: dict[tuple[str, str], StreamStats]
+
+
+@dataclass(frozen=True, slots=True)
 class TrimResult:
     """A retention pass: rows ``dropped`` in all, and each trimmed stream's stats after it."""
 
@@ -62,9 +74,10 @@ class AsyncStore(Protocol):
     inline: StreamStore | None
     blocking: bool
 
-    def open(self, create: Sequence[str]) -> Deferred[dict[tuple[str, str], StreamStats]]:
-        """Create the local streams named in ``create`` (if missing) and return the stats of
-        every ``(stream, origin)`` the store holds."""
+    def open(self, create: Sequence[str]) -> Deferred[OpenedStore]:
+        """Create the local streams named in ``create`` (if missing) and return the store's
+        origin id and the stats of every ``(stream, origin)`` it holds. May be called again
+        to read the stats afresh (with nothing to create)."""
 
     def append(
         self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN
@@ -91,10 +104,10 @@ class AsyncStore(Protocol):
 # -- the operations, as plain functions of a StreamStore (run inline or in a thread) --------
 
 
-def _open(store: StreamStore, create: Sequence[str]) -> dict[tuple[str, str], StreamStats]:
+def _open(store: StreamStore, create: Sequence[str]) -> OpenedStore:
     for name in create:
         store.create_stream(name)
-    return {key: stream_stats(store, *key) for key in store.keys()}
+    return OpenedStore(store.origin_id, {key: stream_stats(store, *key) for key in store.keys()})
 
 
 def _trim(store: StreamStore, retention: Mapping[str, RetentionPolicy], now: float) -> TrimResult:
@@ -127,7 +140,7 @@ class InlineStore:
         self.store = store
         self.blocking = False
 
-    def open(self, create: Sequence[str]) -> Deferred[dict[tuple[str, str], StreamStats]]:
+    def open(self, create: Sequence[str]) -> Deferred[OpenedStore]:
         return _call(_open, self.store, create)
 
     def append(
@@ -175,7 +188,7 @@ class ThreadedStore:
         self.run_write = run_write
         self.run_read = run_read if run_read is not None else run_write
 
-    def open(self, create: Sequence[str]) -> Deferred[dict[tuple[str, str], StreamStats]]:
+    def open(self, create: Sequence[str]) -> Deferred[OpenedStore]:
         return self.run_write(_open, self.store, create)
 
     def append(
@@ -218,6 +231,7 @@ __all__ = [
     "AsyncStore",
     "BlockingRunner",
     "InlineStore",
+    "OpenedStore",
     "StoreError",
     "ThreadedStore",
     "TrimResult",

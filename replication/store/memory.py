@@ -6,6 +6,9 @@ since tokens are contiguous, the rows of token ``t`` sit at index ``start + t - 
 Rows are kept as plain tuples of strings, which Python's garbage collector stops tracking
 after its first pass over them: a master holding millions of rows pays nothing for them in
 later collections. :class:`~replication.store.Entry` objects are built only when read.
+
+Each :class:`MemoryStore` has a new random origin id: a master on the memory store is a new
+origin at every start (nothing of its history survives to be confused with the next run's).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from replication.cluster.identity import new_origin_id
 from replication.store import (
     LOCAL_ORIGIN,
     Entry,
@@ -51,6 +55,8 @@ class MemoryStore:
     blocking = False
 
     def __init__(self) -> None:
+        #: A new origin for every store object.
+        self.origin_id = new_origin_id()
         #: The local origin's streams, by name (the publish path's lookup).
         self._streams: dict[str, _Stream] = {}
         #: Other origins' streams, by ``(stream, origin)``.
@@ -82,7 +88,7 @@ class MemoryStore:
 
     def ingest(self, stream: str, origin: str, entries: Sequence[Entry], now: float) -> int:
         s = self._others.get((stream, origin))
-        new = check_ingest(stream, origin, entries, s.head if s is not None else 0)
+        new = check_ingest(stream, origin, entries, s.head if s is not None else 0, self.origin_id)
         if s is None:
             s = self._others[(stream, origin)] = _Stream()
         for entry in new:

@@ -7,16 +7,25 @@ Used by ``store: {type: sqlite}``. The schema (version :data:`SCHEMA_VERSION`, k
             PRIMARY KEY (name, origin)) WITHOUT ROWID
     entries(stream TEXT, origin TEXT, token INTEGER, time REAL, nrows INTEGER, rows TEXT,
             PRIMARY KEY (stream, origin, token)) WITHOUT ROWID
+    meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID    -- one row: origin_id
 
-Everything is keyed by ``(stream, origin)``; the local origin is ``''``. A version 1 file
-(which had no origin columns: every row was local) is migrated in place when it is opened,
-in one transaction. ``streams`` keeps each stream's head, oldest retained token and retained
-row count, so
+Everything is keyed by ``(stream, origin)``; the local origin is ``''``. ``meta`` holds the
+store's origin id (``origin_id``), created in the same transaction as the schema: the name
+other masters give this store's own origin, which inside the file stays ``''`` (rows are never
+rewritten). A file whose ``meta`` table or ``origin_id`` row is missing or malformed is refused
+with a :class:`~replication.store.StoreError` naming the path: making up a new id would make
+the master a new origin without anyone deciding it. A version 1 file (which had no origin
+columns, every row local, and no ``meta``) is migrated in place when it is opened, in one
+transaction that also creates its origin id. Version 2 was not released before ``meta``
+joined it, so ``meta`` is part of version 2 rather than a version 3; a version 2 file made
+by a development build before that has no ``meta`` and is refused.
+
+``streams`` keeps each stream's head, oldest retained token and retained row count, so
 ``head``, ``oldest`` and ``retained_rows`` are one primary-key lookup, and a stream whose old
 entries were trimmed keeps its head: tokens are never reused, across restarts too. The rows of
-one token are stored as one TEXT, joined with ``"\\n"`` (rows are compact JSON texts, which never
-contain a raw newline; ``append`` refuses a row that does). Reads and trims are range queries
-on the primary key; trims delete a token range in one statement.
+one token are stored as one TEXT, joined with ``"\\n"`` (rows are compact JSON texts, which
+never contain a raw newline; ``append`` refuses a row that does). Reads and trims are range
+queries on the primary key; trims delete a token range in one statement.
 
 Threads. The master calls ``append`` and ``trim`` from one writer thread, and everything else
 from the reactor thread, possibly while an append runs. So the store holds two connections:
@@ -56,6 +65,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from replication.cluster.identity import IdentityError, check_origin_id, new_origin_id
 from replication.store import (
     LOCAL_ORIGIN,
     Entry,
@@ -93,7 +103,10 @@ _SCHEMA = (
     " rows TEXT NOT NULL,"
     " PRIMARY KEY (stream, origin, token)"
     ") WITHOUT ROWID",
+    "CREATE TABLE meta (key TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
 )
+#: The ``meta`` key of the store's origin id.
+_ORIGIN_ID_KEY = "origin_id"
 #: Version 1 -> 2: the origin columns, every existing row local (``''``).
 _MIGRATE_1_TO_2 = (
     "ALTER TABLE streams RENAME TO streams_v1",
@@ -106,7 +119,8 @@ _MIGRATE_1_TO_2 = (
     "DROP TABLE streams_v1",
     "DROP TABLE entries_v1",
 )
-_TABLES = {"streams", "entries"}
+#: The tables of each schema version this module reads.
+_TABLES = {1: {"streams", "entries"}, 2: {"streams", "entries", "meta"}}
 
 
 class SqliteStore:
@@ -151,7 +165,8 @@ class SqliteStore:
         except sqlite3.Error as e:
             raise StoreError(f"SQLite store {path}: cannot open: {e}") from e
         try:
-            self._setup_writer(sync, new)
+            #: The store's origin id, from its ``meta`` table (see the module docstring).
+            self.origin_id = self._setup_writer(sync, new)
             self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             try:
                 self._reader.execute("PRAGMA query_only = ON")
@@ -166,7 +181,9 @@ class SqliteStore:
             self._writer.close()
             raise
 
-    def _setup_writer(self, sync: str, new: bool) -> None:
+    def _setup_writer(self, sync: str, new: bool) -> str:
+        """Set up the writer connection, create or migrate the schema as needed; return the
+        store's origin id."""
         w = self._writer
         mode = w.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
@@ -175,7 +192,7 @@ class SqliteStore:
         if not new:
             if w.execute("PRAGMA user_version").fetchone()[0] == 1:
                 self._migrate_from_1()
-            return
+            return _read_origin_id(self.path, w)
         w.execute("BEGIN IMMEDIATE")
         try:
             # Another process may have created the schema since we looked.
@@ -183,6 +200,7 @@ class SqliteStore:
             if not tables:
                 for statement in _SCHEMA:
                     w.execute(statement)
+                _create_origin_id(w)
                 w.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 w.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             w.execute("COMMIT")
@@ -191,15 +209,18 @@ class SqliteStore:
             raise
         if tables:
             _check_schema(self.path, w)
+        return _read_origin_id(self.path, w)
 
     def _migrate_from_1(self) -> None:
-        """Add the origin columns to a version 1 file, in one transaction."""
+        """Add the origin columns and the ``meta`` table with a new origin id to a version 1
+        file, in one transaction."""
         w = self._writer
         w.execute("BEGIN IMMEDIATE")
         try:
             if w.execute("PRAGMA user_version").fetchone()[0] == 1:  # not done meanwhile
                 for statement in _MIGRATE_1_TO_2:
                     w.execute(statement)
+                _create_origin_id(w)
                 w.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             w.execute("COMMIT")
         except BaseException:
@@ -385,7 +406,7 @@ class SqliteStore:
                 "SELECT head FROM streams WHERE name = ? AND origin = ?", (stream, origin)
             ).fetchall()
             head = found[0][0] if found else 0
-            new = check_ingest(stream, origin, entries, head)
+            new = check_ingest(stream, origin, entries, head, self.origin_id)
             if new:
                 if not found:
                     w.execute(
@@ -524,6 +545,8 @@ def _inspect(path: str, quick_check: bool) -> bool:
                 f" {SCHEMA_VERSION} this replication supports; upgrade replication"
             )
         _check_schema(path, conn, (1, SCHEMA_VERSION))  # version 1 is migrated on open
+        if version == SCHEMA_VERSION:
+            _read_origin_id(path, conn)
         return False
     finally:
         conn.close()
@@ -534,9 +557,39 @@ def _check_schema(
 ) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if version not in versions or not _TABLES <= tables:
-        missing = ", ".join(sorted(_TABLES - tables)) or "none"
+    needed = _TABLES.get(version, _TABLES[SCHEMA_VERSION])
+    if version not in versions or not needed <= tables:
+        missing = ", ".join(sorted(needed - tables)) or "none"
+        hint = "; the meta table holds the store's origin id" if "meta" in needed - tables else ""
         raise StoreError(
             f"SQLite store {path}: not a usable replication store (schema version {version},"
-            f" expected {SCHEMA_VERSION}; missing tables: {missing})"
+            f" expected {SCHEMA_VERSION}; missing tables: {missing}{hint})"
         )
+
+
+def _create_origin_id(w: sqlite3.Connection) -> None:
+    """Record a new origin id in ``meta``; in the transaction that creates the schema."""
+    w.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (_ORIGIN_ID_KEY, new_origin_id()))
+
+
+def _read_origin_id(path: str, conn: sqlite3.Connection) -> str:
+    """The origin id in ``meta``; raise :class:`StoreError` naming ``path`` if the table or
+    its row is missing, or the id malformed."""
+    try:
+        found = conn.execute(
+            "SELECT value FROM meta WHERE key = ?", (_ORIGIN_ID_KEY,)
+        ).fetchall()
+    except sqlite3.Error as e:
+        raise StoreError(
+            f"SQLite store {path}: cannot read the store's origin id from its meta table ({e})"
+        ) from e
+    if not found:
+        raise StoreError(
+            f"SQLite store {path}: its meta table holds no {_ORIGIN_ID_KEY}, so the store has "
+            "no origin id; refusing to make one up (a new id would make this master a new "
+            "origin)"
+        )
+    try:
+        return check_origin_id(found[0][0])
+    except IdentityError as e:
+        raise StoreError(f"SQLite store {path}: {_ORIGIN_ID_KEY} in its meta table: {e}") from None
