@@ -41,7 +41,8 @@ from replication.wire.session import State
 
 
 class Recorder(ReplicationProtocol):
-    """A protocol end that records every command it receives after the handshake."""
+    """A protocol end that records every command it receives from the one that completes
+    the handshake on (a legacy worker's first command after NAME, or VERSION)."""
 
     def __init__(self, clock: Clock, side: str = MASTER, **kwargs: object) -> None:
         super().__init__(clock, default_registry(), side, "me", **kwargs)  # type: ignore[arg-type]
@@ -49,9 +50,9 @@ class Recorder(ReplicationProtocol):
         self.reasons: list[str] = []
 
     def command_received(self, command: Command) -> None:
+        super().command_received(command)
         if self.peer_name is not None:
             self.received.append(command)
-        super().command_received(command)
 
     def on_REPLICATE(self, command: Command) -> None:
         pass
@@ -101,11 +102,12 @@ def test_framing_is_the_same_in_every_chunk_size(chunk: int) -> None:
 
 
 def test_master_and_worker_speak_first() -> None:
-    """On connect the master sends SERVER <name>, the worker NAME <name>."""
+    """On connect the master sends SERVER <name>, the worker NAME <name> and the versions it
+    speaks, VERSION 1."""
     _, master_transport, _ = connect(MASTER)
     _, worker_transport, _ = connect(WORKER)
     assert sent_lines(master_transport) == [ServerCommand("me").to_line()]
-    assert sent_lines(worker_transport) == [NameCommand("me").to_line()]
+    assert sent_lines(worker_transport) == [NameCommand("me").to_line(), b"VERSION 1"]
 
 
 def test_a_command_before_the_handshake_is_an_error() -> None:

@@ -19,8 +19,11 @@ from replication.wire.commands import (
     PingCommand,
     ReplicateCommand,
     ServerCommand,
+    VersionCommand,
 )
+from replication.wire.dialects import LEGACY, VERSION_1, Dialect
 from replication.wire.session import (
+    CLOCK_EVENTS,
     HANDSHAKE_TIMEOUT,
     PEER_CONNECTED,
     PEER_EVENTS,
@@ -65,8 +68,8 @@ def effects(actions: tuple[Action, ...]) -> list[Action]:
 
 
 def in_state(state: State, side: str = MASTER, *, pinged: bool = False) -> Session:
-    """A session brought to ``state`` through its public inputs; ``pinged``: the peer has
-    sent a PING (only for READY)."""
+    """A session brought to ``state`` through its public inputs (READY through version 1);
+    ``pinged``: the peer has sent a PING (only for READY)."""
     session = new_session(side)
     if state is State.IDLE:
         return session
@@ -77,6 +80,9 @@ def in_state(state: State, side: str = MASTER, *, pinged: bool = False) -> Sessi
         session.connection_lost(START)
         return session
     session.receive(hello_from_peer(session), START)
+    if state is State.NEGOTIATING:
+        return session
+    session.receive(VersionCommand((1,)), START)
     if pinged:
         session.receive(PingCommand(1), START)
     if state is State.READY:
@@ -101,20 +107,43 @@ def fire(session: Session, event: Event) -> tuple[tuple[Action, ...], float]:
         return session.connection_lost(now), now
     if event is Event.HELLO:
         return session.receive(hello_from_peer(session), now), now
+    if event is Event.VERSION:
+        return session.receive(VersionCommand((1,)), now), now
+    if event is Event.BAD_VERSION:
+        return session.receive(VersionCommand((7,)), now), now
     if event is Event.PING:
         return session.receive(PingCommand(7), now), now
-    if event is Event.COMMAND:
+    if event is Event.ERROR:
+        return session.receive(ErrorCommand("oops"), now), now
+    if event in (Event.COMMAND, Event.UNANNOUNCED):
         return session.receive(ReplicateCommand("events", 41), now), now
     # The clock: poll when this event, and no other, is due.
+    negotiating = session.state is State.NEGOTIATING
     deadline = {
         Event.PING_DUE: session.last_sent + INTERVAL,
-        Event.HANDSHAKE_TIMEOUT: session.connected_at + TIMEOUT,
+        Event.HANDSHAKE_TIMEOUT: (session.named_at if negotiating else session.connected_at)
+        + TIMEOUT,
+        Event.ANNOUNCEMENT_TIMEOUT: session.named_at + TIMEOUT,
         Event.PING_TIMEOUT: session.last_received + TIMEOUT,
         Event.CLOSE_TIMEOUT: session.closing_at + CLOSE,
     }[event]
     if event is Event.PING_TIMEOUT:
         session.last_sent = deadline  # so that no PING is due at the same time
     return session.poll(deadline), deadline
+
+
+#: Rows of the negotiation that only a worker's session takes (a master takes the peer's
+#: PING, ERROR and other commands there for the legacy dialect, and its deadline for the
+#: announcement has an event of its own); the master-only rows are the legacy ones.
+WORKER_ONLY = {
+    (State.NEGOTIATING, Event.PING),
+    (State.NEGOTIATING, Event.ERROR),
+    (State.NEGOTIATING, Event.HANDSHAKE_TIMEOUT),
+}
+
+
+def side_of(state: State, event: Event) -> str:
+    return WORKER if (state, event) in WORKER_ONLY else MASTER
 
 
 @pytest.mark.parametrize(
@@ -125,7 +154,9 @@ def fire(session: Session, event: Event) -> tuple[tuple[Action, ...], float]:
 def test_every_transition_of_the_table(state: State, event: Event, row: Transition) -> None:
     """Each row of the table, fired through the session's public inputs, leads to the row's
     next state and does the row's effect (seen in the actions returned)."""
-    session = in_state(state, pinged=event is Event.PING_TIMEOUT)
+    side = side_of(state, event)
+    peer = WORKER if side == MASTER else MASTER
+    session = in_state(state, side, pinged=event is Event.PING_TIMEOUT)
     actions, now = fire(session, event)
     assert session.state is row.target
     done = effects(actions)
@@ -133,23 +164,40 @@ def test_every_transition_of_the_table(state: State, event: Event, row: Transiti
     if effect is Effect.SEND_HELLO:
         assert done == [Send(ServerCommand("me"))]
         assert session.connected_at == session.last_sent == now
-    elif effect is Effect.HANDSHAKE_DONE:
-        assert done == [HandshakeDone("peer-1")]
+    elif effect is Effect.NOTE_NAME:
+        assert done == []
         assert session.peer_name == "peer-1"
+        assert session.named_at == now
+    elif effect is Effect.AGREE:
+        assert done == [Send(VersionCommand((1,))), HandshakeDone("peer-1", VERSION_1)]
+        assert session.dialect is VERSION_1
+    elif effect is Effect.REFUSE_VERSION:
+        assert done == [CloseWithError(
+            "no common protocol version: the worker speaks 7, this master speaks 1",
+            PROTOCOL_ERROR, WORKER,
+        )]
+    elif effect is Effect.LEGACY:
+        assert done[0] == HandshakeDone("peer-1", LEGACY)
+        assert done[1:] == ([] if event is Event.ANNOUNCEMENT_TIMEOUT
+                            else [Deliver(ReplicateCommand("events", 41))])
+        assert session.dialect is LEGACY
     elif effect is Effect.NOTE_PING:
         assert done == [Deliver(PingCommand(7))]
         assert session.peer_pinged
     elif effect is Effect.DELIVER:
-        assert done == [Deliver(ReplicateCommand("events", 41))]
+        delivered = ErrorCommand("oops") if event is Event.ERROR else ReplicateCommand("events", 41)
+        assert done == [Deliver(delivered)]
     elif effect is Effect.SEND_PING:
         assert done == [Send(PingCommand(int(now * 1000)))]
         assert session.last_sent == now
     elif effect is Effect.TIME_OUT:
         expected = {
             Event.HANDSHAKE_TIMEOUT: CloseWithError(
-                "handshake timeout: expected NAME within 25s", HANDSHAKE_TIMEOUT, WORKER
+                "handshake timeout: expected "
+                f"{'VERSION' if state is State.NEGOTIATING else 'NAME'} within 25s",
+                HANDSHAKE_TIMEOUT, peer,
             ),
-            Event.PING_TIMEOUT: CloseWithError("ping timeout", PING_TIMEOUT, WORKER),
+            Event.PING_TIMEOUT: CloseWithError("ping timeout", PING_TIMEOUT, peer),
         }[event]
         assert done == [expected]
         assert session.closing_at == now
@@ -173,32 +221,55 @@ MISSING = [
     for state, event in itertools.product(State, Event)
     if (state, event) not in TRANSITIONS
 ]
-PEER_FAULTS = [(s, e) for s, e in MISSING if e in PEER_EVENTS and s in PEER_CONNECTED]
+#: Events the session makes of a peer's command only while negotiating.
+NEGOTIATION_ONLY = {Event.BAD_VERSION, Event.UNANNOUNCED}
+PEER_FAULTS = [
+    (s, e)
+    for s, e in MISSING
+    if e in PEER_EVENTS and s in PEER_CONNECTED
+    and (e not in NEGOTIATION_ONLY or s is State.NEGOTIATING)
+]
 LOCAL_FAULTS = [
     (s, e)
     for s, e in MISSING
     if (s, e) not in PEER_FAULTS
     # Clock events come only from poll, which finds only those of the session's state.
-    and e not in {Event.PING_DUE, Event.HANDSHAKE_TIMEOUT, Event.PING_TIMEOUT, Event.CLOSE_TIMEOUT}
+    and e not in CLOCK_EVENTS
+    and e not in NEGOTIATION_ONLY
 ]
 
 
 def test_the_missing_pairs_are_those_the_protocol_forbids() -> None:
-    """The peer's faults are exactly: anything but its first line before its first line,
-    and its first line again afterwards."""
+    """The peer's faults are exactly: anything but its first line before its first line;
+    its first line again afterwards; VERSION after the handshake; and, on a worker, any
+    answer but VERSION (or PING, ERROR) to its announcement."""
     assert sorted(PEER_FAULTS, key=str) == sorted(
         [
+            (State.AWAITING_PEER_NAME, Event.VERSION),
             (State.AWAITING_PEER_NAME, Event.PING),
+            (State.AWAITING_PEER_NAME, Event.ERROR),
             (State.AWAITING_PEER_NAME, Event.COMMAND),
+            (State.NEGOTIATING, Event.HELLO),
+            (State.NEGOTIATING, Event.COMMAND),
             (State.READY, Event.HELLO),
+            (State.READY, Event.VERSION),
         ],
         key=str,
     )
 
 
-@pytest.mark.parametrize("side", [MASTER, WORKER])
+#: The peer's faults, by the side that sees them: a master takes any command after NAME
+#: (but NAME again) for the legacy dialect, so only a worker sees NEGOTIATING-COMMAND.
+SIDED_FAULTS = [
+    (side, s, e)
+    for side in (MASTER, WORKER)
+    for s, e in PEER_FAULTS
+    if not (side == MASTER and (s, e) == (State.NEGOTIATING, Event.COMMAND))
+]
+
+
 @pytest.mark.parametrize(
-    "state, event", PEER_FAULTS, ids=[f"{s.name}-{e.name}" for s, e in PEER_FAULTS]
+    "side, state, event", SIDED_FAULTS, ids=[f"{d}-{s.name}-{e.name}" for d, s, e in SIDED_FAULTS]
 )
 def test_a_missing_pair_from_the_peer_is_its_protocol_error(
     side: str, state: State, event: Event
@@ -208,12 +279,16 @@ def test_a_missing_pair_from_the_peer_is_its_protocol_error(
     session = in_state(state, side)
     actions, now = fire(session, event)
     peer = WORKER if side == MASTER else MASTER
-    hello, command = ("NAME", "REPLICATE") if side == MASTER else ("SERVER", "REPLICATE")
-    message = {
-        Event.PING: f"expected {hello} first, got PING",
-        Event.COMMAND: f"expected {hello} first, got {command}",
-        Event.HELLO: f"{hello} may only be sent once, as the first line",
-    }[event]
+    hello = "NAME" if side == MASTER else "SERVER"
+    if state is State.AWAITING_PEER_NAME:
+        got = {Event.VERSION: "VERSION", Event.PING: "PING", Event.ERROR: "ERROR"}
+        message = f"expected {hello} first, got {got.get(event, 'REPLICATE')}"
+    elif event is Event.HELLO:
+        message = f"{hello} may only be sent once, as the first line"
+    elif event is Event.VERSION:
+        message = "VERSION may only be sent once, during the handshake"
+    else:
+        message = "expected VERSION after SERVER, got REPLICATE"
     assert actions == (WakeAt(now + CLOSE), CloseWithError(message, PROTOCOL_ERROR, peer))
     assert session.state is State.CLOSING
 
@@ -240,12 +315,13 @@ def test_a_missing_pair_from_this_end_raises(state: State, event: Event) -> None
     assert session.state is state
 
 
+@pytest.mark.parametrize("side", [MASTER, WORKER])
 @pytest.mark.parametrize("state", list(State))
-def test_poll_never_finds_a_clock_event_its_state_has_no_row_for(state: State) -> None:
+def test_poll_never_finds_a_clock_event_its_state_has_no_row_for(state: State, side: str) -> None:
     """Polling any state at any time (before, at and long after every deadline) takes only
     rows of the table."""
     for offset in (0.0, INTERVAL - EARLY, INTERVAL, TIMEOUT, CLOSE, 1000.0):
-        session = in_state(state, pinged=state is State.READY)
+        session = in_state(state, side, pinged=state is State.READY)
         actions = session.poll(START + offset)
         assert isinstance(actions[0], WakeAt)
 
@@ -290,13 +366,15 @@ def test_the_handshake_deadline_can_be_set_apart_from_the_ping_timeout() -> None
 
 
 def test_a_first_line_just_before_the_handshake_deadline_is_in_time() -> None:
-    """The peer's first line a moment before the deadline completes the handshake; from
-    then on only the PING cadence is awaited."""
+    """The peer's first line a moment before the deadline is in time: the negotiation
+    starts, and from then on the PING cadence and the negotiation's own deadline are
+    awaited."""
     session = new_session()
     session.connected(START)
     session.last_sent = START + TIMEOUT - 1  # this end kept sending
     actions = session.receive(NameCommand("w"), START + TIMEOUT - EARLY)
-    assert actions == (WakeAt(START + TIMEOUT - 1 + INTERVAL), HandshakeDone("w"))
+    assert actions == (WakeAt(START + TIMEOUT - 1 + INTERVAL),)
+    assert session.state is State.NEGOTIATING
     assert effects(session.poll(START + TIMEOUT)) == []
 
 
@@ -346,6 +424,7 @@ def test_a_first_ping_that_brings_the_deadline_forward_wakes_earlier() -> None:
     session = new_session(ping_interval=30.0, ping_timeout=10.0)
     session.connected(START)
     session.receive(NameCommand("w"), START)
+    session.receive(VersionCommand((1,)), START)
     session.last_received = START + 2
     assert session.receive(PingCommand(1), START + 2) == (
         WakeAt(START + 12),
@@ -382,6 +461,7 @@ def test_resuming_reading_wakes_earlier_when_the_silence_deadline_comes_first() 
     session = new_session(ping_interval=30.0, ping_timeout=10.0)
     session.connected(START)
     session.receive(NameCommand("w"), START)
+    session.receive(VersionCommand((1,)), START)
     session.receive(PingCommand(1), START)
     session.pause_reading()
     assert session.deadline == START + 30  # only the next PING while not reading
