@@ -520,3 +520,143 @@ def test_the_protocol_doc_shows_the_same_table_in_the_same_order() -> None:
         (state.name, event.name, row.target.name, row.effect.name)
         for (state, event), row in TRANSITIONS.items()
     ]
+
+
+# -- version negotiation -------------------------------------------------------------------
+
+#: A second version, to show that one is an entry in the table and nothing more.
+VERSION_2 = Dialect("replication/2", 2, gap_and_reset=True)
+ONE_AND_TWO = {1: VERSION_1, 2: VERSION_2}
+
+
+def test_a_worker_announces_every_version_it_speaks_with_its_name() -> None:
+    """The worker's first write is NAME then VERSION with its versions, highest first;
+    with the default table that is VERSION 1."""
+    assert effects(new_session(WORKER).connected(START)) == [
+        Send(NameCommand("me")), Send(VersionCommand((1,)))
+    ]
+    worker = Session(WORKER, "me", ping_interval=INTERVAL, ping_timeout=TIMEOUT,
+                     close_timeout=CLOSE, versions=ONE_AND_TWO)
+    assert effects(worker.connected(START)) == [
+        Send(NameCommand("me")), Send(VersionCommand((2, 1)))
+    ]
+
+
+def _negotiate(master_versions: dict[int, Dialect], worker_versions: dict[int, Dialect]) -> tuple[
+    Session, Session, list[Action]
+]:
+    """Run a master and a worker session against each other, feeding each one's sends to
+    the other; return both and the master's actions on the worker's announcement."""
+    timers = {"ping_interval": INTERVAL, "ping_timeout": TIMEOUT, "close_timeout": CLOSE}
+    master = Session(MASTER, "m", versions=master_versions, **timers)
+    worker = Session(WORKER, "w", versions=worker_versions, **timers)
+    to_worker = [a.command for a in master.connected(START) if isinstance(a, Send)]
+    to_master = [a.command for a in worker.connected(START) if isinstance(a, Send)]
+    master_actions: list[Action] = []
+    for command in to_master:
+        master_actions += effects(master.receive(command, START))
+    to_worker += [a.command for a in master_actions if isinstance(a, Send)]
+    for command in to_worker:
+        worker.receive(command, START)
+    return master, worker, master_actions
+
+
+def test_the_master_answers_the_highest_version_both_speak() -> None:
+    """A worker offering 2 and 1 to a master of version 1 only gets VERSION 1; both end
+    READY in version 1."""
+    master, worker, actions = _negotiate({1: VERSION_1}, ONE_AND_TWO)
+    assert actions == [Send(VersionCommand((1,))), HandshakeDone("w", VERSION_1)]
+    assert (master.state, worker.state) == (State.READY, State.READY)
+    assert master.dialect is worker.dialect is VERSION_1
+
+
+def test_a_new_version_is_one_entry_in_the_table() -> None:
+    """With version 2 added to both tables (and nothing else), master and worker agree on
+    2; a worker of version 1 only still gets version 1 from that master."""
+    master, worker, actions = _negotiate(ONE_AND_TWO, ONE_AND_TWO)
+    assert actions == [Send(VersionCommand((2,))), HandshakeDone("w", VERSION_2)]
+    assert master.dialect is worker.dialect is VERSION_2
+    master, worker, _ = _negotiate(ONE_AND_TWO, {1: VERSION_1})
+    assert master.dialect is worker.dialect is VERSION_1
+
+
+def test_a_worker_whose_first_command_after_name_is_not_version_speaks_legacy() -> None:
+    """A Synapse worker sends REPLICATE right after NAME: the master completes the handshake
+    in the legacy dialect, sends nothing (no VERSION) and delivers the REPLICATE."""
+    session = in_state(State.NEGOTIATING)
+    actions = session.receive(ReplicateCommand("events", 41), START + 1)
+    assert effects(actions) == [
+        HandshakeDone("peer-1", LEGACY), Deliver(ReplicateCommand("events", 41))
+    ]
+    assert (session.state, session.dialect) == (State.READY, LEGACY)
+
+
+def test_a_legacy_worker_that_pings_first_is_noted_as_pinging() -> None:
+    """A PING as the first command after NAME is the legacy dialect too, and counts as the
+    peer's first PING (its silence is watched from then on)."""
+    session = in_state(State.NEGOTIATING)
+    actions = session.receive(PingCommand(5), START + 1)
+    assert effects(actions) == [HandshakeDone("peer-1", LEGACY), Deliver(PingCommand(5))]
+    assert session.peer_pinged
+
+
+def test_a_worker_that_announces_nothing_is_legacy_at_the_deadline_not_before() -> None:
+    """A worker that sends NAME and then nothing: PINGs go out; a moment before
+    ping_timeout after its NAME the master still waits; at the deadline the handshake
+    completes in the legacy dialect, without an ERROR or a VERSION sent."""
+    session = new_session()
+    session.connected(START)
+    named = START + 3
+    session.receive(NameCommand("quiet"), named)
+    now, sent = named, []
+    while now < named + TIMEOUT - EARLY:
+        deadline = session.deadline
+        assert deadline is not None
+        now = min(deadline, named + TIMEOUT - EARLY)
+        sent += effects(session.poll(now))
+    assert session.state is State.NEGOTIATING
+    assert all(isinstance(a, Send) and isinstance(a.command, PingCommand) for a in sent)
+    assert effects(session.poll(named + TIMEOUT)) == [HandshakeDone("quiet", LEGACY)]
+    assert session.state is State.READY
+
+
+def test_a_worker_gives_the_master_until_the_deadline_to_choose() -> None:
+    """A worker whose master says SERVER and then nothing is cut off ping_timeout after
+    SERVER with ERROR handshake timeout: expected VERSION, not a moment before."""
+    session = new_session(WORKER)
+    session.connected(START)
+    session.receive(ServerCommand("m"), START + 2)
+    session.last_sent = START + 2 + TIMEOUT  # no PING due at the edge
+    assert effects(session.poll(START + 2 + TIMEOUT - EARLY)) == []
+    assert session.state is State.NEGOTIATING
+    assert effects(session.poll(START + 2 + TIMEOUT)) == [CloseWithError(
+        "handshake timeout: expected VERSION within 25s", HANDSHAKE_TIMEOUT, MASTER
+    )]
+
+
+@pytest.mark.parametrize("side, versions, message", [
+    (MASTER, (9, 7), "no common protocol version: the worker speaks 9 7, this master speaks 1"),
+    (WORKER, (2,), "the master chose protocol version 2, which this worker did not offer "
+                   "(it speaks 1)"),
+    (WORKER, (1, 2), "the master must choose one protocol version, got VERSION 2 1"),
+])
+def test_a_version_without_agreement_is_refused_with_a_clear_error(
+    side: str, versions: tuple[int, ...], message: str
+) -> None:
+    """A VERSION that leaves nothing to agree on is answered with ERROR naming both sides'
+    versions, and a close blamed on the peer."""
+    session = in_state(State.NEGOTIATING, side)
+    actions = session.receive(VersionCommand(versions), START + 1)
+    peer = WORKER if side == MASTER else MASTER
+    assert effects(actions) == [CloseWithError(message, PROTOCOL_ERROR, peer)]
+    assert session.state is State.CLOSING
+
+
+def test_a_worker_hears_an_error_in_answer_to_its_announcement() -> None:
+    """An older master answers VERSION with ERROR unknown command 'VERSION' and closes: the
+    worker delivers the ERROR (to be logged) and waits for the close, sending nothing."""
+    session = in_state(State.NEGOTIATING, WORKER)
+    error = ErrorCommand("unknown command 'VERSION'")
+    assert effects(session.receive(error, START + 1)) == [Deliver(error)]
+    assert session.state is State.NEGOTIATING
+    assert session.connection_lost(START + 2) == (WakeAt(None),)
