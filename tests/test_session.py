@@ -636,8 +636,9 @@ def test_a_worker_gives_the_master_until_the_deadline_to_choose() -> None:
 
 @pytest.mark.parametrize("side, versions, message", [
     (MASTER, (9, 7), "no common protocol version: the worker speaks 9 7, this master speaks 1"),
-    (WORKER, (2,), "the master chose protocol version 2, which this worker did not offer "
-                   "(it speaks 1)"),
+    (WORKER, (2,), (
+        "the master chose protocol version 2, which this worker did not offer (it speaks 1)"
+    )),
     (WORKER, (1, 2), "the master must choose one protocol version, got VERSION 2 1"),
 ])
 def test_a_version_without_agreement_is_refused_with_a_clear_error(
