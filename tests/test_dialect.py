@@ -141,7 +141,9 @@ def test_a_worker_announcing_version_1_gets_reset_on_the_wire(tmp_path: Path) ->
 
 def test_our_worker_negotiates_version_1_and_handles_gap(tmp_path: Path) -> None:
     """Our worker, through a MemoryPipe, agrees on version 1 with the master; behind
-    retention it gets GAP and its handler's gap hook runs, then the retained tokens."""
+    retention it gets GAP and its handler's gap hook runs, then the retained tokens. (Its
+    RESET through a MemoryPipe is tests/test_replication.py's
+    test_a_worker_ahead_of_the_master_is_reset_and_replayed, which negotiates the same way.)"""
     harness = Harness(tmp_path, retention=RetentionConfig(max_rows=10))
     for i in range(100):
         harness.publish("events", [i])
@@ -153,22 +155,6 @@ def test_our_worker_negotiates_version_1_and_handles_gap(tmp_path: Path) -> None
     assert handler.events[0] == ("gap", "events", 1, 90)
     assert handler.token_numbers() == list(range(91, 101))
     assert substitutions(harness, "GAP") == 0
-
-
-def test_our_worker_negotiates_version_1_and_handles_reset(tmp_path: Path) -> None:
-    """Our worker ahead of the master's head gets RESET (its reset hook runs) and the
-    replay, as before protocol versions."""
-    harness = Harness(tmp_path)
-    for i in range(3):
-        harness.publish("events", [i])
-    handler = Recording()
-    worker = harness.worker(handler)
-    worker.positions.set("events", 50)
-    harness.run(harness.connect(worker))
-    assert handler.events == [
-        ("reset", "events", 50, 3),
-        ("token", "events", 1), ("token", "events", 2), ("token", "events", 3),
-    ]
 
 
 @pytest.mark.parametrize("announcement, error", [
