@@ -87,17 +87,28 @@ WORKER_BYTES = (
 ).encode()
 
 
-@pytest.mark.parametrize("chunk", range(1, len(WORKER_BYTES) + 1))
-def test_framing_is_the_same_in_every_chunk_size(chunk: int) -> None:
-    """The same bytes fed in chunks of any size, from 1 byte up, give the same commands."""
+#: The same worker, announcing version 1.
+ANNOUNCING_BYTES = WORKER_BYTES.replace(b"worker-1\n", b"worker-1\nVERSION 1\n", 1)
+
+
+@pytest.mark.parametrize("data, dialect, first", [
+    (WORKER_BYTES, "synapse-2017", []),
+    (ANNOUNCING_BYTES, "replication/1", ["VERSION"]),
+], ids=["legacy", "version-1"])
+@pytest.mark.parametrize("chunk", range(1, len(ANNOUNCING_BYTES) + 1))
+def test_framing_is_the_same_in_every_chunk_size(
+    chunk: int, data: bytes, dialect: str, first: list[str]
+) -> None:
+    """The same bytes fed in chunks of any size, from 1 byte up, give the same commands and
+    the same dialect, whether the worker announces a version or not."""
     protocol, transport, _ = connect()
-    for i in range(0, len(WORKER_BYTES), chunk):
-        protocol.dataReceived(WORKER_BYTES[i : i + chunk])
-    assert protocol.peer_name == "worker-1"
+    for i in range(0, len(data), chunk):
+        protocol.dataReceived(data[i : i + chunk])
+    assert (protocol.peer_name, protocol.dialect) == ("worker-1", dialect)
     assert [c.NAME for c in protocol.received] == [
-        "REPLICATE", "PING", "REPLICATE", "REPLICATE", "ERROR",
+        *first, "REPLICATE", "PING", "REPLICATE", "REPLICATE", "ERROR",
     ]
-    assert protocol.received[0] == ReplicateCommand("events", 41)
+    assert protocol.received[len(first)] == ReplicateCommand("events", 41)
     assert not transport.disconnecting
 
 
