@@ -40,6 +40,7 @@ from prometheus_client.utils import floatToGoString
 
 from replication import __version__
 from replication.snapshot import OTHER, UNNAMED, MasterSnapshot, PeerLabels, PeerRecord, add_counts
+from replication.wire.dialects import DIALECTS
 
 __all__ = [
     "HANDLER_BUCKETS",
@@ -92,6 +93,15 @@ MASTER_METRICS: dict[str, str] = {
     **COMMON_METRICS,
     "replication_start_time_seconds": "When the master started, in seconds since the epoch.",
     "replication_connections_open": "Worker connections open now (admitted).",
+    "replication_connections_by_dialect": (
+        "Worker connections open now that completed the handshake, by the protocol dialect "
+        "agreed: synapse-2017 (the worker announced no version) or replication/1."
+    ),
+    "replication_legacy_substitutions_total": (
+        "POSITION lines sent to synapse-2017 (legacy) workers in place of a command their "
+        "dialect lacks, by that command: GAP (retention dropped tokens the worker had not "
+        "seen) or RESET (the worker was ahead of the stream's head)."
+    ),
     "replication_connection_buffered_bytes": (
         "Bytes the master holds for a worker's connections beyond what the transport holds, "
         "by peer name (summed over that name's connections); past "
@@ -260,6 +270,7 @@ class MasterMetrics:
         open_ = _gauge("replication_connections_open", MASTER_METRICS)
         open_.add_metric([], len(view.connections))
         yield open_
+        yield from _dialect_families(view)
         buffered_by_peer: dict[str, int] = {}
         lag: dict[tuple[str, str], int] = {}
         for connection in view.connections:
@@ -281,6 +292,25 @@ class MasterMetrics:
         yield lag_family
 
         yield from _stream_families(view)
+
+
+def _dialect_families(view: MasterSnapshot) -> Iterator[Metric]:
+    """Connections by dialect (every known dialect, zeros included: a fixed label set) and
+    the POSITION lines sent to legacy workers in place of GAP and RESET."""
+    by_dialect = dict.fromkeys(DIALECTS, 0)
+    for connection in view.connections:
+        if connection.peer_name is not None and connection.dialect in by_dialect:
+            by_dialect[connection.dialect] += 1
+    dialects = _gauge("replication_connections_by_dialect", MASTER_METRICS, ["dialect"])
+    for name, n in by_dialect.items():
+        dialects.add_metric([name], n)
+    yield dialects
+    substitutions = _counter(
+        "replication_legacy_substitutions_total", MASTER_METRICS, ["command"]
+    )
+    for command in ("GAP", "RESET"):
+        substitutions.add_metric([command], view.legacy_substitutions.get(command, 0))
+    yield substitutions
 
 
 def _stream_families(view: MasterSnapshot) -> Iterator[Metric]:

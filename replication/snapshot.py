@@ -148,6 +148,8 @@ class ConnectionView:
     buffered_bytes: int
     commands_received: Mapping[str, int]
     commands_sent: Mapping[str, int]
+    #: The protocol dialect the handshake agreed on (``replication.wire.dialects``).
+    dialect: str = "replication/1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +181,9 @@ class MasterSnapshot:
     #: Commands of connections that ended, by ``(command, peer label)``.
     closed_received: Mapping[tuple[str, str], int]
     closed_sent: Mapping[tuple[str, str], int]
+    #: POSITION lines sent to legacy-dialect workers in place of GAP and RESET, by the
+    #: command they replaced.
+    legacy_substitutions: Mapping[str, int] = field(default_factory=dict)
 
     def head(self, stream: str) -> int:
         for view in self.streams:

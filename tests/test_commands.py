@@ -43,7 +43,10 @@ from replication.wire.commands import (
 )
 
 BUILTIN_NAMES = frozenset(
-    {"SERVER", "NAME", "PING", "REPLICATE", "RDATA", "POSITION", "GAP", "RESET", "ERROR"}
+    {
+        "SERVER", "NAME", "VERSION", "PING", "REPLICATE", "RDATA", "POSITION", "GAP", "RESET",
+        "ERROR",
+    }
 )
 STREAM_128 = "s" * 128
 STREAM_129 = "s" * 129
@@ -491,13 +494,15 @@ def test_names_lists_all_and_per_side() -> None:
     """names() lists every command; names(side) those that side may send."""
     registry = default_registry()
     assert registry.names() == BUILTIN_NAMES
-    assert registry.names(WORKER) == frozenset({"NAME", "PING", "REPLICATE", "ERROR"})
+    assert registry.names(WORKER) == frozenset({"NAME", "VERSION", "PING", "REPLICATE", "ERROR"})
     assert registry.names(MASTER) == frozenset(
-        {"SERVER", "PING", "RDATA", "POSITION", "GAP", "RESET", "ERROR"}
+        {"SERVER", "VERSION", "PING", "RDATA", "POSITION", "GAP", "RESET", "ERROR"}
     )
     assert registry.names("nobody") == frozenset()
     with_ack = _registry_with_ack()
-    assert with_ack.names(WORKER) == frozenset({"NAME", "PING", "REPLICATE", "ERROR", "ACK"})
+    assert with_ack.names(WORKER) == frozenset(
+        {"NAME", "VERSION", "PING", "REPLICATE", "ERROR", "ACK"}
+    )
     assert "ACK" not in with_ack.names(MASTER)
 
 

@@ -116,7 +116,7 @@ def test_a_lagging_worker_shows_lag_and_buffered_bytes(tmp_path: Path) -> None:
         h.publish("events", [{"i": i, "pad": "x" * 100}])
     worker = h.worker(Recording())
     pipe = MemoryPipe(MasterConnection(h.master), WorkerConnection(worker), high_water=2048)
-    pipe.pump(rounds=2)  # the handshake, REPLICATE, and a page or two delivered
+    pipe.pump(rounds=3)  # the handshake, REPLICATE, and a page or two delivered
     pipe.client_reads = False
     for _ in range(3):
         h.clock.advance(0)

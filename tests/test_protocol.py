@@ -41,7 +41,8 @@ from replication.wire.session import State
 
 
 class Recorder(ReplicationProtocol):
-    """A protocol end that records every command it receives after the handshake."""
+    """A protocol end that records every command it receives from the one that completes
+    the handshake on (a legacy worker's first command after NAME, or VERSION)."""
 
     def __init__(self, clock: Clock, side: str = MASTER, **kwargs: object) -> None:
         super().__init__(clock, default_registry(), side, "me", **kwargs)  # type: ignore[arg-type]
@@ -49,9 +50,9 @@ class Recorder(ReplicationProtocol):
         self.reasons: list[str] = []
 
     def command_received(self, command: Command) -> None:
+        super().command_received(command)
         if self.peer_name is not None:
             self.received.append(command)
-        super().command_received(command)
 
     def on_REPLICATE(self, command: Command) -> None:
         pass
@@ -86,26 +87,38 @@ WORKER_BYTES = (
 ).encode()
 
 
-@pytest.mark.parametrize("chunk", range(1, len(WORKER_BYTES) + 1))
-def test_framing_is_the_same_in_every_chunk_size(chunk: int) -> None:
-    """The same bytes fed in chunks of any size, from 1 byte up, give the same commands."""
+#: The same worker, announcing version 1.
+ANNOUNCING_BYTES = WORKER_BYTES.replace(b"worker-1\n", b"worker-1\nVERSION 1\n", 1)
+
+
+@pytest.mark.parametrize("data, dialect, first", [
+    (WORKER_BYTES, "synapse-2017", []),
+    (ANNOUNCING_BYTES, "replication/1", ["VERSION"]),
+], ids=["legacy", "version-1"])
+@pytest.mark.parametrize("chunk", range(1, len(ANNOUNCING_BYTES) + 1))
+def test_framing_is_the_same_in_every_chunk_size(
+    chunk: int, data: bytes, dialect: str, first: list[str]
+) -> None:
+    """The same bytes fed in chunks of any size, from 1 byte up, give the same commands and
+    the same dialect, whether the worker announces a version or not."""
     protocol, transport, _ = connect()
-    for i in range(0, len(WORKER_BYTES), chunk):
-        protocol.dataReceived(WORKER_BYTES[i : i + chunk])
-    assert protocol.peer_name == "worker-1"
+    for i in range(0, len(data), chunk):
+        protocol.dataReceived(data[i : i + chunk])
+    assert (protocol.peer_name, protocol.dialect) == ("worker-1", dialect)
     assert [c.NAME for c in protocol.received] == [
-        "REPLICATE", "PING", "REPLICATE", "REPLICATE", "ERROR",
+        *first, "REPLICATE", "PING", "REPLICATE", "REPLICATE", "ERROR",
     ]
-    assert protocol.received[0] == ReplicateCommand("events", 41)
+    assert protocol.received[len(first)] == ReplicateCommand("events", 41)
     assert not transport.disconnecting
 
 
 def test_master_and_worker_speak_first() -> None:
-    """On connect the master sends SERVER <name>, the worker NAME <name>."""
+    """On connect the master sends SERVER <name>, the worker NAME <name> and the versions it
+    speaks, VERSION 1."""
     _, master_transport, _ = connect(MASTER)
     _, worker_transport, _ = connect(WORKER)
     assert sent_lines(master_transport) == [ServerCommand("me").to_line()]
-    assert sent_lines(worker_transport) == [NameCommand("me").to_line()]
+    assert sent_lines(worker_transport) == [NameCommand("me").to_line(), b"VERSION 1"]
 
 
 def test_a_command_before_the_handshake_is_an_error() -> None:

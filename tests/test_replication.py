@@ -131,7 +131,7 @@ def test_tokens_at_or_below_the_position_are_dropped(harness: Harness) -> None:
     worker.positions.set("events", 5)
     connection = WorkerConnection(worker)
     connection.makeConnection(StringTransport())
-    connection.dataReceived(b"SERVER m\n")
+    connection.dataReceived(b"SERVER m\nVERSION 1\n")
     for token in (4, 5, 6):
         connection.dataReceived(RdataCommand("events", token, token).to_line() + b"\n")
     assert handler.token_numbers() == [6]
@@ -437,7 +437,7 @@ def worker_end(harness: Harness, handler: Any) -> tuple[WorkerConnection, String
     connection = WorkerConnection(harness.worker(handler))
     transport = StringTransport()
     connection.makeConnection(transport)
-    connection.dataReceived(b"SERVER m\n")
+    connection.dataReceived(b"SERVER m\nVERSION 1\n")
     transport.clear()
     return connection, transport
 

@@ -19,8 +19,11 @@ from replication.wire.commands import (
     PingCommand,
     ReplicateCommand,
     ServerCommand,
+    VersionCommand,
 )
+from replication.wire.dialects import LEGACY, VERSION_1, Dialect
 from replication.wire.session import (
+    CLOCK_EVENTS,
     HANDSHAKE_TIMEOUT,
     PEER_CONNECTED,
     PEER_EVENTS,
@@ -65,8 +68,8 @@ def effects(actions: tuple[Action, ...]) -> list[Action]:
 
 
 def in_state(state: State, side: str = MASTER, *, pinged: bool = False) -> Session:
-    """A session brought to ``state`` through its public inputs; ``pinged``: the peer has
-    sent a PING (only for READY)."""
+    """A session brought to ``state`` through its public inputs (READY through version 1);
+    ``pinged``: the peer has sent a PING (only for READY)."""
     session = new_session(side)
     if state is State.IDLE:
         return session
@@ -77,6 +80,9 @@ def in_state(state: State, side: str = MASTER, *, pinged: bool = False) -> Sessi
         session.connection_lost(START)
         return session
     session.receive(hello_from_peer(session), START)
+    if state is State.NEGOTIATING:
+        return session
+    session.receive(VersionCommand((1,)), START)
     if pinged:
         session.receive(PingCommand(1), START)
     if state is State.READY:
@@ -101,20 +107,43 @@ def fire(session: Session, event: Event) -> tuple[tuple[Action, ...], float]:
         return session.connection_lost(now), now
     if event is Event.HELLO:
         return session.receive(hello_from_peer(session), now), now
+    if event is Event.VERSION:
+        return session.receive(VersionCommand((1,)), now), now
+    if event is Event.BAD_VERSION:
+        return session.receive(VersionCommand((7,)), now), now
     if event is Event.PING:
         return session.receive(PingCommand(7), now), now
-    if event is Event.COMMAND:
+    if event is Event.ERROR:
+        return session.receive(ErrorCommand("oops"), now), now
+    if event in (Event.COMMAND, Event.UNANNOUNCED):
         return session.receive(ReplicateCommand("events", 41), now), now
     # The clock: poll when this event, and no other, is due.
+    negotiating = session.state is State.NEGOTIATING
     deadline = {
         Event.PING_DUE: session.last_sent + INTERVAL,
-        Event.HANDSHAKE_TIMEOUT: session.connected_at + TIMEOUT,
+        Event.HANDSHAKE_TIMEOUT: (session.named_at if negotiating else session.connected_at)
+        + TIMEOUT,
+        Event.ANNOUNCEMENT_TIMEOUT: session.named_at + TIMEOUT,
         Event.PING_TIMEOUT: session.last_received + TIMEOUT,
         Event.CLOSE_TIMEOUT: session.closing_at + CLOSE,
     }[event]
     if event is Event.PING_TIMEOUT:
         session.last_sent = deadline  # so that no PING is due at the same time
     return session.poll(deadline), deadline
+
+
+#: Rows of the negotiation that only a worker's session takes (a master takes the peer's
+#: PING, ERROR and other commands there for the legacy dialect, and its deadline for the
+#: announcement has an event of its own); the master-only rows are the legacy ones.
+WORKER_ONLY = {
+    (State.NEGOTIATING, Event.PING),
+    (State.NEGOTIATING, Event.ERROR),
+    (State.NEGOTIATING, Event.HANDSHAKE_TIMEOUT),
+}
+
+
+def side_of(state: State, event: Event) -> str:
+    return WORKER if (state, event) in WORKER_ONLY else MASTER
 
 
 @pytest.mark.parametrize(
@@ -125,7 +154,9 @@ def fire(session: Session, event: Event) -> tuple[tuple[Action, ...], float]:
 def test_every_transition_of_the_table(state: State, event: Event, row: Transition) -> None:
     """Each row of the table, fired through the session's public inputs, leads to the row's
     next state and does the row's effect (seen in the actions returned)."""
-    session = in_state(state, pinged=event is Event.PING_TIMEOUT)
+    side = side_of(state, event)
+    peer = WORKER if side == MASTER else MASTER
+    session = in_state(state, side, pinged=event is Event.PING_TIMEOUT)
     actions, now = fire(session, event)
     assert session.state is row.target
     done = effects(actions)
@@ -133,23 +164,40 @@ def test_every_transition_of_the_table(state: State, event: Event, row: Transiti
     if effect is Effect.SEND_HELLO:
         assert done == [Send(ServerCommand("me"))]
         assert session.connected_at == session.last_sent == now
-    elif effect is Effect.HANDSHAKE_DONE:
-        assert done == [HandshakeDone("peer-1")]
+    elif effect is Effect.NOTE_NAME:
+        assert done == []
         assert session.peer_name == "peer-1"
+        assert session.named_at == now
+    elif effect is Effect.AGREE:
+        assert done == [Send(VersionCommand((1,))), HandshakeDone("peer-1", VERSION_1)]
+        assert session.dialect is VERSION_1
+    elif effect is Effect.REFUSE_VERSION:
+        assert done == [CloseWithError(
+            "no common protocol version: the worker speaks 7, this master speaks 1",
+            PROTOCOL_ERROR, WORKER,
+        )]
+    elif effect is Effect.LEGACY:
+        assert done[0] == HandshakeDone("peer-1", LEGACY)
+        assert done[1:] == ([] if event is Event.ANNOUNCEMENT_TIMEOUT
+                            else [Deliver(ReplicateCommand("events", 41))])
+        assert session.dialect is LEGACY
     elif effect is Effect.NOTE_PING:
         assert done == [Deliver(PingCommand(7))]
         assert session.peer_pinged
     elif effect is Effect.DELIVER:
-        assert done == [Deliver(ReplicateCommand("events", 41))]
+        delivered = ErrorCommand("oops") if event is Event.ERROR else ReplicateCommand("events", 41)
+        assert done == [Deliver(delivered)]
     elif effect is Effect.SEND_PING:
         assert done == [Send(PingCommand(int(now * 1000)))]
         assert session.last_sent == now
     elif effect is Effect.TIME_OUT:
         expected = {
             Event.HANDSHAKE_TIMEOUT: CloseWithError(
-                "handshake timeout: expected NAME within 25s", HANDSHAKE_TIMEOUT, WORKER
+                "handshake timeout: expected "
+                f"{'VERSION' if state is State.NEGOTIATING else 'NAME'} within 25s",
+                HANDSHAKE_TIMEOUT, peer,
             ),
-            Event.PING_TIMEOUT: CloseWithError("ping timeout", PING_TIMEOUT, WORKER),
+            Event.PING_TIMEOUT: CloseWithError("ping timeout", PING_TIMEOUT, peer),
         }[event]
         assert done == [expected]
         assert session.closing_at == now
@@ -173,32 +221,55 @@ MISSING = [
     for state, event in itertools.product(State, Event)
     if (state, event) not in TRANSITIONS
 ]
-PEER_FAULTS = [(s, e) for s, e in MISSING if e in PEER_EVENTS and s in PEER_CONNECTED]
+#: Events the session makes of a peer's command only while negotiating.
+NEGOTIATION_ONLY = {Event.BAD_VERSION, Event.UNANNOUNCED}
+PEER_FAULTS = [
+    (s, e)
+    for s, e in MISSING
+    if e in PEER_EVENTS and s in PEER_CONNECTED
+    and (e not in NEGOTIATION_ONLY or s is State.NEGOTIATING)
+]
 LOCAL_FAULTS = [
     (s, e)
     for s, e in MISSING
     if (s, e) not in PEER_FAULTS
     # Clock events come only from poll, which finds only those of the session's state.
-    and e not in {Event.PING_DUE, Event.HANDSHAKE_TIMEOUT, Event.PING_TIMEOUT, Event.CLOSE_TIMEOUT}
+    and e not in CLOCK_EVENTS
+    and e not in NEGOTIATION_ONLY
 ]
 
 
 def test_the_missing_pairs_are_those_the_protocol_forbids() -> None:
-    """The peer's faults are exactly: anything but its first line before its first line,
-    and its first line again afterwards."""
+    """The peer's faults are exactly: anything but its first line before its first line;
+    its first line again afterwards; VERSION after the handshake; and, on a worker, any
+    answer but VERSION (or PING, ERROR) to its announcement."""
     assert sorted(PEER_FAULTS, key=str) == sorted(
         [
+            (State.AWAITING_PEER_NAME, Event.VERSION),
             (State.AWAITING_PEER_NAME, Event.PING),
+            (State.AWAITING_PEER_NAME, Event.ERROR),
             (State.AWAITING_PEER_NAME, Event.COMMAND),
+            (State.NEGOTIATING, Event.HELLO),
+            (State.NEGOTIATING, Event.COMMAND),
             (State.READY, Event.HELLO),
+            (State.READY, Event.VERSION),
         ],
         key=str,
     )
 
 
-@pytest.mark.parametrize("side", [MASTER, WORKER])
+#: The peer's faults, by the side that sees them: a master takes any command after NAME
+#: (but NAME again) for the legacy dialect, so only a worker sees NEGOTIATING-COMMAND.
+SIDED_FAULTS = [
+    (side, s, e)
+    for side in (MASTER, WORKER)
+    for s, e in PEER_FAULTS
+    if not (side == MASTER and (s, e) == (State.NEGOTIATING, Event.COMMAND))
+]
+
+
 @pytest.mark.parametrize(
-    "state, event", PEER_FAULTS, ids=[f"{s.name}-{e.name}" for s, e in PEER_FAULTS]
+    "side, state, event", SIDED_FAULTS, ids=[f"{d}-{s.name}-{e.name}" for d, s, e in SIDED_FAULTS]
 )
 def test_a_missing_pair_from_the_peer_is_its_protocol_error(
     side: str, state: State, event: Event
@@ -208,12 +279,16 @@ def test_a_missing_pair_from_the_peer_is_its_protocol_error(
     session = in_state(state, side)
     actions, now = fire(session, event)
     peer = WORKER if side == MASTER else MASTER
-    hello, command = ("NAME", "REPLICATE") if side == MASTER else ("SERVER", "REPLICATE")
-    message = {
-        Event.PING: f"expected {hello} first, got PING",
-        Event.COMMAND: f"expected {hello} first, got {command}",
-        Event.HELLO: f"{hello} may only be sent once, as the first line",
-    }[event]
+    hello = "NAME" if side == MASTER else "SERVER"
+    if state is State.AWAITING_PEER_NAME:
+        got = {Event.VERSION: "VERSION", Event.PING: "PING", Event.ERROR: "ERROR"}
+        message = f"expected {hello} first, got {got.get(event, 'REPLICATE')}"
+    elif event is Event.HELLO:
+        message = f"{hello} may only be sent once, as the first line"
+    elif event is Event.VERSION:
+        message = "VERSION may only be sent once, during the handshake"
+    else:
+        message = "expected VERSION after SERVER, got REPLICATE"
     assert actions == (WakeAt(now + CLOSE), CloseWithError(message, PROTOCOL_ERROR, peer))
     assert session.state is State.CLOSING
 
@@ -240,12 +315,13 @@ def test_a_missing_pair_from_this_end_raises(state: State, event: Event) -> None
     assert session.state is state
 
 
+@pytest.mark.parametrize("side", [MASTER, WORKER])
 @pytest.mark.parametrize("state", list(State))
-def test_poll_never_finds_a_clock_event_its_state_has_no_row_for(state: State) -> None:
+def test_poll_never_finds_a_clock_event_its_state_has_no_row_for(state: State, side: str) -> None:
     """Polling any state at any time (before, at and long after every deadline) takes only
     rows of the table."""
     for offset in (0.0, INTERVAL - EARLY, INTERVAL, TIMEOUT, CLOSE, 1000.0):
-        session = in_state(state, pinged=state is State.READY)
+        session = in_state(state, side, pinged=state is State.READY)
         actions = session.poll(START + offset)
         assert isinstance(actions[0], WakeAt)
 
@@ -290,13 +366,15 @@ def test_the_handshake_deadline_can_be_set_apart_from_the_ping_timeout() -> None
 
 
 def test_a_first_line_just_before_the_handshake_deadline_is_in_time() -> None:
-    """The peer's first line a moment before the deadline completes the handshake; from
-    then on only the PING cadence is awaited."""
+    """The peer's first line a moment before the deadline is in time: the negotiation
+    starts, and from then on the PING cadence and the negotiation's own deadline are
+    awaited."""
     session = new_session()
     session.connected(START)
     session.last_sent = START + TIMEOUT - 1  # this end kept sending
     actions = session.receive(NameCommand("w"), START + TIMEOUT - EARLY)
-    assert actions == (WakeAt(START + TIMEOUT - 1 + INTERVAL), HandshakeDone("w"))
+    assert actions == (WakeAt(START + TIMEOUT - 1 + INTERVAL),)
+    assert session.state is State.NEGOTIATING
     assert effects(session.poll(START + TIMEOUT)) == []
 
 
@@ -346,6 +424,7 @@ def test_a_first_ping_that_brings_the_deadline_forward_wakes_earlier() -> None:
     session = new_session(ping_interval=30.0, ping_timeout=10.0)
     session.connected(START)
     session.receive(NameCommand("w"), START)
+    session.receive(VersionCommand((1,)), START)
     session.last_received = START + 2
     assert session.receive(PingCommand(1), START + 2) == (
         WakeAt(START + 12),
@@ -382,6 +461,7 @@ def test_resuming_reading_wakes_earlier_when_the_silence_deadline_comes_first() 
     session = new_session(ping_interval=30.0, ping_timeout=10.0)
     session.connected(START)
     session.receive(NameCommand("w"), START)
+    session.receive(VersionCommand((1,)), START)
     session.receive(PingCommand(1), START)
     session.pause_reading()
     assert session.deadline == START + 30  # only the next PING while not reading
@@ -440,3 +520,144 @@ def test_the_protocol_doc_shows_the_same_table_in_the_same_order() -> None:
         (state.name, event.name, row.target.name, row.effect.name)
         for (state, event), row in TRANSITIONS.items()
     ]
+
+
+# -- version negotiation -------------------------------------------------------------------
+
+#: A second version, to show that one is an entry in the table and nothing more.
+VERSION_2 = Dialect("replication/2", 2, gap_and_reset=True)
+ONE_AND_TWO = {1: VERSION_1, 2: VERSION_2}
+
+
+def test_a_worker_announces_every_version_it_speaks_with_its_name() -> None:
+    """The worker's first write is NAME then VERSION with its versions, highest first;
+    with the default table that is VERSION 1."""
+    assert effects(new_session(WORKER).connected(START)) == [
+        Send(NameCommand("me")), Send(VersionCommand((1,)))
+    ]
+    worker = Session(WORKER, "me", ping_interval=INTERVAL, ping_timeout=TIMEOUT,
+                     close_timeout=CLOSE, versions=ONE_AND_TWO)
+    assert effects(worker.connected(START)) == [
+        Send(NameCommand("me")), Send(VersionCommand((2, 1)))
+    ]
+
+
+def _negotiate(master_versions: dict[int, Dialect], worker_versions: dict[int, Dialect]) -> tuple[
+    Session, Session, list[Action]
+]:
+    """Run a master and a worker session against each other, feeding each one's sends to
+    the other; return both and the master's actions on the worker's announcement."""
+    timers = {"ping_interval": INTERVAL, "ping_timeout": TIMEOUT, "close_timeout": CLOSE}
+    master = Session(MASTER, "m", versions=master_versions, **timers)
+    worker = Session(WORKER, "w", versions=worker_versions, **timers)
+    to_worker = [a.command for a in master.connected(START) if isinstance(a, Send)]
+    to_master = [a.command for a in worker.connected(START) if isinstance(a, Send)]
+    master_actions: list[Action] = []
+    for command in to_master:
+        master_actions += effects(master.receive(command, START))
+    to_worker += [a.command for a in master_actions if isinstance(a, Send)]
+    for command in to_worker:
+        worker.receive(command, START)
+    return master, worker, master_actions
+
+
+def test_the_master_answers_the_highest_version_both_speak() -> None:
+    """A worker offering 2 and 1 to a master of version 1 only gets VERSION 1; both end
+    READY in version 1."""
+    master, worker, actions = _negotiate({1: VERSION_1}, ONE_AND_TWO)
+    assert actions == [Send(VersionCommand((1,))), HandshakeDone("w", VERSION_1)]
+    assert (master.state, worker.state) == (State.READY, State.READY)
+    assert master.dialect is worker.dialect is VERSION_1
+
+
+def test_a_new_version_is_one_entry_in_the_table() -> None:
+    """With version 2 added to both tables (and nothing else), master and worker agree on
+    2; a worker of version 1 only still gets version 1 from that master."""
+    master, worker, actions = _negotiate(ONE_AND_TWO, ONE_AND_TWO)
+    assert actions == [Send(VersionCommand((2,))), HandshakeDone("w", VERSION_2)]
+    assert master.dialect is worker.dialect is VERSION_2
+    master, worker, _ = _negotiate(ONE_AND_TWO, {1: VERSION_1})
+    assert master.dialect is worker.dialect is VERSION_1
+
+
+def test_a_worker_whose_first_command_after_name_is_not_version_speaks_legacy() -> None:
+    """A Synapse worker sends REPLICATE right after NAME: the master completes the handshake
+    in the legacy dialect, sends nothing (no VERSION) and delivers the REPLICATE."""
+    session = in_state(State.NEGOTIATING)
+    actions = session.receive(ReplicateCommand("events", 41), START + 1)
+    assert effects(actions) == [
+        HandshakeDone("peer-1", LEGACY), Deliver(ReplicateCommand("events", 41))
+    ]
+    assert (session.state, session.dialect) == (State.READY, LEGACY)
+
+
+def test_a_legacy_worker_that_pings_first_is_noted_as_pinging() -> None:
+    """A PING as the first command after NAME is the legacy dialect too, and counts as the
+    peer's first PING (its silence is watched from then on)."""
+    session = in_state(State.NEGOTIATING)
+    actions = session.receive(PingCommand(5), START + 1)
+    assert effects(actions) == [HandshakeDone("peer-1", LEGACY), Deliver(PingCommand(5))]
+    assert session.peer_pinged
+
+
+def test_a_worker_that_announces_nothing_is_legacy_at_the_deadline_not_before() -> None:
+    """A worker that sends NAME and then nothing: PINGs go out; a moment before
+    ping_timeout after its NAME the master still waits; at the deadline the handshake
+    completes in the legacy dialect, without an ERROR or a VERSION sent."""
+    session = new_session()
+    session.connected(START)
+    named = START + 3
+    session.receive(NameCommand("quiet"), named)
+    now, sent = named, []
+    while now < named + TIMEOUT - EARLY:
+        deadline = session.deadline
+        assert deadline is not None
+        now = min(deadline, named + TIMEOUT - EARLY)
+        sent += effects(session.poll(now))
+    assert session.state is State.NEGOTIATING
+    assert all(isinstance(a, Send) and isinstance(a.command, PingCommand) for a in sent)
+    assert effects(session.poll(named + TIMEOUT)) == [HandshakeDone("quiet", LEGACY)]
+    assert session.state is State.READY
+
+
+def test_a_worker_gives_the_master_until_the_deadline_to_choose() -> None:
+    """A worker whose master says SERVER and then nothing is cut off ping_timeout after
+    SERVER with ERROR handshake timeout: expected VERSION, not a moment before."""
+    session = new_session(WORKER)
+    session.connected(START)
+    session.receive(ServerCommand("m"), START + 2)
+    session.last_sent = START + 2 + TIMEOUT  # no PING due at the edge
+    assert effects(session.poll(START + 2 + TIMEOUT - EARLY)) == []
+    assert session.state is State.NEGOTIATING
+    assert effects(session.poll(START + 2 + TIMEOUT)) == [CloseWithError(
+        "handshake timeout: expected VERSION within 25s", HANDSHAKE_TIMEOUT, MASTER
+    )]
+
+
+@pytest.mark.parametrize("side, versions, message", [
+    (MASTER, (9, 7), "no common protocol version: the worker speaks 9 7, this master speaks 1"),
+    (WORKER, (2,), (
+        "the master chose protocol version 2, which this worker did not offer (it speaks 1)"
+    )),
+    (WORKER, (1, 2), "the master must choose one protocol version, got VERSION 2 1"),
+])
+def test_a_version_without_agreement_is_refused_with_a_clear_error(
+    side: str, versions: tuple[int, ...], message: str
+) -> None:
+    """A VERSION that leaves nothing to agree on is answered with ERROR naming both sides'
+    versions, and a close blamed on the peer."""
+    session = in_state(State.NEGOTIATING, side)
+    actions = session.receive(VersionCommand(versions), START + 1)
+    peer = WORKER if side == MASTER else MASTER
+    assert effects(actions) == [CloseWithError(message, PROTOCOL_ERROR, peer)]
+    assert session.state is State.CLOSING
+
+
+def test_a_worker_hears_an_error_in_answer_to_its_announcement() -> None:
+    """An older master answers VERSION with ERROR unknown command 'VERSION' and closes: the
+    worker delivers the ERROR (to be logged) and waits for the close, sending nothing."""
+    session = in_state(State.NEGOTIATING, WORKER)
+    error = ErrorCommand("unknown command 'VERSION'")
+    assert effects(session.receive(error, START + 1)) == [Deliver(error)]
+    assert session.state is State.NEGOTIATING
+    assert session.connection_lost(START + 2) == (WakeAt(None),)

@@ -120,7 +120,7 @@ def run(cls: type[WorkerConnection], tmp_path: Any, seed: int, lines: list[bytes
     connection = cls(worker)
     transport = StringTransport()
     connection.makeConnection(transport)
-    data = b"SERVER m\n" + b"".join(line + b"\n" for line in lines)
+    data = b"SERVER m\nVERSION 1\n" + b"".join(line + b"\n" for line in lines)
     at = 0
     while at < len(data):
         size = rng.choice((1, 7, 50, 400, len(data)))
@@ -163,7 +163,7 @@ def connected(tmp_path: Any, handler: Any) -> tuple[Worker, WorkerConnection, St
     connection = WorkerConnection(worker)
     transport = StringTransport()
     connection.makeConnection(transport)
-    connection.dataReceived(b"SERVER m\n")
+    connection.dataReceived(b"SERVER m\nVERSION 1\n")
     transport.clear()
     return worker, connection, transport
 

@@ -112,7 +112,7 @@ def connect(service: WorkerService, reactor: MemoryReactorClock) -> tuple[
     assert protocol is not None
     transport = StringTransport()
     protocol.makeConnection(transport)
-    protocol.dataReceived(b"SERVER m\n")
+    protocol.dataReceived(b"SERVER m\nVERSION 1\n")
     assert isinstance(service.worker.connection, WorkerConnection)
     return protocol, transport
 

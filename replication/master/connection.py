@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory
 
 from replication.wire.commands import MASTER, ReplicateCommand
+from replication.wire.dialects import VERSION_1
 from replication.wire.protocol import ReplicationProtocol
 
 if TYPE_CHECKING:
@@ -24,14 +25,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("replication.master")
 
 TOO_MANY_CONNECTIONS = "too many connections"
-#: The dialect our connections speak (the protocol of docs/protocol.rst).
-DIALECT = "replication/1"
+#: The name of the dialect of protocol version 1 (docs/protocol.rst). A connection's own
+#: ``dialect`` is what its handshake agreed on (see :mod:`replication.wire.dialects`).
+DIALECT = VERSION_1.name
 
 
 class MasterConnection(ReplicationProtocol):
-    """The master's end of one worker connection."""
-
-    dialect = DIALECT
+    """The master's end of one worker connection. Its ``dialect`` (set by the handshake)
+    tells fan-out what the worker can parse."""
 
     def __init__(self, master: Master) -> None:
         config = master.config
@@ -74,7 +75,7 @@ class MasterConnection(ReplicationProtocol):
             )
 
     def handshake_done(self) -> None:
-        log.info("%s connected", self.describe())
+        log.info("%s connected, speaking %s", self.describe(), self.dialect)
         self.master.history.connected(self.peer_name)
 
     def on_REPLICATE(self, command: ReplicateCommand) -> None:

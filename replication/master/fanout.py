@@ -15,6 +15,11 @@ changing anything here.
   ``POSITION <head>`` and is live. A worker a million rows behind costs one page of memory.
 - Live: the rows of each committed run are encoded once into ``RDATA`` lines and the same
   bytes are written to every live follower of the stream (and every ``ALL`` follower).
+- ``GAP`` and ``RESET`` go only to followers whose dialect has them
+  (:mod:`replication.wire.dialects`). A legacy follower gets ``POSITION`` instead: at the
+  last dropped token for a gap, at the head for a reset (which Synapse's own master
+  answered a worker ahead of it); each such answer is logged and counted
+  (:attr:`FanOut.legacy_substitutions`).
 
 The check that moves a subscription from catch-up to live and the live writes both run on
 the reactor thread, after the log has advanced the head, so no token falls between them.
@@ -41,6 +46,7 @@ from replication.wire.commands import (
     ResetCommand,
     rdata_block,
 )
+from replication.wire.dialects import DIALECTS
 from replication.master.log import StreamLog, StreamState
 from replication.store import LOCAL_ORIGIN, Entry
 from replication.streams import missing_before, plan_catch_up
@@ -60,7 +66,8 @@ class Follower(Protocol):
 
     @property
     def dialect(self) -> str:
-        """The protocol dialect the connection speaks (see ``replication.wire.commands``)."""
+        """The name of the protocol dialect the connection speaks (a key of
+        ``replication.wire.dialects.DIALECTS``)."""
 
     def write(self, data: bytes) -> None:
         """Send whole encoded lines."""
@@ -135,6 +142,9 @@ class FanOut:
         self._followers: dict[Follower, _FollowerState] = {}
         self._all: set[Follower] = set()
         self._streams: dict[str, _Followed] = {}
+        #: ``POSITION`` lines sent to legacy followers in place of ``GAP`` and ``RESET``, by
+        #: the command they replaced.
+        self.legacy_substitutions: dict[str, int] = {GapCommand.NAME: 0, ResetCommand.NAME: 0}
         log.add_listener(self)
 
     # -- reading -------------------------------------------------------------------------
@@ -227,16 +237,20 @@ class FanOut:
         head = stream_state.head if stream_state is not None else 0
         self._unsubscribe(follower, state, stream)
         if command.token is None:
-            sub = Subscription(
-                stream, head, live=True,
-                live_since_rows=stream_state.rows_published if stream_state is not None else 0,
-            )
-            state.subscriptions[stream] = sub
-            self.followed(stream).live.add(follower)
-            follower.send(PositionCommand(stream, head))
+            self._live_now(follower, state, stream, stream_state)
             return
         plan = plan_catch_up(command.token, head)
         if plan.reset:
+            if not DIALECTS[follower.dialect].gap_and_reset:
+                # What Synapse's own master answered a worker ahead of it: the head, live.
+                log.warning(
+                    "%s (%s) asked for %s after token %d but the head is %d: its dialect "
+                    "has no RESET; sending POSITION %d",
+                    follower.describe(), follower.dialect, stream, command.token, head, head,
+                )
+                self.legacy_substitutions[ResetCommand.NAME] += 1
+                self._live_now(follower, state, stream, stream_state)
+                return
             log.warning(
                 "%s asked for %s after token %d but the head is %d: sending RESET",
                 follower.describe(), stream, command.token, head,
@@ -246,6 +260,42 @@ class FanOut:
         state.subscriptions[stream] = sub
         state.catching_up.append(sub)
         self.pump(follower)
+
+    def _live_now(
+        self, follower: Follower, state: _FollowerState, stream: str,
+        stream_state: StreamState | None,
+    ) -> None:
+        """Make ``follower`` live on ``stream`` at its head, with ``POSITION <head>``;
+        ``stream_state`` is ``None`` for a stream nobody published to (head 0)."""
+        head = stream_state.head if stream_state is not None else 0
+        sub = Subscription(
+            stream, head, live=True,
+            live_since_rows=stream_state.rows_published if stream_state is not None else 0,
+        )
+        state.subscriptions[stream] = sub
+        self.followed(stream).live.add(follower)
+        follower.send(PositionCommand(stream, head))
+
+    def _send_gap(self, follower: Follower, stream: str, first: int, last: int, *,
+                  closing: bool = False) -> None:
+        """Tell ``follower`` that tokens ``first..last`` of ``stream`` are gone: ``GAP``, or
+        ``POSITION <last>`` in a dialect without it (left out when ``closing``: the
+        catch-up's own ``POSITION`` at the same token follows at once)."""
+        if DIALECTS[follower.dialect].gap_and_reset:
+            log.warning(
+                "%s: tokens %d..%d of %s are no longer retained: sending GAP",
+                follower.describe(), first, last, stream,
+            )
+            follower.send(GapCommand(stream, first, last))
+            return
+        log.warning(
+            "%s (%s): tokens %d..%d of %s are no longer retained and its dialect has no GAP: "
+            "sending POSITION %d",
+            follower.describe(), follower.dialect, first, last, stream, last,
+        )
+        self.legacy_substitutions[GapCommand.NAME] += 1
+        if not closing:
+            follower.send(PositionCommand(stream, last))
 
     def _replicate_all(self, follower: Follower, state: _FollowerState) -> None:
         for stream in list(state.subscriptions):
@@ -338,11 +388,8 @@ class FanOut:
         if self._current(follower, state, sub):
             gap = missing_before(sub.position, entries[0].token if entries else None, head)
             if gap is not None:
-                log.warning(
-                    "%s: tokens %d..%d of %s are no longer retained: sending GAP",
-                    follower.describe(), gap[0], gap[1], sub.stream,
-                )
-                follower.send(GapCommand(sub.stream, *gap))
+                closing = not entries and gap[1] >= self.log.head(sub.stream)
+                self._send_gap(follower, sub.stream, *gap, closing=closing)
                 sub.position = gap[1]
             if entries:
                 follower.write(rdata_block(sub.stream, [(e.token, e.rows) for e in entries]))
@@ -411,7 +458,7 @@ class FanOut:
         if state.origin != LOCAL_ORIGIN:
             return
         for follower in tuple(self._all):
-            follower.send(GapCommand(state.stream, first, last))
+            self._send_gap(follower, state.stream, first, last)
         followed = self._streams.get(state.stream)
         if followed is None:
             return

@@ -315,7 +315,7 @@ class Master:
             connections.append(ConnectionView(
                 connection.peer_name, label(connection.peer_name), _address(connection),
                 connection.connected_since, fanout.follows_all(connection), tuple(follows),
-                connection.queued_bytes, received, sent,
+                connection.queued_bytes, received, sent, dialect=connection.dialect,
             ))
         return MasterSnapshot(
             server_name=self.config.server_name,
@@ -329,6 +329,7 @@ class Master:
             peers=peer_views(self.history),
             closed_received=dict(self.history.received),
             closed_sent=dict(self.history.sent),
+            legacy_substitutions=dict(fanout.legacy_substitutions),
         )
 
 

@@ -274,6 +274,48 @@ class NameCommand(Command):
         return self.name
 
 
+#: Most versions one ``VERSION`` line may list.
+MAX_VERSIONS: Final = 16
+
+
+@dataclass(frozen=True, slots=True)
+class VersionCommand(Command):
+    """``VERSION <version>[ <version>...]``: the protocol versions a worker speaks, sent
+    right after its ``NAME``; the master answers with the one version it chose.
+
+    Versions are positive integers of at most 9 digits, 1 to :data:`MAX_VERSIONS` of them.
+    """
+
+    NAME: ClassVar[str] = "VERSION"
+    versions: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.versions) <= MAX_VERSIONS:
+            raise CommandParseError(
+                f"VERSION takes 1 to {MAX_VERSIONS} versions: VERSION <version>[ <version>...]"
+            )
+        for version in self.versions:
+            if not isinstance(version, int) or isinstance(version, bool) or not 0 < version < 10**9:
+                raise CommandParseError(f"version must be a positive integer, got {version!r}")
+
+    @classmethod
+    def from_args(cls, args: str) -> VersionCommand:
+        parts = args.split(" ")
+        if not all(parts) or len(parts) > MAX_VERSIONS:
+            raise CommandParseError(
+                f"VERSION takes 1 to {MAX_VERSIONS} versions: VERSION <version>[ <version>...]"
+            )
+        versions = []
+        for text in parts:
+            if not (text.isdigit() and text.isascii() and len(text) <= 9 and text[0] != "0"):
+                raise CommandParseError(f"version must be a positive integer, got {text!r}")
+            versions.append(int(text))
+        return cls(tuple(versions))
+
+    def to_args(self) -> str:
+        return " ".join(map(str, self.versions))
+
+
 @dataclass(frozen=True, slots=True)
 class PingCommand(Command):
     """``PING <ms timestamp>``: keepalive, sent by either side after a silence."""
@@ -513,6 +555,7 @@ class CommandRegistry:
 _BUILTINS: tuple[tuple[type[Command], frozenset[str]], ...] = (
     (ServerCommand, frozenset({MASTER})),
     (NameCommand, frozenset({WORKER})),
+    (VersionCommand, SIDES),
     (PingCommand, SIDES),
     (ReplicateCommand, frozenset({WORKER})),
     (RdataCommand, frozenset({MASTER})),

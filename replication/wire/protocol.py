@@ -46,6 +46,7 @@ from replication.wire.commands import (
     ErrorCommand,
     PingCommand,
 )
+from replication.wire.dialects import LEGACY
 from replication.wire.session import (
     HANDSHAKE_TIMEOUT,
     PING_TIMEOUT,
@@ -130,7 +131,9 @@ class ReplicationProtocol(Protocol):
     Hooks for subclasses: ``on_<NAME>(command)`` for each command the peer may send after the
     handshake, :meth:`handshake_done`, :meth:`writable` (the transport drained and nothing is
     queued), :meth:`closed`. ``peer_name`` is the name the peer gave in its first line;
-    ``session`` is the connection's :class:`~replication.wire.session.Session`.
+    ``dialect`` the name of the dialect the handshake agreed on (both set when
+    :meth:`handshake_done` is called); ``session`` is the connection's
+    :class:`~replication.wire.session.Session`.
     """
 
     delimiter = b"\n"
@@ -167,6 +170,9 @@ class ReplicationProtocol(Protocol):
         )
 
         self.peer_name: str | None = None
+        #: The dialect the handshake agreed on (see :mod:`replication.wire.dialects`): the
+        #: legacy one until then, so that nothing is sent that a legacy peer cannot parse.
+        self.dialect: str = LEGACY.name
         self.connected_since: float | None = None
         self.close_reason: str | None = None
         #: Commands sent and received on this connection, by name: plain ints on the
@@ -264,6 +270,7 @@ class ReplicationProtocol(Protocol):
                 self.send(action.command)
             elif isinstance(action, HandshakeDone):
                 self.peer_name = action.peer_name
+                self.dialect = action.dialect.name
                 self.handshake_done()
             elif isinstance(action, CloseWithError):
                 self.send_error(action.message, action.reason)
@@ -303,7 +310,8 @@ class ReplicationProtocol(Protocol):
     # -- subclass hooks ----------------------------------------------------------------
 
     def handshake_done(self) -> None:
-        """The peer's first line (``SERVER`` or ``NAME``) arrived; ``peer_name`` is set."""
+        """The handshake is done: the peer's first line (``SERVER`` or ``NAME``) arrived and
+        the protocol version is agreed; ``peer_name`` and ``dialect`` are set."""
 
     def writable(self) -> None:
         """The transport drained what it held and nothing is queued: room to send more."""

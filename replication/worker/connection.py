@@ -1,6 +1,9 @@
 """One connection of a worker to its master: parsing and assembling.
 
-:class:`WorkerConnection` is one connection to the master. After the handshake it sends one
+:class:`WorkerConnection` is one connection to the master. Its session announces the protocol
+versions it speaks with its ``NAME`` (``VERSION 1``, see :mod:`replication.wire.dialects`);
+a master too old to know ``VERSION`` answers with an ``ERROR`` that is logged with what to
+do. After the handshake it sends one
 ``REPLICATE`` per configured stream (from the recorded position, or from the start or from
 now for a stream it never saw), gathers the ``RDATA`` rows of each token, and hands each
 complete token, and the master's ``GAP``, ``RESET`` and ``POSITION``, to the worker's
@@ -35,6 +38,9 @@ if TYPE_CHECKING:
     from replication.worker.service import Worker
 
 log = logging.getLogger(__name__)
+
+#: What a master older than protocol versions answers the worker's ``VERSION`` with.
+OLD_MASTER_ANSWER = "unknown command 'VERSION'"
 
 
 class WorkerConnection(ReplicationProtocol):
@@ -215,7 +221,15 @@ class WorkerConnection(ReplicationProtocol):
             self.runner.reset(command.stream, command.head)
 
     def on_ERROR(self, command: ErrorCommand) -> None:
-        log.error("master %s sent ERROR %s", self.peer_name, command.message)
+        log.error("master %s sent ERROR %s", self.session.peer_name, command.message)
+        if self.peer_name is None and command.message == OLD_MASTER_ANSWER:
+            # Our VERSION announcement (sent by the session with NAME) was not understood.
+            log.error(
+                "master %s does not negotiate protocol versions: it runs an older release "
+                "than this worker. Upgrade the masters before their workers (docs/protocol.rst, "
+                "Protocol versions); this worker keeps its positions and retries with backoff.",
+                self.session.peer_name,
+            )
 
 
 class WorkerFactory(Factory):
