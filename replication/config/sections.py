@@ -61,7 +61,8 @@ def _keepalive() -> tuple[Key, ...]:
             "keepalive.ping_timeout",
             Duration(),
             "Cut off a peer that has pinged and then stays silent this long; also the time a "
-            "new connection has to send its first line (``SERVER`` or ``NAME``).",
+            "new connection has to send its first line (``SERVER`` or ``NAME``) and to "
+            "answer the protocol version announcement (``VERSION``).",
             rule=GreaterThan("keepalive.ping_interval"),
         ),
         Key(
