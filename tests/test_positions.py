@@ -1,6 +1,7 @@
 """Worker positions: the contract every :class:`Positions` keeps (run against the in-memory
-positions and the position file), then the position file's own: records, reloads, torn and
-damaged files, compaction, a process killed mid-run."""
+positions and the position file), local and other origins, then the position file's own:
+records, reloads, torn and damaged files, formats v1 to v3, compaction, a process killed
+mid-run."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from replication.positions import HEADER, PositionFile, PositionFileError
+from replication.positions import HEADER, HEADER_V3, PositionFile, PositionFileError
 from replication.worker.positions import (
     MemoryPositions,
     OriginError,
@@ -24,15 +25,19 @@ from replication.worker.positions import (
 HEADER_V1 = b"# replication positions v1\n"
 ROOT = Path(__file__).resolve().parent.parent
 
+#: Well-formed origin ids (16 to 64 characters of A-Z a-z 0-9 - _).
+ORIGIN_B = "B" * 15 + "b"
+ORIGIN_C = "origin-C_0123456789"
 
-def journal(path: Path) -> tuple[bytes, bytes]:
-    """The header and the journal lines of a v2 file, checking it is well-formed: the
-    lines, then only NUL bytes to the end."""
+
+def journal(path: Path, header: bytes = HEADER) -> tuple[bytes, bytes]:
+    """The header and the journal lines of a v2 (or ``header``) file, checking it is
+    well-formed: the header, the lines, then only NUL bytes to the end."""
     raw = path.read_bytes()
-    assert raw.startswith(HEADER)
-    body, _, padding = raw[len(HEADER):].partition(b"\0")
+    assert raw.startswith(header)
+    body, _, padding = raw[len(header):].partition(b"\0")
     assert padding.strip(b"\0") == b""
-    return raw[:len(HEADER)], body
+    return raw[:len(header)], body
 
 
 @pytest.fixture(params=["memory", "file"])
@@ -97,29 +102,82 @@ def test_big_tokens_are_kept_exactly(positions: Positions) -> None:
     assert positions.get("events") == 9_999_999_999_999_999_999
 
 
-def test_memory_positions_keep_other_origins_apart() -> None:
-    """In memory, positions of another origin are kept per (stream, origin), apart from the
-    local ones."""
-    positions = MemoryPositions({"events": 3})
+def test_positions_are_kept_per_stream_and_origin(positions: Positions) -> None:
+    """Positions of other origins are kept per (stream, origin), apart from the local ones
+    and from each other."""
+    positions.set("events", 3)
+    assert positions.get("events", ORIGIN_B) is None
+    positions.set("events", 9, origin=ORIGIN_B)
+    positions.set("events", 4, origin=ORIGIN_C)
+    positions.set("receipts", 1, origin=ORIGIN_B)
+    positions.set("events", 10, origin=ORIGIN_B)
     assert positions.get("events") == 3
-    assert positions.get("events", "master-b") is None
-    positions.set("events", 9, origin="master-b")
-    assert positions.get("events", "master-b") == 9
+    assert positions.get("events", ORIGIN_B) == 10
+    assert positions.get("events", origin=ORIGIN_C) == 4
+    assert positions.get("receipts", ORIGIN_B) == 1
+    assert positions.get("receipts") is None
+    assert positions.get("receipts", ORIGIN_C) is None
+    positions.set("events", 0, origin=ORIGIN_B)  # a reset moves it back
+    assert positions.get("events", ORIGIN_B) == 0
+
+
+def test_the_vector_of_a_stream_has_each_origin_position(positions: Positions) -> None:
+    """``vector(stream)`` maps each origin recorded on the stream to its position, the local
+    origin under ``None``; a stream never recorded has an empty vector; the vector is a
+    copy."""
+    assert positions.vector("events") == {}
+    positions.set("events", 5, origin=ORIGIN_B)
+    assert positions.vector("events") == {ORIGIN_B: 5}
+    positions.set("events", 7)
+    positions.set("events", 2, origin=ORIGIN_C)
+    positions.set("receipts", 1)
+    vector = positions.vector("events")
+    assert vector == {None: 7, ORIGIN_B: 5, ORIGIN_C: 2}
+    vector[ORIGIN_B] = 99
+    assert positions.get("events", ORIGIN_B) == 5
+    assert positions.vector("receipts") == {None: 1}
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "",
+        "master-b",
+        "A" * 15,  # one too short
+        "A" * 65,  # one too long
+        "A" * 15 + " ",
+        "A" * 15 + ".",
+        "A" * 15 + "\n",
+        "A" * 15 + "\u00e9",
+    ],
+)
+def test_a_malformed_origin_id_is_refused(positions: Positions, origin: str) -> None:
+    """Recording or reading a position of a malformed origin id raises OriginError (a
+    PositionsError and a ValueError) naming it, and records nothing."""
+    positions.set("events", 1)
+    with pytest.raises(OriginError, match="malformed"):
+        positions.set("events", 2, origin=origin)
+    with pytest.raises(OriginError):
+        positions.get("events", origin)
+    assert positions.vector("events") == {None: 1}
+    assert issubclass(OriginError, PositionsError) and issubclass(OriginError, ValueError)
+
+
+@pytest.mark.parametrize("origin", ["A" * 16, "z" * 64, "-_09azAZ-_09azAZ"])
+def test_origin_ids_at_the_edges_are_kept(positions: Positions, origin: str) -> None:
+    """Origin ids of 16 and of 64 characters, of every allowed kind, are kept."""
+    positions.set("events", 8, origin=origin)
+    assert positions.get("events", origin) == 8
+    assert positions.vector("events") == {origin: 8}
+
+
+def test_memory_positions_start_from_local_positions() -> None:
+    """MemoryPositions' initial positions are local; ``all`` lists the local ones only."""
+    positions = MemoryPositions({"events": 3})
+    positions.set("events", 9, origin=ORIGIN_B)
     assert positions.get("events") == 3
     assert positions.all() == {"events": 3}
-
-
-def test_the_position_file_refuses_other_origins(tmp_path: Path) -> None:
-    """The position file's format holds local positions only: reading or recording a
-    position of another origin raises OriginError and leaves the file as it was."""
-    positions = PositionFile(str(tmp_path / "w.positions"))
-    positions.set("events", 3)
-    with pytest.raises(OriginError, match="local origin only, not of 'master-b'"):
-        positions.set("events", 9, origin="master-b")
-    with pytest.raises(OriginError):
-        positions.get("events", "master-b")
-    positions.close()
-    assert journal(tmp_path / "w.positions")[1] == b"events 3\n"
+    assert positions.vector("events") == {None: 3, ORIGIN_B: 9}
 
 
 def test_positions_survive_reopening(tmp_path: Path) -> None:
@@ -188,11 +246,24 @@ def test_a_torn_last_line_is_ignored_and_removed(
         (b'{"positions": {"events": 3}}', "is not a position file"),
         (b"", "is not a position file"),
         (bytes(4096), "is not a position file"),
-        (b"# replication positions v3\nevents 1\n", "is not a position file"),
+        (b"# replication positions v0\nevents 1\n", "is not a position file"),
+        (b"# replication positions v2 \nevents 1\n", "is not a position file"),
+        (b"# replication positions v03\nevents 1\n", "is not a position file"),
         (HEADER + b"events x\n", "damaged line 2"),
         (HEADER + b"events 1 2\n" + bytes(64), "damaged line 2"),
         (HEADER + b"events 1\nevents\n" + bytes(64), "damaged line 3"),
         (HEADER_V1 + b"events 1\nevents -2\n", "damaged line 3"),
+        # an origin in a format without origins
+        (HEADER + b"events 1 %s\n" % ORIGIN_B.encode() + bytes(64), "damaged line 2"),
+        (HEADER_V1 + b"events 1\nevents 1 %s\n" % ORIGIN_B.encode(), "damaged line 3"),
+        # v3: malformed origin ids, a missing token, one field too many
+        (HEADER_V3 + b"events 1 %s\n" % (b"A" * 15) + bytes(64), "damaged line 2"),
+        (HEADER_V3 + b"events 1 %s\n" % (b"A" * 65) + bytes(64), "damaged line 2"),
+        (HEADER_V3 + b"events 1 master.b.example.org\n" + bytes(64), "damaged line 2"),
+        (HEADER_V3 + b"events 1 %s\n" % (b"\xc3\xa9" * 8) + bytes(64), "damaged line 2"),
+        (HEADER_V3 + b"events 1\nevents %s\n" % ORIGIN_B.encode(), "damaged line 3"),
+        (HEADER_V3 + b"events 1 %s 2\n" % ORIGIN_B.encode(), "damaged line 2"),
+        (HEADER_V3 + b"events 1 %s \n" % ORIGIN_B.encode(), "damaged line 2"),
     ],
 )
 def test_a_foreign_or_damaged_file_is_refused_and_left_alone(
