@@ -101,13 +101,24 @@ def test_sync_keeps_every_position(positions: Positions) -> None:
 
 
 def test_recording_after_close_fails(positions: Positions) -> None:
-    """After ``close``, recording a position raises PositionsError; closing again does
-    nothing."""
+    """After ``close``, recording a position of any origin raises PositionsError; closing
+    again does nothing."""
     positions.set("events", 1)
     positions.close()
     with pytest.raises(PositionsError):
         positions.set("events", 2)
+    with pytest.raises(PositionsError):
+        positions.set("events", 2, origin=ORIGIN_B)
     positions.close()
+
+
+def test_recording_another_origin_after_close_fails(positions: Positions) -> None:
+    """A position of another origin recorded after ``close`` raises PositionsError too,
+    when the positions already hold other origins."""
+    positions.set("events", 1, origin=ORIGIN_B)
+    positions.close()
+    with pytest.raises(PositionsError):
+        positions.set("events", 2, origin=ORIGIN_C)
 
 
 def test_big_tokens_are_kept_exactly(positions: Positions) -> None:

@@ -31,13 +31,15 @@ a position copies one line into the mapping after the previous one: no system ca
 stays cheap on the per-token path.
 
 Formats: v1 (the same local lines, without NUL padding) and v2 (the journal, local lines
-only) are read and converted. The file is written as v2 for as long as it holds local
-positions only, and becomes v3 when the first position of another origin is recorded (a
-compaction, below, writes the new header; the header is never changed in place). So a
-worker that never joins a cluster keeps a file that the previous release reads too, and a
-worker can be rolled back; a v3 file is refused by code that knows only v2 (its message:
-not a position file) and left as it is. A file of a newer format than this code knows is
-refused with a message naming both versions, and left untouched.
+only) are read and converted. Every compaction (below) writes the oldest format that holds
+the positions: v2 while they are all local, v3 once a position of another origin is
+recorded; recording the first one compacts the file into v3 at once (the header is never
+changed in place). v3 only when needed, rather than always, because a worker that never
+joins a cluster then keeps a file that the releases before origins read too, so it can be
+rolled back; the price is one extra compaction in the life of a clustered worker's file. A
+v3 file is refused, and left as it is, by code that knows only v2 (its message: not a
+position file). A file of a newer format than this code knows is refused with a message
+naming both versions, and left untouched.
 
 What survives what:
 
