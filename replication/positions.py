@@ -3,8 +3,10 @@ re-exports its public names."""
 
 from replication.worker.positions import (
     DEFAULT_CAPACITY,
+    FORMAT_VERSION,
     HEADER,
     HEADER_V1,
+    HEADER_V3,
     LOCAL_ORIGIN,
     MemoryPositions,
     OriginError,
@@ -16,8 +18,10 @@ from replication.worker.positions import (
 
 __all__ = [
     "DEFAULT_CAPACITY",
+    "FORMAT_VERSION",
     "HEADER",
     "HEADER_V1",
+    "HEADER_V3",
     "LOCAL_ORIGIN",
     "MemoryPositions",
     "OriginError",

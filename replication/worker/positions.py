@@ -1,28 +1,45 @@
-"""Where a worker records the last token it handled, per stream: the :class:`Positions`
-interface, its in-memory implementation :class:`MemoryPositions`, and the position file
-:class:`PositionFile`, which keeps them on disk.
+"""Where a worker records the last token it handled, per stream and origin: the
+:class:`Positions` interface, its in-memory implementation :class:`MemoryPositions`, and the
+position file :class:`PositionFile`, which keeps them on disk.
 
-Positions are keyed by stream and origin (the master that accepted the token). Today a
-worker follows one master and every position belongs to the local origin: ``origin=None``,
-the default of every method. The position file's format holds local positions only (a
-position of any other origin is refused with :class:`OriginError`); the in-memory positions
-keep any origin, and a cluster change extends the file format the same way.
+Positions are keyed by stream and origin (the master that accepted the token). A worker
+following one master records every position under the local origin: ``origin=None``
+(:data:`LOCAL_ORIGIN`), the default of every method. A worker of a cluster also records
+positions of other origins, named by their origin id (16 to 64 characters of ``A-Z a-z 0-9
+- _``, checked by :func:`replication.cluster.identity.check_origin_id`; a malformed one is
+refused with :class:`OriginError`). The positions of one stream, by origin, are its
+**position vector** (:meth:`Positions.vector`), which a worker of a cluster sends when it
+asks a master for everything after it.
 
 The position file
 -----------------
 
 The file is a journal of text lines followed by NUL bytes up to its preallocated size::
 
-    # replication positions v2
+    # replication positions v3
     events 41
     receipts 7
+    events 12 Xq3v9kLmN0pQrStUvWxYz1
     events 42
     \\0\\0\\0\\0 ... (up to ``capacity`` bytes, 4 MiB by default)
 
-The first line names the format; each later line records ``<stream> <token>``, and the last
-line for a stream is its position. The file is preallocated (``posix_fallocate``) and mapped
-into the worker's memory (``mmap``, shared), and recording a position copies one line into
-the mapping after the previous one: no system call, so it stays cheap on the per-token path.
+The first line names the format; each later line records a position, and the last line
+for a (stream, origin) is its position: ``<stream> <token>`` for the local origin,
+``<stream> <token> <origin id>`` for another origin. The file is preallocated
+(``posix_fallocate``) and mapped into the worker's memory (``mmap``, shared), and recording
+a position copies one line into the mapping after the previous one: no system call, so it
+stays cheap on the per-token path.
+
+Formats: v1 (the same local lines, without NUL padding) and v2 (the journal, local lines
+only) are read and converted. Every compaction (below) writes the oldest format that holds
+the positions: v2 while they are all local, v3 once a position of another origin is
+recorded; recording the first one compacts the file into v3 at once (the header is never
+changed in place). v3 only when needed, rather than always, because a worker that never
+joins a cluster then keeps a file that the releases before origins read too, so it can be
+rolled back; the price is one extra compaction in the life of a clustered worker's file. A
+v3 file is refused, and left as it is, by code that knows only v2 (its message: not a
+position file). A file of a newer format than this code knows is refused with a message
+naming both versions, and left untouched.
 
 What survives what:
 
@@ -39,20 +56,24 @@ What survives what:
   writes pages back in any order the file may then hold a run of NUL bytes followed by some
   later lines: reading stops at the first NUL byte, and the text after the last complete
   line before it is dropped. The positions read are then at least those of the last sync;
-  the tokens handled since are handled again.
+  the tokens handled since are handled again. Because the v3 header is only ever written by
+  a compaction (fsynced before any line of another origin is appended after it), a v2 header
+  above a line with an origin cannot happen, even after a power cut.
 
 When a line does not fit in the space left, the file is compacted: the positions, one line
-per stream, are written to ``<path>.tmp``, which is preallocated (to twice the size if they
-would fill more than half of it), fsynced, and renamed over the file; the directory is
-fsynced too, so the file on disk is always complete. Opening the file does the same after
-reading it, so a torn last line is dropped and a file of the older format (``# replication
-positions v1``, the same lines without NUL padding, which is still read) is converted.
+per (stream, origin), are written to ``<path>.tmp``, which is preallocated (to twice the
+size if they would fill more than half of it), fsynced, and renamed over the file; the
+directory is fsynced too, so the file on disk is always complete. Opening the file does the
+same after reading it, so a torn last line is dropped and a file of an older format is
+converted. Recording the first position of another origin in a v2 file compacts it too, into
+a v3 file: once per file, not on the steady per-token path.
 
-A file that exists but is not a position file, or has a damaged line, stops the worker with
-a clear message; it is never overwritten or deleted. Only one process may use a position
-file at a time: it holds an exclusive lock (``flock``) on ``<path>.lock`` while the file
-is open, and a second worker given the same file stops with a message naming the holder's
-process id, rather than both recording positions into one file. The file must not be edited, truncated
+A file that exists but is not a position file, or has a damaged line (a line with an origin
+in a v1 or v2 file, or a malformed origin id, is damaged), stops the worker with a clear
+message; it is never overwritten or deleted. Only one process may use a position file at a
+time: it holds an exclusive lock (``flock``) on ``<path>.lock`` while the file is open, and
+a second worker given the same file stops with a message naming the holder's process id,
+rather than both recording positions into one file. The file must not be edited, truncated
 or replaced while the worker runs (truncating a mapped file makes the worker's next store
 fault). Preallocation makes a full disk an error when the file is opened or compacted
 rather than on a store; on copy-on-write file systems (btrfs, ZFS) it cannot fully
@@ -64,11 +85,23 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import BinaryIO, Protocol
 
-HEADER = b"# replication positions v2\n"
+from replication.cluster.identity import ID_PATTERN, IdentityError, check_origin_id
+
 HEADER_V1 = b"# replication positions v1\n"
+#: The header of a file of local positions only (the format since the journal).
+HEADER = b"# replication positions v2\n"
+#: The header of a file with positions of other origins too.
+HEADER_V3 = b"# replication positions v3\n"
+
+#: The newest format this code reads and writes.
+FORMAT_VERSION = 3
+
+_HEADERS: Mapping[int, bytes] = {1: HEADER_V1, 2: HEADER, 3: HEADER_V3}
+_HEADER_PATTERN = re.compile(rb"# replication positions v([0-9]+)\n")
 
 #: The default size of the file, preallocated; it is compacted when full.
 DEFAULT_CAPACITY = 4 * 1024 * 1024
@@ -87,25 +120,41 @@ class PositionFileError(PositionsError):
 
 
 class OriginError(PositionsError, ValueError):
-    """A position of an origin that these positions cannot keep."""
+    """An origin that positions cannot be kept for: a malformed origin id."""
+
+
+def _check_origin(origin: str) -> None:
+    """Raise :class:`OriginError` unless ``origin`` is a well-formed origin id."""
+    try:
+        check_origin_id(origin)
+    except IdentityError as e:
+        raise OriginError(f"no position can be kept for a malformed origin: {e}") from None
 
 
 class Positions(Protocol):
-    """The last token handled per stream (and origin), as the worker's token runner records
+    """The last token handled per stream and origin, as the worker's token runner records
     them: :meth:`set` is on the per-token path and must be cheap; :meth:`sync` makes what
     was recorded durable and is called about once a second; after :meth:`close`, :meth:`set`
     raises :class:`PositionsError`.
 
-    ``origin`` is the master that accepted the token; ``None`` (:data:`LOCAL_ORIGIN`, the
-    default) is the master this worker follows, today the only one.
+    ``origin`` is the master that accepted the token: ``None`` (:data:`LOCAL_ORIGIN`, the
+    default) is the master this worker follows, any other origin is named by its origin id;
+    a malformed id raises :class:`OriginError`.
     """
 
     def get(self, stream: str, origin: str | None = LOCAL_ORIGIN) -> int | None:
-        """The last token handled on ``stream``, or ``None`` if the worker never saw it."""
+        """The last token of ``origin`` handled on ``stream``, or ``None`` if the worker
+        never saw one."""
         ...
 
     def set(self, stream: str, token: int, origin: str | None = LOCAL_ORIGIN) -> None:
-        """Record ``token`` as handled on ``stream`` (lower than before after a reset)."""
+        """Record ``token`` of ``origin`` as handled on ``stream`` (lower than before after a
+        reset)."""
+        ...
+
+    def vector(self, stream: str) -> dict[str | None, int]:
+        """The position vector of ``stream``: its position for each origin recorded
+        (``None`` for the local origin); empty if the worker never saw the stream."""
         ...
 
     def sync(self) -> None:
@@ -126,13 +175,13 @@ class MemoryPositions:
 
     def __init__(self, initial: Mapping[str, int] | None = None) -> None:
         self._positions: dict[str, int] = dict(initial or {})
-        self._origins: dict[tuple[str, str], int] = {}
+        self._origins: dict[str, dict[str, int]] = {}
         self._closed = False
 
     def get(self, stream: str, origin: str | None = LOCAL_ORIGIN) -> int | None:
         if origin is None:
             return self._positions.get(stream)
-        return self._origins.get((stream, origin))
+        return _get_origin(self._origins, stream, origin)
 
     def set(self, stream: str, token: int, origin: str | None = LOCAL_ORIGIN) -> None:
         if self._closed:
@@ -140,7 +189,10 @@ class MemoryPositions:
         if origin is None:
             self._positions[stream] = token
         else:
-            self._origins[(stream, origin)] = token
+            _set_origin(self._origins, stream, token, origin)
+
+    def vector(self, stream: str) -> dict[str | None, int]:
+        return _vector(self._positions, self._origins, stream)
 
     def all(self) -> Mapping[str, int]:
         """The local positions, by stream."""
@@ -151,6 +203,40 @@ class MemoryPositions:
 
     def close(self) -> None:
         self._closed = True
+
+
+def _get_origin(origins: dict[str, dict[str, int]], stream: str, origin: str) -> int | None:
+    """The position of ``origin`` on ``stream`` in ``origins`` (stream -> origin -> token);
+    an origin never recorded is checked, so a malformed one is refused, not just unknown."""
+    token = origins.get(stream, {}).get(origin)
+    if token is None:
+        _check_origin(origin)
+    return token
+
+
+def _set_origin(origins: dict[str, dict[str, int]], stream: str, token: int, origin: str) -> None:
+    """Record ``token`` of ``origin`` on ``stream`` in ``origins``, checking an origin not
+    yet recorded on the stream."""
+    vector = origins.get(stream)
+    if vector is None or origin not in vector:
+        _check_origin(origin)
+        if vector is None:
+            vector = origins[stream] = {}
+    vector[origin] = token
+
+
+def _vector(
+    local: Mapping[str, int], origins: Mapping[str, Mapping[str, int]], stream: str
+) -> dict[str | None, int]:
+    """The position vector of ``stream``: ``local``'s position under ``None`` and each of
+    ``origins``' under its origin id."""
+    vector: dict[str | None, int] = {
+        origin: token for origin, token in origins.get(stream, {}).items()
+    }
+    token = local.get(stream)
+    if token is not None:
+        vector[None] = token
+    return vector
 
 
 def _preallocate(fd: int, size: int) -> None:
@@ -166,7 +252,7 @@ def _preallocate(fd: int, size: int) -> None:
 
 class PositionFile:
     """:class:`Positions` of one worker in a file, loaded at start and recorded on every
-    change; local positions only (the file format has no origin).
+    change (see the module's documentation for the format and what survives what).
 
     :param path: the file; its directory is created if missing.
     :param fsync: make :meth:`sync` flush to the disk (survives power loss). Off, positions
@@ -181,6 +267,9 @@ class PositionFile:
         self.fsync = fsync
         self.capacity = max(int(capacity), 1)
         self._positions: dict[str, int] = {}
+        self._origins: dict[str, dict[str, int]] = {}
+        #: The header of the file mapped now: HEADER (v2) or HEADER_V3.
+        self.header = HEADER
         self._mm: mmap.mmap | None = None
         self._write: Callable[[bytes], int] = self._closed_write
         self._synced = 0  # the offset in the mapping up to which it was last flushed
@@ -235,45 +324,66 @@ class PositionFile:
             return
         except OSError as e:
             raise self._error("read", e) from None
-        if raw.startswith(HEADER):
-            body = raw[len(HEADER):]
-        elif raw.startswith(HEADER_V1):
-            body = raw[len(HEADER_V1):]
-        else:
+        match = _HEADER_PATTERN.match(raw)
+        version = int(match[1]) if match is not None else 0
+        if version > FORMAT_VERSION:
+            raise PositionFileError(
+                f"position file {self.path} is of format v{version}, newer than this version "
+                f"of replication reads (v1 to v{FORMAT_VERSION}); run the newer version, or "
+                "move the file aside to start over"
+            )
+        if match is None or match[0] != _HEADERS.get(version):
             raise self._fail("is not a position file (its first line is not "
-                             f"{HEADER.decode().strip()!r})")
+                             f"{HEADER_V3.decode().strip()!r} or an older format's)")
         # The journal ends at the first NUL: the preallocated space never written, or a gap
         # of pages not written back before a power cut (what follows it was not synced).
+        body = raw[match.end():]
         end = body.find(b"\0")
         if end >= 0:
             body = body[:end]
         lines = body.split(b"\n")
         lines.pop()  # the text after the last newline: empty, or a line cut short
         positions: dict[str, int] = {}
+        origins: dict[str, dict[str, int]] = {}
         for number, line in enumerate(lines, start=2):
             parts = line.split(b" ")
-            if len(parts) != 2 or not parts[1].isdigit():
-                raise self._fail(f"has a damaged line {number}: {line[:80]!r}")
-            positions[parts[0].decode("utf-8", "replace")] = int(parts[1])
+            if len(parts) == 2 and parts[1].isdigit():
+                positions[parts[0].decode("utf-8", "replace")] = int(parts[1])
+                continue
+            if len(parts) == 3 and version >= 3 and parts[1].isdigit():
+                origin = parts[2].decode("ascii", "replace")
+                if ID_PATTERN.fullmatch(origin) is not None:
+                    stream = parts[0].decode("utf-8", "replace")
+                    origins.setdefault(stream, {})[origin] = int(parts[1])
+                    continue
+            raise self._fail(f"has a damaged line {number}: {line[:80]!r}")
         self._positions = positions
-        # Always start from a fresh compact file: drops a torn line, converts v1.
+        self._origins = origins
+        # Always start from a fresh compact file: drops a torn line, converts v1 and v2.
         self._compact()
 
     def get(self, stream: str, origin: str | None = LOCAL_ORIGIN) -> int | None:
-        """The last token handled on ``stream``, or ``None`` if the worker never saw it."""
+        """The last token of ``origin`` handled on ``stream``, or ``None`` if the worker
+        never saw one."""
         if origin is not None:
-            raise self._origin_error(origin)
+            return _get_origin(self._origins, stream, origin)
         return self._positions.get(stream)
 
+    def vector(self, stream: str) -> dict[str | None, int]:
+        """The position vector of ``stream``, by origin (``None`` for the local origin)."""
+        return _vector(self._positions, self._origins, stream)
+
     def all(self) -> Mapping[str, int]:
-        """The positions, by stream."""
+        """The local positions, by stream."""
         return dict(self._positions)
 
     def set(self, stream: str, token: int, origin: str | None = LOCAL_ORIGIN) -> None:
-        """Record ``token`` as handled on ``stream``: one line copied into the mapped file
-        (no system call), or a compaction when the file is full."""
+        """Record ``token`` of ``origin`` as handled on ``stream``: one line copied into the
+        mapped file (no system call), or a compaction when the file is full (or when it
+        becomes v3)."""
         if origin is not None:
-            raise self._origin_error(origin)
+            self._set_origin(stream, token, origin)
+            return
         line = f"{stream} {token}\n".encode()
         self._positions[stream] = token
         try:
@@ -281,17 +391,21 @@ class PositionFile:
         except ValueError:  # mmap.write: "data out of range", or the mapping is closed
             self._full()
 
+    def _set_origin(self, stream: str, token: int, origin: str) -> None:
+        _set_origin(self._origins, stream, token, origin)
+        if self.header is not HEADER_V3:
+            self._full()  # rewrites the file as v3, with this position
+            return
+        try:
+            self._write(f"{stream} {token} {origin}\n".encode())
+        except ValueError:
+            self._full()
+
     def _full(self) -> None:
         if self._mm is None or self._mm.closed:
             raise PositionFileError(f"position file {self.path} is closed")
         # The positions (with the one just set) go to a new compact file.
         self._compact()
-
-    def _origin_error(self, origin: str) -> OriginError:
-        return OriginError(
-            f"position file {self.path} keeps positions of the local origin only, not of "
-            f"{origin!r}"
-        )
 
     def _closed_write(self, data: bytes) -> int:
         raise ValueError("closed")
@@ -309,14 +423,25 @@ class PositionFile:
                 raise self._error("sync", e) from None
         self._synced = offset
 
+    def _content(self) -> tuple[bytes, bytes]:
+        """The header and the compact journal of the positions: one line per (stream,
+        origin), by stream, the local origin first; v2 unless another origin is recorded."""
+        lines: list[str] = []
+        for stream in sorted(self._positions.keys() | self._origins.keys()):
+            token = self._positions.get(stream)
+            if token is not None:
+                lines.append(f"{stream} {token}\n")
+            for origin, token in sorted(self._origins.get(stream, {}).items()):
+                lines.append(f"{stream} {token} {origin}\n")
+        return (HEADER_V3 if self._origins else HEADER), "".join(lines).encode()
+
     def _compact(self) -> None:
         """Write every position to a preallocated temporary file, fsync it, rename it over
         the file, fsync the directory, and map the new file in place of the old one."""
         directory = os.path.dirname(self.path)
         temporary = f"{self.path}.tmp"
-        content = HEADER + b"".join(
-            f"{stream} {token}\n".encode() for stream, token in sorted(self._positions.items())
-        )
+        header, journal = self._content()
+        content = header + journal
         capacity = self.capacity
         while len(content) > capacity // 2:
             capacity *= 2
@@ -350,6 +475,7 @@ class PositionFile:
         self._write = mm.write
         self._synced = len(content)
         self.capacity = capacity
+        self.header = header
         if old is not None:
             old.close()
         try:
