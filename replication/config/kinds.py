@@ -170,6 +170,66 @@ class HandlerName(Text):
             )
 
 
+class Directories(Kind):
+    """A list of directory names (non-empty strings); whether they exist is not checked here.
+
+    A list is the only form: ``null`` is the empty list, a single string is an error.
+    """
+
+    name = "list of directories"
+
+    def load(self, loading: Loading, value: Any, path: str) -> Any:
+        if value is not None and not isinstance(value, list):
+            raise loading.document.error(
+                path, f"must be a list of directories, got {describe(value)}"
+            )
+        return tuple(value or ())
+
+    def check(self, checking: Checking, value: object, path: str) -> None:
+        document = checking.document
+        for item, directory in _items(document, value, path, "a tuple of directories"):
+            if "\0" in _text(document, directory, item):
+                raise document.error(item, "must not contain a NUL character")
+
+    def show(self, value: object) -> str:
+        assert isinstance(value, tuple)
+        return f"``[{', '.join(value)}]``"
+
+
+class Options(Kind):
+    """Keyword arguments: a mapping of option names (strings) to plain YAML values, or null.
+
+    The loaded mapping is read-only; its values are whatever YAML gave (nested lists and
+    mappings included) and are not checked here.
+    """
+
+    name = "mapping of option names to values, or null"
+
+    def load(self, loading: Loading, value: Any, path: str) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise loading.document.error(
+                path, f"must be a mapping of option names to values, got {describe(value)}"
+            )
+        return types.MappingProxyType(dict(value))
+
+    def check(self, checking: Checking, value: object, path: str) -> None:
+        if value is None:
+            return
+        document = checking.document
+        _instance(document, value, Mapping, path, "a mapping of option names to values")
+        assert isinstance(value, Mapping)
+        for name in value:
+            if not isinstance(name, str) or not name:
+                raise document.error(
+                    path, f"option names must be non-empty strings, got {describe(name)}"
+                )
+
+    def show(self, value: object) -> str:
+        return _literal(None) if value is None else "``{...}``"
+
+
 class Boolean(Kind):
     """``true`` or ``false``."""
 
