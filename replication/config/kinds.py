@@ -170,7 +170,21 @@ class HandlerName(Text):
             )
 
 
-class Directories(Kind):
+class _Strings(Kind):
+    """A YAML list of strings, held as a tuple: ``null`` is the empty list, anything else
+    that is not a list is an error (``must be a list of ...``, from :attr:`name`)."""
+
+    def load(self, loading: Loading, value: Any, path: str) -> Any:
+        if value is not None and not isinstance(value, list):
+            raise loading.document.error(path, f"must be a {self.name}, got {describe(value)}")
+        return tuple(value or ())
+
+    def show(self, value: object) -> str:
+        assert isinstance(value, tuple)
+        return f"``[{', '.join(value)}]``"
+
+
+class Directories(_Strings):
     """A list of directory names (non-empty strings); whether they exist is not checked here.
 
     A list is the only form: ``null`` is the empty list, a single string is an error.
@@ -178,22 +192,11 @@ class Directories(Kind):
 
     name = "list of directories"
 
-    def load(self, loading: Loading, value: Any, path: str) -> Any:
-        if value is not None and not isinstance(value, list):
-            raise loading.document.error(
-                path, f"must be a list of directories, got {describe(value)}"
-            )
-        return tuple(value or ())
-
     def check(self, checking: Checking, value: object, path: str) -> None:
         document = checking.document
         for item, directory in _items(document, value, path, "a tuple of directories"):
             if "\0" in _text(document, directory, item):
                 raise document.error(item, "must not contain a NUL character")
-
-    def show(self, value: object) -> str:
-        assert isinstance(value, tuple)
-        return f"``[{', '.join(value)}]``"
 
 
 class Options(Kind):
@@ -377,27 +380,16 @@ class Nullable(Kind):
         return self.inner.choices()
 
 
-class StreamNames(Kind):
+class StreamNames(_Strings):
     """The master's list of stream names, each valid and listed once."""
 
     name = "list of stream names"
-
-    def load(self, loading: Loading, value: Any, path: str) -> Any:
-        if value is not None and not isinstance(value, list):
-            raise loading.document.error(
-                path, f"must be a list of stream names, got {describe(value)}"
-            )
-        return tuple(value or ())
 
     def check(self, checking: Checking, value: object, path: str) -> None:
         document = checking.document
         seen: dict[str, str] = {}
         for item, stream in _items(document, value, path, "a tuple of stream names"):
             _once(document, seen, _stream_name(document, stream, item), item)
-
-    def show(self, value: object) -> str:
-        assert isinstance(value, tuple)
-        return f"``[{', '.join(value)}]``"
 
 
 class WorkerStreams(Kind):
