@@ -186,6 +186,7 @@ def test_handler_options_that_are_not_a_mapping_are_refused_at_their_line(
 
 def test_handler_options_built_in_code_need_string_names() -> None:
     """A configuration built in code is checked too: option names are non-empty strings."""
+    options: Any
     for options in ({1: "x"}, {"": "x"}):
         with pytest.raises(ConfigError) as caught:
             validate_worker(WorkerConfig(handler_options=options))
@@ -337,20 +338,20 @@ def test_with_options_a_function_is_a_factory(factories: str) -> None:
     ("name", "options", "message"),
     [
         ("hp_factories:Sink", {"path": "x.db", "size": 3},
-         "handler 'hp_factories:Sink' does not accept handler_options {path: 'x.db', size: 3}: "
-         "got an unexpected keyword argument 'size'"),
+         ("handler 'hp_factories:Sink' does not accept handler_options {path: 'x.db', size: 3}: "
+          "got an unexpected keyword argument 'size'")),
         ("hp_factories:Sink", {"table": "t"},
-         "handler 'hp_factories:Sink' does not accept handler_options {table: 't'}: "
-         "missing a required argument: 'path'"),
+         ("handler 'hp_factories:Sink' does not accept handler_options {table: 't'}: "
+          "missing a required argument: 'path'")),
         ("hp_factories:handle", {"path": "x"},
-         "handler 'hp_factories:handle' does not accept handler_options {path: 'x'}: "
-         "missing a required argument: 'stream'"),
+         ("handler 'hp_factories:handle' does not accept handler_options {path: 'x'}: "
+          "missing a required argument: 'stream'")),
         ("hp_factories:broken", {"path": "/nowhere/x.db"},
-         "handler 'hp_factories:broken' failed with handler_options {path: '/nowhere/x.db'}: "
-         "OSError: cannot open /nowhere/x.db"),
+         ("handler 'hp_factories:broken' failed with handler_options {path: '/nowhere/x.db'}: "
+          "OSError: cannot open /nowhere/x.db")),
         ("hp_factories:not_a_handler", {"size": 3},
-         "handler 'hp_factories:not_a_handler' returned int 3 for handler_options {size: 3}, "
-         "which is not callable"),
+         ("handler 'hp_factories:not_a_handler' returned int 3 for handler_options {size: 3}, "
+          "which is not callable")),
     ],
 )
 def test_a_factory_that_rejects_its_options_is_a_load_error_naming_them(

@@ -113,7 +113,7 @@ def run_worker(app: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run a worker that fails at start (before connecting) and return its result."""
     return subprocess.run(
         worker_command("--config", "worker.yaml", *args),
-        cwd=app, env=child_env(), capture_output=True, text=True, timeout=60,
+        cwd=app, env=child_env(), capture_output=True, text=True, timeout=60, check=False,
     )
 
 
