@@ -261,6 +261,20 @@ def test_a_missing_directory_is_an_error_naming_the_key_item(
     assert sys.path == before
 
 
+def test_a_relative_directory_without_a_current_directory_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the current directory was removed, a relative directory cannot be resolved:
+    a HandlerLoadError naming the item, not a traceback."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(HandlerLoadError) as caught:
+        add_import_path(["."])
+    assert str(caught.value).startswith("handler_path[0]: directory '.': cannot resolve it: ")
+
+
 def test_load_handler_imports_a_module_from_a_handler_path_directory(tmp_path: Path) -> None:
     """A module that is on no import path is found in the given directory, even when it was
     written after the process started looking for modules."""

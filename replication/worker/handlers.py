@@ -74,8 +74,11 @@ def add_import_path(directories: Sequence[str], key: str = "handler_path") -> li
     """
     resolved: list[str] = []
     for index, directory in enumerate(directories):
-        absolute = os.path.abspath(directory)
         where = f"{key}[{index}]: directory {directory!r}"
+        try:
+            absolute = os.path.abspath(directory)
+        except OSError as error:  # a relative directory, and the current one was removed
+            raise HandlerLoadError(f"{where}: cannot resolve it: {error}") from None
         if absolute != directory:
             where += f" ({absolute})"
         if not os.path.exists(absolute):
