@@ -105,11 +105,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from replication.metrics import WorkerMetrics
     from replication.worker import Worker, worker_service
-    from replication.worker.handlers import HandlerLoadError, load_handler
+    from replication.worker.handlers import HandlerLoadError, handler_from_config
     from replication.worker.positions import PositionFile, PositionFileError
 
     try:
-        handler = load_handler(config.handler)
+        handler = handler_from_config(config)
         positions = PositionFile(config.resolved_position_file())
     except (HandlerLoadError, PositionFileError) as e:
         raise CommandLineError(str(e)) from None
@@ -297,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a worker", description="Run a worker that follows "
                        "streams of a master and hands each token to a handler.")
     p.add_argument("--config", "-c", metavar="FILE", help="YAML configuration file")
-    # --name, --master, --stream with --start, --handler, --position-file, --metrics-listen
+    # --name, --master, --stream with --start, --handler, --path, --position-file,
+    # --metrics-listen
     add_flags(p, WORKER)
     p.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
     p.set_defaults(func=cmd_worker)

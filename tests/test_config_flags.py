@@ -26,7 +26,8 @@ from replication.config.flags import add_flags, apply_flags
 from replication.config.kinds import StreamNames
 from replication.config.schema import Flag, Key, Schema
 
-# (flag, dest, metavar, help, choices, default, append) as the CLI had them before the schema.
+# (flag, dest, metavar, help, choices, default, append) as the CLI had them before the schema
+# (``--path`` came later, with ``handler_path``).
 MASTER_FLAGS = [
     ("--listen", "listen", "ENDPOINT",
      "Twisted endpoint for workers, e.g. tcp:9092:interface=127.0.0.1", None, None, False),
@@ -49,6 +50,9 @@ WORKER_FLAGS = [
     ("--name", "name", "NAME", "the name sent in NAME", None, None, False),
     ("--handler", "handler", "MODULE:CALLABLE", "handler called with (stream, token, rows)",
      None, None, False),
+    ("--path", "path", "DIR",
+     "a directory searched first for the handler's module (repeatable; added after the "
+     "config's handler_path)", None, None, True),
     ("--position-file", "position_file", "FILE", "where positions are recorded", None, None,
      False),
     ("--metrics-listen", "metrics_listen", "ENDPOINT",

@@ -58,7 +58,8 @@ def test_sections_are_derived_from_key_paths() -> None:
 def test_worker_only_keys_are_the_top_level_keys_a_master_lacks() -> None:
     """detect_role's worker-only keys are derived from the two schemas."""
     assert WORKER_ONLY_KEYS == {
-        "name", "master", "handler", "position_file", "handler_retry", "reconnect",
+        "name", "master", "handler", "handler_path", "handler_options", "position_file",
+        "handler_retry", "reconnect",
     }
 
 

@@ -128,7 +128,8 @@ def load_worker_config(path: str | None) -> WorkerConfig:
 
 def detect_role_from_text(text: str, source: str = "<string>") -> Literal["master", "worker"]:
     """``"worker"`` if the top-level mapping has a key only a worker has (``name``,
-    ``master``, ``handler``, ``position_file``, ``handler_retry``, ``reconnect``), else
+    ``master``, ``handler``, ``handler_path``, ``handler_options``, ``position_file``,
+    ``handler_retry``, ``reconnect``), else
     ``"master"`` (also for an empty document or one that is not a mapping, which the master
     loader then reports). Raises :class:`ConfigError` for invalid YAML."""
     _, root = compose(text, source)

@@ -170,6 +170,69 @@ class HandlerName(Text):
             )
 
 
+class _Strings(Kind):
+    """A YAML list of strings, held as a tuple: ``null`` is the empty list, anything else
+    that is not a list is an error (``must be a list of ...``, from :attr:`name`)."""
+
+    def load(self, loading: Loading, value: Any, path: str) -> Any:
+        if value is not None and not isinstance(value, list):
+            raise loading.document.error(path, f"must be a {self.name}, got {describe(value)}")
+        return tuple(value or ())
+
+    def show(self, value: object) -> str:
+        assert isinstance(value, tuple)
+        return f"``[{', '.join(value)}]``"
+
+
+class Directories(_Strings):
+    """A list of directory names (non-empty strings); whether they exist is not checked here.
+
+    A list is the only form: ``null`` is the empty list, a single string is an error.
+    """
+
+    name = "list of directories"
+
+    def check(self, checking: Checking, value: object, path: str) -> None:
+        document = checking.document
+        for item, directory in _items(document, value, path, "a tuple of directories"):
+            if "\0" in _text(document, directory, item):
+                raise document.error(item, "must not contain a NUL character")
+
+
+class Options(Kind):
+    """Keyword arguments: a mapping of option names (strings) to plain YAML values, or null.
+
+    The loaded mapping is read-only; its values are whatever YAML gave (nested lists and
+    mappings included) and are not checked here.
+    """
+
+    name = "mapping of option names to values, or null"
+
+    def load(self, loading: Loading, value: Any, path: str) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise loading.document.error(
+                path, f"must be a mapping of option names to values, got {describe(value)}"
+            )
+        return types.MappingProxyType(dict(value))
+
+    def check(self, checking: Checking, value: object, path: str) -> None:
+        if value is None:
+            return
+        document = checking.document
+        _instance(document, value, Mapping, path, "a mapping of option names to values")
+        assert isinstance(value, Mapping)
+        for name in value:
+            if not isinstance(name, str) or not name:
+                raise document.error(
+                    path, f"option names must be non-empty strings, got {describe(name)}"
+                )
+
+    def show(self, value: object) -> str:
+        return _literal(None) if value is None else "``{...}``"
+
+
 class Boolean(Kind):
     """``true`` or ``false``."""
 
@@ -317,27 +380,16 @@ class Nullable(Kind):
         return self.inner.choices()
 
 
-class StreamNames(Kind):
+class StreamNames(_Strings):
     """The master's list of stream names, each valid and listed once."""
 
     name = "list of stream names"
-
-    def load(self, loading: Loading, value: Any, path: str) -> Any:
-        if value is not None and not isinstance(value, list):
-            raise loading.document.error(
-                path, f"must be a list of stream names, got {describe(value)}"
-            )
-        return tuple(value or ())
 
     def check(self, checking: Checking, value: object, path: str) -> None:
         document = checking.document
         seen: dict[str, str] = {}
         for item, stream in _items(document, value, path, "a tuple of stream names"):
             _once(document, seen, _stream_name(document, stream, item), item)
-
-    def show(self, value: object) -> str:
-        assert isinstance(value, tuple)
-        return f"``[{', '.join(value)}]``"
 
 
 class WorkerStreams(Kind):

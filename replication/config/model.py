@@ -130,6 +130,13 @@ class WorkerConfig:
     streams: tuple[WorkerStream, ...] = ()
     #: ``package.module:callable``; only its syntax is checked here, it is not imported.
     handler: str = "replication.handlers:print_json"
+    #: yaml ``handler_path``: directories put first on the import path before the handler's
+    #: module is imported; a relative one is taken from the worker's current directory, so
+    #: the default ``(".",)`` imports modules from the directory the worker was started in.
+    handler_path: tuple[str, ...] = (".",)
+    #: yaml ``handler_options``: when not ``None``, ``handler`` names a factory called with
+    #: these keyword arguments, which returns the handler. Left out of ``hash()``.
+    handler_options: Mapping[str, Any] | None = field(default=None, hash=False)
     #: ``None``: ``<name>.positions`` in the current directory.
     position_file: str | None = None
     #: yaml ``handler_retry: {max_delay: ...}``: longest wait between retries of a handler.

@@ -16,6 +16,7 @@ from replication.config.kinds import (
     AtLeast,
     Boolean,
     Choice,
+    Directories,
     Duration,
     Endpoint,
     GreaterThan,
@@ -23,6 +24,7 @@ from replication.config.kinds import (
     Integer,
     Nullable,
     OnlyWith,
+    Options,
     PeerName,
     PerStream,
     Size,
@@ -275,6 +277,34 @@ naming the file when it is created or rewritten, not as a crash while recording 
 position. Do not edit, truncate or replace the file while the worker runs; stop the
 worker first."""
 
+_HANDLER_PATH_DOC: Final = """\
+Directories searched first, in this order, for the handler's module (and whatever it
+imports), as if they were at the front of ``PYTHONPATH``. A relative directory is taken
+from the worker's current directory (not from the configuration file's), so the default
+``[.]`` makes modules next to where the worker was started importable, as ``python -m``
+does. Setting the key replaces the list: keep ``.`` in it to keep the current directory,
+or write ``[]`` for none. ``--path DIR`` (repeatable) adds directories after the file's.
+Only the syntax is checked when the file is read; a directory that does not exist (or is
+not a directory) stops the worker when it starts, with a message naming the key."""
+
+_HANDLER_OPTIONS_DOC: Final = """\
+Options for the handler. When set (even to ``{}``), ``handler`` names a *factory*: it is
+called once, when the worker starts, with these options as keyword arguments, and what it
+returns is the handler (a callable, which may have ``gap`` and ``reset`` methods). A class
+is a factory of its instances::
+
+    handler: myapp.replication:SqliteSink
+    handler_options:
+      path: /var/lib/myapp/rows.sqlite3
+      table: events
+
+calls ``SqliteSink(path="/var/lib/myapp/rows.sqlite3", table="events")``. Values are
+plain YAML (strings, numbers, booleans, null, lists, mappings), passed as they are. A
+factory that does not accept the options (an unexpected or missing keyword), raises, or
+returns something that is not callable stops the worker when it starts, with a message
+naming the options. When ``null`` (the default), a class is instantiated without
+arguments and any other callable is the handler itself."""
+
 WORKER: Final = Schema(
     WorkerConfig,
     (
@@ -323,6 +353,23 @@ WORKER: Final = Schema(
                 "handler called with (stream, token, rows)",
                 metavar="MODULE:CALLABLE",
             ),
+        ),
+        Key(
+            "handler_path",
+            Directories(),
+            _HANDLER_PATH_DOC,
+            flag=Flag(
+                "--path",
+                "a directory searched first for the handler's module (repeatable; added "
+                "after the config's handler_path)",
+                metavar="DIR",
+                repeat="extend",
+            ),
+        ),
+        Key(
+            "handler_options",
+            Options(),
+            _HANDLER_OPTIONS_DOC,
         ),
         Key(
             "position_file",
