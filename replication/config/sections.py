@@ -266,7 +266,9 @@ line into the mapping, without a system call.
   if the streams' positions alone would fill more than half of it.
 * A file that is not a position file, or has a damaged line, stops the worker with a
   message naming it; it is never overwritten or deleted. Files of the older format
-  (``# replication positions v1``) are read and converted.
+  (``# replication positions v1``) are read and converted. A file only becomes format v3
+  (positions per stream *and origin*) once a position of another origin is recorded; see
+  "The position file's formats" below.
 * One worker per file: while it runs, the worker holds a lock on
   ``<position_file>.lock`` (which holds its process id). A second worker given the same
   file stops at once with a message naming the first one's process id. The lock goes
