@@ -14,6 +14,7 @@ import json
 import socket
 import ssl
 from pathlib import Path
+from typing import Self
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -36,7 +37,7 @@ def write_certificate(directory: Path) -> tuple[Path, Path]:
     ``directory/master.pem`` and ``directory/master.key``; valid from a day ago for a day."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "replication test master")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -114,7 +115,7 @@ class TlsMaster:
             stdout=tmp / "master.out", stderr=tmp / "master.err", cwd=tmp,
         )
 
-    def __enter__(self) -> TlsMaster:
+    def __enter__(self) -> Self:
         self.process.start()
         try:
             wait_until(lambda: https_health(self.context, self.http_port) or None, 20,
@@ -134,9 +135,11 @@ def test_master_and_worker_over_ssl_endpoints(tmp_path: Path) -> None:
     answered, and a worker given ``--master ssl:host=127.0.0.1:...:caCertsDir=DIR`` (DIR
     holding the master's certificate) receives tokens 1..3 with their rows."""
     with TlsMaster(tmp_path) as master:
-        with socket.create_connection((HOST, master.port), timeout=10) as raw:
-            with master.context.wrap_socket(raw, server_hostname=HOST) as connection:
-                first = connection.recv(4096).split(b"\n")[0]
+        with (
+            socket.create_connection((HOST, master.port), timeout=10) as raw,
+            master.context.wrap_socket(raw, server_hostname=HOST) as connection,
+        ):
+            first = connection.recv(4096).split(b"\n")[0]
         assert first == b"SERVER tls-master"
 
         tokens = [https_publish(master.context, master.http_port, "events", [{"n": n}])
