@@ -6,3 +6,5 @@ disconnect from the last token they recorded. See README.rst and docs/protocol.r
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__"]

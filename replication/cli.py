@@ -339,3 +339,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandLineError as e:
         print(f"replication: error: {e}", file=sys.stderr)
         return 2
+
+
+__all__ = [
+    "DEFAULT_URL",
+    "CommandLineError",
+    "build_parser",
+    "cmd_check_config",
+    "cmd_master",
+    "cmd_publish",
+    "cmd_status",
+    "cmd_worker",
+    "format_status",
+    "main",
+]

@@ -85,3 +85,12 @@ class TokenAssembler:
     def discard(self, stream: str) -> None:
         self.partial.pop(stream, None)
         self.last.pop(stream, None)
+
+
+__all__ = [
+    "AssemblyError",
+    "CatchUpStart",
+    "TokenAssembler",
+    "missing_before",
+    "plan_catch_up",
+]

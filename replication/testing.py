@@ -633,3 +633,18 @@ class Harness:
         started: call ``startService()``."""
         endpoint = self.network.client_endpoint(worker.config.name, self.MASTER_HOST)
         return worker_service(worker, endpoint, self.clock)
+
+
+__all__ = [
+    "Harness",
+    "MemoryClientEndpoint",
+    "MemoryNetwork",
+    "MemoryPipe",
+    "MemoryPort",
+    "MemoryServerEndpoint",
+    "NetworkLink",
+    "NetworkNotIdle",
+    "PipeTransport",
+    "Recording",
+    "clock_and_pump",
+]

@@ -193,3 +193,18 @@ class StreamStore(Protocol):
 
     def close(self) -> None:
         """Release what the store holds open. The store is not used afterwards."""
+
+
+__all__ = [
+    "LOCAL_ORIGIN",
+    "Entry",
+    "Retention",
+    "RetentionPolicy",
+    "StoreError",
+    "StreamStats",
+    "StreamStore",
+    "UnknownStream",
+    "check_ingest",
+    "check_origin",
+    "stream_stats",
+]
