@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import urllib.error
 import urllib.parse
@@ -24,6 +25,7 @@ from replication.config import (
     MASTER,
     WORKER,
     ConfigError,
+    MasterConfig,
     detect_role,
     load_master_config,
     load_worker_config,
@@ -31,6 +33,7 @@ from replication.config import (
     validate_worker,
 )
 from replication.config.flags import add_flags, apply_flags
+from replication.logformat import TEXT_FORMAT, formatter
 
 log = logging.getLogger("replication")
 
@@ -41,11 +44,49 @@ class CommandLineError(Exception):
     """A problem the user can fix; printed as ``replication: error: <message>``, exit 2."""
 
 
+#: The handler :func:`_setup_logging` gave the root logger (``None`` when the root logger
+#: already had handlers, e.g. inside a test runner); :func:`_use_log_format` formats it.
+_stderr_handler: logging.Handler | None = None
+
+
 def _setup_logging(verbose: bool) -> None:
+    global _stderr_handler
+    before = list(logging.root.handlers)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=TEXT_FORMAT,
         stream=sys.stderr,
+    )
+    added = [h for h in logging.root.handlers if h not in before]
+    _stderr_handler = added[0] if added else None
+
+
+def _use_log_format(log_format: str) -> None:
+    """Write the process's log lines as ``log_format`` (``log.format``, ``--log-format``):
+    sets the formatter of the handler :func:`_setup_logging` installed, if it installed one."""
+    if _stderr_handler is not None:
+        _stderr_handler.setFormatter(formatter(log_format))
+
+
+def _where(path: str) -> str:
+    """``path`` made absolute, with what it was given as when that was relative."""
+    absolute = os.path.abspath(path)
+    return absolute if os.path.isabs(path) else f"{absolute} ({path} in the current directory)"
+
+
+def _log_master_paths(config: MasterConfig) -> None:
+    """Say where the master keeps its files (startup line)."""
+    if config.store.type != "sqlite":
+        log.info("store: %s (nothing is written to disk)", config.store.type)
+        return
+    if config.store.path is not None:
+        log.info("store: sqlite database %s (store.path)", _where(config.store.path))
+        return
+    from replication.master.app import database_path
+
+    log.info(
+        "store: sqlite database %s (in data_dir %s)",
+        _where(database_path(config)), os.path.abspath(config.data_dir),
     )
 
 
@@ -82,13 +123,16 @@ def _run_service(reactor: Any, service: Any) -> int:
 
 def cmd_master(args: argparse.Namespace) -> int:
     config = validate_master(apply_flags(MASTER, load_master_config(args.config), args))
+    _use_log_format(config.log_format)
 
     from twisted.internet import reactor
 
     from replication.master.app import ServiceError, master_service
+    from replication.metrics import process_registry
 
+    _log_master_paths(config)
     try:
-        service = master_service(config, reactor)
+        service = master_service(config, reactor, registry=process_registry())
     except ServiceError as e:
         raise CommandLineError(str(e)) from None
     return _run_service(reactor, service)
@@ -96,14 +140,14 @@ def cmd_master(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     config = validate_worker(apply_flags(WORKER, load_worker_config(args.config), args))
+    _use_log_format(config.log_format)
     if not config.streams:
         raise CommandLineError("no streams to follow: give --stream NAME or `streams:` in the config")
 
-    from prometheus_client import CollectorRegistry
     from twisted.internet import reactor
     from twisted.internet.endpoints import clientFromString, serverFromString
 
-    from replication.metrics import WorkerMetrics
+    from replication.metrics import WorkerMetrics, process_registry
     from replication.worker import Worker, worker_service
     from replication.worker.handlers import HandlerLoadError, handler_from_config
     from replication.worker.positions import PositionFile, PositionFileError
@@ -113,7 +157,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         positions = PositionFile(config.resolved_position_file())
     except (HandlerLoadError, PositionFileError) as e:
         raise CommandLineError(str(e)) from None
-    worker = Worker(config, handler, positions, reactor, metrics=WorkerMetrics(CollectorRegistry()))
+    worker = Worker(config, handler, positions, reactor, metrics=WorkerMetrics(process_registry()))
     service = worker_service(
         worker, clientFromString(reactor, config.master), reactor,  # type: ignore[no-untyped-call]
         metrics_endpoint=(
@@ -122,8 +166,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         ),
     )
     log.info(
-        "worker %s following %s from %s (positions in %s)",
-        config.name, ", ".join(s.name for s in config.streams), config.master, positions.path,
+        "worker %s following %s from %s (positions in %s%s)",
+        config.name, ", ".join(s.name for s in config.streams), config.master,
+        _where(positions.path), "" if config.position_file is not None else
+        ", the default <name>.positions; set position_file or --position-file to move it",
     )
 
     return _run_service(reactor, service)

@@ -34,6 +34,7 @@ from replication.config.kinds import (
 )
 from replication.config.model import MasterConfig, MiB, WorkerConfig
 from replication.config.schema import Flag, Key, Schema
+from replication.logformat import LOG_FORMATS
 
 #: ``limits.max_line_bytes`` bounds, for master and worker alike.
 MIN_LINE_BYTES: Final = 1024
@@ -49,6 +50,20 @@ STORE_TYPES: Final = ("memory", "sqlite")
 WORKER_STREAM_STARTS: Final = ("earliest", "latest")
 
 _LINE_BYTES: Final = Size(MIN_LINE_BYTES, MAX_LINE_BYTES)
+
+
+def _log_format() -> Key:
+    """The ``log.format`` key, the same for master and worker."""
+    return Key(
+        "log.format",
+        Choice(LOG_FORMATS, either=True),
+        "How log lines are written to standard error: ``text`` (``<time> <LEVEL> <logger>: "
+        "<message>``) or ``json``, one object per line with ``time`` (ISO 8601, UTC), "
+        "``level``, ``logger``, ``message`` and, when there is one, ``exception`` (the "
+        "traceback). See `operations.rst <operations.rst>`_.",
+        attr="log_format",
+        flag=Flag("--log-format", "how log lines are written (default text)"),
+    )
 
 
 def _keepalive() -> tuple[Key, ...]:
@@ -223,6 +238,7 @@ MASTER: Final = Schema(
             "its HTTP listener (``http.listen``); see `operations.rst <operations.rst>`_.",
             attr="metrics_max_peer_labels",
         ),
+        _log_format(),
     ),
 )
 
@@ -422,6 +438,7 @@ WORKER: Final = Schema(
                 null_word="none",
             ),
         ),
+        _log_format(),
     ),
 )
 
