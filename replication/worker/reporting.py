@@ -308,6 +308,11 @@ class CatchupReporter:
         self.progress.stopped()
         self._stop_if_idle()
 
+    @property
+    def ticking(self) -> bool:
+        """Whether the progress timer runs (only while a stream is catching up)."""
+        return bool(self._loop.running)
+
     def _stop_if_idle(self) -> None:
         if not self.progress.active and self._loop.running:
             self._loop.stop()

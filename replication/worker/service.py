@@ -195,8 +195,10 @@ class WorkerService(OrderedMultiService):
         worker = self.worker
 
         def stopped(_: None) -> None:
+            recorded = {s.name: worker.positions.get(s.name) for s in worker.config.streams}
             at = ", ".join(
-                f"{s.name} at {worker.positions.get(s.name)}" for s in worker.config.streams
+                f"{name} at {'no position' if token is None else token}"
+                for name, token in recorded.items()
             )
             log.info("worker %s stopped; positions recorded: %s", worker.config.name, at)
 
