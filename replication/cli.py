@@ -68,26 +68,26 @@ def _use_log_format(log_format: str) -> None:
         _stderr_handler.setFormatter(formatter(log_format))
 
 
-def _where(path: str) -> str:
-    """``path`` made absolute, with what it was given as when that was relative."""
+def _where(path: str, *notes: str) -> str:
+    """``path`` made absolute for a startup line, followed by what it was given as when
+    that was relative and by ``notes``: ``/srv/w.positions (w.positions in the current
+    directory; the default)``."""
+    said = ([] if os.path.isabs(path) else [f"{path} in the current directory"]) + list(notes)
     absolute = os.path.abspath(path)
-    return absolute if os.path.isabs(path) else f"{absolute} ({path} in the current directory)"
+    return f"{absolute} ({'; '.join(said)})" if said else absolute
 
 
 def _log_master_paths(config: MasterConfig) -> None:
-    """Say where the master keeps its files (startup line)."""
+    """Say where the master keeps its streams (a startup line)."""
     if config.store.type != "sqlite":
         log.info("store: %s (nothing is written to disk)", config.store.type)
         return
-    if config.store.path is not None:
-        log.info("store: sqlite database %s (store.path)", _where(config.store.path))
-        return
     from replication.master.app import database_path
 
-    log.info(
-        "store: sqlite database %s (in data_dir %s)",
-        _where(database_path(config)), os.path.abspath(config.data_dir),
+    origin = "store.path" if config.store.path is not None else (
+        f"data_dir {os.path.abspath(config.data_dir)}"
     )
+    log.info("store: sqlite database %s", _where(database_path(config), origin))
 
 
 def _run_reactor(reactor: Any, start: Callable[[], Any], stop: Callable[[], Any]) -> int:
@@ -165,11 +165,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
             else serverFromString(reactor, config.metrics_listen)  # type: ignore[no-untyped-call]
         ),
     )
+    notes = () if config.position_file is not None else (
+        "the default <name>.positions; set position_file or --position-file to move it",
+    )
     log.info(
-        "worker %s following %s from %s (positions in %s%s)",
+        "worker %s following %s from %s; positions in %s",
         config.name, ", ".join(s.name for s in config.streams), config.master,
-        _where(positions.path), "" if config.position_file is not None else
-        ", the default <name>.positions; set position_file or --position-file to move it",
+        _where(config.resolved_position_file(), *notes),
     )
 
     return _run_service(reactor, service)

@@ -109,17 +109,23 @@ def test_failed_connects_are_logged_rate_limited_with_a_count(
     service = reporting_service(clock, endpoint)
     service.startService()
     assert messages(caplog, logging.WARNING) == [
-        "cannot connect to master tcp:host=master.example:port=9092: Connection was refused "
-        "by other side: Connection refused.; retrying in 10.0s",
+        (
+            "cannot connect to master tcp:host=master.example:port=9092: Connection was refused "
+            "by other side: Connection refused.; retrying in 10.0s"
+        ),
     ]
     clock.advance(10)
     clock.advance(10)
     assert len(messages(caplog, logging.WARNING)) == 1
     assert messages(caplog)[1:] == [
-        "cannot connect to master tcp:host=master.example:port=9092 (attempt 2): Connection "
-        "was refused by other side: Connection refused.; retrying in 10.0s",
-        "cannot connect to master tcp:host=master.example:port=9092 (attempt 3): Connection "
-        "was refused by other side: Connection refused.; retrying in 10.0s",
+        (
+            "cannot connect to master tcp:host=master.example:port=9092 (attempt 2): Connection "
+            "was refused by other side: Connection refused.; retrying in 10.0s"
+        ),
+        (
+            "cannot connect to master tcp:host=master.example:port=9092 (attempt 3): Connection "
+            "was refused by other side: Connection refused.; retrying in 10.0s"
+        ),
     ]
     clock.advance(10)
     assert messages(caplog, logging.WARNING)[1] == (

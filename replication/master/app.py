@@ -155,7 +155,7 @@ class MasterService(OrderedMultiService):
         name = self.master.config.server_name
 
         def stopped(_: None) -> None:
-            log.info("master %s stopped: listeners closed, connections closed, store closed", name)
+            log.info("master %s stopped", name)
 
         return super().stopService().addCallback(stopped)
 
