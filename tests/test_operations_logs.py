@@ -251,3 +251,29 @@ def test_a_worker_process_that_cannot_reach_its_master_logs_it_in_json(tmp_path:
     assert failed[0]["level"] == "WARNING"
     assert failed[0]["message"].startswith(f"cannot connect to master {master}: ")
     assert entries[-1]["message"] == "worker w-json stopped; positions recorded: events at no position"
+
+
+def test_a_master_process_logs_its_database_path_in_json_and_its_stop(tmp_path: Path) -> None:
+    """``replication master --log-format json --store sqlite`` started in a directory logs,
+    as JSON lines, the absolute path of its default database under ``./replication-data``,
+    serves the ``process_*`` metrics, and logs ``master ... stopped`` on SIGTERM."""
+    from processes import start_master
+
+    port, http_port = free_ports(2)
+    with start_master(
+        tmp_path, "m-json", port, http_port, "--store", "sqlite", "--log-format", "json",
+        "--server-name", "m-json",
+    ) as master:
+        status, text = http_request(http_port, "GET", "/metrics")
+        assert status == 200 and "process_open_fds" in text
+        assert master.terminate() == 0
+        entries = [json.loads(line) for line in master.stderr_text().splitlines()]
+    messages = [e["message"] for e in entries]
+    database = tmp_path / "replication-data" / "streams.sqlite3"
+    assert messages[0] == (
+        f"store: sqlite database {database} (./replication-data/streams.sqlite3 in the current "
+        f"directory; data_dir {tmp_path / 'replication-data'})"
+    )
+    assert database.exists()
+    assert "master m-json ready (store: sqlite)" in messages
+    assert messages[-1] == "master m-json stopped"

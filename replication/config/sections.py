@@ -128,7 +128,8 @@ MASTER: Final = Schema(
             "data_dir",
             Text(),
             "Directory for the master's files, including the SQLite database when "
-            "``store.path`` is not set.",
+            "``store.path`` is not set. A relative directory is taken from the master's "
+            "current directory; the master logs the database's absolute path at startup.",
             flag=Flag("--data-dir", "directory for the master's data", metavar="DIR"),
         ),
         Key(
@@ -264,7 +265,8 @@ Each stream may appear once. ``--stream`` replaces the file's list; ``--start`` 
 
 _POSITION_FILE_DOC: Final = """\
 The file where the worker records the last token it handled for each stream. ``null``
-means ``<name>.positions`` in the current directory. It is a journal of
+means ``<name>.positions`` in the current directory; the worker logs the file's absolute
+path at startup. It is a journal of
 ``<stream> <token>`` lines after a header line, in a file preallocated to 4 MiB (the unused
 end is NUL bytes) and mapped into the worker's memory: recording a handled token copies one
 line into the mapping, without a system call.
