@@ -3,8 +3,11 @@
 
 This is the only module that touches the global reactor: it reads the configuration, applies
 command line overrides, builds the store, the metrics registry (one ``CollectorRegistry`` per
-process, passed down), the master or worker and their listeners, and runs the reactor until
-SIGINT or SIGTERM. ``status`` reads a master's ``/status`` and prints it as tables.
+process, passed down, with the ``process_*`` metrics), the master or worker and their
+listeners, and runs the reactor until SIGINT or SIGTERM. It sets up logging to standard
+error (``text`` or ``json``: ``log.format``, ``--log-format``; see
+:mod:`replication.logformat`) and logs where the master's database or the worker's
+position file is, as absolute paths. ``status`` reads a master's ``/status`` and prints it as tables.
 """
 
 from __future__ import annotations
