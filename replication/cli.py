@@ -3,8 +3,11 @@
 
 This is the only module that touches the global reactor: it reads the configuration, applies
 command line overrides, builds the store, the metrics registry (one ``CollectorRegistry`` per
-process, passed down), the master or worker and their listeners, and runs the reactor until
-SIGINT or SIGTERM. ``status`` reads a master's ``/status`` and prints it as tables.
+process, passed down, with the ``process_*`` metrics), the master or worker and their
+listeners, and runs the reactor until SIGINT or SIGTERM. It sets up logging to standard
+error (``text`` or ``json``: ``log.format``, ``--log-format``; see
+:mod:`replication.logformat`) and logs where the master's database or the worker's
+position file is, as absolute paths. ``status`` reads a master's ``/status`` and prints it as tables.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import urllib.error
 import urllib.parse
@@ -24,6 +28,7 @@ from replication.config import (
     MASTER,
     WORKER,
     ConfigError,
+    MasterConfig,
     detect_role,
     load_master_config,
     load_worker_config,
@@ -31,6 +36,7 @@ from replication.config import (
     validate_worker,
 )
 from replication.config.flags import add_flags, apply_flags
+from replication.logformat import TEXT_FORMAT, formatter
 
 log = logging.getLogger("replication")
 
@@ -41,12 +47,50 @@ class CommandLineError(Exception):
     """A problem the user can fix; printed as ``replication: error: <message>``, exit 2."""
 
 
+#: The handler :func:`_setup_logging` gave the root logger (``None`` when the root logger
+#: already had handlers, e.g. inside a test runner); :func:`_use_log_format` formats it.
+_stderr_handler: logging.Handler | None = None
+
+
 def _setup_logging(verbose: bool) -> None:
+    global _stderr_handler
+    before = list(logging.root.handlers)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=TEXT_FORMAT,
         stream=sys.stderr,
     )
+    added = [h for h in logging.root.handlers if h not in before]
+    _stderr_handler = added[0] if added else None
+
+
+def _use_log_format(log_format: str) -> None:
+    """Write the process's log lines as ``log_format`` (``log.format``, ``--log-format``):
+    sets the formatter of the handler :func:`_setup_logging` installed, if it installed one."""
+    if _stderr_handler is not None:
+        _stderr_handler.setFormatter(formatter(log_format))
+
+
+def _where(path: str, *notes: str) -> str:
+    """``path`` made absolute for a startup line, followed by what it was given as when
+    that was relative and by ``notes``: ``/srv/w.positions (w.positions in the current
+    directory; the default)``."""
+    said = ([] if os.path.isabs(path) else [f"{path} in the current directory"]) + list(notes)
+    absolute = os.path.abspath(path)
+    return f"{absolute} ({'; '.join(said)})" if said else absolute
+
+
+def _log_master_paths(config: MasterConfig) -> None:
+    """Say where the master keeps its streams (a startup line)."""
+    if config.store.type != "sqlite":
+        log.info("store: %s (nothing is written to disk)", config.store.type)
+        return
+    from replication.master.app import database_path
+
+    origin = "store.path" if config.store.path is not None else (
+        f"data_dir {os.path.abspath(config.data_dir)}"
+    )
+    log.info("store: sqlite database %s", _where(database_path(config), origin))
 
 
 def _run_reactor(reactor: Any, start: Callable[[], Any], stop: Callable[[], Any]) -> int:
@@ -82,13 +126,16 @@ def _run_service(reactor: Any, service: Any) -> int:
 
 def cmd_master(args: argparse.Namespace) -> int:
     config = validate_master(apply_flags(MASTER, load_master_config(args.config), args))
+    _use_log_format(config.log_format)
 
     from twisted.internet import reactor
 
     from replication.master.app import ServiceError, master_service
+    from replication.metrics import process_registry
 
+    _log_master_paths(config)
     try:
-        service = master_service(config, reactor)
+        service = master_service(config, reactor, registry=process_registry())
     except ServiceError as e:
         raise CommandLineError(str(e)) from None
     return _run_service(reactor, service)
@@ -96,14 +143,14 @@ def cmd_master(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     config = validate_worker(apply_flags(WORKER, load_worker_config(args.config), args))
+    _use_log_format(config.log_format)
     if not config.streams:
         raise CommandLineError("no streams to follow: give --stream NAME or `streams:` in the config")
 
-    from prometheus_client import CollectorRegistry
     from twisted.internet import reactor
     from twisted.internet.endpoints import clientFromString, serverFromString
 
-    from replication.metrics import WorkerMetrics
+    from replication.metrics import WorkerMetrics, process_registry
     from replication.worker import Worker, worker_service
     from replication.worker.handlers import HandlerLoadError, handler_from_config
     from replication.worker.positions import PositionFile, PositionFileError
@@ -113,7 +160,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         positions = PositionFile(config.resolved_position_file())
     except (HandlerLoadError, PositionFileError) as e:
         raise CommandLineError(str(e)) from None
-    worker = Worker(config, handler, positions, reactor, metrics=WorkerMetrics(CollectorRegistry()))
+    worker = Worker(config, handler, positions, reactor, metrics=WorkerMetrics(process_registry()))
     service = worker_service(
         worker, clientFromString(reactor, config.master), reactor,  # type: ignore[no-untyped-call]
         metrics_endpoint=(
@@ -121,9 +168,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
             else serverFromString(reactor, config.metrics_listen)  # type: ignore[no-untyped-call]
         ),
     )
+    notes = () if config.position_file is not None else (
+        "the default <name>.positions; set position_file or --position-file to move it",
+    )
     log.info(
-        "worker %s following %s from %s (positions in %s)",
-        config.name, ", ".join(s.name for s in config.streams), config.master, positions.path,
+        "worker %s following %s from %s; positions in %s",
+        config.name, ", ".join(s.name for s in config.streams), config.master,
+        _where(config.resolved_position_file(), *notes),
     )
 
     return _run_service(reactor, service)

@@ -29,7 +29,7 @@ import bisect
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -46,12 +46,14 @@ __all__ = [
     "HANDLER_BUCKETS",
     "MASTER_METRICS",
     "OTHER",
+    "PROCESS_METRICS",
     "UNNAMED",
     "WORKER_METRICS",
     "MasterMetrics",
     "PeerLabels",
     "PeerRecord",
     "WorkerMetrics",
+    "process_registry",
     "reason_label",
 ]
 
@@ -203,6 +205,27 @@ def command_families(
         for (command, peer), value in sorted(values.items()):
             family.add_metric([command, peer], value)
         yield family
+
+
+#: The standard process metrics of :func:`process_registry` (prometheus_client's
+#: ``ProcessCollector``; read from ``/proc``, so only on Linux).
+PROCESS_METRICS: dict[str, str] = {
+    "process_cpu_seconds_total": "Total user and system CPU time spent, in seconds.",
+    "process_open_fds": "Number of open file descriptors.",
+    "process_max_fds": "Maximum number of open file descriptors.",
+    "process_virtual_memory_bytes": "Virtual memory size in bytes.",
+    "process_resident_memory_bytes": "Resident memory size in bytes.",
+    "process_start_time_seconds": "Start time of the process since the epoch, in seconds.",
+}
+
+
+def process_registry() -> CollectorRegistry:
+    """A new registry for a process's entry point, with the standard ``process_*`` metrics
+    (:data:`PROCESS_METRICS`) of the running process registered on it (never on
+    prometheus_client's global registry)."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    return registry
 
 
 def _registry(registry: CollectorRegistry | None) -> CollectorRegistry:

@@ -27,7 +27,11 @@ from replication.config.kinds import StreamNames
 from replication.config.schema import Flag, Key, Schema
 
 # (flag, dest, metavar, help, choices, default, append) as the CLI had them before the schema
-# (``--path`` came later, with ``handler_path``).
+# (``--path`` came later, with ``handler_path``; ``--log-format`` with ``log.format``).
+LOG_FORMAT_FLAG = (
+    "--log-format", "log_format", None, "how log lines are written (default text)",
+    ("text", "json"), None, False,
+)
 MASTER_FLAGS = [
     ("--listen", "listen", "ENDPOINT",
      "Twisted endpoint for workers, e.g. tcp:9092:interface=127.0.0.1", None, None, False),
@@ -37,6 +41,7 @@ MASTER_FLAGS = [
     ("--stream", "stream", "NAME", "a stream to create at start (repeatable)", None, None, True),
     ("--store", "store", None, "where streams are kept", ("memory", "sqlite"), None, False),
     ("--data-dir", "data_dir", "DIR", "directory for the master's data", None, None, False),
+    LOG_FORMAT_FLAG,
 ]
 WORKER_FLAGS = [
     ("--master", "master", "ENDPOINT",
@@ -58,6 +63,7 @@ WORKER_FLAGS = [
     ("--metrics-listen", "metrics_listen", "ENDPOINT",
      "Twisted endpoint serving /metrics, e.g. tcp:9100:interface=127.0.0.1, or 'none'", None,
      None, False),
+    LOG_FORMAT_FLAG,
 ]
 
 

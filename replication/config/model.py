@@ -96,6 +96,8 @@ class MasterConfig:
     #: yaml ``metrics: {max_peer_labels: ...}``: distinct worker names used as metric label
     #: values (and remembered in ``/status``); later names are reported as ``other``.
     metrics_max_peer_labels: int = 100
+    #: yaml ``log: {format: ...}``: ``"text"`` or ``"json"`` (one object per line).
+    log_format: str = "text"
 
     def retention_for(self, stream: str) -> RetentionConfig:
         """The retention of ``stream``: its override if it has one, else the default."""
@@ -148,6 +150,8 @@ class WorkerConfig:
     #: yaml ``metrics: {listen: ...}``: Twisted server endpoint serving ``/metrics``;
     #: ``None`` serves none.
     metrics_listen: str | None = None
+    #: yaml ``log: {format: ...}``: ``"text"`` or ``"json"`` (one object per line).
+    log_format: str = "text"
 
     def resolved_position_file(self) -> str:
         """The position file to use: ``position_file``, or ``<name>.positions``."""

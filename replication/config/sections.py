@@ -34,6 +34,7 @@ from replication.config.kinds import (
 )
 from replication.config.model import MasterConfig, MiB, WorkerConfig
 from replication.config.schema import Flag, Key, Schema
+from replication.logformat import LOG_FORMATS
 
 #: ``limits.max_line_bytes`` bounds, for master and worker alike.
 MIN_LINE_BYTES: Final = 1024
@@ -49,6 +50,20 @@ STORE_TYPES: Final = ("memory", "sqlite")
 WORKER_STREAM_STARTS: Final = ("earliest", "latest")
 
 _LINE_BYTES: Final = Size(MIN_LINE_BYTES, MAX_LINE_BYTES)
+
+
+def _log_format() -> Key:
+    """The ``log.format`` key, the same for master and worker."""
+    return Key(
+        "log.format",
+        Choice(LOG_FORMATS, either=True),
+        "How log lines are written to standard error: ``text`` (``<time> <LEVEL> <logger>: "
+        "<message>``) or ``json``, one object per line with ``time`` (ISO 8601, UTC), "
+        "``level``, ``logger``, ``message`` and, when there is one, ``exception`` (the "
+        "traceback). See `operations.rst <operations.rst>`_.",
+        attr="log_format",
+        flag=Flag("--log-format", "how log lines are written (default text)"),
+    )
 
 
 def _keepalive() -> tuple[Key, ...]:
@@ -113,7 +128,8 @@ MASTER: Final = Schema(
             "data_dir",
             Text(),
             "Directory for the master's files, including the SQLite database when "
-            "``store.path`` is not set.",
+            "``store.path`` is not set. A relative directory is taken from the master's "
+            "current directory; the master logs the database's absolute path at startup.",
             flag=Flag("--data-dir", "directory for the master's data", metavar="DIR"),
         ),
         Key(
@@ -223,6 +239,7 @@ MASTER: Final = Schema(
             "its HTTP listener (``http.listen``); see `operations.rst <operations.rst>`_.",
             attr="metrics_max_peer_labels",
         ),
+        _log_format(),
     ),
 )
 
@@ -248,7 +265,8 @@ Each stream may appear once. ``--stream`` replaces the file's list; ``--start`` 
 
 _POSITION_FILE_DOC: Final = """\
 The file where the worker records the last token it handled for each stream. ``null``
-means ``<name>.positions`` in the current directory. It is a journal of
+means ``<name>.positions`` in the current directory; the worker logs the file's absolute
+path at startup. It is a journal of
 ``<stream> <token>`` lines after a header line, in a file preallocated to 4 MiB (the unused
 end is NUL bytes) and mapped into the worker's memory: recording a handled token copies one
 line into the mapping, without a system call.
@@ -422,6 +440,7 @@ WORKER: Final = Schema(
                 null_word="none",
             ),
         ),
+        _log_format(),
     ),
 )
 

@@ -10,8 +10,9 @@
 - ``GET /health`` answers 200 while the master serves.
 - ``GET /status`` answers :func:`replication.http.status.master_status`.
 - ``GET /metrics`` is the Prometheus text format of the master's registry;
-  :func:`metrics_resource` serves a worker's (``metrics.listen``). Both render on the
-  reactor thread, which is where :mod:`replication.metrics` expects to be scraped.
+  :func:`metrics_resource` serves a worker's (``metrics.listen``), with the worker's
+  ``GET /health``. Both render on the reactor thread, which is where
+  :mod:`replication.metrics` expects to be scraped.
 
 Every refusal is a JSON ``{"error": "..."}`` with a 4xx or 5xx status (see
 :mod:`replication.http.routing`).
@@ -19,7 +20,7 @@ Every refusal is a JSON ``{"error": "..."}`` with a 4xx or 5xx status (see
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -182,7 +183,22 @@ def admin_resource(master: Master) -> Resource:
     return Router(master_routes(master))
 
 
-def metrics_resource(registry: CollectorRegistry) -> Resource:
+def serve_health(health: Callable[[], Mapping[str, Any]]) -> RouteHandler:
+    """A handler answering 200 with ``health()`` as JSON."""
+
+    def answer(request: Request, params: Mapping[str, str]) -> bytes:
+        return json_response(request, 200, dict(health()))
+
+    return answer
+
+
+def metrics_resource(
+    registry: CollectorRegistry, health: Callable[[], Mapping[str, Any]] | None = None
+) -> Resource:
     """A root resource that serves ``registry`` at ``/metrics`` (a worker's
-    ``metrics.listen``)."""
-    return Router(RouteTable([Route("GET", "/metrics", serve_metrics(registry), access="metrics")]))
+    ``metrics.listen``) and, given ``health``, ``GET /health`` answering 200 with
+    ``health()`` (see :meth:`replication.worker.Worker.health`)."""
+    routes = [Route("GET", "/metrics", serve_metrics(registry), access="metrics")]
+    if health is not None:
+        routes.append(Route("GET", "/health", serve_health(health), access="public"))
+    return Router(RouteTable(routes))

@@ -38,7 +38,7 @@ from replication.config import MasterConfig
 from replication.master.connection import MasterFactory
 from replication.master.service import Master
 from replication.services import ListeningService, OrderedMultiService, fork
-from replication.metrics import MasterMetrics
+from replication.metrics import MasterMetrics, process_registry
 from replication.store import StoreError, StreamStore
 
 log = logging.getLogger("replication.master")
@@ -46,6 +46,16 @@ log = logging.getLogger("replication.master")
 
 class ServiceError(Exception):
     """A master cannot be built or started: the message says why, for an operator."""
+
+
+#: The SQLite database's file name in ``data_dir`` when ``store.path`` is not set.
+DEFAULT_DATABASE_NAME = "streams.sqlite3"
+
+
+def database_path(config: MasterConfig) -> str:
+    """The SQLite database file of ``config``: ``store.path``, or
+    ``<data_dir>/streams.sqlite3``."""
+    return config.store.path or os.path.join(config.data_dir, DEFAULT_DATABASE_NAME)
 
 
 def open_store(config: MasterConfig) -> StreamStore:
@@ -57,7 +67,7 @@ def open_store(config: MasterConfig) -> StreamStore:
     if config.store.type == "sqlite":
         from replication.store.sqlite import SqliteStore
 
-        path = config.store.path or os.path.join(config.data_dir, "streams.sqlite3")
+        path = database_path(config)
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             return SqliteStore(path)
@@ -140,6 +150,15 @@ class MasterService(OrderedMultiService):
 
         return d.addCallbacks(ready, lambda f: f.value.subFailure)
 
+    def stopService(self) -> Deferred[None]:
+        """Stop every child (see the module docstring), then log that the master stopped."""
+        name = self.master.config.server_name
+
+        def stopped(_: None) -> None:
+            log.info("master %s stopped", name)
+
+        return super().stopService().addCallback(stopped)
+
 
 def _endpoint(reactor: IReactorTime, description: str, key: str) -> IStreamServerEndpoint:
     try:
@@ -160,7 +179,8 @@ def master_service(
 
     :param reactor: the reactor (passed in: tests give a ``MemoryReactorClock``).
     :param store: the store to use; ``None``: open the configured one (:func:`open_store`).
-    :param registry: the process's metrics registry; ``None``: a private one.
+    :param registry: the process's metrics registry; ``None``: a new one with the
+        ``process_*`` metrics (:func:`~replication.metrics.process_registry`).
     :raises ServiceError: the store cannot be opened.
     """
     from replication.http import admin_site
@@ -173,7 +193,7 @@ def master_service(
         threads = StoreThreads(reactor)
         children.append(threads)
         run_write, run_read = threads.run_write, threads.run_read
-    metrics = MasterMetrics(registry if registry is not None else CollectorRegistry())
+    metrics = MasterMetrics(registry if registry is not None else process_registry())
     master = Master(
         config, store, reactor, run_blocking=run_write, run_read=run_read, metrics=metrics
     )
@@ -201,8 +221,10 @@ def master_service(
 __all__ = [
     "MasterRunner",
     "MasterService",
+    "DEFAULT_DATABASE_NAME",
     "ServiceError",
     "StoreThreads",
+    "database_path",
     "master_service",
     "open_store",
 ]

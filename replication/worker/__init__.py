@@ -12,6 +12,8 @@ The package's modules:
   the position file.
 * :mod:`replication.worker.handlers`: what a handler is, the default one, and loading one
   named in the configuration.
+* :mod:`replication.worker.reporting`: what the worker logs about reaching its master
+  (failed connects, rate-limited; reconnects) and about catching up (progress, summary).
 
 The names below are the package's public interface (``from replication.worker import
 Worker``).

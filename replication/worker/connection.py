@@ -33,6 +33,7 @@ from replication.wire.commands import (
 )
 from replication.wire.protocol import ReplicationProtocol
 from replication.streams import AssemblyError, TokenAssembler
+from replication.worker.reporting import describe_resume
 
 if TYPE_CHECKING:
     from replication.worker.service import Worker
@@ -74,8 +75,12 @@ class WorkerConnection(ReplicationProtocol):
         log.info("connected to master %s", self.peer_name)
         self.worker.connection = self
         self.worker.metrics.connected(self)
-        for command in self.worker.replicate_commands():
+        commands = self.worker.replicate_commands()
+        log.info("resuming %s", describe_resume(commands, self.runner.positions.get))
+        catchup = self.worker.catchup
+        for command in commands:
             self.send(command)
+            catchup.started(command.stream, command.token)
         # If a handler call from the previous connection is still running, the runner holds
         # this connection's input until it ends and its position is recorded.
         self.runner.attach(self)
@@ -85,6 +90,7 @@ class WorkerConnection(ReplicationProtocol):
         self.runner.detach(self)
         if self.worker.connection is self:
             self.worker.connection = None
+            self.worker.catchup.stopped()
         log.info("disconnected from master %s: %s", self.peer_name or "?", reason)
 
     def _followed(self, stream: str, what: str) -> bool:
@@ -210,6 +216,7 @@ class WorkerConnection(ReplicationProtocol):
     def on_POSITION(self, command: PositionCommand) -> None:
         if self._followed(command.stream, "POSITION"):
             self.runner.caught_up(command.stream, command.token)
+            self.worker.catchup.caught_up(command.stream, command.token)
 
     def on_GAP(self, command: GapCommand) -> None:
         if self._followed(command.stream, "GAP"):

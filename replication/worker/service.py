@@ -4,7 +4,9 @@
 
 :class:`Worker` holds what outlives a connection: the configuration, the metrics and the
 :class:`~replication.worker.runner.TokenRunner` (handler, positions, retries). :func:`worker_service` keeps it connected to its master (Twisted's
-``ClientService``) and syncs its positions to disk every second.
+``ClientService``, its connects and reconnects logged by
+:class:`~replication.worker.reporting.ConnectionReporter`) and syncs its positions to disk
+every second; it logs the positions it stopped at.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
+from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
@@ -24,6 +27,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 
+from replication import __version__
 from replication.wire.commands import CommandRegistry, ReplicateCommand, default_registry
 from replication.config import WorkerConfig
 from replication.metrics import WorkerMetrics
@@ -31,6 +35,7 @@ from replication.services import ListeningService, OrderedMultiService
 from replication.worker.connection import WorkerConnection, WorkerFactory
 from replication.worker.handlers import Handler
 from replication.worker.positions import Positions
+from replication.worker.reporting import CatchupReporter, ConnectionReporter
 from replication.worker.runner import TokenRunner
 
 log = logging.getLogger(__name__)
@@ -71,6 +76,10 @@ class Worker:
             max_retry_delay=config.handler_retry_max_delay,
         )
         self.metrics.bind(self)
+        #: Logs the progress of streams catching up (driven by the connection).
+        self.catchup = CatchupReporter(
+            clock, self.runner.positions.get, self.runner.heads.get
+        )
 
     @property
     def handler(self) -> Handler:
@@ -112,6 +121,19 @@ class Worker:
         """Tokens between this worker's position and the master's last known head."""
         return self.runner.lag(stream)
 
+    def health(self) -> dict[str, Any]:
+        """The worker's ``GET /health`` document: ``status`` (``ok`` while the process
+        serves, connected or not), ``version``, its ``name``, whether it is ``connected``
+        and the ``master``'s server name (``null`` while not connected)."""
+        connection = self.connection
+        return {
+            "status": "ok",
+            "version": __version__,
+            "name": self.config.name,
+            "connected": connection is not None,
+            "master": connection.peer_name if connection is not None else None,
+        }
+
 
 #: Seconds between fsyncs of the position file. Each handled token is appended to the file
 #: at once (safe if the process dies); only a power cut can lose up to this much, which is
@@ -145,7 +167,7 @@ class WorkerService(OrderedMultiService):
     """The worker's services, started in this order and stopped in reverse:
 
     1. ``metrics`` (when configured, :class:`ListeningService`): ``/metrics`` of the
-       worker's registry;
+       worker's registry and ``/health`` (:meth:`Worker.health`);
     2. ``positions`` (:class:`PositionSyncService`): syncs the position file every
        :data:`POSITION_SYNC_INTERVAL` seconds, and once more after the connection closed;
     3. ``connection`` (Twisted's ``ClientService``): keeps the worker connected to its
@@ -170,6 +192,20 @@ class WorkerService(OrderedMultiService):
             return succeed(None)
         return metrics.when_listening().addCallback(lambda _: None)
 
+    def stopService(self) -> Deferred[None]:
+        """Stop every child (in reverse), then log the positions the worker stopped at."""
+        worker = self.worker
+
+        def stopped(_: None) -> None:
+            recorded = {s.name: worker.positions.get(s.name) for s in worker.config.streams}
+            at = ", ".join(
+                f"{name} at {'no position' if token is None else token}"
+                for name, token in recorded.items()
+            )
+            log.info("worker %s stopped; positions recorded: %s", worker.config.name, at)
+
+        return super().stopService().addCallback(stopped)
+
 
 def worker_service(
     worker: Worker,
@@ -188,7 +224,7 @@ def worker_service(
 
         from replication.admin import metrics_resource
 
-        site = Site(metrics_resource(worker.metrics.registry))
+        site = Site(metrics_resource(worker.metrics.registry, health=worker.health))
         site.noisy = False
         metrics = ListeningService(metrics_endpoint, site, "metrics")
         metrics.setName("metrics")
@@ -203,7 +239,11 @@ def worker_service(
         factor=2.0,
         jitter=lambda: random.uniform(0, reconnect.initial_delay),
     )
-    connection = ClientService(endpoint, worker.factory(), retryPolicy=policy, clock=clock)
+    reporter = ConnectionReporter(worker.config.master, clock)
+    connection = ClientService(
+        reporter.endpoint(endpoint), worker.factory(),
+        retryPolicy=reporter.retry_policy(policy), clock=clock,
+    )
     connection.setName("connection")
     connection.setServiceParent(service)
     return service
