@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -186,18 +187,31 @@ def browser() -> Iterator[Any]:
 
 
 def _text(driver: Any, selector: str) -> str | None:
-    from selenium.webdriver.common.by import By
+    """The text of the first element ``selector`` matches, or None; read in one script,
+    since the page replaces its elements every second."""
+    text: str | None = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;",
+        selector,
+    )
+    return text
 
-    found = driver.find_elements(By.CSS_SELECTOR, selector)
-    return found[0].text if found else None
+
+def _texts(driver: Any, selector: str) -> list[str]:
+    """The texts of every element ``selector`` matches, read in one script."""
+    texts: list[str] = driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), (e) => e.textContent);",
+        selector,
+    )
+    return texts
 
 
 def _banner(driver: Any) -> str | None:
     """The error banner's text while it is shown, else None."""
-    from selenium.webdriver.common.by import By
-
-    banner = driver.find_element(By.ID, "banner")
-    return banner.text if banner.is_displayed() else None
+    text: str | None = driver.execute_script(
+        "const b = document.getElementById('banner');"
+        "return getComputedStyle(b).display === 'none' ? null : b.textContent;"
+    )
+    return text
 
 
 def test_page_follows_a_published_row_shows_workers_and_reports_a_lost_master(
@@ -233,9 +247,7 @@ def test_page_follows_a_published_row_shows_workers_and_reports_a_lost_master(
             assert rate is not None and rate != "-" and float(rate.removesuffix("/s")) > 0, rate
             assert _banner(browser) is None
 
-            from selenium.webdriver.common.by import By
-
-            assert browser.find_elements(By.CSS_SELECTOR, "#sections img") == []
+            assert _texts(browser, "#sections img") == []
             assert browser.execute_script("return window.pwned === undefined") is True
             shot = tmp_path / "status-page.png"
             assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 0
@@ -259,3 +271,123 @@ def test_page_follows_a_published_row_shows_workers_and_reports_a_lost_master(
         and "/status" not in entry["message"]  # the polls that failed while the master was away
     ]
     assert errors == [], errors
+
+
+# -- the page against a scripted /status ---------------------------------------------------
+
+MARKUP = '<b class="injected">{}</b><script>window.pwned=1</script>'
+
+
+class ScriptedMaster:
+    """An HTTP server on 127.0.0.1 that serves the packaged page (with its headers) at ``/``
+    and, at ``/status``, the answers given to :meth:`answer` in turn (the last one again
+    once they run out): ``(status code, JSON document)``."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.answers: list[tuple[int, Any]] = [(503, {"error": "not yet"})]
+        self.requests = 0
+        page = load_status_page()
+        scripted = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # http.server's hook
+                if self.path == "/":
+                    code, headers, body = 200, page.headers(), page.body
+                else:
+                    scripted.requests += 1
+                    code, document = (scripted.answers.pop(0) if len(scripted.answers) > 1
+                                      else scripted.answers[0])
+                    headers = {b"content-type": b"application/json"}
+                    body = json.dumps(document).encode()
+                self.send_response(code)
+                for name, value in headers.items():
+                    self.send_header(name.decode(), value.decode())
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+        self.url = f"http://{HOST}:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def answer(self, *answers: tuple[int, Any]) -> None:
+        self.answers = list(answers)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _status(now: float, head: int, rows: int, text: str) -> dict[str, Any]:
+    """A /status document at ``now`` with one stream at ``head`` and every string a peer or
+    operator could choose set to markup built from ``text``."""
+    return {
+        "server_name": MARKUP.format(text + "-server"), "origin_id": MARKUP.format("origin"),
+        "fingerprint": MARKUP.format("fp"), "version": MARKUP.format("version"),
+        "now": now, "started_at": now - 90, "uptime_seconds": 90.0,
+        "limits": {"max_buffer_bytes": 1024},
+        "streams": [{"name": "events", "head": head, "oldest": 1, "retained_rows": rows,
+                     "rows_published": rows}],
+        "connections": [{
+            "worker": MARKUP.format(text + "-worker"), "address": MARKUP.format("address"),
+            "connected_since": now - 30, "connected_seconds": 30.0, "all_streams": False,
+            "streams": [{"name": MARKUP.format("feed"), "position": head - 7, "lag": 7,
+                         "live": False}],
+            "buffered_bytes": 3 * 1024 * 1024,
+        }],
+        "workers": [{
+            "name": MARKUP.format(text + "-worker"), "connected": 1, "connects": 3,
+            "disconnects": {MARKUP.format("reason"): 2},
+            "last_disconnect_reason": MARKUP.format("reason"), "last_disconnect_at": now - 60,
+        }],
+    }
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedMaster]:
+    server = ScriptedMaster()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_page_shows_status_strings_as_text_rates_per_second_and_error_answers(
+    scripted: ScriptedMaster, browser: Any
+) -> None:
+    """Against a scripted /status: a 503 answer shows the banner with the status code; then
+    every string of the document, each a piece of markup with a script, appears as its own
+    literal text and creates no element and runs nothing; two answers one second apart with
+    the head 0 then 50 and rows 0 then 200 show 50.0/s and 200/s; a document that is not a
+    status object shows the banner again, keeping the last data on the page."""
+    browser.get(scripted.url)
+    banner = wait_until(lambda: _banner(browser), 5, "the banner for a 503")
+    assert banner.startswith("cannot reach the master") and "answered 503" in banner, banner
+
+    scripted.answer((200, _status(1000.0, 0, 0, "first")), (200, _status(1001.0, 50, 200, "second")))
+    wait_until(lambda: _text(browser, 'tr[data-stream="events"] td.head') == "50", 5,
+               "the second answer on the page")
+    assert _banner(browser) is None
+    cells = _texts(browser, 'tr[data-stream="events"] td')
+    assert cells == ["events", "50", "1", "200", "50.0/s", "200/s"]
+
+    page_text = browser.execute_script("return document.body.textContent")
+    for text in ("second-server", "second-worker", "address", "feed", "reason", "origin", "fp",
+                 "version"):
+        assert MARKUP.format(text) in page_text, text
+    assert _text(browser, "#connections td.worker") == MARKUP.format("second-worker")
+    assert "3.0 MiB" in page_text and "lag 7" in page_text
+    assert _texts(browser, ".injected") == []
+    assert len(_texts(browser, "script")) == 1
+    assert browser.execute_script("return window.pwned === undefined") is True
+
+    scripted.answer((200, ["not", "a", "status"]))
+    banner = wait_until(lambda: _banner(browser), 5, "the banner for a malformed document")
+    assert banner.startswith("cannot reach the master"), banner
+    assert _text(browser, 'tr[data-stream="events"] td.head') == "50"
