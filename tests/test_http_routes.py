@@ -62,6 +62,7 @@ def test_the_master_has_exactly_its_documented_routes() -> None:
     """The master's table is the one list of its routes, with the access each needs."""
     routes = [(r.method, r.pattern, r.access) for r in master_routes(make_master()).routes]
     assert sorted(routes) == [
+        ("GET", "/", "read"),
         ("GET", "/health", "public"),
         ("GET", "/metrics", "metrics"),
         ("GET", "/status", "read"),

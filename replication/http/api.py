@@ -9,6 +9,7 @@
 - ``GET /streams/<stream>`` answers the stream's head; ``GET /streams`` every stream's.
 - ``GET /health`` answers 200 while the master serves.
 - ``GET /status`` answers :func:`replication.http.status.master_status`.
+- ``GET /`` is the live status page (:mod:`replication.http.page`), which polls ``/status``.
 - ``GET /metrics`` is the Prometheus text format of the master's registry;
   :func:`metrics_resource` serves a worker's (``metrics.listen``), with the worker's
   ``GET /health``. Both render on the reactor thread, which is where
@@ -42,6 +43,7 @@ from replication.http.routing import (
     json_error,
     json_response,
 )
+from replication.http.page import serve_status_page
 from replication.http.status import master_status
 from replication.master import Master, PublishError
 
@@ -153,6 +155,7 @@ def master_routes(master: Master) -> RouteTable:
         Route("GET", "/health", api.health, access="public"),
         Route("GET", "/status", api.status, access="read"),
         Route("GET", "/metrics", serve_metrics(master.metrics.registry), access="metrics"),
+        Route("GET", "/", serve_status_page(), access="read"),
     ])
 
 
