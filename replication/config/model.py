@@ -118,6 +118,8 @@ class ReconnectConfig:
     initial_delay: float = 0.5
     #: >= ``initial_delay``.
     max_delay: float = 30.0
+    #: A connection that lasted less than this counts as a failed attempt for the backoff.
+    healthy_after: float = 10.0
 
 
 @dataclass(frozen=True)

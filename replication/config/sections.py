@@ -408,6 +408,15 @@ WORKER: Final = Schema(
             rule=AtLeast("reconnect.initial_delay"),
         ),
         Key(
+            "reconnect.healthy_after",
+            Duration(),
+            "How long a connection must last to count as healthy. After a healthy "
+            "connection the next attempt waits ``initial_delay`` again; a shorter one (a "
+            "master that refuses the worker right after its catch-up, or during the "
+            "handshake) counts as a failed attempt, so the wait keeps growing up to "
+            "``max_delay`` and a refusing master is not dialled in a tight loop.",
+        ),
+        Key(
             "metrics.listen",
             Nullable(Endpoint(server=True)),
             "Where the worker serves its Prometheus metrics at ``/metrics`` (for instance "
