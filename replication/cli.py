@@ -17,7 +17,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from replication import __version__
 from replication.config import (
@@ -31,6 +31,9 @@ from replication.config import (
     validate_worker,
 )
 from replication.config.flags import add_flags, apply_flags
+
+if TYPE_CHECKING:
+    from replication.wire.commands import CommandRegistry
 
 log = logging.getLogger("replication")
 
@@ -80,15 +83,44 @@ def _run_service(reactor: Any, service: Any) -> int:
     return _run_reactor(reactor, start, service.stopService)
 
 
+def load_command_registry(name: str | None, path: Sequence[str]) -> CommandRegistry:
+    """The commands this process understands: the built-in ones, and those the ``commands``
+    callable ``name`` registers (imported with ``path`` first on the import path).
+
+    :raises CommandLineError: the module cannot be loaded or its callable failed.
+    """
+    from replication.wire import commands as wire
+    from replication.wire.application import CommandsLoadError, load_commands
+    from replication.worker.handlers import HandlerLoadError, add_import_path
+
+    registry = wire.default_registry()
+    if name is None:
+        return registry
+    try:
+        add_import_path(path, "commands_path")
+        application = load_commands(name, registry)
+    except (HandlerLoadError, CommandsLoadError) as e:
+        raise CommandLineError(str(e)) from None
+    added = sorted(registry.names() - wire.BUILTIN_COMMANDS)
+    log.info(
+        "application commands from %s: %s (handled on master connections: %s; on worker "
+        "connections: %s)", name, ", ".join(added) or "none",
+        ", ".join(sorted(application.handled(wire.MASTER))) or "none",
+        ", ".join(sorted(application.handled(wire.WORKER))) or "none",
+    )
+    return registry
+
+
 def cmd_master(args: argparse.Namespace) -> int:
     config = validate_master(apply_flags(MASTER, load_master_config(args.config), args))
+    commands = load_command_registry(config.commands, config.commands_path)
 
     from twisted.internet import reactor
 
     from replication.master.app import ServiceError, master_service
 
     try:
-        service = master_service(config, reactor)
+        service = master_service(config, reactor, commands=commands)
     except ServiceError as e:
         raise CommandLineError(str(e)) from None
     return _run_service(reactor, service)
@@ -98,6 +130,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     config = validate_worker(apply_flags(WORKER, load_worker_config(args.config), args))
     if not config.streams:
         raise CommandLineError("no streams to follow: give --stream NAME or `streams:` in the config")
+    commands = load_command_registry(config.commands, config.commands_path)
 
     from prometheus_client import CollectorRegistry
     from twisted.internet import reactor
@@ -113,7 +146,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         positions = PositionFile(config.resolved_position_file())
     except (HandlerLoadError, PositionFileError) as e:
         raise CommandLineError(str(e)) from None
-    worker = Worker(config, handler, positions, reactor, metrics=WorkerMetrics(CollectorRegistry()))
+    worker = Worker(
+        config, handler, positions, reactor, registry=commands,
+        metrics=WorkerMetrics(CollectorRegistry()),
+    )
     service = worker_service(
         worker, clientFromString(reactor, config.master), reactor,  # type: ignore[no-untyped-call]
         metrics_endpoint=(

@@ -96,6 +96,10 @@ class MasterConfig:
     #: yaml ``metrics: {max_peer_labels: ...}``: distinct worker names used as metric label
     #: values (and remembered in ``/status``); later names are reported as ``other``.
     metrics_max_peer_labels: int = 100
+    #: ``package.module:callable`` registering application commands; ``None``: none.
+    commands: str | None = None
+    #: Directories put first on the import path before the ``commands`` module is imported.
+    commands_path: tuple[str, ...] = (".",)
 
     def retention_for(self, stream: str) -> RetentionConfig:
         """The retention of ``stream``: its override if it has one, else the default."""
@@ -150,6 +154,10 @@ class WorkerConfig:
     #: yaml ``metrics: {listen: ...}``: Twisted server endpoint serving ``/metrics``;
     #: ``None`` serves none.
     metrics_listen: str | None = None
+    #: ``package.module:callable`` registering application commands; ``None``: none.
+    commands: str | None = None
+    #: Directories put first on the import path before the ``commands`` module is imported.
+    commands_path: tuple[str, ...] = (".",)
 
     def resolved_position_file(self) -> str:
         """The position file to use: ``position_file``, or ``<name>.positions``."""

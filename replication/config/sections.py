@@ -50,6 +50,31 @@ WORKER_STREAM_STARTS: Final = ("earliest", "latest")
 
 _LINE_BYTES: Final = Size(MIN_LINE_BYTES, MAX_LINE_BYTES)
 
+_COMMANDS_DOC: Final = """\
+A callable that registers the application's own commands and their handlers, written
+``package.module:callable`` (as ``handler``); ``null`` (the default) registers none, and a
+command that is not built in is then answered ``ERROR unknown command '<NAME>'``. It is
+called once at startup as ``register(registry, commands)``: ``registry.register(cls,
+sent_by=...)`` adds a command, and ``commands.on_master(cls, handler)`` /
+``commands.on_worker(cls, handler)`` attach ``handler(peer, command)`` to it on master or
+worker connections. Give master and worker the same module. See `protocol.rst
+<protocol.rst>`_, "Application commands". Only the syntax is checked when the file is read;
+a module that cannot be imported, or a register callable that fails, stops the process when
+it starts, with a message naming it."""
+
+_COMMANDS_PATH_DOC: Final = """\
+Directories searched first, in this order, for the ``commands`` module, as ``handler_path``
+is for a worker's handler: a relative directory is taken from the current directory, and
+the default ``[.]`` is the directory the process was started in."""
+
+
+def _commands() -> tuple[Key, ...]:
+    """The application commands' keys, the same for master and worker."""
+    return (
+        Key("commands", Nullable(HandlerName()), _COMMANDS_DOC),
+        Key("commands_path", Directories(), _COMMANDS_PATH_DOC),
+    )
+
 
 def _keepalive() -> tuple[Key, ...]:
     """The keepalive keys, the same for master and worker."""
@@ -223,6 +248,7 @@ MASTER: Final = Schema(
             "its HTTP listener (``http.listen``); see `operations.rst <operations.rst>`_.",
             attr="metrics_max_peer_labels",
         ),
+        *_commands(),
     ),
 )
 
@@ -431,6 +457,7 @@ WORKER: Final = Schema(
                 null_word="none",
             ),
         ),
+        *_commands(),
     ),
 )
 

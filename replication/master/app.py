@@ -40,6 +40,7 @@ from replication.master.service import Master
 from replication.services import ListeningService, OrderedMultiService, fork
 from replication.metrics import MasterMetrics
 from replication.store import StoreError, StreamStore
+from replication.wire.commands import CommandRegistry
 
 log = logging.getLogger("replication.master")
 
@@ -155,12 +156,14 @@ def master_service(
     *,
     store: StreamStore | None = None,
     registry: CollectorRegistry | None = None,
+    commands: CommandRegistry | None = None,
 ) -> MasterService:
     """The service tree of a master from its configuration (see the module docstring).
 
     :param reactor: the reactor (passed in: tests give a ``MemoryReactorClock``).
     :param store: the store to use; ``None``: open the configured one (:func:`open_store`).
     :param registry: the process's metrics registry; ``None``: a private one.
+    :param commands: the commands connections understand; ``None``: the built-in ones.
     :raises ServiceError: the store cannot be opened.
     """
     from replication.http import admin_site
@@ -175,7 +178,8 @@ def master_service(
         run_write, run_read = threads.run_write, threads.run_read
     metrics = MasterMetrics(registry if registry is not None else CollectorRegistry())
     master = Master(
-        config, store, reactor, run_blocking=run_write, run_read=run_read, metrics=metrics
+        config, store, reactor, run_blocking=run_write, run_read=run_read, metrics=metrics,
+        registry=commands,
     )
     children.append(MasterRunner(master))
     children.append(ListeningService(
