@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from test_commands import AckCommand  # ACK <stream> <token>, sent by workers
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.testing import StringTransport
 
@@ -31,34 +32,10 @@ from replication.wire.commands import (
     CommandParseError,
     CommandRegistry,
     ReplicateCommand,
-    check_stream_name,
     default_registry,
-    parse_token,
 )
 from replication.wire.dialects import LEGACY, VERSION_1
 from replication.worker import Worker
-
-
-@dataclass(frozen=True, slots=True)
-class AckCommand(Command):
-    """ACK <stream> <token>: the worker has applied <token> of <stream>."""
-
-    NAME: ClassVar[str] = "ACK"
-    stream: str
-    token: int
-
-    def __post_init__(self) -> None:
-        check_stream_name(self.stream)
-
-    @classmethod
-    def from_args(cls, args: str) -> AckCommand:
-        parts = args.split(" ")
-        if len(parts) != 2 or not all(parts):
-            raise CommandParseError("ACK takes 2 arguments: ACK <stream> <token>")
-        return cls(parts[0], parse_token(parts[1]))
-
-    def to_args(self) -> str:
-        return f"{self.stream} {self.token}"
 
 
 @dataclass(frozen=True, slots=True)
