@@ -276,6 +276,20 @@ def test_a_failing_handler_is_logged_and_the_connection_stays_open(
     assert not transport.disconnecting
 
 
+def test_a_handler_can_refuse_the_peer(tmp_path: Path) -> None:
+    """A handler that calls ``peer.send_error`` sends ``ERROR <message>`` and closes."""
+    harness = Harness(tmp_path)
+    registry = default_registry()
+    registry.register(AckCommand, sent_by={WORKER})
+    commands = ApplicationCommands(registry)
+    commands.on_master(AckCommand, lambda peer, command: peer.send_error("no acks here"))
+    harness.master.registry = registry
+    connection, transport = raw_master_connection(harness)
+    connection.dataReceived(b"NAME w\nVERSION 1\nACK events 1\n")
+    assert transport.value().decode().splitlines()[-1] == "ERROR no acks here"
+    assert transport.disconnecting
+
+
 def test_a_registered_command_without_a_handler_is_unhandled(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -87,7 +87,8 @@ class ApplicationCommands:
         self.registry = registry
         registry.application = self
         self._handlers: dict[tuple[str, str], CommandHandler] = {}
-        self._open: dict[str, list[CommandPeer]] = {side: [] for side in SIDES}
+        #: Open connections by side, in the order their handshakes were done.
+        self._open: dict[str, dict[CommandPeer, None]] = {side: {} for side in SIDES}
 
     def on_master(self, command: type[Command], handler: CommandHandler) -> None:
         """Call ``handler(peer, command)`` for each ``command`` a worker sends a master."""
@@ -130,13 +131,11 @@ class ApplicationCommands:
 
     def connected(self, peer: CommandPeer) -> None:
         """``peer``'s handshake is done (called by the protocol layer)."""
-        self._open[peer.side].append(peer)
+        self._open[peer.side][peer] = None
 
     def disconnected(self, peer: CommandPeer) -> None:
         """``peer``'s connection is gone (called by the protocol layer)."""
-        opened = self._open[peer.side]
-        if peer in opened:
-            opened.remove(peer)
+        self._open[peer.side].pop(peer, None)
 
 
 def load_commands(name: str, registry: CommandRegistry) -> ApplicationCommands:

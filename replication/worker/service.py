@@ -245,8 +245,8 @@ def worker_service(
     """The worker's service tree (see :class:`WorkerService`): ``worker`` connected to its
     master at ``endpoint``, reconnecting with exponential backoff and jitter between
     ``reconnect.initial_delay`` and ``reconnect.max_delay`` (``worker.backoff``, where a
-    connection shorter than ``reconnect.healthy_after`` counts as failed); its position file synced to
-    disk every second; and, with ``metrics_endpoint``, its metrics served there."""
+    connection shorter than ``reconnect.healthy_after`` counts as failed); its position file
+    synced to disk every second; and, with ``metrics_endpoint``, its metrics served there."""
     service = WorkerService(worker)
     if metrics_endpoint is not None:
         from twisted.web.server import Site
