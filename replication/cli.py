@@ -21,7 +21,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from replication import __version__
 from replication.config import (
@@ -37,6 +37,9 @@ from replication.config import (
 )
 from replication.config.flags import add_flags, apply_flags
 from replication.logformat import TEXT_FORMAT, formatter
+
+if TYPE_CHECKING:
+    from replication.wire.commands import CommandRegistry
 
 log = logging.getLogger("replication")
 
@@ -124,9 +127,38 @@ def _run_service(reactor: Any, service: Any) -> int:
     return _run_reactor(reactor, start, service.stopService)
 
 
+def load_command_registry(name: str | None, path: Sequence[str]) -> CommandRegistry:
+    """The commands this process understands: the built-in ones, and those the ``commands``
+    callable ``name`` registers (imported with ``path`` first on the import path).
+
+    :raises CommandLineError: the module cannot be loaded or its callable failed.
+    """
+    from replication.wire import commands as wire
+    from replication.wire.application import CommandsLoadError, load_commands
+    from replication.worker.handlers import HandlerLoadError, add_import_path
+
+    registry = wire.default_registry()
+    if name is None:
+        return registry
+    try:
+        add_import_path(path, "commands_path")
+        application = load_commands(name, registry)
+    except (HandlerLoadError, CommandsLoadError) as e:
+        raise CommandLineError(str(e)) from None
+    added = sorted(registry.names() - wire.BUILTIN_COMMANDS)
+    log.info(
+        "application commands from %s: %s (handled on master connections: %s; on worker "
+        "connections: %s)", name, ", ".join(added) or "none",
+        ", ".join(sorted(application.handled(wire.MASTER))) or "none",
+        ", ".join(sorted(application.handled(wire.WORKER))) or "none",
+    )
+    return registry
+
+
 def cmd_master(args: argparse.Namespace) -> int:
     config = validate_master(apply_flags(MASTER, load_master_config(args.config), args))
     _use_log_format(config.log_format)
+    commands = load_command_registry(config.commands, config.commands_path)
 
     from twisted.internet import reactor
 
@@ -135,7 +167,9 @@ def cmd_master(args: argparse.Namespace) -> int:
 
     _log_master_paths(config)
     try:
-        service = master_service(config, reactor, registry=process_registry())
+        service = master_service(
+            config, reactor, registry=process_registry(), commands=commands
+        )
     except ServiceError as e:
         raise CommandLineError(str(e)) from None
     return _run_service(reactor, service)
@@ -146,6 +180,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _use_log_format(config.log_format)
     if not config.streams:
         raise CommandLineError("no streams to follow: give --stream NAME or `streams:` in the config")
+    commands = load_command_registry(config.commands, config.commands_path)
 
     from twisted.internet import reactor
     from twisted.internet.endpoints import clientFromString, serverFromString
@@ -160,7 +195,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         positions = PositionFile(config.resolved_position_file())
     except (HandlerLoadError, PositionFileError) as e:
         raise CommandLineError(str(e)) from None
-    worker = Worker(config, handler, positions, reactor, metrics=WorkerMetrics(process_registry()))
+    worker = Worker(
+        config, handler, positions, reactor, registry=commands,
+        metrics=WorkerMetrics(process_registry()),
+    )
     service = worker_service(
         worker, clientFromString(reactor, config.master), reactor,  # type: ignore[no-untyped-call]
         metrics_endpoint=(
@@ -402,5 +440,6 @@ __all__ = [
     "cmd_status",
     "cmd_worker",
     "format_status",
+    "load_command_registry",
     "main",
 ]

@@ -388,7 +388,7 @@ MASTER_ERRORS = [
     ("listne: 'tcp:9092'\n", "listne", 1, "unknown key 'listne'; did you mean 'listen'?"),
     ("limits:\n  max_bufer_bytes: 1\n", "limits.max_bufer_bytes", 2,
      "did you mean 'max_buffer_bytes'?"),
-    ("zzz: 1\n", "zzz", 1, "unknown key 'zzz'; valid keys are: data_dir, http"),
+    ("zzz: 1\n", "zzz", 1, "unknown key 'zzz'; valid keys are: commands, commands_path, data_dir, http"),
     ("- a\n- b\n", "", 1, "must be a mapping of keys to values, got a list"),
     ("just text\n", "", 1, "must be a mapping"),
     ("limits: 5\n", "limits", 1, "must be a mapping of keys to values, got 5"),

@@ -49,7 +49,7 @@ def test_sections_are_derived_from_key_paths() -> None:
     """The keys a section allows are the next parts of the key paths below it, in order."""
     assert MASTER.children("") == [
         "server_name", "listen", "http", "data_dir", "streams", "strict_streams", "store",
-        "retention", "keepalive", "limits", "metrics", "log",
+        "retention", "keepalive", "limits", "metrics", "log", "commands", "commands_path",
     ]
     assert MASTER.children("retention") == ["max_rows", "max_age", "streams"]
     assert WORKER.children("limits") == ["max_line_bytes"]

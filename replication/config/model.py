@@ -98,6 +98,10 @@ class MasterConfig:
     metrics_max_peer_labels: int = 100
     #: yaml ``log: {format: ...}``: ``"text"`` or ``"json"`` (one object per line).
     log_format: str = "text"
+    #: ``package.module:callable`` registering application commands; ``None``: none.
+    commands: str | None = None
+    #: Directories put first on the import path before the ``commands`` module is imported.
+    commands_path: tuple[str, ...] = (".",)
 
     def retention_for(self, stream: str) -> RetentionConfig:
         """The retention of ``stream``: its override if it has one, else the default."""
@@ -120,6 +124,8 @@ class ReconnectConfig:
     initial_delay: float = 0.5
     #: >= ``initial_delay``.
     max_delay: float = 30.0
+    #: A connection that lasted less than this counts as a failed attempt for the backoff.
+    healthy_after: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,10 @@ class WorkerConfig:
     metrics_listen: str | None = None
     #: yaml ``log: {format: ...}``: ``"text"`` or ``"json"`` (one object per line).
     log_format: str = "text"
+    #: ``package.module:callable`` registering application commands; ``None``: none.
+    commands: str | None = None
+    #: Directories put first on the import path before the ``commands`` module is imported.
+    commands_path: tuple[str, ...] = (".",)
 
     def resolved_position_file(self) -> str:
         """The position file to use: ``position_file``, or ``<name>.positions``."""

@@ -51,6 +51,31 @@ WORKER_STREAM_STARTS: Final = ("earliest", "latest")
 
 _LINE_BYTES: Final = Size(MIN_LINE_BYTES, MAX_LINE_BYTES)
 
+_COMMANDS_DOC: Final = """\
+A callable that registers the application's own commands and their handlers, written
+``package.module:callable`` (as ``handler``); ``null`` (the default) registers none, and a
+command that is not built in is then answered ``ERROR unknown command '<NAME>'``. It is
+called once at startup as ``register(registry, commands)``: ``registry.register(cls,
+sent_by=...)`` adds a command, and ``commands.on_master(cls, handler)`` /
+``commands.on_worker(cls, handler)`` attach ``handler(peer, command)`` to it on master or
+worker connections. Give master and worker the same module. See `protocol.rst
+<protocol.rst>`_, "Application commands". Only the syntax is checked when the file is read;
+a module that cannot be imported, or a register callable that fails, stops the process when
+it starts, with a message naming it."""
+
+_COMMANDS_PATH_DOC: Final = """\
+Directories searched first, in this order, for the ``commands`` module, as ``handler_path``
+is for a worker's handler: a relative directory is taken from the current directory, and
+the default ``[.]`` is the directory the process was started in."""
+
+
+def _commands() -> tuple[Key, ...]:
+    """The application commands' keys, the same for master and worker."""
+    return (
+        Key("commands", Nullable(HandlerName()), _COMMANDS_DOC),
+        Key("commands_path", Directories(), _COMMANDS_PATH_DOC),
+    )
+
 
 def _log_format() -> Key:
     """The ``log.format`` key, the same for master and worker."""
@@ -240,6 +265,7 @@ MASTER: Final = Schema(
             attr="metrics_max_peer_labels",
         ),
         _log_format(),
+        *_commands(),
     ),
 )
 
@@ -426,6 +452,15 @@ WORKER: Final = Schema(
             rule=AtLeast("reconnect.initial_delay"),
         ),
         Key(
+            "reconnect.healthy_after",
+            Duration(),
+            "How long a connection must last to count as healthy. After a healthy "
+            "connection the next attempt waits ``initial_delay`` again; a shorter one (a "
+            "master that refuses the worker right after its catch-up, or during the "
+            "handshake) counts as a failed attempt, so the wait keeps growing up to "
+            "``max_delay`` and a refusing master is not dialled in a tight loop.",
+        ),
+        Key(
             "metrics.listen",
             Nullable(Endpoint(server=True)),
             "Where the worker serves its Prometheus metrics at ``/metrics`` (for instance "
@@ -441,6 +476,7 @@ WORKER: Final = Schema(
             ),
         ),
         _log_format(),
+        *_commands(),
     ),
 )
 

@@ -40,6 +40,7 @@ from replication.master.service import Master
 from replication.services import ListeningService, OrderedMultiService, fork
 from replication.metrics import MasterMetrics, process_registry
 from replication.store import StoreError, StreamStore
+from replication.wire.commands import CommandRegistry
 
 log = logging.getLogger("replication.master")
 
@@ -174,6 +175,7 @@ def master_service(
     *,
     store: StreamStore | None = None,
     registry: CollectorRegistry | None = None,
+    commands: CommandRegistry | None = None,
 ) -> MasterService:
     """The service tree of a master from its configuration (see the module docstring).
 
@@ -181,6 +183,7 @@ def master_service(
     :param store: the store to use; ``None``: open the configured one (:func:`open_store`).
     :param registry: the process's metrics registry; ``None``: a new one with the
         ``process_*`` metrics (:func:`~replication.metrics.process_registry`).
+    :param commands: the commands connections understand; ``None``: the built-in ones.
     :raises ServiceError: the store cannot be opened.
     """
     from replication.http import admin_site
@@ -195,7 +198,8 @@ def master_service(
         run_write, run_read = threads.run_write, threads.run_read
     metrics = MasterMetrics(registry if registry is not None else process_registry())
     master = Master(
-        config, store, reactor, run_blocking=run_write, run_read=run_read, metrics=metrics
+        config, store, reactor, run_blocking=run_write, run_read=run_read, metrics=metrics,
+        registry=commands,
     )
     children.append(MasterRunner(master))
     children.append(ListeningService(

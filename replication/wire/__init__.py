@@ -2,6 +2,8 @@
 
 * :mod:`replication.wire.commands`: the command codec (pure: lines to frozen command objects
   and back, the registry of who may send what).
+* :mod:`replication.wire.application`: the handlers an application attaches to the commands
+  it registers, and the loading of its register callable (pure).
 * :mod:`replication.wire.dialects`: the protocol versions and what each lets a master send
   (pure: a table; a new version is an entry in it).
 * :mod:`replication.wire.session`: the handshake (with the version negotiation), keepalive

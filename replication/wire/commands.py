@@ -15,7 +15,10 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+if TYPE_CHECKING:
+    from replication.wire.application import ApplicationCommands
 
 _orjson: ModuleType | None
 try:  # optional: a faster JSON codec, used where it accepts exactly what the strict path does
@@ -500,12 +503,15 @@ class CommandRegistry:
     ``parse(line, sender)`` turns one received line into a command, checking that ``sender``
     (the peer's side) is allowed to send it. Applications add their own commands with
     :meth:`register` on a registry from :func:`default_registry`; built-in names cannot be
-    replaced.
+    replaced. ``application`` holds the handlers an application attached to its commands
+    (a :class:`replication.wire.application.ApplicationCommands`, which attaches itself), or
+    ``None``.
     """
 
     def __init__(self) -> None:
         self._classes: dict[str, type[Command]] = {}
         self._senders: dict[str, frozenset[str]] = {}
+        self.application: ApplicationCommands | None = None
 
     def register(self, cls: type[Command], sent_by: Iterable[str]) -> None:
         """Add ``cls`` to the registry; ``sent_by`` holds ``"master"``, ``"worker"`` or both."""
@@ -522,7 +528,12 @@ class CommandRegistry:
         self._classes[name] = cls
         self._senders[name] = senders
 
+    def command_class(self, name: str) -> type[Command] | None:
+        """The class registered as ``name``, if any."""
+        return self._classes.get(name)
+
     def copy(self) -> CommandRegistry:
+        """A registry with the same commands, to extend; without ``application``."""
         new = CommandRegistry()
         new._classes = dict(self._classes)
         new._senders = dict(self._senders)
@@ -564,6 +575,10 @@ _BUILTINS: tuple[tuple[type[Command], frozenset[str]], ...] = (
     (ResetCommand, frozenset({MASTER})),
     (ErrorCommand, SIDES),
 )
+
+
+#: The names of the built-in commands: an application cannot replace or handle them.
+BUILTIN_COMMANDS: Final = frozenset(cls.NAME for cls, _ in _BUILTINS)
 
 
 def default_registry() -> CommandRegistry:

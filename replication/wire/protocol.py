@@ -14,18 +14,23 @@ this class feeds it commands and the time, carries out the actions it returns, a
 timer (an ``IDelayedCall``) set to the session's next deadline.
 
 Subclasses (:class:`replication.master.MasterConnection`,
-:class:`replication.worker.WorkerConnection`) handle commands in ``on_<NAME>`` methods.
-The clock is passed in; nothing here touches the global reactor.
+:class:`replication.worker.WorkerConnection`) handle commands in ``on_<NAME>`` methods; a
+command without one goes to the handler an application attached to it
+(:mod:`replication.wire.application`, found on the registry), else to :meth:`unhandled
+<ReplicationProtocol.unhandled>`. The clock is passed in; nothing here touches the global
+reactor.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from inspect import iscoroutine
 from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -37,6 +42,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from replication.config import KeepaliveConfig
+from replication.wire.application import CommandHandler
 from replication.wire.commands import (
     MASTER,
     WORKER,
@@ -212,6 +218,9 @@ class ReplicationProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.carry_out(self.session.connection_lost(self.clock.seconds()))
+        application = self.registry.application
+        if application is not None:
+            application.disconnected(self)
         self._queue.clear()
         self.queued_bytes = 0
         self._held.clear()
@@ -272,6 +281,9 @@ class ReplicationProtocol(Protocol):
                 self.peer_name = action.peer_name
                 self.dialect = action.dialect.name
                 self.handshake_done()
+                application = self.registry.application
+                if application is not None and not self._closing:
+                    application.connected(self)
             elif isinstance(action, CloseWithError):
                 self.send_error(action.message, action.reason)
             else:
@@ -302,10 +314,40 @@ class ReplicationProtocol(Protocol):
 
     def _deliver(self, command: Command) -> None:
         method: Callable[[Any], None] | None = getattr(self, "on_" + command.NAME, None)
-        if method is None:
+        if method is not None:
+            method(command)
+            return
+        application = self.registry.application
+        handler = None if application is None else application.handler(self.side, command.NAME)
+        if handler is None:
             self.unhandled(command)
         else:
-            method(command)
+            self._run_application_handler(handler, command)
+
+    def _run_application_handler(self, handler: CommandHandler, command: Command) -> None:
+        """Call an application's handler of ``command`` with this connection. Its failure
+        (raised, or of the awaitable it returned) is the application's bug, not the peer's:
+        it is logged with its traceback and the connection stays open. A coroutine or
+        Deferred it returns runs on; the next command does not wait for it."""
+        try:
+            result = handler(self, command)
+        except Exception:
+            log.exception("%s: the handler of %s failed", self.describe(), command.NAME)
+            return
+        if iscoroutine(result):
+            waited: Deferred[object] = ensureDeferred(cast(Coroutine[Any, Any, object], result))
+        elif isinstance(result, Deferred):
+            waited = result
+        else:
+            return
+
+        def failed(failure: Failure) -> None:
+            log.error(
+                "%s: the handler of %s failed: %s", self.describe(), command.NAME,
+                failure.getTraceback(),
+            )
+
+        waited.addErrback(failed)
 
     # -- subclass hooks ----------------------------------------------------------------
 

@@ -87,6 +87,8 @@ class WorkerConnection(ReplicationProtocol):
 
     def closed(self, reason: str) -> None:
         self.worker.metrics.connection_closed(self, reason)
+        if self.connected_since is not None:
+            self.worker.backoff.connection_ended(self.clock.seconds() - self.connected_since)
         self.runner.detach(self)
         if self.worker.connection is self:
             self.worker.connection = None

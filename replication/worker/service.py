@@ -4,9 +4,9 @@
 
 :class:`Worker` holds what outlives a connection: the configuration, the metrics and the
 :class:`~replication.worker.runner.TokenRunner` (handler, positions, retries). :func:`worker_service` keeps it connected to its master (Twisted's
-``ClientService``, its connects and reconnects logged by
-:class:`~replication.worker.reporting.ConnectionReporter`) and syncs its positions to disk
-every second; it logs the positions it stopped at.
+``ClientService``, waiting between attempts as :class:`ReconnectBackoff` says, its
+connects and reconnects logged by :class:`~replication.worker.reporting.ConnectionReporter`)
+and syncs its positions to disk every second; it logs the positions it stopped at.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
@@ -29,7 +29,7 @@ from twisted.internet.task import LoopingCall
 
 from replication import __version__
 from replication.wire.commands import CommandRegistry, ReplicateCommand, default_registry
-from replication.config import WorkerConfig
+from replication.config import ReconnectConfig, WorkerConfig
 from replication.metrics import WorkerMetrics
 from replication.services import ListeningService, OrderedMultiService
 from replication.worker.connection import WorkerConnection, WorkerFactory
@@ -39,6 +39,65 @@ from replication.worker.reporting import CatchupReporter, ConnectionReporter
 from replication.worker.runner import TokenRunner
 
 log = logging.getLogger(__name__)
+
+#: How fast the reconnection delay grows, per failed attempt or short connection.
+BACKOFF_FACTOR: Final = 2.0
+#: Short connections counted at most (the delay is long capped by then).
+_MAX_SHORT_CONNECTIONS: Final = 100
+
+
+class ReconnectBackoff:
+    """The wait before each attempt to reach the master: ``ClientService``'s retry policy.
+
+    ``ClientService`` calls it with the number of attempts that failed in a row since the
+    last connection was *made*, so after any connection, however short, the wait falls back
+    to its minimum: a master that refuses the worker right after a catch-up (an ``ERROR``
+    for a command it does not know, say) would be dialled again after the least wait,
+    forever. Here a connection is *healthy* only if it lasted at least ``healthy_after``
+    seconds (from connect to close); each shorter one adds one to a run of short
+    connections, which counts like failed attempts, so the delay keeps doubling up to
+    ``max_delay``. A healthy connection ends the run.
+
+    :param initial_delay: the least wait, in seconds (``reconnect.initial_delay``).
+    :param max_delay: the longest wait before jitter (``reconnect.max_delay``).
+    :param healthy_after: seconds a connection must last to count as healthy
+        (``reconnect.healthy_after``).
+    :param jitter: seconds added to each wait (a random fraction of ``initial_delay`` by
+        default), so that workers cut off together do not reconnect together.
+    """
+
+    def __init__(
+        self,
+        initial_delay: float,
+        max_delay: float,
+        healthy_after: float,
+        jitter: Callable[[], float] | None = None,
+    ) -> None:
+        self.healthy_after = healthy_after
+        if jitter is None:
+            def jitter() -> float:
+                return random.uniform(0, initial_delay)
+        self._policy = backoffPolicy(
+            initialDelay=initial_delay, maxDelay=max_delay, factor=BACKOFF_FACTOR,
+            jitter=jitter,
+        )
+        #: Connections in a row that ended before ``healthy_after`` seconds.
+        self.short_connections = 0
+
+    @classmethod
+    def from_config(cls, config: ReconnectConfig) -> ReconnectBackoff:
+        return cls(config.initial_delay, config.max_delay, config.healthy_after)
+
+    def __call__(self, attempt: int) -> float:
+        """Seconds to wait before the next attempt, after ``attempt`` failed in a row."""
+        return float(self._policy(attempt + self.short_connections))
+
+    def connection_ended(self, lasted: float) -> None:
+        """A connection that was made has ended after ``lasted`` seconds."""
+        if lasted >= self.healthy_after:
+            self.short_connections = 0
+        elif self.short_connections < _MAX_SHORT_CONNECTIONS:
+            self.short_connections += 1
 
 
 class Worker:
@@ -80,6 +139,9 @@ class Worker:
         self.catchup = CatchupReporter(
             clock, self.runner.positions.get, self.runner.heads.get
         )
+        #: The wait between attempts to reach the master (see :class:`ReconnectBackoff`);
+        #: told by each connection how long it lasted.
+        self.backoff = ReconnectBackoff.from_config(config.reconnect)
 
     @property
     def handler(self) -> Handler:
@@ -216,8 +278,9 @@ def worker_service(
 ) -> WorkerService:
     """The worker's service tree (see :class:`WorkerService`): ``worker`` connected to its
     master at ``endpoint``, reconnecting with exponential backoff and jitter between
-    ``reconnect.initial_delay`` and ``reconnect.max_delay``; its position file synced to
-    disk every second; and, with ``metrics_endpoint``, its metrics served there."""
+    ``reconnect.initial_delay`` and ``reconnect.max_delay`` (``worker.backoff``, where a
+    connection shorter than ``reconnect.healthy_after`` counts as failed); its position file
+    synced to disk every second; and, with ``metrics_endpoint``, its metrics served there."""
     service = WorkerService(worker)
     if metrics_endpoint is not None:
         from twisted.web.server import Site
@@ -232,17 +295,10 @@ def worker_service(
     positions = PositionSyncService(worker.positions, clock)
     positions.setName("positions")
     positions.setServiceParent(service)
-    reconnect = worker.config.reconnect
-    policy = backoffPolicy(
-        initialDelay=reconnect.initial_delay,
-        maxDelay=reconnect.max_delay,
-        factor=2.0,
-        jitter=lambda: random.uniform(0, reconnect.initial_delay),
-    )
     reporter = ConnectionReporter(worker.config.master, clock)
     connection = ClientService(
         reporter.endpoint(endpoint), worker.factory(),
-        retryPolicy=reporter.retry_policy(policy), clock=clock,
+        retryPolicy=reporter.retry_policy(worker.backoff), clock=clock,
     )
     connection.setName("connection")
     connection.setServiceParent(service)
