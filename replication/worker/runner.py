@@ -26,9 +26,10 @@ The clock is passed in; nothing here touches the global reactor.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -95,6 +96,7 @@ class TokenRunner:
         self._started = 0.0
         self._in_flight = 0
         self._idle_waiters: list[Callable[[], None]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- state ---------------------------------------------------------------------------
 
@@ -253,9 +255,7 @@ class TokenRunner:
         else:
             result = first_result
         if inspect.isawaitable(result):
-            deferred: Deferred[Any] = (
-                result if isinstance(result, Deferred) else ensureDeferred(result)  # type: ignore[arg-type]
-            )
+            deferred = self._deferred_for(result)
             self._block()
             self._in_flight += 1
             deferred.addCallbacks(
@@ -265,6 +265,26 @@ class TokenRunner:
             deferred.addBoth(self._finished)
             return
         self._done(stream, position, force, epoch)
+
+    def _deferred_for(self, awaitable: Any) -> Deferred[Any]:
+        """A Deferred that fires with ``awaitable``'s outcome. A coroutine runs as an asyncio
+        task when an asyncio event loop is running (the asyncio reactor), through
+        :class:`AwaitDeferreds` so that it may await Deferreds too; without a running loop
+        it runs under :func:`~twisted.internet.defer.ensureDeferred`, awaiting Deferreds
+        only. An asyncio future is adapted; a Deferred is taken as it is."""
+        if isinstance(awaitable, Deferred):
+            return awaitable
+        if asyncio.isfuture(awaitable):
+            return Deferred.fromFuture(awaitable)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return ensureDeferred(awaitable)
+        task = loop.create_task(_await(AwaitDeferreds(awaitable)))
+        # The loop only keeps weak references to its tasks: hold each until it is done.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return Deferred.fromFuture(task)
 
     def _block(self) -> None:
         self._blocked = True
@@ -318,3 +338,58 @@ class TokenRunner:
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:
                 waiter()
+
+
+class AwaitDeferreds:
+    """Drives a coroutine inside an asyncio task so that it may await Deferreds as well as
+    asyncio futures.
+
+    A coroutine awaiting a Deferred yields the Deferred itself, which an asyncio task
+    refuses ("Task got bad yield"); a coroutine driven by ``ensureDeferred`` cannot await
+    an asyncio future ("await wasn't used with future"). This awaitable passes everything
+    the coroutine yields on to the task, except a Deferred: for it, it waits on an asyncio
+    future that is done once the Deferred has fired (without taking the Deferred's result,
+    which the coroutine's own ``await`` then reads). What the task throws in (cancellation)
+    is thrown into the coroutine.
+    """
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        self.coroutine = coroutine
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine = self.coroutine
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                yielded = coroutine.send(value) if error is None else coroutine.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            value, error = None, None
+            try:
+                if isinstance(yielded, Deferred):
+                    yield from _fired(yielded)
+                else:
+                    value = yield yielded
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as e:  # noqa: BLE001  (thrown into the coroutine)
+                error = e
+
+
+def _fired(deferred: Deferred[Any]) -> Generator[Any, None, None]:
+    """Wait, in an asyncio task, until ``deferred`` has fired; its result stays in it."""
+    future = asyncio.get_running_loop().create_future()
+
+    def wake(result: object) -> object:
+        if not future.done():
+            future.set_result(None)
+        return result
+
+    deferred.addBoth(wake)
+    yield from future
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
