@@ -30,7 +30,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 #: long, up to the runner's ``max_retry_delay``.
 FIRST_RETRY_DELAY = 1.0
 _NOT_CALLED = object()
+_T = TypeVar("_T")
 
 
 class InputGate(Protocol):
@@ -340,7 +341,7 @@ class TokenRunner:
                 waiter()
 
 
-class AwaitDeferreds:
+class AwaitDeferreds(Generic[_T]):
     """Drives a coroutine inside an asyncio task so that it may await Deferreds as well as
     asyncio futures.
 
@@ -353,10 +354,10 @@ class AwaitDeferreds:
     is thrown into the coroutine.
     """
 
-    def __init__(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+    def __init__(self, coroutine: Coroutine[Any, Any, _T]) -> None:
         self.coroutine = coroutine
 
-    def __await__(self) -> Generator[Any, Any, Any]:
+    def __await__(self) -> Generator[Any, Any, _T]:
         coroutine = self.coroutine
         value: Any = None
         error: BaseException | None = None
@@ -364,7 +365,8 @@ class AwaitDeferreds:
             try:
                 yielded = coroutine.send(value) if error is None else coroutine.throw(error)
             except StopIteration as stop:
-                return stop.value
+                result: _T = stop.value
+                return result
             value, error = None, None
             try:
                 if isinstance(yielded, Deferred):
@@ -391,5 +393,5 @@ def _fired(deferred: Deferred[Any]) -> Generator[Any, None, None]:
     yield from future
 
 
-async def _await(awaitable: Awaitable[Any]) -> Any:
+async def _await(awaitable: Awaitable[_T]) -> _T:
     return await awaitable
