@@ -206,3 +206,35 @@ def test_cancelling_the_task_raises_cancelled_error_at_the_awaited_deferred() ->
 
     asyncio.run(main())
     assert seen == ["cancelled"]
+
+
+class DeferredThenSleep:
+    """An awaitable that is not a coroutine: its ``__await__`` awaits a Deferred and then
+    asyncio."""
+
+    def __init__(self, deferred: Deferred[int]) -> None:
+        self.deferred = deferred
+        self.got: list[int] = []
+
+    def __await__(self) -> Any:
+        self.got.append((yield from self.deferred))
+        yield from asyncio.sleep(0).__await__()
+
+
+def test_an_awaitable_that_is_not_a_coroutine_may_await_a_deferred_too() -> None:
+    """A handler returning an object with ``__await__`` (not a coroutine) is run as a task
+    as well, and its Deferred is awaited."""
+    pending: Deferred[int] = Deferred()
+    awaitable = DeferredThenSleep(pending)
+
+    async def main() -> None:
+        runner, positions, _, _ = make(lambda stream, token, rows: awaitable)
+        runner.submit("events", 6, [])
+        await asyncio.sleep(0)
+        assert runner.busy and positions.get("events") is None
+        pending.callback(7)
+        await idle(runner)
+        assert positions.get("events") == 6
+
+    run(main)
+    assert awaitable.got == [7]

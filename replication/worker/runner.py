@@ -8,7 +8,10 @@ itself as an :class:`InputGate` while it is the worker's connection. The runner:
 
 * drops a token at or below the recorded position (already handled);
 * calls the handler (see :mod:`replication.worker.handlers`) and, when it returns an
-  awaitable, waits for it;
+  awaitable, waits for it: a coroutine runs as an asyncio task when an asyncio event loop
+  is running (the CLI's default asyncio reactor), wrapped in :class:`AwaitDeferreds` so
+  that it can await asyncio futures and Deferreds alike, and under ``ensureDeferred``
+  otherwise;
 * records the position (behind :class:`~replication.worker.positions.Positions`) only after
   the handler succeeded;
 * retries a failed call with the same token after a delay that doubles from
@@ -21,7 +24,8 @@ asks the master for everything after the recorded position, so the token comes a
 call still pending goes on (its position is recorded if it succeeds), and the next
 connection's input is held until it ends.
 
-The clock is passed in; nothing here touches the global reactor.
+The clock is passed in; nothing here touches the global reactor (coroutines use the asyncio
+loop that is running when the handler is called, if any).
 """
 
 from __future__ import annotations
@@ -277,11 +281,12 @@ class TokenRunner:
             return awaitable
         if asyncio.isfuture(awaitable):
             return Deferred.fromFuture(awaitable)
+        coroutine = awaitable if inspect.iscoroutine(awaitable) else _await(awaitable)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return ensureDeferred(awaitable)
-        task = loop.create_task(_await(AwaitDeferreds(awaitable)))
+            return ensureDeferred(coroutine)
+        task = loop.create_task(_await(AwaitDeferreds(coroutine)))
         # The loop only keeps weak references to its tasks: hold each until it is done.
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
