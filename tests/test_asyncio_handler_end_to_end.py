@@ -90,13 +90,13 @@ def test_a_coroutine_handler_uses_an_asyncio_connection_and_a_deferred(tmp_path:
 def test_on_the_default_reactor_the_asyncio_handler_fails_and_is_not_recorded(
     tmp_path: Path,
 ) -> None:
-    """``--reactor default`` runs Twisted's platform reactor: the handler's first asyncio
-    call fails with "no running event loop", the failure is logged for retry, and the token
+    """``--reactor default`` runs Twisted's platform reactor (here for the master too, which
+    serves as before): the worker's handler's first asyncio call fails with "no running event loop", the failure is logged for retry, and the token
     is not recorded."""
     _write_handler(tmp_path)
     port, http_port = free_ports(2)
     positions = tmp_path / "w.positions"
-    with start_master(tmp_path, "master", port, http_port) as master:
+    with start_master(tmp_path, "master", port, http_port, "--reactor", "default") as master:
         publish(http_port, "events", [{"n": "a"}])
         with Process(
             "worker", worker_command(port, "w", positions, "--handler", "asynchandler:handle",
