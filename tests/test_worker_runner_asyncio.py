@@ -238,3 +238,20 @@ def test_an_awaitable_that_is_not_a_coroutine_may_await_a_deferred_too() -> None
 
     run(main)
     assert awaitable.got == [7]
+
+
+def test_closing_the_awaitable_closes_the_coroutine() -> None:
+    """Closing :class:`AwaitDeferreds`' iterator (a task garbage-collected while pending)
+    closes the coroutine too: its ``finally`` runs."""
+    cleaned: list[str] = []
+
+    async def body() -> None:
+        try:
+            await asyncio.sleep(0)
+        finally:
+            cleaned.append("finally")
+
+    steps = AwaitDeferreds(body()).__await__()
+    assert next(steps) is None  # asyncio.sleep(0)'s bare yield, passed on
+    steps.close()
+    assert cleaned == ["finally"]

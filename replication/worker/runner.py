@@ -355,8 +355,8 @@ class AwaitDeferreds(Generic[_T]):
     an asyncio future ("await wasn't used with future"). This awaitable passes everything
     the coroutine yields on to the task, except a Deferred: for it, it waits on an asyncio
     future that is done once the Deferred has fired (without taking the Deferred's result,
-    which the coroutine's own ``await`` then reads). What the task throws in (cancellation)
-    is thrown into the coroutine.
+    which the coroutine's own ``await`` then reads). What the task throws in (cancellation),
+    and ``GeneratorExit`` when it is closed, is thrown into the coroutine.
     """
 
     def __init__(self, coroutine: Coroutine[Any, Any, _T]) -> None:
@@ -378,10 +378,7 @@ class AwaitDeferreds(Generic[_T]):
                     yield from _fired(yielded)
                 else:
                     value = yield yielded
-            except GeneratorExit:
-                coroutine.close()
-                raise
-            except BaseException as e:  # noqa: BLE001  (thrown into the coroutine)
+            except BaseException as e:  # noqa: BLE001  (thrown into the coroutine, closing included)
                 error = e
 
 
