@@ -3,7 +3,7 @@ latency at 10,000 rows/s, memory per idle connection, and the durable scenarios 
 ``bench/durable.py``. Prints one table and writes every raw run as JSON.
 
     .venv/bin/python bench/run.py [--quick] [--only fanout,redis,raw,latency,idle,durable]
-                                  [--json PATH] [--runs N]
+                                  [--json PATH] [--runs N] [--reactor asyncio|default]
 
 See ``docs/performance.rst`` for what each scenario measures and how.
 """
@@ -156,12 +156,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="where to write the results "
                         "(default bench/results/run-quick.json or run-full.json)")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (default 3, at least 3 for the issue's figures)")
+    parser.add_argument("--reactor", choices=("asyncio", "default"),
+                        help="run masters and workers with `--reactor NAME` "
+                        "(default: the tool's own default)")
     args = parser.parse_args(argv)
     only = set(SCENARIOS) if not args.only else {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = only - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
     common.setup_environment()
+    if args.reactor:
+        os.environ[common.REACTOR_ENV] = args.reactor
     mode = "quick" if args.quick else "full"
     json_path = Path(args.json) if args.json else HERE / "results" / f"run-{mode}.json"
     began = time.monotonic()
@@ -173,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         "replication_code": code_under_test(),
         "row_bytes": common.row_bytes(),
         "scenarios": sorted(only),
+        "reactor": args.reactor or "tool default",
         "errors": {},
     }
     log(f"bench: {mode} mode, {args.runs} runs per figure, scenarios {', '.join(sorted(only))}; "

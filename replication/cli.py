@@ -96,6 +96,43 @@ def _log_master_paths(config: MasterConfig) -> None:
     log.info("store: sqlite database %s", _where(database_path(config), origin))
 
 
+#: The ``--reactor`` choices of ``master`` and ``worker``; the first is the default.
+REACTORS = ("asyncio", "default")
+
+
+def install_reactor(name: str) -> None:
+    """Make ``name`` (one of :data:`REACTORS`) Twisted's global reactor; call it before
+    anything imports ``twisted.internet.reactor``.
+
+    ``asyncio`` runs Twisted on an asyncio event loop, so that coroutine handlers can await
+    asyncio libraries as well as Deferreds; ``default`` leaves Twisted's platform default
+    (epoll on Linux). A reactor installed already (an embedding program's) is kept when it
+    is the asked kind; otherwise asking for ``asyncio`` is a CommandLineError.
+    """
+    if name != "asyncio":
+        return
+    from twisted.internet import asyncioreactor
+    from twisted.internet.error import ReactorAlreadyInstalledError
+
+    try:
+        asyncioreactor.install()  # type: ignore[no-untyped-call]
+    except ReactorAlreadyInstalledError:
+        from twisted.internet import reactor
+
+        if not isinstance(reactor, asyncioreactor.AsyncioSelectorReactor):
+            raise CommandLineError(
+                f"--reactor asyncio: another reactor is installed already ({type(reactor).__name__})"
+            ) from None
+
+
+def _add_reactor_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reactor", choices=REACTORS, default=REACTORS[0],
+        help="the Twisted reactor to run on: asyncio (the default; coroutine handlers can "
+        "await asyncio libraries and Deferreds) or default (Twisted's platform default)",
+    )
+
+
 def _run_reactor(reactor: Any, start: Callable[[], Any], stop: Callable[[], Any]) -> int:
     """Run ``start`` under the reactor; a failure to start stops it with exit status 1."""
     status = {"code": 0}
@@ -158,6 +195,7 @@ def load_command_registry(name: str | None, path: Sequence[str]) -> CommandRegis
 def cmd_master(args: argparse.Namespace) -> int:
     config = validate_master(apply_flags(MASTER, load_master_config(args.config), args))
     _use_log_format(config.log_format)
+    install_reactor(args.reactor)  # before the application's modules can import a reactor
     commands = load_command_registry(config.commands, config.commands_path)
 
     from twisted.internet import reactor
@@ -180,6 +218,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _use_log_format(config.log_format)
     if not config.streams:
         raise CommandLineError("no streams to follow: give --stream NAME or `streams:` in the config")
+    install_reactor(args.reactor)  # before the application's modules can import a reactor
     commands = load_command_registry(config.commands, config.commands_path)
 
     from twisted.internet import reactor
@@ -381,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", metavar="FILE", help="YAML configuration file")
     add_flags(p, MASTER)  # --server-name, --listen, --http-listen, --data-dir, --stream, --store
     p.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
+    _add_reactor_flag(p)
     p.set_defaults(func=cmd_master)
 
     p = sub.add_parser("worker", help="run a worker", description="Run a worker that follows "
@@ -390,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     # --metrics-listen
     add_flags(p, WORKER)
     p.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
+    _add_reactor_flag(p)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("publish", help="publish rows over HTTP", description="Publish JSON rows "
@@ -432,6 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 __all__ = [
     "DEFAULT_URL",
+    "REACTORS",
     "CommandLineError",
     "build_parser",
     "cmd_check_config",
@@ -440,6 +482,7 @@ __all__ = [
     "cmd_status",
     "cmd_worker",
     "format_status",
+    "install_reactor",
     "load_command_registry",
     "main",
 ]

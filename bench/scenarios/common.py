@@ -44,6 +44,17 @@ STREAM = "events"
 END = "bench.end"
 
 
+#: The environment variable that carries ``bench/run.py --reactor`` to every scenario.
+REACTOR_ENV = "BENCH_REACTOR"
+
+
+def reactor_args() -> list[str]:
+    """``--reactor NAME`` for ``replication master`` and ``worker`` when the run picked a
+    reactor (``bench/run.py --reactor``); nothing otherwise (the tool's default)."""
+    name = os.environ.get(REACTOR_ENV)
+    return ["--reactor", name] if name else []
+
+
 def setup_environment() -> None:
     """Make every child see ``bench/`` on its path (for ``--handler handlers:...``)."""
     parts = [str(BENCH)]
@@ -108,6 +119,7 @@ def worker(tmp: Path, name: str, port: int, handler: str, *extra: str) -> Proces
             "--name", name,
             "--handler", handler,
             "--position-file", str(tmp / f"{name}.positions"),
+            *reactor_args(),
             *extra,
         ),
         stdout=tmp / f"{name}.out",

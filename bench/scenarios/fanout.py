@@ -40,6 +40,7 @@ from common import (
     wait_files,
     wait_until,
     cpu_seconds,
+    reactor_args,
     worker,
 )
 
@@ -80,7 +81,7 @@ def run_ours(n: int, per_token: int, rows: int, runs: int, timeout: float) -> di
         done_dir.mkdir()
         os.environ["BENCH_DONE_DIR"] = str(done_dir)
         port, http_port = free_ports(2)
-        master = start_master(tmp, "master", port, http_port, "--stream", STREAM)
+        master = start_master(tmp, "master", port, http_port, "--stream", STREAM, *reactor_args())
         group.add(master)
         workers = [
             group.add(worker(tmp, f"w{i}", port, "handlers:FanoutCounter")) for i in range(n)

@@ -19,6 +19,7 @@ from common import (
     Group,
     child,
     free_ports,
+    reactor_args,
     rss_kib,
     scratch,
     start_master,
@@ -56,7 +57,7 @@ def run(quick: bool, runs: int, log: Any) -> dict[str, Any]:
             config.write_text("limits:\n  max_connections: 5000\n")
             port, http_port = free_ports(2)
             master = start_master(tmp, "master", port, http_port, "--stream", "events",
-                                  "--config", str(config))
+                                  "--config", str(config), *reactor_args())
             group.add(master)
             _warm_up(port)
             before = rss_kib(master.pid)

@@ -26,6 +26,7 @@ from common import (
     child,
     free_ports,
     percentile,
+    reactor_args,
     read_positions,
     scratch,
     start_master,
@@ -67,7 +68,7 @@ def run_variant(variant: str, per_token: int, quick: bool, runs: int, log: Any) 
         done_dir.mkdir()
         os.environ["BENCH_DONE_DIR"] = str(done_dir)
         port, http_port = free_ports(2)
-        master = start_master(tmp, "master", port, http_port, "--stream", STREAM)
+        master = start_master(tmp, "master", port, http_port, "--stream", STREAM, *reactor_args())
         group.add(master)
         workers = [group.add(worker(tmp, f"w{i}", port, "handlers:LatencyRecorder"))
                    for i in range(WORKERS)]

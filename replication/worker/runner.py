@@ -8,7 +8,10 @@ itself as an :class:`InputGate` while it is the worker's connection. The runner:
 
 * drops a token at or below the recorded position (already handled);
 * calls the handler (see :mod:`replication.worker.handlers`) and, when it returns an
-  awaitable, waits for it;
+  awaitable, waits for it: a coroutine runs as an asyncio task when an asyncio event loop
+  is running (the CLI's default asyncio reactor), wrapped in :class:`AwaitDeferreds` so
+  that it can await asyncio futures and Deferreds alike, and under ``ensureDeferred``
+  otherwise;
 * records the position (behind :class:`~replication.worker.positions.Positions`) only after
   the handler succeeded;
 * retries a failed call with the same token after a delay that doubles from
@@ -21,15 +24,17 @@ asks the master for everything after the recorded position, so the token comes a
 call still pending goes on (its position is recorded if it succeeds), and the next
 connection's input is held until it ends.
 
-The clock is passed in; nothing here touches the global reactor.
+The clock is passed in; nothing here touches the global reactor (coroutines use the asyncio
+loop that is running when the handler is called, if any).
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, Generic, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -45,6 +50,7 @@ log = logging.getLogger(__name__)
 #: long, up to the runner's ``max_retry_delay``.
 FIRST_RETRY_DELAY = 1.0
 _NOT_CALLED = object()
+_T = TypeVar("_T")
 
 
 class InputGate(Protocol):
@@ -95,6 +101,7 @@ class TokenRunner:
         self._started = 0.0
         self._in_flight = 0
         self._idle_waiters: list[Callable[[], None]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- state ---------------------------------------------------------------------------
 
@@ -253,9 +260,7 @@ class TokenRunner:
         else:
             result = first_result
         if inspect.isawaitable(result):
-            deferred: Deferred[Any] = (
-                result if isinstance(result, Deferred) else ensureDeferred(result)  # type: ignore[arg-type]
-            )
+            deferred = self._deferred_for(result)
             self._block()
             self._in_flight += 1
             deferred.addCallbacks(
@@ -265,6 +270,27 @@ class TokenRunner:
             deferred.addBoth(self._finished)
             return
         self._done(stream, position, force, epoch)
+
+    def _deferred_for(self, awaitable: Any) -> Deferred[Any]:
+        """A Deferred that fires with ``awaitable``'s outcome. A coroutine runs as an asyncio
+        task when an asyncio event loop is running (the asyncio reactor), through
+        :class:`AwaitDeferreds` so that it may await Deferreds too; without a running loop
+        it runs under :func:`~twisted.internet.defer.ensureDeferred`, awaiting Deferreds
+        only. An asyncio future is adapted; a Deferred is taken as it is."""
+        if isinstance(awaitable, Deferred):
+            return awaitable
+        if asyncio.isfuture(awaitable):
+            return Deferred.fromFuture(awaitable)
+        coroutine = awaitable if inspect.iscoroutine(awaitable) else _await(awaitable)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return ensureDeferred(coroutine)
+        task = loop.create_task(_await(AwaitDeferreds(coroutine)))
+        # The loop only keeps weak references to its tasks: hold each until it is done.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return Deferred.fromFuture(task)
 
     def _block(self) -> None:
         self._blocked = True
@@ -318,3 +344,56 @@ class TokenRunner:
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:
                 waiter()
+
+
+class AwaitDeferreds(Generic[_T]):
+    """Drives a coroutine inside an asyncio task so that it may await Deferreds as well as
+    asyncio futures.
+
+    A coroutine awaiting a Deferred yields the Deferred itself, which an asyncio task
+    refuses ("Task got bad yield"); a coroutine driven by ``ensureDeferred`` cannot await
+    an asyncio future ("await wasn't used with future"). This awaitable passes everything
+    the coroutine yields on to the task, except a Deferred: for it, it waits on an asyncio
+    future that is done once the Deferred has fired (without taking the Deferred's result,
+    which the coroutine's own ``await`` then reads). What the task throws in (cancellation),
+    and ``GeneratorExit`` when it is closed, is thrown into the coroutine.
+    """
+
+    def __init__(self, coroutine: Coroutine[Any, Any, _T]) -> None:
+        self.coroutine = coroutine
+
+    def __await__(self) -> Generator[Any, Any, _T]:
+        coroutine = self.coroutine
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                yielded = coroutine.send(value) if error is None else coroutine.throw(error)
+            except StopIteration as stop:
+                result: _T = stop.value
+                return result
+            value, error = None, None
+            try:
+                if isinstance(yielded, Deferred):
+                    yield from _fired(yielded)
+                else:
+                    value = yield yielded
+            except BaseException as e:  # noqa: BLE001  (thrown into the coroutine, closing included)
+                error = e
+
+
+def _fired(deferred: Deferred[Any]) -> Generator[Any, None, None]:
+    """Wait, in an asyncio task, until ``deferred`` has fired; its result stays in it."""
+    future = asyncio.get_running_loop().create_future()
+
+    def wake(result: object) -> object:
+        if not future.done():
+            future.set_result(None)
+        return result
+
+    deferred.addBoth(wake)
+    yield from future
+
+
+async def _await(awaitable: Awaitable[_T]) -> _T:
+    return await awaitable

@@ -1,0 +1,61 @@
+"""``--reactor`` of ``replication master`` and ``worker``: asyncio by default, Twisted's
+platform reactor on request, and what happens when a reactor is installed already. Each
+installation runs in a fresh interpreter (the test process may have a reactor of its own)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from replication.cli import REACTORS, build_parser
+
+
+@pytest.mark.parametrize("command", ["master", "worker"])
+def test_the_reactor_flag_defaults_to_asyncio(command: str) -> None:
+    """Without the flag the reactor is ``asyncio``; ``default`` is the other choice, and
+    anything else is refused by the parser."""
+    parser = build_parser()
+    assert REACTORS == ("asyncio", "default")
+    assert parser.parse_args([command]).reactor == "asyncio"
+    assert parser.parse_args([command, "--reactor", "default"]).reactor == "default"
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, "--reactor", "epoll"])
+
+
+def _installed(prelude: str, name: str) -> subprocess.CompletedProcess[str]:
+    """Run ``prelude`` then ``install_reactor(name)`` in a fresh interpreter; print the
+    global reactor's class name, or the CommandLineError."""
+    script = textwrap.dedent(f"""
+        {prelude}
+        from replication.cli import CommandLineError, install_reactor
+        try:
+            install_reactor({name!r})
+        except CommandLineError as e:
+            print("error:", e)
+        else:
+            from twisted.internet import reactor
+            print(type(reactor).__name__)
+    """)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+
+
+@pytest.mark.parametrize(("prelude", "name", "printed"), [
+    ("", "asyncio", "AsyncioSelectorReactor"),
+    ("", "default", "EPollReactor"),
+    ("from twisted.internet import asyncioreactor; asyncioreactor.install()", "asyncio",
+     "AsyncioSelectorReactor"),
+    ("from twisted.internet import selectreactor; selectreactor.install()", "default",
+     "SelectReactor"),
+    ("from twisted.internet import selectreactor; selectreactor.install()", "asyncio",
+     "error: --reactor asyncio: another reactor is installed already (SelectReactor)"),
+])
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the default is epoll on Linux")
+def test_install_reactor(prelude: str, name: str, printed: str) -> None:
+    """``asyncio`` installs Twisted's asyncio reactor, or keeps one installed already;
+    ``default`` leaves whatever is or will be installed (epoll on Linux); ``asyncio`` when
+    another reactor is installed is a CommandLineError naming it."""
+    assert _installed(prelude, name).stdout.strip() == printed
