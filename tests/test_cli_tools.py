@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from processes import (
     HOST,
     Process,
@@ -22,6 +21,7 @@ from processes import (
     wait_until,
     worker_command,
 )
+
 from replication.cli import main
 from replication.worker.positions import PositionFile
 

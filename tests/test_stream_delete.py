@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import ManualRunner, request
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from helpers import ManualRunner, request
 from replication.config import MasterConfig
 from replication.master import Master
 from replication.master.log import DeleteError, StreamState
 from replication.store.sqlite import SqliteStore
-from replication.testing import Harness, Recording
+from replication.testing import Harness, MemoryPipe, Recording
+from replication.worker import Worker
 
 
 def deleted(master: Master, stream: str) -> StreamState | None:
@@ -30,6 +31,21 @@ def deleted(master: Master, stream: str) -> StreamState | None:
     if isinstance(result, Failure):
         result.raiseException()
     return result  # type: ignore[no-any-return]
+
+
+def following(
+    directory: Path, tokens: int, **master_changes: Any
+) -> tuple[Harness, Recording, Worker, MemoryPipe]:
+    """A master with ``tokens`` tokens of "events" and a worker live on it, having handled
+    them all."""
+    h = Harness(directory, **master_changes)
+    for i in range(tokens):
+        h.publish("events", [i])
+    handler = Recording()
+    worker = h.worker(handler)
+    pipe = h.connect(worker)
+    h.run(pipe)
+    return h, handler, worker, pipe
 
 
 def test_a_new_stream_is_logged_once_with_its_creation_time(
@@ -62,13 +78,7 @@ def test_a_live_worker_gets_reset_and_then_the_new_streams_tokens(tmp_path: Path
     """A worker live on a stream at token 3 is sent RESET when the stream is deleted: its
     handler's reset hook runs (old 3, head 0), it records 0, and the recreated stream's
     token 1 reaches its handler."""
-    h = Harness(tmp_path)
-    for i in range(3):
-        h.publish("events", [i])
-    handler = Recording()
-    worker = h.worker(handler)
-    pipe = h.connect(worker)
-    h.run(pipe)
+    h, handler, worker, pipe = following(tmp_path, tokens=3)
     assert handler.token_numbers() == [1, 2, 3]
     assert deleted(h.master, "events") is None
     assert h.master.stream_names() == []
@@ -85,13 +95,7 @@ def test_a_worker_away_during_the_deletion_gets_reset_when_it_returns(tmp_path: 
     """A worker that was at token 3 when the stream was deleted and recreated with one
     token asks for tokens after 3: it is ahead of the head, gets RESET and replays the new
     stream from token 1."""
-    h = Harness(tmp_path)
-    for i in range(3):
-        h.publish("events", [i])
-    handler = Recording()
-    worker = h.worker(handler)
-    pipe = h.connect(worker)
-    h.run(pipe)
+    h, handler, worker, pipe = following(tmp_path, tokens=3)
     pipe.disconnect()
     h.clock.advance(60)
     deleted(h.master, "events")
@@ -104,12 +108,7 @@ def test_a_worker_away_during_the_deletion_gets_reset_when_it_returns(tmp_path: 
 def test_deleting_a_configured_stream_empties_it(tmp_path: Path) -> None:
     """A configured stream is created anew, empty (head 0, a new creation time), and stays
     listed; its live followers get RESET and follow it on."""
-    h = Harness(tmp_path, streams=("events",))
-    h.publish("events", [1])
-    handler = Recording()
-    worker = h.worker(handler)
-    pipe = h.connect(worker)
-    h.run(pipe)
+    h, handler, _, pipe = following(tmp_path, tokens=1, streams=("events",))
     h.clock.advance(30)
     new = deleted(h.master, "events")
     assert new is not None and (new.head, new.retained_rows, new.created) == (0, 0, 30.0)
