@@ -139,8 +139,9 @@ class StreamStore(Protocol):
 
     ``origin_id`` names the store's own origin for other masters (``""`` inside the store).
     ``blocking`` tells the master whether ``append`` does disk work that must run off the
-    reactor thread; a blocking store is called from one writer thread for ``append`` and
-    ``trim`` and from the reactor thread for everything else, so it must allow that.
+    reactor thread; a blocking store is called from one writer thread for ``append``,
+    ``ingest``, ``trim`` and ``delete_stream`` and from the reactor thread for everything
+    else, so it must allow that.
     """
 
     blocking: bool
