@@ -1,5 +1,5 @@
 """The ``replication`` command line tool: ``master``, ``worker``, ``publish``, ``status``,
-``check-config``.
+``check-config``, and the tools ``streams``, ``tail`` and ``positions``.
 
 This is the only module that touches the global reactor: it reads the configuration, applies
 command line overrides, builds the store, the metrics registry (one ``CollectorRegistry`` per
@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -396,6 +397,252 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- tools: streams, tail, positions --------------------------------------------------------
+
+
+def _http_json(method: str, url: str, timeout: float) -> dict[str, Any]:
+    """``method`` ``url`` and decode the JSON answer; a refusal is a CommandLineError with
+    the master's message, as is an unreachable master or an answer that is not JSON."""
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            document = json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.loads(e.read())["error"]
+        except (ValueError, KeyError, TypeError):
+            message = e.reason
+        raise CommandLineError(f"{method} {url} refused ({e.code}): {message}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise CommandLineError(f"cannot reach the master at {url}: {reason}") from None
+    except ValueError as e:
+        raise CommandLineError(f"{url} did not answer JSON: {e}") from None
+    if not isinstance(document, dict):
+        raise CommandLineError(f"{url} did not answer a JSON object")
+    return document
+
+
+def _time(when: float | None) -> str:
+    """Seconds since the epoch as UTC ``2026-11-26 20:30:05``; ``-`` when not known."""
+    if when is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when))
+
+
+def _retention(retention: dict[str, Any] | None) -> str:
+    """``{"max_rows": 1000, "max_age": 3600}`` as ``1000 rows, 1h``."""
+    if not retention:
+        return "-"
+    parts = []
+    if retention.get("max_rows") is not None:
+        parts.append(f"{retention['max_rows']} rows")
+    if retention.get("max_age") is not None:
+        parts.append(_duration(retention["max_age"]))
+    return ", ".join(parts) or "keep all"
+
+
+def format_streams(details: Sequence[dict[str, Any]]) -> str:
+    """The ``details`` of ``GET /streams`` as a table."""
+    if not details:
+        return "no streams"
+    return "\n".join(_table(
+        ("STREAM", "HEAD", "OLDEST", "ROWS", "RETENTION", "CREATED (UTC)"),
+        [
+            (d["name"], str(d["head"]), str(d["oldest"]), str(d["retained_rows"]),
+             _retention(d.get("retention")), _time(d.get("created")))
+            for d in details
+        ],
+    ))
+
+
+def cmd_streams(args: argparse.Namespace) -> int:
+    base = args.url.rstrip("/")
+    if args.streams_command == "delete":
+        if not args.yes:
+            raise CommandLineError(
+                f"deleting stream {args.name!r} drops every row of it and makes its workers "
+                "start it again from token 1; add --yes to confirm"
+            )
+        url = f"{base}/streams/{urllib.parse.quote(args.name, safe='')}"
+        answer = _http_json("DELETE", url, args.timeout)
+        if answer.get("recreated"):
+            print(f"deleted stream {args.name} (configured: created anew, empty)")
+        else:
+            print(f"deleted stream {args.name}")
+        return 0
+    document = _http_json("GET", f"{base}/streams", args.timeout)
+    details = document.get("details")
+    if not isinstance(details, list):
+        raise CommandLineError(f"{base}/streams did not answer a master's stream list")
+    if args.json:
+        print(json.dumps(details, indent=2, sort_keys=True))
+    else:
+        print(format_streams(details))
+    return 0
+
+
+class _TailPrinter:
+    """The handler of ``replication tail``: prints each token as one JSON line
+    ``{"stream": ..., "token": N, "rows": [...]}`` on ``out`` (the worker's runner logs
+    gaps and resets on stderr). A closed output (``| head``) calls ``stop``."""
+
+    def __init__(self, out: Any, stop: Callable[[], None]) -> None:
+        self.out = out
+        self.stop = stop
+
+    def __call__(self, stream: str, token: int, rows: list[Any]) -> None:
+        try:
+            self.out.write(json.dumps({"stream": stream, "token": token, "rows": rows}) + "\n")
+            self.out.flush()
+        except BrokenPipeError:
+            self.stop()
+
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from replication.wire.commands import CommandParseError, check_stream_name
+
+    try:
+        check_stream_name(args.stream)
+    except CommandParseError as e:
+        raise CommandLineError(str(e)) from None
+    if args.start is not None and args.start < 0:
+        raise CommandLineError(f"--from {args.start}: a token is 0 or more")
+
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import clientFromString
+
+    from replication.config import WorkerConfig, WorkerStream
+    from replication.worker import Worker
+    from replication.worker.connection import WorkerConnection, WorkerFactory
+    from replication.worker.positions import MemoryPositions
+
+    if not args.verbose:
+        logging.getLogger("replication").setLevel(logging.WARNING)
+    outcome = {"code": 0, "stopping": False}
+
+    def stopping() -> None:
+        outcome["stopping"] = True
+
+    def stop() -> None:
+        if not outcome["stopping"]:
+            stopping()
+            reactor.stop()
+
+    config = WorkerConfig(
+        name=args.name, master=args.master, streams=(WorkerStream(args.stream, "latest"),),
+    )
+    initial = {} if args.start is None else {args.stream: args.start}
+    worker = Worker(config, _TailPrinter(sys.stdout, stop), MemoryPositions(initial), reactor)
+
+    class TailConnection(WorkerConnection):
+        """A worker connection that ends the tail when it closes."""
+
+        def closed(self, reason: str) -> None:
+            super().closed(reason)
+            if not outcome["stopping"]:
+                print(f"replication: the connection to the master ended: {reason}",
+                      file=sys.stderr)
+                stop()
+
+    factory = WorkerFactory(worker)
+    factory.buildProtocol = lambda addr: TailConnection(worker)  # type: ignore[method-assign]
+    try:
+        endpoint = clientFromString(reactor, args.master)  # type: ignore[no-untyped-call]
+    except ValueError as e:
+        raise CommandLineError(f"--master {args.master!r}: {e}") from None
+
+    def connect() -> None:
+        def failed(failure: Any) -> None:
+            print(f"replication: error: cannot connect to the master at {args.master}: "
+                  f"{failure.getErrorMessage()}", file=sys.stderr)
+            outcome["code"] = 1
+            stop()
+
+        endpoint.connect(factory).addErrback(failed)
+
+    reactor.callWhenRunning(connect)
+    reactor.addSystemEventTrigger("before", "shutdown", stopping)  # Ctrl-C, SIGTERM
+    reactor.run()
+    return int(outcome["code"])
+
+
+def _position_rows(
+    local: dict[str, int], origins: dict[str, dict[str, int]]
+) -> list[tuple[str, str, str]]:
+    rows = []
+    for stream in sorted(local.keys() | origins.keys()):
+        if stream in local:
+            rows.append((stream, str(local[stream]), "-"))
+        for origin, token in sorted(origins.get(stream, {}).items()):
+            rows.append((stream, str(token), origin))
+    return rows
+
+
+def cmd_positions(args: argparse.Namespace) -> int:
+    import os
+
+    from replication.wire.commands import CommandParseError, check_stream_name
+    from replication.worker.positions import (
+        PositionFile,
+        PositionFileError,
+        PositionFileLocked,
+        lock_holder,
+        read_positions,
+    )
+
+    path = args.file
+    if not os.path.exists(path):
+        raise CommandLineError(f"no position file at {path}")
+    changes: list[tuple[str, int]] = []
+    for item in args.set or ():
+        stream, sep, token = item.rpartition("=")
+        if not sep or not token.isdigit():
+            raise CommandLineError(f"--set {item!r}: give STREAM=TOKEN, TOKEN 0 or more")
+        try:
+            check_stream_name(stream)
+        except CommandParseError as e:
+            raise CommandLineError(f"--set {item!r}: {e}") from None
+        changes.append((stream, int(token)))
+    try:
+        if changes:
+            try:
+                positions = PositionFile(path)
+            except PositionFileLocked as e:
+                raise CommandLineError(
+                    f"position file {path} is in use by a running worker (pid {e.holder}); "
+                    "stop the worker before changing its positions"
+                ) from None
+            try:
+                for stream, token in changes:
+                    old = positions.get(stream)
+                    positions.set(stream, token)
+                    print(f"{stream}: {'-' if old is None else old} -> {token}")
+                positions.sync()
+            finally:
+                positions.close()
+            return 0
+        version, local, origins = read_positions(path)
+        holder = lock_holder(path)
+    except PositionFileError as e:
+        raise CommandLineError(str(e)) from None
+    if args.json:
+        print(json.dumps({
+            "path": os.path.abspath(path), "format": version, "in_use_by_pid": holder,
+            "positions": local, "origins": origins,
+        }, indent=2, sort_keys=True))
+        return 0
+    state = f"in use by a worker (pid {holder})" if holder else "not in use"
+    print(f"position file {os.path.abspath(path)} (format v{version}), {state}")
+    rows = _position_rows(local, origins)
+    if rows:
+        print("\n".join(_table(("STREAM", "POSITION", "ORIGIN"), rows)))
+    else:
+        print("no positions")
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     role = args.role or detect_role(args.file)
     if role == "master":
@@ -455,7 +702,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as", dest="role", choices=("master", "worker"),
                    help="the file's role (default: a file with name, master, handler or position_file is a worker's)")
     p.set_defaults(func=cmd_check_config, verbose=False)
+    _add_tool_parsers(sub)
     return parser
+
+
+def _add_tool_parsers(sub: Any) -> None:
+    """The tools' subcommands: ``streams`` (and ``streams delete``), ``tail``, ``positions``."""
+    url_help = f"the master's HTTP address (default {DEFAULT_URL})"
+    p = sub.add_parser("streams", help="list a master's streams, or delete one",
+                       description="List a master's streams with their head, oldest retained "
+                       "token, rows retained, retention and creation time (from GET /streams); "
+                       "`streams delete NAME --yes` deletes one.")
+    p.add_argument("--url", default=DEFAULT_URL, help=url_help)
+    p.add_argument("--json", action="store_true", help="print the stream details as JSON")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
+    p.set_defaults(func=cmd_streams, verbose=False, streams_command=None)
+    actions = p.add_subparsers(dest="streams_command", metavar="ACTION")
+    d = actions.add_parser("delete", help="delete a stream and every row of it",
+                           description="Delete a stream and every row of it. Its workers are "
+                           "sent RESET and follow it again from token 1; a configured stream "
+                           "is created anew, empty. Refused without --yes.")
+    d.add_argument("name", metavar="NAME")
+    d.add_argument("--yes", action="store_true", help="confirm the deletion")
+    d.add_argument("--url", default=argparse.SUPPRESS, help=url_help)
+    d.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
+                   help="seconds to wait (default 10)")
+
+    p = sub.add_parser("tail", help="follow a stream and print its rows",
+                       description="Connect to a master's replication port as a worker does, "
+                       "follow one stream and print each token as a JSON line "
+                       '{"stream": ..., "token": N, "rows": [...]}, from now or after --from '
+                       "TOKEN. No position file. Stops on Ctrl-C and when the master closes "
+                       "the connection.")
+    p.add_argument("stream", metavar="STREAM")
+    p.add_argument("--from", dest="start", type=int, metavar="TOKEN",
+                   help="print the tokens after TOKEN (0: the whole retained stream); "
+                   "default: from now")
+    p.add_argument("--master", default="tcp:host=127.0.0.1:port=9092",
+                   help="the master's replication endpoint (default tcp:host=127.0.0.1:port=9092)")
+    p.add_argument("--name", default="replication-tail",
+                   help="the worker name to announce (default replication-tail)")
+    p.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
+    p.set_defaults(func=cmd_tail)
+
+    p = sub.add_parser("positions", help="show or set a worker's position file",
+                       description="Show the positions in a worker's position file (also while "
+                       "the worker runs), or, with the worker stopped, set or rewind a "
+                       "stream's position with --set STREAM=TOKEN (the worker then resumes "
+                       "after TOKEN). Refused while a worker holds the file.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--set", action="append", metavar="STREAM=TOKEN",
+                   help="record TOKEN as the last handled token of STREAM (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the positions as JSON")
+    p.set_defaults(func=cmd_positions, verbose=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -478,10 +777,14 @@ __all__ = [
     "build_parser",
     "cmd_check_config",
     "cmd_master",
+    "cmd_positions",
     "cmd_publish",
     "cmd_status",
+    "cmd_streams",
+    "cmd_tail",
     "cmd_worker",
     "format_status",
+    "format_streams",
     "install_reactor",
     "load_command_registry",
     "main",

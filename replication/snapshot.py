@@ -122,6 +122,8 @@ class StreamView:
     live_subscribers: int
     rows_sent_live: int
     rows_sent_catchup: int
+    #: When the stream was created (seconds since the epoch); ``None``: not known.
+    created: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,7 +73,13 @@ def test_health_and_stream_listing() -> None:
     master = make_master()
     request(master, "POST", "/streams/a", b'{"rows": [1]}')
     assert request(master, "GET", "/health")[0] == 200
-    assert request(master, "GET", "/streams") == (200, {"streams": {"a": 1}})
+    assert request(master, "GET", "/streams") == (200, {
+        "streams": {"a": 1},
+        "details": [{
+            "name": "a", "head": 1, "oldest": 1, "retained_rows": 1, "created": 0.0,
+            "retention": {"max_rows": 1_000_000, "max_age": None},
+        }],
+    })
     assert request(master, "GET", "/streams/a") == (200, {"stream": "a", "head": 1})
 
 

@@ -62,6 +62,7 @@ def test_the_master_has_exactly_its_documented_routes() -> None:
     """The master's table is the one list of its routes, with the access each needs."""
     routes = [(r.method, r.pattern, r.access) for r in master_routes(make_master()).routes]
     assert sorted(routes) == [
+        ("DELETE", "/streams/{stream}", "admin"),
         ("GET", "/", "read"),
         ("GET", "/health", "public"),
         ("GET", "/metrics", "metrics"),
@@ -230,7 +231,7 @@ def test_a_stream_name_that_is_not_utf8_is_refused_naming_its_bytes() -> None:
 
 @pytest.mark.parametrize(
     "method, path, allow",
-    [("DELETE", "/streams/events", "GET, HEAD, POST"), ("POST", "/streams", "GET, HEAD"), ("PUT", "/health", "GET, HEAD")],
+    [("PATCH", "/streams/events", "DELETE, GET, HEAD, POST"), ("POST", "/streams", "GET, HEAD"), ("PUT", "/health", "GET, HEAD")],
 )
 def test_the_master_answers_a_wrong_method_with_a_json_405(method: str, path: str, allow: str) -> None:
     status, headers, body = raw_request(master_site_root(), method, path)

@@ -441,3 +441,58 @@ def test_a_version_1_file_is_migrated_to_origins_when_opened(tmp_path: Path) -> 
     assert again.head("events") == 4
     assert again.origin_id == origin_id
     again.close()
+
+
+def test_a_version_1_stream_is_created_at_its_oldest_retained_row(tmp_path: Path) -> None:
+    """Migrating a version 1 file takes each stream's oldest retained row's time as its
+    creation time; a version 1 stream retaining nothing gets none (NULL)."""
+    path = tmp_path / "v1.db"
+    _version_1_file(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("UPDATE entries SET time = 50 + token")
+    conn.execute("INSERT INTO streams VALUES ('empty', 4, 5, 0)")
+    conn.close()
+    store = SqliteStore(str(path))
+    try:
+        assert store.created("events") == 52.0
+        assert store.created("empty") is None
+    finally:
+        store.close()
+
+
+def test_a_development_version_2_file_without_created_gets_the_column(tmp_path: Path) -> None:
+    """A version 2 file written before ``streams.created`` existed opens: the column is
+    added, its streams' creation times are unknown (None), and new streams record theirs."""
+    path = tmp_path / "dev.db"
+    SqliteStore(str(path)).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("ALTER TABLE streams DROP COLUMN created")
+    conn.execute("INSERT INTO streams VALUES ('old', '', 0, 1, 0)")
+    conn.close()
+    store = SqliteStore(str(path))
+    try:
+        assert store.created("old") is None
+        store.append([("new", ["r"])], 7.0)
+        assert store.created("new") == 7.0
+    finally:
+        store.close()
+
+
+def test_delete_stream_is_one_transaction(tmp_path: Path) -> None:
+    """A delete that fails half-way (the streams row cannot be removed) leaves the stream
+    and all its rows in place."""
+    path = tmp_path / "store.db"
+    store = SqliteStore(str(path))
+    store.append([("s", ["a"]), ("s", ["b"])], 0)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(
+        "CREATE TRIGGER refuse BEFORE DELETE ON streams BEGIN SELECT RAISE(ABORT, 'no'); END"
+    )
+    conn.close()
+    try:
+        with pytest.raises(StoreError, match="delete_stream failed"):
+            store.delete_stream("s")
+        assert store.read("s", 0, 10, 10) == [Entry(1, ("a",)), Entry(2, ("b",))]
+        assert store.head("s") == 2
+    finally:
+        store.close()

@@ -82,7 +82,8 @@ def test_status_shows_a_lagging_workers_position_and_lag(tmp_path: Path) -> None
     assert body["server_name"] == "master"
     assert body["uptime_seconds"] == 90
     assert body["streams"] == [
-        {"name": "events", "head": 200, "oldest": 1, "retained_rows": 200, "rows_published": 200}
+        {"name": "events", "head": 200, "oldest": 1, "retained_rows": 200, "rows_published": 200,
+         "created": 0.0}
     ]
     (connection,) = body["connections"]
     assert connection["worker"] == "w1"

@@ -482,3 +482,97 @@ def test_the_origin_id_lasts_as_long_as_the_stores_data(reopen: Callable[[], Str
             assert again.keys() == [] and again.origin_id != origin_id
     finally:
         again.close()
+
+
+# -- creation times and deletion ---------------------------------------------------------------
+
+
+def test_created_is_the_now_of_the_call_that_created_the_stream(store: StreamStore) -> None:
+    """A stream's creation time is the ``now`` of the append, create_stream or ingest that
+    created it; later appends and creates leave it; create_stream without a time records
+    none."""
+    store.append([("a", ["r"])], 100.0)
+    store.append([("a", ["r"])], 200.0)
+    store.create_stream("a", 300.0)
+    store.create_stream("b", 150.5)
+    store.create_stream("c")
+    store.ingest("a", "Xq3v9kLmN0pQrStUvWxYz1", [Entry(1, ("r",))], 400.0)
+    assert store.created("a") == 100.0
+    assert store.created("b") == 150.5
+    assert store.created("c") is None
+    assert store.created("a", "Xq3v9kLmN0pQrStUvWxYz1") == 400.0
+    with pytest.raises(UnknownStream):
+        store.created("nope")
+
+
+def test_created_survives_a_restart(reopen: Callable[[], StreamStore]) -> None:
+    """A durable store keeps each stream's creation time across a reopen."""
+    store = reopen()
+    store.append([("a", ["r"])], 100.0)
+    store.create_stream("b", 150.0)
+    store.close()
+    store = reopen()
+    try:
+        if store.stream_names():  # the memory store keeps nothing
+            assert (store.created("a"), store.created("b")) == (100.0, 150.0)
+    finally:
+        store.close()
+
+
+def test_delete_stream_drops_the_stream_and_its_rows(store: StreamStore) -> None:
+    """delete_stream returns the rows it dropped; the stream is then unknown, other streams
+    are untouched, and appending to the name starts again at token 1 with a new creation
+    time."""
+    store.append([("s", ["a", "b"]), ("s", ["c"]), ("t", ["x"])], 10.0)
+    assert store.delete_stream("s") == 3
+    assert store.stream_names() == ["t"]
+    with pytest.raises(UnknownStream):
+        store.head("s")
+    with pytest.raises(UnknownStream):
+        store.read("s", 0, 10, 10)
+    assert store.read("t", 0, 10, 10) == [Entry(1, ("x",))]
+    assert store.append([("s", ["new"])], 20.0) == [1]
+    assert store.read("s", 0, 10, 10) == [Entry(1, ("new",))]
+    assert (store.head("s"), store.oldest("s"), store.retained_rows("s")) == (1, 1, 1)
+    assert store.created("s") == 20.0
+
+
+def test_delete_stream_of_a_created_empty_stream(store: StreamStore) -> None:
+    """A stream created but never appended to can be deleted (0 rows dropped)."""
+    store.create_stream("e", 5.0)
+    assert store.delete_stream("e") == 0
+    assert store.stream_names() == []
+    with pytest.raises(UnknownStream):
+        store.delete_stream("e")
+
+
+def test_delete_stream_of_an_unknown_stream_raises(store: StreamStore) -> None:
+    """Deleting a stream the store does not hold raises UnknownStream and changes nothing."""
+    store.append([("s", ["a"])], 0)
+    with pytest.raises(UnknownStream):
+        store.delete_stream("nope")
+    assert store.stream_names() == ["s"]
+
+
+def test_delete_stream_keeps_other_origins_rows(store: StreamStore) -> None:
+    """Only the local origin's stream is deleted: another origin's rows of the same name
+    stay."""
+    other = "Xq3v9kLmN0pQrStUvWxYz1"
+    store.append([("s", ["a"])], 0)
+    store.ingest("s", other, [Entry(1, ("o",)), Entry(2, ("p",))], 0)
+    store.delete_stream("s")
+    assert store.keys() == [("s", other)]
+    assert store.read("s", 0, 10, 10, other) == [Entry(1, ("o",)), Entry(2, ("p",))]
+
+
+def test_a_deleted_stream_stays_deleted_after_a_restart(reopen: Callable[[], StreamStore]) -> None:
+    """A deletion is durable: a reopened store does not hold the stream nor its rows."""
+    store = reopen()
+    store.append([("s", ["a"]), ("t", ["b"])], 0)
+    store.delete_stream("s")
+    store.close()
+    store = reopen()
+    try:
+        assert "s" not in store.stream_names()
+    finally:
+        store.close()

@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from helpers import ManualRunner
 from replication.commands import Command, ReplicateCommand
 from replication.master.fanout import FanOut
-from replication.master.log import PublishError, StreamLog, StreamState
+from replication.master.log import DeleteError, PublishError, StreamLog, StreamState
 from replication.store import Retention, StoreError, StreamStats
 from replication.store.asynchronous import InlineStore, OpenedStore, ThreadedStore, adapt
 from replication.store.memory import MemoryStore
@@ -36,6 +37,9 @@ class Listener:
 
     def skipped(self, state: StreamState, first: int, last: int) -> None:
         self.events.append(("skipped", state.stream, first, last))
+
+    def deleted(self, old: StreamState, new: StreamState | None) -> None:
+        self.events.append(("deleted", old, new))
 
     def tokens(self, stream: str = "s") -> list[int]:
         return [t for e in self.events if e[0] == "tokens" and e[1] == stream for t in e[2]]
@@ -232,7 +236,7 @@ def test_the_inline_adapter_answers_at_once_and_fails_with_the_store_error() -> 
     memory = MemoryStore()
     store = InlineStore(memory)
     assert store.append([("s", ["1"])], 0).result == [1]
-    assert store.open(()).result == OpenedStore(memory.origin_id, {("s", ""): StreamStats(1, 1, 1)})
+    assert store.open(()).result == OpenedStore(memory.origin_id, {("s", ""): StreamStats(1, 1, 1, 0.0)})
     errors: list[Any] = []
     store.read("nope", 0, 1, 10).addErrback(errors.append)
     assert errors and errors[0].check(StoreError)
@@ -411,3 +415,70 @@ def test_a_reopened_log_loads_every_origins_head() -> None:
     first.ingest("s", "B", [Entry(1, ("a",)), Entry(2, ("b",))])
     again = inline_log(store)
     assert (again.head("s"), again.head("s", "B")) == (1, 2)
+
+
+# -- deleting a stream -----------------------------------------------------------------------
+
+
+def test_a_follower_catching_up_is_reset_and_its_page_in_flight_dropped() -> None:
+    """A follower whose catch-up page is being read when the stream is deleted gets RESET s
+    0 and POSITION s 0, never the old page; the new stream's token 1 reaches it live."""
+    log, fanout, writes, reads = threaded_fanout(page_rows=2)
+    publish(log, writes, 1, 2, 3)
+    follower = FakeFollower()
+    fanout.replicate(follower, ReplicateCommand("s", 0))
+    assert len(reads.queue) == 1
+    done: list[object] = []
+    log.delete("s").addBoth(done.append)
+    writes.run_all()
+    assert done == [None] and log.state("s") is None
+    assert follower.lines() == ["RESET s 0", "POSITION s 0"]
+    reads.run_all()
+    assert follower.lines() == []
+    publish(log, writes, 7)
+    assert follower.lines() == ["RDATA s 1 7"]
+    assert fanout.sent_positions(follower) == {"s": 1}
+
+
+def test_a_legacy_follower_of_a_deleted_stream_gets_position_zero() -> None:
+    """A follower of the legacy dialect (no RESET) is sent POSITION s 0 alone, counted as a
+    substitution for RESET."""
+    log, fanout, writes, _ = threaded_fanout()
+    publish(log, writes, 1)
+    follower = FakeFollower()
+    follower.dialect = "synapse-2017"
+    fanout.replicate(follower, ReplicateCommand("s", None))
+    assert follower.lines() == ["POSITION s 1"]
+    log.delete("s")
+    writes.run_all()
+    assert follower.lines() == ["POSITION s 0"]
+    assert fanout.legacy_substitutions["RESET"] == 1
+
+
+def test_deleting_with_recreate_keeps_the_stream_empty_and_tells_the_listeners() -> None:
+    """delete(recreate=True) empties the stream in the store and the log (head 0, a new
+    creation time); the listeners hear of the old and the new state."""
+    log = inline_log()
+    listener = Listener()
+    log.add_listener(listener)
+    log.publish("s", [["1"], ["2"]])
+    old = log.state("s")
+    log.clock.advance(50)  # type: ignore[attr-defined]
+    new = log.delete("s", recreate=True).result
+    assert new is log.state("s") and new is not old
+    assert (new.head, new.retained_rows, new.created) == (0, 0, 50.0)
+    assert listener.events[-1] == ("deleted", old, new)
+    assert log.read("s", 0, 10, 10).result == []
+
+
+def test_a_failed_deletion_changes_nothing() -> None:
+    """A store failure fails the deletion with DeleteError 503 and leaves the log's state."""
+    log, fanout, writes, _ = threaded_fanout()
+    publish(log, writes, 1)
+    errors: list[Failure] = []
+    log.delete("s").addErrback(errors.append)
+    _, _, d = writes.queue.pop(0)
+    d.errback(StoreError("disk gone"))
+    assert errors and isinstance(errors[0].value, DeleteError) and errors[0].value.status == 503
+    state = log.state("s")
+    assert state is not None and state.head == 1

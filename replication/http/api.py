@@ -6,7 +6,12 @@
   as one token and answers ``{"stream": ..., "token": N}`` once they are committed;
   ``{"tokens": [[<json>, ...], ...]}`` publishes several tokens at once and answers
   ``{"stream": ..., "tokens": [N, ...]}``. Nothing of a refused request is published.
-- ``GET /streams/<stream>`` answers the stream's head; ``GET /streams`` every stream's.
+- ``GET /streams/<stream>`` answers the stream's head; ``GET /streams`` every stream's head (``"streams"``: name -> head) and, in ``"details"``,
+  each stream's head, oldest retained token, rows retained, retention and creation time.
+- ``DELETE /streams/<stream>`` deletes a stream and every row of it (see
+  :meth:`Master.delete_stream <replication.master.Master.delete_stream>`) and answers
+  ``{"stream": ..., "deleted": true, "recreated": <bool>}``; ``recreated`` is true for a
+  configured stream, which is created anew, empty. Its followers are sent ``RESET``.
 - ``GET /health`` answers 200 while the master serves.
 - ``GET /status`` answers :func:`replication.http.status.master_status`.
 - ``GET /`` is the live status page (:mod:`replication.http.page`), which polls ``/status``.
@@ -46,6 +51,7 @@ from replication.http.routing import (
 from replication.http.page import serve_status_page
 from replication.http.status import master_status
 from replication.master import Master, PublishError
+from replication.master.log import DeleteError, StreamState
 
 _SHAPE = 'body must be a JSON object {"rows": [<json>, ...]} or {"tokens": [[<json>, ...], ...]}'
 
@@ -125,7 +131,36 @@ class MasterApi:
 
     def streams(self, request: Request, params: Mapping[str, str]) -> bytes:
         heads = {name: self.master.head(name) for name in self.master.stream_names()}
-        return json_response(request, 200, {"streams": heads})
+        details = []
+        for state in self.master.stream_states():
+            if state.origin:
+                continue  # other origins' rows: not streams of this master's own
+            retention = self.master.config.retention_for(state.stream)
+            details.append({
+                "name": state.stream, "head": state.head, "oldest": state.oldest,
+                "retained_rows": state.retained_rows, "created": state.created,
+                "retention": {"max_rows": retention.max_rows, "max_age": retention.max_age},
+            })
+        return json_response(request, 200, {"streams": heads, "details": details})
+
+    def delete(self, request: Request, params: Mapping[str, str]) -> int:
+        stream = params["stream"]
+        d = self.master.delete_stream(stream)
+
+        def deleted(new: StreamState | None) -> None:
+            finish(request, json_response(
+                request, 200, {"stream": stream, "deleted": True, "recreated": new is not None},
+            ))
+
+        def failed(failure: Failure) -> None:
+            error = failure.value
+            if isinstance(error, DeleteError):
+                finish(request, json_error(request, error.status, error.message))
+            else:
+                finish(request, json_error(request, 500, "internal error while deleting"))
+
+        d.addCallbacks(deleted, failed)
+        return NOT_DONE_YET
 
     def health(self, request: Request, params: Mapping[str, str]) -> bytes:
         return json_response(request, 200, {"status": "ok", "version": __version__})
@@ -151,6 +186,7 @@ def master_routes(master: Master) -> RouteTable:
     return RouteTable([
         Route("POST", "/streams/{stream}", api.publish, access="publish"),
         Route("GET", "/streams/{stream}", api.stream, access="read"),
+        Route("DELETE", "/streams/{stream}", api.delete, access="admin"),
         Route("GET", "/streams", api.streams, access="read"),
         Route("GET", "/health", api.health, access="public"),
         Route("GET", "/status", api.status, access="read"),

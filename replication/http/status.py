@@ -15,7 +15,8 @@ from replication.master import Master
 def master_status(master: Master) -> dict[str, Any]:
     """What ``GET /status`` answers, from the master's snapshot: the master (its origin id,
     ``null`` until the store is open, and this process's fingerprint), each stream
-    (head, oldest retained token, rows retained), each connection (worker name, address,
+    (head, oldest retained token, rows retained, when it was created: ``null`` when not
+    known), each connection (worker name, address,
     since when, per stream the last token *sent* and the lag behind the head, bytes
     buffered) and, per worker name, how often it connected and why it last disconnected.
     Times are seconds since the epoch."""
@@ -51,6 +52,7 @@ def master_status(master: Master) -> dict[str, Any]:
             {
                 "name": s.name, "head": s.head, "oldest": s.oldest,
                 "retained_rows": s.retained_rows, "rows_published": s.rows_published,
+                "created": s.created,
             }
             for s in view.streams
         ],

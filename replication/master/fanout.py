@@ -21,6 +21,15 @@ changing anything here.
   answered a worker ahead of it); each such answer is logged and counted
   (:attr:`FanOut.legacy_substitutions`).
 
+Deleting a stream (:meth:`FanOut.deleted`): the stream behaves as new. Every follower of
+it, live or catching up, and every ``ALL`` follower, is sent ``RESET <stream> 0`` (its
+handler's ``reset`` hook runs and it records position 0) and stays subscribed, live at head
+0, so it receives the new stream's tokens from 1 on. A worker never silently loses a token:
+the tokens it had not handled are gone with the stream, and ``RESET`` says so. A worker
+that was away reconnects with its old position, which is ahead of the new head, and gets
+``RESET`` from the ordinary catch-up. A legacy follower, whose dialect has no ``RESET``, is
+sent ``POSITION <stream> 0`` (logged and counted like the other substitutions).
+
 The check that moves a subscription from catch-up to live and the live writes both run on
 the reactor thread, after the log has advanced the head, so no token falls between them.
 """
@@ -450,6 +459,52 @@ class FanOut:
         followed.rows_sent_live += rows * len(receivers)
         for follower in tuple(receivers):
             follower.write(data)
+
+    def deleted(self, old: StreamState, new: StreamState | None) -> None:
+        """The stream ``old`` was deleted (``new``: created anew, empty, if configured):
+        every follower of it is told with ``RESET <stream> 0`` and follows it live from
+        head 0 (see the module docstring)."""
+        if old.origin != LOCAL_ORIGIN:
+            return
+        stream = old.stream
+        for follower in tuple(self._all):
+            self._send_reset(follower, stream)
+        for follower, fstate in list(self._followers.items()):
+            sub = fstate.subscriptions.pop(stream, None)
+            if sub is None:
+                continue
+            if sub.live:
+                fstate.rdata_rows_sent += old.rows_published - sub.live_since_rows
+            else:
+                fstate.catching_up.remove(sub)  # a page read in flight is dropped on return
+            followed = self._streams.get(stream)
+            if followed is not None:
+                followed.live.discard(follower)
+            if DIALECTS[follower.dialect].gap_and_reset:
+                self._send_reset(follower, stream)
+            else:
+                self._count_legacy_reset(follower, stream)
+            self._live_now(follower, fstate, stream, new)
+        followed = self._streams.get(stream)
+        if followed is not None and not followed.live and new is None:
+            del self._streams[stream]
+
+    def _send_reset(self, follower: Follower, stream: str) -> None:
+        """``RESET <stream> 0`` for a deleted stream, or ``POSITION <stream> 0`` to a
+        dialect without ``RESET``."""
+        if DIALECTS[follower.dialect].gap_and_reset:
+            log.warning("%s: stream %s was deleted: sending RESET 0", follower.describe(), stream)
+            follower.send(ResetCommand(stream, 0))
+            return
+        self._count_legacy_reset(follower, stream)
+        follower.send(PositionCommand(stream, 0))
+
+    def _count_legacy_reset(self, follower: Follower, stream: str) -> None:
+        log.warning(
+            "%s (%s): stream %s was deleted and its dialect has no RESET: sending POSITION 0",
+            follower.describe(), follower.dialect, stream,
+        )
+        self.legacy_substitutions[ResetCommand.NAME] += 1
 
     def skipped(self, state: StreamState, first: int, last: int) -> None:
         """Tokens that live followers will never get live: put each of them back into

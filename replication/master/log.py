@@ -25,6 +25,13 @@ consecutive tokens, their rows as compact JSON texts. Retention runs through the
 (:meth:`StreamLog.trim`), which is how the retained-token statistics stay current without
 asking the store when metrics are scraped.
 
+Streams are created by a publish to a new name (or by the configuration, when the log is
+opened); each new stream is logged once, when the commit that created it is done, and its
+creation time is kept in the store and in :attr:`StreamState.created`.
+:meth:`StreamLog.delete` deletes a local stream through the store (in the order of the other
+writes) and then tells the listeners (:meth:`LogListener.deleted`); a stream the
+configuration names is created anew, empty, in the same store call.
+
 Opening the log (:meth:`StreamLog.open`) also learns the store's origin id
 (:attr:`StreamLog.origin_id`): the name other masters give the rows of the local origin,
 which the log, like the store, keys as ``""``.
@@ -41,7 +48,14 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from replication.store import LOCAL_ORIGIN, Entry, RetentionPolicy, StoreError
+from replication.store import (
+    LOCAL_ORIGIN,
+    Entry,
+    RetentionPolicy,
+    StoreError,
+    StreamStats,
+    UnknownStream,
+)
 from replication.store.asynchronous import AsyncStore, OpenedStore, TrimResult
 
 log = logging.getLogger(__name__)
@@ -71,7 +85,8 @@ class StreamState:
     ``head`` is the newest token listeners have been given (0: none); ``oldest`` the oldest
     token the store retains (``head + 1`` when none) and ``retained_rows`` its rows, as of
     the last commit or retention pass; ``rows_published`` counts the rows committed since
-    this process started.
+    this process started; ``created`` is when the stream was created (seconds since the
+    epoch; ``None``: not known, a stream of an older store).
     """
 
     stream: str
@@ -80,6 +95,7 @@ class StreamState:
     oldest: int = 1
     retained_rows: int = 0
     rows_published: int = 0
+    created: float | None = None
     #: While missing tokens are being read: the runs that must wait for them, in order.
     held: list[tuple[int, Sequence[Sequence[str]], int]] | None = field(default=None, repr=False)
 
@@ -101,6 +117,20 @@ class LogListener(Protocol):
         """Tokens ``first..last`` were committed by another writer and dropped by retention
         before this log could read them: listeners that deliver live must not pretend they
         delivered them."""
+
+    def deleted(self, old: StreamState, new: StreamState | None) -> None:
+        """The local stream ``old`` was deleted with every row; ``new`` is its state if it
+        was created anew (empty, head 0), else ``None`` (the log no longer holds it)."""
+
+
+class DeleteError(Exception):
+    """A stream that cannot be deleted now; ``status`` is the HTTP status that answers it
+    (404 unknown stream, 409 busy, 503 unavailable)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 @dataclass(eq=False, slots=True)
@@ -171,10 +201,11 @@ class StreamLog:
             for (name, origin), s in opened.stats.items():
                 state = self.ensure(name, origin)
                 state.head, state.oldest, state.retained_rows = s.head, s.oldest, s.retained_rows
+                state.created = s.created
             self.origin_id = opened.origin_id
             self.opened = True
 
-        return self.store.open(create).addCallback(loaded)
+        return self.store.open(create, self.clock.seconds()).addCallback(loaded)
 
     def add_listener(self, listener: LogListener) -> None:
         self.listeners.append(listener)
@@ -245,7 +276,7 @@ class StreamLog:
                 if added:
                     self._creating.discard(stream)
                 return fail(PublishError(503, f"store failed: {e}"))
-            state = self._local.get(stream) or self.ensure(stream)
+            state = self._local.get(stream) or self._created(stream, now)
             self._deliver(state, tokens[0], tokens_rows, sum(map(len, tokens_rows)))
             self._trim_inline(state, now)
             return succeed(tokens)
@@ -291,12 +322,20 @@ class StreamLog:
                 run[1].extend(publish.tokens_rows)
                 run[2].append(publish.rows)
         for stream, (first, tokens_rows, counts) in runs.items():
-            state = self._local.get(stream) or self.ensure(stream)
+            state = self._local.get(stream) or self._created(stream, now)
             self._deliver(state, first, tokens_rows, sum(counts))
             if self._inline is not None:
                 self._trim_inline(state, now)
         for waiter, mine in answers:
             waiter.callback(mine)
+
+    def _created(self, stream: str, now: float) -> StreamState:
+        """The state of a local stream a commit at ``now`` has just created; logged once,
+        here, so that a misspelt stream name shows in the log."""
+        state = self.ensure(stream)
+        state.created = now
+        log.info("created stream %r (its first publish)", stream)
+        return state
 
     def _batch_failed(self, failure: Failure, batch: list[_Publish]) -> None:
         waiting = {p.stream for p in self._pending}
@@ -458,12 +497,60 @@ class StreamLog:
 
         return d.addBoth(done)
 
+    # -- deleting ------------------------------------------------------------------------
+
+    def delete(self, stream: str, recreate: bool = False) -> Deferred[StreamState | None]:
+        """Delete the local ``stream`` and every row of it from the store, after the writes
+        queued before (publishes waiting for the next commit go after it and create the
+        stream anew, from token 1). With ``recreate`` (a configured stream) the stream is
+        created anew, empty, in the same store call. Then the listeners are told
+        (:meth:`LogListener.deleted`) and the Deferred fires with the new state (``None``
+        without ``recreate``). Fails with :class:`DeleteError`: 404 for a stream the log does
+        not hold, 409 while tokens another writer committed are being read for it, 503 when
+        the store is not open or fails."""
+        if not self.opened:
+            return fail(DeleteError(503, "the master is still opening its store; retry shortly"))
+        old = self._local.get(stream)
+        if old is None:
+            return fail(DeleteError(404, f"unknown stream {stream!r}"))
+        if old.held is not None:
+            return fail(DeleteError(
+                409, f"stream {stream!r} is busy reading tokens another writer committed; retry"
+            ))
+        now = self.clock.seconds()
+        d = self.store.delete(stream, recreate, now)
+
+        def deleted(stats: StreamStats | None) -> StreamState | None:
+            current = self._local.pop(stream, None)
+            if current is not None:
+                del self._states[current.key]
+            new = None
+            if stats is not None:
+                new = self.ensure(stream)
+                new.oldest, new.created = stats.oldest, stats.created
+            log.warning(
+                "deleted stream %r at head %d (%d rows retained)%s", stream,
+                old.head, old.retained_rows, ", created anew (configured)" if new else "",
+            )
+            for listener in self.listeners:
+                listener.deleted(old, new)
+            return new
+
+        def failed(failure: Failure) -> None:
+            if isinstance(failure.value, UnknownStream):
+                raise DeleteError(404, f"unknown stream {stream!r}")
+            log.error("deleting stream %r failed: %s", stream, failure.getErrorMessage())
+            raise DeleteError(503, f"store failed: {failure.getErrorMessage()}")
+
+        return d.addCallbacks(deleted, failed)
+
     def close(self) -> Deferred[None]:
         """Close the store (after the writes in flight)."""
         return self.store.close()
 
 
 __all__ = [
+    "DeleteError",
     "LogListener",
     "PublishError",
     "StreamKey",

@@ -40,7 +40,7 @@ from replication.cluster.identity import Identity, new_fingerprint
 from replication.config import MasterConfig
 from replication.master.connection import MasterConnection
 from replication.master.fanout import FanOut
-from replication.master.log import PublishError, StreamLog, StreamState
+from replication.master.log import DeleteError, PublishError, StreamLog, StreamState
 from replication.metrics import MasterMetrics
 from replication.snapshot import (
     ConnectionHistory,
@@ -177,6 +177,19 @@ class Master:
         :meth:`FanOut.sent_positions <replication.master.fanout.FanOut.sent_positions>`)."""
         return self.fanout.sent_positions(connection)
 
+    def delete_stream(self, stream: str) -> Deferred[StreamState | None]:
+        """Delete ``stream`` and every row of it (see :meth:`StreamLog.delete
+        <replication.master.log.StreamLog.delete>`): its followers are sent ``RESET`` and
+        follow it anew from token 1 (see :mod:`replication.master.fanout`). A stream the
+        configuration names is created anew, empty, at once (fires with its new state);
+        another is gone until its next publish (fires with ``None``). Fails with
+        :class:`~replication.master.log.DeleteError`."""
+        try:
+            check_stream_name(stream)
+        except CommandParseError as e:
+            return fail(DeleteError(400, str(e)))
+        return self.log.delete(stream, recreate=stream in self.config.streams)
+
     # -- publishing --------------------------------------------------------------------
 
     def encode_rows(self, stream: str, rows: Sequence[Any], parsed: bool = False) -> list[str]:
@@ -299,6 +312,7 @@ class Master:
             streams.append(StreamView(
                 state.stream, state.origin, state.head, state.oldest, state.retained_rows,
                 state.rows_published, fanout.live_count(state.stream), sent_live, sent_catchup,
+                created=state.created,
             ))
         connections = []
         label = self.history.label

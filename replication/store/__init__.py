@@ -55,11 +55,14 @@ class Entry:
 @dataclass(frozen=True, slots=True)
 class StreamStats:
     """What a store holds of one stream: its ``head`` (newest token, 0 if none), its
-    ``oldest`` retained token (``head + 1`` when it retains none) and its ``retained_rows``."""
+    ``oldest`` retained token (``head + 1`` when it retains none), its ``retained_rows``
+    and when it was ``created`` (seconds since the epoch; ``None``: not known, a stream
+    of a store written before creation times were kept)."""
 
     head: int
     oldest: int
     retained_rows: int
+    created: float | None = None
 
 
 def check_origin(origin: str) -> None:
@@ -103,10 +106,10 @@ def check_ingest(
 
 
 def stream_stats(store: StreamStore, stream: str, origin: str = LOCAL_ORIGIN) -> StreamStats:
-    """:class:`StreamStats` of ``(stream, origin)``, read with three calls of the store."""
+    """:class:`StreamStats` of ``(stream, origin)``, read with four calls of the store."""
     return StreamStats(
         store.head(stream, origin), store.oldest(stream, origin),
-        store.retained_rows(stream, origin),
+        store.retained_rows(stream, origin), store.created(stream, origin),
     )
 
 
@@ -136,8 +139,9 @@ class StreamStore(Protocol):
 
     ``origin_id`` names the store's own origin for other masters (``""`` inside the store).
     ``blocking`` tells the master whether ``append`` does disk work that must run off the
-    reactor thread; a blocking store is called from one writer thread for ``append`` and
-    ``trim`` and from the reactor thread for everything else, so it must allow that.
+    reactor thread; a blocking store is called from one writer thread for ``append``,
+    ``ingest``, ``trim`` and ``delete_stream`` and from the reactor thread for everything
+    else, so it must allow that.
     """
 
     blocking: bool
@@ -152,8 +156,17 @@ class StreamStore(Protocol):
     def keys(self) -> list[tuple[str, str]]:
         """Every ``(stream, origin)`` the store holds, sorted."""
 
-    def create_stream(self, stream: str) -> None:
-        """Create an empty stream of the local origin (head 0); does nothing if it exists."""
+    def create_stream(self, stream: str, now: float | None = None) -> None:
+        """Create an empty stream of the local origin (head 0), created at ``now`` (``None``:
+        not known); does nothing if it exists."""
+
+    def delete_stream(self, stream: str) -> int:
+        """Delete the local origin's ``stream`` and every row of it, as one unit; return how
+        many rows were dropped. Raises :class:`UnknownStream` if the store does not hold
+        it. Afterwards the stream is unknown; a later ``append`` or ``create_stream``
+        creates it anew, at token 1 (tokens of a deleted stream are given out again: the
+        master tells the workers that followed it with ``RESET``). Other origins' rows of a
+        stream of the same name are kept: they belong to their own masters."""
 
     def head(self, stream: str, origin: str = LOCAL_ORIGIN) -> int:
         """The newest token of ``(stream, origin)``, 0 if nothing was ever stored."""
@@ -164,11 +177,17 @@ class StreamStore(Protocol):
     def retained_rows(self, stream: str, origin: str = LOCAL_ORIGIN) -> int:
         """How many rows of ``(stream, origin)`` are retained."""
 
+    def created(self, stream: str, origin: str = LOCAL_ORIGIN) -> float | None:
+        """When ``(stream, origin)`` was created in this store (seconds since the epoch: the
+        ``now`` of the ``append``, ``ingest`` or ``create_stream`` that created it), or
+        ``None`` when that is not known."""
+
     def append(
         self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN
     ) -> list[int]:
         """Append each ``(stream, rows)`` of ``batch`` as one token of ``origin``, in order,
-        as one unit: either every entry is stored or none is. Streams are created as needed.
+        as one unit: either every entry is stored or none is. Streams are created as needed
+        (created at ``now``).
         Returns the tokens, in the order of ``batch``. ``now`` (seconds since the epoch) is
         recorded for age-based retention."""
 

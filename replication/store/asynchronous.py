@@ -74,10 +74,19 @@ class AsyncStore(Protocol):
     inline: StreamStore | None
     blocking: bool
 
-    def open(self, create: Sequence[str]) -> Deferred[OpenedStore]:
-        """Create the local streams named in ``create`` (if missing) and return the store's
-        origin id and the stats of every ``(stream, origin)`` it holds. May be called again
-        to read the stats afresh (with nothing to create)."""
+    def open(self, create: Sequence[str], now: float | None = None) -> Deferred[OpenedStore]:
+        """Create the local streams named in ``create`` (if missing; created at ``now``) and
+        return the store's origin id and the stats of every ``(stream, origin)`` it holds.
+        May be called again to read the stats afresh (with nothing to create)."""
+
+    def delete(
+        self, stream: str, create: bool = False, now: float | None = None
+    ) -> Deferred[StreamStats | None]:
+        """Delete the local ``stream`` (:meth:`StreamStore.delete_stream
+        <replication.store.StreamStore.delete_stream>`), in the order of the other writes;
+        with ``create``, create it anew, empty, at ``now``, and fire with its stats, else
+        with ``None``. Fails with :class:`~replication.store.UnknownStream` for a stream the
+        store does not hold."""
 
     def append(
         self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN
@@ -104,10 +113,20 @@ class AsyncStore(Protocol):
 # -- the operations, as plain functions of a StreamStore (run inline or in a thread) --------
 
 
-def _open(store: StreamStore, create: Sequence[str]) -> OpenedStore:
+def _open(store: StreamStore, create: Sequence[str], now: float | None) -> OpenedStore:
     for name in create:
-        store.create_stream(name)
+        store.create_stream(name, now)
     return OpenedStore(store.origin_id, {key: stream_stats(store, *key) for key in store.keys()})
+
+
+def _delete(
+    store: StreamStore, stream: str, create: bool, now: float | None
+) -> StreamStats | None:
+    store.delete_stream(stream)
+    if not create:
+        return None
+    store.create_stream(stream, now)
+    return stream_stats(store, stream)
 
 
 def _trim(store: StreamStore, retention: Mapping[str, RetentionPolicy], now: float) -> TrimResult:
@@ -140,8 +159,13 @@ class InlineStore:
         self.store = store
         self.blocking = False
 
-    def open(self, create: Sequence[str]) -> Deferred[OpenedStore]:
-        return _call(_open, self.store, create)
+    def open(self, create: Sequence[str], now: float | None = None) -> Deferred[OpenedStore]:
+        return _call(_open, self.store, create, now)
+
+    def delete(
+        self, stream: str, create: bool = False, now: float | None = None
+    ) -> Deferred[StreamStats | None]:
+        return _call(_delete, self.store, stream, create, now)
 
     def append(
         self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN
@@ -170,7 +194,8 @@ class ThreadedStore:
 
     :param store: the store; its writes must be called from one thread at a time, its reads
         may run beside them (see :mod:`replication.store.sqlite`).
-    :param run_write: runs ``append``, ``trim``, opening and closing, one call at a time, in
+    :param run_write: runs ``append``, ``ingest``, ``trim``, ``delete``, opening and
+        closing, one call at a time, in
         the order given (a one-thread pool).
     :param run_read: runs ``read`` and ``stats``; ``None``: ``run_write`` (reads then queue
         behind commits).
@@ -188,8 +213,13 @@ class ThreadedStore:
         self.run_write = run_write
         self.run_read = run_read if run_read is not None else run_write
 
-    def open(self, create: Sequence[str]) -> Deferred[OpenedStore]:
-        return self.run_write(_open, self.store, create)
+    def open(self, create: Sequence[str], now: float | None = None) -> Deferred[OpenedStore]:
+        return self.run_write(_open, self.store, create, now)
+
+    def delete(
+        self, stream: str, create: bool = False, now: float | None = None
+    ) -> Deferred[StreamStats | None]:
+        return self.run_write(_delete, self.store, stream, create, now)
 
     def append(
         self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN

@@ -29,6 +29,7 @@ from replication.store import (
 
 @dataclass
 class _Stream:
+    created: float | None = None
     head: int = 0
     rows: int = 0
     start: int = 0
@@ -74,8 +75,18 @@ class MemoryStore:
     def keys(self) -> list[tuple[str, str]]:
         return sorted([(name, LOCAL_ORIGIN) for name in self._streams] + list(self._others))
 
-    def create_stream(self, stream: str) -> None:
-        self._streams.setdefault(stream, _Stream())
+    def create_stream(self, stream: str, now: float | None = None) -> None:
+        if stream not in self._streams:
+            self._streams[stream] = _Stream(now)
+
+    def delete_stream(self, stream: str) -> int:
+        found = self._streams.pop(stream, None)
+        if found is None:
+            raise UnknownStream(stream)
+        return found.rows
+
+    def created(self, stream: str, origin: str = LOCAL_ORIGIN) -> float | None:
+        return self._get(stream, origin).created
 
     def head(self, stream: str, origin: str = LOCAL_ORIGIN) -> int:
         return self._get(stream, origin).head
@@ -90,7 +101,7 @@ class MemoryStore:
         s = self._others.get((stream, origin))
         new = check_ingest(stream, origin, entries, s.head if s is not None else 0, self.origin_id)
         if s is None:
-            s = self._others[(stream, origin)] = _Stream()
+            s = self._others[(stream, origin)] = _Stream(now)
         for entry in new:
             s.head = entry.token
             s.entries.append(tuple(entry.rows))
@@ -112,7 +123,7 @@ class MemoryStore:
             if name != current:  # batches are mostly runs of one stream
                 found = self._streams.get(name)
                 if found is None:
-                    found = self._streams[name] = _Stream()
+                    found = self._streams[name] = _Stream(now)
                 s = found
                 current = name
                 add_rows, add_time = s.entries.append, s.times.append

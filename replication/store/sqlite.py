@@ -4,7 +4,7 @@ Used by ``store: {type: sqlite}``. The schema (version :data:`SCHEMA_VERSION`, k
 ``PRAGMA user_version``; ``PRAGMA application_id`` marks the file as ours)::
 
     streams(name TEXT, origin TEXT, head INTEGER, oldest INTEGER, rows INTEGER,
-            PRIMARY KEY (name, origin)) WITHOUT ROWID
+            created REAL, PRIMARY KEY (name, origin)) WITHOUT ROWID
     entries(stream TEXT, origin TEXT, token INTEGER, time REAL, nrows INTEGER, rows TEXT,
             PRIMARY KEY (stream, origin, token)) WITHOUT ROWID
     meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID    -- one row: origin_id
@@ -18,7 +18,15 @@ the master a new origin without anyone deciding it. A version 1 file (which had 
 columns, every row local, and no ``meta``) is migrated in place when it is opened, in one
 transaction that also creates its origin id. Version 2 was not released before ``meta``
 joined it, so ``meta`` is part of version 2 rather than a version 3; a version 2 file made
-by a development build before that has no ``meta`` and is refused.
+by a development build before that has no ``meta`` and is refused. The same holds for the
+``created`` column of ``streams`` (when the stream was created, seconds since the epoch;
+``NULL`` when not known): it joined version 2 before its release; a development version 2
+file without it gets it (``ALTER TABLE ... ADD COLUMN``, ``NULL`` for its streams) when
+opened. Migrating a version 1 file takes a stream's oldest retained row's time as its
+creation time (the best that is known), ``NULL`` when it retains none.
+
+``delete_stream`` drops a stream's entries and its ``streams`` row in one transaction; the
+stream's name may then be created anew, at token 1.
 
 ``streams`` keeps each stream's head, oldest retained token and retained row count, so
 ``head``, ``oldest`` and ``retained_rows`` are one primary-key lookup, and a stream whose old
@@ -30,11 +38,12 @@ queries on the primary key; trims delete a token range in one statement.
 Threads. The master calls ``append`` and ``trim`` from one writer thread, and everything else
 from the reactor thread, possibly while an append runs. So the store holds two connections:
 
-- the *writer* connection, used only by ``append``, ``trim`` (and ``close``), under
+- the *writer* connection, used only by ``append``, ``ingest``, ``trim``, ``delete_stream``
+  (and ``close``), under
   ``_write_lock``. Each call is one ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction; the commit
   (an fsync with ``synchronous=FULL``) happens on the writer thread.
 - the *reader* connection (``query_only``), used by ``stream_names``, ``head``, ``oldest``,
-  ``retained_rows``, ``read`` and ``create_stream`` under ``_read_lock``. In WAL mode a reader
+  ``retained_rows``, ``created``, ``read`` and ``create_stream`` under ``_read_lock``. In WAL mode a reader
   never waits for the writer, and each statement (run in autocommit mode, cursors closed
   promptly) sees the data committed when it started, never a half-written batch.
 
@@ -92,6 +101,7 @@ _SCHEMA = (
     " head INTEGER NOT NULL,"
     " oldest INTEGER NOT NULL,"
     " rows INTEGER NOT NULL,"
+    " created REAL,"
     " PRIMARY KEY (name, origin)"
     ") WITHOUT ROWID",
     "CREATE TABLE entries ("
@@ -112,8 +122,10 @@ _MIGRATE_1_TO_2 = (
     "ALTER TABLE streams RENAME TO streams_v1",
     "ALTER TABLE entries RENAME TO entries_v1",
     *_SCHEMA,
-    "INSERT INTO streams (name, origin, head, oldest, rows)"
-    " SELECT name, '', head, oldest, rows FROM streams_v1",
+    "INSERT INTO streams (name, origin, head, oldest, rows, created)"
+    " SELECT name, '', head, oldest, rows,"
+    " (SELECT MIN(time) FROM entries_v1 WHERE entries_v1.stream = streams_v1.name)"
+    " FROM streams_v1",
     "INSERT INTO entries (stream, origin, token, time, nrows, rows)"
     " SELECT stream, '', token, time, nrows, rows FROM entries_v1",
     "DROP TABLE streams_v1",
@@ -144,7 +156,8 @@ class SqliteStore:
         if path in ("", ":memory:") or path.startswith("file:"):
             raise ValueError(f"SqliteStore needs a file path, not {path!r}")
         self.path = path
-        self._pending: set[str] = set()
+        #: Streams created but not yet written, with their creation times.
+        self._pending: dict[str, float | None] = {}
         self._pending_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -192,6 +205,7 @@ class SqliteStore:
         if not new:
             if w.execute("PRAGMA user_version").fetchone()[0] == 1:
                 self._migrate_from_1()
+            self._add_created_column()
             return _read_origin_id(self.path, w)
         w.execute("BEGIN IMMEDIATE")
         try:
@@ -210,6 +224,14 @@ class SqliteStore:
         if tables:
             _check_schema(self.path, w)
         return _read_origin_id(self.path, w)
+
+    def _add_created_column(self) -> None:
+        """Give a development version 2 file the ``created`` column it lacks (``NULL``:
+        not known)."""
+        w = self._writer
+        columns = {r[1] for r in w.execute("PRAGMA table_info(streams)")}
+        if columns and "created" not in columns:
+            w.execute("ALTER TABLE streams ADD COLUMN created REAL")
 
     def _migrate_from_1(self) -> None:
         """Add the origin columns and the ``meta`` table with a new origin id to a version 1
@@ -258,19 +280,23 @@ class SqliteStore:
                 raise
             self._flushed(created)
 
-    def _stream_row(self, stream: str, origin: str = LOCAL_ORIGIN) -> tuple[int, int, int]:
-        """``(head, oldest, rows)`` of ``(stream, origin)``; reader thread, ``_read_lock``
-        held."""
+    def _stream_row(
+        self, stream: str, origin: str = LOCAL_ORIGIN
+    ) -> tuple[int, int, int, float | None]:
+        """``(head, oldest, rows, created)`` of ``(stream, origin)``; reader thread,
+        ``_read_lock`` held."""
         with self._pending_lock:  # before the database: see the module docstring
             pending = origin == LOCAL_ORIGIN and stream in self._pending
+            created = self._pending.get(stream) if pending else None
         row = self._reader.execute(
-            "SELECT head, oldest, rows FROM streams WHERE name = ? AND origin = ?", (stream, origin)
+            "SELECT head, oldest, rows, created FROM streams WHERE name = ? AND origin = ?",
+            (stream, origin),
         ).fetchall()
         if row:
-            head, oldest, rows = row[0]
-            return int(head), int(oldest), int(rows)
+            head, oldest, rows, when = row[0]
+            return int(head), int(oldest), int(rows), None if when is None else float(when)
         if pending:
-            return (0, 1, 0)
+            return (0, 1, 0, created)
         raise UnknownStream(stream)
 
     def _flush_pending(self) -> set[str]:
@@ -278,17 +304,19 @@ class SqliteStore:
         if not self._pending:
             return set()
         with self._pending_lock:
-            names = set(self._pending)
+            pending = dict(self._pending)
         self._writer.executemany(
-            "INSERT OR IGNORE INTO streams (name, origin, head, oldest, rows) VALUES (?, '', 0, 1, 0)",
-            [(n,) for n in sorted(names)],
+            "INSERT OR IGNORE INTO streams (name, origin, head, oldest, rows, created)"
+            " VALUES (?, '', 0, 1, 0, ?)",
+            sorted(pending.items()),
         )
-        return names
+        return set(pending)
 
     def _flushed(self, names: set[str]) -> None:
         if names:
             with self._pending_lock:
-                self._pending -= names
+                for name in names:
+                    self._pending.pop(name, None)
 
     # -- reactor thread --------------------------------------------------------------------
 
@@ -312,7 +340,7 @@ class SqliteStore:
             )
         return sorted(keys)
 
-    def create_stream(self, stream: str) -> None:
+    def create_stream(self, stream: str, now: float | None = None) -> None:
         with self._errors("create_stream"), self._read_lock:
             with self._pending_lock:
                 if stream in self._pending:
@@ -322,7 +350,7 @@ class SqliteStore:
             ).fetchall()
             if not known:
                 with self._pending_lock:
-                    self._pending.add(stream)
+                    self._pending[stream] = now
 
     def head(self, stream: str, origin: str = LOCAL_ORIGIN) -> int:
         with self._errors("head"), self._read_lock:
@@ -335,6 +363,10 @@ class SqliteStore:
     def retained_rows(self, stream: str, origin: str = LOCAL_ORIGIN) -> int:
         with self._errors("retained_rows"), self._read_lock:
             return self._stream_row(stream, origin)[2]
+
+    def created(self, stream: str, origin: str = LOCAL_ORIGIN) -> float | None:
+        with self._errors("created"), self._read_lock:
+            return self._stream_row(stream, origin)[3]
 
     def read(
         self, stream: str, after: int, upto: int, max_rows: int, origin: str = LOCAL_ORIGIN
@@ -379,9 +411,9 @@ class SqliteStore:
                     ).fetchall()
                     if not found:
                         w.execute(
-                            "INSERT INTO streams (name, origin, head, oldest, rows)"
-                            " VALUES (?, '', 0, 1, 0)",
-                            (name,),
+                            "INSERT INTO streams (name, origin, head, oldest, rows, created)"
+                            " VALUES (?, '', 0, 1, 0, ?)",
+                            (name, now),
                         )
                     s = streams[name] = [found[0][0] if found else 0, 0]
                 s[0] += 1
@@ -410,9 +442,9 @@ class SqliteStore:
             if new:
                 if not found:
                     w.execute(
-                        "INSERT INTO streams (name, origin, head, oldest, rows)"
-                        " VALUES (?, ?, 0, 1, 0)",
-                        (stream, origin),
+                        "INSERT INTO streams (name, origin, head, oldest, rows, created)"
+                        " VALUES (?, ?, 0, 1, 0, ?)",
+                        (stream, origin, now),
                     )
                 by_token = {entry.token: text for entry, text in zip(entries, texts)}
                 w.executemany(
@@ -469,6 +501,17 @@ class SqliteStore:
                     (keep, dropped, stream, origin),
                 )
         return dropped
+
+    def delete_stream(self, stream: str) -> int:
+        with self._transaction("delete_stream") as w:
+            found = w.execute(
+                "SELECT rows FROM streams WHERE name = ? AND origin = ''", (stream,)
+            ).fetchall()
+            if not found:
+                raise UnknownStream(stream)
+            w.execute("DELETE FROM entries WHERE stream = ? AND origin = ''", (stream,))
+            w.execute("DELETE FROM streams WHERE name = ? AND origin = ''", (stream,))
+        return int(found[0][0])
 
     def close(self) -> None:
         """Write streams created since the last write, then close both connections."""

@@ -119,6 +119,15 @@ class PositionFileError(PositionsError):
     """The position file cannot be read or written; the message names the path."""
 
 
+class PositionFileLocked(PositionFileError):
+    """The position file is held by another process (a running worker): ``holder`` is its
+    process id as written in the lock file (``"?"`` if unknown)."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
 class OriginError(PositionsError, ValueError):
     """An origin that positions cannot be kept for: a malformed origin id."""
 
@@ -239,6 +248,87 @@ def _vector(
     return vector
 
 
+def _failure(path: str, what: str) -> PositionFileError:
+    return PositionFileError(
+        f"position file {path} {what}; move it aside to start over, or restore it"
+    )
+
+
+def _parse(path: str, raw: bytes) -> tuple[int, dict[str, int], dict[str, dict[str, int]]]:
+    """The format version, the local positions and the other origins' positions of the
+    bytes ``raw`` of the position file ``path``; raises :class:`PositionFileError` for a
+    file that is not a position file, has a damaged line or is of a newer format."""
+    match = _HEADER_PATTERN.match(raw)
+    version = int(match[1]) if match is not None else 0
+    if version > FORMAT_VERSION:
+        raise PositionFileError(
+            f"position file {path} is of format v{version}, newer than this version "
+            f"of replication reads (v1 to v{FORMAT_VERSION}); run the newer version, or "
+            "move the file aside to start over"
+        )
+    if match is None or match[0] != _HEADERS.get(version):
+        raise _failure(path, "is not a position file (its first line is not "
+                       f"{HEADER_V3.decode().strip()!r} or an older format's)")
+    # The journal ends at the first NUL: the preallocated space never written, or a gap
+    # of pages not written back before a power cut (what follows it was not synced).
+    body = raw[match.end():]
+    end = body.find(b"\0")
+    if end >= 0:
+        body = body[:end]
+    lines = body.split(b"\n")
+    lines.pop()  # the text after the last newline: empty, or a line cut short
+    positions: dict[str, int] = {}
+    origins: dict[str, dict[str, int]] = {}
+    for number, line in enumerate(lines, start=2):
+        parts = line.split(b" ")
+        if len(parts) == 2 and parts[1].isdigit():
+            positions[parts[0].decode("utf-8", "replace")] = int(parts[1])
+            continue
+        if len(parts) == 3 and version >= 3 and parts[1].isdigit():
+            origin = parts[2].decode("ascii", "replace")
+            if ID_PATTERN.fullmatch(origin) is not None:
+                stream = parts[0].decode("utf-8", "replace")
+                origins.setdefault(stream, {})[origin] = int(parts[1])
+                continue
+        raise _failure(path, f"has a damaged line {number}: {line[:80]!r}")
+    return version, positions, origins
+
+
+def read_positions(path: str) -> tuple[int, dict[str, int], dict[str, dict[str, int]]]:
+    """Read the position file ``path`` without taking its lock or changing it (a running
+    worker may hold it; what it recorded is in the file as soon as it was recorded): its
+    format version, the local positions by stream, and other origins' positions by stream
+    and origin id. Raises :class:`PositionFileError` for a missing, unreadable or damaged
+    file. For tools (``replication positions``); a worker opens :class:`PositionFile`."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise PositionFileError(f"cannot read position file {path}: {e.strerror or e}") from None
+    return _parse(os.path.abspath(path), raw)
+
+
+def lock_holder(path: str) -> str | None:
+    """The process id (as text) of the process holding the lock of the position file
+    ``path``, or ``None`` when no process holds it. Takes the lock for an instant to find
+    out, and never creates the lock file."""
+    try:
+        fd = os.open(f"{os.path.abspath(path)}.lock", os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise PositionFileError(f"cannot open the lock of position file {path}: {e.strerror or e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def _preallocate(fd: int, size: int) -> None:
     """Reserve ``size`` bytes of disk for the file open on ``fd`` (zero-filled)."""
     if hasattr(os, "posix_fallocate"):
@@ -298,9 +388,10 @@ class PositionFile:
         except OSError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
             os.close(fd)
-            raise PositionFileError(
+            raise PositionFileLocked(
                 f"position file {self.path} is in use by another process (pid {holder}); "
-                "give each worker its own position file"
+                "give each worker its own position file",
+                holder,
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -308,9 +399,7 @@ class PositionFile:
         self._lock_file = os.fdopen(fd, "r+b", buffering=0)
 
     def _fail(self, what: str) -> PositionFileError:
-        return PositionFileError(
-            f"position file {self.path} {what}; move it aside to start over, or restore it"
-        )
+        return _failure(self.path, what)
 
     def _error(self, doing: str, e: OSError) -> PositionFileError:
         return PositionFileError(f"cannot {doing} position file {self.path}: {e.strerror or e}")
@@ -324,44 +413,9 @@ class PositionFile:
             return
         except OSError as e:
             raise self._error("read", e) from None
-        match = _HEADER_PATTERN.match(raw)
-        version = int(match[1]) if match is not None else 0
-        if version > FORMAT_VERSION:
-            raise PositionFileError(
-                f"position file {self.path} is of format v{version}, newer than this version "
-                f"of replication reads (v1 to v{FORMAT_VERSION}); run the newer version, or "
-                "move the file aside to start over"
-            )
-        if match is None or match[0] != _HEADERS.get(version):
-            raise self._fail("is not a position file (its first line is not "
-                             f"{HEADER_V3.decode().strip()!r} or an older format's)")
-        # The journal ends at the first NUL: the preallocated space never written, or a gap
-        # of pages not written back before a power cut (what follows it was not synced).
-        body = raw[match.end():]
-        end = body.find(b"\0")
-        if end >= 0:
-            body = body[:end]
-        lines = body.split(b"\n")
-        lines.pop()  # the text after the last newline: empty, or a line cut short
-        positions: dict[str, int] = {}
-        origins: dict[str, dict[str, int]] = {}
-        for number, line in enumerate(lines, start=2):
-            parts = line.split(b" ")
-            if len(parts) == 2 and parts[1].isdigit():
-                positions[parts[0].decode("utf-8", "replace")] = int(parts[1])
-                continue
-            if len(parts) == 3 and version >= 3 and parts[1].isdigit():
-                origin = parts[2].decode("ascii", "replace")
-                if ID_PATTERN.fullmatch(origin) is not None:
-                    stream = parts[0].decode("utf-8", "replace")
-                    origins.setdefault(stream, {})[origin] = int(parts[1])
-                    continue
-            raise self._fail(f"has a damaged line {number}: {line[:80]!r}")
-        self._positions = positions
-        self._origins = origins
+        _, self._positions, self._origins = _parse(self.path, raw)
         # Always start from a fresh compact file: drops a torn line, converts v1 and v2.
         self._compact()
-
     def get(self, stream: str, origin: str | None = LOCAL_ORIGIN) -> int | None:
         """The last token of ``origin`` handled on ``stream``, or ``None`` if the worker
         never saw one."""
