@@ -22,7 +22,7 @@ from replication.config import MasterConfig
 from replication.config.model import LimitsConfig
 from replication.http import admin_factory, admin_site
 from replication.http.api import JsonRequest
-from replication.http.limits import raw_json_answer
+from replication.http.limits import REFUSAL_DRAIN_SECONDS, raw_json_answer
 from replication.master import Master
 from replication.store.memory import MemoryStore
 from replication.wire.commands import MAX_PARSED_DEPTH
@@ -379,3 +379,54 @@ def test_json_request_outside_an_admin_site_has_no_limits() -> None:
     request.gotLength(None)
     request.handleContentChunk(b"x" * (LIMIT * 4))
     assert request.content.tell() == LIMIT * 4
+
+
+class HalfCloseTransport(StringTransport):
+    """A StringTransport that records a half-close and an abort."""
+
+    write_closed = False
+    aborted = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+def test_a_refused_connection_is_drained_for_a_second_at_most() -> None:
+    """A connection past http.max_connections gets its 503, then its write side is closed
+    and what it sends is read and dropped (so the client reads the 503, not a reset) for
+    REFUSAL_DRAIN_SECONDS at most; no more than max_connections refused connections are
+    drained at once, later ones are closed at once; no timer is left behind."""
+    master = make_master()
+    master.config = dataclasses.replace(master.config, http_max_connections=1)
+    factory = admin_factory(master)
+    clock = master.clock
+    assert isinstance(clock, Clock)
+    served = factory.buildProtocol(None)
+    assert served is not None
+    served.makeConnection(StringTransport())
+    first = factory.buildProtocol(None)
+    assert first is not None
+    draining = HalfCloseTransport()
+    first.makeConnection(draining)
+    assert draining.value().startswith(b"HTTP/1.1 503 ")
+    assert draining.write_closed and not draining.disconnecting
+    first.dataReceived(b"POST /streams/events HTTP/1.1\r\n\r\n")
+    assert draining.value().count(b"HTTP/1.1") == 1
+    second = factory.buildProtocol(None)
+    assert second is not None
+    at_once = HalfCloseTransport()
+    second.makeConnection(at_once)
+    assert at_once.value().startswith(b"HTTP/1.1 503 ")
+    assert at_once.disconnecting and not at_once.write_closed
+    second.connectionLost(Failure(ConnectionError("closed")))
+    clock.advance(REFUSAL_DRAIN_SECONDS - 0.001)
+    assert not draining.aborted
+    clock.advance(0.001)
+    assert draining.aborted
+    first.connectionLost(Failure(ConnectionError("aborted")))
+    assert factory.draining == set() and factory.refused == 2
+    served.connectionLost(Failure(ConnectionError("closed")))
+    assert clock.getDelayedCalls() == []

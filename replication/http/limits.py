@@ -6,8 +6,9 @@ long it may stay silent or take over one request, and how large a body it may se
   twisted.web's idle timeout (``timeOut``: a connection that sends nothing for
   ``idle_timeout`` seconds is closed).
 - :class:`ConnectionLimit` wraps the site and counts its open connections; one past
-  ``max_connections`` is answered ``503`` with a JSON error and closed at once, without
-  reading its request, so a refusal costs one small write.
+  ``max_connections`` is answered ``503`` with a JSON error without its request being
+  parsed, then drained for a second at most so the client reads the answer rather than a
+  reset (or closed at once when ``max_connections`` refusals are being drained already).
 - :func:`raw_json_answer` is a complete HTTP/1.1 response written straight to a transport,
   for refusals made before twisted.web has a request to answer (a declared body over the
   limit, a connection over the limit, a request too slow to arrive).
@@ -16,10 +17,12 @@ long it may stay silent or take over one request, and how large a body it may se
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Final
 
-from twisted.internet.interfaces import IAddress, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -66,29 +69,67 @@ class AdminSite(Site):
         self.noisy = False
 
 
+#: Longest a refused connection is drained (read and discarded) after its 503, so that the
+#: client reads the answer instead of a reset.
+REFUSAL_DRAIN_SECONDS: Final = 1.0
+
+
 class _Busy(Protocol):
-    """Answers a connection over the limit with a 503 and closes it."""
+    """Answers a connection over the limit with a 503, then reads and drops what the
+    client sends until it closes, or for :data:`REFUSAL_DRAIN_SECONDS` at most; with no
+    room left to drain (``drain`` false), closes at once."""
 
     answer = raw_json_answer(
         503, "too many HTTP connections (http.max_connections); try again later"
     )
 
+    def __init__(self, limit: ConnectionLimit, drain: bool) -> None:
+        self.limit = limit
+        self.drain = drain
+        self.timer: IDelayedCall | None = None
+
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.transport.write(self.answer)
-        self.transport.loseConnection()
+        lose_write = getattr(self.transport, "loseWriteConnection", None)
+        if not self.drain or lose_write is None:
+            self.transport.loseConnection()
+            return
+        self.limit.draining.add(self)
+        lose_write()
+        self.timer = self.limit.clock.callLater(REFUSAL_DRAIN_SECONDS, self._stop_draining)
+
+    def _stop_draining(self) -> None:
+        self.timer = None
+        assert self.transport is not None
+        self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.limit.draining.discard(self)
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
 
 
 class ConnectionLimit(WrappingFactory):
-    """Serves ``site`` on at most ``max_connections`` connections at once; see the module
-    documentation for the ones past it. :attr:`refused` counts those."""
+    """Serves ``site`` on at most ``max_connections`` connections at once. One past it is
+    answered 503 with a JSON error and its request is not read; it is then drained (see
+    :class:`_Busy`) while fewer than ``max_connections`` refused connections are being
+    drained, and closed at once otherwise, so refused connections hold no more than
+    ``max_connections`` further file descriptors, each for a second at most.
+    :attr:`refused` counts the refused connections."""
 
     noisy = False
 
     def __init__(self, site: Site, max_connections: int) -> None:
         super().__init__(site)  # type: ignore[no-untyped-call]
         self.max_connections = max_connections
+        self.clock: IReactorTime = site.reactor
         self.refused = 0
+        self.draining: set[_Busy] = set()
 
     @property
     def open_connections(self) -> int:
@@ -100,6 +141,6 @@ class ConnectionLimit(WrappingFactory):
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
         if len(self.protocols) >= self.max_connections:
             self.refused += 1
-            return _Busy()
+            return _Busy(self, drain=len(self.draining) < self.max_connections)
         wrapper: ProtocolWrapper | None = super().buildProtocol(addr)
         return wrapper
