@@ -198,10 +198,9 @@ def test_a_request_still_arriving_at_the_request_timeout_is_answered_408() -> No
     assert master.stream_names() == []
 
 
-def test_the_request_timeout_stops_once_the_request_is_received() -> None:
-    """The request timeout covers receiving only: a publish whose commit takes longer than
-    it is still answered, and no timer is left once the connection closes."""
-    master = make_master()
+def hold_commits(master: Master) -> list[Deferred[list[int]]]:
+    """Make ``master``'s commits wait: each publish's Deferred is appended to the list
+    returned, for the test to fire."""
     commits: list[Deferred[list[int]]] = []
 
     def submit_many(stream: str, encoded: Any) -> Deferred[list[int]]:
@@ -209,6 +208,14 @@ def test_the_request_timeout_stops_once_the_request_is_received() -> None:
         return commits[-1]
 
     master.submit_many = submit_many  # type: ignore[method-assign]
+    return commits
+
+
+def test_the_request_timeout_stops_once_the_request_is_received() -> None:
+    """The request timeout covers receiving only: a publish whose commit takes longer than
+    it is still answered, and no timer is left once the connection closes."""
+    master = make_master()
+    commits = hold_commits(master)
     client = Client(master)
     client.send(post_head(13) + b'{"rows": [1]}')
     client.clock.advance(REQUEST_TIMEOUT * 2)
@@ -305,13 +312,7 @@ def test_a_publisher_that_leaves_before_its_commit_costs_no_traceback(
     one debug line: the commit's Deferred ends without an error (no "Unhandled error in
     Deferred")."""
     master = make_master()
-    commits: list[Deferred[list[int]]] = []
-
-    def submit_many(stream: str, encoded: Any) -> Deferred[list[int]]:
-        commits.append(Deferred())
-        return commits[-1]
-
-    master.submit_many = submit_many  # type: ignore[method-assign]
+    commits = hold_commits(master)
     client = Client(master)
     client.send(post_head(13) + b'{"rows": [1]}')
     client.protocol.connectionLost(Failure(ConnectionError("gone")))
