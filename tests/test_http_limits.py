@@ -360,8 +360,8 @@ def test_the_connection_limit_counts_open_connections_and_answers_503_past_it() 
     refused.makeConnection(transport)
     assert transport.value().startswith(b"HTTP/1.1 503 ")
     assert b"http.max_connections" in transport.value()
-    assert transport.disconnecting
     assert factory.open_connections == 2 and factory.refused == 1
+    refused.connectionLost(Failure(ConnectionError("closed by the client")))
     served[0].connectionLost(Failure(ConnectionError("closed")))
     assert factory.open_connections == 1
     again = factory.buildProtocol(None)
@@ -382,24 +382,22 @@ def test_json_request_outside_an_admin_site_has_no_limits() -> None:
     assert request.content.tell() == LIMIT * 4
 
 
-class HalfCloseTransport(StringTransport):
-    """A StringTransport that records a half-close and an abort."""
+class AbortTransport(StringTransport):
+    """A StringTransport that records an abort."""
 
-    write_closed = False
     aborted = False
-
-    def loseWriteConnection(self) -> None:
-        self.write_closed = True
 
     def abortConnection(self) -> None:
         self.aborted = True
 
 
 def test_a_refused_connection_is_drained_for_a_second_at_most() -> None:
-    """A connection past http.max_connections gets its 503, then its write side is closed
-    and what it sends is read and dropped (so the client reads the 503, not a reset) for
-    REFUSAL_DRAIN_SECONDS at most; no more than max_connections refused connections are
-    drained at once, later ones are closed at once; no timer is left behind."""
+    """A connection past http.max_connections gets its 503, then what it sends is read and
+    dropped (so the client reads the 503, not a reset) until it closes, or for
+    REFUSAL_DRAIN_SECONDS at most; then it is closed, and aborted if still open as long
+    again after; no more than max_connections refused
+    connections are drained at once, later ones are closed at once; no timer is left
+    behind."""
     master = make_master()
     master.config = dataclasses.replace(master.config, http_max_connections=1)
     factory = admin_factory(master)
@@ -410,19 +408,23 @@ def test_a_refused_connection_is_drained_for_a_second_at_most() -> None:
     served.makeConnection(StringTransport())
     first = factory.buildProtocol(None)
     assert first is not None
-    draining = HalfCloseTransport()
+    draining = AbortTransport()
     first.makeConnection(draining)
     assert draining.value().startswith(b"HTTP/1.1 503 ")
-    assert draining.write_closed and not draining.disconnecting
+    assert not draining.disconnecting
     first.dataReceived(b"POST /streams/events HTTP/1.1\r\n\r\n")
     assert draining.value().count(b"HTTP/1.1") == 1
     second = factory.buildProtocol(None)
     assert second is not None
-    at_once = HalfCloseTransport()
+    at_once = AbortTransport()
     second.makeConnection(at_once)
     assert at_once.value().startswith(b"HTTP/1.1 503 ")
-    assert at_once.disconnecting and not at_once.write_closed
+    assert at_once.disconnecting and not at_once.aborted
     second.connectionLost(Failure(ConnectionError("closed")))
+    clock.advance(REFUSAL_DRAIN_SECONDS - 0.001)
+    assert not draining.disconnecting
+    clock.advance(0.001)
+    assert draining.disconnecting and not draining.aborted
     clock.advance(REFUSAL_DRAIN_SECONDS - 0.001)
     assert not draining.aborted
     clock.advance(0.001)

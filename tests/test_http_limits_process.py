@@ -10,27 +10,46 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from processes import HOST, Process, free_ports, http_request, start_master
+from processes import HOST, free_ports, http_request, start_master
 
 MAX_CONNECTIONS = 3
 IDLE_TIMEOUT = 1.0
 REQUEST_TIMEOUT = 2.5
 
 
-@pytest.fixture()
-def master(tmp_path: Path) -> Iterator[tuple[Process, int, int]]:
+@contextmanager
+def running_master(
+    tmp_path: Path, idle_timeout: float, request_timeout: float
+) -> Iterator[tuple[int, int]]:
+    """A master with http.max_connections MAX_CONNECTIONS and the given timeouts; yields
+    its replication and HTTP ports."""
     port, http_port = free_ports(2)
     (tmp_path / "master.yaml").write_text(
         "http:\n"
         f"  max_connections: {MAX_CONNECTIONS}\n"
-        f"  idle_timeout: {IDLE_TIMEOUT}\n"
-        f"  request_timeout: {REQUEST_TIMEOUT}\n"
+        f"  idle_timeout: {idle_timeout}\n"
+        f"  request_timeout: {request_timeout}\n"
     )
-    with start_master(tmp_path, "master", port, http_port, "-c", "master.yaml") as process:
-        yield process, port, http_port
+    with start_master(tmp_path, "master", port, http_port, "-c", "master.yaml"):
+        yield port, http_port
+
+
+@pytest.fixture()
+def master(tmp_path: Path) -> Iterator[tuple[int, int]]:
+    """A master whose timeouts are long enough not to interfere."""
+    with running_master(tmp_path, 60, 120) as ports:
+        yield ports
+
+
+@pytest.fixture()
+def quick_master(tmp_path: Path) -> Iterator[tuple[int, int]]:
+    """A master with short timeouts (IDLE_TIMEOUT, REQUEST_TIMEOUT)."""
+    with running_master(tmp_path, IDLE_TIMEOUT, REQUEST_TIMEOUT) as ports:
+        yield ports
 
 
 def connect(port: int) -> socket.socket:
@@ -63,12 +82,12 @@ def wait_for_health(http_port: int, deadline: float = 10.0) -> int:
 
 
 def test_connections_past_the_limit_are_answered_503_and_workers_are_not_affected(
-    master: tuple[Process, int, int],
+    master: tuple[int, int],
 ) -> None:
     """With http.max_connections slow partial POSTs open, the next HTTP connection is
     answered 503 with a JSON error and closed, while the replication port still greets
     a worker; once a slot frees, HTTP is served again."""
-    _, port, http_port = master
+    port, http_port = master
     slow = []
     for _ in range(MAX_CONNECTIONS):
         sock = connect(http_port)
@@ -95,11 +114,11 @@ def test_connections_past_the_limit_are_answered_503_and_workers_are_not_affecte
 
 
 def test_a_silent_connection_is_closed_after_the_idle_timeout(
-    master: tuple[Process, int, int],
+    quick_master: tuple[int, int],
 ) -> None:
     """A connection that sends nothing is closed by the master after http.idle_timeout
     (not before, and well before the request timeout would apply)."""
-    _, _, http_port = master
+    _, http_port = quick_master
     sock = connect(http_port)
     started = time.monotonic()
     assert read_all(sock) == b""
@@ -109,11 +128,11 @@ def test_a_silent_connection_is_closed_after_the_idle_timeout(
 
 
 def test_a_body_dribbled_within_the_idle_timeout_is_cut_at_the_request_timeout(
-    master: tuple[Process, int, int],
+    quick_master: tuple[int, int],
 ) -> None:
     """A client that sends a body byte every half idle timeout is never idle, but is
     answered 408 and closed once http.request_timeout has passed since its first line."""
-    _, _, http_port = master
+    _, http_port = quick_master
     sock = connect(http_port)
     sock.sendall(b"POST /streams/events HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
     started = time.monotonic()

@@ -69,15 +69,18 @@ class AdminSite(Site):
         self.noisy = False
 
 
-#: Longest a refused connection is drained (read and discarded) after its 503, so that the
-#: client reads the answer instead of a reset.
+#: How long a refused connection is drained (read and discarded) after its 503, so that
+#: the client reads the answer instead of a reset; it is aborted if still open as long again
+#: after it was closed.
 REFUSAL_DRAIN_SECONDS: Final = 1.0
 
 
 class _Busy(Protocol):
     """Answers a connection over the limit with a 503, then reads and drops what the
-    client sends until it closes, or for :data:`REFUSAL_DRAIN_SECONDS` at most; with no
-    room left to drain (``drain`` false), closes at once."""
+    client sends until it closes, or for :data:`REFUSAL_DRAIN_SECONDS` at most; then closes
+    it, and aborts it if it is still open :data:`REFUSAL_DRAIN_SECONDS` later (a TLS
+    client that never finishes its handshake). With no room left to drain (``drain``
+    false), closes at once."""
 
     answer = raw_json_answer(
         503, "too many HTTP connections (http.max_connections); try again later"
@@ -91,15 +94,20 @@ class _Busy(Protocol):
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.transport.write(self.answer)
-        lose_write = getattr(self.transport, "loseWriteConnection", None)
-        if not self.drain or lose_write is None:
+        if not self.drain:
             self.transport.loseConnection()
             return
+        # Not a half-close: under TLS that would cut the handshake that carries the answer.
+        # The answer says "Connection: close", so a client closes once it has read it.
         self.limit.draining.add(self)
-        lose_write()
         self.timer = self.limit.clock.callLater(REFUSAL_DRAIN_SECONDS, self._stop_draining)
 
     def _stop_draining(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()
+        self.timer = self.limit.clock.callLater(REFUSAL_DRAIN_SECONDS, self._abort)
+
+    def _abort(self) -> None:
         self.timer = None
         assert self.transport is not None
         self.transport.abortConnection()  # type: ignore[attr-defined]
@@ -119,7 +127,7 @@ class ConnectionLimit(WrappingFactory):
     answered 503 with a JSON error and its request is not read; it is then drained (see
     :class:`_Busy`) while fewer than ``max_connections`` refused connections are being
     drained, and closed at once otherwise, so refused connections hold no more than
-    ``max_connections`` further file descriptors, each for a second at most.
+    ``max_connections`` further file descriptors, each for two seconds at most.
     :attr:`refused` counts the refused connections."""
 
     noisy = False
