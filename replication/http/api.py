@@ -74,8 +74,6 @@ def _read_batches(master: Master, request: Request) -> tuple[list[Any], bool]:
         document = decode_json_bytes(body, what="body")
     except CommandParseError as e:
         raise HttpError(400, str(e)) from None
-    except RecursionError:
-        raise HttpError(400, "body is nested too deeply") from None
     if not isinstance(document, dict) or len(document.keys() & {"rows", "tokens"}) != 1:
         raise HttpError(400, _SHAPE)
     extra = set(document) - {"rows", "tokens"}
