@@ -22,7 +22,11 @@ from replication.config import MasterConfig
 from replication.config.model import LimitsConfig
 from replication.http import admin_factory, admin_site
 from replication.http.api import JsonRequest
-from replication.http.limits import REFUSAL_DRAIN_SECONDS, raw_json_answer
+from replication.http.limits import (
+    REFUSAL_DRAIN_SECONDS,
+    REFUSAL_LOG_INTERVAL,
+    raw_json_answer,
+)
 from replication.master import Master
 from replication.store.memory import MemoryStore
 from replication.wire.commands import MAX_PARSED_DEPTH
@@ -431,5 +435,41 @@ def test_a_refused_connection_is_drained_for_a_second_at_most() -> None:
     assert draining.aborted
     first.connectionLost(Failure(ConnectionError("aborted")))
     assert factory.draining == set() and factory.refused == 2
+    served.connectionLost(Failure(ConnectionError("closed")))
+    assert clock.getDelayedCalls() == []
+
+
+def test_refused_connections_are_logged_once_a_minute_at_most(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The first refusal logs a warning; later ones within REFUSAL_LOG_INTERVAL are only
+    counted, and the next warning after it says how many there were."""
+    master = make_master()
+    master.config = dataclasses.replace(master.config, http_max_connections=1)
+    factory = admin_factory(master)
+    clock = master.clock
+    assert isinstance(clock, Clock)
+    served = factory.buildProtocol(None)
+    assert served is not None
+    served.makeConnection(StringTransport())
+
+    def refuse() -> None:
+        protocol = factory.buildProtocol(None)
+        assert protocol is not None
+        protocol.makeConnection(StringTransport())
+        protocol.connectionLost(Failure(ConnectionError("closed")))
+
+    with caplog.at_level(logging.WARNING, logger="replication.http.limits"):
+        refuse()
+        for _ in range(4):
+            clock.advance(REFUSAL_LOG_INTERVAL / 5)
+            refuse()
+        clock.advance(REFUSAL_LOG_INTERVAL / 5)
+        refuse()
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "refused 1 HTTP connection(s) since startup: http.max_connections (1) are open",
+        "refused 5 HTTP connection(s) since the last warning: http.max_connections (1) are open",
+    ]
     served.connectionLost(Failure(ConnectionError("closed")))
     assert clock.getDelayedCalls() == []

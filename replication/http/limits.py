@@ -16,6 +16,7 @@ long it may stay silent or take over one request, and how large a body it may se
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 from typing import Final
 
@@ -27,6 +28,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from replication.wire.commands import encode_parsed_json
+
+log = logging.getLogger(__name__)
 
 
 def raw_json_answer(status: int, message: str) -> bytes:
@@ -73,6 +76,10 @@ class AdminSite(Site):
 #: the client reads the answer instead of a reset; it is aborted if still open as long again
 #: after it was closed.
 REFUSAL_DRAIN_SECONDS: Final = 1.0
+
+
+#: Seconds between two warnings about refused connections.
+REFUSAL_LOG_INTERVAL: Final = 60.0
 
 
 class _Busy(Protocol):
@@ -128,7 +135,8 @@ class ConnectionLimit(WrappingFactory):
     :class:`_Busy`) while fewer than ``max_connections`` refused connections are being
     drained, and closed at once otherwise, so refused connections hold no more than
     ``max_connections`` further file descriptors, each for two seconds at most.
-    :attr:`refused` counts the refused connections."""
+    :attr:`refused` counts the refused connections; a warning says how many, once per
+    :data:`REFUSAL_LOG_INTERVAL` at most."""
 
     noisy = False
 
@@ -138,6 +146,22 @@ class ConnectionLimit(WrappingFactory):
         self.clock: IReactorTime = site.reactor
         self.refused = 0
         self.draining: set[_Busy] = set()
+        self._warned_at: float | None = None
+        self._warned_count = 0
+
+    def _warn(self) -> None:
+        """Log the refusals, once per :data:`REFUSAL_LOG_INTERVAL` at most."""
+        now = self.clock.seconds()
+        if self._warned_at is not None and now - self._warned_at < REFUSAL_LOG_INTERVAL:
+            return
+        log.warning(
+            "refused %d HTTP connection(s) since %s: http.max_connections (%d) are open",
+            self.refused - self._warned_count,
+            "the last warning" if self._warned_at is not None else "startup",
+            self.max_connections,
+        )
+        self._warned_at = now
+        self._warned_count = self.refused
 
     @property
     def open_connections(self) -> int:
@@ -149,6 +173,7 @@ class ConnectionLimit(WrappingFactory):
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
         if len(self.protocols) >= self.max_connections:
             self.refused += 1
+            self._warn()
             return _Busy(self, drain=len(self.draining) < self.max_connections)
         wrapper: ProtocolWrapper | None = super().buildProtocol(addr)
         return wrapper
