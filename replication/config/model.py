@@ -44,6 +44,8 @@ class LimitsConfig:
     #: Streams the master holds at most (publishing to a new one past it is refused),
     #: ``1 ..= 1_000_000``.
     max_streams: int = 10_000
+    #: Rows one HTTP publish may carry, all its tokens together, ``1 ..= 10_000_000``.
+    max_rows_per_publish: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,14 @@ class MasterConfig:
     listen: str = "tcp:9092:interface=127.0.0.1"
     #: yaml ``http: {listen: ...}``; ``None`` disables the HTTP admin server.
     http_listen: str | None = "tcp:9093:interface=127.0.0.1"
+    #: yaml ``http: {max_connections: ...}``: simultaneous HTTP connections; more are
+    #: answered 503 and closed.
+    http_max_connections: int = 256
+    #: yaml ``http: {idle_timeout: ...}``: seconds an HTTP connection may send nothing.
+    http_idle_timeout: float = 60.0
+    #: yaml ``http: {request_timeout: ...}``: seconds from a request's first line to its
+    #: last body byte.
+    http_request_timeout: float = 120.0
     data_dir: str = "./replication-data"
     #: Streams declared up front.
     streams: tuple[str, ...] = ()

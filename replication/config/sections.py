@@ -43,6 +43,10 @@ MAX_CONNECTIONS: Final = 1_000_000
 MAX_CATCHUP_PAGE_ROWS: Final = 100_000
 #: ``limits.max_streams`` upper bound.
 MAX_STREAMS: Final = 1_000_000
+#: ``limits.max_rows_per_publish`` upper bound.
+MAX_ROWS_PER_PUBLISH: Final = 10_000_000
+#: ``http.max_connections`` upper bound.
+MAX_HTTP_CONNECTIONS: Final = 100_000
 #: ``metrics.max_peer_labels`` upper bound.
 MAX_PEER_LABELS: Final = 10_000
 
@@ -88,6 +92,35 @@ def _log_format() -> Key:
         "traceback). See `operations.rst <operations.rst>`_.",
         attr="log_format",
         flag=Flag("--log-format", "how log lines are written (default text)"),
+    )
+
+
+def _http_limits() -> tuple[Key, ...]:
+    """The master's HTTP connection limits (``http.*`` besides ``listen``)."""
+    return (
+        Key(
+            "http.max_connections",
+            Integer(1, MAX_HTTP_CONNECTIONS),
+            "Simultaneous HTTP connections, counted apart from worker connections "
+            "(``limits.max_connections``). A connection past this is answered ``503`` with a "
+            "JSON error and closed at once, without reading its request.",
+            attr="http_max_connections",
+        ),
+        Key(
+            "http.idle_timeout",
+            Duration(),
+            "An HTTP connection that sends nothing for this long (between requests, or in the "
+            "middle of one) is closed.",
+            attr="http_idle_timeout",
+        ),
+        Key(
+            "http.request_timeout",
+            Duration(),
+            "Time from a request's first line to the last byte of its body. A request still "
+            "arriving after this (a client dribbling its headers or body) is answered ``408`` "
+            "and its connection closed.",
+            attr="http_request_timeout",
+        ),
     )
 
 
@@ -149,6 +182,7 @@ MASTER: Final = Schema(
                 null_word="none",
             ),
         ),
+        *_http_limits(),
         Key(
             "data_dir",
             Text(),
@@ -252,6 +286,14 @@ MASTER: Final = Schema(
             "would create a stream past this is refused (HTTP 403); publishes to existing "
             "streams go on. Following a stream never creates it, so workers cannot grow the "
             "master by subscribing to invented names.",
+        ),
+        Key(
+            "limits.max_rows_per_publish",
+            Integer(1, MAX_ROWS_PER_PUBLISH),
+            "Rows one HTTP publish may carry, all its tokens together. A body with more is "
+            "refused (413) after it is decoded and before any row is encoded or stored, which "
+            "bounds the work and memory of one request; see `operations.rst "
+            "<operations.rst>`_.",
         ),
         Key(
             "metrics.max_peer_labels",

@@ -26,15 +26,19 @@ Every refusal is a JSON ``{"error": "..."}`` with a 4xx or 5xx status (see
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
+from io import BytesIO
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import NOT_DONE_YET, Request
 
 from replication import __version__
 from replication.wire.commands import CommandParseError, decode_json_bytes
@@ -48,10 +52,13 @@ from replication.http.routing import (
     json_error,
     json_response,
 )
+from replication.http.limits import AdminSite, ConnectionLimit, raw_json_answer
 from replication.http.page import serve_status_page
 from replication.http.status import master_status
 from replication.master import Master, PublishError
 from replication.master.log import DeleteError, StreamState
+
+log = logging.getLogger(__name__)
 
 _SHAPE = 'body must be a JSON object {"rows": [<json>, ...]} or {"tokens": [[<json>, ...], ...]}'
 
@@ -73,8 +80,6 @@ def _read_batches(master: Master, request: Request) -> tuple[list[Any], bool]:
         document = decode_json_bytes(body, what="body")
     except CommandParseError as e:
         raise HttpError(400, str(e)) from None
-    except RecursionError:
-        raise HttpError(400, "body is nested too deeply") from None
     if not isinstance(document, dict) or len(document.keys() & {"rows", "tokens"}) != 1:
         raise HttpError(400, _SHAPE)
     extra = set(document) - {"rows", "tokens"}
@@ -104,8 +109,13 @@ class MasterApi:
         except PublishError as e:
             raise HttpError(e.status, e.message) from None
         d: Deferred[list[int]] = self.master.submit_many(stream, encoded)
+        gone: list[Failure] = []
+        request.notifyFinish().addErrback(gone.append)
 
         def published(tokens: list[int]) -> None:
+            if gone:
+                log.debug("a publisher to %r left before its commit was answered", stream)
+                return
             answer: dict[str, Any] = {"stream": stream}
             if single:
                 answer["token"] = tokens[0]
@@ -114,6 +124,9 @@ class MasterApi:
             finish(request, json_response(request, 200, answer))
 
         def failed(failure: Failure) -> None:
+            if gone:
+                log.debug("a publisher to %r left before its commit failed", stream)
+                return
             error = failure.value
             if isinstance(error, PublishError):
                 finish(request, json_error(request, error.status, error.message))
@@ -196,25 +209,111 @@ def master_routes(master: Master) -> RouteTable:
 
 
 class JsonRequest(Request):
-    """A request for an API that reads JSON bodies only.
+    """A request for an API that reads JSON bodies only, within the limits of its
+    :class:`~replication.http.limits.AdminSite` (none on another site).
 
     twisted.web parses the body of every POST that has a Content-Type header as a form
     (through the email package), which costs about 0.1 ms a request; this API never reads
     forms, so the header is set aside before that step.
+
+    The body is refused as soon as its size is known to be over ``max_body_bytes``: a
+    declared ``Content-Length`` over it is answered 413 before any byte of the body is read
+    (and ``Expect: 100-continue`` is not answered), and a chunked body is answered 413 once
+    the bytes received pass it; in both cases the connection is closed and what else
+    arrives is dropped, so no more than ``max_body_bytes`` is ever kept. A request whose
+    headers and body have not all arrived ``request_timeout`` seconds after its first line
+    is answered 408 and its connection closed.
     """
 
+    _refused = False
+    _received = 0
+    _deadline: IDelayedCall | None = None
+
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)  # type: ignore[no-untyped-call]
+        site = getattr(channel, "site", None)
+        if isinstance(site, AdminSite):
+            self._deadline = site.reactor.callLater(site.request_timeout, self._too_slow)
+
+    def _limit(self) -> int | None:
+        site = getattr(self.channel, "site", None)
+        return site.max_body_bytes if isinstance(site, AdminSite) else None
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` with ``message`` straight on the transport and close."""
+        self._refused = True
+        self._cancel_deadline()
+        self.content = BytesIO()
+        transport = self.channel.transport
+        if transport is not None:
+            transport.write(raw_json_answer(status, message))
+        self.channel.loseConnection()  # type: ignore[no-untyped-call]
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        self._refuse(408, "request not received in time (http.request_timeout)")
+
+    def _too_large(self, limit: int) -> None:
+        self._refuse(
+            413, f"request body is over {limit} bytes (limits.max_body_bytes); publish in smaller batches"
+        )
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def gotLength(self, length: int | None) -> None:
+        limit = self._limit()
+        if limit is not None and length is not None and length > limit:
+            self.requestHeaders.removeHeader(b"expect")
+            self._too_large(limit)
+            return
+        super().gotLength(length)  # type: ignore[no-untyped-call]
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        limit = self._limit()
+        self._received += len(data)
+        if limit is not None and self._received > limit:
+            self._too_large(limit)
+            return
+        super().handleContentChunk(data)  # type: ignore[no-untyped-call]
+
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._cancel_deadline()
+        if self._refused:
+            return
         if command == b"POST":
             self.requestHeaders.removeHeader(b"content-type")
         super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
 
+    def connectionLost(self, reason: Failure) -> None:
+        self._cancel_deadline()
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
-def admin_site(master: Master) -> Site:
-    """The master's HTTP site: :func:`admin_resource` with :class:`JsonRequest`."""
-    site = Site(admin_resource(master))  # type: ignore[no-untyped-call]
+
+def admin_site(master: Master) -> AdminSite:
+    """The master's HTTP site: :func:`admin_resource` with :class:`JsonRequest`, within the
+    master's ``limits.max_body_bytes``, ``http.idle_timeout`` and ``http.request_timeout``."""
+    config = master.config
+    site = AdminSite(
+        admin_resource(master),
+        master.clock,
+        max_body_bytes=config.limits.max_body_bytes,
+        idle_timeout=config.http_idle_timeout,
+        request_timeout=config.http_request_timeout,
+    )
     site.requestFactory = JsonRequest
-    site.noisy = False
     return site
+
+
+def admin_factory(master: Master) -> ConnectionLimit:
+    """What the master's HTTP listener serves: :func:`admin_site` on at most
+    ``http.max_connections`` connections at once."""
+    return ConnectionLimit(admin_site(master), master.config.http_max_connections)
 
 
 def admin_resource(master: Master) -> Resource:

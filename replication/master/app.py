@@ -186,7 +186,7 @@ def master_service(
     :param commands: the commands connections understand; ``None``: the built-in ones.
     :raises ServiceError: the store cannot be opened.
     """
-    from replication.http import admin_site
+    from replication.http import admin_factory
 
     if store is None:
         store = open_store(config)
@@ -208,7 +208,7 @@ def master_service(
     ))
     if config.http_listen is not None:
         children.append(ListeningService(
-            _endpoint(reactor, config.http_listen, "http_listen"), admin_site(master), "HTTP",
+            _endpoint(reactor, config.http_listen, "http_listen"), admin_factory(master), "HTTP",
             fork(master.ready),
         ))
 

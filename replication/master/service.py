@@ -19,7 +19,7 @@ its fingerprint is made at random when the :class:`Master` is built and never st
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
@@ -214,6 +214,12 @@ class Master:
             )
         if isinstance(tokens_rows, (str, bytes)) or not isinstance(tokens_rows, Sequence) or not tokens_rows:
             raise PublishError(400, "tokens must be a non-empty list of row lists")
+        max_rows = self.config.limits.max_rows_per_publish
+        if sum(len(rows) if isinstance(rows, Sized) else 0 for rows in tokens_rows) > max_rows:
+            raise PublishError(
+                413, f"a publish may carry at most {max_rows} rows (limits.max_rows_per_publish); "
+                "publish in smaller batches"
+            )
         limit = self.config.limits.max_line_bytes
         room = limit - rdata_line_length(stream, "")  # bytes of JSON a row may take
         surely_fits = room // 4  # characters that fit even at 4 UTF-8 bytes each

@@ -97,6 +97,8 @@ def encode_json(value: Any) -> str:
         text.encode("utf-8")
     except (TypeError, ValueError) as e:
         raise CommandParseError(f"row is not JSON-serialisable: {e}") from None
+    except RecursionError:
+        raise CommandParseError("row is nested too deeply") from None
     return text
 
 
@@ -128,6 +130,8 @@ def decode_json(text: str, what: str = "RDATA row") -> Any:
         value = _strict_decode(text)
     except ValueError as e:
         raise CommandParseError(f"{what} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise CommandParseError(f"{what} is nested too deeply") from None
     if "\\u" in text and "\\ud" in text.lower():
         # An escaped lone surrogate decodes to a string that UTF-8 cannot carry.
         try:
@@ -181,15 +185,29 @@ def json_loader(data: bytes | None) -> Callable[[bytes], Any]:
     return decode_json_bytes
 
 
+#: The deepest nesting (lists and objects) of a value :func:`encode_parsed_json` encodes
+#: with orjson installed: orjson's own limit, so the check costs nothing.
+MAX_PARSED_DEPTH: Final = 254
+_ORJSON_TOO_DEEP: Final = "Recursion limit reached"
+
+
 def encode_parsed_json(value: Any) -> str:
     """Encode, as compact JSON, a value that a JSON parser produced (only JSON types, no
     NaN): with orjson when installed, else (or for what orjson cannot encode, such as
-    integers beyond 64 bits) with :func:`encode_json`. Both give valid compact JSON."""
+    integers beyond 64 bits) with :func:`encode_json`. Both give valid compact JSON.
+
+    A value nested more than :data:`MAX_PARSED_DEPTH` levels deep is refused with
+    :class:`CommandParseError` when orjson is installed (without it, only what would
+    exhaust Python's recursion limit is: the HTTP publish path then refuses at about
+    900 levels)."""
     if _orjson is not None:
         try:
             text: str = _orjson.dumps(value).decode()
-        except TypeError:
-            pass
+        except TypeError as e:
+            if str(e) == _ORJSON_TOO_DEEP:
+                raise CommandParseError(
+                    f"row is nested more than {MAX_PARSED_DEPTH} levels deep"
+                ) from None
         else:
             return text
     return encode_json(value)

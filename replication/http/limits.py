@@ -1,0 +1,179 @@
+"""What bounds a client of the master's HTTP listener: how many connections it may hold, how
+long it may stay silent or take over one request, and how large a body it may send.
+
+- :class:`AdminSite` is the master's twisted.web ``Site``: it carries the body limit and the
+  request timeout that :class:`replication.http.api.JsonRequest` applies, and sets
+  twisted.web's idle timeout (``timeOut``: a connection that sends nothing for
+  ``idle_timeout`` seconds is closed).
+- :class:`ConnectionLimit` wraps the site and counts its open connections; one past
+  ``max_connections`` is answered ``503`` with a JSON error without its request being
+  parsed, then drained for a second at most so the client reads the answer rather than a
+  reset (or closed at once when ``max_connections`` refusals are being drained already).
+- :func:`raw_json_answer` is a complete HTTP/1.1 response written straight to a transport,
+  for refusals made before twisted.web has a request to answer (a declared body over the
+  limit, a connection over the limit, a request too slow to arrive).
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Final
+
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from replication.wire.commands import encode_parsed_json
+
+log = logging.getLogger(__name__)
+
+
+def raw_json_answer(status: int, message: str) -> bytes:
+    """The bytes of an HTTP/1.1 response ``status`` with the JSON body
+    ``{"error": message}`` that closes its connection (``Connection: close``)."""
+    body = encode_parsed_json({"error": message}).encode() + b"\n"
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        "Content-Type: application/json\r\n"
+        "Cache-Control: no-store\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+class AdminSite(Site):
+    """The master's HTTP site.
+
+    :param resource: the root resource.
+    :param reactor: the clock of the idle and request timeouts.
+    :param max_body_bytes: the largest request body (``limits.max_body_bytes``).
+    :param idle_timeout: seconds a connection may send nothing (``http.idle_timeout``).
+    :param request_timeout: seconds from a request's first line to its last body byte
+        (``http.request_timeout``).
+    """
+
+    def __init__(
+        self,
+        resource: Resource,
+        reactor: IReactorTime,
+        *,
+        max_body_bytes: int,
+        idle_timeout: float,
+        request_timeout: float,
+    ) -> None:
+        super().__init__(resource, timeout=idle_timeout, reactor=reactor)  # type: ignore[no-untyped-call]
+        self.max_body_bytes = max_body_bytes
+        self.request_timeout = request_timeout
+        self.noisy = False
+
+
+#: How long a refused connection is drained (read and discarded) after its 503, so that
+#: the client reads the answer instead of a reset; it is aborted if still open as long again
+#: after it was closed.
+REFUSAL_DRAIN_SECONDS: Final = 1.0
+
+
+#: Seconds between two warnings about refused connections.
+REFUSAL_LOG_INTERVAL: Final = 60.0
+
+
+class _Busy(Protocol):
+    """Answers a connection over the limit with a 503, then reads and drops what the
+    client sends until it closes, or for :data:`REFUSAL_DRAIN_SECONDS` at most; then closes
+    it, and aborts it if it is still open :data:`REFUSAL_DRAIN_SECONDS` later (a TLS
+    client that never finishes its handshake). With no room left to drain (``drain``
+    false), closes at once."""
+
+    answer = raw_json_answer(
+        503, "too many HTTP connections (http.max_connections); try again later"
+    )
+
+    def __init__(self, limit: ConnectionLimit, drain: bool) -> None:
+        self.limit = limit
+        self.drain = drain
+        self.timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.answer)
+        if not self.drain:
+            self.transport.loseConnection()
+            return
+        # Not a half-close: under TLS that would cut the handshake that carries the answer.
+        # The answer says "Connection: close", so a client closes once it has read it.
+        self.limit.draining.add(self)
+        self.timer = self.limit.clock.callLater(REFUSAL_DRAIN_SECONDS, self._stop_draining)
+
+    def _stop_draining(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()
+        self.timer = self.limit.clock.callLater(REFUSAL_DRAIN_SECONDS, self._abort)
+
+    def _abort(self) -> None:
+        self.timer = None
+        assert self.transport is not None
+        self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.limit.draining.discard(self)
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+
+class ConnectionLimit(WrappingFactory):
+    """Serves ``site`` on at most ``max_connections`` connections at once. One past it is
+    answered 503 with a JSON error and its request is not read; it is then drained (see
+    :class:`_Busy`) while fewer than ``max_connections`` refused connections are being
+    drained, and closed at once otherwise, so refused connections hold no more than
+    ``max_connections`` further file descriptors, each for two seconds at most.
+    :attr:`refused` counts the refused connections; a warning says how many, once per
+    :data:`REFUSAL_LOG_INTERVAL` at most."""
+
+    noisy = False
+
+    def __init__(self, site: Site, max_connections: int) -> None:
+        super().__init__(site)  # type: ignore[no-untyped-call]
+        self.max_connections = max_connections
+        self.clock: IReactorTime = site.reactor
+        self.refused = 0
+        self.draining: set[_Busy] = set()
+        self._warned_at: float | None = None
+        self._warned_count = 0
+
+    def _warn(self) -> None:
+        """Log the refusals, once per :data:`REFUSAL_LOG_INTERVAL` at most."""
+        now = self.clock.seconds()
+        if self._warned_at is not None and now - self._warned_at < REFUSAL_LOG_INTERVAL:
+            return
+        log.warning(
+            "refused %d HTTP connection(s) since %s: http.max_connections (%d) are open",
+            self.refused - self._warned_count,
+            "the last warning" if self._warned_at is not None else "startup",
+            self.max_connections,
+        )
+        self._warned_at = now
+        self._warned_count = self.refused
+
+    @property
+    def open_connections(self) -> int:
+        """The connections being served now."""
+        return len(self.protocols)
+
+    # Returns a plain Protocol (not a ProtocolWrapper) for a refused connection, on purpose:
+    # it must not be counted among the open ones.
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
+        if len(self.protocols) >= self.max_connections:
+            self.refused += 1
+            self._warn()
+            return _Busy(self, drain=len(self.draining) < self.max_connections)
+        wrapper: ProtocolWrapper | None = super().buildProtocol(addr)
+        return wrapper
