@@ -169,6 +169,29 @@ def decode_json_bytes(data: bytes, what: str = "RDATA row") -> Any:
     return decode_json(text, what)
 
 
+def decode_row(text: str) -> Any:
+    """Decode an ``RDATA`` row as :func:`decode_json` does, and refuse one nested deeper
+    than the decoders can go with a clear :class:`CommandParseError` rather than a
+    ``RecursionError``: the standard library's decoder stops near the interpreter's
+    recursion limit (about 1,000 levels), orjson (when installed) at 1,024; a row either of
+    them decodes is taken, so that the worker's fast path (orjson) and its general path
+    (this) accept the same rows."""
+    try:
+        return decode_json(text)
+    except RecursionError:
+        pass
+    data = text.encode("utf-8", "surrogatepass")
+    if _orjson is not None and not _has_twenty_digits(data):
+        try:
+            return _orjson.loads(data)
+        except _orjson.JSONDecodeError:
+            pass
+    raise CommandParseError(
+        "RDATA row is nested too deep to decode (JSON arrays and objects nest at most "
+        "about 1,000 levels)"
+    )
+
+
 def json_loader(data: bytes | None) -> Callable[[bytes], Any]:
     """A decoder for the rows of many lines at once, as strict as :func:`decode_json_bytes`:
     orjson's own ``loads`` when orjson is installed and ``data`` (the bytes the lines were
@@ -389,7 +412,7 @@ class RdataCommand(Command):
     @classmethod
     def from_args(cls, args: str) -> RdataCommand:
         stream, token, row = _split(args, 3, cls.NAME, "<stream> <token|batch> <json>")
-        value = decode_json(row)
+        value = decode_row(row)
         return cls(stream, None if token == "batch" else parse_token(token), value)
 
     def to_args(self) -> str:

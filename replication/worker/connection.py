@@ -32,6 +32,7 @@ from replication.wire.commands import (
     json_loader,
 )
 from replication.wire.protocol import ReplicationProtocol
+from replication.ratelimit import suppressed_note
 from replication.streams import AssemblyError, TokenAssembler
 from replication.worker.reporting import describe_resume
 
@@ -98,7 +99,10 @@ class WorkerConnection(ReplicationProtocol):
     def _followed(self, stream: str, what: str) -> bool:
         if stream in self.worker.streams:
             return True
-        log.warning("master sent %s for %s, which this worker does not follow", what, stream)
+        suppressed = self.worker.warnings.allow((stream, what), self.clock.seconds())
+        if suppressed is not None:
+            log.warning("master sent %s for %s, which this worker does not follow%s",
+                        what, stream, suppressed_note(suppressed))
         return False
 
     # -- commands ----------------------------------------------------------------------
@@ -140,7 +144,7 @@ class WorkerConnection(ReplicationProtocol):
                         if token_text == b"batch":
                             try:
                                 row = loads(parts[3])
-                            except ValueError:
+                            except (ValueError, RecursionError):
                                 pass  # the general path decides, and answers errors
                             else:
                                 fast += 1
@@ -157,7 +161,7 @@ class WorkerConnection(ReplicationProtocol):
                             if decoded:
                                 try:
                                     row = loads(parts[3])
-                                except ValueError:
+                                except (ValueError, RecursionError):
                                     decoded = False
                             if decoded:
                                 fast += 1
