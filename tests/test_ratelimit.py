@@ -87,8 +87,8 @@ def test_a_worker_logs_rows_of_an_unfollowed_stream_once_a_minute(
     messages = [r.getMessage() for r in caplog.records if "does not follow" in r.getMessage()]
     assert messages == [
         "master sent RDATA for other, which this worker does not follow",
-        "master sent RDATA for other, which this worker does not follow "
-        "(1000 more like this suppressed)",
+        ("master sent RDATA for other, which this worker does not follow "
+         "(1000 more like this suppressed)"),
     ]
 
 

@@ -17,7 +17,12 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from replication.config import ConfigError, WorkerConfig, WorkerStream, worker_config_from_text
+from replication.config import (
+    ConfigError,
+    WorkerConfig,
+    WorkerStream,
+    worker_config_from_text,
+)
 from replication.positions import PositionFile
 from replication.streams import (
     DEFAULT_MAX_TOKEN_BYTES,
