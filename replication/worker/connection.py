@@ -11,6 +11,13 @@ complete token, and the master's ``GAP``, ``RESET`` and ``POSITION``, to the wor
 handler, records positions, retries, and holds this connection's input (it is the runner's
 :class:`~replication.worker.runner.InputGate`) while a call is pending or waiting for a
 retry. What outlives a connection is :class:`~replication.worker.service.Worker`'s.
+
+Its :class:`~replication.streams.TokenAssembler` checks that each line follows from those
+before it (docs/protocol.rst, "What a worker accepts"): a token that is not the next one, a
+``POSITION`` above the last token received, a ``GAP`` that skips tokens, a token past
+``limits.max_token_rows`` or ``limits.max_token_bytes`` are answered with ``ERROR`` and a
+close, so that no position is recorded that was not handled; a ``POSITION`` below it is a
+reset.
 """
 
 from __future__ import annotations
@@ -119,7 +126,8 @@ class WorkerConnection(ReplicationProtocol):
         <replication.worker.runner.TokenRunner.submit>`, repeated inline (a call per token
         would cost 6%); a handler that does not just return ``None`` goes on in the
         runner. Anything else (other commands, unfollowed streams, malformed lines,
-        tokens out of order) takes the general path of :meth:`lineReceived`, which parses
+        tokens that are not the next one, a token at its row or byte bound) takes the
+        general path of :meth:`lineReceived`, which parses
         it fully and answers errors; so does everything after a token the runner did not
         finish at once (its handler did not just return ``None``). It keeps the contract
         of the base class: once input is held, the remaining lines are held, in order."""
