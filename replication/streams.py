@@ -56,7 +56,8 @@ class AssemblyError(ValueError):
 #: rows a publish of the master's default ``limits.max_body_bytes`` (16 MiB) can hold.
 DEFAULT_MAX_TOKEN_ROWS = 8 * 1024 * 1024
 #: The default bound of one token's JSON bytes on a worker (``limits.max_token_bytes``):
-#: twice the master's default ``limits.max_body_bytes``.
+#: twice the master's default ``limits.max_body_bytes`` (a row re-encoded by the master is
+#: rarely longer than in the publish body).
 DEFAULT_MAX_TOKEN_BYTES = 32 * 1024 * 1024
 
 
@@ -112,7 +113,7 @@ class TokenAssembler:
     def add(
         self, stream: str, token: int | None, row: Any, size: int = 0
     ) -> tuple[int, list[Any]] | None:
-        """One ``RDATA`` row of ``size`` bytes of JSON."""
+        """One ``RDATA`` row of ``size`` bytes of JSON (as received)."""
         gathered = self.partial.get(stream)
         count = 1 if gathered is None else len(gathered) + 1
         total = self.partial_bytes.get(stream, 0) + size
@@ -120,7 +121,7 @@ class TokenAssembler:
             what = (f"{count} rows (at most {self.max_rows})" if count > self.max_rows
                     else f"{total} bytes (at most {self.max_bytes})")
             raise AssemblyError(
-                f"RDATA {stream}: a token of more than {what}: see the worker's "
+                f"RDATA {stream}: a token of at least {what}: see the worker's "
                 "limits.max_token_rows and limits.max_token_bytes"
             )
         if token is None:

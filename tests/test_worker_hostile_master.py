@@ -228,32 +228,36 @@ def test_a_token_of_max_token_rows_is_taken_and_one_more_row_refused(tmp_path: A
     assert handler.calls == [("events", 1, [[1], [2], [3]])]
     feed(worker, b"RDATA events batch [1]\n" * 3 + b"RDATA events 2 [4]\n")
     assert refused(transport) == (
-        "ERROR RDATA events: a token of more than 4 rows (at most 3): see the worker's "
+        "ERROR RDATA events: a token of at least 4 rows (at most 3): see the worker's "
         "limits.max_token_rows and limits.max_token_bytes"
     )
     assert worker.positions.get("events") == 1
     worker, _, transport = connect(tmp_path, file="w2", max_token_rows=3)
     feed(worker, b"RDATA events batch [1]\n" * 4)
-    assert "more than 4 rows (at most 3)" in refused(transport)
+    assert "at least 4 rows (at most 3)" in refused(transport)
 
 
 def test_a_token_of_max_token_bytes_is_taken_and_one_byte_more_refused(tmp_path: Any) -> None:
-    """A token's bytes are the lengths of its RDATA lines (without newlines): exactly
-    limits.max_token_bytes is handled, one more is refused."""
-    line = b"RDATA events batch [1]"  # 22 bytes
-    closing = b"RDATA events 1 [22]"  # 19 bytes
-    worker, handler, transport = connect(tmp_path, max_line_bytes=1024,
-                                         max_token_bytes=1024 + 41)
-    filler = b"RDATA events batch " + b'"' + b"x" * (1024 - 21) + b'"'
-    assert len(filler) == 1024
-    feed(worker, filler + b"\n" + line + b"\n" + closing + b"\n")
+    """A token's bytes are those of its rows' JSON as received: exactly
+    limits.max_token_bytes is handled, one more is refused at the row that passes it."""
+    filler = b"RDATA events batch " + b'"' + b"x" * 998 + b'"'  # a row of 1,000 bytes
+    batch = b"RDATA events batch [12]\n" * 5  # 20 bytes
+    worker, handler, transport = connect(tmp_path, max_line_bytes=1024, max_token_bytes=1024)
+    feed(worker, filler + b"\n" + batch + b"RDATA events 1 [12]\n")  # 1,024 bytes
     assert sent_after_replicate(transport) == []
     assert handler.tokens() == [1]
     worker, handler, transport = connect(tmp_path, file="w2", max_line_bytes=1024,
-                                         max_token_bytes=1024 + 40)
-    feed(worker, filler + b"\n" + line + b"\n" + closing + b"\n")
-    assert "a token of more than 1065 bytes (at most 1064)" in refused(transport)
+                                         max_token_bytes=1024)
+    feed(worker, filler + b"\n" + batch + b"RDATA events 1 [123]\n")  # 1,025 bytes
+    assert refused(transport) == (
+        "ERROR RDATA events: a token of at least 1025 bytes (at most 1024): see the "
+        "worker's limits.max_token_rows and limits.max_token_bytes"
+    )
     assert handler.calls == []
+    worker, handler, transport = connect(tmp_path, file="w3", max_line_bytes=1024,
+                                         max_token_bytes=1024)
+    feed(worker, filler + b"\n" + batch + b"RDATA events batch [123]\n")
+    assert "at least 1025 bytes (at most 1024)" in refused(transport)
 
 
 def test_a_row_nested_too_deep_is_refused_clearly(tmp_path: Any) -> None:

@@ -154,7 +154,7 @@ class WorkerConfig:
     #: yaml ``limits: {max_token_rows: ...}``: rows of one token (the most a 16 MiB publish
     #: body can hold).
     max_token_rows: int = 8 * MiB
-    #: yaml ``limits: {max_token_bytes: ...}``: bytes of one token's RDATA lines;
+    #: yaml ``limits: {max_token_bytes: ...}``: JSON bytes of one token's rows;
     #: >= ``max_line_bytes``.
     max_token_bytes: int = 32 * MiB
     keepalive: KeepaliveConfig = KeepaliveConfig()

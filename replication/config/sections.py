@@ -451,10 +451,12 @@ WORKER: Final = Schema(
         Key(
             "limits.max_token_bytes",
             Size(),
-            "The most bytes of one token's ``RDATA`` lines, counted as they arrive. A master "
-            "that sends more is refused with ``ERROR`` and the worker reconnects; it should be "
-            "at least the master's ``limits.max_body_bytes`` (the default is twice the "
-            "master's default).",
+            "The most bytes of JSON in the rows of one token, counted as they arrive. A "
+            "master that sends more is refused with ``ERROR`` and the worker reconnects; it "
+            "should be at least the master's ``limits.max_body_bytes`` (the default is twice "
+            "the master's default). Decoded rows take several times their JSON bytes in "
+            "memory: lower both limits (and the master's ``limits.max_body_bytes``) for a "
+            "worker with little memory.",
             attr="max_token_bytes",
             rule=AtLeast("limits.max_line_bytes"),
         ),

@@ -69,9 +69,9 @@ class WorkerConnection(ReplicationProtocol):
         self.worker = worker
         self.runner = worker.runner
         self.assembler = TokenAssembler(config.max_token_rows, config.max_token_bytes)
-        #: The length of the line the general path is handling (a token's bytes are the
-        #: sum of its RDATA lines' lengths, in both paths).
-        self._line_size = 0
+        #: The bytes of the JSON row of the RDATA line the general path is handling (a
+        #: token's bytes are the sum of its rows' JSON bytes as received, in both paths).
+        self._row_size = 0
         self._followed_bytes = {name.encode(): name for name in worker.streams}
         #: RDATA lines taken by the fast path of :meth:`linesReceived` (for metrics).
         self.rdata_received = 0
@@ -159,7 +159,7 @@ class WorkerConnection(ReplicationProtocol):
                         token_text = parts[2]
                         if token_text == b"batch":
                             gathered = partial.get(stream)
-                            size = partial_bytes.get(stream, 0) + len(line)
+                            size = partial_bytes.get(stream, 0) + len(parts[3])
                             if gathered is None:
                                 within = size <= max_bytes
                             else:
@@ -185,7 +185,7 @@ class WorkerConnection(ReplicationProtocol):
                             decoded = (last is None or token == last + 1) and (
                                 rows is None or (
                                     len(rows) < max_rows
-                                    and partial_bytes[stream] + len(line) <= max_bytes
+                                    and partial_bytes[stream] + len(parts[3]) <= max_bytes
                                 )
                             )
                             if decoded:
@@ -240,13 +240,15 @@ class WorkerConnection(ReplicationProtocol):
             self._rdata(command.stream, command.token, command.row)
 
     def lineReceived(self, line: bytes) -> None:
-        self._line_size = len(line)
+        if line[:6] == b"RDATA ":
+            parts = line.split(b" ", 3)
+            self._row_size = len(parts[3]) if len(parts) == 4 else 0
         super().lineReceived(line)
 
     def _rdata(self, stream: str, token: int | None, row: Any) -> None:
         """One ``RDATA`` row by the general path (the reference for :meth:`linesReceived`)."""
         try:
-            done = self.assembler.add(stream, token, row, self._line_size)
+            done = self.assembler.add(stream, token, row, self._row_size)
         except AssemblyError as e:
             self.send_error(str(e))
             return
