@@ -306,3 +306,18 @@ def test_the_assembler_rules_by_themselves() -> None:
     assembler.start("t", None)
     assert assembler.add("t", 99, "d", 5) == (99, ["d"])
     assert assembler.position("t", 99) == PositionCheck(reset=False)
+
+
+def test_a_flood_of_batch_rows_is_cut_off_at_the_bound(tmp_path: Any) -> None:
+    """100,000 batch rows with no closing token, in reads of many lines: the worker gathers
+    no more than limits.max_token_rows of them, refuses the next, and gathers nothing
+    after."""
+    worker, handler, transport = connect(tmp_path, max_token_rows=1000)
+    connection = worker.test_connection  # type: ignore[attr-defined]
+    lines = b"RDATA events batch {}\n" * 1000
+    for _ in range(100):
+        feed(worker, lines)
+        assert connection.assembler.pending_rows("events") <= 1000
+    assert connection.assembler.pending_rows("events") == 1000
+    assert "a token of at least 1001 rows (at most 1000)" in refused(transport)
+    assert handler.calls == []
