@@ -321,3 +321,38 @@ def test_a_flood_of_batch_rows_is_cut_off_at_the_bound(tmp_path: Any) -> None:
     assert connection.assembler.pending_rows("events") == 1000
     assert "a token of at least 1001 rows (at most 1000)" in refused(transport)
     assert handler.calls == []
+
+
+def test_a_legacy_master_repeating_token_numbers_is_never_followed(tmp_path: Any) -> None:
+    """A master of the 2017-2020 dialect (no VERSION answer) that repeats a multi-row
+    token's number during catch-up: the worker handles none of it and records nothing (it
+    needs the master's VERSION first), so no row of the token can be lost."""
+    handler = Handler()
+    positions = PositionFile(str(tmp_path / "w.positions"), fsync=False, capacity=4096)
+    positions.set("events", 4)
+    worker = Worker(WorkerConfig(name="w", streams=(WorkerStream("events"),)), handler,
+                    positions, Clock())
+    connection = WorkerConnection(worker)
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    connection.dataReceived(b"SERVER synapse\nRDATA events 5 [1]\nRDATA events 5 [2]\n"
+                            b"POSITION events 5\n")
+    assert transport.value().split(b"\n")[2] == (
+        b"ERROR expected VERSION after SERVER, got RDATA"
+    )
+    assert transport.disconnecting
+    assert handler.calls == []
+    assert worker.positions.get("events") == 4
+
+
+def test_a_version_1_master_repeating_a_token_number_is_refused(tmp_path: Any) -> None:
+    """Our masters never repeat a token number; a version-1 master that does is refused
+    at the second row (its first row was handled as the token), and the position stays at
+    the token handled."""
+    worker, handler, transport = connect(tmp_path, position=4)
+    feed(worker, b"RDATA events 5 [1]\nRDATA events 5 [2]\nPOSITION events 5\n")
+    assert refused(transport) == (
+        "ERROR RDATA events token 5 does not follow token 5 sent before it"
+    )
+    assert handler.calls == [("events", 5, [[1]])]
+    assert worker.positions.get("events") == 5
