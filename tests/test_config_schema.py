@@ -52,7 +52,7 @@ def test_sections_are_derived_from_key_paths() -> None:
         "retention", "keepalive", "limits", "metrics", "log", "commands", "commands_path",
     ]
     assert MASTER.children("retention") == ["max_rows", "max_age", "streams"]
-    assert WORKER.children("limits") == ["max_line_bytes"]
+    assert WORKER.children("limits") == ["max_line_bytes", "max_token_rows", "max_token_bytes"]
 
 
 def test_worker_only_keys_are_the_top_level_keys_a_master_lacks() -> None:

@@ -127,6 +127,13 @@ def test_big_tokens_are_kept_exactly(positions: Positions) -> None:
     assert positions.get("events") == 9_999_999_999_999_999_999
 
 
+def test_a_file_with_the_largest_token_is_read(tmp_path: Path) -> None:
+    """A token of 19 digits (the protocol's largest) in the file is read exactly."""
+    path = tmp_path / "w.positions"
+    path.write_bytes(HEADER + b"events 9999999999999999999\n" + bytes(64))
+    assert PositionFile(str(path)).get("events") == 9_999_999_999_999_999_999
+
+
 def test_positions_are_kept_per_stream_and_origin(positions: Positions) -> None:
     """Positions of other origins are kept per (stream, origin), apart from the local ones
     and from each other."""
@@ -289,6 +296,11 @@ def test_a_torn_last_line_is_ignored_and_removed(
         (HEADER_V3 + b"events 1\nevents %s\n" % ORIGIN_B.encode(), "damaged line 3"),
         (HEADER_V3 + b"events 1 %s 2\n" % ORIGIN_B.encode(), "damaged line 2"),
         (HEADER_V3 + b"events 1 %s \n" % ORIGIN_B.encode(), "damaged line 2"),
+        # tokens beyond the protocol's 19 digits, which no REPLICATE can carry
+        (HEADER + b"events 1\nevents 12345678901234567890\n" + bytes(64),
+         "token of 20 digits on line 3"),
+        (HEADER_V3 + b"events %s %s\n" % (b"9" * 20, ORIGIN_B.encode()) + bytes(64),
+         "token of 20 digits on line 2"),
     ],
 )
 def test_a_foreign_or_damaged_file_is_refused_and_left_alone(

@@ -56,6 +56,16 @@ class Handler:
             return d
         return None
 
+    def gap(self, stream: str, first: int, last: int) -> None:
+        self.calls.append((stream, -1, [first, last]))
+
+    def reset(self, stream: str, old: int, head: int) -> None:
+        self.calls.append((stream, -2, [old, head]))
+
+
+#: Token bounds small enough for random streams to cross them now and then.
+MAX_TOKEN_ROWS = 4
+MAX_TOKEN_BYTES = 65536 + 100
 
 ROWS = [
     b'["m.room.message","!r:x",{"body":"hi"},1]',
@@ -66,7 +76,11 @@ ROWS = [
     b'"\\ud83d\\ude00"',
     b"[1.5e3,true,false]",
 ]
+#: Two of these in one token pass MAX_TOKEN_BYTES.
+BIG_ROW = b'"' + b"x" * 65000 + b'"'
 BAD = [
+    b"RDATA events 7 " + b"[" * 2000 + b"]" * 2000,  # nested too deep for both decoders
+    b"RDATA events batch " + b"{\"a\":" * 1100 + b"1" + b"}" * 1100,
     b"RDATA events 7 {bad",
     b"RDATA events x []",
     b"RDATA events 5 NaN",
@@ -76,31 +90,48 @@ BAD = [
 ]
 
 
-def random_lines(rng: random.Random) -> list[bytes]:
-    """A master's output as a worker could see it: mostly good RDATA (1-row and batched
-    tokens, some repeated, some for an unfollowed stream), POSITION and PING lines, and
-    now and then something malformed or out of order."""
+def random_lines(rng: random.Random, start: int) -> list[bytes]:
+    """A master's output as a worker at ``start`` could see it: mostly good RDATA (1-row
+    and batched tokens, now and then one past the worker's token bounds, some repeated,
+    some skipping ahead, some for an unfollowed stream), POSITION (mostly at the last token,
+    sometimes below or above it), GAP and PING lines, and now and then something malformed
+    or out of order."""
     lines = []
-    token = rng.randint(0, 3)
+    token = start if rng.random() < 0.9 else start + rng.choice((-1, 1, 2))
     for _ in range(rng.randint(1, 40)):
         kind = rng.random()
         if kind < 0.6:
-            token += rng.choice((1, 1, 1, 2))
-            for _ in range(rng.choice((0, 0, 0, 1, 3))):
-                lines.append(b"RDATA events batch " + rng.choice(ROWS))
-            lines.append(b"RDATA events %d " % token + rng.choice(ROWS))
+            token += 2 if rng.random() < 0.02 else 1  # 2: skips ahead
+            if rng.random() < 0.03:  # at the bound of rows, or one past it
+                batch = rng.choice((MAX_TOKEN_ROWS - 1, MAX_TOKEN_ROWS))
+            else:
+                batch = rng.choice((0, 0, 0, 0, 1, 2))
+            for _ in range(batch):
+                row = BIG_ROW if rng.random() < 0.02 else rng.choice(ROWS)
+                lines.append(b"RDATA events batch " + row)
+            row = BIG_ROW if rng.random() < 0.02 else rng.choice(ROWS)
+            lines.append(b"RDATA events %d " % token + row)
+        elif kind < 0.63:
+            first = token + (2 if rng.random() < 0.1 else 1)
+            token = first + rng.randint(0, 3)
+            lines.append(b"GAP events %d %d" % (first, token))
         elif kind < 0.7:
             lines.append(b"RDATA other %d []" % rng.randint(1, 9))
         elif kind < 0.8:
-            lines.append(b"POSITION events %d" % (token + rng.randint(0, 2)))
+            # Mostly at the last token; below it: a reset; above it: refused.
+            moved = rng.choice((0,) * 12 + (-1, -3, 1, 2))
+            lines.append(b"POSITION events %d" % max(token + moved, 0))
+            token = max(token + moved, 0)
         elif kind < 0.85:
             lines.append(b"PING 5")
-        elif kind < 0.9:
+        elif kind < 0.87:
             lines.append(b"RDATA events %d [1]" % max(token - rng.randint(0, 2), 1))  # repeat
-        elif kind < 0.93:
+        elif kind < 0.89:
             lines.append(rng.choice(BAD))
-        else:
+        elif kind < 0.91:  # a stray batch row: the next POSITION or GAP is refused
             lines.append(b"RDATA events batch " + rng.choice(ROWS))
+        else:
+            lines.append(b"PING 6")
     return lines
 
 
@@ -115,7 +146,8 @@ def run(cls: type[WorkerConnection], tmp_path: Any, seed: int, lines: list[bytes
                              capacity=4096)
     if position is not None:
         positions.set("events", position)
-    config = WorkerConfig(name="w", streams=(WorkerStream("events"),))
+    config = WorkerConfig(name="w", streams=(WorkerStream("events"),),
+                          max_token_rows=MAX_TOKEN_ROWS, max_token_bytes=MAX_TOKEN_BYTES)
     worker = Worker(config, handler, positions, clock)
     connection = cls(worker)
     transport = StringTransport()
@@ -149,8 +181,8 @@ def run(cls: type[WorkerConnection], tmp_path: Any, seed: int, lines: list[bytes
 @pytest.mark.parametrize("seed", range(300))
 def test_the_hot_loop_does_what_the_general_path_does(tmp_path: Any, seed: int) -> None:
     rng = random.Random(seed)
-    lines = random_lines(rng)
     position = rng.choice((None, None, 0, 2, 5))
+    lines = random_lines(rng, position or 0)
     fast = run(WorkerConnection, tmp_path, seed, lines, position)
     reference = run(ReferenceConnection, tmp_path, seed, lines, position)
     assert fast == reference

@@ -278,7 +278,7 @@ def test_a_long_catch_up_logs_progress_every_interval_and_a_summary(
     positions.set("events", 10)
     clock = Clock()
     worker, connection = connected_worker(clock, positions)
-    connection.dataReceived(b"POSITION presence 3\nPOSITION typing 9\n")
+    connection.dataReceived(b"POSITION presence 0\nPOSITION typing 9\n")
     assert worker.catchup.ticking
     rdata(connection, "events", 11, 30)
     clock.advance(4.999)

@@ -161,6 +161,12 @@ class WorkerConfig:
     handler_retry_max_delay: float = 60.0
     #: yaml ``limits: {max_line_bytes: ...}``.
     max_line_bytes: int = 65536
+    #: yaml ``limits: {max_token_rows: ...}``: rows of one token (the most a 16 MiB publish
+    #: body can hold).
+    max_token_rows: int = 8 * MiB
+    #: yaml ``limits: {max_token_bytes: ...}``: JSON bytes of one token's rows;
+    #: >= ``max_line_bytes``.
+    max_token_bytes: int = 32 * MiB
     keepalive: KeepaliveConfig = KeepaliveConfig()
     reconnect: ReconnectConfig = ReconnectConfig()
     #: yaml ``metrics: {listen: ...}``: Twisted server endpoint serving ``/metrics``;

@@ -41,6 +41,8 @@ MIN_LINE_BYTES: Final = 1024
 MAX_LINE_BYTES: Final = 64 * MiB
 MAX_CONNECTIONS: Final = 1_000_000
 MAX_CATCHUP_PAGE_ROWS: Final = 100_000
+#: A worker's ``limits.max_token_rows`` upper bound.
+MAX_TOKEN_ROWS: Final = 1 << 40
 #: ``limits.max_streams`` upper bound.
 MAX_STREAMS: Final = 1_000_000
 #: ``limits.max_rows_per_publish`` upper bound.
@@ -476,8 +478,29 @@ WORKER: Final = Schema(
             "limits.max_line_bytes",
             _LINE_BYTES,
             "The longest line accepted from the master; it should be at least the master's "
-            "``limits.max_line_bytes``. This is the only key of a worker's ``limits``.",
+            "``limits.max_line_bytes``.",
             attr="max_line_bytes",
+        ),
+        Key(
+            "limits.max_token_rows",
+            Integer(1, MAX_TOKEN_ROWS),
+            "The most rows of one token (its ``RDATA ... batch`` lines and the line that "
+            "closes it). A master that sends more is refused with ``ERROR`` and the worker "
+            "reconnects. The default is the most rows a publish of the master's default "
+            "``limits.max_body_bytes`` (16 MiB) can hold.",
+            attr="max_token_rows",
+        ),
+        Key(
+            "limits.max_token_bytes",
+            Size(),
+            "The most bytes of JSON in the rows of one token, counted as they arrive. A "
+            "master that sends more is refused with ``ERROR`` and the worker reconnects; it "
+            "should be at least the master's ``limits.max_body_bytes`` (the default is twice "
+            "the master's default). Decoded rows take several times their JSON bytes in "
+            "memory: lower both limits (and the master's ``limits.max_body_bytes``) for a "
+            "worker with little memory.",
+            attr="max_token_bytes",
+            rule=AtLeast("limits.max_line_bytes"),
         ),
         *_keepalive(),
         Key(

@@ -58,6 +58,7 @@ from replication.wire.commands import (
 from replication.wire.dialects import DIALECTS
 from replication.master.log import StreamLog, StreamState
 from replication.store import LOCAL_ORIGIN, Entry
+from replication.ratelimit import LogRateLimiter, suppressed_note
 from replication.streams import missing_before, plan_catch_up
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,9 @@ class FanOut:
         #: ``POSITION`` lines sent to legacy followers in place of ``GAP`` and ``RESET``, by
         #: the command they replaced.
         self.legacy_substitutions: dict[str, int] = {GapCommand.NAME: 0, ResetCommand.NAME: 0}
+        #: The warning of a ``REPLICATE`` above the head (``RESET`` or its legacy
+        #: substitute) is logged at most once a minute per stream.
+        self.reset_warnings = LogRateLimiter()
         log.add_listener(self)
 
     # -- reading -------------------------------------------------------------------------
@@ -252,18 +256,24 @@ class FanOut:
         if plan.reset:
             if not DIALECTS[follower.dialect].gap_and_reset:
                 # What Synapse's own master answered a worker ahead of it: the head, live.
-                log.warning(
-                    "%s (%s) asked for %s after token %d but the head is %d: its dialect "
-                    "has no RESET; sending POSITION %d",
-                    follower.describe(), follower.dialect, stream, command.token, head, head,
-                )
+                suppressed = self.reset_warnings.allow(stream, self.clock.seconds())
+                if suppressed is not None:
+                    log.warning(
+                        "%s (%s) asked for %s after token %d but the head is %d: its dialect "
+                        "has no RESET; sending POSITION %d%s",
+                        follower.describe(), follower.dialect, stream, command.token, head,
+                        head, suppressed_note(suppressed),
+                    )
                 self.legacy_substitutions[ResetCommand.NAME] += 1
                 self._live_now(follower, state, stream, stream_state)
                 return
-            log.warning(
-                "%s asked for %s after token %d but the head is %d: sending RESET",
-                follower.describe(), stream, command.token, head,
-            )
+            suppressed = self.reset_warnings.allow(stream, self.clock.seconds())
+            if suppressed is not None:
+                log.warning(
+                    "%s asked for %s after token %d but the head is %d: sending RESET%s",
+                    follower.describe(), stream, command.token, head,
+                    suppressed_note(suppressed),
+                )
             follower.send(ResetCommand(stream, head))
         sub = Subscription(stream, plan.position)
         state.subscriptions[stream] = sub

@@ -125,13 +125,19 @@ _strict_decode = json.JSONDecoder(
 def decode_json(text: str, what: str = "RDATA row") -> Any:
     """Decode one JSON document, strictly: ``NaN``, ``Infinity`` and numbers that overflow
     a float are refused with :class:`CommandParseError` (``"<what> is not valid JSON:
-    ..."``), as is anything not JSON."""
+    ..."``), as is anything not JSON or nested too deeply for the decoder."""
+    try:
+        return _decode_json(text, what)
+    except RecursionError:
+        raise CommandParseError(f"{what} is nested too deeply") from None
+
+
+def _decode_json(text: str, what: str) -> Any:
+    """:func:`decode_json`, letting a ``RecursionError`` through (see :func:`decode_row`)."""
     try:
         value = _strict_decode(text)
     except ValueError as e:
         raise CommandParseError(f"{what} is not valid JSON: {e}") from None
-    except RecursionError:
-        raise CommandParseError(f"{what} is nested too deeply") from None
     if "\\u" in text and "\\ud" in text.lower():
         # An escaped lone surrogate decodes to a string that UTF-8 cannot carry.
         try:
@@ -171,6 +177,29 @@ def decode_json_bytes(data: bytes, what: str = "RDATA row") -> Any:
     except UnicodeDecodeError as e:
         raise CommandParseError(f"{what} is not valid UTF-8 (byte {e.start})") from None
     return decode_json(text, what)
+
+
+def decode_row(text: str) -> Any:
+    """Decode an ``RDATA`` row as :func:`decode_json` does, and refuse one nested deeper
+    than the decoders can go with a clear :class:`CommandParseError` rather than a
+    ``RecursionError``: the standard library's decoder stops near the interpreter's
+    recursion limit (about 1,000 levels), orjson (when installed) at 1,024; a row either of
+    them decodes is taken, so that the worker's fast path (orjson) and its general path
+    (this) accept the same rows."""
+    try:
+        return _decode_json(text, "RDATA row")
+    except RecursionError:
+        pass
+    data = text.encode("utf-8", "surrogatepass")
+    if _orjson is not None and not _has_twenty_digits(data):
+        try:
+            return _orjson.loads(data)
+        except _orjson.JSONDecodeError:
+            pass
+    raise CommandParseError(
+        "RDATA row is nested too deep to decode (JSON arrays and objects nest at most "
+        "about 1,000 levels)"
+    )
 
 
 def json_loader(data: bytes | None) -> Callable[[bytes], Any]:
@@ -407,7 +436,7 @@ class RdataCommand(Command):
     @classmethod
     def from_args(cls, args: str) -> RdataCommand:
         stream, token, row = _split(args, 3, cls.NAME, "<stream> <token|batch> <json>")
-        value = decode_json(row)
+        value = decode_row(row)
         return cls(stream, None if token == "batch" else parse_token(token), value)
 
     def to_args(self) -> str:

@@ -11,6 +11,13 @@ complete token, and the master's ``GAP``, ``RESET`` and ``POSITION``, to the wor
 handler, records positions, retries, and holds this connection's input (it is the runner's
 :class:`~replication.worker.runner.InputGate`) while a call is pending or waiting for a
 retry. What outlives a connection is :class:`~replication.worker.service.Worker`'s.
+
+Its :class:`~replication.streams.TokenAssembler` checks that each line follows from those
+before it (docs/protocol.rst, "What a worker accepts"): a token that is not the next one, a
+``POSITION`` above the last token received, a ``GAP`` that skips tokens, a token past
+``limits.max_token_rows`` or ``limits.max_token_bytes`` are answered with ``ERROR`` and a
+close, so that no position is recorded that was not handled; a ``POSITION`` below it is a
+reset.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from replication.wire.commands import (
     json_loader,
 )
 from replication.wire.protocol import ReplicationProtocol
+from replication.ratelimit import suppressed_note
 from replication.streams import AssemblyError, TokenAssembler
 from replication.worker.reporting import describe_resume
 
@@ -60,7 +68,10 @@ class WorkerConnection(ReplicationProtocol):
         )
         self.worker = worker
         self.runner = worker.runner
-        self.assembler = TokenAssembler()
+        self.assembler = TokenAssembler(config.max_token_rows, config.max_token_bytes)
+        #: The bytes of the JSON row of the RDATA line the general path is handling (a
+        #: token's bytes are the sum of its rows' JSON bytes as received, in both paths).
+        self._row_size = 0
         self._followed_bytes = {name.encode(): name for name in worker.streams}
         #: RDATA lines taken by the fast path of :meth:`linesReceived` (for metrics).
         self.rdata_received = 0
@@ -80,6 +91,7 @@ class WorkerConnection(ReplicationProtocol):
         catchup = self.worker.catchup
         for command in commands:
             self.send(command)
+            self.assembler.start(command.stream, command.token)
             catchup.started(command.stream, command.token)
         # If a handler call from the previous connection is still running, the runner holds
         # this connection's input until it ends and its position is recorded.
@@ -98,7 +110,10 @@ class WorkerConnection(ReplicationProtocol):
     def _followed(self, stream: str, what: str) -> bool:
         if stream in self.worker.streams:
             return True
-        log.warning("master sent %s for %s, which this worker does not follow", what, stream)
+        suppressed = self.worker.warnings.allow((stream, what), self.clock.seconds())
+        if suppressed is not None:
+            log.warning("master sent %s for %s, which this worker does not follow%s",
+                        what, stream, suppressed_note(suppressed))
         return False
 
     # -- commands ----------------------------------------------------------------------
@@ -111,7 +126,8 @@ class WorkerConnection(ReplicationProtocol):
         <replication.worker.runner.TokenRunner.submit>`, repeated inline (a call per token
         would cost 6%); a handler that does not just return ``None`` goes on in the
         runner. Anything else (other commands, unfollowed streams, malformed lines,
-        tokens out of order) takes the general path of :meth:`lineReceived`, which parses
+        tokens that are not the next one, a token at its row or byte bound) takes the
+        general path of :meth:`lineReceived`, which parses
         it fully and answers errors; so does everything after a token the runner did not
         finish at once (its handler did not just return ``None``). It keeps the contract
         of the base class: once input is held, the remaining lines are held, in order."""
@@ -121,8 +137,12 @@ class WorkerConnection(ReplicationProtocol):
         loads = json_loader(data)
         max_line = self.max_line_bytes
         followed = self._followed_bytes
-        partial = self.assembler.partial
-        last_tokens = self.assembler.last
+        assembler = self.assembler
+        partial = assembler.partial
+        partial_bytes = assembler.partial_bytes
+        max_rows = assembler.max_rows
+        max_bytes = assembler.max_bytes
+        last_tokens = assembler.last
         runner = self.runner
         heads = runner.heads
         positions = runner.positions
@@ -138,34 +158,48 @@ class WorkerConnection(ReplicationProtocol):
                     if stream is not None:
                         token_text = parts[2]
                         if token_text == b"batch":
-                            try:
-                                row = loads(parts[3])
-                            except ValueError:
-                                pass  # the general path decides, and answers errors
+                            gathered = partial.get(stream)
+                            size = partial_bytes.get(stream, 0) + len(parts[3])
+                            if gathered is None:
+                                within = size <= max_bytes
                             else:
-                                fast += 1
-                                gathered = partial.get(stream)
-                                if gathered is None:
-                                    partial[stream] = [row]
+                                within = size <= max_bytes and len(gathered) < max_rows
+                            if within:  # else: the general path refuses it
+                                try:
+                                    row = loads(parts[3])
+                                except (ValueError, RecursionError):
+                                    pass  # the general path decides, and answers errors
                                 else:
-                                    gathered.append(row)
-                                continue
+                                    fast += 1
+                                    if gathered is None:
+                                        partial[stream] = [row]
+                                    else:
+                                        gathered.append(row)
+                                    partial_bytes[stream] = size
+                                    continue
                         elif token_text.isdigit() and len(token_text) <= 19:
                             token = int(token_text)
                             last = last_tokens.get(stream)
-                            decoded = last is None or token > last  # else: general path
+                            rows = partial.get(stream)
+                            # A token out of order, or past the bounds: the general path.
+                            decoded = (last is None or token == last + 1) and (
+                                rows is None or (
+                                    len(rows) < max_rows
+                                    and partial_bytes[stream] + len(parts[3]) <= max_bytes
+                                )
+                            )
                             if decoded:
                                 try:
                                     row = loads(parts[3])
-                                except ValueError:
+                                except (ValueError, RecursionError):
                                     decoded = False
                             if decoded:
                                 fast += 1
                                 last_tokens[stream] = token
-                                rows = partial.pop(stream, None)
                                 if rows is None:
                                     rows = [row]
                                 else:
+                                    del partial[stream], partial_bytes[stream]
                                     rows.append(row)
                                 # TokenRunner.submit, its synchronous half inline:
                                 if token > heads.get(stream, 0):
@@ -205,10 +239,16 @@ class WorkerConnection(ReplicationProtocol):
         if self._followed(command.stream, "RDATA"):
             self._rdata(command.stream, command.token, command.row)
 
+    def lineReceived(self, line: bytes) -> None:
+        if line[:6] == b"RDATA ":
+            parts = line.split(b" ", 3)
+            self._row_size = len(parts[3]) if len(parts) == 4 else 0
+        super().lineReceived(line)
+
     def _rdata(self, stream: str, token: int | None, row: Any) -> None:
         """One ``RDATA`` row by the general path (the reference for :meth:`linesReceived`)."""
         try:
-            done = self.assembler.add(stream, token, row)
+            done = self.assembler.add(stream, token, row, self._row_size)
         except AssemblyError as e:
             self.send_error(str(e))
             return
@@ -216,17 +256,37 @@ class WorkerConnection(ReplicationProtocol):
             self.runner.submit(stream, *done)
 
     def on_POSITION(self, command: PositionCommand) -> None:
-        if self._followed(command.stream, "POSITION"):
-            self.runner.caught_up(command.stream, command.token)
-            self.worker.catchup.caught_up(command.stream, command.token)
+        stream, token = command.stream, command.token
+        if not self._followed(stream, "POSITION"):
+            return
+        try:
+            check = self.assembler.position(stream, token)
+        except AssemblyError as e:
+            self.send_error(str(e))
+            return
+        if check.reset:
+            # A master that lost history, or a substitute for RESET: handled as RESET is,
+            # but the stream goes on live from ``token`` (nothing before it is replayed).
+            self.runner.reset(stream, token, replay=False)
+        self.runner.caught_up(stream, token)
+        self.worker.catchup.caught_up(stream, token)
 
     def on_GAP(self, command: GapCommand) -> None:
         if self._followed(command.stream, "GAP"):
+            try:
+                self.assembler.gap(command.stream, command.first, command.last)
+            except AssemblyError as e:
+                self.send_error(str(e))
+                return
             self.runner.gap(command.stream, command.first, command.last)
 
     def on_RESET(self, command: ResetCommand) -> None:
         if self._followed(command.stream, "RESET"):
-            self.assembler.discard(command.stream)
+            try:
+                self.assembler.reset(command.stream)
+            except AssemblyError as e:
+                self.send_error(str(e))
+                return
             self.runner.reset(command.stream, command.head)
 
     def on_ERROR(self, command: ErrorCommand) -> None:

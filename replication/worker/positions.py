@@ -103,6 +103,9 @@ FORMAT_VERSION = 3
 _HEADERS: Mapping[int, bytes] = {1: HEADER_V1, 2: HEADER, 3: HEADER_V3}
 _HEADER_PATTERN = re.compile(rb"# replication positions v([0-9]+)\n")
 
+#: The most digits a token has (tokens are below 10**19, as the protocol's).
+MAX_TOKEN_DIGITS = 19
+
 #: The default size of the file, preallocated; it is compacted when full.
 DEFAULT_CAPACITY = 4 * 1024 * 1024
 
@@ -281,6 +284,12 @@ def _parse(path: str, raw: bytes) -> tuple[int, dict[str, int], dict[str, dict[s
     origins: dict[str, dict[str, int]] = {}
     for number, line in enumerate(lines, start=2):
         parts = line.split(b" ")
+        if len(parts) >= 2 and parts[1].isdigit() and len(parts[1]) > MAX_TOKEN_DIGITS:
+            raise _failure(
+                path,
+                f"has a token of {len(parts[1])} digits on line {number} (at most "
+                f"{MAX_TOKEN_DIGITS}): {line[:80]!r}",
+            )
         if len(parts) == 2 and parts[1].isdigit():
             positions[parts[0].decode("utf-8", "replace")] = int(parts[1])
             continue

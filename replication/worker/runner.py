@@ -215,17 +215,26 @@ class TokenRunner:
         call: Callable[[], Any] = (lambda: hook(stream, first, last)) if hook else (lambda: None)
         self._run(call, stream, last, f"gap {first}..{last}")
 
-    def reset(self, stream: str, head: int) -> None:
+    def reset(self, stream: str, head: int, *, replay: bool = True) -> None:
         """The master's head ``head`` is behind the recorded position: call the handler's
-        ``reset`` hook (if any), then record 0 (the stream is replayed from its start)."""
+        ``reset`` hook (if any), then record 0 when the master replays the stream from its
+        start (``RESET``), or ``head`` when it goes on live from there without replaying
+        (``replay`` false: a ``POSITION`` below the worker's position)."""
         old = self.positions.get(stream) or 0
-        log.warning(
-            "%s: the master's head %d is behind this worker's position %d; its history was "
-            "lost or replaced: replaying the stream from the start", stream, head, old,
-        )
+        if replay:
+            log.warning(
+                "%s: the master's head %d is behind this worker's position %d; its history "
+                "was lost or replaced: replaying the stream from the start", stream, head, old,
+            )
+        else:
+            log.warning(
+                "%s: the master sent POSITION %d, behind this worker's position %d; its "
+                "history was lost or replaced: going on from %d without a replay",
+                stream, head, old, head,
+            )
         hook = getattr(self.handler, "reset", None)
         call: Callable[[], Any] = (lambda: hook(stream, old, head)) if hook else (lambda: None)
-        self._run(call, stream, 0, f"reset to {head}", force=True)
+        self._run(call, stream, 0 if replay else head, f"reset to {head}", force=True)
 
     def caught_up(self, stream: str, token: int) -> None:
         """The master's ``POSITION``: catch-up is done at its head ``token``; nothing lies

@@ -30,6 +30,7 @@ from twisted.internet.task import LoopingCall
 from replication import __version__
 from replication.wire.commands import CommandRegistry, ReplicateCommand, default_registry
 from replication.config import ReconnectConfig, WorkerConfig
+from replication.ratelimit import LogRateLimiter
 from replication.metrics import WorkerMetrics
 from replication.services import ListeningService, OrderedMultiService
 from replication.worker.connection import WorkerConnection, WorkerFactory
@@ -142,6 +143,9 @@ class Worker:
         #: The wait between attempts to reach the master (see :class:`ReconnectBackoff`);
         #: told by each connection how long it lasted.
         self.backoff = ReconnectBackoff.from_config(config.reconnect)
+        #: Repeated identical warnings (the master's lines for a stream this worker does not
+        #: follow) are logged at most once a minute per stream and command.
+        self.warnings = LogRateLimiter()
 
     @property
     def handler(self) -> Handler:
