@@ -1,0 +1,209 @@
+"""Damage on disk in the SQLite store: a changed byte inside a stored row is found by the
+row checksum and reported as :class:`DamagedEntry` (naming stream, origin and token) while
+the other tokens and streams stay readable; a read-only database is reported as read-only,
+not as corrupt."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from replication.cluster.identity import new_origin_id
+from replication.store import DamagedEntry, Entry, ReadOnlyStore, StoreError
+from replication.store.sqlite import SqliteStore
+
+
+def flip_byte(path: Path, needle: bytes, replacement: bytes) -> None:
+    """Replace the one occurrence of ``needle`` in the file at ``path`` (a closed store,
+    its WAL checkpointed) by ``replacement`` of the same length."""
+    assert len(needle) == len(replacement)
+    data = path.read_bytes()
+    assert data.count(needle) == 1, f"{needle!r} found {data.count(needle)} times"
+    path.write_bytes(data.replace(needle, replacement))
+
+
+def damaged_store(path: Path) -> None:
+    """A store with streams ``a`` (tokens 1..3, token 2 to be damaged) and ``b``."""
+    store = SqliteStore(str(path))
+    store.append([("a", ['{"v":"first"}']), ("a", ['{"v":"second"}', '{"w":1}'])], 1.0)
+    store.append([("a", ['{"v":"third"}']), ("b", ['{"v":"other"}'])], 2.0)
+    store.close()
+    flip_byte(path, b'"second"', b'"secoNd"')
+
+
+def test_a_changed_byte_inside_a_row_is_reported_as_damage_of_that_token(tmp_path: Path) -> None:
+    """The file still passes quick_check and opens; reading stream a across token 2 raises
+    DamagedEntry naming a, the local origin and token 2; token 1 alone, token 3 alone and
+    stream b read as written."""
+    path = tmp_path / "s.db"
+    damaged_store(path)
+    store = SqliteStore(str(path))
+    try:
+        with pytest.raises(DamagedEntry) as caught:
+            store.read("a", 0, 3, 100)
+        assert (caught.value.stream, caught.value.origin, caught.value.token) == ("a", "", 2)
+        assert isinstance(caught.value, StoreError)
+        message = str(caught.value)
+        assert "token 2 of stream 'a' (origin local) is damaged" in message
+        assert "CRC32" in message and str(path) in message
+        assert store.read("a", 0, 1, 100) == [Entry(1, ('{"v":"first"}',))]
+        assert store.read("a", 2, 3, 100) == [Entry(3, ('{"v":"third"}',))]
+        assert store.read("b", 0, 1, 100) == [Entry(1, ('{"v":"other"}',))]
+        assert store.head("a") == 3
+    finally:
+        store.close()
+
+
+def test_a_row_whose_bytes_are_no_longer_utf8_is_damage_not_a_crash(tmp_path: Path) -> None:
+    """A byte changed into an invalid UTF-8 sequence is DamagedEntry too (not SQLite's
+    decoding error)."""
+    path = tmp_path / "s.db"
+    store = SqliteStore(str(path))
+    store.append([("a", ['{"v":"abc"}'])], 1.0)
+    store.close()
+    flip_byte(path, b'"abc"', b'"a\xffc"')
+    store = SqliteStore(str(path))
+    try:
+        with pytest.raises(DamagedEntry, match="token 1 of stream 'a'"):
+            store.read("a", 0, 1, 10)
+    finally:
+        store.close()
+
+
+def test_a_changed_row_count_is_damage(tmp_path: Path) -> None:
+    """A token whose recorded row count differs from the rows stored is DamagedEntry."""
+    path = tmp_path / "s.db"
+    store = SqliteStore(str(path))
+    store.append([("a", ["1", "2"])], 1.0)
+    store.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("UPDATE entries SET nrows = 3")
+    conn.close()
+    store = SqliteStore(str(path))
+    try:
+        with pytest.raises(DamagedEntry, match="2 rows stored, 3 recorded"):
+            store.read("a", 0, 1, 10)
+    finally:
+        store.close()
+
+
+def test_ingested_rows_of_another_origin_are_checked_and_named_by_origin(tmp_path: Path) -> None:
+    """Rows stored with ingest carry checksums too; their damage names their origin."""
+    path = tmp_path / "s.db"
+    store = SqliteStore(str(path))
+    origin = new_origin_id()
+    store.ingest("a", origin, [Entry(1, ('{"v":"remote"}',))], 1.0)
+    store.close()
+    flip_byte(path, b'"remote"', b'"remotE"')
+    store = SqliteStore(str(path))
+    try:
+        with pytest.raises(DamagedEntry) as caught:
+            store.read("a", 0, 1, 10, origin)
+        assert caught.value.origin == origin
+        assert f"(origin {origin})" in str(caught.value)
+    finally:
+        store.close()
+
+
+def test_a_development_version_2_file_without_checksums_gets_them_when_opened(
+    tmp_path: Path,
+) -> None:
+    """A version 2 file written before ``entries.crc`` existed opens: the column is added
+    and the checksums of the rows it holds are computed then, so damage after that point
+    is found."""
+    path = tmp_path / "dev.db"
+    store = SqliteStore(str(path))
+    store.append([("a", ['{"v":"kept"}'])], 1.0)
+    store.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("ALTER TABLE entries DROP COLUMN crc")
+    conn.close()
+    store = SqliteStore(str(path))
+    assert store.read("a", 0, 1, 10) == [Entry(1, ('{"v":"kept"}',))]
+    store.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert conn.execute("SELECT crc FROM entries").fetchall() != [(None,)]
+    conn.close()
+    flip_byte(path, b'"kept"', b'"kepT"')
+    store = SqliteStore(str(path))
+    try:
+        with pytest.raises(DamagedEntry):
+            store.read("a", 0, 1, 10)
+    finally:
+        store.close()
+
+
+def test_a_token_without_a_checksum_is_read_unchecked(tmp_path: Path) -> None:
+    """A NULL checksum (none recorded) is not damage: the rows are served as stored."""
+    path = tmp_path / "s.db"
+    store = SqliteStore(str(path))
+    store.append([("a", ['{"v":1}'])], 1.0)
+    store.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("UPDATE entries SET crc = NULL")
+    conn.close()
+    store = SqliteStore(str(path))
+    try:
+        assert store.read("a", 0, 1, 10) == [Entry(1, ('{"v":1}',))]
+    finally:
+        store.close()
+
+
+def test_a_write_refused_as_readonly_by_sqlite_is_reported_as_read_only(tmp_path: Path) -> None:
+    """When SQLite answers "attempt to write a readonly database" (here: the writer is a
+    read-only connection), the store raises ReadOnlyStore saying the database is read-only,
+    never that it is corrupt."""
+    path = tmp_path / "s.db"
+    store = SqliteStore(str(path))
+    store.append([("a", ["1"])], 1.0)
+    writer = store._writer
+    store._writer = sqlite3.connect(
+        pathlib.Path(path).resolve().as_uri() + "?mode=ro", uri=True,
+        isolation_level=None, check_same_thread=False,
+    )
+    try:
+        with pytest.raises(ReadOnlyStore) as caught:
+            store.append([("a", ["2"])], 2.0)
+        assert "read-only" in str(caught.value)
+        assert "corrupt" not in str(caught.value)
+    finally:
+        store._writer.close()
+        store._writer = writer
+        store.close()
+
+
+needs_non_root = pytest.mark.skipif(
+    os.geteuid() == 0, reason="root writes read-only files and directories anyway"
+)
+
+
+@needs_non_root
+def test_a_read_only_database_file_is_named_on_open(tmp_path: Path) -> None:
+    """A store file without write permission is refused with ReadOnlyStore naming the
+    file, not reported as corrupt."""
+    path = tmp_path / "s.db"
+    SqliteStore(str(path)).close()
+    path.chmod(0o444)
+    try:
+        with pytest.raises(ReadOnlyStore, match="the file .* is read-only"):
+            SqliteStore(str(path))
+    finally:
+        path.chmod(0o644)
+
+
+@needs_non_root
+def test_a_read_only_directory_is_named_on_open(tmp_path: Path) -> None:
+    """A store whose directory is not writable (no room for the -wal and -shm files) is
+    refused with ReadOnlyStore naming the directory."""
+    path = tmp_path / "d" / "s.db"
+    SqliteStore(str(path)).close()
+    path.parent.chmod(0o555)
+    try:
+        with pytest.raises(ReadOnlyStore, match="directory .* is not writable"):
+            SqliteStore(str(path))
+    finally:
+        path.parent.chmod(0o755)
