@@ -5,16 +5,24 @@ not as corrupt."""
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 import sqlite3
 from pathlib import Path
 
 import pytest
+from twisted.internet.task import Clock
 
 from replication.cluster.identity import new_origin_id
-from replication.store import DamagedEntry, Entry, ReadOnlyStore, StoreError
+from replication.commands import ReplicateCommand
+from replication.master.fanout import FanOut
+from replication.master.log import StreamLog
+from replication.store import DamagedEntry, Entry, ReadOnlyStore, Retention, StoreError
+from replication.store.asynchronous import ThreadedStore
 from replication.store.sqlite import SqliteStore
+from helpers import ManualRunner
+from test_stream_log import FakeFollower
 
 
 def flip_byte(path: Path, needle: bytes, replacement: bytes) -> None:
@@ -207,3 +215,64 @@ def test_a_read_only_directory_is_named_on_open(tmp_path: Path) -> None:
             SqliteStore(str(path))
     finally:
         path.parent.chmod(0o755)
+
+
+def sqlite_fanout(path: Path) -> tuple[StreamLog, FanOut, ManualRunner]:
+    """A stream log and fan-out over the SQLite store at ``path``; its store calls wait in
+    the returned runner until the test runs them."""
+    runner = ManualRunner()
+    store = ThreadedStore(SqliteStore(str(path)), runner, runner)
+    log = StreamLog(store, Clock(), lambda _: Retention())
+    log.open(())
+    runner.run_all()
+    return log, FanOut(log, Clock(), page_rows=100, knows=lambda _: True), runner
+
+
+def test_the_fan_out_refuses_a_damaged_token_names_it_and_serves_other_streams(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Followers catching up across damaged token 2 of stream a are answered ``ERROR master
+    cannot read stream a: token 2 is damaged in the store``; the damage is counted and
+    logged once however many followers reach it; a follower of stream b is served, and a
+    follower of a from token 2 on is served token 3."""
+    path = tmp_path / "s.db"
+    damaged_store(path)
+    log, fanout, runner = sqlite_fanout(path)
+    try:
+        caplog.set_level(logging.ERROR, "replication")
+        first, second, other, later = FakeFollower(), FakeFollower(), FakeFollower(), FakeFollower()
+        fanout.replicate(first, ReplicateCommand("a", 0))
+        fanout.replicate(second, ReplicateCommand("a", 1))
+        fanout.replicate(other, ReplicateCommand("b", 0))
+        fanout.replicate(later, ReplicateCommand("a", 2))
+        runner.run_all()
+        refusal = "master cannot read stream a: token 2 is damaged in the store"
+        assert first.errors == [refusal] and second.errors == [refusal]
+        assert other.errors == [] and other.lines() == ['RDATA b 1 {"v":"other"}', "POSITION b 1"]
+        assert later.errors == [] and later.lines() == ['RDATA a 3 {"v":"third"}', "POSITION a 3"]
+        assert fanout.damaged_tokens == {("a", "", 2)}
+        damage_logs = [r for r in caplog.records if "is damaged in the store" in r.getMessage()]
+        assert len(damage_logs) == 1
+        assert "token 2" in damage_logs[0].getMessage()
+    finally:
+        log.close()
+        runner.run_all()
+
+
+def test_a_follower_ahead_of_the_head_is_counted(tmp_path: Path) -> None:
+    """REPLICATE after a token above the head is counted in ``followers_ahead`` (and
+    answered with RESET); one at the head is not."""
+    path = tmp_path / "s.db"
+    damaged_store(path)
+    log, fanout, runner = sqlite_fanout(path)
+    try:
+        at_head, ahead = FakeFollower(), FakeFollower()
+        fanout.replicate(at_head, ReplicateCommand("b", 1))
+        assert fanout.followers_ahead == 0
+        fanout.replicate(ahead, ReplicateCommand("b", 7))
+        runner.run_all()
+        assert fanout.followers_ahead == 1
+        assert ahead.lines()[0] == "RESET b 1"
+    finally:
+        log.close()
+        runner.run_all()
