@@ -44,21 +44,21 @@ def damaged_store(path: Path) -> None:
 
 
 def test_a_changed_byte_inside_a_row_is_reported_as_damage_of_that_token(tmp_path: Path) -> None:
-    """The file still passes quick_check and opens; reading stream a across token 2 raises
-    DamagedEntry naming a, the local origin and token 2; token 1 alone, token 3 alone and
-    stream b read as written."""
+    """The file still passes quick_check and opens; a read of stream a from token 1 stops
+    before damaged token 2, one from token 2 raises DamagedEntry naming a, the local origin
+    and token 2; token 3 alone and stream b read as written."""
     path = tmp_path / "s.db"
     damaged_store(path)
     store = SqliteStore(str(path))
     try:
+        assert store.read("a", 0, 3, 100) == [Entry(1, ('{"v":"first"}',))]
         with pytest.raises(DamagedEntry) as caught:
-            store.read("a", 0, 3, 100)
+            store.read("a", 1, 3, 100)
         assert (caught.value.stream, caught.value.origin, caught.value.token) == ("a", "", 2)
         assert isinstance(caught.value, StoreError)
         message = str(caught.value)
         assert "token 2 of stream 'a' (origin local) is damaged" in message
         assert "CRC32" in message and str(path) in message
-        assert store.read("a", 0, 1, 100) == [Entry(1, ('{"v":"first"}',))]
         assert store.read("a", 2, 3, 100) == [Entry(3, ('{"v":"third"}',))]
         assert store.read("b", 0, 1, 100) == [Entry(1, ('{"v":"other"}',))]
         assert store.head("a") == 3
@@ -231,10 +231,10 @@ def sqlite_fanout(path: Path) -> tuple[StreamLog, FanOut, ManualRunner]:
 def test_the_fan_out_refuses_a_damaged_token_names_it_and_serves_other_streams(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Followers catching up across damaged token 2 of stream a are answered ``ERROR master
-    cannot read stream a: token 2 is damaged in the store``; the damage is counted and
-    logged once however many followers reach it; a follower of stream b is served, and a
-    follower of a from token 2 on is served token 3."""
+    """Followers catching up across damaged token 2 of stream a are sent token 1 and then
+    answered ``ERROR master cannot read stream a: token 2 is damaged in the store``; the
+    damage is counted and logged once however many followers reach it; a follower of
+    stream b is served, and a follower of a from token 2 on is served token 3."""
     path = tmp_path / "s.db"
     damaged_store(path)
     log, fanout, runner = sqlite_fanout(path)
@@ -248,6 +248,7 @@ def test_the_fan_out_refuses_a_damaged_token_names_it_and_serves_other_streams(
         runner.run_all()
         refusal = "master cannot read stream a: token 2 is damaged in the store"
         assert first.errors == [refusal] and second.errors == [refusal]
+        assert first.lines() == ['RDATA a 1 {"v":"first"}'] and second.lines() == []
         assert other.errors == [] and other.lines() == ['RDATA b 1 {"v":"other"}', "POSITION b 1"]
         assert later.errors == [] and later.lines() == ['RDATA a 3 {"v":"third"}', "POSITION a 3"]
         assert fanout.damaged_tokens == {("a", "", 2)}

@@ -27,9 +27,10 @@ creation time (the best that is known), ``NULL`` when it retains none.
 
 Checksums. ``entries.crc`` is the CRC32 of a token's stored rows (their UTF-8 bytes, as
 joined), written in the transaction that stores them. ``read`` checks every token it returns:
-rows that do not match their checksum, are not UTF-8, or do not split into ``nrows`` rows raise
-:class:`~replication.store.DamagedEntry` naming the stream, origin and token, and nothing of
-that read is returned; other tokens and streams read as usual (``PRAGMA quick_check`` checks
+a token whose rows do not match their checksum, are not UTF-8, or do not split into ``nrows``
+rows ends the read before it, and a read that starts with it raises
+:class:`~replication.store.DamagedEntry` naming the stream, origin and token; so a follower
+gets every token before the damaged one, and other tokens and streams read as usual (``PRAGMA quick_check`` checks
 the file's structure, not the bytes of a row). The column too joined version 2 before its
 release: a development version 2 file without it gets it when opened, with the checksums of
 the rows it holds computed then (in one transaction), as are the rows of a migrated version 1
@@ -435,7 +436,12 @@ class SqliteStore:
                 try:
                     gathered = 0
                     for token, nrows, crc, data in cursor:
-                        rows = self._checked(stream, origin, token, nrows, crc, data)
+                        try:
+                            rows = self._checked(stream, origin, token, nrows, crc, data)
+                        except DamagedEntry:
+                            if out:
+                                break  # serve what precedes it; the next read raises
+                            raise
                         out.append(Entry(token, rows))
                         gathered += nrows
                         if gathered >= max_rows:
