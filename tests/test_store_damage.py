@@ -9,6 +9,7 @@ import logging
 import os
 import pathlib
 import sqlite3
+import zlib
 from pathlib import Path
 
 import pytest
@@ -66,55 +67,67 @@ def test_a_changed_byte_inside_a_row_is_reported_as_damage_of_that_token(tmp_pat
         store.close()
 
 
-def test_a_row_whose_bytes_are_no_longer_utf8_is_damage_not_a_crash(tmp_path: Path) -> None:
-    """A byte changed into an invalid UTF-8 sequence is DamagedEntry too (not SQLite's
-    decoding error)."""
-    path = tmp_path / "s.db"
+def one_token(path: Path, rows: list[str], origin: str = "") -> None:
+    """A closed store at ``path`` holding ``rows`` as token 1 of stream a (from ``origin``:
+    appended if local, else ingested)."""
     store = SqliteStore(str(path))
-    store.append([("a", ['{"v":"abc"}'])], 1.0)
+    if origin:
+        store.ingest("a", origin, [Entry(1, tuple(rows))], 1.0)
+    else:
+        store.append([("a", rows)], 1.0)
     store.close()
-    flip_byte(path, b'"abc"', b'"a\xffc"')
+
+
+def run_sql(path: Path, statement: str) -> list[tuple[object, ...]]:
+    """Run one statement on the closed store at ``path``, outside the store's code."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        return conn.execute(statement).fetchall()
+    finally:
+        conn.close()
+
+
+def read_token_1(path: Path, origin: str = "") -> list[Entry]:
+    """Open the store at ``path`` and read token 1 of stream a."""
     store = SqliteStore(str(path))
     try:
-        with pytest.raises(DamagedEntry, match="token 1 of stream 'a'"):
-            store.read("a", 0, 1, 10)
+        return store.read("a", 0, 1, 10, origin)
     finally:
         store.close()
+
+
+def test_a_row_whose_bytes_are_no_longer_utf8_is_damage_not_a_crash(tmp_path: Path) -> None:
+    """A byte changed into an invalid UTF-8 sequence is DamagedEntry (not SQLite's
+    decoding error): by its checksum, and without a checksum as rows that are not UTF-8."""
+    path = tmp_path / "s.db"
+    one_token(path, ['{"v":"abc"}'])
+    flip_byte(path, b'"abc"', b'"a\xffc"')
+    with pytest.raises(DamagedEntry, match="token 1 of stream 'a'.*CRC32"):
+        read_token_1(path)
+    run_sql(path, "UPDATE entries SET crc = NULL")
+    with pytest.raises(DamagedEntry, match="token 1 of stream 'a'.*not UTF-8"):
+        read_token_1(path)
 
 
 def test_a_changed_row_count_is_damage(tmp_path: Path) -> None:
     """A token whose recorded row count differs from the rows stored is DamagedEntry."""
     path = tmp_path / "s.db"
-    store = SqliteStore(str(path))
-    store.append([("a", ["1", "2"])], 1.0)
-    store.close()
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("UPDATE entries SET nrows = 3")
-    conn.close()
-    store = SqliteStore(str(path))
-    try:
-        with pytest.raises(DamagedEntry, match="2 rows stored, 3 recorded"):
-            store.read("a", 0, 1, 10)
-    finally:
-        store.close()
+    one_token(path, ["1", "2"])
+    run_sql(path, "UPDATE entries SET nrows = 3")
+    with pytest.raises(DamagedEntry, match="2 rows stored, 3 recorded"):
+        read_token_1(path)
 
 
 def test_ingested_rows_of_another_origin_are_checked_and_named_by_origin(tmp_path: Path) -> None:
     """Rows stored with ingest carry checksums too; their damage names their origin."""
     path = tmp_path / "s.db"
-    store = SqliteStore(str(path))
     origin = new_origin_id()
-    store.ingest("a", origin, [Entry(1, ('{"v":"remote"}',))], 1.0)
-    store.close()
+    one_token(path, ['{"v":"remote"}'], origin)
     flip_byte(path, b'"remote"', b'"remotE"')
-    store = SqliteStore(str(path))
-    try:
-        with pytest.raises(DamagedEntry) as caught:
-            store.read("a", 0, 1, 10, origin)
-        assert caught.value.origin == origin
-        assert f"(origin {origin})" in str(caught.value)
-    finally:
-        store.close()
+    with pytest.raises(DamagedEntry) as caught:
+        read_token_1(path, origin)
+    assert caught.value.origin == origin
+    assert f"(origin {origin})" in str(caught.value)
 
 
 def test_a_development_version_2_file_without_checksums_gets_them_when_opened(
@@ -124,41 +137,21 @@ def test_a_development_version_2_file_without_checksums_gets_them_when_opened(
     and the checksums of the rows it holds are computed then, so damage after that point
     is found."""
     path = tmp_path / "dev.db"
-    store = SqliteStore(str(path))
-    store.append([("a", ['{"v":"kept"}'])], 1.0)
-    store.close()
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("ALTER TABLE entries DROP COLUMN crc")
-    conn.close()
-    store = SqliteStore(str(path))
-    assert store.read("a", 0, 1, 10) == [Entry(1, ('{"v":"kept"}',))]
-    store.close()
-    conn = sqlite3.connect(path, isolation_level=None)
-    assert conn.execute("SELECT crc FROM entries").fetchall() != [(None,)]
-    conn.close()
+    one_token(path, ['{"v":"kept"}'])
+    run_sql(path, "ALTER TABLE entries DROP COLUMN crc")
+    assert read_token_1(path) == [Entry(1, ('{"v":"kept"}',))]
+    assert run_sql(path, "SELECT crc FROM entries") == [(zlib.crc32(b'{"v":"kept"}'),)]
     flip_byte(path, b'"kept"', b'"kepT"')
-    store = SqliteStore(str(path))
-    try:
-        with pytest.raises(DamagedEntry):
-            store.read("a", 0, 1, 10)
-    finally:
-        store.close()
+    with pytest.raises(DamagedEntry):
+        read_token_1(path)
 
 
 def test_a_token_without_a_checksum_is_read_unchecked(tmp_path: Path) -> None:
     """A NULL checksum (none recorded) is not damage: the rows are served as stored."""
     path = tmp_path / "s.db"
-    store = SqliteStore(str(path))
-    store.append([("a", ['{"v":1}'])], 1.0)
-    store.close()
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("UPDATE entries SET crc = NULL")
-    conn.close()
-    store = SqliteStore(str(path))
-    try:
-        assert store.read("a", 0, 1, 10) == [Entry(1, ('{"v":1}',))]
-    finally:
-        store.close()
+    one_token(path, ['{"v":1}'])
+    run_sql(path, "UPDATE entries SET crc = NULL")
+    assert read_token_1(path) == [Entry(1, ('{"v":1}',))]
 
 
 def test_a_write_refused_as_readonly_by_sqlite_is_reported_as_read_only(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from processes import (
     HOST,
     Process,
     free_ports,
-    http_request,
+    metric_value as metric,
     publish,
     read_positions,
     replication_command,
@@ -31,15 +31,6 @@ from processes import (
     write_worker_config,
 )
 from test_store_damage import flip_byte
-
-
-def metric(http_port: int, sample: str) -> float | None:
-    """The value of one sample of the master's /metrics, or None if absent."""
-    _, text = http_request(http_port, "GET", "/metrics", timeout=5)
-    for line in str(text).splitlines():
-        if line.startswith(sample + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def worker(tmp: Path, port: int, name: str, stream: str, initial: float, most: float) -> Process:
