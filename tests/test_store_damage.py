@@ -270,3 +270,39 @@ def test_a_follower_ahead_of_the_head_is_counted(tmp_path: Path) -> None:
     finally:
         log.close()
         runner.run_all()
+
+
+def test_an_unwritable_file_is_named_before_sqlite_is_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the process may not write the database file (os.access says so: the check that
+    also holds for a non-root user and chmod 444), opening raises ReadOnlyStore naming the
+    file, and the file is left unchanged."""
+    path = tmp_path / "s.db"
+    SqliteStore(str(path)).close()
+    before = path.read_bytes()
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: False if str(p) == str(path) else real_access(p, mode)
+    )
+    with pytest.raises(ReadOnlyStore, match=f"the file {path} is read-only"):
+        SqliteStore(str(path))
+    assert path.read_bytes() == before
+
+
+def test_a_read_only_file_system_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the file system holding the store reports ST_RDONLY, opening raises
+    ReadOnlyStore saying the file system is mounted read-only (root included)."""
+    path = tmp_path / "s.db"
+    SqliteStore(str(path)).close()
+    real_statvfs = os.statvfs
+
+    class ReadOnly:
+        def __init__(self, result: os.statvfs_result) -> None:
+            self.f_flag = result.f_flag | os.ST_RDONLY
+
+    monkeypatch.setattr(os, "statvfs", lambda p: ReadOnly(real_statvfs(p)))
+    with pytest.raises(ReadOnlyStore, match="mounted read-only"):
+        SqliteStore(str(path))
