@@ -13,6 +13,8 @@ import zlib
 from pathlib import Path
 
 import pytest
+from helpers import ManualRunner
+from test_stream_log import FakeFollower
 from twisted.internet.task import Clock
 
 from replication.cluster.identity import new_origin_id
@@ -22,8 +24,6 @@ from replication.master.log import StreamLog
 from replication.store import DamagedEntry, Entry, ReadOnlyStore, Retention, StoreError
 from replication.store.asynchronous import ThreadedStore
 from replication.store.sqlite import SqliteStore
-from helpers import ManualRunner
-from test_stream_log import FakeFollower
 
 
 def flip_byte(path: Path, needle: bytes, replacement: bytes) -> None:

@@ -17,18 +17,19 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-
 from processes import (
     HOST,
     Process,
     free_ports,
-    metric_value as metric,
     publish,
     read_positions,
     replication_command,
     start_sqlite_master,
     wait_until,
     write_worker_config,
+)
+from processes import (
+    metric_value as metric,
 )
 from test_store_damage import flip_byte
 
