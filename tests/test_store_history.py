@@ -181,3 +181,15 @@ def test_a_mark_that_cannot_be_written_is_logged_once(
     marker.stopService()
     errors = [r for r in caplog.records if "cannot write" in r.getMessage()]
     assert len(errors) == 1
+
+
+def test_an_unreadable_mark_is_refused_unless_accepted(tmp_path: Path) -> None:
+    """A mark file that is not a mark stops open_store with a message naming it and the
+    flag; with accept_history_loss the store opens."""
+    config = sqlite_config(tmp_path)
+    mark_file = Path(mark_path(str(tmp_path / "streams.sqlite3")))
+    mark_file.write_text("not json")
+    with pytest.raises(ServiceError, match="not a history mark.*--accept-store-history-loss"):
+        open_store(config)
+    store = open_store(config, accept_history_loss=True)
+    store.close()

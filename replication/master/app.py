@@ -46,6 +46,7 @@ from replication.store import LOCAL_ORIGIN, StoreError, StreamStore
 from replication.store.history import (
     HistoryLost,
     HistoryMark,
+    HistoryMarkError,
     check_history,
     mark_path,
     read_mark,
@@ -88,7 +89,7 @@ def open_store(config: MasterConfig, accept_history_loss: bool = False) -> Strea
 
         path = database_path(config)
         try:
-            mark = read_mark(mark_path(path))
+            mark = _read_mark(mark_path(path), accept_history_loss)
             if mark is not None and not os.path.exists(path):
                 _history_lost(mark, None, {}, path, accept_history_loss)
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -109,6 +110,20 @@ def open_store(config: MasterConfig, accept_history_loss: bool = False) -> Strea
             raise
         return store
     raise ServiceError(f"unknown store type {config.store.type!r}")
+
+
+def _read_mark(path: str, accept: bool) -> HistoryMark | None:
+    """The history mark in ``path``; one that cannot be read is an error, or, with
+    ``accept``, a warning and no mark (it is written anew once the store is open)."""
+    try:
+        return read_mark(path)
+    except HistoryMarkError as e:
+        if not accept:
+            raise HistoryMarkError(
+                f"{e}; or start once with --accept-store-history-loss to write it anew"
+            ) from None
+        log.warning("ignoring the history mark (--accept-store-history-loss): %s", e)
+        return None
 
 
 def _history_lost(
