@@ -92,6 +92,7 @@ def open_store(config: MasterConfig, accept_history_loss: bool = False) -> Strea
             mark = _read_mark(mark_path(path), accept_history_loss)
             if mark is not None and not os.path.exists(path):
                 _history_lost(mark, None, {}, path, accept_history_loss)
+                mark = None  # accepted: the new store has nothing to be compared with
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             store = SqliteStore(path)
         except OSError as e:
@@ -144,8 +145,6 @@ def _history_lost(
                 "ahead of it"
             ) from None
         log.warning("accepting the store's history loss (--accept-store-history-loss): %s", e)
-    except StoreError as e:
-        raise ServiceError(f"cannot open the store: {e}") from None
 
 
 class StoreThreads(Service):
