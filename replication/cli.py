@@ -207,7 +207,8 @@ def cmd_master(args: argparse.Namespace) -> int:
     _log_master_paths(config)
     try:
         service = master_service(
-            config, reactor, registry=process_registry(), commands=commands
+            config, reactor, registry=process_registry(), commands=commands,
+            accept_history_loss=args.accept_store_history_loss,
         )
     except ServiceError as e:
         raise CommandLineError(str(e)) from None
@@ -667,6 +668,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", metavar="FILE", help="YAML configuration file")
     add_flags(p, MASTER)  # --server-name, --listen, --http-listen, --data-dir, --stream, --store
     p.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
+    p.add_argument(
+        "--accept-store-history-loss", action="store_true",
+        help="start even though the SQLite store holds less than this master recorded "
+        "(replaced, emptied or restored from an old backup); see docs/operations.rst",
+    )
     _add_reactor_flag(p)
     p.set_defaults(func=cmd_master)
 

@@ -104,6 +104,14 @@ MASTER_METRICS: dict[str, str] = {
         "dialect lacks, by that command: GAP (retention dropped tokens the worker had not "
         "seen) or RESET (the worker was ahead of the stream's head)."
     ),
+    "replication_store_damaged_tokens_total": (
+        "Stored tokens found damaged (their rows do not match their checksum) when read for "
+        "a catch-up, each counted once; followers reaching one are refused with ERROR."
+    ),
+    "replication_followers_ahead_total": (
+        "REPLICATE requests after a token above the stream's head: a worker ahead of this "
+        "master's history (answered with RESET, or POSITION to legacy workers)."
+    ),
     "replication_connection_buffered_bytes": (
         "Bytes the master holds for a worker's connections beyond what the transport holds, "
         "by peer name (summed over that name's connections); past "
@@ -294,6 +302,7 @@ class MasterMetrics:
         open_.add_metric([], len(view.connections))
         yield open_
         yield from _dialect_families(view)
+        yield from _history_families(view)
         buffered_by_peer: dict[str, int] = {}
         lag: dict[tuple[str, str], int] = {}
         for connection in view.connections:
@@ -334,6 +343,16 @@ def _dialect_families(view: MasterSnapshot) -> Iterator[Metric]:
     for command in ("GAP", "RESET"):
         substitutions.add_metric([command], view.legacy_substitutions.get(command, 0))
     yield substitutions
+
+
+def _history_families(view: MasterSnapshot) -> Iterator[Metric]:
+    """Damaged tokens found in the store and followers that were ahead of the head."""
+    damaged = _counter("replication_store_damaged_tokens_total", MASTER_METRICS)
+    damaged.add_metric([], view.damaged_tokens)
+    yield damaged
+    ahead = _counter("replication_followers_ahead_total", MASTER_METRICS)
+    ahead.add_metric([], view.followers_ahead)
+    yield ahead
 
 
 def _stream_families(view: MasterSnapshot) -> Iterator[Metric]:

@@ -186,6 +186,10 @@ class MasterSnapshot:
     #: POSITION lines sent to legacy-dialect workers in place of GAP and RESET, by the
     #: command they replaced.
     legacy_substitutions: Mapping[str, int] = field(default_factory=dict)
+    #: Distinct stored tokens found damaged since start.
+    damaged_tokens: int = 0
+    #: ``REPLICATE`` requests after a token above the stream's head, since start.
+    followers_ahead: int = 0
 
     def head(self, stream: str) -> int:
         for view in self.streams:

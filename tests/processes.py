@@ -281,6 +281,15 @@ def http_request(
         connection.close()
 
 
+def metric_value(http_port: int, sample: str) -> float | None:
+    """The value of one sample (``name{labels}``) of ``GET /metrics``, or None if absent."""
+    _, text = http_request(http_port, "GET", "/metrics", timeout=5)
+    for line in str(text).splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def health_ok(port: int) -> bool:
     try:
         status, _ = http_request(port, "GET", "/health", timeout=1.0)

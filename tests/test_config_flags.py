@@ -78,13 +78,15 @@ def _subparser(command: str) -> argparse.ArgumentParser:
 @pytest.mark.parametrize(("command", "flags"), [("master", MASTER_FLAGS), ("worker", WORKER_FLAGS)])
 def test_override_flags_are_unchanged(command: str, flags: list[tuple[Any, ...]]) -> None:
     """Every override flag keeps its name, destination, metavar, help, choices and default,
-    and the subcommand has no other flags than these, --config, --verbose and --reactor (the
-    reactor to run on, not a configuration key)."""
+    and the subcommand has no other flags than these, --config, --verbose, --reactor (the
+    reactor to run on, not a configuration key) and the master's
+    --accept-store-history-loss (a decision for one start, not a configuration key)."""
     actions = {
         action.option_strings[0]: action
         for action in _subparser(command)._actions
         if action.option_strings
-        and action.option_strings[0] not in ("-h", "--config", "--verbose", "--reactor")
+        and action.option_strings[0]
+        not in ("-h", "--config", "--verbose", "--reactor", "--accept-store-history-loss")
     }
     assert sorted(actions) == sorted(flag[0] for flag in flags)
     for name, dest, metavar, help_text, choices, default, append in flags:

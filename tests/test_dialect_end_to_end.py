@@ -17,6 +17,7 @@ from processes import (
     HOST,
     free_ports,
     http_request,
+    metric_value,
     publish,
     start_master,
     wait_until,
@@ -78,12 +79,7 @@ def _oldest(http_port: int) -> int | None:
     return None
 
 
-def _metric(http_port: int, sample: str) -> float | None:
-    _, text = http_request(http_port, "GET", "/metrics", timeout=5)
-    for line in str(text).splitlines():
-        if line.startswith(sample + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return None
+_metric = metric_value
 
 
 def test_a_synapse_like_client_follows_a_real_master_without_gap_or_reset(

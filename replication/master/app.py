@@ -7,6 +7,7 @@ Deferred awaited before the next: see :class:`~replication.services.OrderedMulti
 
     MasterService
       StoreThreads    the writer and reader thread pools a blocking store runs in
+      HistoryMarker   (a SQLite store it opened) records the store's history mark
       MasterRunner    the Master: opens the store, runs retention; on stop closes every
                       connection and then the store (after the writes in flight)
       ListeningService  the replication port   } start listening once the store is open;
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -30,16 +31,27 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from replication.config import MasterConfig
 from replication.master.connection import MasterFactory
+from replication.master.log import StreamState
 from replication.master.service import Master
 from replication.services import ListeningService, OrderedMultiService, fork
 from replication.metrics import MasterMetrics, process_registry
-from replication.store import StoreError, StreamStore
+from replication.store import LOCAL_ORIGIN, StoreError, StreamStore
+from replication.store.history import (
+    HistoryLost,
+    HistoryMark,
+    HistoryMarkError,
+    check_history,
+    mark_path,
+    read_mark,
+    write_mark,
+)
 from replication.wire.commands import CommandRegistry
 
 log = logging.getLogger("replication.master")
@@ -48,6 +60,9 @@ log = logging.getLogger("replication.master")
 class ServiceError(Exception):
     """A master cannot be built or started: the message says why, for an operator."""
 
+
+#: Seconds between two writes of a running master's history mark (when heads changed).
+HISTORY_MARK_INTERVAL = 30.0
 
 #: The SQLite database's file name in ``data_dir`` when ``store.path`` is not set.
 DEFAULT_DATABASE_NAME = "streams.sqlite3"
@@ -59,8 +74,12 @@ def database_path(config: MasterConfig) -> str:
     return config.store.path or os.path.join(config.data_dir, DEFAULT_DATABASE_NAME)
 
 
-def open_store(config: MasterConfig) -> StreamStore:
-    """Open the configured store (``store.type``); raises :class:`ServiceError`."""
+def open_store(config: MasterConfig, accept_history_loss: bool = False) -> StreamStore:
+    """Open the configured store (``store.type``); raises :class:`ServiceError`.
+
+    A SQLite store is compared with its history mark (:mod:`replication.store.history`):
+    one that lost history is refused unless ``accept_history_loss``
+    (``--accept-store-history-loss``), which logs what was lost and goes on."""
     from replication.store.memory import MemoryStore
 
     if config.store.type == "memory":
@@ -70,15 +89,62 @@ def open_store(config: MasterConfig) -> StreamStore:
 
         path = database_path(config)
         try:
+            mark = _read_mark(mark_path(path), accept_history_loss)
+            if mark is not None and not os.path.exists(path):
+                _history_lost(mark, None, {}, path, accept_history_loss)
+                mark = None  # accepted: the new store has nothing to be compared with
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            return SqliteStore(path)
+            store = SqliteStore(path)
         except OSError as e:
             raise ServiceError(
                 f"cannot create the data directory for {path}: {e.strerror}"
             ) from None
         except StoreError as e:
             raise ServiceError(f"cannot open the store: {e}") from None
+        try:
+            heads = {
+                name: store.head(name) for name, origin in store.keys() if origin == LOCAL_ORIGIN
+            }
+            _history_lost(mark, store.origin_id, heads, path, accept_history_loss)
+        except BaseException:
+            store.close()
+            raise
+        return store
     raise ServiceError(f"unknown store type {config.store.type!r}")
+
+
+def _read_mark(path: str, accept: bool) -> HistoryMark | None:
+    """The history mark in ``path``; one that cannot be read is an error, or, with
+    ``accept``, a warning and no mark (it is written anew once the store is open)."""
+    try:
+        return read_mark(path)
+    except HistoryMarkError as e:
+        if not accept:
+            raise HistoryMarkError(
+                f"{e}; or start once with --accept-store-history-loss to write it anew"
+            ) from None
+        log.warning("ignoring the history mark (--accept-store-history-loss): %s", e)
+        return None
+
+
+def _history_lost(
+    mark: HistoryMark | None, origin_id: str | None, heads: dict[str, int], path: str,
+    accept: bool,
+) -> None:
+    """:func:`~replication.store.history.check_history`; history lost is a
+    :class:`ServiceError` saying how to accept it, or, with ``accept``, a warning."""
+    try:
+        check_history(mark, origin_id, heads, path)
+    except HistoryLost as e:
+        if not accept:
+            raise ServiceError(
+                f"refusing to start: {e}. Workers may hold positions this store does not have. "
+                "If the loss is expected (a store restored from a backup, or replaced on "
+                f"purpose), start once with --accept-store-history-loss: the master takes the "
+                f"store as it is, records it in {mark_path(path)}, and sends RESET to workers "
+                "ahead of it"
+            ) from None
+        log.warning("accepting the store's history loss (--accept-store-history-loss): %s", e)
 
 
 class StoreThreads(Service):
@@ -106,6 +172,76 @@ class StoreThreads(Service):
         self.reader.stop()
         self.writer.stop()
         return succeed(None)
+
+
+class HistoryMarker(Service):
+    """Records the store's history mark (:mod:`replication.store.history`) in ``path``:
+    once the store is open, every ``interval`` seconds while it changes, when a stream is
+    deleted, and on stop. It is started before the :class:`MasterRunner`, so it stops
+    after it, when the store is closed and the heads are final. A mark that cannot be
+    written is logged (once until a write succeeds again); the master goes on."""
+
+    def __init__(
+        self, master: Master, path: str, clock: IReactorTime,
+        interval: float = HISTORY_MARK_INTERVAL,
+    ) -> None:
+        self.master = master
+        self.path = path
+        self.clock = clock
+        self.interval = interval
+        self._loop = LoopingCall(self.record)
+        self._loop.clock = clock
+        self._opened = False
+        self._recorded: tuple[str, dict[str, int]] | None = None
+        self._failing = False
+
+    def startService(self) -> None:
+        super().startService()
+        fork(self.master.ready).addCallbacks(self._store_opened, lambda _: None)
+
+    def _store_opened(self, _: None) -> None:
+        self._opened = True
+        self.master.log.add_listener(self)
+        self.record()
+        if self.running:
+            self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        self.record()
+
+    def record(self) -> None:
+        """Write the mark if the store's origin id or a head changed since the last one."""
+        origin_id = self.master.log.origin_id
+        if not self._opened or origin_id is None:
+            return
+        heads = {s.stream: s.head for s in self.master.log.states() if s.origin == LOCAL_ORIGIN}
+        if self._recorded == (origin_id, heads):
+            return
+        try:
+            write_mark(self.path, HistoryMark(origin_id, heads, self.clock.seconds()))
+        except StoreError as e:
+            if not self._failing:
+                log.error("%s; a loss of the store's history will not be noticed", e)
+            self._failing = True
+            return
+        self._failing = False
+        self._recorded = (origin_id, heads)
+
+    # -- LogListener: a deletion lowers a head on purpose, so record it at once ------------
+
+    def committed(
+        self, state: StreamState, first: int, tokens_rows: Sequence[Sequence[str]], rows: int
+    ) -> None:
+        pass
+
+    def skipped(self, state: StreamState, first: int, last: int) -> None:
+        pass
+
+    def deleted(self, old: StreamState, new: StreamState | None) -> None:
+        self.record()
 
 
 class MasterRunner(Service):
@@ -176,6 +312,7 @@ def master_service(
     store: StreamStore | None = None,
     registry: CollectorRegistry | None = None,
     commands: CommandRegistry | None = None,
+    accept_history_loss: bool = False,
 ) -> MasterService:
     """The service tree of a master from its configuration (see the module docstring).
 
@@ -184,12 +321,15 @@ def master_service(
     :param registry: the process's metrics registry; ``None``: a new one with the
         ``process_*`` metrics (:func:`~replication.metrics.process_registry`).
     :param commands: the commands connections understand; ``None``: the built-in ones.
+    :param accept_history_loss: open a SQLite store that holds less than its history mark
+        recorded (``--accept-store-history-loss``), see :func:`open_store`.
     :raises ServiceError: the store cannot be opened.
     """
     from replication.http import admin_factory
 
+    marked = store is None and config.store.type == "sqlite"
     if store is None:
-        store = open_store(config)
+        store = open_store(config, accept_history_loss)
     children: list[Service] = []
     run_write = run_read = None
     if store.blocking:
@@ -201,6 +341,8 @@ def master_service(
         config, store, reactor, run_blocking=run_write, run_read=run_read, metrics=metrics,
         registry=commands,
     )
+    if marked:
+        children.append(HistoryMarker(master, mark_path(database_path(config)), reactor))
     children.append(MasterRunner(master))
     children.append(ListeningService(
         _endpoint(reactor, config.listen, "listen"), MasterFactory(master), "workers",
@@ -223,6 +365,7 @@ def master_service(
 
 
 __all__ = [
+    "HistoryMarker",
     "MasterRunner",
     "MasterService",
     "DEFAULT_DATABASE_NAME",

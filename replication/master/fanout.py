@@ -57,8 +57,8 @@ from replication.wire.commands import (
 )
 from replication.wire.dialects import DIALECTS
 from replication.master.log import StreamLog, StreamState
-from replication.store import LOCAL_ORIGIN, Entry
 from replication.ratelimit import LogRateLimiter, suppressed_note
+from replication.store import LOCAL_ORIGIN, DamagedEntry, Entry
 from replication.streams import missing_before, plan_catch_up
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,11 @@ class FanOut:
         #: The warning of a ``REPLICATE`` above the head (``RESET`` or its legacy
         #: substitute) is logged at most once a minute per stream.
         self.reset_warnings = LogRateLimiter()
+        #: Tokens the store found damaged, as ``(stream, origin, token)``: each is logged once.
+        self.damaged_tokens: set[tuple[str, str, int]] = set()
+        #: ``REPLICATE`` requests after a token above the stream's head (a follower ahead of
+        #: this master's history), answered with ``RESET`` or, to legacy followers, ``POSITION``.
+        self.followers_ahead = 0
         log.add_listener(self)
 
     # -- reading -------------------------------------------------------------------------
@@ -254,6 +259,7 @@ class FanOut:
             return
         plan = plan_catch_up(command.token, head)
         if plan.reset:
+            self.followers_ahead += 1
             if not DIALECTS[follower.dialect].gap_and_reset:
                 # What Synapse's own master answered a worker ahead of it: the head, live.
                 suppressed = self.reset_warnings.allow(stream, self.clock.seconds())
@@ -430,6 +436,23 @@ class FanOut:
         if not self._current(follower, state, sub):
             if not state.pumping:
                 self.pump(follower)
+            return
+        damaged = failure.value
+        if isinstance(damaged, DamagedEntry):
+            # Logged once per damaged token; every follower reaching it is refused, and its
+            # worker's backoff counts the short connection as a failed attempt.
+            key = (damaged.stream, damaged.origin, damaged.token)
+            if key not in self.damaged_tokens:
+                self.damaged_tokens.add(key)
+                log.error(
+                    "stream %s: token %d is damaged in the store and cannot be served; "
+                    "followers reaching it are refused, other streams are served (%s)",
+                    sub.stream, damaged.token, damaged,
+                )
+            follower.send_error(
+                f"master cannot read stream {sub.stream}: token {damaged.token} is damaged "
+                "in the store"
+            )
             return
         log.error("reading %s for %s failed: %s", sub.stream, follower.describe(),
                   failure.getErrorMessage())

@@ -350,6 +350,8 @@ class Master:
             closed_received=dict(self.history.received),
             closed_sent=dict(self.history.sent),
             legacy_substitutions=dict(fanout.legacy_substitutions),
+            damaged_tokens=len(fanout.damaged_tokens),
+            followers_ahead=fanout.followers_ahead,
         )
 
 

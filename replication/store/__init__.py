@@ -37,6 +37,32 @@ class StoreError(Exception):
 LOCAL_ORIGIN = ""
 
 
+class DamagedEntry(StoreError):
+    """A stored token failed its check (its checksum, its row count or its text encoding do
+    not match what was written): the store holds damaged data for ``token`` of ``stream``
+    from ``origin`` (``""``: the local origin), and will not hand it out."""
+
+    def __init__(self, path: str, stream: str, origin: str, token: int, problem: str) -> None:
+        super().__init__(path, stream, origin, token, problem)
+        self.path = path
+        self.stream = stream
+        self.origin = origin
+        self.token = token
+        self.problem = problem
+
+    def __str__(self) -> str:
+        origin = "local" if self.origin == LOCAL_ORIGIN else self.origin
+        return (
+            f"store {self.path}: token {self.token} of stream {self.stream!r} (origin {origin})"
+            f" is damaged: {self.problem}"
+        )
+
+
+class ReadOnlyStore(StoreError):
+    """The store cannot be written because its file, its directory or the file system is
+    read-only (or not writable by this process): not a damaged database."""
+
+
 class UnknownStream(StoreError, KeyError):
     """The named stream does not exist in the store."""
 
@@ -216,7 +242,9 @@ class StreamStore(Protocol):
 
 __all__ = [
     "LOCAL_ORIGIN",
+    "DamagedEntry",
     "Entry",
+    "ReadOnlyStore",
     "Retention",
     "RetentionPolicy",
     "StoreError",

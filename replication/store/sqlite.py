@@ -6,7 +6,7 @@ Used by ``store: {type: sqlite}``. The schema (version :data:`SCHEMA_VERSION`, k
     streams(name TEXT, origin TEXT, head INTEGER, oldest INTEGER, rows INTEGER,
             created REAL, PRIMARY KEY (name, origin)) WITHOUT ROWID
     entries(stream TEXT, origin TEXT, token INTEGER, time REAL, nrows INTEGER, rows TEXT,
-            PRIMARY KEY (stream, origin, token)) WITHOUT ROWID
+            crc INTEGER, PRIMARY KEY (stream, origin, token)) WITHOUT ROWID
     meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID    -- one row: origin_id
 
 Everything is keyed by ``(stream, origin)``; the local origin is ``''``. ``meta`` holds the
@@ -24,6 +24,24 @@ by a development build before that has no ``meta`` and is refused. The same hold
 file without it gets it (``ALTER TABLE ... ADD COLUMN``, ``NULL`` for its streams) when
 opened. Migrating a version 1 file takes a stream's oldest retained row's time as its
 creation time (the best that is known), ``NULL`` when it retains none.
+
+Checksums. ``entries.crc`` is the CRC32 of a token's stored rows (their UTF-8 bytes, as
+joined), written in the transaction that stores them. ``read`` checks every token it returns:
+a token whose rows do not match their checksum, are not UTF-8, or do not split into ``nrows``
+rows ends the read before it, and a read that starts with it raises
+:class:`~replication.store.DamagedEntry` naming the stream, origin and token; so a follower
+gets every token before the damaged one, and other tokens and streams read as usual (``PRAGMA quick_check`` checks
+the file's structure, not the bytes of a row). The column too joined version 2 before its
+release: a development version 2 file without it gets it when opened, with the checksums of
+the rows it holds computed then (in one transaction), as are the rows of a migrated version 1
+file; damage that happened before that cannot be told apart from data. A ``NULL`` checksum
+means "not recorded" and is read unchecked.
+
+Read-only. A file, directory or file system this process cannot write is refused when the
+store is opened with :class:`~replication.store.ReadOnlyStore` saying which (SQLite must write
+the file and create its ``-wal``/``-shm`` files beside it), and a SQLite "readonly" error
+later (say, a file system remounted read-only) is raised as ``ReadOnlyStore`` too: it is never
+reported as a corrupt database.
 
 ``delete_stream`` drops a stream's entries and its ``streams`` row in one transaction; the
 stream's name may then be created anew, at token 1.
@@ -71,13 +89,16 @@ import os
 import pathlib
 import sqlite3
 import threading
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from replication.cluster.identity import IdentityError, check_origin_id, new_origin_id
 from replication.store import (
     LOCAL_ORIGIN,
+    DamagedEntry,
     Entry,
+    ReadOnlyStore,
     RetentionPolicy,
     StoreError,
     UnknownStream,
@@ -111,6 +132,7 @@ _SCHEMA = (
     " time REAL NOT NULL,"
     " nrows INTEGER NOT NULL,"
     " rows TEXT NOT NULL,"
+    " crc INTEGER,"
     " PRIMARY KEY (stream, origin, token)"
     ") WITHOUT ROWID",
     "CREATE TABLE meta (key TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
@@ -126,8 +148,8 @@ _MIGRATE_1_TO_2 = (
     " SELECT name, '', head, oldest, rows,"
     " (SELECT MIN(time) FROM entries_v1 WHERE entries_v1.stream = streams_v1.name)"
     " FROM streams_v1",
-    "INSERT INTO entries (stream, origin, token, time, nrows, rows)"
-    " SELECT stream, '', token, time, nrows, rows FROM entries_v1",
+    "INSERT INTO entries (stream, origin, token, time, nrows, rows, crc)"
+    " SELECT stream, '', token, time, nrows, rows, crc32(CAST(rows AS BLOB)) FROM entries_v1",
     "DROP TABLE streams_v1",
     "DROP TABLE entries_v1",
 )
@@ -163,6 +185,9 @@ class SqliteStore:
         self._read_lock = threading.Lock()
         self._closed = False
 
+        read_only = _read_only_problem(path)
+        if read_only is not None:
+            raise ReadOnlyStore(f"SQLite store {path}: cannot be opened for writing: {read_only}")
         if os.path.exists(path):
             new = _inspect(path, quick_check)
         else:
@@ -189,6 +214,9 @@ class SqliteStore:
                 raise
         except sqlite3.Error as e:
             self._writer.close()
+            read_only = _read_only_problem(path, e)
+            if read_only is not None:
+                raise ReadOnlyStore(f"SQLite store {path}: cannot open: {read_only}") from e
             raise StoreError(f"SQLite store {path}: cannot open: {e}") from e
         except BaseException:
             self._writer.close()
@@ -202,10 +230,12 @@ class SqliteStore:
         if str(mode).lower() != "wal":
             raise StoreError(f"SQLite store {self.path}: cannot use WAL mode (journal_mode is {mode})")
         w.execute(f"PRAGMA synchronous = {sync}")
+        w.create_function("crc32", 1, _crc32_sql, deterministic=True)
         if not new:
             if w.execute("PRAGMA user_version").fetchone()[0] == 1:
                 self._migrate_from_1()
             self._add_created_column()
+            self._add_crc_column()
             return _read_origin_id(self.path, w)
         w.execute("BEGIN IMMEDIATE")
         try:
@@ -232,6 +262,25 @@ class SqliteStore:
         columns = {r[1] for r in w.execute("PRAGMA table_info(streams)")}
         if columns and "created" not in columns:
             w.execute("ALTER TABLE streams ADD COLUMN created REAL")
+
+    def _add_crc_column(self) -> None:
+        """Give a development version 2 file the ``crc`` column of ``entries`` it lacks, with
+        the checksums of the rows it holds computed now, in one transaction."""
+        w = self._writer
+        columns = {r[1] for r in w.execute("PRAGMA table_info(entries)")}
+        if not columns or "crc" in columns:
+            return
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {r[1] for r in w.execute("PRAGMA table_info(entries)")}
+            if "crc" not in columns:  # not done meanwhile
+                w.execute("ALTER TABLE entries ADD COLUMN crc INTEGER")
+                w.execute("UPDATE entries SET crc = crc32(CAST(rows AS BLOB))")
+            w.execute("COMMIT")
+        except BaseException:
+            if w.in_transaction:
+                w.execute("ROLLBACK")
+            raise
 
     def _migrate_from_1(self) -> None:
         """Add the origin columns and the ``meta`` table with a new origin id to a version 1
@@ -260,6 +309,11 @@ class SqliteStore:
         try:
             yield
         except sqlite3.Error as e:
+            read_only = _read_only_problem(self.path, e)
+            if read_only is not None:
+                raise ReadOnlyStore(
+                    f"SQLite store {self.path}: {what} failed: {read_only}"
+                ) from e
             raise StoreError(f"SQLite store {self.path}: {what} failed: {e}") from e
 
     @contextmanager
@@ -375,14 +429,20 @@ class SqliteStore:
         with self._errors("read"), self._read_lock:
             if max_rows > 0 and upto > after:
                 cursor = self._reader.execute(
-                    "SELECT token, nrows, rows FROM entries"
+                    "SELECT token, nrows, crc, CAST(rows AS BLOB) FROM entries"
                     " WHERE stream = ? AND origin = ? AND token > ? AND token <= ? ORDER BY token",
                     (stream, origin, after, upto),
                 )
                 try:
                     gathered = 0
-                    for token, nrows, text in cursor:
-                        out.append(Entry(token, tuple(text.split("\n"))))
+                    for token, nrows, crc, data in cursor:
+                        try:
+                            rows = self._checked(stream, origin, token, nrows, crc, data)
+                        except DamagedEntry:
+                            if out:
+                                break  # serve what precedes it; the next read raises
+                            raise
+                        out.append(Entry(token, rows))
                         gathered += nrows
                         if gathered >= max_rows:
                             break
@@ -391,6 +451,26 @@ class SqliteStore:
             if not out:
                 self._stream_row(stream, origin)  # raises UnknownStream
         return out
+
+    def _checked(
+        self, stream: str, origin: str, token: int, nrows: int, crc: int | None, data: bytes
+    ) -> tuple[str, ...]:
+        """The rows of one stored token, or :class:`DamagedEntry` if its bytes do not match
+        their checksum, are not UTF-8 or do not split into ``nrows`` rows."""
+        if crc is not None and zlib.crc32(data) != crc:
+            raise DamagedEntry(
+                self.path, stream, origin, token,
+                f"its rows do not match their CRC32 ({zlib.crc32(data):#010x}, stored {crc:#010x})",
+            )
+        try:
+            rows = tuple(data.decode("utf-8").split("\n"))
+        except UnicodeDecodeError as e:
+            raise DamagedEntry(self.path, stream, origin, token, f"its rows are not UTF-8 ({e})") from None
+        if len(rows) != nrows:
+            raise DamagedEntry(
+                self.path, stream, origin, token, f"{len(rows)} rows stored, {nrows} recorded"
+            )
+        return rows
 
     # -- writer thread ---------------------------------------------------------------------
 
@@ -418,11 +498,11 @@ class SqliteStore:
                     s = streams[name] = [found[0][0] if found else 0, 0]
                 s[0] += 1
                 s[1] += len(rows)
-                entries.append((name, s[0], now, len(rows), text))
+                entries.append((name, s[0], now, len(rows), text, _crc32(text)))
                 tokens.append(s[0])
             w.executemany(
-                "INSERT INTO entries (stream, origin, token, time, nrows, rows)"
-                " VALUES (?, '', ?, ?, ?, ?)",
+                "INSERT INTO entries (stream, origin, token, time, nrows, rows, crc)"
+                " VALUES (?, '', ?, ?, ?, ?, ?)",
                 entries,
             )
             w.executemany(
@@ -448,9 +528,13 @@ class SqliteStore:
                     )
                 by_token = {entry.token: text for entry, text in zip(entries, texts)}
                 w.executemany(
-                    "INSERT INTO entries (stream, origin, token, time, nrows, rows)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    [(stream, origin, e.token, now, len(e.rows), by_token[e.token]) for e in new],
+                    "INSERT INTO entries (stream, origin, token, time, nrows, rows, crc)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (stream, origin, e.token, now, len(e.rows), by_token[e.token],
+                         _crc32(by_token[e.token]))
+                        for e in new
+                    ],
                 )
                 head = new[-1].token
                 w.execute(
@@ -539,6 +623,40 @@ def _joined(rows: Sequence[str]) -> str:
     return text
 
 
+def _crc32(text: str) -> int:
+    """The checksum stored beside a token's rows: CRC32 of their UTF-8 bytes."""
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def _crc32_sql(data: bytes | None) -> int | None:
+    """``crc32(CAST(rows AS BLOB))`` in SQL: the checksum of rows already stored."""
+    return None if data is None else zlib.crc32(data)
+
+
+def _read_only_problem(path: str, error: BaseException | None = None) -> str | None:
+    """What makes ``path`` unwritable, in words, or ``None``: a read-only file system, a
+    file or directory this process may not write, or SQLite's own "readonly" errors
+    (``error``). SQLite needs to write the file and to create its ``-wal`` and ``-shm``
+    files beside it."""
+    target = path if os.path.exists(path) else os.path.dirname(os.path.abspath(path))
+    try:
+        if os.statvfs(target).f_flag & os.ST_RDONLY:
+            return f"the file system holding {target} is mounted read-only"
+    except OSError:
+        pass
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return f"the file {path} is read-only (not writable by this process)"
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(parent) and not os.access(parent, os.W_OK | os.X_OK):
+        return (
+            f"the directory {parent} is not writable by this process (SQLite creates the "
+            "-wal and -shm files beside the database)"
+        )
+    if error is not None and "readonly" in str(error).lower().replace("read-only", "readonly"):
+        return f"the database is read-only ({error}): check the file system, file and directory permissions"
+    return None
+
+
 def _inspect(path: str, quick_check: bool) -> bool:
     """Look at an existing file read-only; return whether it is an empty database that needs
     the schema, or raise :class:`StoreError` if it cannot be used."""
@@ -573,6 +691,9 @@ def _inspect(path: str, quick_check: bool) -> bool:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.Error as e:
+            read_only = _read_only_problem(path, e)
+            if read_only is not None:
+                raise ReadOnlyStore(f"SQLite store {path}: cannot check it: {read_only}") from e
             raise StoreError(f"SQLite store {path}: the database is corrupt ({e})") from e
         if not tables and app_id == 0 and version == 0:
             return True  # an empty database: ours to set up
