@@ -97,6 +97,8 @@ def encode_json(value: Any) -> str:
         text.encode("utf-8")
     except (TypeError, ValueError) as e:
         raise CommandParseError(f"row is not JSON-serialisable: {e}") from None
+    except RecursionError:
+        raise CommandParseError("row is not JSON-serialisable: it is nested too deeply") from None
     return text
 
 
@@ -123,11 +125,14 @@ _strict_decode = json.JSONDecoder(
 def decode_json(text: str, what: str = "RDATA row") -> Any:
     """Decode one JSON document, strictly: ``NaN``, ``Infinity`` and numbers that overflow
     a float are refused with :class:`CommandParseError` (``"<what> is not valid JSON:
-    ..."``), as is anything not JSON."""
+    ..."``), as is anything not JSON, and a document nested too deeply for the decoder
+    (``"<what> is nested too deeply"``)."""
     try:
         value = _strict_decode(text)
     except ValueError as e:
         raise CommandParseError(f"{what} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise CommandParseError(f"{what} is nested too deeply") from None
     if "\\u" in text and "\\ud" in text.lower():
         # An escaped lone surrogate decodes to a string that UTF-8 cannot carry.
         try:
