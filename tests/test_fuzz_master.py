@@ -260,15 +260,21 @@ def step(run: Run, action: object, legacy: bool) -> None:
 
 
 @settings(max_examples=scaled(300))
-@given(st.booleans(), actions)
-def test_a_master_survives_whatever_a_peer_sends(legacy: bool, script: list[object]) -> None:
+@given(st.booleans(), st.booleans(), actions)
+def test_a_master_survives_whatever_a_peer_sends(
+    legacy: bool, stalled: bool, script: list[object]
+) -> None:
     """A master fed generated lines (valid and not, in random chunks), publishes, time and
     a peer that stops reading keeps the invariants of this module's docstring, and leaves
-    no delayed call once the connection is gone and the master stopped."""
+    no delayed call once the connection is gone and the master stopped. A ``stalled`` peer
+    follows every stream and then stops reading until the script says otherwise."""
     run = start(legacy)
     hello = b"NAME w1\n" if legacy else b"NAME w1\nVERSION 1\n"
+    if stalled:
+        hello += b"".join(b"REPLICATE %s 0\n" % s.encode() for s in STREAMS[:2])
     run.write(hello)
     run.pipe.pump()
+    run.pipe.client_reads = not stalled
     run.check()
     most_queued = 0
     for action in script:
