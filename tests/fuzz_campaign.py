@@ -70,12 +70,13 @@ def scaled(examples: int) -> int:
     return max(1, examples * settings().max_examples // 100)
 
 
-_PASSING = re.compile(r"- (\d+) passing(?: and (\d+) failing)?(?: and (\d+) invalid)? examples?")
+_RAN = re.compile(r"- (\d+) passing, (\d+) failing, and \d+ invalid test cases")
 
 
 def _examples_run(output: str) -> int:
-    """The examples hypothesis's statistics report (``--hypothesis-show-statistics``)."""
-    return sum(sum(int(n) for n in match.groups() if n) for match in _PASSING.finditer(output))
+    """The examples (passing and failing; not those hypothesis discarded as invalid) that
+    hypothesis's statistics report (``--hypothesis-show-statistics``)."""
+    return sum(int(a) + int(b) for a, b in _RAN.findall(output))
 
 
 def main(argv: list[str] | None = None) -> int:
