@@ -3,6 +3,8 @@ count of examples it reports."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from fuzz_campaign import _examples_run, load_profile
 from hypothesis import settings
@@ -11,6 +13,7 @@ from hypothesis import settings
 def test_an_unknown_profile_is_an_error_naming_the_known_ones(monkeypatch: pytest.MonkeyPatch) -> None:
     """``REPLICATION_FUZZ=fast`` is refused with the names that exist; unset means ``ci``,
     which is derandomized (the same examples on every run)."""
+    before = os.environ.get("REPLICATION_FUZZ") or "ci"
     monkeypatch.setenv("REPLICATION_FUZZ", "fast")
     with pytest.raises(ValueError, match="ci, dev or campaign"):
         load_profile()
@@ -19,7 +22,7 @@ def test_an_unknown_profile_is_an_error_naming_the_known_ones(monkeypatch: pytes
         assert load_profile() == "ci"
         assert settings().derandomize and settings().database is None
     finally:
-        load_profile()
+        settings.load_profile(before)  # the profile this run was started with
 
 
 def test_the_campaign_counts_run_examples_not_invalid_ones() -> None:
