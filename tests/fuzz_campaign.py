@@ -4,8 +4,9 @@ The fuzz tests (``tests/test_fuzz_*.py``) import :func:`load_profile` and run un
 these profiles, chosen by the ``REPLICATION_FUZZ`` environment variable:
 
 - ``ci`` (the default): derandomized (a fixed seed, the same examples on every run), no
-  example database, and few enough examples that all the fuzz tests together take about a
-  minute of the suite's time.
+  example database, 400 examples per codec test and fewer for the live master and worker
+  (see :func:`scaled`), so that all the fuzz tests together stay well inside a minute of
+  the suite's time.
 - ``dev``: random seeds and five times the examples, with the example database kept in
   ``.hypothesis/`` so that a failure found once is replayed first next time.
 - ``campaign``: what this script runs: random seeds, many examples per test and round.
@@ -41,11 +42,11 @@ CAMPAIGN_EXAMPLES = 2000
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 
 settings.register_profile(
-    "ci", max_examples=100, derandomize=True, database=None, deadline=None,
+    "ci", max_examples=400, derandomize=True, database=None, deadline=None,
     suppress_health_check=_SLOW_OK, print_blob=True,
 )
 settings.register_profile(
-    "dev", max_examples=500, deadline=None, suppress_health_check=_SLOW_OK, print_blob=True,
+    "dev", max_examples=2000, deadline=None, suppress_health_check=_SLOW_OK, print_blob=True,
 )
 settings.register_profile(
     "campaign",
@@ -67,7 +68,7 @@ def load_profile() -> str:
 def scaled(examples: int) -> int:
     """``examples`` in the ``ci`` profile, scaled up as the loaded profile is: for tests
     whose examples cost more than the codec's (a live master or worker per example)."""
-    return max(1, examples * settings().max_examples // 100)
+    return max(1, examples * settings().max_examples // 400)
 
 
 _RAN = re.compile(r"- (\d+) passing, (\d+) failing, and \d+ invalid test cases")
