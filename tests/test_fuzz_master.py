@@ -156,7 +156,7 @@ class Reading:
 actions = st.lists(
     st.one_of(
         st.builds(Send, lines, st.sampled_from([1, 2, 7, 64, 4096]), maybe_invalid,
-                  st.sampled_from([b"", b"", b"REPL", b"P" * 40])),
+                  st.sampled_from([b"", b"", b"REPL", b"P" * 40, b"P" * (MAX_LINE + 1)])),
         st.builds(Publish, st.sampled_from(STREAMS), st.integers(1, 8), st.sampled_from([1, 200, 900])),
         st.builds(Trim),
         st.builds(Publish, st.sampled_from(STREAMS[:2]), st.integers(1, 4), st.just(1)),
