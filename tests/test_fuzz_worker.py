@@ -33,18 +33,12 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from replication.config import WorkerConfig, WorkerStream
-from replication.wire.commands import (
-    MASTER,
-    CommandParseError,
-    PositionCommand,
-    default_registry,
-)
+from replication.wire.commands import PositionCommand
 from replication.worker import Worker, WorkerConnection
 from replication.worker.positions import MemoryPositions
 
 load_profile()
 
-REGISTRY = default_registry()
 FOLLOWED = ("events", "other")
 
 
@@ -108,6 +102,17 @@ class CheckedPositions(MemoryPositions):
             super().set(stream, token, origin)
         assert (stream, token) in self.handler.allowed, (stream, token)
         self.recorded.append((stream, token))
+
+
+class WatchedConnection(WorkerConnection):
+    """A worker connection that tells the handler's bookkeeping when a ``POSITION`` line
+    arrives: from then on, the master's word allows that position."""
+
+    def on_POSITION(self, command: PositionCommand) -> None:
+        handler = self.worker.handler
+        assert isinstance(handler, Handler)
+        handler.allowed.add((command.stream, command.token))
+        super().on_POSITION(command)
 
 
 # -- what the master sends ---------------------------------------------------------------
@@ -201,18 +206,9 @@ def test_a_worker_survives_whatever_a_master_sends(script: Script, data: st.Data
     clock = Clock()
     config = WorkerConfig(name="w", streams=tuple(WorkerStream(s) for s in FOLLOWED))
     worker = Worker(config, handler, positions, clock)
-    connection = WorkerConnection(worker)
+    connection = WatchedConnection(worker)
     transport = StringTransport()
     connection.makeConnection(transport)
-    for line in script.lines:
-        if not line.startswith(b"POSITION "):
-            continue
-        try:
-            command = REGISTRY.parse(line, MASTER)
-        except CommandParseError:
-            continue
-        assert isinstance(command, PositionCommand)
-        handler.allowed.add((command.stream, command.token))  # the master's word for it
     hello = b"SERVER m\nVERSION 1\n"
     stream_bytes = hello + b"".join(line + b"\n" for line in script.lines)
     at = 0
