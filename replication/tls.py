@@ -1,0 +1,108 @@
+"""Client endpoints that verify the master's TLS certificate and host name.
+
+Twisted's ``clientFromString`` builds an ``ssl:`` client endpoint that verifies nothing unless
+the string names a ``hostname``: without it, ``ssl:host=H:port=P`` accepts any certificate
+(self-signed, for any name), and ``ssl:host=H:port=P:caCertsDir=D`` checks the chain against
+``D`` but not the name. :func:`verified_client_string` closes that gap by adding
+``hostname=<host>`` to an ``ssl:`` string that lacks it, so that Twisted verifies the chain
+(against ``caCertsDir``, or the platform's trust store when it is absent) and the host name (or
+IP address) in every case; :func:`client_endpoint` builds the endpoint from it. Other endpoint
+types (``tcp:``, ``unix:``, ``tls:``, which verifies already) are left as they are.
+
+The worker's ``master`` and ``replication tail --master`` use it; see docs/security.rst.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IStreamClientEndpoint
+
+__all__ = [
+    "SSL_PREFIX",
+    "TlsConfigurationError",
+    "client_endpoint",
+    "split_endpoint",
+    "verified_client_string",
+]
+
+#: The endpoint type whose strings :func:`verified_client_string` completes.
+SSL_PREFIX = "ssl"
+#: The positional arguments of an ``ssl:`` client string, in order (``ssl:HOST:PORT``).
+_SSL_POSITIONAL = ("host", "port")
+
+
+class TlsConfigurationError(ValueError):
+    """An ``ssl:`` client endpoint string with which the master's certificate cannot be
+    verified (no host name to check it against)."""
+
+
+def split_endpoint(description: str) -> list[tuple[str | None, str]]:
+    """The ``:``-separated parts of a Twisted endpoint string, each as ``(key, value)`` (key
+    ``None`` for a positional part), with Twisted's escapes undone (``\\:`` is a colon inside a
+    value, ``\\\\`` a backslash). The first part is the endpoint type."""
+    parts: list[tuple[str | None, str]] = []
+    current: list[str] = []
+    key: str | None = None
+    escaped = False
+    for char in description:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append((key, "".join(current)))
+            current, key = [], None
+        elif char == "=" and key is None and parts:
+            key, current = "".join(current), []
+        else:
+            current.append(char)
+    parts.append((key, "".join(current)))
+    return parts
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def verified_client_string(description: str) -> str:
+    """``description`` unchanged unless it is an ``ssl:`` client string without
+    ``hostname=``; then the same string with ``:hostname=<host>`` added, so that Twisted
+    verifies the master's certificate and name. Raises :class:`TlsConfigurationError` for an
+    ``ssl:`` string with no host (or an empty ``hostname``)."""
+    parts = split_endpoint(description)
+    if parts[0] != (None, SSL_PREFIX):
+        return description
+    named: dict[str, str] = {}
+    positional = iter(_SSL_POSITIONAL)
+    for key, value in parts[1:]:
+        if key is None:
+            key = next(positional, "")
+        named[key] = value
+    if "hostname" in named:
+        if not named["hostname"]:
+            raise TlsConfigurationError(
+                f"{description!r}: hostname is empty: the master's certificate is verified "
+                "against this name"
+            )
+        return description
+    host = named.get("host", "")
+    if not host:
+        raise TlsConfigurationError(
+            f"{description!r}: an ssl: endpoint needs host=... (or hostname=...): the "
+            "master's certificate is verified against that name"
+        )
+    return f"{description}:hostname={_escape(host)}"
+
+
+def client_endpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
+    """The client endpoint of ``description`` (see :func:`verified_client_string`). Raises
+    ``ValueError`` (:class:`TlsConfigurationError` among others), ``TypeError`` or
+    ``KeyError`` for a string Twisted cannot parse, and ``OSError`` when an ``ssl:``
+    string's ``caCertsDir``, ``certKey`` or ``privateKey`` cannot be read."""
+    endpoint: IStreamClientEndpoint = clientFromString(  # type: ignore[no-untyped-call]
+        reactor, verified_client_string(description)
+    )
+    return endpoint
