@@ -10,19 +10,30 @@ IP address) in every case; :func:`client_endpoint` builds the endpoint from it. 
 types (``tcp:``, ``unix:``, ``tls:``, which verifies already) are left as they are.
 
 The worker's ``master`` and ``replication tail --master`` use it; see docs/security.rst.
+
+On the master's side, :func:`server_endpoint` adds one key to Twisted's ``ssl:`` server
+string, ``caCertsDir``: with it, the listener requires every client to present a certificate
+that a CA of that directory signed (mutual TLS). Without it, the string goes to Twisted as is.
 """
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
-from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.endpoints import (
+    SSL4ServerEndpoint,
+    clientFromString,
+    serverFromString,
+)
+from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
 
 __all__ = [
     "SSL_PREFIX",
     "TlsConfigurationError",
     "client_endpoint",
+    "server_endpoint",
     "split_endpoint",
     "verified_client_string",
 ]
@@ -106,3 +117,82 @@ def client_endpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
         reactor, verified_client_string(description)
     )
     return endpoint
+
+
+#: The keys of an ``ssl:`` server string that requires client certificates
+#: (``caCertsDir`` and the Twisted keys it can be combined with).
+_MUTUAL_KEYS = frozenset(
+    {"port", "interface", "backlog", "privateKey", "certKey", "extraCertChain", "caCertsDir"}
+)
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL
+)
+
+
+def _certificates(path: Path) -> list[Any]:
+    """The certificates of a PEM file (pyOpenSSL objects), in order."""
+    from twisted.internet.ssl import Certificate
+
+    return [Certificate.loadPEM(pem) for pem in _PEM_CERTIFICATE.findall(path.read_bytes())]
+
+
+def _mutual_tls_options(named: dict[str, str]) -> Any:
+    """The ``CertificateOptions`` of a listener that requires a client certificate signed by
+    a CA of ``named["caCertsDir"]`` (every ``*.pem`` file there, all certificates of each)."""
+    from twisted.internet.ssl import (
+        CertificateOptions,
+        KeyPair,
+        trustRootFromCertificates,
+    )
+
+    key_path = named.get("privateKey", "server.pem")
+    certificate = _certificates(Path(named.get("certKey", key_path)))
+    if not certificate:
+        raise ValueError(f"certKey {named.get('certKey', key_path)!r} holds no PEM certificate")
+    key = KeyPair.load(Path(key_path).read_bytes(), 1)  # 1: OpenSSL's FILETYPE_PEM
+    chain: list[Any] = []
+    if "extraCertChain" in named:
+        chain = _certificates(Path(named["extraCertChain"]))
+        if not chain:
+            raise ValueError(f"extraCertChain {named['extraCertChain']!r} holds no certificate")
+    directory = Path(named["caCertsDir"])
+    authorities = [c for pem in sorted(directory.glob("*.pem")) for c in _certificates(pem)]
+    if not authorities:
+        raise ValueError(f"caCertsDir {str(directory)!r} holds no *.pem CA certificate")
+    return CertificateOptions(
+        privateKey=key.original,
+        certificate=certificate[0].original,
+        extraCertChain=[c.original for c in chain] or None,
+        trustRoot=trustRootFromCertificates(authorities),  # type: ignore[no-untyped-call]
+    )
+
+
+def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    """The server endpoint of ``description``: Twisted's, except for an ``ssl:`` string with
+    ``caCertsDir=DIR``, whose listener requires a client certificate signed by a CA of DIR
+    (``port``, ``interface``, ``backlog``, ``privateKey``, ``certKey`` and ``extraCertChain``
+    mean what they mean to Twisted; other keys are refused with it). Raises ``ValueError``,
+    ``TypeError`` or ``KeyError`` for a string that cannot be parsed, and ``OSError`` when a
+    file cannot be read."""
+    parts = split_endpoint(description)
+    if parts[0] != (None, SSL_PREFIX) or all(key != "caCertsDir" for key, _ in parts[1:]):
+        endpoint: IStreamServerEndpoint = serverFromString(  # type: ignore[no-untyped-call]
+            reactor, description
+        )
+        return endpoint
+    named: dict[str, str] = {}
+    for key, value in parts[1:]:
+        if key is None and "port" not in named:
+            key = "port"
+        if key not in _MUTUAL_KEYS:
+            raise ValueError(
+                f"{key or value!r} is not supported with caCertsDir (supported: "
+                f"{', '.join(sorted(_MUTUAL_KEYS))})"
+            )
+        named[key] = value
+    if "port" not in named:
+        raise ValueError("an ssl: listener needs a port")
+    return SSL4ServerEndpoint(  # type: ignore[no-untyped-call]
+        reactor, int(named["port"]), _mutual_tls_options(named),
+        backlog=int(named.get("backlog", "50")), interface=named.get("interface", ""),
+    )

@@ -30,6 +30,7 @@ from processes import (
 from replication.cli import main
 from replication.tls import (
     TlsConfigurationError,
+    server_endpoint,
     split_endpoint,
     verified_client_string,
 )
@@ -98,15 +99,17 @@ class SslMaster:
     """A ``replication master`` (memory store) serving workers on ``ssl:`` with ``issued``
     as its certificate, and HTTP in plain TCP. A context manager that kills it."""
 
-    def __init__(self, tmp: Path, issued: Issued, *, https: bool = False) -> None:
+    def __init__(self, tmp: Path, issued: Issued, *, https: bool = False,
+                 client_cas: Path | None = None) -> None:
         self.port, self.http_port = free_ports(2)
         tls = f"interface={HOST}:privateKey={issued.key}:certKey={issued.cert}"
         http = f"ssl:{self.http_port}:{tls}" if https else f"tcp:{self.http_port}:interface={HOST}"
+        mutual = "" if client_cas is None else f":caCertsDir={client_cas}"
         self.process = Process(
             "master",
             replication_command(
                 "master", "--server-name", "tls-master", "--store", "memory",
-                "--listen", f"ssl:{self.port}:{tls}", "--http-listen", http,
+                "--listen", f"ssl:{self.port}:{tls}{mutual}", "--http-listen", http,
             ),
             stdout=tmp / "master.out", stderr=tmp / "master.err", cwd=tmp,
         )
@@ -144,6 +147,37 @@ def tail(master: SslMaster, description: str, cwd: Path) -> subprocess.Completed
     )
 
 
+def first_tail_line(description: str, cwd: Path) -> dict[str, object]:
+    """The first token ``replication tail events --from 0 --master <description>`` prints,
+    parsed; the tail is then stopped."""
+    process = subprocess.Popen(
+        replication_command("tail", "events", "--from", "0", "--master", description),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=child_env(),
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=10)
+    assert line, err
+    parsed: dict[str, object] = json.loads(line)
+    return parsed
+
+
+def worker_process(tmp: Path, description: str) -> Process:
+    """A ``replication worker`` named tls-worker following ``events`` from ``description``,
+    its position file, output and log in ``tmp``."""
+    return Process(
+        "worker",
+        replication_command(
+            "worker", "--name", "tls-worker", "--stream", "events", "--master", description,
+            "--position-file", str(tmp / "tls-worker.positions"),
+        ),
+        stdout=tmp / "worker.out", stderr=tmp / "worker.err", cwd=tmp,
+    )
+
+
 def test_a_worker_verifies_a_private_ca_and_stops_on_sigterm(tmp_path: Path) -> None:
     """A worker given ``--master ssl:host=127.0.0.1:port=P:caCertsDir=DIR`` (DIR holding the
     private CA) follows a master whose certificate that CA signed for 127.0.0.1, and stops
@@ -152,14 +186,8 @@ def test_a_worker_verifies_a_private_ca_and_stops_on_sigterm(tmp_path: Path) -> 
     with SslMaster(tmp_path, ca.issue(tmp_path / "master", "master", [HOST, "localhost"])) as master:
         assert publish(master.http_port, "events", [{"n": 1}]) == 1
         out = tmp_path / "worker.out"
-        worker = Process(
-            "worker",
-            replication_command(
-                "worker", "--name", "tls-worker", "--stream", "events",
-                "--master", f"ssl:host={HOST}:port={master.port}:caCertsDir={ca.directory}",
-                "--position-file", str(tmp_path / "tls-worker.positions"),
-            ),
-            stdout=out, stderr=tmp_path / "worker.err", cwd=tmp_path,
+        worker = worker_process(
+            tmp_path, f"ssl:host={HOST}:port={master.port}:caCertsDir={ca.directory}"
         )
         with worker:
             wait_until(lambda: read_json_lines(out)[0] or None, 20, "the worker's token",
@@ -206,21 +234,11 @@ def test_tail_follows_a_verified_master(tmp_path: Path) -> None:
     ca = CertificateAuthority(tmp_path / "ca")
     with SslMaster(tmp_path, ca.issue(tmp_path / "master", "master", ["localhost"])) as master:
         publish(master.http_port, "events", [{"n": 1}])
-        tail_process = subprocess.Popen(
-            replication_command(
-                "tail", "events", "--from", "0", "--master",
-                f"ssl:host={HOST}:port={master.port}:hostname=localhost:caCertsDir={ca.directory}",
-            ),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-            env=child_env(),
+        first = first_tail_line(
+            f"ssl:host={HOST}:port={master.port}:hostname=localhost:caCertsDir={ca.directory}",
+            tmp_path,
         )
-        try:
-            assert tail_process.stdout is not None
-            line = tail_process.stdout.readline()
-        finally:
-            tail_process.terminate()
-            tail_process.communicate(timeout=10)
-    assert '"rows": [{"n": 1}]' in line.replace('{"n":1}', '{"n": 1}')
+    assert first == {"stream": "events", "token": 1, "rows": [{"n": 1}]}
 
 
 def test_https_tools_verify_the_master_and_take_a_ca_from_ssl_cert_file(tmp_path: Path) -> None:
@@ -267,15 +285,7 @@ def test_a_worker_waiting_for_server_over_tls_stops_on_sigterm(tmp_path: Path) -
 
     server = threading.Thread(target=serve, daemon=True)
     server.start()
-    worker = Process(
-        "worker",
-        replication_command(
-            "worker", "--name", "tls-worker", "--stream", "events",
-            "--master", f"ssl:host={HOST}:port={port}:caCertsDir={ca.directory}",
-            "--position-file", str(tmp_path / "tls-worker.positions"),
-        ),
-        stdout=tmp_path / "worker.out", stderr=tmp_path / "worker.err", cwd=tmp_path,
-    )
+    worker = worker_process(tmp_path, f"ssl:host={HOST}:port={port}:caCertsDir={ca.directory}")
     try:
         with worker:
             assert accepted.wait(20), worker.describe_output()
@@ -284,3 +294,67 @@ def test_a_worker_waiting_for_server_over_tls_stops_on_sigterm(tmp_path: Path) -
         assert closed_by_worker.wait(5)
     finally:
         listener.close()
+
+
+# -- mutual TLS: the master requires client certificates ---------------------------------------
+
+def test_server_strings_without_cacertsdir_go_to_twisted(tmp_path: Path) -> None:
+    """A ``tcp:`` string, and an ``ssl:`` one without ``caCertsDir``, give Twisted's own
+    endpoints; with ``caCertsDir`` an ``ssl:`` endpoint on the given port and interface."""
+    from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+    from twisted.internet.testing import MemoryReactor
+
+    ca = CertificateAuthority(tmp_path / "ca")
+    issued = ca.issue(tmp_path / "master", "master", [HOST])
+    reactor = MemoryReactor()
+    assert isinstance(server_endpoint(reactor, "tcp:9092"), TCP4ServerEndpoint)
+    tls = f"privateKey={issued.key}:certKey={issued.cert}"
+    assert isinstance(server_endpoint(reactor, f"ssl:9092:{tls}"), SSL4ServerEndpoint)
+    mutual = server_endpoint(reactor, f"ssl:9092:interface={HOST}:{tls}:caCertsDir={ca.directory}")
+    assert isinstance(mutual, SSL4ServerEndpoint)
+    assert (mutual._port, mutual._interface) == (9092, HOST)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    ("sslmethod=TLSv1_2_METHOD", "'sslmethod' is not supported with caCertsDir"),
+    ("caCertsDir={empty}", "holds no \\*.pem CA certificate"),
+])
+def test_a_mutual_tls_listener_that_cannot_work_is_refused(
+    tmp_path: Path, extra: str, says: str
+) -> None:
+    """``caCertsDir`` with a key it cannot be combined with, or naming a directory with no
+    CA certificate, is refused with a message saying so."""
+    from twisted.internet.testing import MemoryReactor
+
+    ca = CertificateAuthority(tmp_path / "ca")
+    issued = ca.issue(tmp_path / "master", "master", [HOST])
+    (tmp_path / "empty").mkdir()
+    description = (f"ssl:9092:privateKey={issued.key}:certKey={issued.cert}:caCertsDir="
+                   f"{ca.directory}:{extra.format(empty=tmp_path / 'empty')}")
+    with pytest.raises(ValueError, match=says):
+        server_endpoint(MemoryReactor(), description)
+
+
+def test_a_master_with_cacertsdir_requires_a_client_certificate_its_ca_signed(
+    tmp_path: Path
+) -> None:
+    """A master listening on ``ssl:...:caCertsDir=DIR`` serves a client presenting a
+    certificate that a CA of DIR signed (``certKey``/``privateKey`` in its ``ssl:`` string),
+    and refuses a client presenting none or a self-signed one: they print no row."""
+    ca = CertificateAuthority(tmp_path / "ca")
+    clients = CertificateAuthority(tmp_path / "client-ca")
+    worker = clients.issue(tmp_path / "worker", "worker", ["tls-worker"], client=True)
+    stranger = self_signed(tmp_path / "stranger", "stranger", ["tls-worker"])
+    with SslMaster(tmp_path, ca.issue(tmp_path / "master", "master", [HOST]),
+                   client_cas=clients.directory) as master:
+        publish(master.http_port, "events", [{"n": 1}])
+        base = f"ssl:host={HOST}:port={master.port}:caCertsDir={ca.directory}"
+        without = tail(master, base, tmp_path)
+        with_stranger = tail(
+            master, f"{base}:certKey={stranger.cert}:privateKey={stranger.key}", tmp_path
+        )
+        first = first_tail_line(f"{base}:certKey={worker.cert}:privateKey={worker.key}", tmp_path)
+    assert first == {"stream": "events", "token": 1, "rows": [{"n": 1}]}
+    for refused in (without, with_stranger):
+        assert refused.stdout == ""
+        assert "TLS failed" in refused.stderr, refused.stderr

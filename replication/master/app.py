@@ -28,7 +28,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -41,6 +40,7 @@ from replication.services import ListeningService, OrderedMultiService, fork
 from replication.metrics import MasterMetrics, process_registry
 from replication.store import StoreError, StreamStore
 from replication.wire.commands import CommandRegistry
+from replication.tls import server_endpoint
 
 log = logging.getLogger("replication.master")
 
@@ -163,7 +163,7 @@ class MasterService(OrderedMultiService):
 
 def _endpoint(reactor: IReactorTime, description: str, key: str) -> IStreamServerEndpoint:
     try:
-        endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
+        endpoint: IStreamServerEndpoint = server_endpoint(reactor, description)
     except (ValueError, KeyError, TypeError) as e:
         raise ServiceError(f"{key}: cannot listen on {description!r}: {e}") from None
     return endpoint
