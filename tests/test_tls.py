@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import pytest
 from certificates import CertificateAuthority, Issued, self_signed
@@ -26,6 +26,7 @@ from processes import (
     replication_command,
     wait_until,
 )
+from twisted.internet.task import Clock
 
 from replication.cli import main
 from replication.tls import (
@@ -33,6 +34,12 @@ from replication.tls import (
     server_endpoint,
     split_endpoint,
     verified_client_string,
+)
+from replication.wire.commands import MASTER, WORKER, PingCommand, default_registry
+from replication.wire.protocol import (
+    CLOSED_BY_PEER,
+    CLOSED_LOCALLY,
+    ReplicationProtocol,
 )
 
 # -- the endpoint strings ----------------------------------------------------------------------
@@ -358,3 +365,79 @@ def test_a_master_with_cacertsdir_requires_a_client_certificate_its_ca_signed(
     for refused in (without, with_stranger):
         assert refused.stdout == ""
         assert "TLS failed" in refused.stderr, refused.stderr
+
+
+# -- the protocol's close over TLS, in memory ----------------------------------------------------
+
+class End(ReplicationProtocol):
+    """A protocol end that records its close reasons."""
+
+    def __init__(self, clock: Clock, side: str) -> None:
+        super().__init__(clock, default_registry(), side, f"{side}-end")
+        self.reasons: list[str] = []
+
+    def closed(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+
+def tls_pair(tmp: Path) -> tuple[End, End, Clock, Any]:
+    """A master end and a worker end connected over in-memory TLS (the worker verifying a
+    CA-signed master certificate for 127.0.0.1), their clock and the I/O pump."""
+    from twisted.internet.protocol import Factory
+    from twisted.internet.ssl import (
+        Certificate,
+        PrivateCertificate,
+        optionsForClientTLS,
+    )
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+    from twisted.test.iosim import connectedServerAndClient
+
+    ca = CertificateAuthority(tmp / "ca")
+    issued = ca.issue(tmp / "master", "master", [HOST])
+    server_options = PrivateCertificate.loadPEM(
+        issued.cert.read_bytes() + issued.key.read_bytes()
+    ).options()
+    client_options = optionsForClientTLS(
+        HOST, trustRoot=Certificate.loadPEM(ca.files.cert.read_bytes())
+    )
+    clock = Clock()
+    master, worker = End(clock, MASTER), End(clock, WORKER)
+    server = TLSMemoryBIOFactory(server_options, False, Factory.forProtocol(lambda: master), clock)
+    client = TLSMemoryBIOFactory(client_options, True, Factory.forProtocol(lambda: worker), clock)
+    _, _, pump = connectedServerAndClient(
+        lambda: server.buildProtocol(None), lambda: client.buildProtocol(None), clock=clock
+    )
+    return master, worker, clock, pump
+
+
+def test_a_close_over_tls_completes_without_waiting_for_the_abort_timer(tmp_path: Path) -> None:
+    """Master and worker ends over in-memory TLS complete their handshake; the worker's
+    ``close()`` then ends the connection on both sides at once (closed locally / closed by
+    peer), with no clock time passing: the protocol stops producing, so TLS sends its close
+    alert instead of waiting for the close timeout to abort. No timer is left."""
+    master, worker, clock, pump = tls_pair(tmp_path)
+    pump.flush()
+    assert (worker.peer_name, master.peer_name) == ("master-end", "worker-end")
+    worker.close()
+    pump.flush()
+    assert (worker.reasons, master.reasons) == ([CLOSED_LOCALLY], [CLOSED_BY_PEER])
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_close_over_tls_sends_the_lines_held_while_paused_first(tmp_path: Path) -> None:
+    """A close while the transport has paused the worker's output keeps the held line and
+    the connection open; once the transport resumes, the line is sent and the connection
+    closes on both sides."""
+    master, worker, clock, pump = tls_pair(tmp_path)
+    pump.flush()
+    pings = master.received_counts.get("PING", 0)
+    worker.pauseProducing()
+    worker.send(PingCommand(1))
+    worker.close()
+    pump.flush()
+    assert (worker.reasons, master.reasons) == ([], [])
+    worker.resumeProducing()
+    pump.flush()
+    assert master.received_counts.get("PING", 0) == pings + 1
+    assert (worker.reasons, master.reasons) == ([CLOSED_LOCALLY], [CLOSED_BY_PEER])
+    assert clock.getDelayedCalls() == []

@@ -243,15 +243,17 @@ class ReplicationProtocol(Protocol):
         if self.close_reason is None:
             self.close_reason = reason
         if not self._queue:
-            self._stop_producing_output()
-        self._link.loseConnection()
+            self._lose_connection()
+        # else resumeProducing does it once the queue is sent
         self.carry_out(self.session.close(self.clock.seconds()))
 
-    def _stop_producing_output(self) -> None:
-        """Tell the transport that this end will write nothing more. A TLS transport sends
-        its close alert only once its producer is gone (it waits for what the producer may
-        still write), so a closing connection that stayed registered would never close."""
+    def _lose_connection(self) -> None:
+        """Tell the transport that this end writes nothing more, then close it. A TLS
+        transport sends its close alert only once its producer is gone, so a closing end
+        that stayed registered would never close; and it drops what is written after its
+        close began, so lines held here are written before (see :meth:`resumeProducing`)."""
         self._link.unregisterProducer()
+        self._link.loseConnection()
 
     def send_error(self, message: str, reason: str = PROTOCOL_ERROR) -> None:
         """Send ``ERROR <message>`` ahead of anything queued, then close."""
@@ -432,7 +434,7 @@ class ReplicationProtocol(Protocol):
             self.queued_bytes -= len(data)
             write(data)
         if self._closing and not queue:
-            self._stop_producing_output()
+            self._lose_connection()
         if not self._paused and not self._closing:
             self.writable()
 
