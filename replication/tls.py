@@ -95,14 +95,14 @@ def verified_client_string(description: str) -> str:
     if "hostname" in named:
         if not named["hostname"]:
             raise TlsConfigurationError(
-                f"{description!r}: hostname is empty: the master's certificate is verified "
+                "hostname is empty: the master's certificate is verified "
                 "against this name"
             )
         return description
     host = named.get("host", "")
     if not host:
         raise TlsConfigurationError(
-            f"{description!r}: an ssl: endpoint needs host=... (or hostname=...): the "
+            "an ssl: endpoint needs host=... (or hostname=...): the "
             "master's certificate is verified against that name"
         )
     return f"{description}:hostname={_escape(host)}"
