@@ -1,4 +1,5 @@
-"""Client endpoints that verify the master's TLS certificate and host name.
+"""TLS endpoints: clients that verify the master's certificate and host name, and listeners
+that require client certificates.
 
 Twisted's ``clientFromString`` builds an ``ssl:`` client endpoint that verifies nothing unless
 the string names a ``hostname``: without it, ``ssl:host=H:port=P`` accepts any certificate
@@ -45,8 +46,9 @@ _SSL_POSITIONAL = ("host", "port")
 
 
 class TlsConfigurationError(ValueError):
-    """An ``ssl:`` client endpoint string with which the master's certificate cannot be
-    verified (no host name to check it against)."""
+    """An ``ssl:`` endpoint string that cannot do what it says: a client string with no host
+    name to verify the master's certificate against, or a ``caCertsDir`` listener with a key
+    it does not support or no CA certificate to check clients against."""
 
 
 def split_endpoint(description: str) -> list[tuple[str | None, str]]:
@@ -148,17 +150,23 @@ def _mutual_tls_options(named: dict[str, str]) -> Any:
     key_path = named.get("privateKey", "server.pem")
     certificate = _certificates(Path(named.get("certKey", key_path)))
     if not certificate:
-        raise ValueError(f"certKey {named.get('certKey', key_path)!r} holds no PEM certificate")
+        raise TlsConfigurationError(
+            f"certKey {named.get('certKey', key_path)!r} holds no PEM certificate"
+        )
     key = KeyPair.load(Path(key_path).read_bytes(), 1)  # 1: OpenSSL's FILETYPE_PEM
     chain: list[Any] = []
     if "extraCertChain" in named:
         chain = _certificates(Path(named["extraCertChain"]))
         if not chain:
-            raise ValueError(f"extraCertChain {named['extraCertChain']!r} holds no certificate")
+            raise TlsConfigurationError(
+                f"extraCertChain {named['extraCertChain']!r} holds no certificate"
+            )
     directory = Path(named["caCertsDir"])
     authorities = [c for pem in sorted(directory.glob("*.pem")) for c in _certificates(pem)]
     if not authorities:
-        raise ValueError(f"caCertsDir {str(directory)!r} holds no *.pem CA certificate")
+        raise TlsConfigurationError(
+            f"caCertsDir {str(directory)!r} holds no *.pem CA certificate"
+        )
     return CertificateOptions(
         privateKey=key.original,
         certificate=certificate[0].original,
@@ -171,9 +179,10 @@ def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
     """The server endpoint of ``description``: Twisted's, except for an ``ssl:`` string with
     ``caCertsDir=DIR``, whose listener requires a client certificate signed by a CA of DIR
     (``port``, ``interface``, ``backlog``, ``privateKey``, ``certKey`` and ``extraCertChain``
-    mean what they mean to Twisted; other keys are refused with it). Raises ``ValueError``,
-    ``TypeError`` or ``KeyError`` for a string that cannot be parsed, and ``OSError`` when a
-    file cannot be read."""
+    mean what they mean to Twisted; other keys are refused with it). Raises
+    :class:`TlsConfigurationError` for a ``caCertsDir`` listener that cannot work,
+    ``ValueError``, ``TypeError`` or ``KeyError`` for a string Twisted cannot parse, and
+    ``OSError`` when a file cannot be read."""
     parts = split_endpoint(description)
     if parts[0] != (None, SSL_PREFIX) or all(key != "caCertsDir" for key, _ in parts[1:]):
         endpoint: IStreamServerEndpoint = serverFromString(  # type: ignore[no-untyped-call]
@@ -185,13 +194,13 @@ def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
         if key is None and "port" not in named:
             key = "port"
         if key not in _MUTUAL_KEYS:
-            raise ValueError(
+            raise TlsConfigurationError(
                 f"{key or value!r} is not supported with caCertsDir (supported: "
                 f"{', '.join(sorted(_MUTUAL_KEYS))})"
             )
         named[key] = value
     if "port" not in named:
-        raise ValueError("an ssl: listener needs a port")
+        raise TlsConfigurationError("an ssl: listener needs a port")
     return SSL4ServerEndpoint(  # type: ignore[no-untyped-call]
         reactor, int(named["port"]), _mutual_tls_options(named),
         backlog=int(named.get("backlog", "50")), interface=named.get("interface", ""),

@@ -338,7 +338,7 @@ def test_a_mutual_tls_listener_that_cannot_work_is_refused(
     (tmp_path / "empty").mkdir()
     description = (f"ssl:9092:privateKey={issued.key}:certKey={issued.cert}:caCertsDir="
                    f"{ca.directory}:{extra.format(empty=tmp_path / 'empty')}")
-    with pytest.raises(ValueError, match=says):
+    with pytest.raises(TlsConfigurationError, match=says):
         server_endpoint(MemoryReactor(), description)
 
 
