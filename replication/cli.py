@@ -224,9 +224,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     commands = load_command_registry(config.commands, config.commands_path)
 
     from twisted.internet import reactor
-    from twisted.internet.endpoints import clientFromString, serverFromString
+    from twisted.internet.endpoints import serverFromString
 
     from replication.metrics import WorkerMetrics, process_registry
+    from replication.tls import client_endpoint
     from replication.worker import Worker, worker_service
     from replication.worker.handlers import HandlerLoadError, handler_from_config
     from replication.worker.positions import PositionFile, PositionFileError
@@ -241,7 +242,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         metrics=WorkerMetrics(process_registry()),
     )
     service = worker_service(
-        worker, clientFromString(reactor, config.master), reactor,  # type: ignore[no-untyped-call]
+        worker, client_endpoint(reactor, config.master), reactor,
         metrics_endpoint=(
             None if config.metrics_listen is None
             else serverFromString(reactor, config.metrics_listen)  # type: ignore[no-untyped-call]
@@ -512,9 +513,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
         raise CommandLineError(f"--from {args.start}: a token is 0 or more")
 
     from twisted.internet import reactor
-    from twisted.internet.endpoints import clientFromString
-
     from replication.config import WorkerConfig, WorkerStream
+    from replication.tls import client_endpoint
     from replication.worker import Worker
     from replication.worker.connection import WorkerConnection, WorkerFactory
     from replication.worker.positions import MemoryPositions
@@ -550,8 +550,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     factory = WorkerFactory(worker)
     factory.buildProtocol = lambda addr: TailConnection(worker)  # type: ignore[method-assign]
     try:
-        endpoint = clientFromString(reactor, args.master)  # type: ignore[no-untyped-call]
-    except ValueError as e:
+        endpoint = client_endpoint(reactor, args.master)
+    except (ValueError, OSError) as e:
         raise CommandLineError(f"--master {args.master!r}: {e}") from None
 
     def connect() -> None:

@@ -473,3 +473,17 @@ def test_refused_connections_are_logged_once_a_minute_at_most(
     ]
     served.connectionLost(Failure(ConnectionError("closed")))
     assert clock.getDelayedCalls() == []
+
+
+def test_the_connection_limit_offers_the_sites_protocols_to_tls() -> None:
+    """Behind a TLS listener, the connection limit answers ALPN with the site's protocols
+    (found when HTTPS handshakes that offered ALPN failed with an internal error)."""
+    from twisted.internet.interfaces import IProtocolNegotiationFactory
+
+    from replication.http.limits import ConnectionLimit
+
+    site = admin_site(make_master())
+    limited = ConnectionLimit(site, 4)
+    assert IProtocolNegotiationFactory.providedBy(limited)
+    assert limited.acceptableProtocols() == list(site.acceptableProtocols())
+    assert b"http/1.1" in limited.acceptableProtocols()

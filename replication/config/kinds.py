@@ -129,7 +129,10 @@ class PeerName(Text):
 
 
 class Endpoint(Text):
-    """A Twisted endpoint string, server (listen) or client (connect)."""
+    """A Twisted endpoint string, server (listen) or client (connect); a client string is
+    checked as :func:`replication.tls.client_endpoint` builds it (an ``ssl:`` one must name
+    the host its certificate is verified against), a server string as
+    :func:`replication.tls.server_endpoint` does (``ssl:`` takes ``caCertsDir``)."""
 
     def __init__(self, server: bool) -> None:
         self.server = server
@@ -138,12 +141,13 @@ class Endpoint(Text):
     def check(self, checking: Checking, value: object, path: str) -> None:
         # Imported here so that importing this module stays cheap; neither import installs or
         # touches the global reactor, and a MemoryReactor never listens or connects.
-        from twisted.internet.endpoints import clientFromString, serverFromString
         from twisted.internet.testing import MemoryReactor
+
+        from replication.tls import client_endpoint, server_endpoint
 
         kind = "server" if self.server else "client"
         description = _text(checking.document, value, path)
-        parse: Callable[[Any, str], object] = serverFromString if self.server else clientFromString
+        parse: Callable[[Any, str], object] = server_endpoint if self.server else client_endpoint
         try:
             endpoint = parse(MemoryReactor(), description)  # type: ignore[no-untyped-call]
         except Exception as error:  # Twisted raises ValueError, TypeError, KeyError, ImportError

@@ -408,7 +408,9 @@ WORKER: Final = Schema(
         Key(
             "master",
             Endpoint(server=False),
-            "The master to follow.",
+            "The master to follow. An ``ssl:`` endpoint verifies the master's certificate "
+            "(against ``caCertsDir``, else the platform's trust store) and host name "
+            "(``hostname``, else ``host``); see security.rst.",
             flag=Flag(
                 "--master",
                 "Twisted client endpoint of the master, e.g. tcp:host=127.0.0.1:port=9092",

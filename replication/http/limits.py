@@ -20,12 +20,18 @@ import logging
 from http import HTTPStatus
 from typing import Final
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocolNegotiationFactory,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from replication.wire.commands import encode_parsed_json
 
@@ -129,6 +135,7 @@ class _Busy(Protocol):
         self.timer = None
 
 
+@implementer(IProtocolNegotiationFactory)
 class ConnectionLimit(WrappingFactory):
     """Serves ``site`` on at most ``max_connections`` connections at once. One past it is
     answered 503 with a JSON error and its request is not read; it is then drained (see
@@ -162,6 +169,13 @@ class ConnectionLimit(WrappingFactory):
         )
         self._warned_at = now
         self._warned_count = self.refused
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """The site's protocols for TLS's ALPN (``http/1.1``, and ``h2`` where available):
+        without them a TLS listener around this factory answers every handshake that offers
+        ALPN (every browser's, curl's) with an internal error."""
+        site: Site = self.wrappedFactory
+        return list(site.acceptableProtocols())  # type: ignore[no-untyped-call]
 
     @property
     def open_connections(self) -> int:

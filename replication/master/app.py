@@ -29,7 +29,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
@@ -53,6 +52,7 @@ from replication.store.history import (
     write_mark,
 )
 from replication.wire.commands import CommandRegistry
+from replication.tls import server_endpoint
 
 log = logging.getLogger("replication.master")
 
@@ -299,7 +299,7 @@ class MasterService(OrderedMultiService):
 
 def _endpoint(reactor: IReactorTime, description: str, key: str) -> IStreamServerEndpoint:
     try:
-        endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
+        endpoint: IStreamServerEndpoint = server_endpoint(reactor, description)
     except (ValueError, KeyError, TypeError) as e:
         raise ServiceError(f"{key}: cannot listen on {description!r}: {e}") from None
     return endpoint

@@ -111,6 +111,7 @@ class _Transport(TypingProtocol):
     def abortConnection(self) -> None: ...
     def getPeer(self) -> IAddress: ...
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
     def pauseProducing(self) -> None: ...
     def resumeProducing(self) -> None: ...
 
@@ -217,6 +218,10 @@ class ReplicationProtocol(Protocol):
         self.carry_out(self.session.connected(now))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if type(reason.value).__module__.startswith(("OpenSSL.", "service_identity.")):
+            # A refused certificate or name, or a peer that speaks no TLS: say why, since the
+            # close reason below only says which side closed.
+            log.warning("%s: TLS failed: %s", self.describe(), reason.getErrorMessage())
         self.carry_out(self.session.connection_lost(self.clock.seconds()))
         application = self.registry.application
         if application is not None:
@@ -237,8 +242,18 @@ class ReplicationProtocol(Protocol):
         self._closing = True
         if self.close_reason is None:
             self.close_reason = reason
-        self._link.loseConnection()
+        if not self._queue:
+            self._lose_connection()
+        # else resumeProducing does it once the queue is sent
         self.carry_out(self.session.close(self.clock.seconds()))
+
+    def _lose_connection(self) -> None:
+        """Tell the transport that this end writes nothing more, then close it. A TLS
+        transport sends its close alert only once its producer is gone, so a closing end
+        that stayed registered would never close; and it drops what is written after its
+        close began, so lines held here are written before (see :meth:`resumeProducing`)."""
+        self._link.unregisterProducer()
+        self._link.loseConnection()
 
     def send_error(self, message: str, reason: str = PROTOCOL_ERROR) -> None:
         """Send ``ERROR <message>`` ahead of anything queued, then close."""
@@ -418,6 +433,8 @@ class ReplicationProtocol(Protocol):
             data = queue.popleft()
             self.queued_bytes -= len(data)
             write(data)
+        if self._closing and not queue:
+            self._lose_connection()
         if not self._paused and not self._closing:
             self.writable()
 

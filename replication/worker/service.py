@@ -33,6 +33,7 @@ from replication.config import ReconnectConfig, WorkerConfig
 from replication.ratelimit import LogRateLimiter
 from replication.metrics import WorkerMetrics
 from replication.services import ListeningService, OrderedMultiService
+from replication.wire.protocol import ReplicationProtocol
 from replication.worker.connection import WorkerConnection, WorkerFactory
 from replication.worker.handlers import Handler
 from replication.worker.positions import Positions
@@ -259,8 +260,19 @@ class WorkerService(OrderedMultiService):
         return metrics.when_listening().addCallback(lambda _: None)
 
     def stopService(self) -> Deferred[None]:
-        """Stop every child (in reverse), then log the positions the worker stopped at."""
+        """Close the connection to the master through the protocol (gracefully, aborted
+        after ``keepalive.close_timeout``), stop every child (in reverse), then log the
+        positions the worker stopped at.
+
+        ``ClientService`` stopping would call the transport's ``loseConnection()`` itself,
+        bypassing the protocol: over TLS that close waits for the protocol to stop
+        producing, which it never does, and has no abort timer, so the worker hung on
+        SIGTERM. The protocol's close does both."""
         worker = self.worker
+        if self.running:
+            # Fires now with the connection's protocol when connected (the handshake done or
+            # not); otherwise fails with CancelledError once the ClientService stops.
+            self.connection.whenConnected().addCallbacks(_close, lambda _: None)
 
         def stopped(_: None) -> None:
             recorded = {s.name: worker.positions.get(s.name) for s in worker.config.streams}
@@ -271,6 +283,11 @@ class WorkerService(OrderedMultiService):
             log.info("worker %s stopped; positions recorded: %s", worker.config.name, at)
 
         return super().stopService().addCallback(stopped)
+
+
+def _close(connection: object) -> None:
+    if isinstance(connection, ReplicationProtocol):
+        connection.close()
 
 
 def worker_service(
