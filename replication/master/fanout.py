@@ -144,11 +144,15 @@ class FanOut:
         *,
         page_rows: int,
         knows: Callable[[str], bool],
+        max_subscriptions: int = 10_000,
     ) -> None:
         self.log = log
         self.clock = clock
         self.page_rows = page_rows
         self.knows = knows
+        #: Streams one follower may follow at once (``limits.max_streams``): a ``REPLICATE``
+        #: of one more is refused with a non-fatal ``ERROR``.
+        self.max_subscriptions = max_subscriptions
         self._followers: dict[Follower, _FollowerState] = {}
         self._all: set[Follower] = set()
         self._streams: dict[str, _Followed] = {}
@@ -248,6 +252,12 @@ class FanOut:
             follower.send(
                 ErrorCommand(f"unknown stream {stream!r}: this master serves only its configured streams")
             )
+            return
+        if stream not in state.subscriptions and len(state.subscriptions) >= self.max_subscriptions:
+            follower.send(ErrorCommand(
+                f"REPLICATE {stream} refused: this connection follows {self.max_subscriptions} "
+                "streams already (limits.max_streams)"
+            ))
             return
         # Following a stream never creates it (in the log, the store or the metrics): a
         # stream nobody published to is followed at head 0 until its first publish.

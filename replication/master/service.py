@@ -106,7 +106,8 @@ class Master:
             max_streams=config.limits.max_streams,
         )
         self.fanout = FanOut(
-            self.log, clock, page_rows=config.limits.catchup_page_rows, knows=self.knows
+            self.log, clock, page_rows=config.limits.catchup_page_rows, knows=self.knows,
+            max_subscriptions=config.limits.max_streams,
         )
         self.history = ConnectionHistory(config.metrics_max_peer_labels)
         self.connections: set[MasterConnection] = set()
