@@ -17,8 +17,7 @@ Start a tree with ``startService()`` (or give it a parent in a ``twisted.applica
 from __future__ import annotations
 
 import dataclasses
-import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
@@ -32,6 +31,7 @@ from replication.config import (
     validate_master,
     validate_worker,
 )
+from replication.config.schema import unknown_key
 from replication.master.app import MasterService
 from replication.store import StreamStore
 from replication.wire.commands import CommandRegistry
@@ -42,11 +42,6 @@ from replication.worker.service import WorkerService
 _Config = TypeVar("_Config", MasterConfig, WorkerConfig)
 
 
-def _suggestion(name: str, names: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, sorted(names), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def _value(default: object, value: object, path: str) -> object:
     """``value`` for a field whose default is ``default``: a mapping given for a section (a
     dataclass such as ``store`` or ``keepalive``) builds that section; a list a tuple."""
@@ -54,7 +49,7 @@ def _value(default: object, value: object, path: str) -> object:
         fields = {f.name for f in dataclasses.fields(default)}
         for key in value:
             if key not in fields:
-                raise ConfigError(f"unknown key{_suggestion(str(key), fields)}", f"{path}.{key}")
+                raise ConfigError(unknown_key(str(key), fields), f"{path}.{key}")
         return dataclasses.replace(default, **value)  # type: ignore[type-var]
     if isinstance(value, list):
         return tuple(value)
@@ -63,13 +58,13 @@ def _value(default: object, value: object, path: str) -> object:
 
 def config_from(config: _Config, keys: Mapping[str, Any]) -> _Config:
     """``config`` with ``keys`` (field names of its dataclass) replacing its fields; an
-    unknown key is a :class:`ConfigError` naming it and the closest valid one. Nothing is
+    unknown key is a :class:`ConfigError` naming it and the closest valid one (as in a file). Nothing is
     checked here (see :func:`~replication.config.validate_master`)."""
     fields = {f.name: f for f in dataclasses.fields(config)}
     changes: dict[str, Any] = {}
     for key, value in keys.items():
         if key not in fields:
-            raise ConfigError(f"unknown key{_suggestion(key, fields)}", key)
+            raise ConfigError(unknown_key(key, fields), key)
         changes[key] = _value(getattr(config, key), value, key)
     return dataclasses.replace(config, **changes)
 
@@ -189,7 +184,9 @@ def worker_service_from(
     )
     metrics_endpoint = None
     if checked.metrics_listen is not None:
-        metrics_endpoint = serverFromString(clock, checked.metrics_listen)  # type: ignore[no-untyped-call]
+        metrics_endpoint = serverFromString(  # type: ignore[no-untyped-call]
+            clock, checked.metrics_listen,
+        )
     return worker_service(
         worker, client_endpoint(clock, checked.master), clock,
         metrics_endpoint=metrics_endpoint,
