@@ -58,8 +58,9 @@ def _value(default: object, value: object, path: str) -> object:
 
 def config_from(config: _Config, keys: Mapping[str, Any]) -> _Config:
     """``config`` with ``keys`` (field names of its dataclass) replacing its fields; an
-    unknown key is a :class:`ConfigError` naming it and the closest valid one (as in a file). Nothing is
-    checked here (see :func:`~replication.config.validate_master`)."""
+    unknown key is a :class:`ConfigError` naming it and the closest valid one (the message
+    a file gets). Nothing else is checked here (see
+    :func:`~replication.config.validate_master`)."""
     fields = {f.name: f for f in dataclasses.fields(config)}
     changes: dict[str, Any] = {}
     for key, value in keys.items():
