@@ -188,6 +188,7 @@ def test_importing_the_module_installs_no_reactor() -> None:
         "assert 'twisted.internet.reactor' not in sys.modules, 'reactor imported'"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
