@@ -192,3 +192,21 @@ def test_importing_the_module_installs_no_reactor() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_package_exports_the_builders_without_importing_twisted_first() -> None:
+    """``from replication import master_service_from, worker_service_from`` gives
+    ``replication.embed``'s functions; a bare ``import replication`` imports no Twisted."""
+    code = (
+        "import sys, replication; "
+        "assert not [m for m in sys.modules if m.startswith('twisted')], 'twisted imported'; "
+        "from replication import master_service_from, worker_service_from; "
+        "from replication import embed; "
+        "assert master_service_from is embed.master_service_from; "
+        "assert worker_service_from is embed.worker_service_from"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
