@@ -113,6 +113,7 @@ def master_service_from(
     :param accept_history_loss: as ``--accept-store-history-loss``.
     :raises ConfigError: a key is unknown or a value invalid.
     :raises ~replication.master.app.ServiceError: the store cannot be opened.
+    :raises ~replication.cli.CommandLineError: the ``commands`` module cannot be loaded.
     """
     from replication.master.app import master_service
     from replication.metrics import process_registry
@@ -157,6 +158,7 @@ def worker_service_from(
         imported.
     :raises ~replication.worker.positions.PositionFileError: the position file cannot be
         opened (or another worker holds it).
+    :raises ~replication.cli.CommandLineError: the ``commands`` module cannot be loaded.
     """
     from twisted.internet.endpoints import serverFromString
 
