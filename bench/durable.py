@@ -28,8 +28,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import mmap
+import multiprocessing
 import os
 import shutil
 import statistics

@@ -513,6 +513,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         raise CommandLineError(f"--from {args.start}: a token is 0 or more")
 
     from twisted.internet import reactor
+
     from replication.config import WorkerConfig, WorkerStream
     from replication.tls import client_endpoint
     from replication.worker import Worker

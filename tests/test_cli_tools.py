@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from processes import (
     HOST,
     Process,
@@ -21,7 +22,6 @@ from processes import (
     wait_until,
     worker_command,
 )
-
 from replication.cli import main
 from replication.worker.positions import PositionFile
 

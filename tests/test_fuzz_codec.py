@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fuzz_campaign import load_profile
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from fuzz_campaign import load_profile
 from replication.wire.commands import (
     MASTER,
     MAX_VERSIONS,

@@ -24,12 +24,11 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
-from fuzz_campaign import load_profile, scaled
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from twisted.internet.protocol import Protocol
 
+from fuzz_campaign import load_profile, scaled
 from replication.config import KeepaliveConfig, LimitsConfig, RetentionConfig
 from replication.master import MasterConnection
 from replication.testing import Harness, MemoryPipe

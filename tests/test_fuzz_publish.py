@@ -17,11 +17,11 @@ import tempfile
 from typing import Any
 
 import pytest
-from fuzz_campaign import load_profile, scaled
-from helpers import raw_request
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
+from fuzz_campaign import load_profile, scaled
+from helpers import raw_request
 from replication.admin import admin_resource
 from replication.config import LimitsConfig
 from replication.master import PublishError

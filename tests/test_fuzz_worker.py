@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fuzz_campaign import load_profile, scaled
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
@@ -32,6 +31,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
+from fuzz_campaign import load_profile, scaled
 from replication.config import WorkerConfig, WorkerStream
 from replication.wire.commands import PositionCommand
 from replication.worker import Worker, WorkerConnection

@@ -17,7 +17,6 @@ from twisted.web.test.requesthelper import DummyChannel
 
 # tests/ is not a package, so pytest puts tests/ itself on sys.path.
 from helpers import raw_request, request
-
 from replication.config import MasterConfig
 from replication.http import JsonRequest, admin_site, master_routes
 from replication.http.routing import (

@@ -17,7 +17,6 @@ from twisted.internet.testing import StringTransport
 
 # tests/ is not a package, so pytest puts tests/ itself on sys.path.
 from helpers import ManualRunner, raw_request
-
 from replication.admin import admin_resource, metrics_resource
 from replication.config import LimitsConfig
 from replication.master import MasterConnection

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import prometheus_client
 import pytest
+from twisted.internet.testing import MemoryReactorClock
+
 from helpers import raw_request
 from processes import (
     HOST,
@@ -25,8 +27,6 @@ from processes import (
     replication_command,
     wait_until,
 )
-from twisted.internet.testing import MemoryReactorClock
-
 from replication import __version__
 from replication.admin import metrics_resource
 from replication.cli import _log_master_paths

@@ -30,7 +30,6 @@ from processes import (
     wait_until,
     worker_command,
 )
-
 from replication.admin import admin_resource, master_status
 from replication.cli import format_status, main
 from replication.cluster.identity import check_fingerprint

@@ -30,7 +30,6 @@ from processes import (
     wait_until,
     worker_command,
 )
-
 from replication.http.page import (
     StatusPageError,
     content_security_policy,

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Self
 
 import pytest
+from twisted.internet.task import Clock
+
 from certificates import CertificateAuthority, Issued, self_signed
 from processes import (
     HOST,
@@ -26,8 +28,6 @@ from processes import (
     replication_command,
     wait_until,
 )
-from twisted.internet.task import Clock
-
 from replication.cli import main
 from replication.tls import (
     TlsConfigurationError,

@@ -24,23 +24,21 @@ import json
 import os
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from common import (
     STREAM,
     Group,
-    free_ports,
-    health_ok,
     child,
+    cpu_seconds,
+    free_ports,
+    reactor_args,
     read_positions,
     scratch,
     start_master,
     summary,
     wait_files,
     wait_until,
-    cpu_seconds,
-    reactor_args,
     worker,
 )
 

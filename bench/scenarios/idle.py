@@ -24,7 +24,6 @@ from common import (
     scratch,
     start_master,
     summary,
-    wait_files,
 )
 
 CONNECTIONS = 2000

@@ -33,7 +33,6 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
@@ -41,7 +40,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from replication import __version__
-from replication.wire.commands import CommandParseError, decode_json_bytes
+from replication.http.limits import AdminSite, ConnectionLimit, raw_json_answer
+from replication.http.page import serve_status_page
 from replication.http.routing import (
     HttpError,
     Route,
@@ -52,11 +52,10 @@ from replication.http.routing import (
     json_error,
     json_response,
 )
-from replication.http.limits import AdminSite, ConnectionLimit, raw_json_answer
-from replication.http.page import serve_status_page
 from replication.http.status import master_status
 from replication.master import Master, PublishError
 from replication.master.log import DeleteError, StreamState
+from replication.wire.commands import CommandParseError, decode_json_bytes
 
 log = logging.getLogger(__name__)
 

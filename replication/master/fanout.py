@@ -45,6 +45,10 @@ from typing import Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
+from replication.master.log import StreamLog, StreamState
+from replication.ratelimit import LogRateLimiter, suppressed_note
+from replication.store import LOCAL_ORIGIN, DamagedEntry, Entry
+from replication.streams import missing_before, plan_catch_up
 from replication.wire.commands import (
     ALL_STREAMS,
     Command,
@@ -56,10 +60,6 @@ from replication.wire.commands import (
     rdata_block,
 )
 from replication.wire.dialects import DIALECTS
-from replication.master.log import StreamLog, StreamState
-from replication.ratelimit import LogRateLimiter, suppressed_note
-from replication.store import LOCAL_ORIGIN, DamagedEntry, Entry
-from replication.streams import missing_before, plan_catch_up
 
 log = logging.getLogger(__name__)
 

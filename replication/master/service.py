@@ -26,16 +26,6 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
-from replication.wire.commands import (
-    CommandParseError,
-    CommandRegistry,
-    check_stream_name,
-    default_registry,
-    encode_json,
-    encode_parsed_json,
-    encode_parsed_rows,
-    rdata_line_length,
-)
 from replication.cluster.identity import Identity, new_fingerprint
 from replication.config import MasterConfig
 from replication.master.connection import MasterConnection
@@ -52,6 +42,16 @@ from replication.snapshot import (
 )
 from replication.store import StreamStore
 from replication.store.asynchronous import BlockingRunner, adapt
+from replication.wire.commands import (
+    CommandParseError,
+    CommandRegistry,
+    check_stream_name,
+    default_registry,
+    encode_json,
+    encode_parsed_json,
+    encode_parsed_rows,
+    rdata_line_length,
+)
 
 log = logging.getLogger("replication.master")
 

@@ -28,11 +28,11 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 
 from replication import __version__
-from replication.wire.commands import CommandRegistry, ReplicateCommand, default_registry
 from replication.config import ReconnectConfig, WorkerConfig
-from replication.ratelimit import LogRateLimiter
 from replication.metrics import WorkerMetrics
+from replication.ratelimit import LogRateLimiter
 from replication.services import ListeningService, OrderedMultiService
+from replication.wire.commands import CommandRegistry, ReplicateCommand, default_registry
 from replication.wire.protocol import ReplicationProtocol
 from replication.worker.connection import WorkerConnection, WorkerFactory
 from replication.worker.handlers import Handler
