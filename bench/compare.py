@@ -77,7 +77,7 @@ def figures(code: Path, scratch: Path) -> dict[str, float]:
         code, durable, 900,
     )
     for store, by_shape in result.get("throughput", {}).items():
-        for key, value in by_shape.items():
+        for _key, value in by_shape.items():
             out[f"ingest {store}, {value['rows_per_request']} rows/request, "
                 f"{value['connections']} connections"] = value["rows_per_s"]["median"]
     return out

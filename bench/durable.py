@@ -482,7 +482,7 @@ def table(results: dict[str, Any]) -> str:
     add(f"  {'store':8} {'rows/req':>8} {'conns':>5} {'rows/s':>26} {'req/s':>9}   "
         "/health latency ms p50/p99/max")
     for store, per in results["throughput"].items():
-        for key, r in per.items():
+        for _key, r in per.items():
             s = r["rows_per_s"]
             h = r["health_ms"]
             add(f"  {store:8} {r['rows_per_request']:8} {r['connections']:5} "
@@ -497,7 +497,7 @@ def table(results: dict[str, Any]) -> str:
     add("until its position file shows the head; master RSS sampled every 20 ms)")
     add(f"  {'backlog':24} {'publish rows/s':>14} {'catch-up s':>10} {'rows/s':>9} "
         f"{'(after 1st pos.)':>16} {'RSS before/peak/growth MiB':>28}")
-    for label, r in results["catch_up"].items():
+    for _label, r in results["catch_up"].items():
         c = r["catch_up"]
         first = c["seconds_from_first_position"]
         after_first = f"{r['rows'] / first:9.0f} rows/s" if first else "-"
@@ -511,7 +511,7 @@ def table(results: dict[str, Any]) -> str:
     add("  delivery delay = worker handler time - publisher send time (includes HTTP + commit)")
     add(f"  {'backlog':24} {'before p50/p99/max ms':>24} {'during p50/p99/max ms':>24} "
         f"{'after p50/p99/max ms':>22}")
-    for label, r in results["catch_up"].items():
+    for _label, r in results["catch_up"].items():
         d = r["live"]["delay_ms"]
 
         def fmt(x: dict[str, float]) -> str:

@@ -134,9 +134,10 @@ def build_table(results: dict[str, Any]) -> list[list[str]]:
 def print_table(rows: list[list[str]], runs: int) -> str:
     header = ["scenario", f"ours (median [min-max] of {runs})", "baseline", "ratio", "target", "result"]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths)),
+    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)),
              "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    # Rows are at least as wide as the header (widths index them); zip stops at the header.
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) for r in rows]
     return "\n".join(lines)
 
 

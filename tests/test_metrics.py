@@ -346,6 +346,7 @@ def test_registries_are_private_and_passed_in(tmp_path: Path) -> None:
     first = h.worker(Recording())
     worker = Worker(first.config, Recording(), first.positions, h.clock,
                     metrics=WorkerMetrics(worker_registry))
+    assert worker.metrics.registry is worker_registry
     assert worker_registry.get_sample_value("replication_worker_connected") == 0
     assert {name for name in prometheus_client.REGISTRY._names_to_collectors} == before
     try:

@@ -391,7 +391,7 @@ def test_appends_survive_sigkill(tmp_path: Path) -> None:
     entries = s.read("s", 0, last, 10**9)
     assert [e.token for e in entries] == list(range(1, last + 1))
     for e in entries:
-        assert e.rows[0] == '{"i":%d}' % e.token
+        assert e.rows[0] == f'{{"i":{e.token}}}'
     s.close()
 
 

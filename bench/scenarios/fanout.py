@@ -169,7 +169,7 @@ def run_raw(n: int, per_token: int, rows: int, runs: int, timeout: float,
             repeat: int = 20) -> dict[str, Any]:
     tokens = (rows + per_token - 1) // per_token
     results = []
-    for k in range(runs):
+    for _ in range(runs):
         with scratch(f"raw{n}") as tmp, Group() as group:
             ports = free_ports(n)
             for i, p in enumerate(ports):

@@ -59,7 +59,7 @@ def main() -> None:
         except Exception as e:  # report, don't hang the run
             errors.append(repr(e))
 
-    threads = [threading.Thread(target=client, args=(c, s)) for c, s in zip(connections, shares)]
+    threads = [threading.Thread(target=client, args=(c, s)) for c, s in zip(connections, shares, strict=True)]
     for t in threads:
         t.start()
     start = time.time()

@@ -94,7 +94,7 @@ def run_variant(variant: str, per_token: int, quick: bool, runs: int, log: Any) 
             for path in done_dir.glob(f"*.{run_id}.lat"):
                 sent, handled = _read(str(path))
                 received += len(sent)
-                latencies.extend(h - s for s, h in zip(sent, handled) if s >= cutoff)
+                latencies.extend(h - s for s, h in zip(sent, handled, strict=True) if s >= cutoff)
             latencies.sort()
             published = info["rows"]
             result = {

@@ -111,7 +111,7 @@ class Route:
         if len(path) != len(self.segments):
             return None
         params = {}
-        for segment, given in zip(self.segments, path):
+        for segment, given in zip(self.segments, path, strict=True):
             if segment.is_parameter:
                 params[segment.text] = given.decode("utf-8", "backslashreplace")
             elif given != segment.text.encode():

@@ -498,7 +498,7 @@ class FanOut:
         if len(tokens_rows) == 1:
             data = rdata_block(state.stream, ((first, tokens_rows[0]),))
         else:
-            data = rdata_block(state.stream, zip(range(first, first + len(tokens_rows)), tokens_rows))
+            data = rdata_block(state.stream, zip(range(first, first + len(tokens_rows)), tokens_rows, strict=True))
         followed.rows_sent_live += rows * len(receivers)
         for follower in tuple(receivers):
             follower.write(data)

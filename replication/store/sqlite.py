@@ -483,7 +483,7 @@ class SqliteStore:
         with self._transaction("append") as w:
             streams: dict[str, list[int]] = {}  # name -> [head, rows added]
             entries = []
-            for (name, rows), text in zip(batch, texts):
+            for (name, rows), text in zip(batch, texts, strict=True):
                 s = streams.get(name)
                 if s is None:
                     found = w.execute(
@@ -526,7 +526,7 @@ class SqliteStore:
                         " VALUES (?, ?, 0, 1, 0, ?)",
                         (stream, origin, now),
                     )
-                by_token = {entry.token: text for entry, text in zip(entries, texts)}
+                by_token = {entry.token: text for entry, text in zip(entries, texts, strict=True)}
                 w.executemany(
                     "INSERT INTO entries (stream, origin, token, time, nrows, rows, crc)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
