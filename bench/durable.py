@@ -163,7 +163,8 @@ async def publish_count(port: int, stream: str, tokens: int, rows_per_token: int
                 next_request += 1
                 count = min(per_request, tokens - first)
                 status, answer = await client.post(
-                    f"/streams/{stream}", tokens_body(count, rows_per_token, first * rows_per_token))
+                    f"/streams/{stream}", tokens_body(count, rows_per_token, first * rows_per_token)
+                )
                 if status != 200:
                     raise RuntimeError(f"publish refused ({status}): {answer[:200]!r}")
         finally:
@@ -214,7 +215,9 @@ class HealthProbe:
         ctx = multiprocessing.get_context("fork")
         self.stop = ctx.Event()
         self.receive, send = ctx.Pipe(duplex=False)
-        self.process = ctx.Process(target=_probe, args=(port, interval, self.stop, send), daemon=True)
+        self.process = ctx.Process(
+            target=_probe, args=(port, interval, self.stop, send), daemon=True
+        )
         self.result: dict[str, Any] = {}
 
     def __enter__(self) -> HealthProbe:
@@ -251,7 +254,9 @@ def spread(values: list[float]) -> dict[str, float]:
 # -- processes ---------------------------------------------------------------------------------
 
 
-def start_master(tmp: Path, name: str, store: str, extra_config: str = "") -> tuple[Process, int, int]:
+def start_master(
+    tmp: Path, name: str, store: str, extra_config: str = ""
+) -> tuple[Process, int, int]:
     port, http_port = free_ports(2)
     config = tmp / f"{name}.yaml"
     config.write_text(
@@ -431,7 +436,9 @@ async def _catch_up(tmp: Path, label: str, total_rows: int, rows_per_token: int,
                     if p.poll() is not None:
                         raise RuntimeError(f"{p.name} exited\n{p.describe_output()}")
                 if now - started > deadline:
-                    raise RuntimeError(f"catch-up not done after {deadline:.0f}s: at {position} of {head}")
+                    raise RuntimeError(
+                        f"catch-up not done after {deadline:.0f}s: at {position} of {head}"
+                    )
                 await asyncio.sleep(0.02)
         finally:
             done = time.monotonic()
@@ -456,7 +463,13 @@ async def _catch_up(tmp: Path, label: str, total_rows: int, rows_per_token: int,
         phases: dict[str, list[float]] = {"before": [], "during": [], "after": []}
         for line in delays_path.read_text().splitlines():
             received, delay = map(float, line.split())
-            key = "before" if received < started_wall else "during" if received <= done_wall else "after"
+            key = (
+                "before"
+                if received < started_wall
+                else "during"
+                if received <= done_wall
+                else "after"
+            )
             phases[key].append(delay)
         result["live"] = {
             "published": counts["sent"], "refused": counts["refused"],
@@ -528,8 +541,15 @@ def _code_under_test() -> str:
     import subprocess
 
     done = subprocess.run(
-        [sys.executable, "-c", "import replication; print(replication.__file__, replication.__version__)"],
-        capture_output=True, text=True, cwd=tempfile.gettempdir(), timeout=30,
+        [
+            sys.executable,
+            "-c",
+            "import replication; print(replication.__file__, replication.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
+        timeout=30,
     )
     return done.stdout.strip() or done.stderr.strip()[-300:]
 
@@ -556,7 +576,9 @@ def main() -> int:
     }
     try:
         print("publish throughput", flush=True)
-        stores = () if args.skip_throughput else ("sqlite",) + (() if args.skip_memory else ("memory",))
+        stores = (
+            () if args.skip_throughput else ("sqlite",) + (() if args.skip_memory else ("memory",))
+        )
         for store in stores:
             results["throughput"][store] = bench_throughput(tmp, store, seconds, runs)
         print("catch-up", flush=True)

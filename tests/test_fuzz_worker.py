@@ -221,8 +221,14 @@ def test_a_worker_survives_whatever_a_master_sends(script: Script, data: st.Data
         if data.draw(st.integers(0, 3), "advance") == 0:
             clock.advance(data.draw(st.sampled_from([0.5, 1.0, 2.0, 5.0]), "seconds"))
     errors = [line for line in transport.value().split(b"\n") if line.startswith(b"ERROR ")]
-    event(f"closed by the worker: {errors[0][:40].decode('utf-8', 'replace')}" if errors else "no ERROR")
-    event(f"{len(positions.recorded)} positions recorded" if positions.recorded else "none recorded")
+    event(
+        f"closed by the worker: {errors[0][:40].decode('utf-8', 'replace')}"
+        if errors
+        else "no ERROR"
+    )
+    event(
+        f"{len(positions.recorded)} positions recorded" if positions.recorded else "none recorded"
+    )
     connection.connectionLost(Failure(ConnectionDone()))
     while handler.waiting:
         handler.fire_one()

@@ -210,14 +210,19 @@ def test_ping_timeout_and_too_many_connections_are_reasons(tmp_path: Path) -> No
     h = Harness(tmp_path, limits=LimitsConfig(max_connections=1))
     pipe = h.connect(h.worker(Recording()))
     h.run(pipe)
-    refused = MemoryPipe(MasterConnection(h.master), WorkerConnection(h.worker(Recording(), name="w2")))
+    refused = MemoryPipe(
+        MasterConnection(h.master), WorkerConnection(h.worker(Recording(), name="w2"))
+    )
     refused.pump()
     h.clock.advance(h.config.keepalive.ping_interval)  # both sides ping
     pipe.pump()
     pipe.client_reads = pipe.server_reads = False
     h.clock.advance(h.config.keepalive.ping_timeout)
     m = scrape_master(h)
-    assert value(m, "replication_disconnects_total", reason="too_many_connections", peer="unnamed") == 1
+    assert (
+        value(m, "replication_disconnects_total", reason="too_many_connections", peer="unnamed")
+        == 1
+    )
     assert pipe.server.close_reason == "ping timeout"  # type: ignore[attr-defined]
     h.clock.advance(h.config.keepalive.close_timeout)
     m = scrape_master(h)

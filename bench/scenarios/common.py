@@ -162,7 +162,9 @@ class Group:
                 continue
             code = process.poll()
             if code is not None:
-                raise RuntimeError(f"{process.name} exited with status {code}\n{process.describe_output(3000)}")
+                raise RuntimeError(
+                    f"{process.name} exited with status {code}\n{process.describe_output(3000)}"
+                )
 
 
 @contextlib.contextmanager

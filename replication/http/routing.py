@@ -46,7 +46,9 @@ Authorizer = Callable[[Request, "Route"], None]
 class HttpError(Exception):
     """A refusal answered as ``{"error": message}`` with ``status`` and extra ``headers``."""
 
-    def __init__(self, status: int, message: str, headers: Mapping[bytes, bytes] | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, headers: Mapping[bytes, bytes] | None = None
+    ) -> None:
         super().__init__(status, message)
         self.status = status
         self.message = message
