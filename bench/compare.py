@@ -69,7 +69,9 @@ def figures(code: Path, scratch: Path) -> dict[str, float]:
     for entry in result.get("fanout", []):
         ours = entry.get("ours")
         if ours and ours.get("median"):
-            out[f"fan-out {entry['receivers']} workers, {entry['rows_per_token']} rows/token"] = ours["median"]
+            out[f"fan-out {entry['receivers']} workers, {entry['rows_per_token']} rows/token"] = (
+                ours["median"]
+            )
     durable = scratch / "durable.json"
     durable.unlink(missing_ok=True)
     result = run_child(
@@ -77,7 +79,7 @@ def figures(code: Path, scratch: Path) -> dict[str, float]:
         code, durable, 900,
     )
     for store, by_shape in result.get("throughput", {}).items():
-        for key, value in by_shape.items():
+        for _key, value in by_shape.items():
             out[f"ingest {store}, {value['rows_per_request']} rows/request, "
                 f"{value['connections']} connections"] = value["rows_per_s"]["median"]
     return out
@@ -85,7 +87,9 @@ def figures(code: Path, scratch: Path) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baseline", required=True, metavar="REV", help="git revision to compare with")
+    parser.add_argument(
+        "--baseline", required=True, metavar="REV", help="git revision to compare with"
+    )
     parser.add_argument("--new", metavar="REV", help="git revision of the new side "
                         "(default: the working tree)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per side (default 3)")

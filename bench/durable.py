@@ -28,8 +28,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import mmap
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -163,7 +163,8 @@ async def publish_count(port: int, stream: str, tokens: int, rows_per_token: int
                 next_request += 1
                 count = min(per_request, tokens - first)
                 status, answer = await client.post(
-                    f"/streams/{stream}", tokens_body(count, rows_per_token, first * rows_per_token))
+                    f"/streams/{stream}", tokens_body(count, rows_per_token, first * rows_per_token)
+                )
                 if status != 200:
                     raise RuntimeError(f"publish refused ({status}): {answer[:200]!r}")
         finally:
@@ -214,7 +215,9 @@ class HealthProbe:
         ctx = multiprocessing.get_context("fork")
         self.stop = ctx.Event()
         self.receive, send = ctx.Pipe(duplex=False)
-        self.process = ctx.Process(target=_probe, args=(port, interval, self.stop, send), daemon=True)
+        self.process = ctx.Process(
+            target=_probe, args=(port, interval, self.stop, send), daemon=True
+        )
         self.result: dict[str, Any] = {}
 
     def __enter__(self) -> HealthProbe:
@@ -251,7 +254,9 @@ def spread(values: list[float]) -> dict[str, float]:
 # -- processes ---------------------------------------------------------------------------------
 
 
-def start_master(tmp: Path, name: str, store: str, extra_config: str = "") -> tuple[Process, int, int]:
+def start_master(
+    tmp: Path, name: str, store: str, extra_config: str = ""
+) -> tuple[Process, int, int]:
     port, http_port = free_ports(2)
     config = tmp / f"{name}.yaml"
     config.write_text(
@@ -431,7 +436,9 @@ async def _catch_up(tmp: Path, label: str, total_rows: int, rows_per_token: int,
                     if p.poll() is not None:
                         raise RuntimeError(f"{p.name} exited\n{p.describe_output()}")
                 if now - started > deadline:
-                    raise RuntimeError(f"catch-up not done after {deadline:.0f}s: at {position} of {head}")
+                    raise RuntimeError(
+                        f"catch-up not done after {deadline:.0f}s: at {position} of {head}"
+                    )
                 await asyncio.sleep(0.02)
         finally:
             done = time.monotonic()
@@ -456,7 +463,13 @@ async def _catch_up(tmp: Path, label: str, total_rows: int, rows_per_token: int,
         phases: dict[str, list[float]] = {"before": [], "during": [], "after": []}
         for line in delays_path.read_text().splitlines():
             received, delay = map(float, line.split())
-            key = "before" if received < started_wall else "during" if received <= done_wall else "after"
+            key = (
+                "before"
+                if received < started_wall
+                else "during"
+                if received <= done_wall
+                else "after"
+            )
             phases[key].append(delay)
         result["live"] = {
             "published": counts["sent"], "refused": counts["refused"],
@@ -482,7 +495,7 @@ def table(results: dict[str, Any]) -> str:
     add(f"  {'store':8} {'rows/req':>8} {'conns':>5} {'rows/s':>26} {'req/s':>9}   "
         "/health latency ms p50/p99/max")
     for store, per in results["throughput"].items():
-        for key, r in per.items():
+        for _key, r in per.items():
             s = r["rows_per_s"]
             h = r["health_ms"]
             add(f"  {store:8} {r['rows_per_request']:8} {r['connections']:5} "
@@ -497,7 +510,7 @@ def table(results: dict[str, Any]) -> str:
     add("until its position file shows the head; master RSS sampled every 20 ms)")
     add(f"  {'backlog':24} {'publish rows/s':>14} {'catch-up s':>10} {'rows/s':>9} "
         f"{'(after 1st pos.)':>16} {'RSS before/peak/growth MiB':>28}")
-    for label, r in results["catch_up"].items():
+    for _label, r in results["catch_up"].items():
         c = r["catch_up"]
         first = c["seconds_from_first_position"]
         after_first = f"{r['rows'] / first:9.0f} rows/s" if first else "-"
@@ -511,7 +524,7 @@ def table(results: dict[str, Any]) -> str:
     add("  delivery delay = worker handler time - publisher send time (includes HTTP + commit)")
     add(f"  {'backlog':24} {'before p50/p99/max ms':>24} {'during p50/p99/max ms':>24} "
         f"{'after p50/p99/max ms':>22}")
-    for label, r in results["catch_up"].items():
+    for _label, r in results["catch_up"].items():
         d = r["live"]["delay_ms"]
 
         def fmt(x: dict[str, float]) -> str:
@@ -528,8 +541,15 @@ def _code_under_test() -> str:
     import subprocess
 
     done = subprocess.run(
-        [sys.executable, "-c", "import replication; print(replication.__file__, replication.__version__)"],
-        capture_output=True, text=True, cwd=tempfile.gettempdir(), timeout=30,
+        [
+            sys.executable,
+            "-c",
+            "import replication; print(replication.__file__, replication.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
+        timeout=30,
     )
     return done.stdout.strip() or done.stderr.strip()[-300:]
 
@@ -556,7 +576,9 @@ def main() -> int:
     }
     try:
         print("publish throughput", flush=True)
-        stores = () if args.skip_throughput else ("sqlite",) + (() if args.skip_memory else ("memory",))
+        stores = (
+            () if args.skip_throughput else ("sqlite",) + (() if args.skip_memory else ("memory",))
+        )
         for store in stores:
             results["throughput"][store] = bench_throughput(tmp, store, seconds, runs)
         print("catch-up", flush=True)

@@ -73,7 +73,9 @@ class LatencyRecorder:
             path = os.path.join(self.directory, f"{os.getpid()}.{last[1]}.lat")
             with open(path + ".tmp", "w") as f:
                 f.write(f"{now:.6f} {len(self.sent)}\n")
-                f.writelines(f"{s:.6f} {h:.6f}\n" for s, h in zip(self.sent, self.handled))
+                f.writelines(
+                    f"{s:.6f} {h:.6f}\n" for s, h in zip(self.sent, self.handled, strict=True)
+                )
             os.replace(path + ".tmp", path)
             self.sent.clear()
             self.handled.clear()

@@ -65,9 +65,15 @@ def run_durable_scenarios(quick: bool) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             return {"skipped": "bench/durable.py did not finish within 900 s"}
         if done.returncode != 0 or not out.exists():
-            return {"skipped": f"bench/durable.py exited with {done.returncode}: {done.stderr[-1500:]}"}
+            return {
+                "skipped": f"bench/durable.py exited with {done.returncode}: {done.stderr[-1500:]}"
+            }
         text = done.stdout
-        table = text[text.find("Publish throughput over HTTP"):] if "Publish throughput over HTTP" in text else text
+        table = (
+            text[text.find("Publish throughput over HTTP") :]
+            if "Publish throughput over HTTP" in text
+            else text
+        )
         return {"results": json.loads(out.read_text()), "table": table.strip()}
 
 
@@ -101,10 +107,18 @@ def build_table(results: dict[str, Any]) -> list[list[str]]:
             if ours and redis and redis.get("median"):
                 ratio = ours["median"] / redis["median"]
             target = FANOUT_VS_REDIS[n]
-            rows.append([label + " vs Redis", fmt_rate(ours) + " rows/s",
-                         fmt_rate(redis) if redis and "median" in redis else (redis or {}).get("skipped", "-")[:30],
-                         f"{ratio:.2f}x" if ratio else "-", f">= {target:g}x",
-                         verdict(None if ratio is None else ratio >= target)])
+            rows.append(
+                [
+                    label + " vs Redis",
+                    fmt_rate(ours) + " rows/s",
+                    fmt_rate(redis)
+                    if redis and "median" in redis
+                    else (redis or {}).get("skipped", "-")[:30],
+                    f"{ratio:.2f}x" if ratio else "-",
+                    f">= {target:g}x",
+                    verdict(None if ratio is None else ratio >= target),
+                ]
+            )
         if raw is not None:
             ratio = ours["median"] / raw["median"] if ours and raw.get("median") else None
             rows.append([label + " vs raw socket", fmt_rate(ours) + " rows/s" if ours else "-",
@@ -127,43 +141,71 @@ def build_table(results: dict[str, Any]) -> list[list[str]]:
         rows.append([f"{name}: ERROR", info.splitlines()[-1][:60], "", "", "", "FAIL"])
     durable = results.get("durable")
     if durable and "skipped" in durable:
-        rows.append(["durable (bench/durable.py)", "skipped: " + durable["skipped"][:60], "", "", "", "-"])
+        rows.append(
+            ["durable (bench/durable.py)", "skipped: " + durable["skipped"][:60], "", "", "", "-"]
+        )
     return rows
 
 
 def print_table(rows: list[list[str]], runs: int) -> str:
-    header = ["scenario", f"ours (median [min-max] of {runs})", "baseline", "ratio", "target", "result"]
+    header = [
+        "scenario",
+        f"ours (median [min-max] of {runs})",
+        "baseline",
+        "ratio",
+        "target",
+        "result",
+    ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths)),
+    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)),
              "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    # Rows are at least as wide as the header (widths index them); zip stops at the header.
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) for r in rows]
     return "\n".join(lines)
 
 
 def code_under_test() -> str:
     done = subprocess.run(
-        [sys.executable, "-c", "import replication; print(replication.__file__, replication.__version__)"],
-        capture_output=True, text=True, cwd=tempfile.gettempdir(), timeout=30,
+        [
+            sys.executable,
+            "-c",
+            "import replication; print(replication.__file__, replication.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
+        timeout=30,
     )
     return done.stdout.strip() or done.stderr.strip()[-300:]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rows, shorter runs (about 3 minutes)")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer rows, shorter runs (about 3 minutes)"
+    )
     parser.add_argument("--only", metavar="SCENARIO,...",
                         help=f"run only these, from {', '.join(SCENARIOS)} (default: all)")
     parser.add_argument("--json", metavar="PATH", help="where to write the results "
                         "(default bench/results/run-quick.json or run-full.json)")
-    parser.add_argument("--runs", type=int, default=3, help="runs per figure (default 3, at least 3 for the issue's figures)")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=3,
+        help="runs per figure (default 3, at least 3 for the issue's figures)",
+    )
     parser.add_argument("--reactor", choices=("asyncio", "default"),
                         help="run masters and workers with `--reactor NAME` "
                         "(default: the tool's own default)")
     args = parser.parse_args(argv)
-    only = set(SCENARIOS) if not args.only else {s.strip() for s in args.only.split(",") if s.strip()}
+    only = (
+        set(SCENARIOS) if not args.only else {s.strip() for s in args.only.split(",") if s.strip()}
+    )
     unknown = only - set(SCENARIOS)
     if unknown:
-        parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
+        parser.error(
+            f"unknown scenario(s): {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}"
+        )
     common.setup_environment()
     if args.reactor:
         os.environ[common.REACTOR_ENV] = args.reactor
@@ -228,10 +270,13 @@ def main(argv: list[str] | None = None) -> int:
         print(results["durable"]["table"])
         print()
     print(table)
-    print(f"\n{mode} mode, {results['total_seconds']:.0f} s; load average "
-          f"{results['load_average_start'][0]:.2f} at start, {results['load_average_end'][0]:.2f} at end; "
-          f"{results['machine']['cpu_model']}, {results['machine']['cores']} cores, "
-          f"Python {results['machine']['python']}")
+    print(
+        f"\n{mode} mode, {results['total_seconds']:.0f} s; load average "
+        f"{results['load_average_start'][0]:.2f} at start, "
+        f"{results['load_average_end'][0]:.2f} at end; "
+        f"{results['machine']['cpu_model']}, {results['machine']['cores']} cores, "
+        f"Python {results['machine']['python']}"
+    )
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"wrote {json_path}")

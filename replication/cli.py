@@ -7,7 +7,8 @@ process, passed down, with the ``process_*`` metrics), the master or worker and 
 listeners, and runs the reactor until SIGINT or SIGTERM. It sets up logging to standard
 error (``text`` or ``json``: ``log.format``, ``--log-format``; see
 :mod:`replication.logformat`) and logs where the master's database or the worker's
-position file is, as absolute paths. ``status`` reads a master's ``/status`` and prints it as tables.
+position file is, as absolute paths. ``status`` reads a master's ``/status`` and prints it as
+tables.
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ def install_reactor(name: str) -> None:
 
         if not isinstance(reactor, asyncioreactor.AsyncioSelectorReactor):
             raise CommandLineError(
-                f"--reactor asyncio: another reactor is installed already ({type(reactor).__name__})"
+                "--reactor asyncio: another reactor is installed already "
+                f"({type(reactor).__name__})"
             ) from None
 
 
@@ -219,7 +221,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     config = validate_worker(apply_flags(WORKER, load_worker_config(args.config), args))
     _use_log_format(config.log_format)
     if not config.streams:
-        raise CommandLineError("no streams to follow: give --stream NAME or `streams:` in the config")
+        raise CommandLineError(
+            "no streams to follow: give --stream NAME or `streams:` in the config"
+        )
     install_reactor(args.reactor)  # before the application's modules can import a reactor
     commands = load_command_registry(config.commands, config.commands_path)
 
@@ -334,7 +338,8 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+        # Rows are at least as wide as the headers (widths index them); zip stops there.
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False)).rstrip()
 
     return [line(headers), *(line(r) for r in rows)]
 
@@ -352,7 +357,10 @@ def format_status(status: dict[str, Any]) -> str:
     if streams:
         lines += _table(
             ("STREAM", "HEAD", "OLDEST", "RETAINED"),
-            [(s["name"], str(s["head"]), str(s["oldest"]), str(s["retained_rows"])) for s in streams],
+            [
+                (s["name"], str(s["head"]), str(s["oldest"]), str(s["retained_rows"]))
+                for s in streams
+            ],
         )
     else:
         lines.append("no streams")
@@ -383,7 +391,9 @@ def format_status(status: dict[str, Any]) -> str:
         for w in workers:
             last = "-"
             if w.get("last_disconnect_reason"):
-                ago = _duration(now - w["last_disconnect_at"]) if w.get("last_disconnect_at") else "?"
+                ago = (
+                    _duration(now - w["last_disconnect_at"]) if w.get("last_disconnect_at") else "?"
+                )
                 last = f"{w['last_disconnect_reason']}, {ago} ago"
             rows.append((w["name"], str(w["connected"]), str(w["connects"]), last))
         lines += _table(("WORKER", "OPEN", "CONNECTS", "LAST DISCONNECT"), rows)
@@ -513,6 +523,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         raise CommandLineError(f"--from {args.start}: a token is 0 or more")
 
     from twisted.internet import reactor
+
     from replication.config import WorkerConfig, WorkerStream
     from replication.tls import client_endpoint
     from replication.worker import Worker
@@ -663,8 +674,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("master", help="run a master", description="Run a master. With no "
-                       "configuration it serves workers on 127.0.0.1:9092 and HTTP on 127.0.0.1:9093.")
+    p = sub.add_parser(
+        "master",
+        help="run a master",
+        description="Run a master. With no "
+        "configuration it serves workers on 127.0.0.1:9092 and HTTP on 127.0.0.1:9093.",
+    )
     p.add_argument("--config", "-c", metavar="FILE", help="YAML configuration file")
     add_flags(p, MASTER)  # --server-name, --listen, --http-listen, --data-dir, --stream, --store
     p.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
@@ -690,23 +705,38 @@ def build_parser() -> argparse.ArgumentParser:
                        "to a stream as one token and print the token.")
     p.add_argument("stream", metavar="STREAM")
     p.add_argument("rows", nargs="+", metavar="JSON", help="one JSON value per row")
-    p.add_argument("--url", default=DEFAULT_URL, help=f"the master's HTTP address (default {DEFAULT_URL})")
+    p.add_argument(
+        "--url", default=DEFAULT_URL, help=f"the master's HTTP address (default {DEFAULT_URL})"
+    )
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
     p.set_defaults(func=cmd_publish, verbose=False)
 
-    p = sub.add_parser("status", help="show a master's streams and workers",
-                       description="Show a master's streams, its connected workers with their "
-                       "position and lag per stream, and each worker's reconnects, from its /status.")
-    p.add_argument("--url", default=DEFAULT_URL, help=f"the master's HTTP address (default {DEFAULT_URL})")
+    p = sub.add_parser(
+        "status",
+        help="show a master's streams and workers",
+        description="Show a master's streams, its connected workers with their "
+        "position and lag per stream, and each worker's reconnects, from its /status.",
+    )
+    p.add_argument(
+        "--url", default=DEFAULT_URL, help=f"the master's HTTP address (default {DEFAULT_URL})"
+    )
     p.add_argument("--json", action="store_true", help="print the /status JSON instead of tables")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
     p.set_defaults(func=cmd_status, verbose=False)
 
-    p = sub.add_parser("check-config", help="validate a configuration file",
-                       description="Validate a master or worker configuration file and say what is wrong.")
+    p = sub.add_parser(
+        "check-config",
+        help="validate a configuration file",
+        description="Validate a master or worker configuration file and say what is wrong.",
+    )
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--as", dest="role", choices=("master", "worker"),
-                   help="the file's role (default: a file with name, master, handler or position_file is a worker's)")
+    p.add_argument(
+        "--as",
+        dest="role",
+        choices=("master", "worker"),
+        help="the file's role (default: a file with name, master, handler or position_file "
+        "is a worker's)",
+    )
     p.set_defaults(func=cmd_check_config, verbose=False)
     _add_tool_parsers(sub)
     return parser

@@ -374,7 +374,7 @@ def _stream_families(view: MasterSnapshot) -> Iterator[Metric]:
             stream.rows_published, stream.head, stream.oldest, stream.retained_rows,
             stream.live_subscribers, stream.rows_sent_live, stream.rows_sent_catchup,
         )
-        for family, value in zip(families, values):
+        for family, value in zip(families, values, strict=True):
             family.add_metric([stream.name], value)
     yield from families
 
@@ -502,7 +502,7 @@ class WorkerMetrics:
             handled.add_metric([stream], stats.handled)
             errors.add_metric([stream], stats.errors)
             cumulative, buckets = 0, []
-            for bound, n in zip((*HANDLER_BUCKETS, float("inf")), stats.buckets):
+            for bound, n in zip((*HANDLER_BUCKETS, float("inf")), stats.buckets, strict=True):
                 cumulative += n
                 le = floatToGoString(bound)  # type: ignore[no-untyped-call]
                 buckets.append((le, cumulative))

@@ -240,8 +240,15 @@ class NetworkLink(MemoryPipe):
     ``source`` to host ``target``, pumped by the network."""
 
     def __init__(
-        self, network: MemoryNetwork, source: str, target: str, server: IProtocol, client: IProtocol,
-        client_factory: IProtocolFactory, server_address: IPv4Address, client_address: IPv4Address,
+        self,
+        network: MemoryNetwork,
+        source: str,
+        target: str,
+        server: IProtocol,
+        client: IProtocol,
+        client_factory: IProtocolFactory,
+        server_address: IPv4Address,
+        client_address: IPv4Address,
     ) -> None:
         self.network = network
         self.source = source
@@ -281,7 +288,9 @@ class _Connect:
 class MemoryPort:
     """A listening port of a :class:`MemoryNetwork`; links already made outlive it."""
 
-    def __init__(self, network: MemoryNetwork, host: str, port: int, factory: IProtocolFactory) -> None:
+    def __init__(
+        self, network: MemoryNetwork, host: str, port: int, factory: IProtocolFactory
+    ) -> None:
         self.network = network
         self.address = IPv4Address("TCP", host, port)
         self.factory = factory
@@ -373,7 +382,12 @@ class MemoryNetwork:
     """
 
     def __init__(
-        self, clock: Clock, *, high_water: int = 65536, low_water: int = 0, connect_timeout: float = 30.0
+        self,
+        clock: Clock,
+        *,
+        high_water: int = 65536,
+        low_water: int = 0,
+        connect_timeout: float = 30.0,
     ) -> None:
         self.clock = clock
         self.high_water = high_water
@@ -516,7 +530,14 @@ class MemoryNetwork:
             attempt.deferred.errback(ConnectionRefusedError(string="no protocol built"))  # type: ignore[no-untyped-call]
             return
         link = NetworkLink(
-            self, attempt.source, attempt.target, server, client, attempt.factory, port.address, client_address
+            self,
+            attempt.source,
+            attempt.target,
+            server,
+            client,
+            attempt.factory,
+            port.address,
+            client_address,
         )
         self.links.append(link)
         attempt.deferred.callback(client)
@@ -597,7 +618,9 @@ class Harness:
         """A worker named ``name`` following ``streams`` (from ``start`` when it has no
         position), recording positions in ``<directory>/<name>.positions``."""
         config = WorkerConfig(name=name, streams=tuple(WorkerStream(s, start) for s in streams))
-        positions = PositionFile(str(self.directory / f"{name}.positions"), fsync=False, capacity=16384)
+        positions = PositionFile(
+            str(self.directory / f"{name}.positions"), fsync=False, capacity=16384
+        )
         return Worker(config, handler, positions, self.clock)
 
     def connect(self, worker: Worker, **pipe_options: Any) -> MemoryPipe:
@@ -611,7 +634,9 @@ class Harness:
         """Pump and let zero-delay calls (the catch-up pump) run until nothing moves."""
         for _ in range(turns):
             moved = pipe.pump()
-            pending = [c for c in self.clock.getDelayedCalls() if c.getTime() <= self.clock.seconds()]
+            pending = [
+                c for c in self.clock.getDelayedCalls() if c.getTime() <= self.clock.seconds()
+            ]
             if not moved and not pending:
                 return
             self.clock.advance(0)

@@ -201,7 +201,10 @@ class Process:
             text = "..." + text[-tail:]
         status = self.poll()
         state = "running" if self.popen is not None and status is None else f"exit status {status}"
-        return f"--- {self.name} ({state}) stderr ({self.stderr_path}) ---\n{text}--- end {self.name} ---"
+        return (
+            f"--- {self.name} ({state}) stderr ({self.stderr_path}) ---\n"
+            f"{text}--- end {self.name} ---"
+        )
 
     def wait_for_exit(self, timeout: float) -> int:
         assert self.popen is not None

@@ -56,7 +56,9 @@ def test_bad_publishes_are_refused_with_a_json_error(
 
 def test_a_body_over_the_limit_is_refused_with_413() -> None:
     master = make_master(limits=LimitsConfig(max_body_bytes=70000))
-    status, answer = request(master, "POST", "/streams/events", b'{"rows": ["' + b"y" * 70000 + b'"]}')
+    status, answer = request(
+        master, "POST", "/streams/events", b'{"rows": ["' + b"y" * 70000 + b'"]}'
+    )
     assert status == 413
     assert "limits.max_body_bytes" in answer["error"]
 
@@ -87,10 +89,21 @@ def test_several_tokens_in_one_request() -> None:
     """{"tokens": [[...], [...]]} publishes each inner list as one token, consecutively,
     and answers the tokens; a bad inner list refuses the whole request."""
     master = make_master()
-    status, body = request(master, "POST", "/streams/events", b'{"tokens": [[1], [2, 3], [{"a": 4}]]}')
+    status, body = request(
+        master, "POST", "/streams/events", b'{"tokens": [[1], [2, 3], [{"a": 4}]]}'
+    )
     assert (status, body) == (200, {"stream": "events", "tokens": [1, 2, 3]})
-    assert [e.rows for e in master.store.read("events", 0, 3, 100)] == [("1",), ("2", "3"), ('{"a":4}',)]
-    for bad in (b'{"tokens": [[1], []]}', b'{"tokens": []}', b'{"tokens": [1]}', b'{"rows": [1], "tokens": [[1]]}'):
+    assert [e.rows for e in master.store.read("events", 0, 3, 100)] == [
+        ("1",),
+        ("2", "3"),
+        ('{"a":4}',),
+    ]
+    for bad in (
+        b'{"tokens": [[1], []]}',
+        b'{"tokens": []}',
+        b'{"tokens": [1]}',
+        b'{"rows": [1], "tokens": [[1]]}',
+    ):
         status, _ = request(master, "POST", "/streams/events", bad)
         assert status == 400
     assert master.head("events") == 3

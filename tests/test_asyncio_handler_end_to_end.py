@@ -91,8 +91,8 @@ def test_on_the_default_reactor_the_asyncio_handler_fails_and_is_not_recorded(
     tmp_path: Path,
 ) -> None:
     """``--reactor default`` runs Twisted's platform reactor (here for the master too, which
-    serves as before): the worker's handler's first asyncio call fails with "no running event loop", the failure is logged for retry, and the token
-    is not recorded."""
+    serves as before): the worker's handler's first asyncio call fails with "no running event loop",
+    the failure is logged for retry, and the token is not recorded."""
     _write_handler(tmp_path)
     port, http_port = free_ports(2)
     positions = tmp_path / "w.positions"

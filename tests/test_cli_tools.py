@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from processes import (
     HOST,
     Process,
@@ -21,7 +22,6 @@ from processes import (
     wait_until,
     worker_command,
 )
-
 from replication.cli import main
 from replication.worker.positions import PositionFile
 
@@ -51,7 +51,15 @@ def test_streams_lists_and_deletes_on_a_real_master(tmp_path: Path) -> None:
         listed = run_tool("streams", "--url", url)
         assert listed.returncode == 0, listed.stderr
         lines = listed.stdout.splitlines()
-        assert lines[0].split() == ["STREAM", "HEAD", "OLDEST", "ROWS", "RETENTION", "CREATED", "(UTC)"]
+        assert lines[0].split() == [
+            "STREAM",
+            "HEAD",
+            "OLDEST",
+            "ROWS",
+            "RETENTION",
+            "CREATED",
+            "(UTC)",
+        ]
         assert lines[1].split()[:6] == ["configured", "0", "1", "0", "1000000", "rows"]
         assert lines[2].split()[:6] == ["events", "2", "1", "3", "1000000", "rows"]
         details = json.loads(run_tool("streams", "--url", url, "--json").stdout)
@@ -61,8 +69,11 @@ def test_streams_lists_and_deletes_on_a_real_master(tmp_path: Path) -> None:
         refused = run_tool("streams", "delete", "events", "--url", url)
         assert refused.returncode == 2
         assert "add --yes to confirm" in refused.stderr
-        assert [d["name"] for d in json.loads(run_tool("streams", "--url", url, "--json").stdout)] == [
-            "configured", "events",
+        assert [
+            d["name"] for d in json.loads(run_tool("streams", "--url", url, "--json").stdout)
+        ] == [
+            "configured",
+            "events",
         ]
 
         done = run_tool("streams", "--url", url, "delete", "events", "--yes")

@@ -329,7 +329,9 @@ def test_worker_continues_after_master_kill_with_sqlite(tmp_path: Path, worker_t
         )
 
     with ExitStack() as stack:
-        master = stack.enter_context(start_sqlite_master(tmp_path, "master1", port, http_port, data))
+        master = stack.enter_context(
+            start_sqlite_master(tmp_path, "master1", port, http_port, data)
+        )
         w = stack.enter_context(worker())
         wait_until(lambda: _position_is(positions, 0), 15, "the worker to subscribe",
                    alive=[master, w])
@@ -341,7 +343,9 @@ def test_worker_continues_after_master_kill_with_sqlite(tmp_path: Path, worker_t
         master.kill()
         if worker_too:
             w.kill()
-        master = stack.enter_context(start_sqlite_master(tmp_path, "master2", port, http_port, data))
+        master = stack.enter_context(
+            start_sqlite_master(tmp_path, "master2", port, http_port, data)
+        )
         assert stream_head(http_port, STREAM) == before
         if worker_too:
             w = stack.enter_context(worker())

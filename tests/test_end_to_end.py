@@ -107,7 +107,9 @@ def test_two_workers_follow_10000_rows_across_a_worker_kill(tmp_path: Path) -> N
 
         def publish_tokens(first: int, last: int) -> None:
             for token in range(first, last + 1):
-                rows = [{"seq": s} for s in range((token - 1) * ROWS_PER_TOKEN, token * ROWS_PER_TOKEN)]
+                rows = [
+                    {"seq": s} for s in range((token - 1) * ROWS_PER_TOKEN, token * ROWS_PER_TOKEN)
+                ]
                 assert publish(http_port, STREAM, rows) == token
 
         publish_tokens(1, KILL_AFTER_TOKENS)

@@ -6,11 +6,14 @@ from __future__ import annotations
 import os
 
 import pytest
-from fuzz_campaign import _examples_run, load_profile
 from hypothesis import settings
 
+from fuzz_campaign import _examples_run, load_profile
 
-def test_an_unknown_profile_is_an_error_naming_the_known_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+
+def test_an_unknown_profile_is_an_error_naming_the_known_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """``REPLICATION_FUZZ=fast`` is refused with the names that exist; unset means ``ci``,
     which is derandomized (the same examples on every run)."""
     before = os.environ.get("REPLICATION_FUZZ") or "ci"

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fuzz_campaign import load_profile
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from fuzz_campaign import load_profile
 from replication.wire.commands import (
     MASTER,
     MAX_VERSIONS,
@@ -45,7 +45,9 @@ MAX_TOKEN = 10**19 - 1
 stream_names = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}", fullmatch=True).filter(
     lambda name: name != "ALL"
 )
-peer_names = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=128)
+peer_names = st.text(
+    st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=128
+)
 tokens = st.integers(0, MAX_TOKEN)
 #: Text that UTF-8 can carry (no lone surrogates).
 texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
@@ -61,12 +63,15 @@ commands: st.SearchStrategy[tuple[Command, str]] = st.one_of(
     st.builds(ServerCommand, peer_names).map(lambda c: (c, MASTER)),
     st.builds(NameCommand, peer_names).map(lambda c: (c, WORKER)),
     st.builds(
-        VersionCommand, st.lists(st.integers(1, 10**9 - 1), min_size=1, max_size=MAX_VERSIONS).map(tuple)
+        VersionCommand,
+        st.lists(st.integers(1, 10**9 - 1), min_size=1, max_size=MAX_VERSIONS).map(tuple),
     ).map(lambda c: (c, WORKER)),
     st.builds(PingCommand, tokens).map(lambda c: (c, MASTER)),
     st.builds(ReplicateCommand, stream_names, st.none() | tokens).map(lambda c: (c, WORKER)),
     st.just((ReplicateCommand("ALL", None), WORKER)),
-    st.builds(RdataCommand, stream_names, st.none() | tokens, json_values).map(lambda c: (c, MASTER)),
+    st.builds(RdataCommand, stream_names, st.none() | tokens, json_values).map(
+        lambda c: (c, MASTER)
+    ),
     st.builds(PositionCommand, stream_names, tokens).map(lambda c: (c, MASTER)),
     st.tuples(stream_names, st.integers(1, MAX_TOKEN), st.integers(0, MAX_TOKEN)).map(
         lambda t: (GapCommand(t[0], min(t[1], t[2] or t[1]), max(t[1], t[2])), MASTER)

@@ -24,12 +24,11 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
-from fuzz_campaign import load_profile, scaled
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from twisted.internet.protocol import Protocol
 
+from fuzz_campaign import load_profile, scaled
 from replication.config import KeepaliveConfig, LimitsConfig, RetentionConfig
 from replication.master import MasterConnection
 from replication.testing import Harness, MemoryPipe
@@ -155,9 +154,16 @@ class Reading:
 
 actions = st.lists(
     st.one_of(
-        st.builds(Send, lines, st.sampled_from([1, 2, 7, 64, 4096]), maybe_invalid,
-                  st.sampled_from([b"", b"", b"REPL", b"P" * 40, b"P" * (MAX_LINE + 1)])),
-        st.builds(Publish, st.sampled_from(STREAMS), st.integers(1, 8), st.sampled_from([1, 200, 900])),
+        st.builds(
+            Send,
+            lines,
+            st.sampled_from([1, 2, 7, 64, 4096]),
+            maybe_invalid,
+            st.sampled_from([b"", b"", b"REPL", b"P" * 40, b"P" * (MAX_LINE + 1)]),
+        ),
+        st.builds(
+            Publish, st.sampled_from(STREAMS), st.integers(1, 8), st.sampled_from([1, 200, 900])
+        ),
         st.builds(Trim),
         st.builds(Publish, st.sampled_from(STREAMS[:2]), st.integers(1, 4), st.just(1)),
         st.builds(Advance, st.sampled_from([0.0, 1.0, 5.0, 26.0])),
@@ -210,8 +216,13 @@ class Run:
 def start(legacy: bool) -> Run:
     harness = Harness(
         _DIRECTORY,
-        limits=LimitsConfig(max_line_bytes=MAX_LINE, max_buffer_bytes=MAX_BUFFER,
-                            max_body_bytes=MAX_BUFFER, max_streams=MAX_STREAMS, catchup_page_rows=3),
+        limits=LimitsConfig(
+            max_line_bytes=MAX_LINE,
+            max_buffer_bytes=MAX_BUFFER,
+            max_body_bytes=MAX_BUFFER,
+            max_streams=MAX_STREAMS,
+            catchup_page_rows=3,
+        ),
         retention=RetentionConfig(max_rows=5),
         keepalive=KeepaliveConfig(ping_interval=5.0, ping_timeout=25.0, close_timeout=5.0),
     )

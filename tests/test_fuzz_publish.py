@@ -17,11 +17,11 @@ import tempfile
 from typing import Any
 
 import pytest
-from fuzz_campaign import load_profile, scaled
-from helpers import raw_request
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
+from fuzz_campaign import load_profile, scaled
+from helpers import raw_request
 from replication.admin import admin_resource
 from replication.config import LimitsConfig
 from replication.master import PublishError
@@ -68,9 +68,13 @@ stream_names = st.one_of(
 
 
 @settings(max_examples=scaled(300))
-@given(stream_names, st.lists(st.lists(json_like, max_size=4), max_size=4) | json_like, st.booleans())
+@given(
+    stream_names, st.lists(st.lists(json_like, max_size=4), max_size=4) | json_like, st.booleans()
+)
 @example("events", [["x" * (MAX_LINE - rdata_line_length("events", '""'))]], False)
-def test_encode_tokens_encodes_or_refuses_with_a_4xx(stream: str, tokens_rows: Any, parsed: bool) -> None:
+def test_encode_tokens_encodes_or_refuses_with_a_4xx(
+    stream: str, tokens_rows: Any, parsed: bool
+) -> None:
     """``encode_tokens`` returns one list of compact JSON texts per token, each fitting in
     an RDATA line, or raises ``PublishError`` with a 4xx status; nothing else escapes."""
     master = harness().master
@@ -113,7 +117,9 @@ def _has_nan_or_float_keys(value: Any) -> bool:
     if isinstance(value, float):
         return math.isnan(value)
     if isinstance(value, dict):
-        return any(not isinstance(k, str) for k in value) or any(map(_has_nan_or_float_keys, value.values()))
+        return any(not isinstance(k, str) for k in value) or any(
+            map(_has_nan_or_float_keys, value.values())
+        )
     if isinstance(value, (list, tuple)):
         return any(map(_has_nan_or_float_keys, value))
     return False
@@ -122,8 +128,11 @@ def _has_nan_or_float_keys(value: Any) -> bool:
 # -- over HTTP -----------------------------------------------------------------------------
 
 path_names = st.one_of(
-    st.just("events"), st.just("events"),
-    st.sampled_from(["other", "third", "fourth", "ALL", "%2e", "a%20b", "%ff", "events/x", "", "%00"]),
+    st.just("events"),
+    st.just("events"),
+    st.sampled_from(
+        ["other", "third", "fourth", "ALL", "%2e", "a%20b", "%ff", "events/x", "", "%00"]
+    ),
     st.text(st.sampled_from("abcXYZ019_.-%~"), max_size=20),
 )
 
@@ -139,7 +148,9 @@ bodies = st.one_of(
     st.lists(json_like, max_size=5).map(lambda rows: _document({"rows": rows})),
     st.lists(st.lists(json_like, max_size=3), max_size=3).map(lambda t: _document({"tokens": t})),
     json_like.map(_document),
-    st.dictionaries(st.sampled_from(["rows", "tokens", "extra"]), json_like, max_size=3).map(_document),
+    st.dictionaries(st.sampled_from(["rows", "tokens", "extra"]), json_like, max_size=3).map(
+        _document
+    ),
     st.binary(max_size=100),
     st.integers(MAX_BODY - 40, MAX_BODY + 10).map(
         lambda n: b'{"rows":["' + b"y" * max(0, n - 12) + b'"]}'

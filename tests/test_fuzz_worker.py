@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fuzz_campaign import load_profile, scaled
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
@@ -32,6 +31,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
+from fuzz_campaign import load_profile, scaled
 from replication.config import WorkerConfig, WorkerStream
 from replication.wire.commands import PositionCommand
 from replication.worker import Worker, WorkerConnection
@@ -221,8 +221,14 @@ def test_a_worker_survives_whatever_a_master_sends(script: Script, data: st.Data
         if data.draw(st.integers(0, 3), "advance") == 0:
             clock.advance(data.draw(st.sampled_from([0.5, 1.0, 2.0, 5.0]), "seconds"))
     errors = [line for line in transport.value().split(b"\n") if line.startswith(b"ERROR ")]
-    event(f"closed by the worker: {errors[0][:40].decode('utf-8', 'replace')}" if errors else "no ERROR")
-    event(f"{len(positions.recorded)} positions recorded" if positions.recorded else "none recorded")
+    event(
+        f"closed by the worker: {errors[0][:40].decode('utf-8', 'replace')}"
+        if errors
+        else "no ERROR"
+    )
+    event(
+        f"{len(positions.recorded)} positions recorded" if positions.recorded else "none recorded"
+    )
     connection.connectionLost(Failure(ConnectionDone()))
     while handler.waiting:
         handler.fire_one()

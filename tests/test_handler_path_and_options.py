@@ -257,7 +257,10 @@ def test_a_missing_directory_is_an_error_naming_the_key_item(
     )
     with pytest.raises(HandlerLoadError) as caught:
         add_import_path([str(tmp_path / "file.py")])
-    assert str(caught.value) == f"handler_path[0]: directory '{tmp_path / 'file.py'}' is not a directory"
+    assert (
+        str(caught.value)
+        == f"handler_path[0]: directory '{tmp_path / 'file.py'}' is not a directory"
+    )
     assert sys.path == before
 
 

@@ -39,7 +39,9 @@ IDLE_TIMEOUT = 4.0
 def make_master(**limits: Any) -> Master:
     config = dataclasses.replace(
         MasterConfig(),
-        limits=dataclasses.replace(LimitsConfig(), max_line_bytes=LIMIT, max_body_bytes=LIMIT, **limits),
+        limits=dataclasses.replace(
+            LimitsConfig(), max_line_bytes=LIMIT, max_body_bytes=LIMIT, **limits
+        ),
         http_request_timeout=REQUEST_TIMEOUT,
         http_idle_timeout=IDLE_TIMEOUT,
     )
@@ -90,7 +92,9 @@ class Client:
 
 def post_head(length: int | None, *extra: str) -> bytes:
     lines = ["POST /streams/events HTTP/1.1", "Host: x", *extra]
-    lines.append(f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked")
+    lines.append(
+        f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+    )
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 

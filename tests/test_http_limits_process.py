@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
 from processes import HOST, free_ports, http_request, start_master
 
 MAX_CONNECTIONS = 3

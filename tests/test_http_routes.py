@@ -17,7 +17,6 @@ from twisted.web.test.requesthelper import DummyChannel
 
 # tests/ is not a package, so pytest puts tests/ itself on sys.path.
 from helpers import raw_request, request
-
 from replication.config import MasterConfig
 from replication.http import JsonRequest, admin_site, master_routes
 from replication.http.routing import (
@@ -85,14 +84,19 @@ def test_the_master_has_exactly_its_documented_routes() -> None:
         ("/items/a/parts/b?x=1", "part", {"item": "a", "part": "b"}),
     ],
 )
-def test_a_parameter_takes_one_percent_decoded_segment(path: str, route: str, params: dict[str, str]) -> None:
+def test_a_parameter_takes_one_percent_decoded_segment(
+    path: str, route: str, params: dict[str, str]
+) -> None:
     """A parameter takes exactly one segment, percent-decoded (an encoded / stays inside
     the segment), decoded as UTF-8 with undecodable bytes shown as \\xNN; the query string
     is not part of the path."""
     assert get_json(TABLE, "GET", path)[::2] == (200, {"route": route, "params": params})
 
 
-@pytest.mark.parametrize("path", ["/", "/nope", "/items/a/b", "/items/a/parts", "/items/a/parts/b/c", "//items", "/Items"])
+@pytest.mark.parametrize(
+    "path",
+    ["/", "/nope", "/items/a/b", "/items/a/parts", "/items/a/parts/b/c", "//items", "/Items"],
+)
 def test_a_path_no_route_matches_is_a_json_404(path: str) -> None:
     """Segments must match in number and literally (case included), or the answer is 404
     with a JSON error naming the path."""
@@ -111,7 +115,9 @@ def test_a_path_no_route_matches_is_a_json_404(path: str) -> None:
         ("get", "/items", "GET, HEAD"),
     ],
 )
-def test_a_known_path_with_another_method_is_a_json_405_with_allow(method: str, path: str, allow: str) -> None:
+def test_a_known_path_with_another_method_is_a_json_405_with_allow(
+    method: str, path: str, allow: str
+) -> None:
     """Methods are matched exactly; the 405 lists every method the path has (HEAD with
     GET) in the Allow header and in the message."""
     status, headers, body = get_json(TABLE, method, path)
@@ -128,7 +134,9 @@ def test_head_is_answered_by_the_get_handler_without_a_body() -> None:
     assert int(headers["content-length"]) == len(b'{"route":"get","params":{"item":"a"}}\n')
 
 
-def test_an_unexpected_exception_is_logged_and_answered_500(caplog: pytest.LogCaptureFixture) -> None:
+def test_an_unexpected_exception_is_logged_and_answered_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A handler that raises anything but HttpError is a 500 {"error": "internal error"},
     whatever headers it had set, and the exception is logged."""
 
@@ -167,7 +175,10 @@ def test_the_authorizer_sees_each_route_before_its_handler_and_can_refuse() -> N
         return json_response(request, 200, {})
 
     table = RouteTable(
-        [Route("GET", "/open/{name}", handler), Route("GET", "/closed/{name}", handler, access="read")],
+        [
+            Route("GET", "/open/{name}", handler),
+            Route("GET", "/closed/{name}", handler, access="read"),
+        ],
         authorize=authorize,
     )
     assert get_json(table, "GET", "/open/a")[0] == 200
@@ -178,19 +189,34 @@ def test_the_authorizer_sees_each_route_before_its_handler_and_can_refuse() -> N
 @pytest.mark.parametrize(
     "routes, message",
     [
-        ([Route("GET", "/a", answer("x")), Route("GET", "/a", answer("y"))], "two routes for GET /a"),
-        ([Route("GET", "/a/{x}", answer("x")), Route("GET", "/a/{y}", answer("y"))], "two routes for GET /a/{y}"),
+        (
+            [Route("GET", "/a", answer("x")), Route("GET", "/a", answer("y"))],
+            "two routes for GET /a",
+        ),
+        (
+            [Route("GET", "/a/{x}", answer("x")), Route("GET", "/a/{y}", answer("y"))],
+            "two routes for GET /a/{y}",
+        ),
     ],
 )
-def test_a_table_with_two_routes_for_one_request_is_refused(routes: list[Route], message: str) -> None:
+def test_a_table_with_two_routes_for_one_request_is_refused(
+    routes: list[Route], message: str
+) -> None:
     with pytest.raises(RouteError, match=message.replace("{", r"\{").replace("}", r"\}")):
         RouteTable(routes)
 
 
 @pytest.mark.parametrize(
     "method, pattern",
-    [("GET", "a"), ("GET", "/a/{x}/{x}"), ("GET", "/a/{1x}"), ("GET", "/a/b{x}"), ("get", "/a"), ("", "/a"),
-     ("HEAD", "/a")],
+    [
+        ("GET", "a"),
+        ("GET", "/a/{x}/{x}"),
+        ("GET", "/a/{1x}"),
+        ("GET", "/a/b{x}"),
+        ("get", "/a"),
+        ("", "/a"),
+        ("HEAD", "/a"),
+    ],
 )
 def test_a_malformed_route_is_refused(method: str, pattern: str) -> None:
     with pytest.raises(RouteError):
@@ -210,7 +236,10 @@ def test_extra_segments_after_a_stream_are_a_404_and_publish_nothing() -> None:
 def test_a_url_encoded_stream_name_is_decoded_before_it_is_checked() -> None:
     """%65 is an e; an encoded slash stays in the name, which is then refused."""
     master = make_master()
-    assert request(master, "POST", "/streams/ev%65nts", b'{"rows": [1]}') == (200, {"stream": "events", "token": 1})
+    assert request(master, "POST", "/streams/ev%65nts", b'{"rows": [1]}') == (
+        200,
+        {"stream": "events", "token": 1},
+    )
     assert request(master, "GET", "/streams/%65vents") == (200, {"stream": "events", "head": 1})
     status, body = request(master, "POST", "/streams/a%2Fb", b'{"rows": [1]}')
     assert status == 400
@@ -231,9 +260,15 @@ def test_a_stream_name_that_is_not_utf8_is_refused_naming_its_bytes() -> None:
 
 @pytest.mark.parametrize(
     "method, path, allow",
-    [("PATCH", "/streams/events", "DELETE, GET, HEAD, POST"), ("POST", "/streams", "GET, HEAD"), ("PUT", "/health", "GET, HEAD")],
+    [
+        ("PATCH", "/streams/events", "DELETE, GET, HEAD, POST"),
+        ("POST", "/streams", "GET, HEAD"),
+        ("PUT", "/health", "GET, HEAD"),
+    ],
 )
-def test_the_master_answers_a_wrong_method_with_a_json_405(method: str, path: str, allow: str) -> None:
+def test_the_master_answers_a_wrong_method_with_a_json_405(
+    method: str, path: str, allow: str
+) -> None:
     status, headers, body = raw_request(master_site_root(), method, path)
     assert (status, headers["allow"]) == (405, allow)
     assert json.loads(body)["error"].startswith(f"method {method} is not allowed")
@@ -308,4 +343,7 @@ def test_a_publish_is_answered_when_its_commit_settles(
         commits[0].errback(failure)
     assert post.finished and post.code == status
     answer = {"stream": "events", "token": 7} if error is None else {"error": error}
-    assert json.dumps(answer, separators=(",", ":")).encode() + b"\n" in channel.transport.written.getvalue()
+    assert (
+        json.dumps(answer, separators=(",", ":")).encode() + b"\n"
+        in channel.transport.written.getvalue()
+    )

@@ -83,7 +83,12 @@ def test_a_blocking_store_runs_in_threads_and_listeners_wait_for_it_to_open(tmp_
     reactor = ThreadedMemoryReactor()
     store = SqliteStore(str(tmp_path / "s.db"))
     service = master_service(CONFIG, reactor, store=store)
-    assert [type(c) for c in service] == [StoreThreads, MasterRunner, ListeningService, ListeningService]
+    assert [type(c) for c in service] == [
+        StoreThreads,
+        MasterRunner,
+        ListeningService,
+        ListeningService,
+    ]
     service.startService()
     assert reactor.tcpServers == []  # the store is not open yet
     reactor.drain_until(lambda: len(reactor.tcpServers) == 2)

@@ -17,7 +17,6 @@ from twisted.internet.testing import StringTransport
 
 # tests/ is not a package, so pytest puts tests/ itself on sys.path.
 from helpers import ManualRunner, raw_request
-
 from replication.admin import admin_resource, metrics_resource
 from replication.config import LimitsConfig
 from replication.master import MasterConnection
@@ -211,14 +210,19 @@ def test_ping_timeout_and_too_many_connections_are_reasons(tmp_path: Path) -> No
     h = Harness(tmp_path, limits=LimitsConfig(max_connections=1))
     pipe = h.connect(h.worker(Recording()))
     h.run(pipe)
-    refused = MemoryPipe(MasterConnection(h.master), WorkerConnection(h.worker(Recording(), name="w2")))
+    refused = MemoryPipe(
+        MasterConnection(h.master), WorkerConnection(h.worker(Recording(), name="w2"))
+    )
     refused.pump()
     h.clock.advance(h.config.keepalive.ping_interval)  # both sides ping
     pipe.pump()
     pipe.client_reads = pipe.server_reads = False
     h.clock.advance(h.config.keepalive.ping_timeout)
     m = scrape_master(h)
-    assert value(m, "replication_disconnects_total", reason="too_many_connections", peer="unnamed") == 1
+    assert (
+        value(m, "replication_disconnects_total", reason="too_many_connections", peer="unnamed")
+        == 1
+    )
     assert pipe.server.close_reason == "ping timeout"  # type: ignore[attr-defined]
     h.clock.advance(h.config.keepalive.close_timeout)
     m = scrape_master(h)
@@ -347,6 +351,7 @@ def test_registries_are_private_and_passed_in(tmp_path: Path) -> None:
     first = h.worker(Recording())
     worker = Worker(first.config, Recording(), first.positions, h.clock,
                     metrics=WorkerMetrics(worker_registry))
+    assert worker.metrics.registry is worker_registry
     assert worker_registry.get_sample_value("replication_worker_connected") == 0
     assert {name for name in prometheus_client.REGISTRY._names_to_collectors} == before
     try:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import prometheus_client
 import pytest
+from twisted.internet.testing import MemoryReactorClock
+
 from helpers import raw_request
 from processes import (
     HOST,
@@ -25,8 +27,6 @@ from processes import (
     replication_command,
     wait_until,
 )
-from twisted.internet.testing import MemoryReactorClock
-
 from replication import __version__
 from replication.admin import metrics_resource
 from replication.cli import _log_master_paths
@@ -83,7 +83,9 @@ def test_json_lines_carry_the_exception_text_on_the_same_line() -> None:
 def test_formatter_names_the_formats() -> None:
     """``text`` is the classic line, ``json`` the JSON formatter; anything else is refused."""
     entry = record("hello %d", 1)
-    assert formatter("text").format(entry).endswith(" WARNING replication.worker.reporting: hello 1")
+    assert (
+        formatter("text").format(entry).endswith(" WARNING replication.worker.reporting: hello 1")
+    )
     assert json.loads(formatter("json").format(entry))["message"] == "hello 1"
     with pytest.raises(ValueError, match="unknown log format 'xml'"):
         formatter("xml")
@@ -138,7 +140,9 @@ def test_the_worker_health_answers_ok_and_whether_it_is_connected() -> None:
 
 def test_a_metrics_resource_without_health_has_no_health_route() -> None:
     """``metrics_resource(registry)`` alone still serves only ``/metrics``."""
-    status, _, _ = raw_request(metrics_resource(prometheus_client.CollectorRegistry()), "GET", "/health")
+    status, _, _ = raw_request(
+        metrics_resource(prometheus_client.CollectorRegistry()), "GET", "/health"
+    )
     assert status == 404
 
 
@@ -246,11 +250,16 @@ def test_a_worker_process_that_cannot_reach_its_master_logs_it_in_json(tmp_path:
     assert all(set(e) >= {"time", "level", "logger", "message"} for e in entries)
     position_file = os.path.join(str(tmp_path), "w-json.positions")
     started = [e["message"] for e in entries if e["message"].startswith("worker w-json following")]
-    assert started and f"positions in {position_file} (w-json.positions in the current directory" in started[0]
+    assert (
+        started
+        and f"positions in {position_file} (w-json.positions in the current directory" in started[0]
+    )
     failed = [e for e in entries if "cannot connect" in e["message"]]
     assert failed[0]["level"] == "WARNING"
     assert failed[0]["message"].startswith(f"cannot connect to master {master}: ")
-    assert entries[-1]["message"] == "worker w-json stopped; positions recorded: events at no position"
+    assert (
+        entries[-1]["message"] == "worker w-json stopped; positions recorded: events at no position"
+    )
 
 
 def test_a_master_process_logs_its_database_path_in_json_and_its_stop(tmp_path: Path) -> None:

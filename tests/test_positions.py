@@ -268,7 +268,9 @@ def test_a_torn_last_line_is_ignored_and_removed(
     path.write_bytes(content)
     positions = PositionFile(str(path), capacity=1024)
     assert positions.all() == expected
-    assert journal(path)[1] == b"".join(b"%s %d\n" % (s.encode(), t) for s, t in sorted(expected.items()))
+    assert journal(path)[1] == b"".join(
+        b"%s %d\n" % (s.encode(), t) for s, t in sorted(expected.items())
+    )
     assert path.stat().st_size == 1024
 
 
@@ -371,7 +373,9 @@ def test_the_capacity_grows_when_the_streams_do_not_fit(tmp_path: Path) -> None:
 def test_an_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(PositionFileError, match="cannot (open|read|write) position file .*Not a directory"):
+    with pytest.raises(
+        PositionFileError, match="cannot (open|read|write) position file .*Not a directory"
+    ):
         PositionFile(str(blocker / "w.positions"))
 
 
@@ -457,7 +461,9 @@ def test_the_first_position_of_another_origin_makes_the_file_v3(
     renamed = record_renames(monkeypatch)
     positions.set("events", 5, origin=ORIGIN_B)
     assert renamed == [str(path)]
-    assert journal(path, HEADER_V3)[1] == b"events 42\nevents 5 %s\nreceipts 7\n" % ORIGIN_B.encode()
+    assert (
+        journal(path, HEADER_V3)[1] == b"events 42\nevents 5 %s\nreceipts 7\n" % ORIGIN_B.encode()
+    )
     positions.set("events", 6, origin=ORIGIN_B)
     positions.set("receipts", 1, origin=ORIGIN_C)
     positions.set("events", 43)
@@ -702,7 +708,9 @@ def test_a_position_file_in_use_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "w.positions"
     first = PositionFile(str(path))
     first.set("events", 5)
-    with pytest.raises(PositionFileError, match=rf"is in use by another process \(pid {os.getpid()}\)"):
+    with pytest.raises(
+        PositionFileError, match=rf"is in use by another process \(pid {os.getpid()}\)"
+    ):
         PositionFile(str(path))
     assert first.get("events") == 5
     first.set("events", 6)  # the refused open changed nothing

@@ -257,7 +257,9 @@ def test_fan_out_writes_the_same_bytes_to_every_subscriber(harness: Harness) -> 
     assert written[0][0] is written[1][0] is written[2][0]
 
 
-def test_a_worker_that_stops_reading_is_cut_off_within_the_bound_and_recovers(tmp_path: Any) -> None:
+def test_a_worker_that_stops_reading_is_cut_off_within_the_bound_and_recovers(
+    tmp_path: Any,
+) -> None:
     """A worker that stops reading is sent ERROR Failed to keep up once the master holds
     more than max_buffer_bytes for it; the master never holds more than the bound plus the
     transport's window; the worker reconnects and receives every token exactly once; once it

@@ -310,7 +310,9 @@ def test_a_missing_pair_from_this_end_raises(state: State, event: Event) -> None
     input before the connection or after its loss) is this end's bug: it raises, naming the
     event and the state, and leaves the state as it was."""
     session = in_state(state)
-    with pytest.raises(LocalProtocolError, match=f"{event.name} cannot happen in state {state.name}"):
+    with pytest.raises(
+        LocalProtocolError, match=f"{event.name} cannot happen in state {state.name}"
+    ):
         fire(session, event)
     assert session.state is state
 

@@ -360,7 +360,9 @@ CHILD = textwrap.dedent(
     i = 0
     while True:
         i += 1
-        tokens = store.append([("s", ['{"i":%d}' % i, '{"pad":"%s"}' % ("x" * 200)]), ("t", ["1"])], float(i))
+        tokens = store.append(
+            [("s", ['{"i":%d}' % i, '{"pad":"%s"}' % ("x" * 200)]), ("t", ["1"])], float(i)
+        )
         print(tokens[0], flush=True)
     """
 )
@@ -391,7 +393,7 @@ def test_appends_survive_sigkill(tmp_path: Path) -> None:
     entries = s.read("s", 0, last, 10**9)
     assert [e.token for e in entries] == list(range(1, last + 1))
     for e in entries:
-        assert e.rows[0] == '{"i":%d}' % e.token
+        assert e.rows[0] == f'{{"i":{e.token}}}'
     s.close()
 
 
@@ -426,7 +428,11 @@ def test_a_version_1_file_is_migrated_to_origins_when_opened(tmp_path: Path) -> 
     origin_id = store.origin_id
     check_origin_id(origin_id)
     assert store.keys() == [("events", "")]
-    assert (store.head("events"), store.oldest("events"), store.retained_rows("events")) == (3, 2, 3)
+    assert (store.head("events"), store.oldest("events"), store.retained_rows("events")) == (
+        3,
+        2,
+        3,
+    )
     assert store.read("events", 0, 10, 100) == [Entry(2, ("1", "2")), Entry(3, ("3",))]
     assert store.append([("events", ["4"])], 0) == [4]
     store.close()

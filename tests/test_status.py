@@ -30,7 +30,6 @@ from processes import (
     wait_until,
     worker_command,
 )
-
 from replication.admin import admin_resource, master_status
 from replication.cli import format_status, main
 from replication.cluster.identity import check_fingerprint
@@ -124,7 +123,10 @@ def test_status_shows_a_cut_off_workers_reconnect(tmp_path: Path) -> None:
     assert "w1      1     2         failed to keep up, 30s ago" in text
     assert h.disconnect_all() == []
     (worker,) = master_status(h.master)["workers"]
-    assert (worker["connected"], worker["disconnects"]) == (0, {"failed to keep up": 1, "closed by peer": 1})
+    assert (worker["connected"], worker["disconnects"]) == (
+        0,
+        {"failed to keep up": 1, "closed by peer": 1},
+    )
 
 
 def test_status_names_the_origin_and_the_process(tmp_path: Path) -> None:
@@ -241,11 +243,18 @@ def test_status_and_metrics_of_real_processes(tmp_path: Path) -> None:
 
     port, http_port, metrics_port = free_ports(3)
     positions = tmp_path / "w1.positions"
-    with start_master(tmp_path, "master", port, http_port) as master, Process(
-        "w1",
-        worker_command(port, "w1", positions, "--metrics-listen", f"tcp:{metrics_port}:interface={HOST}"),
-        stdout=tmp_path / "w1.out", stderr=tmp_path / "w1.err", cwd=tmp_path,
-    ) as worker:
+    with (
+        start_master(tmp_path, "master", port, http_port) as master,
+        Process(
+            "w1",
+            worker_command(
+                port, "w1", positions, "--metrics-listen", f"tcp:{metrics_port}:interface={HOST}"
+            ),
+            stdout=tmp_path / "w1.out",
+            stderr=tmp_path / "w1.err",
+            cwd=tmp_path,
+        ) as worker,
+    ):
         token = publish(http_port, "events", [{"a": 1}, {"b": 2}])
         wait_until(
             lambda: (read_positions(positions) or {}).get("events") == token, 20,
@@ -271,7 +280,10 @@ def test_status_and_metrics_of_real_processes(tmp_path: Path) -> None:
         w = samples(metrics_port)
         key = ("replication_commands_sent_total", frozenset({("command", "RDATA"), ("peer", "w1")}))
         assert m[key] == 2
-        key = ("replication_commands_received_total", frozenset({("command", "RDATA"), ("peer", "master")}))
+        key = (
+            "replication_commands_received_total",
+            frozenset({("command", "RDATA"), ("peer", "master")}),
+        )
         assert w[key] == 2
         assert w[("replication_worker_connected", frozenset())] == 1
 

@@ -30,7 +30,6 @@ from processes import (
     wait_until,
     worker_command,
 )
-
 from replication.http.page import (
     StatusPageError,
     content_security_policy,
@@ -370,7 +369,9 @@ def test_page_shows_status_strings_as_text_rates_per_second_and_error_answers(
     banner = wait_until(lambda: _banner(browser), 5, "the banner for a 503")
     assert banner.startswith("cannot reach the master") and "answered 503" in banner, banner
 
-    scripted.answer((200, _status(1000.0, 0, 0, "first")), (200, _status(1001.0, 50, 200, "second")))
+    scripted.answer(
+        (200, _status(1000.0, 0, 0, "first")), (200, _status(1001.0, 50, 200, "second"))
+    )
     wait_until(lambda: _text(browser, 'tr[data-stream="events"] td.head') == "50", 5,
                "the second answer on the page")
     assert _banner(browser) is None

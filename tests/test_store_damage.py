@@ -13,10 +13,10 @@ import zlib
 from pathlib import Path
 
 import pytest
-from helpers import ManualRunner
 from test_stream_log import FakeFollower
 from twisted.internet.task import Clock
 
+from helpers import ManualRunner
 from replication.cluster.identity import new_origin_id
 from replication.commands import ReplicateCommand
 from replication.master.fanout import FanOut

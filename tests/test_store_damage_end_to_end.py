@@ -17,6 +17,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from test_store_damage import flip_byte
+
 from processes import (
     HOST,
     Process,
@@ -31,7 +33,6 @@ from processes import (
 from processes import (
     metric_value as metric,
 )
-from test_store_damage import flip_byte
 
 
 def worker(tmp: Path, port: int, name: str, stream: str, initial: float, most: float) -> Process:

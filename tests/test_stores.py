@@ -340,7 +340,9 @@ class Model:
         dropped = 0
         for token in sorted(kept)[:-1]:
             rs, time = kept[token]
-            too_many = retention.max_rows is not None and self.retained_rows(name) > retention.max_rows
+            too_many = (
+                retention.max_rows is not None and self.retained_rows(name) > retention.max_rows
+            )
             too_old = retention.max_age is not None and now - retention.max_age > time
             if not (too_many or too_old):
                 break
@@ -361,7 +363,10 @@ def test_random_operations_match_a_model(store: StreamStore, seed: int) -> None:
         op = rng.random()
         if op < 0.5:
             batch = [
-                (rng.choice(names), [f'{{"s":{step},"i":{i},"x":"é"}}' for i in range(rng.randint(1, 4))])
+                (
+                    rng.choice(names),
+                    [f'{{"s":{step},"i":{i},"x":"é"}}' for i in range(rng.randint(1, 4))],
+                )
                 for _ in range(rng.randint(1, 5))
             ]
             assert store.append(batch, now) == model.append(batch, now)
@@ -377,14 +382,18 @@ def test_random_operations_match_a_model(store: StreamStore, seed: int) -> None:
             after = rng.randint(-1, head + 1)
             upto = rng.randint(after, head + 2)
             max_rows = rng.randint(1, 12)
-            assert store.read(name, after, upto, max_rows) == model.read(name, after, upto, max_rows)
+            assert store.read(name, after, upto, max_rows) == model.read(
+                name, after, upto, max_rows
+            )
         for name in model.heads:
             assert store.head(name) == model.heads[name]
             assert store.oldest(name) == model.oldest(name)
             assert store.retained_rows(name) == model.retained_rows(name)
         assert store.stream_names() == sorted(model.heads)
     for name in model.heads:
-        assert store.read(name, 0, model.heads[name], 10**9) == model.read(name, 0, model.heads[name], 10**9)
+        assert store.read(name, 0, model.heads[name], 10**9) == model.read(
+            name, 0, model.heads[name], 10**9
+        )
 
 
 # -- origins ---------------------------------------------------------------------------------

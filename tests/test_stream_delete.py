@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ManualRunner, request
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from helpers import ManualRunner, request
 from replication.config import MasterConfig
 from replication.master import Master
 from replication.master.log import DeleteError, StreamState

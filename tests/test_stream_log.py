@@ -236,7 +236,9 @@ def test_the_inline_adapter_answers_at_once_and_fails_with_the_store_error() -> 
     memory = MemoryStore()
     store = InlineStore(memory)
     assert store.append([("s", ["1"])], 0).result == [1]
-    assert store.open(()).result == OpenedStore(memory.origin_id, {("s", ""): StreamStats(1, 1, 1, 0.0)})
+    assert store.open(()).result == OpenedStore(
+        memory.origin_id, {("s", ""): StreamStats(1, 1, 1, 0.0)}
+    )
     errors: list[Any] = []
     store.read("nope", 0, 1, 10).addErrback(errors.append)
     assert errors and errors[0].check(StoreError)

@@ -85,7 +85,9 @@ def network(clock: Clock) -> MemoryNetwork:
     return MemoryNetwork(clock)
 
 
-def test_a_connection_settles_in_run_until_idle_and_carries_bytes_both_ways(network: MemoryNetwork) -> None:
+def test_a_connection_settles_in_run_until_idle_and_carries_bytes_both_ways(
+    network: MemoryNetwork,
+) -> None:
     """connect() answers a pending Deferred; the next run_until_idle connects, with host
     names as addresses, and moves bytes until nothing moves."""
     servers = PeerFactory(echo=True)
@@ -115,7 +117,9 @@ def test_nothing_listening_is_refused_and_the_factory_is_stopped(network: Memory
     assert network.links == []
 
 
-def test_a_port_that_stopped_listening_refuses_new_connections_but_keeps_its_links(network: MemoryNetwork) -> None:
+def test_a_port_that_stopped_listening_refuses_new_connections_but_keeps_its_links(
+    network: MemoryNetwork,
+) -> None:
     port = network.listen("server", PeerFactory())
     first = outcome(network.client_endpoint("a", "server").connect(PeerFactory()))
     network.run_until_idle()
@@ -164,7 +168,9 @@ def test_a_connection_across_a_partition_times_out_at_the_connect_timeout(clock:
     assert clients.numPorts == 0
 
 
-def test_a_heal_before_the_timeout_connects_and_leaves_no_timer(network: MemoryNetwork, clock: Clock) -> None:
+def test_a_heal_before_the_timeout_connects_and_leaves_no_timer(
+    network: MemoryNetwork, clock: Clock
+) -> None:
     network.listen("b", PeerFactory())
     network.partition("b", "a")
     result = outcome(network.client_endpoint("a", "b").connect(PeerFactory()))
@@ -175,7 +181,9 @@ def test_a_heal_before_the_timeout_connects_and_leaves_no_timer(network: MemoryN
     assert clock.getDelayedCalls() == []
 
 
-def test_cancelling_a_waiting_connection_leaves_nothing_behind(network: MemoryNetwork, clock: Clock) -> None:
+def test_cancelling_a_waiting_connection_leaves_nothing_behind(
+    network: MemoryNetwork, clock: Clock
+) -> None:
     network.listen("b", PeerFactory())
     network.partition("a", "b")
     clients = PeerFactory()
@@ -191,7 +199,9 @@ def test_cancelling_a_waiting_connection_leaves_nothing_behind(network: MemoryNe
     assert clients.numPorts == 0
 
 
-def test_a_stalled_partition_holds_bytes_pauses_the_writer_and_delivers_on_heal(clock: Clock) -> None:
+def test_a_stalled_partition_holds_bytes_pauses_the_writer_and_delivers_on_heal(
+    clock: Clock,
+) -> None:
     """Without drop, the link stays open: nothing is delivered, a writer with more than
     high_water bytes waiting is paused, and after the heal everything arrives in order
     and the writer is resumed."""

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Self
 
 import pytest
+from twisted.internet.task import Clock
+
 from certificates import CertificateAuthority, Issued, self_signed
 from processes import (
     HOST,
@@ -26,8 +28,6 @@ from processes import (
     replication_command,
     wait_until,
 )
-from twisted.internet.task import Clock
-
 from replication.cli import main
 from replication.tls import (
     TlsConfigurationError,
@@ -51,7 +51,9 @@ from replication.wire.protocol import (
      "ssl:host=127.0.0.1:port=9092:caCertsDir=/ca:hostname=127.0.0.1"),
     ("ssl:host=\\:\\:1:port=9092", "ssl:host=\\:\\:1:port=9092:hostname=\\:\\:1"),
 ])
-def test_an_ssl_string_without_hostname_gets_its_host_as_hostname(given: str, expected: str) -> None:
+def test_an_ssl_string_without_hostname_gets_its_host_as_hostname(
+    given: str, expected: str
+) -> None:
     """An ``ssl:`` client string without ``hostname=`` is given its host (named or
     positional, escapes kept) as the name the certificate is verified against."""
     assert verified_client_string(given) == expected
@@ -190,7 +192,9 @@ def test_a_worker_verifies_a_private_ca_and_stops_on_sigterm(tmp_path: Path) -> 
     private CA) follows a master whose certificate that CA signed for 127.0.0.1, and stops
     within 5 seconds of SIGTERM with status 0, logging the positions it stopped at."""
     ca = CertificateAuthority(tmp_path / "ca")
-    with SslMaster(tmp_path, ca.issue(tmp_path / "master", "master", [HOST, "localhost"])) as master:
+    with SslMaster(
+        tmp_path, ca.issue(tmp_path / "master", "master", [HOST, "localhost"])
+    ) as master:
         assert publish(master.http_port, "events", [{"n": 1}]) == 1
         out = tmp_path / "worker.out"
         worker = worker_process(

@@ -86,7 +86,9 @@ class ScriptedEndpoint:
         return succeed(protocol)
 
 
-def reporting_service(clock: Clock, endpoint: ScriptedEndpoint, delay: float = 10.0) -> ClientService:
+def reporting_service(
+    clock: Clock, endpoint: ScriptedEndpoint, delay: float = 10.0
+) -> ClientService:
     reporter = ConnectionReporter("tcp:host=master.example:port=9092", clock, interval=30.0)
     return ClientService(
         reporter.endpoint(endpoint),  # type: ignore[arg-type]
@@ -236,7 +238,11 @@ def test_describe_resume_says_where_each_stream_starts() -> None:
 def connected_worker(clock: Clock, positions: MemoryPositions) -> tuple[Worker, Any]:
     config = WorkerConfig(
         name="w",
-        streams=(WorkerStream("events"), WorkerStream("presence"), WorkerStream("typing", "latest")),
+        streams=(
+            WorkerStream("events"),
+            WorkerStream("presence"),
+            WorkerStream("typing", "latest"),
+        ),
     )
     worker = Worker(config, lambda s, t, r: None, positions, clock)
     connection = worker.factory().buildProtocol(None)
@@ -247,7 +253,9 @@ def connected_worker(clock: Clock, positions: MemoryPositions) -> tuple[Worker, 
 
 def rdata(connection: Any, stream: str, first: int, last: int) -> None:
     connection.dataReceived(
-        b"".join(b'RDATA %s %d {"n":%d}\n' % (stream.encode(), t, t) for t in range(first, last + 1))
+        b"".join(
+            b'RDATA %s %d {"n":%d}\n' % (stream.encode(), t, t) for t in range(first, last + 1)
+        )
     )
 
 

@@ -68,7 +68,9 @@ def make(max_retry_delay: float = 8.0, initial: dict[str, int] | None = None) ->
     clock = Clock()
     positions = MemoryPositions(initial)
     handler = Handler(positions)
-    runner = TokenRunner(handler, positions, clock, WorkerMetrics(), max_retry_delay=max_retry_delay)
+    runner = TokenRunner(
+        handler, positions, clock, WorkerMetrics(), max_retry_delay=max_retry_delay
+    )
     gate = Gate()
     runner.attach(gate)
     return runner, handler, positions, clock, gate

@@ -24,11 +24,9 @@ ROOT = BENCH.parent
 SCENARIOS = BENCH / "scenarios"
 
 sys.path.insert(0, str(ROOT / "tests"))
-import processes  # noqa: E402  (tests/processes.py)
-
 from processes import (  # noqa: E402,F401
-    HOST,
     FORBIDDEN_PORTS,
+    HOST,
     Process,
     free_port,
     free_ports,
@@ -164,7 +162,9 @@ class Group:
                 continue
             code = process.poll()
             if code is not None:
-                raise RuntimeError(f"{process.name} exited with status {code}\n{process.describe_output(3000)}")
+                raise RuntimeError(
+                    f"{process.name} exited with status {code}\n{process.describe_output(3000)}"
+                )
 
 
 @contextlib.contextmanager

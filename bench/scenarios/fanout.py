@@ -24,23 +24,21 @@ import json
 import os
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from common import (
     STREAM,
     Group,
-    free_ports,
-    health_ok,
     child,
+    cpu_seconds,
+    free_ports,
+    reactor_args,
     read_positions,
     scratch,
     start_master,
     summary,
     wait_files,
     wait_until,
-    cpu_seconds,
-    reactor_args,
     worker,
 )
 
@@ -50,8 +48,8 @@ PUBLISH_CLIENTS = 4
 
 def sizes(quick: bool) -> dict[tuple[int, int], int]:
     """Rows per run for (receivers, rows per token). Chosen so one run of ours lasts about
-    2 s or more on a 2-core machine (quick mode: about 0.3 s, against 0.5-1 s for Redis). 1-row tokens are published
-    100 to a request, like the Redis baseline's pipelined PUBLISHes."""
+    2 s or more on a 2-core machine (quick mode: about 0.3 s, against 0.5-1 s for Redis). 1-row
+    tokens are published 100 to a request, like the Redis baseline's pipelined PUBLISHes."""
     if quick:
         return {(1, 100): 100_000, (10, 100): 50_000, (1, 1): 50_000, (10, 1): 15_000}
     return {(1, 100): 300_000, (10, 100): 100_000, (1, 1): 100_000, (10, 1): 30_000}
@@ -87,16 +85,33 @@ def run_ours(n: int, per_token: int, rows: int, runs: int, timeout: float) -> di
             group.add(worker(tmp, f"w{i}", port, "handlers:FanoutCounter")) for i in range(n)
         ]
         for i, w in enumerate(workers):
-            wait_until(lambda i=i: (read_positions(tmp / f"w{i}.positions") or {}).get(STREAM) is not None,
-                       30, f"worker w{i} subscribed", alive=[master, w])
+            wait_until(
+                lambda i=i: (read_positions(tmp / f"w{i}.positions") or {}).get(STREAM) is not None,
+                30,
+                f"worker w{i} subscribed",
+                alive=[master, w],
+            )
         results = []
         for k in range(runs):
             run_id = f"r{k}"
             cpu_before = {p.name: cpu_seconds(p.pid) for p in [master, *workers]}
             out = tmp / f"pub-{run_id}.json"
-            publisher = group.add(child(f"pub-{run_id}", "http_publish_child.py",
-                                        [str(http_port), str(rows), str(per_token),
-                                         str(PUBLISH_CLIENTS), run_id, str(out)], tmp), transient=True)
+            publisher = group.add(
+                child(
+                    f"pub-{run_id}",
+                    "http_publish_child.py",
+                    [
+                        str(http_port),
+                        str(rows),
+                        str(per_token),
+                        str(PUBLISH_CLIENTS),
+                        run_id,
+                        str(out),
+                    ],
+                    tmp,
+                ),
+                transient=True,
+            )
             publisher.wait_for_exit(timeout)
             info = json.loads(out.read_text())
             if info["errors"]:
@@ -105,8 +120,10 @@ def run_ours(n: int, per_token: int, rows: int, runs: int, timeout: float) -> di
             result = _rate(n, rows, info["start"], done)
             result["ingest_s"] = info["acked"] - info["start"]
             cpu = {p.name: cpu_seconds(p.pid) - cpu_before[p.name] for p in [master, *workers]}
-            result["cpu_s"] = {"master": round(cpu["master"], 3),
-                               "workers_total": round(sum(v for k2, v in cpu.items() if k2 != "master"), 3)}
+            result["cpu_s"] = {
+                "master": round(cpu["master"], 3),
+                "workers_total": round(sum(v for k2, v in cpu.items() if k2 != "master"), 3),
+            }
             results.append(result)
             time.sleep(0.3)
         return {"runs": results, **summary([r["rows_per_s"] for r in results])}
@@ -149,13 +166,22 @@ def run_redis(n: int, rows: int, runs: int, timeout: float) -> dict[str, Any]:
         for k in range(runs):
             run_id = f"r{k}"
             out = tmp / f"pub-{run_id}.json"
-            publisher = group.add(child(f"rpub-{run_id}", "redis_pub_child.py",
-                                        [str(REDIS_PORT), channel, str(rows), run_id, str(out)], tmp), transient=True)
+            publisher = group.add(
+                child(
+                    f"rpub-{run_id}",
+                    "redis_pub_child.py",
+                    [str(REDIS_PORT), channel, str(rows), run_id, str(out)],
+                    tmp,
+                ),
+                transient=True,
+            )
             publisher.wait_for_exit(timeout)
             info = json.loads(out.read_text())
             if info["receivers"] != [n]:
                 raise RuntimeError(f"Redis delivered to {info['receivers']} subscribers, not {n}")
-            done = wait_files(done_dir, f"{run_id}.done", n, timeout, f"redis subscribers of {run_id}", group)
+            done = wait_files(
+                done_dir, f"{run_id}.done", n, timeout, f"redis subscribers of {run_id}", group
+            )
             result = _rate(n, rows, info["start"], done)
             result["ingest_s"] = info["acked"] - info["start"]
             results.append(result)
@@ -171,15 +197,26 @@ def run_raw(n: int, per_token: int, rows: int, runs: int, timeout: float,
             repeat: int = 20) -> dict[str, Any]:
     tokens = (rows + per_token - 1) // per_token
     results = []
-    for k in range(runs):
+    for _ in range(runs):
         with scratch(f"raw{n}") as tmp, Group() as group:
             ports = free_ports(n)
             for i, p in enumerate(ports):
-                group.add(child(f"recv{i}", "raw_recv_child.py", [str(p), str(rows * repeat), str(tmp)], tmp))
+                group.add(
+                    child(
+                        f"recv{i}", "raw_recv_child.py", [str(p), str(rows * repeat), str(tmp)], tmp
+                    )
+                )
             wait_files(tmp, "ready", n, 30, "raw receivers ready", group)
             out = tmp / "send.json"
-            sender = group.add(child("send", "raw_send_child.py",
-                                     [str(rows), str(per_token), str(repeat), str(out), *map(str, ports)], tmp), transient=True)
+            sender = group.add(
+                child(
+                    "send",
+                    "raw_send_child.py",
+                    [str(rows), str(per_token), str(repeat), str(out), *map(str, ports)],
+                    tmp,
+                ),
+                transient=True,
+            )
             sender.wait_for_exit(timeout)
             info = json.loads(out.read_text())
             done = wait_files(tmp, "done", n, timeout, "raw receivers", group)

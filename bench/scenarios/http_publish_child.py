@@ -3,12 +3,13 @@
     python http_publish_child.py PORT ROWS PER_TOKEN CLIENTS RUN_ID OUT_JSON
 
 The bodies are encoded before the clock starts. ``CLIENTS`` threads each hold one keep-alive
-HTTP connection and publish an equal share of the requests, waiting for each answer. A token of 100 rows or
-more is one POST; smaller tokens go several to a POST (``{"tokens": [[...], ...]}``, about
-100 rows a request), as the Redis baseline pipelines 100 PUBLISHes per round trip. When all are answered, one more POST carries the end row ``["bench.end",
-RUN_ID]``: the master sends tokens to each worker in token order, so a worker that handled
-it has handled everything before it. Writes ``{"start": <time.time() before the first
-POST>, "acked": <time when the last data POST was answered>, "tokens": n, "rows": n}``.
+HTTP connection and publish an equal share of the requests, waiting for each answer. A token of 100
+rows or more is one POST; smaller tokens go several to a POST (``{"tokens": [[...], ...]}``, about
+100 rows a request), as the Redis baseline pipelines 100 PUBLISHes per round trip. When all are
+answered, one more POST carries the end row ``["bench.end", RUN_ID]``: the master sends tokens to
+each worker in token order, so a worker that handled it has handled everything before it. Writes
+``{"start": <time.time() before the first POST>, "acked": <time when the last data POST was
+answered>, "tokens": n, "rows": n}``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def main() -> None:
         # Small tokens travel several to a request ({"tokens": [...]}), about
         # ROWS_PER_REQUEST rows each, as the Redis baseline pipelines its PUBLISHes.
         step = ROWS_PER_REQUEST // per_token
-        bodies = [encode({"tokens": tokens[i:i + step]}).encode() for i in range(0, len(tokens), step)]
+        bodies = [
+            encode({"tokens": tokens[i : i + step]}).encode() for i in range(0, len(tokens), step)
+        ]
     shares = [bodies[i::clients] for i in range(clients)]
     headers = {"content-type": "application/json"}
     connections = [http.client.HTTPConnection(HOST, port, timeout=60) for _ in range(clients)]
@@ -59,7 +62,10 @@ def main() -> None:
         except Exception as e:  # report, don't hang the run
             errors.append(repr(e))
 
-    threads = [threading.Thread(target=client, args=(c, s)) for c, s in zip(connections, shares)]
+    threads = [
+        threading.Thread(target=client, args=(c, s))
+        for c, s in zip(connections, shares, strict=True)
+    ]
     for t in threads:
         t.start()
     start = time.time()

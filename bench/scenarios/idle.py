@@ -24,7 +24,6 @@ from common import (
     scratch,
     start_master,
     summary,
-    wait_files,
 )
 
 CONNECTIONS = 2000
@@ -80,7 +79,10 @@ def run(quick: bool, runs: int, log: Any) -> dict[str, Any]:
                 "rss_after_kib": after,
                 "kib_per_connection": (after - before) / established,
             }
-            log(f"  run {k}: {before} KiB -> {after} KiB: {result['kib_per_connection']:.2f} KiB/connection")
+            log(
+                f"  run {k}: {before} KiB -> {after} KiB: "
+                f"{result['kib_per_connection']:.2f} KiB/connection"
+            )
             results.append(result)
     return {"scenario": "idle", "connections": CONNECTIONS, "runs": results,
             **summary([r["kib_per_connection"] for r in results])}

@@ -73,8 +73,12 @@ def run_variant(variant: str, per_token: int, quick: bool, runs: int, log: Any) 
         workers = [group.add(worker(tmp, f"w{i}", port, "handlers:LatencyRecorder"))
                    for i in range(WORKERS)]
         for i, w in enumerate(workers):
-            wait_until(lambda i=i: (read_positions(tmp / f"w{i}.positions") or {}).get(STREAM) is not None,
-                       30, f"worker w{i} subscribed", alive=[master, w])
+            wait_until(
+                lambda i=i: (read_positions(tmp / f"w{i}.positions") or {}).get(STREAM) is not None,
+                30,
+                f"worker w{i} subscribed",
+                alive=[master, w],
+            )
         results = []
         for k in range(runs):
             run_id = f"r{k}"
@@ -94,7 +98,7 @@ def run_variant(variant: str, per_token: int, quick: bool, runs: int, log: Any) 
             for path in done_dir.glob(f"*.{run_id}.lat"):
                 sent, handled = _read(str(path))
                 received += len(sent)
-                latencies.extend(h - s for s, h in zip(sent, handled) if s >= cutoff)
+                latencies.extend(h - s for s, h in zip(sent, handled, strict=True) if s >= cutoff)
             latencies.sort()
             published = info["rows"]
             result = {

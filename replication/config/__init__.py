@@ -49,10 +49,10 @@ from replication.config.schema import check, load
 from replication.config.sections import (
     MASTER,
     MAX_CATCHUP_PAGE_ROWS,
-    MAX_STREAMS,
     MAX_CONNECTIONS,
     MAX_LINE_BYTES,
     MAX_PEER_LABELS,
+    MAX_STREAMS,
     MIN_LINE_BYTES,
     STORE_TYPES,
     WORKER,

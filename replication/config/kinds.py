@@ -17,7 +17,6 @@ import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from replication.wire.commands import CommandParseError, check_peer_name, check_stream_name
 from replication.config.document import Document, join
 from replication.config.model import WorkerStream
 from replication.config.schema import AnyKey, Checking, Key, Kind, Loading, Rule
@@ -28,6 +27,7 @@ from replication.config.units import (
     parse_duration,
     parse_size,
 )
+from replication.wire.commands import CommandParseError, check_peer_name, check_stream_name
 
 
 def is_handler_name(name: str) -> bool:

@@ -21,5 +21,11 @@ from replication.http.api import (
 from replication.http.status import master_status
 
 __all__ = [
-    "JsonRequest", "admin_factory", "admin_resource", "admin_site", "master_routes", "master_status", "metrics_resource",
+    "JsonRequest",
+    "admin_factory",
+    "admin_resource",
+    "admin_site",
+    "master_routes",
+    "master_status",
+    "metrics_resource",
 ]

@@ -6,8 +6,9 @@
   as one token and answers ``{"stream": ..., "token": N}`` once they are committed;
   ``{"tokens": [[<json>, ...], ...]}`` publishes several tokens at once and answers
   ``{"stream": ..., "tokens": [N, ...]}``. Nothing of a refused request is published.
-- ``GET /streams/<stream>`` answers the stream's head; ``GET /streams`` every stream's head (``"streams"``: name -> head) and, in ``"details"``,
-  each stream's head, oldest retained token, rows retained, retention and creation time.
+- ``GET /streams/<stream>`` answers the stream's head; ``GET /streams`` every stream's head
+  (``"streams"``: name -> head) and, in ``"details"``, each stream's head, oldest retained token,
+  rows retained, retention and creation time.
 - ``DELETE /streams/<stream>`` deletes a stream and every row of it (see
   :meth:`Master.delete_stream <replication.master.Master.delete_stream>`) and answers
   ``{"stream": ..., "deleted": true, "recreated": <bool>}``; ``recreated`` is true for a
@@ -33,7 +34,6 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
@@ -41,7 +41,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from replication import __version__
-from replication.wire.commands import CommandParseError, decode_json_bytes
+from replication.http.limits import AdminSite, ConnectionLimit, raw_json_answer
+from replication.http.page import serve_status_page
 from replication.http.routing import (
     HttpError,
     Route,
@@ -52,11 +53,10 @@ from replication.http.routing import (
     json_error,
     json_response,
 )
-from replication.http.limits import AdminSite, ConnectionLimit, raw_json_answer
-from replication.http.page import serve_status_page
 from replication.http.status import master_status
 from replication.master import Master, PublishError
 from replication.master.log import DeleteError, StreamState
+from replication.wire.commands import CommandParseError, decode_json_bytes
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,9 @@ def _read_batches(master: Master, request: Request) -> tuple[list[Any], bool]:
     body = content.read(limit + 1)
     if len(body) > limit or (length is not None and length.isdigit() and int(length) > limit):
         raise HttpError(
-            413, f"request body is over {limit} bytes (limits.max_body_bytes); publish in smaller batches"
+            413,
+            f"request body is over {limit} bytes (limits.max_body_bytes); "
+            "publish in smaller batches",
         )
     try:
         document = decode_json_bytes(body, what="body")
@@ -90,7 +92,11 @@ def _read_batches(master: Master, request: Request) -> tuple[list[Any], bool]:
             raise HttpError(400, '"rows" must be a list of JSON values')
         return [document["rows"]], True
     batches = document["tokens"]
-    if not isinstance(batches, list) or not batches or not all(isinstance(rows, list) for rows in batches):
+    if (
+        not isinstance(batches, list)
+        or not batches
+        or not all(isinstance(rows, list) for rows in batches)
+    ):
         raise HttpError(400, '"tokens" must be a non-empty list of lists of JSON values')
     return batches, False
 
@@ -255,7 +261,9 @@ class JsonRequest(Request):
 
     def _too_large(self, limit: int) -> None:
         self._refuse(
-            413, f"request body is over {limit} bytes (limits.max_body_bytes); publish in smaller batches"
+            413,
+            f"request body is over {limit} bytes (limits.max_body_bytes); "
+            "publish in smaller batches",
         )
 
     def _cancel_deadline(self) -> None:

@@ -46,7 +46,9 @@ Authorizer = Callable[[Request, "Route"], None]
 class HttpError(Exception):
     """A refusal answered as ``{"error": message}`` with ``status`` and extra ``headers``."""
 
-    def __init__(self, status: int, message: str, headers: Mapping[bytes, bytes] | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, headers: Mapping[bytes, bytes] | None = None
+    ) -> None:
         super().__init__(status, message)
         self.status = status
         self.message = message
@@ -111,7 +113,7 @@ class Route:
         if len(path) != len(self.segments):
             return None
         params = {}
-        for segment, given in zip(self.segments, path):
+        for segment, given in zip(self.segments, path, strict=True):
             if segment.is_parameter:
                 params[segment.text] = given.decode("utf-8", "backslashreplace")
             elif given != segment.text.encode():

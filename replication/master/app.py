@@ -39,8 +39,8 @@ from replication.config import MasterConfig
 from replication.master.connection import MasterFactory
 from replication.master.log import StreamState
 from replication.master.service import Master
-from replication.services import ListeningService, OrderedMultiService, fork
 from replication.metrics import MasterMetrics, process_registry
+from replication.services import ListeningService, OrderedMultiService, fork
 from replication.store import LOCAL_ORIGIN, StoreError, StreamStore
 from replication.store.history import (
     HistoryLost,
@@ -51,8 +51,8 @@ from replication.store.history import (
     read_mark,
     write_mark,
 )
-from replication.wire.commands import CommandRegistry
 from replication.tls import server_endpoint
+from replication.wire.commands import CommandRegistry
 
 log = logging.getLogger("replication.master")
 

@@ -45,6 +45,10 @@ from typing import Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
+from replication.master.log import StreamLog, StreamState
+from replication.ratelimit import LogRateLimiter, suppressed_note
+from replication.store import LOCAL_ORIGIN, DamagedEntry, Entry
+from replication.streams import missing_before, plan_catch_up
 from replication.wire.commands import (
     ALL_STREAMS,
     Command,
@@ -56,10 +60,6 @@ from replication.wire.commands import (
     rdata_block,
 )
 from replication.wire.dialects import DIALECTS
-from replication.master.log import StreamLog, StreamState
-from replication.ratelimit import LogRateLimiter, suppressed_note
-from replication.store import LOCAL_ORIGIN, DamagedEntry, Entry
-from replication.streams import missing_before, plan_catch_up
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,9 @@ class FanOut:
             return
         if not self.knows(stream):
             follower.send(
-                ErrorCommand(f"unknown stream {stream!r}: this master serves only its configured streams")
+                ErrorCommand(
+                    f"unknown stream {stream!r}: this master serves only its configured streams"
+                )
             )
             return
         if stream not in state.subscriptions and len(state.subscriptions) >= self.max_subscriptions:
@@ -498,7 +500,9 @@ class FanOut:
         if len(tokens_rows) == 1:
             data = rdata_block(state.stream, ((first, tokens_rows[0]),))
         else:
-            data = rdata_block(state.stream, zip(range(first, first + len(tokens_rows)), tokens_rows))
+            data = rdata_block(
+                state.stream, zip(range(first, first + len(tokens_rows)), tokens_rows, strict=True)
+            )
         followed.rows_sent_live += rows * len(receivers)
         for follower in tuple(receivers):
             follower.write(data)

@@ -26,16 +26,6 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
-from replication.wire.commands import (
-    CommandParseError,
-    CommandRegistry,
-    check_stream_name,
-    default_registry,
-    encode_json,
-    encode_parsed_json,
-    encode_parsed_rows,
-    rdata_line_length,
-)
 from replication.cluster.identity import Identity, new_fingerprint
 from replication.config import MasterConfig
 from replication.master.connection import MasterConnection
@@ -52,6 +42,16 @@ from replication.snapshot import (
 )
 from replication.store import StreamStore
 from replication.store.asynchronous import BlockingRunner, adapt
+from replication.wire.commands import (
+    CommandParseError,
+    CommandRegistry,
+    check_stream_name,
+    default_registry,
+    encode_json,
+    encode_parsed_json,
+    encode_parsed_rows,
+    rdata_line_length,
+)
 
 log = logging.getLogger("replication.master")
 
@@ -213,7 +213,11 @@ class Master:
             raise PublishError(
                 404, f"unknown stream {stream!r}: strict_streams is on and it is not configured"
             )
-        if isinstance(tokens_rows, (str, bytes)) or not isinstance(tokens_rows, Sequence) or not tokens_rows:
+        if (
+            isinstance(tokens_rows, (str, bytes))
+            or not isinstance(tokens_rows, Sequence)
+            or not tokens_rows
+        ):
             raise PublishError(400, "tokens must be a non-empty list of row lists")
         max_rows = self.config.limits.max_rows_per_publish
         if sum(len(rows) if isinstance(rows, Sized) else 0 for rows in tokens_rows) > max_rows:
@@ -285,7 +289,9 @@ class Master:
         transaction: their tokens are consecutive. Fires with the tokens."""
         return self.log.publish(stream, tokens_rows)
 
-    def publish_many(self, stream: str, tokens_rows: Sequence[Sequence[Any]]) -> Deferred[list[int]]:
+    def publish_many(
+        self, stream: str, tokens_rows: Sequence[Sequence[Any]]
+    ) -> Deferred[list[int]]:
         """Publish several tokens to ``stream`` at once (each a list of JSON-serialisable
         rows), all or none, with consecutive tokens; fires with the tokens."""
         try:

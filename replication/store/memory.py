@@ -64,7 +64,11 @@ class MemoryStore:
         self._others: dict[tuple[str, str], _Stream] = {}
 
     def _get(self, stream: str, origin: str = LOCAL_ORIGIN) -> _Stream:
-        found = self._streams.get(stream) if origin == LOCAL_ORIGIN else self._others.get((stream, origin))
+        found = (
+            self._streams.get(stream)
+            if origin == LOCAL_ORIGIN
+            else self._others.get((stream, origin))
+        )
         if found is None:
             raise UnknownStream(stream)
         return found

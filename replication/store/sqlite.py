@@ -30,11 +30,11 @@ joined), written in the transaction that stores them. ``read`` checks every toke
 a token whose rows do not match their checksum, are not UTF-8, or do not split into ``nrows``
 rows ends the read before it, and a read that starts with it raises
 :class:`~replication.store.DamagedEntry` naming the stream, origin and token; so a follower
-gets every token before the damaged one, and other tokens and streams read as usual (``PRAGMA quick_check`` checks
-the file's structure, not the bytes of a row). The column too joined version 2 before its
-release: a development version 2 file without it gets it when opened, with the checksums of
-the rows it holds computed then (in one transaction), as are the rows of a migrated version 1
-file; damage that happened before that cannot be told apart from data. A ``NULL`` checksum
+gets every token before the damaged one, and other tokens and streams read as usual
+(``PRAGMA quick_check`` checks the file's structure, not the bytes of a row). The column too joined
+version 2 before its release: a development version 2 file without it gets it when opened, with the
+checksums of the rows it holds computed then (in one transaction), as are the rows of a migrated
+version 1 file; damage that happened before that cannot be told apart from data. A ``NULL`` checksum
 means "not recorded" and is read unchecked.
 
 Read-only. A file, directory or file system this process cannot write is refused when the
@@ -61,8 +61,8 @@ from the reactor thread, possibly while an append runs. So the store holds two c
   ``_write_lock``. Each call is one ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction; the commit
   (an fsync with ``synchronous=FULL``) happens on the writer thread.
 - the *reader* connection (``query_only``), used by ``stream_names``, ``head``, ``oldest``,
-  ``retained_rows``, ``created``, ``read`` and ``create_stream`` under ``_read_lock``. In WAL mode a reader
-  never waits for the writer, and each statement (run in autocommit mode, cursors closed
+  ``retained_rows``, ``created``, ``read`` and ``create_stream`` under ``_read_lock``. In WAL mode a
+  reader never waits for the writer, and each statement (run in autocommit mode, cursors closed
   promptly) sees the data committed when it started, never a half-written batch.
 
 ``create_stream`` runs on the reactor thread, but writing there would mean waiting for the
@@ -174,7 +174,9 @@ class SqliteStore:
     def __init__(self, path: str, synchronous: str = "FULL", quick_check: bool = True) -> None:
         sync = synchronous.upper()
         if sync not in _SYNCHRONOUS:
-            raise ValueError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, not {synchronous!r}")
+            raise ValueError(
+                f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, not {synchronous!r}"
+            )
         if path in ("", ":memory:") or path.startswith("file:"):
             raise ValueError(f"SqliteStore needs a file path, not {path!r}")
         self.path = path
@@ -195,7 +197,9 @@ class SqliteStore:
             try:
                 os.makedirs(parent, exist_ok=True)
             except OSError as e:
-                raise StoreError(f"SQLite store {path}: cannot create directory {parent}: {e}") from e
+                raise StoreError(
+                    f"SQLite store {path}: cannot create directory {parent}: {e}"
+                ) from e
             new = True
 
         try:
@@ -228,7 +232,9 @@ class SqliteStore:
         w = self._writer
         mode = w.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
-            raise StoreError(f"SQLite store {self.path}: cannot use WAL mode (journal_mode is {mode})")
+            raise StoreError(
+                f"SQLite store {self.path}: cannot use WAL mode (journal_mode is {mode})"
+            )
         w.execute(f"PRAGMA synchronous = {sync}")
         w.create_function("crc32", 1, _crc32_sql, deterministic=True)
         if not new:
@@ -240,7 +246,9 @@ class SqliteStore:
         w.execute("BEGIN IMMEDIATE")
         try:
             # Another process may have created the schema since we looked.
-            tables = {r[0] for r in w.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            tables = {
+                r[0] for r in w.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
             if not tables:
                 for statement in _SCHEMA:
                     w.execute(statement)
@@ -390,7 +398,8 @@ class SqliteStore:
             with self._pending_lock:
                 keys = {(name, LOCAL_ORIGIN) for name in self._pending}
             keys.update(
-                (r[0], r[1]) for r in self._reader.execute("SELECT name, origin FROM streams").fetchall()
+                (r[0], r[1])
+                for r in self._reader.execute("SELECT name, origin FROM streams").fetchall()
             )
         return sorted(keys)
 
@@ -465,7 +474,9 @@ class SqliteStore:
         try:
             rows = tuple(data.decode("utf-8").split("\n"))
         except UnicodeDecodeError as e:
-            raise DamagedEntry(self.path, stream, origin, token, f"its rows are not UTF-8 ({e})") from None
+            raise DamagedEntry(
+                self.path, stream, origin, token, f"its rows are not UTF-8 ({e})"
+            ) from None
         if len(rows) != nrows:
             raise DamagedEntry(
                 self.path, stream, origin, token, f"{len(rows)} rows stored, {nrows} recorded"
@@ -483,7 +494,7 @@ class SqliteStore:
         with self._transaction("append") as w:
             streams: dict[str, list[int]] = {}  # name -> [head, rows added]
             entries = []
-            for (name, rows), text in zip(batch, texts):
+            for (name, rows), text in zip(batch, texts, strict=True):
                 s = streams.get(name)
                 if s is None:
                     found = w.execute(
@@ -526,7 +537,7 @@ class SqliteStore:
                         " VALUES (?, ?, 0, 1, 0, ?)",
                         (stream, origin, now),
                     )
-                by_token = {entry.token: text for entry, text in zip(entries, texts)}
+                by_token = {entry.token: text for entry, text in zip(entries, texts, strict=True)}
                 w.executemany(
                     "INSERT INTO entries (stream, origin, token, time, nrows, rows, crc)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -653,7 +664,10 @@ def _read_only_problem(path: str, error: BaseException | None = None) -> str | N
             "-wal and -shm files beside the database)"
         )
     if error is not None and "readonly" in str(error).lower().replace("read-only", "readonly"):
-        return f"the database is read-only ({error}): check the file system, file and directory permissions"
+        return (
+            f"the database is read-only ({error}): check the file system, file and directory "
+            "permissions"
+        )
     return None
 
 

@@ -460,9 +460,9 @@ class ReplicationProtocol(Protocol):
 
     def linesReceived(self, lines: list[bytes], data: bytes | None) -> None:
         """Handle the complete lines of one read (``data``: the bytes they were split from,
-        which may end with a partial line; ``None`` for lines released after a hold). Each goes to :meth:`lineReceived` until the
-        connection closes or input is held; the rest are then held, in order. Subclasses
-        may take common lines faster, as long as they keep that contract (see
+        which may end with a partial line; ``None`` for lines released after a hold). Each goes to
+        :meth:`lineReceived` until the connection closes or input is held; the rest are then held,
+        in order. Subclasses may take common lines faster, as long as they keep that contract (see
         :meth:`hold_remaining`)."""
         for i, line in enumerate(lines):
             if self._closing:

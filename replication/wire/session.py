@@ -467,7 +467,9 @@ class Session:
             if now - self.named_at >= self.handshake_timeout:
                 # A master takes a worker that announced nothing for the legacy dialect; a
                 # worker needs the master's answer.
-                return Event.ANNOUNCEMENT_TIMEOUT if self.side == MASTER else Event.HANDSHAKE_TIMEOUT
+                return (
+                    Event.ANNOUNCEMENT_TIMEOUT if self.side == MASTER else Event.HANDSHAKE_TIMEOUT
+                )
             if now - self.last_sent >= self.ping_interval:
                 return Event.PING_DUE
         elif state is State.CLOSING and now - self.closing_at >= self.close_timeout:

@@ -29,6 +29,8 @@ from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
+from replication.ratelimit import suppressed_note
+from replication.streams import AssemblyError, TokenAssembler
 from replication.wire.commands import (
     WORKER,
     ErrorCommand,
@@ -39,8 +41,6 @@ from replication.wire.commands import (
     json_loader,
 )
 from replication.wire.protocol import ReplicationProtocol
-from replication.ratelimit import suppressed_note
-from replication.streams import AssemblyError, TokenAssembler
 from replication.worker.reporting import describe_resume
 
 if TYPE_CHECKING:

@@ -326,7 +326,9 @@ def lock_holder(path: str) -> str | None:
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise PositionFileError(f"cannot open the lock of position file {path}: {e.strerror or e}") from None
+        raise PositionFileError(
+            f"cannot open the lock of position file {path}: {e.strerror or e}"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -304,7 +304,9 @@ class CatchupReporter:
         done = self.progress.finished(stream, token, self.clock.seconds())
         if done is not None:
             tokens, seconds = done
-            log.info("%s: caught up at token %d (%d tokens in %.1fs)", stream, token, tokens, seconds)
+            log.info(
+                "%s: caught up at token %d (%d tokens in %.1fs)", stream, token, tokens, seconds
+            )
         self._stop_if_idle()
 
     def stopped(self) -> None:

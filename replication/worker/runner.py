@@ -178,7 +178,9 @@ class TokenRunner:
         positions = self.positions
         position = positions.get(stream)
         if position is not None and token <= position:
-            log.debug("dropping %s token %d: already handled (position %d)", stream, token, position)
+            log.debug(
+                "dropping %s token %d: already handled (position %d)", stream, token, position
+            )
             return True
         handler = self.handler
         seconds = self.clock.seconds

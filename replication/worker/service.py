@@ -3,10 +3,11 @@
 """The worker's lasting state and its service.
 
 :class:`Worker` holds what outlives a connection: the configuration, the metrics and the
-:class:`~replication.worker.runner.TokenRunner` (handler, positions, retries). :func:`worker_service` keeps it connected to its master (Twisted's
-``ClientService``, waiting between attempts as :class:`ReconnectBackoff` says, its
-connects and reconnects logged by :class:`~replication.worker.reporting.ConnectionReporter`)
-and syncs its positions to disk every second; it logs the positions it stopped at.
+:class:`~replication.worker.runner.TokenRunner` (handler, positions, retries).
+:func:`worker_service` keeps it connected to its master (Twisted's ``ClientService``, waiting
+between attempts as :class:`ReconnectBackoff` says, its connects and reconnects logged by
+:class:`~replication.worker.reporting.ConnectionReporter`) and syncs its positions to disk every
+second; it logs the positions it stopped at.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 
 from replication import __version__
-from replication.wire.commands import CommandRegistry, ReplicateCommand, default_registry
 from replication.config import ReconnectConfig, WorkerConfig
-from replication.ratelimit import LogRateLimiter
 from replication.metrics import WorkerMetrics
+from replication.ratelimit import LogRateLimiter
 from replication.services import ListeningService, OrderedMultiService
+from replication.wire.commands import CommandRegistry, ReplicateCommand, default_registry
 from replication.wire.protocol import ReplicationProtocol
 from replication.worker.connection import WorkerConnection, WorkerFactory
 from replication.worker.handlers import Handler
