@@ -129,12 +129,15 @@ class StreamView:
 @dataclass(frozen=True, slots=True)
 class FollowView:
     """One stream a connection follows: the last token sent, its lag behind the head, and
-    whether its catch-up is done."""
+    whether its catch-up is done; ``handled`` is the position the worker last reported with
+    ``HANDLED`` and ``handled_lag`` its lag behind the head (both ``None`` until a report)."""
 
     name: str
     position: int
     lag: int
     live: bool
+    handled: int | None = None
+    handled_lag: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from replication.wire.commands import (
     CommandRegistry,
     ErrorCommand,
     GapCommand,
+    HandledCommand,
     NameCommand,
     PingCommand,
     PositionCommand,
@@ -45,7 +46,7 @@ from replication.wire.commands import (
 BUILTIN_NAMES = frozenset(
     {
         "SERVER", "NAME", "VERSION", "PING", "REPLICATE", "RDATA", "POSITION", "GAP", "RESET",
-        "ERROR",
+        "ERROR", "HANDLED",
     }
 )
 STREAM_128 = "s" * 128
@@ -102,6 +103,8 @@ VALID: list[tuple[bytes, str, Command]] = [
     # POSITION / GAP / RESET
     (b"POSITION events 43", MASTER, PositionCommand("events", 43)),
     (b"POSITION events 0", MASTER, PositionCommand("events", 0)),
+    (b"HANDLED events 43", WORKER, HandledCommand("events", 43)),
+    (b"HANDLED events 0", WORKER, HandledCommand("events", 0)),
     (b"GAP events 1 40", MASTER, GapCommand("events", 1, 40)),
     (b"GAP events 7 7", MASTER, GapCommand("events", 7, 7)),
     (b"RESET events 12", MASTER, ResetCommand("events", 12)),
@@ -494,14 +497,16 @@ def test_names_lists_all_and_per_side() -> None:
     """names() lists every command; names(side) those that side may send."""
     registry = default_registry()
     assert registry.names() == BUILTIN_NAMES
-    assert registry.names(WORKER) == frozenset({"NAME", "VERSION", "PING", "REPLICATE", "ERROR"})
+    assert registry.names(WORKER) == frozenset(
+        {"NAME", "VERSION", "PING", "REPLICATE", "HANDLED", "ERROR"}
+    )
     assert registry.names(MASTER) == frozenset(
         {"SERVER", "VERSION", "PING", "RDATA", "POSITION", "GAP", "RESET", "ERROR"}
     )
     assert registry.names("nobody") == frozenset()
     with_ack = _registry_with_ack()
     assert with_ack.names(WORKER) == frozenset(
-        {"NAME", "VERSION", "PING", "REPLICATE", "ERROR", "ACK"}
+        {"NAME", "VERSION", "PING", "REPLICATE", "HANDLED", "ERROR", "ACK"}
     )
     assert "ACK" not in with_ack.names(MASTER)
 

@@ -25,6 +25,7 @@ from replication.protocol import CLOSED_BY_PEER, CLOSED_LOCALLY
 from replication.store.memory import MemoryStore
 from replication.testing import Harness, MemoryPipe, Recording
 from replication.worker import Worker, WorkerConnection
+from replication.worker.connection import HANDLED_INTERVAL
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.rst"
 
@@ -214,6 +215,8 @@ def test_ping_timeout_and_too_many_connections_are_reasons(tmp_path: Path) -> No
         MasterConnection(h.master), WorkerConnection(h.worker(Recording(), name="w2"))
     )
     refused.pump()
+    h.clock.advance(HANDLED_INTERVAL)  # the worker reports its positions (HANDLED)
+    pipe.pump()
     h.clock.advance(h.config.keepalive.ping_interval)  # both sides ping
     pipe.pump()
     pipe.client_reads = pipe.server_reads = False

@@ -116,7 +116,10 @@ def test_status_shows_a_cut_off_workers_reconnect(tmp_path: Path) -> None:
     assert body["now"] - worker["last_disconnect_at"] == 30
     (connection,) = body["connections"]
     assert connection["streams"] == [
-        {"name": "events", "position": h.master.head("events"), "lag": 0, "live": True}
+        {
+            "name": "events", "position": h.master.head("events"), "lag": 0, "live": True,
+            "handled": None, "handled_lag": None,
+        }
     ]
     text = format_status(body)
     assert "WORKER  OPEN  CONNECTS  LAST DISCONNECT" in text

@@ -17,8 +17,9 @@ def master_status(master: Master) -> dict[str, Any]:
     ``null`` until the store is open, and this process's fingerprint), each stream
     (head, oldest retained token, rows retained, when it was created: ``null`` when not
     known), each connection (worker name, address,
-    since when, per stream the last token *sent* and the lag behind the head, bytes
-    buffered) and, per worker name, how often it connected and why it last disconnected.
+    since when, per stream the last token *sent* and the lag behind the head, the position
+    the worker reported *handled* and its lag, ``null`` until reported, bytes buffered)
+    and, per worker name, how often it connected and why it last disconnected.
     Times are seconds since the epoch."""
     view = master.snapshot()
     now = view.now
@@ -34,7 +35,10 @@ def master_status(master: Master) -> dict[str, Any]:
             "connected_seconds": now - since if since is not None else None,
             "all_streams": connection.all_streams,
             "streams": [
-                {"name": f.name, "position": f.position, "lag": f.lag, "live": f.live}
+                {
+                    "name": f.name, "position": f.position, "lag": f.lag, "live": f.live,
+                    "handled": f.handled, "handled_lag": f.handled_lag,
+                }
                 for f in connection.streams
             ],
             "buffered_bytes": connection.buffered_bytes,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory
 
-from replication.wire.commands import MASTER, ReplicateCommand
+from replication.wire.commands import MASTER, HandledCommand, ReplicateCommand
 from replication.wire.dialects import VERSION_1
 from replication.wire.protocol import ReplicationProtocol
 
@@ -80,6 +80,9 @@ class MasterConnection(ReplicationProtocol):
 
     def on_REPLICATE(self, command: ReplicateCommand) -> None:
         self.master.fanout.replicate(self, command)
+
+    def on_HANDLED(self, command: HandledCommand) -> None:
+        self.master.fanout.handled(self, command)
 
     def writable(self) -> None:
         self.master.fanout.pump(self)

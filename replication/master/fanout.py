@@ -54,6 +54,7 @@ from replication.wire.commands import (
     Command,
     ErrorCommand,
     GapCommand,
+    HandledCommand,
     PositionCommand,
     ReplicateCommand,
     ResetCommand,
@@ -126,6 +127,13 @@ class _FollowerState:
     rdata_rows_sent: int = 0
     #: ``log.rows_published`` when this follower subscribed to ALL streams.
     all_since_rows: int | None = None
+    #: The positions the follower reported with ``HANDLED``, by stream (only streams it
+    #: follows; dropped when it stops following one, or the stream is deleted).
+    handled: dict[str, int] = field(default_factory=dict)
+    #: The highest token the follower may report per stream, besides what it was sent:
+    #: the token of its ``REPLICATE``, or the head of a stream deleted since (a ``HANDLED``
+    #: may cross the ``RESET``).
+    handled_ceilings: dict[str, int] = field(default_factory=dict)
 
 
 class FanOut:
@@ -216,6 +224,29 @@ class FanOut:
             for name, sub in state.subscriptions.items()
         }
 
+    def handled_positions(self, follower: Follower) -> dict[str, int]:
+        """The positions ``follower`` reported with ``HANDLED``, by stream (a copy)."""
+        state = self._followers.get(follower)
+        return dict(state.handled) if state is not None else {}
+
+    def handled(self, follower: Follower, command: HandledCommand) -> None:
+        """Record ``HANDLED``: a stream the follower does not follow, or a token above what
+        it could have (what it was sent, its ``REPLICATE`` token, the head of a stream
+        deleted since), is a protocol error (``ERROR`` and close)."""
+        stream, token = command.stream, command.token
+        sent = self.sent_positions(follower).get(stream)
+        state = self._followers.get(follower)
+        if sent is None or state is None:
+            follower.send_error(f"HANDLED {stream}: this connection does not follow {stream}")
+            return
+        ceiling = max(sent, state.handled_ceilings.get(stream, 0))
+        if token > ceiling:
+            follower.send_error(
+                f"HANDLED {stream} {token}: above the last token sent for it ({ceiling})"
+            )
+            return
+        state.handled[stream] = token
+
     def rdata_sent(self, follower: Follower) -> int:
         """RDATA lines written to ``follower``. Live rows are not counted per write: they
         are the rows published since each live subscription began, computed here."""
@@ -266,6 +297,8 @@ class FanOut:
         stream_state = self.log.state(stream)
         head = stream_state.head if stream_state is not None else 0
         self._unsubscribe(follower, state, stream)
+        if command.token is not None:
+            state.handled_ceilings[stream] = command.token
         if command.token is None:
             self._live_now(follower, state, stream, stream_state)
             return
@@ -344,6 +377,8 @@ class FanOut:
             follower.send(PositionCommand(name, self.log.head(name)))
 
     def _unsubscribe(self, follower: Follower, state: _FollowerState, stream: str) -> None:
+        state.handled.pop(stream, None)
+        state.handled_ceilings.pop(stream, None)
         sub = state.subscriptions.pop(stream, None)
         if sub is None:
             return
@@ -516,6 +551,10 @@ class FanOut:
         stream = old.stream
         for follower in tuple(self._all):
             self._send_reset(follower, stream)
+        for fstate in self._followers.values():
+            if fstate.handled.pop(stream, None) is not None or stream in fstate.subscriptions:
+                ceiling = fstate.handled_ceilings.get(stream, 0)
+                fstate.handled_ceilings[stream] = max(ceiling, old.head)
         for follower, fstate in list(self._followers.items()):
             sub = fstate.subscriptions.pop(stream, None)
             if sub is None:

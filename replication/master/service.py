@@ -331,12 +331,17 @@ class Master:
         label = self.history.label
         for connection in sorted(self.connections, key=lambda c: c.connected_since or 0.0):
             subscriptions = fanout.subscriptions(connection)
+            handled = fanout.handled_positions(connection)
             follows = []
             for stream, position in fanout.sent_positions(connection).items():
                 sub = subscriptions.get(stream)
+                head = self.log.head(stream)
+                done = handled.get(stream)
                 follows.append(FollowView(
-                    stream, position, max(self.log.head(stream) - position, 0),
+                    stream, position, max(head - position, 0),
                     sub.live if sub is not None else True,
+                    handled=done,
+                    handled_lag=None if done is None else max(head - done, 0),
                 ))
             received, sent = connection.command_counts()
             connections.append(ConnectionView(

@@ -466,6 +466,29 @@ class PositionCommand(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class HandledCommand(Command):
+    """``HANDLED <stream> <token>``: the position the worker has recorded for a stream it
+    follows (protocol version 1; at most once a second, only when it changed), so the
+    master can show what each worker has handled, not only what it was sent."""
+
+    NAME: ClassVar[str] = "HANDLED"
+    stream: str
+    token: int
+
+    def __post_init__(self) -> None:
+        check_stream_name(self.stream)
+        _check_token(self.token)
+
+    @classmethod
+    def from_args(cls, args: str) -> HandledCommand:
+        stream, token = _split(args, 2, cls.NAME, "<stream> <token>")
+        return cls(stream, parse_token(token))
+
+    def to_args(self) -> str:
+        return f"{self.stream} {self.token}"
+
+
+@dataclass(frozen=True, slots=True)
 class GapCommand(Command):
     """``GAP <stream> <first> <last>``: tokens ``first..last`` are no longer retained.
 
@@ -618,6 +641,7 @@ _BUILTINS: tuple[tuple[type[Command], frozenset[str]], ...] = (
     (ReplicateCommand, frozenset({WORKER})),
     (RdataCommand, frozenset({MASTER})),
     (PositionCommand, frozenset({MASTER})),
+    (HandledCommand, frozenset({WORKER})),
     (GapCommand, frozenset({MASTER})),
     (ResetCommand, frozenset({MASTER})),
     (ErrorCommand, SIDES),

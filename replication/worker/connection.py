@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from replication.ratelimit import suppressed_note
@@ -35,11 +36,13 @@ from replication.wire.commands import (
     WORKER,
     ErrorCommand,
     GapCommand,
+    HandledCommand,
     PositionCommand,
     RdataCommand,
     ResetCommand,
     json_loader,
 )
+from replication.wire.dialects import DIALECTS
 from replication.wire.protocol import ReplicationProtocol
 from replication.worker.reporting import describe_resume
 
@@ -50,6 +53,8 @@ log = logging.getLogger(__name__)
 
 #: What a master older than protocol versions answers the worker's ``VERSION`` with.
 OLD_MASTER_ANSWER = "unknown command 'VERSION'"
+#: Seconds between two ``HANDLED`` reports of one stream, at least.
+HANDLED_INTERVAL = 1.0
 
 
 class WorkerConnection(ReplicationProtocol):
@@ -75,6 +80,9 @@ class WorkerConnection(ReplicationProtocol):
         self._followed_bytes = {name.encode(): name for name in worker.streams}
         #: RDATA lines taken by the fast path of :meth:`linesReceived` (for metrics).
         self.rdata_received = 0
+        #: The positions last reported with ``HANDLED`` on this connection, by stream.
+        self._reported: dict[str, int] = {}
+        self._handled_reports: LoopingCall | None = None
 
     def command_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         received, sent = super().command_counts()
@@ -96,8 +104,29 @@ class WorkerConnection(ReplicationProtocol):
         # If a handler call from the previous connection is still running, the runner holds
         # this connection's input until it ends and its position is recorded.
         self.runner.attach(self)
+        if DIALECTS[self.dialect].version is not None:  # a legacy master knows no HANDLED
+            reports = self._handled_reports = LoopingCall(self.report_handled)
+            reports.clock = self.clock
+            reports.start(HANDLED_INTERVAL, now=False)
+
+    def report_handled(self) -> None:
+        """Send ``HANDLED <stream> <position>`` for each followed stream whose recorded
+        position changed since the last report on this connection (driven once a second by
+        a looping call, stopped when the connection closes)."""
+        if self._closing:
+            return
+        get = self.runner.positions.get
+        reported = self._reported
+        for stream in self.worker.streams:
+            position = get(stream)
+            if position is not None and reported.get(stream) != position:
+                reported[stream] = position
+                self.send(HandledCommand(stream, position))
 
     def closed(self, reason: str) -> None:
+        reports, self._handled_reports = self._handled_reports, None
+        if reports is not None and reports.running:
+            reports.stop()
         self.worker.metrics.connection_closed(self, reason)
         if self.connected_since is not None:
             self.worker.backoff.connection_ended(self.clock.seconds() - self.connected_since)
