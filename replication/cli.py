@@ -377,11 +377,17 @@ def format_status(status: dict[str, Any]) -> str:
             )
             if c.get("all_streams"):
                 followed = "ALL" + (f": {followed}" if followed else "")
+            handled = ", ".join(
+                f"{s['name']}@{s['handled']} lag {s['handled_lag']}"
+                for s in c["streams"] if s.get("handled") is not None
+            )
             rows.append((
                 c["worker"] or "?", c["address"], _duration(c.get("connected_seconds")),
-                _bytes(c["buffered_bytes"]), followed or "-",
+                _bytes(c["buffered_bytes"]), followed or "-", handled or "-",
             ))
-        lines += _table(("WORKER", "ADDRESS", "CONNECTED FOR", "BUFFERED", "STREAMS"), rows)
+        lines += _table(
+            ("WORKER", "ADDRESS", "CONNECTED FOR", "BUFFERED", "STREAMS", "HANDLED"), rows
+        )
     else:
         lines.append("no workers connected")
     workers = status.get("workers") or []

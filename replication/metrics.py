@@ -126,6 +126,11 @@ MASTER_METRICS: dict[str, str] = {
         "and stream (the largest over that name's connections). Sent, not handled: the "
         "worker's own replication_worker_lag_tokens says what it has handled."
     ),
+    "replication_connection_handled_lag_tokens": (
+        "Tokens between a stream's head and the position the worker last reported handled "
+        "(HANDLED, once a second), by peer name and stream (the largest over that name's "
+        "connections); absent until a connection has reported."
+    ),
     "replication_peer_connects_total": (
         "Connections that completed the handshake, by peer name: more than one means the "
         "worker reconnected."
@@ -305,12 +310,15 @@ class MasterMetrics:
         yield from _history_families(view)
         buffered_by_peer: dict[str, int] = {}
         lag: dict[tuple[str, str], int] = {}
+        handled_lag: dict[tuple[str, str], int] = {}
         for connection in view.connections:
             label = connection.label
             buffered_by_peer[label] = buffered_by_peer.get(label, 0) + connection.buffered_bytes
             for follow in connection.streams:
                 key = (label, follow.name)
                 lag[key] = max(lag.get(key, 0), follow.lag)
+                if follow.handled_lag is not None:
+                    handled_lag[key] = max(handled_lag.get(key, 0), follow.handled_lag)
         buffered = _gauge("replication_connection_buffered_bytes", MASTER_METRICS, ["peer"])
         for label, n in sorted(buffered_by_peer.items()):
             buffered.add_metric([label], n)
@@ -322,6 +330,12 @@ class MasterMetrics:
         for (label, stream), n in sorted(lag.items()):
             lag_family.add_metric([label, stream], n)
         yield lag_family
+        handled_family = _gauge(
+            "replication_connection_handled_lag_tokens", MASTER_METRICS, ["peer", "stream"]
+        )
+        for (label, stream), n in sorted(handled_lag.items()):
+            handled_family.add_metric([label, stream], n)
+        yield handled_family
 
         yield from _stream_families(view)
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from test_metrics import scrape_master, value
+
+from replication.cli import format_status
 from replication.http.status import master_status
 from replication.snapshot import FollowView
 from replication.testing import Harness, MemoryPipe, Recording
@@ -123,3 +126,33 @@ def test_a_report_crossing_a_deletion_is_not_an_error(tmp_path: Path) -> None:
     h.master.delete_stream("events")
     assert follow(h).handled is None
     assert refused(h, pipe, HandledCommand("events", 3)) is None
+
+
+def test_metric_shows_the_handled_lag_once_reported(tmp_path: Path) -> None:
+    """``replication_connection_handled_lag_tokens{peer,stream}`` has no sample until the
+    worker reported, then the head minus the reported position."""
+    h, pipe = live_worker(tmp_path, 2)
+    metric = "replication_connection_handled_lag_tokens"
+    assert value(scrape_master(h), metric, peer="w1", stream="events") is None
+    tick(h, pipe, HANDLED_INTERVAL)
+    h.publish("events", ["c"])
+    h.publish("events", ["d"])
+    assert value(scrape_master(h), metric, peer="w1", stream="events") == 2
+
+
+def connection_row(h: Harness) -> str:
+    """The row of the one connection in ``replication status``'s output."""
+    text = format_status(master_status(h.master))
+    (row,) = [line for line in text.splitlines() if "127.0.0.1:40000" in line]
+    return row.rstrip()
+
+
+def test_status_command_shows_a_handled_column(tmp_path: Path) -> None:
+    """``replication status`` has a HANDLED column: ``-`` until reported, then
+    ``<stream>@<position> lag <n>``."""
+    h, pipe = live_worker(tmp_path, 2)
+    assert connection_row(h).endswith("events@2 lag 0  -")
+    tick(h, pipe, HANDLED_INTERVAL)
+    h.publish("events", ["c"])
+    assert "  STREAMS         HANDLED" in format_status(master_status(h.master))
+    assert connection_row(h).endswith("events@3 lag 0  events@2 lag 1")
