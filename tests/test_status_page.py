@@ -337,7 +337,7 @@ def _status(now: float, head: int, rows: int, text: str) -> dict[str, Any]:
             "worker": MARKUP.format(text + "-worker"), "address": MARKUP.format("address"),
             "connected_since": now - 30, "connected_seconds": 30.0, "all_streams": False,
             "streams": [{"name": MARKUP.format("feed"), "position": head - 7, "lag": 7,
-                         "live": False}],
+                         "live": False, "handled": head - 9, "handled_lag": 9}],
             "buffered_bytes": 3 * 1024 * 1024,
         }],
         "workers": [{
@@ -384,6 +384,7 @@ def test_page_shows_status_strings_as_text_rates_per_second_and_error_answers(
         assert MARKUP.format(text) in page_text, text
     assert _text(browser, "#connections td.worker") == MARKUP.format("second-worker")
     assert "3.0 MiB" in page_text and "lag 7" in page_text
+    assert "handled 41 (lag 9)" in page_text
     assert _texts(browser, ".injected") == []
     assert len(_texts(browser, "script")) == 1
     assert browser.execute_script("return window.pwned === undefined") is True
