@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Self
 
 if TYPE_CHECKING:
     from replication.wire.application import ApplicationCommands
@@ -445,10 +445,9 @@ class RdataCommand(Command):
 
 
 @dataclass(frozen=True, slots=True)
-class PositionCommand(Command):
-    """``POSITION <stream> <token>``: catch-up of the stream is done; live rows follow."""
+class _StreamTokenCommand(Command):
+    """The shape of ``<NAME> <stream> <token>`` commands (``POSITION``, ``HANDLED``)."""
 
-    NAME: ClassVar[str] = "POSITION"
     stream: str
     token: int
 
@@ -457,7 +456,7 @@ class PositionCommand(Command):
         _check_token(self.token)
 
     @classmethod
-    def from_args(cls, args: str) -> PositionCommand:
+    def from_args(cls, args: str) -> Self:
         stream, token = _split(args, 2, cls.NAME, "<stream> <token>")
         return cls(stream, parse_token(token))
 
@@ -466,26 +465,19 @@ class PositionCommand(Command):
 
 
 @dataclass(frozen=True, slots=True)
-class HandledCommand(Command):
+class PositionCommand(_StreamTokenCommand):
+    """``POSITION <stream> <token>``: catch-up of the stream is done; live rows follow."""
+
+    NAME: ClassVar[str] = "POSITION"
+
+
+@dataclass(frozen=True, slots=True)
+class HandledCommand(_StreamTokenCommand):
     """``HANDLED <stream> <token>``: the position the worker has recorded for a stream it
     follows (protocol version 1; at most once a second, only when it changed), so the
     master can show what each worker has handled, not only what it was sent."""
 
     NAME: ClassVar[str] = "HANDLED"
-    stream: str
-    token: int
-
-    def __post_init__(self) -> None:
-        check_stream_name(self.stream)
-        _check_token(self.token)
-
-    @classmethod
-    def from_args(cls, args: str) -> HandledCommand:
-        stream, token = _split(args, 2, cls.NAME, "<stream> <token>")
-        return cls(stream, parse_token(token))
-
-    def to_args(self) -> str:
-        return f"{self.stream} {self.token}"
 
 
 @dataclass(frozen=True, slots=True)
