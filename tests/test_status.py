@@ -241,7 +241,8 @@ def test_status_command_reports_an_unreachable_master(capsys: pytest.CaptureFixt
 
 def test_status_and_metrics_of_real_processes(tmp_path: Path) -> None:
     """End to end: a master and a worker with --metrics-listen; `replication status` shows
-    the worker following events at the head; both /metrics parse and agree on the rows."""
+    the worker following events at the head; both /metrics parse and agree on the rows; the
+    worker's HANDLED report reaches the master's handled-lag metric."""
     from prometheus_client.parser import text_string_to_metric_families
 
     port, http_port, metrics_port = free_ports(3)
@@ -289,6 +290,14 @@ def test_status_and_metrics_of_real_processes(tmp_path: Path) -> None:
         )
         assert w[key] == 2
         assert w[("replication_worker_connected", frozenset())] == 1
+        handled = (
+            "replication_connection_handled_lag_tokens",
+            frozenset({("peer", "w1"), ("stream", "events")}),
+        )
+        wait_until(
+            lambda: samples(http_port).get(handled) == 0, 20,
+            "the master to show w1's HANDLED report", alive=[master, worker],
+        )
 
 
 def test_a_real_master_keeps_its_origin_across_a_restart_and_a_wiped_store_is_a_new_one(
