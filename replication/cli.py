@@ -280,10 +280,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(request, timeout=args.timeout) as response:
             answer = json.loads(response.read())
     except urllib.error.HTTPError as e:
-        try:
-            message = json.loads(e.read())["error"]
-        except (ValueError, KeyError, TypeError):
-            message = e.reason
+        message = _refusal(e)
         print(f"replication: publish refused ({e.code}): {message}", file=sys.stderr)
         return 1
     except (urllib.error.URLError, OSError) as e:
@@ -418,6 +415,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 # -- tools: streams, tail, positions --------------------------------------------------------
 
 
+def _refusal(error: urllib.error.HTTPError) -> str:
+    """The master's ``{"error": ...}`` text of a refused request, or the HTTP reason."""
+    try:
+        return str(json.loads(error.read())["error"])
+    except (ValueError, KeyError, TypeError):
+        return str(error.reason)
+
+
 def _http_json(method: str, url: str, timeout: float) -> dict[str, Any]:
     """``method`` ``url`` and decode the JSON answer; a refusal is a CommandLineError with
     the master's message, as is an unreachable master or an answer that is not JSON."""
@@ -426,10 +431,7 @@ def _http_json(method: str, url: str, timeout: float) -> dict[str, Any]:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             document = json.loads(response.read())
     except urllib.error.HTTPError as e:
-        try:
-            message = json.loads(e.read())["error"]
-        except (ValueError, KeyError, TypeError):
-            message = e.reason
+        message = _refusal(e)
         raise CommandLineError(f"{method} {url} refused ({e.code}): {message}") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
