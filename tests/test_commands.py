@@ -46,7 +46,7 @@ from replication.wire.commands import (
 BUILTIN_NAMES = frozenset(
     {
         "SERVER", "NAME", "VERSION", "PING", "REPLICATE", "RDATA", "POSITION", "GAP", "RESET",
-        "ERROR", "HANDLED",
+        "ERROR", "HANDLED", "ORIGIN", "RELAY",
     }
 )
 STREAM_128 = "s" * 128
@@ -498,15 +498,15 @@ def test_names_lists_all_and_per_side() -> None:
     registry = default_registry()
     assert registry.names() == BUILTIN_NAMES
     assert registry.names(WORKER) == frozenset(
-        {"NAME", "VERSION", "PING", "REPLICATE", "HANDLED", "ERROR"}
+        {"NAME", "VERSION", "PING", "REPLICATE", "HANDLED", "ERROR", "ORIGIN", "RELAY"}
     )
     assert registry.names(MASTER) == frozenset(
-        {"SERVER", "VERSION", "PING", "RDATA", "POSITION", "GAP", "RESET", "ERROR"}
+        {"SERVER", "VERSION", "PING", "RDATA", "POSITION", "GAP", "RESET", "ERROR", "ORIGIN"}
     )
     assert registry.names("nobody") == frozenset()
     with_ack = _registry_with_ack()
     assert with_ack.names(WORKER) == frozenset(
-        {"NAME", "VERSION", "PING", "REPLICATE", "HANDLED", "ERROR", "ACK"}
+        {"NAME", "VERSION", "PING", "REPLICATE", "HANDLED", "ERROR", "ORIGIN", "RELAY", "ACK"}
     )
     assert "ACK" not in with_ack.names(MASTER)
 
@@ -678,7 +678,7 @@ def test_rdata_block_refuses_a_token_without_rows() -> None:
 def test_rdata_line_length_bounds_every_token(stream: str, row: str) -> None:
     """rdata_line_length is at least the encoded length (with its newline excluded) of the
     row's RDATA line for batch and for every token of 1 to 19 digits, and exact for
-    19-digit tokens."""
+    19-digit tokens in the stream qualified with the longest origin id (protocol version 2)."""
     bound = rdata_line_length(stream, row)
     tokens = [0, 7, MAX_TOKEN] + [10**n for n in range(19)]
     for token in tokens:
@@ -688,7 +688,8 @@ def test_rdata_line_length_bounds_every_token(stream: str, row: str) -> None:
         assert len(line) <= bound
     batch = rdata_lines(stream, 1, [row, row]).split(b"\n")[0]
     assert len(batch) <= bound
-    assert len(rdata_lines(stream, MAX_TOKEN, [row]).rstrip(b"\n")) == bound
+    longest = f"{stream}@{'o' * 64}"
+    assert len(rdata_lines(longest, MAX_TOKEN, [row]).rstrip(b"\n")) == bound
 
 
 def test_rdata_line_length_counts_bytes_not_characters() -> None:

@@ -44,6 +44,7 @@ class MasterConnection(ReplicationProtocol):
             keepalive=config.keepalive,
             max_line_bytes=config.limits.max_line_bytes,
             max_buffer_bytes=config.limits.max_buffer_bytes,
+            versions={1: VERSION_1},
         )
         self.master = master
         self._admitted = False

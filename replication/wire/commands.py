@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Self
 
+from replication.cluster.identity import ID_PATTERN
+
 if TYPE_CHECKING:
     from replication.wire.application import ApplicationCommands
 
@@ -62,6 +64,46 @@ def check_stream_name(name: str) -> str:
     if name == ALL_STREAMS:
         raise CommandParseError(f"{ALL_STREAMS!r} is reserved and cannot name a stream")
     return name
+
+
+#: What joins a stream and an origin in protocol version 2: ``<stream>@<origin>`` names the
+#: rows of one origin of a stream (no stream name or origin id contains it).
+ORIGIN_SEPARATOR: Final = "@"
+#: Most origins one position vector (``REPLICATE <stream> <vector>``) may name.
+MAX_VECTOR_ORIGINS: Final = 64
+
+
+def check_origin(origin: str) -> str:
+    """Return ``origin`` if it is a well-formed origin id (16 to 64 characters of ``A-Z a-z
+    0-9 - _``), else raise :class:`CommandParseError`."""
+    if not isinstance(origin, str) or ID_PATTERN.fullmatch(origin) is None:
+        raise CommandParseError(
+            f"invalid origin {origin!r}: an origin id is 16 to 64 characters of "
+            "A-Z a-z 0-9 - _"
+        )
+    return origin
+
+
+def qualify(stream: str, origin: str | None) -> str:
+    """``<stream>@<origin>``, or ``stream`` alone when ``origin`` is ``None``: how the
+    stream field of ``RDATA``, ``POSITION``, ``GAP``, ``RESET`` and ``HANDLED`` reads."""
+    return stream if origin is None else f"{stream}{ORIGIN_SEPARATOR}{origin}"
+
+
+def split_stream(text: str) -> tuple[str, str | None]:
+    """The stream name and origin of a stream field (``events`` or ``events@<origin>``),
+    both checked; raises :class:`CommandParseError`."""
+    stream, at, origin = text.partition(ORIGIN_SEPARATOR)
+    check_stream_name(stream)
+    if not at:
+        return stream, None
+    return stream, check_origin(origin)
+
+
+def _check_stream_origin(stream: str, origin: str | None) -> None:
+    check_stream_name(stream)
+    if origin is not None:
+        check_origin(origin)
 
 
 def check_peer_name(name: str, what: str = "name") -> str:
@@ -387,31 +429,80 @@ class PingCommand(Command):
 
 @dataclass(frozen=True, slots=True)
 class ReplicateCommand(Command):
-    """``REPLICATE <stream> <token>``, ``REPLICATE <stream> NOW`` or ``REPLICATE ALL NOW``.
+    """``REPLICATE <stream> <token>``, ``REPLICATE <stream> NOW`` or ``REPLICATE ALL NOW``;
+    in protocol version 2 also ``REPLICATE <stream> <vector>``.
 
     ``token`` is the last token the worker has; ``None`` means ``NOW`` (new rows only).
     ``stream`` is :data:`ALL_STREAMS` only together with ``NOW``.
+
+    ``vector`` (version 2) is the worker's position per origin, as ``(origin, token)``
+    pairs: ``<origin>:<token>[,<origin>:<token>...]``, or ``-`` for none at all; every
+    origin it does not name is sent from its start. ``token`` is ``None`` with a vector.
     """
 
     NAME: ClassVar[str] = "REPLICATE"
     stream: str
     token: int | None
+    vector: tuple[tuple[str, int], ...] | None = None
 
     def __post_init__(self) -> None:
         if self.stream == ALL_STREAMS:
-            if self.token is not None:
+            if self.token is not None or self.vector is not None:
                 raise CommandParseError("REPLICATE ALL takes NOW, not a token")
         else:
             check_stream_name(self.stream)
         if self.token is not None:
             _check_token(self.token)
+        if self.vector is not None:
+            if self.token is not None:
+                raise CommandParseError("REPLICATE takes a token or a position vector, not both")
+            if len(self.vector) > MAX_VECTOR_ORIGINS:
+                raise CommandParseError(
+                    f"a position vector names at most {MAX_VECTOR_ORIGINS} origins, "
+                    f"got {len(self.vector)}"
+                )
+            seen = set()
+            for origin, token in self.vector:
+                check_origin(origin)
+                _check_token(token)
+                if origin in seen:
+                    raise CommandParseError(f"origin {origin} is named twice in the vector")
+                seen.add(origin)
+
+    @property
+    def positions(self) -> dict[str, int]:
+        """The vector as a dict (empty without one)."""
+        return dict(self.vector) if self.vector else {}
 
     @classmethod
     def from_args(cls, args: str) -> ReplicateCommand:
-        stream, token = _split(args, 2, cls.NAME, "<stream> <token|NOW>")
-        return cls(stream, None if token == "NOW" else parse_token(token))
+        stream, token = _split(args, 2, cls.NAME, "<stream> <token|vector|NOW>")
+        if token == "NOW":
+            return cls(stream, None)
+        if token == "-":
+            return cls(stream, None, ())
+        if ":" in token:
+            pairs = token.split(",")
+            if len(pairs) > MAX_VECTOR_ORIGINS:
+                raise CommandParseError(
+                    f"a position vector names at most {MAX_VECTOR_ORIGINS} origins, "
+                    f"got {len(pairs)}"
+                )
+            vector = []
+            for pair in pairs:
+                origin, colon, text = pair.partition(":")
+                if not colon:
+                    raise CommandParseError(
+                        f"position vector entry {pair!r} is not <origin>:<token>"
+                    )
+                vector.append((check_origin(origin), parse_token(text)))
+            return cls(stream, None, tuple(vector))
+        return cls(stream, parse_token(token))
 
     def to_args(self) -> str:
+        if self.vector is not None:
+            text = ",".join(f"{o}:{t}" for o, t in self.vector) if self.vector else "-"
+            return f"{self.stream} {text}"
         return f"{self.stream} {'NOW' if self.token is None else self.token}"
 
 
@@ -420,48 +511,54 @@ class RdataCommand(Command):
     """``RDATA <stream> <token|batch> <json>``: one row of a stream.
 
     The rows of one token are sent in order; all but the last carry ``batch`` (``token`` is
-    ``None``) and the last carries the token.
+    ``None``) and the last carries the token. In protocol version 2 the stream field is
+    ``<stream>@<origin>`` (``origin``).
     """
 
     NAME: ClassVar[str] = "RDATA"
     stream: str
     token: int | None
     row: Any
+    origin: str | None = None
 
     def __post_init__(self) -> None:
-        check_stream_name(self.stream)
+        _check_stream_origin(self.stream, self.origin)
         if self.token is not None:
             _check_token(self.token)
 
     @classmethod
     def from_args(cls, args: str) -> RdataCommand:
-        stream, token, row = _split(args, 3, cls.NAME, "<stream> <token|batch> <json>")
+        field, token, row = _split(args, 3, cls.NAME, "<stream> <token|batch> <json>")
+        stream, origin = split_stream(field)
         value = decode_row(row)
-        return cls(stream, None if token == "batch" else parse_token(token), value)
+        return cls(stream, None if token == "batch" else parse_token(token), value, origin)
 
     def to_args(self) -> str:
         token = "batch" if self.token is None else str(self.token)
-        return f"{self.stream} {token} {encode_json(self.row)}"
+        return f"{qualify(self.stream, self.origin)} {token} {encode_json(self.row)}"
 
 
 @dataclass(frozen=True, slots=True)
 class _StreamTokenCommand(Command):
-    """The shape of ``<NAME> <stream> <token>`` commands (``POSITION``, ``HANDLED``)."""
+    """The shape of ``<NAME> <stream>[@<origin>] <token>`` commands (``POSITION``,
+    ``HANDLED``)."""
 
     stream: str
     token: int
+    origin: str | None = None
 
     def __post_init__(self) -> None:
-        check_stream_name(self.stream)
+        _check_stream_origin(self.stream, self.origin)
         _check_token(self.token)
 
     @classmethod
     def from_args(cls, args: str) -> Self:
-        stream, token = _split(args, 2, cls.NAME, "<stream> <token>")
-        return cls(stream, parse_token(token))
+        field, token = _split(args, 2, cls.NAME, "<stream> <token>")
+        stream, origin = split_stream(field)
+        return cls(stream, parse_token(token), origin)
 
     def to_args(self) -> str:
-        return f"{self.stream} {self.token}"
+        return f"{qualify(self.stream, self.origin)} {self.token}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,9 +589,10 @@ class GapCommand(Command):
     stream: str
     first: int
     last: int
+    origin: str | None = None
 
     def __post_init__(self) -> None:
-        check_stream_name(self.stream)
+        _check_stream_origin(self.stream, self.origin)
         _check_token(self.first, "first token")
         _check_token(self.last, "last token")
         if not 0 < self.first <= self.last:
@@ -504,11 +602,14 @@ class GapCommand(Command):
 
     @classmethod
     def from_args(cls, args: str) -> GapCommand:
-        stream, first, last = _split(args, 3, cls.NAME, "<stream> <first> <last>")
-        return cls(stream, parse_token(first, "first token"), parse_token(last, "last token"))
+        field, first, last = _split(args, 3, cls.NAME, "<stream> <first> <last>")
+        stream, origin = split_stream(field)
+        return cls(
+            stream, parse_token(first, "first token"), parse_token(last, "last token"), origin
+        )
 
     def to_args(self) -> str:
-        return f"{self.stream} {self.first} {self.last}"
+        return f"{qualify(self.stream, self.origin)} {self.first} {self.last}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,18 +623,93 @@ class ResetCommand(Command):
     NAME: ClassVar[str] = "RESET"
     stream: str
     head: int
+    origin: str | None = None
 
     def __post_init__(self) -> None:
-        check_stream_name(self.stream)
+        _check_stream_origin(self.stream, self.origin)
         _check_token(self.head, "head token")
 
     @classmethod
     def from_args(cls, args: str) -> ResetCommand:
-        stream, head = _split(args, 2, cls.NAME, "<stream> <head>")
-        return cls(stream, parse_token(head, "head token"))
+        field, head = _split(args, 2, cls.NAME, "<stream> <head>")
+        stream, origin = split_stream(field)
+        return cls(stream, parse_token(head, "head token"), origin)
 
     def to_args(self) -> str:
-        return f"{self.stream} {self.head}"
+        return f"{qualify(self.stream, self.origin)} {self.head}"
+
+
+@dataclass(frozen=True, slots=True)
+class OriginCommand(Command):
+    """``ORIGIN <origin_id> <fingerprint>`` (protocol version 2): the sender is a master,
+    with this durable origin id and this per-process fingerprint
+    (:mod:`replication.cluster.identity`). A master sends it first after ``VERSION 2``; a
+    master dialling a peer sends it to say it is a cluster peer, before any ``RELAY``."""
+
+    NAME: ClassVar[str] = "ORIGIN"
+    origin_id: str
+    fingerprint: str
+
+    def __post_init__(self) -> None:
+        check_origin(self.origin_id)
+        if ID_PATTERN.fullmatch(self.fingerprint) is None:
+            raise CommandParseError(
+                f"invalid fingerprint {self.fingerprint!r}: 16 to 64 characters of "
+                "A-Z a-z 0-9 - _"
+            )
+
+    @classmethod
+    def from_args(cls, args: str) -> OriginCommand:
+        origin_id, fingerprint = _split(args, 2, cls.NAME, "<origin_id> <fingerprint>")
+        return cls(origin_id, fingerprint)
+
+    def to_args(self) -> str:
+        return f"{self.origin_id} {self.fingerprint}"
+
+
+#: The stream field of ``RELAY * <origin>``: every stream of the origin not named before.
+EVERY_STREAM: Final = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class RelayCommand(Command):
+    """``RELAY <stream> <origin> <token>`` or ``RELAY * <origin>`` (protocol version 2, sent
+    only by a cluster peer, after its ``ORIGIN``): send me the rows of ``origin`` on
+    ``stream`` after ``token``, and live ones after that; ``*`` (``token`` ``None``) means
+    every stream of ``origin`` not named in an earlier ``RELAY``, from its start, and every
+    stream of it that appears later. Unlike ``REPLICATE``, no other origin is sent."""
+
+    NAME: ClassVar[str] = "RELAY"
+    stream: str
+    origin: str
+    token: int | None
+
+    def __post_init__(self) -> None:
+        check_origin(self.origin)
+        if self.stream == EVERY_STREAM:
+            if self.token is not None:
+                raise CommandParseError("RELAY * takes an origin and no token")
+            return
+        check_stream_name(self.stream)
+        if self.token is None:
+            raise CommandParseError("RELAY takes <stream> <origin> <token> or * <origin>")
+        _check_token(self.token)
+
+    @classmethod
+    def from_args(cls, args: str) -> RelayCommand:
+        parts = args.split(" ")
+        if len(parts) == 2 and parts[0] == EVERY_STREAM:
+            return cls(EVERY_STREAM, parts[1], None)
+        if len(parts) != 3 or not all(parts):
+            raise CommandParseError(
+                "RELAY takes 3 arguments: RELAY <stream> <origin> <token> (or RELAY * <origin>)"
+            )
+        return cls(parts[0], parts[1], parse_token(parts[2]))
+
+    def to_args(self) -> str:
+        if self.token is None:
+            return f"{self.stream} {self.origin}"
+        return f"{self.stream} {self.origin} {self.token}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -637,6 +813,8 @@ _BUILTINS: tuple[tuple[type[Command], frozenset[str]], ...] = (
     (GapCommand, frozenset({MASTER})),
     (ResetCommand, frozenset({MASTER})),
     (ErrorCommand, SIDES),
+    (OriginCommand, SIDES),
+    (RelayCommand, frozenset({WORKER})),
 )
 
 
@@ -683,5 +861,6 @@ def rdata_block(stream: str, tokens: Iterable[tuple[int, Sequence[str]]]) -> byt
 
 def rdata_line_length(stream: str, row: str) -> int:
     """The longest encoded ``RDATA`` line ``row`` can produce in ``stream``, in bytes, for
-    checking a row against the line limit before a token is known (19 token digits)."""
-    return len("RDATA ") + len(stream.encode()) + 1 + 19 + 1 + len(row.encode())
+    checking a row against the line limit before a token is known (19 token digits, and
+    room for the longest ``@<origin>`` of protocol version 2)."""
+    return len("RDATA ") + len(stream.encode()) + 1 + 64 + 1 + 19 + 1 + len(row.encode())

@@ -27,11 +27,16 @@ class Dialect:
     :param gap_and_reset: whether the master may send ``GAP`` and ``RESET``; a dialect
         without them gets ``POSITION`` in their place (see docs/protocol.rst, "Protocol
         versions").
+    :param origins: whether rows are named by origin (``<stream>@<origin>``), positions are
+        vectors, and masters name themselves with ``ORIGIN``: what a cluster of masters
+        needs (version 2). A dialect without origins can only follow the rows a master
+        accepted itself, so a master of a cluster refuses its ``REPLICATE``.
     """
 
     name: str
     version: int | None
     gap_and_reset: bool
+    origins: bool = False
 
 
 #: Synapse's 2017-2020 dialect: SERVER, NAME, PING, REPLICATE, RDATA, POSITION, ERROR.
@@ -39,9 +44,13 @@ LEGACY: Final = Dialect("synapse-2017", None, gap_and_reset=False)
 #: Version 1: the legacy commands plus GAP and RESET, contiguous tokens per stream.
 VERSION_1: Final = Dialect("replication/1", 1, gap_and_reset=True)
 
+#: Version 2: rows named by (stream, origin), position vectors, ORIGIN and RELAY: the
+#: cluster's dialect.
+VERSION_2: Final = Dialect("replication/2", 2, gap_and_reset=True, origins=True)
+
 #: Every version this release speaks, by number. Adding a version is an entry here (and
 #: what the new dialect has, read where it is sent); the session negotiates from this table.
-VERSIONS: Final[Mapping[int, Dialect]] = MappingProxyType({1: VERSION_1})
+VERSIONS: Final[Mapping[int, Dialect]] = MappingProxyType({1: VERSION_1, 2: VERSION_2})
 
 #: Every dialect by name, the legacy one included: what a connection's ``dialect`` can be.
 DIALECTS: Final[Mapping[str, Dialect]] = MappingProxyType(
@@ -56,4 +65,6 @@ def choose_version(offered: tuple[int, ...], spoken: Mapping[int, Dialect]) -> D
     return spoken[max(common)] if common else None
 
 
-__all__ = ["DIALECTS", "LEGACY", "VERSIONS", "VERSION_1", "Dialect", "choose_version"]
+__all__ = [
+    "DIALECTS", "LEGACY", "VERSIONS", "VERSION_1", "VERSION_2", "Dialect", "choose_version",
+]

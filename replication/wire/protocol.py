@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from inspect import iscoroutine
 from typing import Any, cast
 from typing import Protocol as TypingProtocol
@@ -52,7 +52,7 @@ from replication.wire.commands import (
     ErrorCommand,
     PingCommand,
 )
-from replication.wire.dialects import LEGACY
+from replication.wire.dialects import LEGACY, VERSIONS, Dialect
 from replication.wire.session import (
     HANDSHAKE_TIMEOUT,
     PING_TIMEOUT,
@@ -155,6 +155,7 @@ class ReplicationProtocol(Protocol):
         keepalive: KeepaliveConfig = _DEFAULT_KEEPALIVE,
         max_line_bytes: int = 65536,
         max_buffer_bytes: int | None = 8 * 1024 * 1024,
+        versions: Mapping[int, Dialect] = VERSIONS,
     ) -> None:
         if side not in (MASTER, WORKER):
             raise ValueError(f"side must be {MASTER!r} or {WORKER!r}")
@@ -174,6 +175,7 @@ class ReplicationProtocol(Protocol):
             ping_interval=keepalive.ping_interval,
             ping_timeout=keepalive.ping_timeout,
             close_timeout=keepalive.close_timeout,
+            versions=versions,
         )
 
         self.peer_name: str | None = None

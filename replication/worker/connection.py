@@ -42,7 +42,7 @@ from replication.wire.commands import (
     ResetCommand,
     json_loader,
 )
-from replication.wire.dialects import DIALECTS
+from replication.wire.dialects import DIALECTS, VERSION_1
 from replication.wire.protocol import ReplicationProtocol
 from replication.worker.reporting import describe_resume
 
@@ -70,6 +70,7 @@ class WorkerConnection(ReplicationProtocol):
             keepalive=config.keepalive,
             max_line_bytes=config.max_line_bytes,
             max_buffer_bytes=None,
+            versions={1: VERSION_1},
         )
         self.worker = worker
         self.runner = worker.runner
