@@ -160,7 +160,7 @@ def test_our_worker_negotiates_version_1_and_handles_gap(tmp_path: Path) -> None
 @pytest.mark.parametrize("announcement, error", [
     (b"VERSION x", "ERROR version must be a positive integer, got 'x'"),
     (b"VERSION", "ERROR VERSION takes 1 to 16 versions: VERSION <version>[ <version>...]"),
-    (b"VERSION 7", "ERROR no common protocol version: the worker speaks 7, this master speaks 1"),
+    (b"VERSION 7", "ERROR no common protocol version: the worker speaks 7, this master speaks 2 1"),
 ])
 def test_a_garbled_announcement_gets_a_clear_error_and_a_close(
     tmp_path: Path, announcement: bytes, error: str

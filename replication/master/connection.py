@@ -4,6 +4,10 @@ A connection is admitted or refused (``limits.max_connections``), speaks the han
 keepalive of :class:`~replication.wire.protocol.ReplicationProtocol`, and hands ``REPLICATE`` to the
 master's fan-out, for which it is a :class:`~replication.master.fanout.Follower`: fan-out
 writes to it, asks whether it can take more, and is told when its transport drains.
+
+In protocol version 2 the master names itself first with ``ORIGIN``; a connection that
+answers with an ``ORIGIN`` of its own is a cluster peer (another master), which may then
+ask for rows by origin with ``RELAY`` (docs/protocol.rst, "Version 2: origins").
 """
 
 from __future__ import annotations
@@ -14,8 +18,21 @@ from typing import TYPE_CHECKING
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory
 
-from replication.wire.commands import MASTER, HandledCommand, ReplicateCommand
-from replication.wire.dialects import VERSION_1
+from replication.cluster.identity import (
+    Identity,
+    IdentityError,
+    Recognition,
+    conflict_reason,
+    recognise,
+)
+from replication.wire.commands import (
+    MASTER,
+    HandledCommand,
+    OriginCommand,
+    RelayCommand,
+    ReplicateCommand,
+)
+from replication.wire.dialects import DIALECTS, VERSION_1
 from replication.wire.protocol import ReplicationProtocol
 
 if TYPE_CHECKING:
@@ -44,10 +61,11 @@ class MasterConnection(ReplicationProtocol):
             keepalive=config.keepalive,
             max_line_bytes=config.limits.max_line_bytes,
             max_buffer_bytes=config.limits.max_buffer_bytes,
-            versions={1: VERSION_1},
         )
         self.master = master
         self._admitted = False
+        #: A cluster peer's identity, once it sent ``ORIGIN`` (``None``: a worker).
+        self.peer_identity: Identity | None = None
 
     @property
     def subscriptions(self) -> dict[str, Subscription]:
@@ -78,9 +96,57 @@ class MasterConnection(ReplicationProtocol):
     def handshake_done(self) -> None:
         log.info("%s connected, speaking %s", self.describe(), self.dialect)
         self.master.history.connected(self.peer_name)
+        if DIALECTS[self.dialect].origins:
+            identity = self.master.identity()
+            assert identity is not None, "connections are accepted once the store is open"
+            self.send(OriginCommand(identity.origin_id, identity.fingerprint))
 
     def on_REPLICATE(self, command: ReplicateCommand) -> None:
         self.master.fanout.replicate(self, command)
+
+    def on_ORIGIN(self, command: OriginCommand) -> None:
+        """A master dialling this one as a cluster peer names itself."""
+        if not DIALECTS[self.dialect].origins:
+            self.send_error(f"ORIGIN needs protocol version 2; this connection speaks "
+                            f"{self.dialect}")
+            return
+        if self.peer_identity is not None:
+            self.send_error("ORIGIN may only be sent once")
+            return
+        ours = self.master.identity()
+        assert ours is not None
+        try:
+            announced = Identity(command.origin_id, command.fingerprint)
+        except IdentityError as e:  # pragma: no cover - the codec checks the same pattern
+            self.send_error(str(e))
+            return
+        seen = recognise(ours, announced)
+        if seen is Recognition.CONFLICT:
+            reason = conflict_reason(ours, announced)
+            log.error("%s: %s", self.describe(), reason)
+            self.send_error(reason)
+            return
+        if not self.master.clustered:
+            self.send_error(
+                "this master is not one of a cluster (it has no cluster.peers): "
+                "it takes no peer links"
+            )
+            return
+        self.peer_identity = announced
+        if seen is Recognition.SELF:
+            log.debug("%s is this master dialling itself", self.describe())
+        else:
+            log.info("%s is cluster peer %s", self.describe(), announced.origin_id)
+
+    def on_RELAY(self, command: RelayCommand) -> None:
+        peer = self.peer_identity
+        if peer is None:
+            self.send_error("RELAY is for cluster peers: a peer sends ORIGIN first")
+            return
+        if command.origin == peer.origin_id:
+            self.send_error(f"RELAY of origin {command.origin}: that is the peer's own origin")
+            return
+        self.master.fanout.relay(self, command)
 
     def on_HANDLED(self, command: HandledCommand) -> None:
         self.master.fanout.handled(self, command)

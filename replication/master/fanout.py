@@ -30,6 +30,20 @@ that was away reconnects with its old position, which is ahead of the new head, 
 ``RESET`` from the ordinary catch-up. A legacy follower, whose dialect has no ``RESET``, is
 sent ``POSITION <stream> 0`` (logged and counted like the other substitutions).
 
+Protocol version 2 (docs/protocol.rst, "Version 2: origins"): subscriptions are kept per
+``(stream, origin)`` (:class:`~replication.master.log.StreamKey`), and a follower whose
+dialect has origins is sent every stream field as ``<stream>@<origin>`` (the local origin
+named by the log's origin id). A worker's ``REPLICATE <stream> <vector>`` subscribes it to
+every origin of the stream, each from its position in the vector, and *watches* the stream,
+so that an origin whose first row arrives later is subscribed to then; a cluster peer's
+``RELAY`` subscribes it to one ``(stream, origin)``, and ``RELAY * <origin>`` watches the
+origin, for streams of it that appear later. A position above what this master holds of
+another origin is not a reset: the follower saw more of that origin on another master; it
+is sent ``POSITION`` at its own position and *waits* (:attr:`FanOut._ahead`) until this
+master's head passes it. Only the local origin can be reset. A master of a cluster
+(``clustered``) refuses ``REPLICATE`` from dialects without origins, which cannot name the
+rows of other masters.
+
 The check that moves a subscription from catch-up to live and the live writes both run on
 the reactor thread, after the log has advanced the head, so no token falls between them.
 """
@@ -45,19 +59,22 @@ from typing import Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from replication.master.log import StreamLog, StreamState
+from replication.master.log import StreamKey, StreamLog, StreamState
 from replication.ratelimit import LogRateLimiter, suppressed_note
 from replication.store import LOCAL_ORIGIN, DamagedEntry, Entry
 from replication.streams import missing_before, plan_catch_up
 from replication.wire.commands import (
     ALL_STREAMS,
+    EVERY_STREAM,
     Command,
     ErrorCommand,
     GapCommand,
     HandledCommand,
     PositionCommand,
+    RelayCommand,
     ReplicateCommand,
     ResetCommand,
+    qualify,
     rdata_block,
 )
 from replication.wire.dialects import DIALECTS
@@ -66,6 +83,9 @@ log = logging.getLogger(__name__)
 
 #: Catch-up pages one follower may be sent in one turn of the reactor before yielding.
 PAGES_PER_TURN = 1
+#: Subscriptions one cluster peer may hold, per stream a follower may follow: a peer
+#: follows one ``(stream, origin)`` per ``RELAY``.
+PEER_SUBSCRIPTIONS_PER_STREAM = 64
 
 
 class Follower(Protocol):
@@ -95,29 +115,44 @@ class Follower(Protocol):
 
 @dataclass(eq=False)
 class Subscription:
-    """One follower's subscription to one stream: the last token sent, and whether the
-    catch-up is done (``live``). ``position`` is not moved by live rows: a live subscription
-    has been sent everything up to the stream's head (see :meth:`FanOut.sent_positions`).
-    ``live_since_rows`` is the stream's ``rows_published`` when it went live, from which
-    the live rows sent to it are computed when metrics are read."""
+    """One follower's subscription to one ``(stream, origin)``: the last token sent, and
+    whether the catch-up is done (``live``). ``position`` is not moved by live rows: a live
+    subscription has been sent everything up to the head (see :meth:`FanOut.sent_positions`).
+    ``live_since_rows`` is the state's ``rows_published`` when it went live, from which the
+    live rows sent to it are computed when metrics are read. ``label`` is how the follower's
+    dialect names it: the stream, or ``<stream>@<origin>`` in version 2. ``origin`` is the
+    log's key of the origin (``""``: this master)."""
 
     stream: str
     position: int
     live: bool = False
     live_since_rows: int = 0
+    origin: str = LOCAL_ORIGIN
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            self.label = self.stream
+
+    @property
+    def key(self) -> StreamKey:
+        return StreamKey(self.stream, self.origin)
 
 
 @dataclass(eq=False)
 class _Followed:
-    """Fan-out's counters and live followers of one stream."""
+    """Fan-out's counters and live followers of one ``(stream, origin)``: ``live`` are sent
+    plain stream names, ``named`` (version 2) ``<stream>@<origin>``."""
 
     live: set[Follower] = field(default_factory=set)
+    named: set[Follower] = field(default_factory=set)
     rows_sent_live: int = 0
     rows_sent_catchup: int = 0
 
 
 @dataclass(eq=False)
 class _FollowerState:
+    #: Subscriptions by label (the stream, or ``<stream>@<origin>`` in version 2).
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
     catching_up: deque[Subscription] = field(default_factory=deque)
     pump_call: IDelayedCall | None = None
@@ -127,13 +162,20 @@ class _FollowerState:
     rdata_rows_sent: int = 0
     #: ``log.rows_published`` when this follower subscribed to ALL streams.
     all_since_rows: int | None = None
-    #: The positions the follower reported with ``HANDLED``, by stream (only streams it
+    #: The positions the follower reported with ``HANDLED``, by label (only what it
     #: follows; dropped when it stops following one, or the stream is deleted).
     handled: dict[str, int] = field(default_factory=dict)
-    #: The highest token the follower may report per stream, besides what it was sent:
+    #: The highest token the follower may report per label, besides what it was sent:
     #: the token of its ``REPLICATE``, or the head of a stream deleted since (a ``HANDLED``
     #: may cross the ``RESET``).
     handled_ceilings: dict[str, int] = field(default_factory=dict)
+    #: Version 2: whether the follower names origins, and the streams it watches for new
+    #: origins (with the vector it asked with) and the origins it watches for new streams.
+    named: bool = False
+    watch_streams: dict[str, dict[str, int]] = field(default_factory=dict)
+    watch_origins: set[str] = field(default_factory=set)
+    #: Version 2: the labels of each stream's subscriptions.
+    labels: dict[str, set[str]] = field(default_factory=dict)
 
 
 class FanOut:
@@ -143,6 +185,8 @@ class FanOut:
     :param clock: for yielding between catch-up pages.
     :param page_rows: rows per catch-up page (``limits.catchup_page_rows``).
     :param knows: whether a stream may be followed (``strict_streams``).
+    :param clustered: whether this master is one of a cluster (``cluster.peers``): then
+        dialects without origins are refused, and ``RELAY`` is served.
     """
 
     def __init__(
@@ -153,17 +197,28 @@ class FanOut:
         page_rows: int,
         knows: Callable[[str], bool],
         max_subscriptions: int = 10_000,
+        clustered: bool = False,
     ) -> None:
         self.log = log
         self.clock = clock
         self.page_rows = page_rows
         self.knows = knows
+        self.clustered = clustered
         #: Streams one follower may follow at once (``limits.max_streams``): a ``REPLICATE``
         #: of one more is refused with a non-fatal ``ERROR``.
         self.max_subscriptions = max_subscriptions
         self._followers: dict[Follower, _FollowerState] = {}
         self._all: set[Follower] = set()
-        self._streams: dict[str, _Followed] = {}
+        #: ``REPLICATE ALL NOW`` followers of version 2: every origin, named.
+        self._all_named: set[Follower] = set()
+        self._streams: dict[StreamKey, _Followed] = {}
+        #: Version 2 followers watching a stream for new origins, and an origin for new
+        #: streams (``RELAY *``).
+        self._stream_watchers: dict[str, set[Follower]] = {}
+        self._origin_watchers: dict[str, set[Follower]] = {}
+        #: Subscriptions waiting for this master's head to pass a position the follower
+        #: already has (it saw more of that origin on another master).
+        self._ahead: dict[StreamKey, dict[Follower, Subscription]] = {}
         #: ``POSITION`` lines sent to legacy followers in place of ``GAP`` and ``RESET``, by
         #: the command they replaced.
         self.legacy_substitutions: dict[str, int] = {GapCommand.NAME: 0, ResetCommand.NAME: 0}
@@ -177,30 +232,50 @@ class FanOut:
         self.followers_ahead = 0
         log.add_listener(self)
 
+    # -- names -----------------------------------------------------------------------------
+
+    def origin_name(self, origin: str) -> str:
+        """How the wire names the log's origin ``origin``: this master's origin id for the
+        local origin ``""``."""
+        if origin == LOCAL_ORIGIN:
+            origin_id = self.log.origin_id
+            assert origin_id is not None, "the log is open before anyone follows"
+            return origin_id
+        return origin
+
+    def origin_key(self, name: str) -> str:
+        """The log's key of the origin the wire calls ``name``."""
+        return LOCAL_ORIGIN if name == self.log.origin_id else name
+
+    def _label(self, named: bool, stream: str, origin: str) -> str:
+        return qualify(stream, self.origin_name(origin)) if named else stream
+
     # -- reading -------------------------------------------------------------------------
 
-    def followed(self, stream: str) -> _Followed:
-        state = self._streams.get(stream)
+    def followed(self, stream: str, origin: str = LOCAL_ORIGIN) -> _Followed:
+        key = StreamKey(stream, origin)
+        state = self._streams.get(key)
         if state is None:
-            state = self._streams[stream] = _Followed()
+            state = self._streams[key] = _Followed()
         return state
 
-    def live_count(self, stream: str) -> int:
-        """Followers receiving ``stream`` live, ALL followers included."""
-        state = self._streams.get(stream)
-        return (len(state.live) if state is not None else 0) + len(self._all)
+    def live_count(self, stream: str, origin: str = LOCAL_ORIGIN) -> int:
+        """Followers receiving ``(stream, origin)`` live, ALL followers included."""
+        state = self._streams.get(StreamKey(stream, origin))
+        alls = len(self._all_named) + (len(self._all) if origin == LOCAL_ORIGIN else 0)
+        return (len(state.live) + len(state.named) if state is not None else 0) + alls
 
-    def counters(self, stream: str) -> tuple[int, int]:
-        """``(rows sent live, rows sent in catch-up)`` of ``stream`` since start."""
-        state = self._streams.get(stream)
+    def counters(self, stream: str, origin: str = LOCAL_ORIGIN) -> tuple[int, int]:
+        """``(rows sent live, rows sent in catch-up)`` of ``(stream, origin)`` since start."""
+        state = self._streams.get(StreamKey(stream, origin))
         return (state.rows_sent_live, state.rows_sent_catchup) if state is not None else (0, 0)
 
     def follows_all(self, follower: Follower) -> bool:
         """True if ``follower`` subscribed with ``REPLICATE ALL NOW``."""
-        return follower in self._all
+        return follower in self._all or follower in self._all_named
 
     def subscriptions(self, follower: Follower) -> dict[str, Subscription]:
-        """``follower``'s subscriptions by stream (a copy)."""
+        """``follower``'s subscriptions by label (a copy)."""
         state = self._followers.get(follower)
         return dict(state.subscriptions) if state is not None else {}
 
@@ -209,43 +284,62 @@ class FanOut:
         return bool(state is not None and state.catching_up)
 
     def sent_positions(self, follower: Follower) -> dict[str, int]:
-        """The last token sent to ``follower`` for each stream it follows. A live
+        """The last token sent to ``follower`` for each label it follows. A live
         subscription has been sent everything up to the head, so it is read from the head
         here rather than tracked on the fan-out path. "Sent" means written to the
         connection: some of it may still wait in its buffer."""
+        return {label: sent for label, sent, _head, _live in self.follows(follower)}
+
+    def follows(self, follower: Follower) -> list[tuple[str, int, int, bool]]:
+        """What ``follower`` follows, as ``(label, last token sent, head, live)``."""
         log_ = self.log
         if follower in self._all:
-            return {name: log_.head(name) for name in log_.stream_names()}
+            return [(n, h, h, True) for n in log_.stream_names() for h in (log_.head(n),)]
+        if follower in self._all_named:
+            return [
+                (qualify(s.stream, self.origin_name(s.origin)), s.head, s.head, True)
+                for s in log_.states()
+            ]
         state = self._followers.get(follower)
         if state is None:
-            return {}
-        return {
-            name: log_.head(name) if sub.live else sub.position
-            for name, sub in state.subscriptions.items()
-        }
+            return []
+        result = []
+        for label, sub in state.subscriptions.items():
+            head = log_.head(sub.stream, sub.origin)
+            result.append((label, head if sub.live else sub.position, head, sub.live))
+        return result
 
     def handled_positions(self, follower: Follower) -> dict[str, int]:
-        """The positions ``follower`` reported with ``HANDLED``, by stream (a copy)."""
+        """The positions ``follower`` reported with ``HANDLED``, by label (a copy)."""
         state = self._followers.get(follower)
         return dict(state.handled) if state is not None else {}
 
     def handled(self, follower: Follower, command: HandledCommand) -> None:
         """Record ``HANDLED``: a stream the follower does not follow, or a token above what
         it could have (what it was sent, its ``REPLICATE`` token, the head of a stream
-        deleted since), is a protocol error (``ERROR`` and close)."""
-        stream, token = command.stream, command.token
-        sent = self.sent_positions(follower).get(stream)
-        state = self._followers.get(follower)
-        if sent is None or state is None:
-            follower.send_error(f"HANDLED {stream}: this connection does not follow {stream}")
-            return
-        ceiling = max(sent, state.handled_ceilings.get(stream, 0))
-        if token > ceiling:
+        deleted since), is a protocol error (``ERROR`` and close); so is a stream field
+        not named the way the follower's dialect names them."""
+        named = DIALECTS[follower.dialect].origins
+        if named != (command.origin is not None):
             follower.send_error(
-                f"HANDLED {stream} {token}: above the last token sent for it ({ceiling})"
+                f"HANDLED {qualify(command.stream, command.origin)}: "
+                + ("protocol version 2 names <stream>@<origin>" if named
+                   else "this connection's protocol version has no origins")
             )
             return
-        state.handled[stream] = token
+        label, token = qualify(command.stream, command.origin), command.token
+        sent = self.sent_positions(follower).get(label)
+        state = self._followers.get(follower)
+        if sent is None or state is None:
+            follower.send_error(f"HANDLED {label}: this connection does not follow {label}")
+            return
+        ceiling = max(sent, state.handled_ceilings.get(label, 0))
+        if token > ceiling:
+            follower.send_error(
+                f"HANDLED {label} {token}: above the last token sent for it ({ceiling})"
+            )
+            return
+        state.handled[label] = token
 
     def rdata_sent(self, follower: Follower) -> int:
         """RDATA lines written to ``follower``. Live rows are not counted per write: they
@@ -256,7 +350,7 @@ class FanOut:
         total = state.rdata_rows_sent
         for sub in state.subscriptions.values():
             if sub.live:
-                stream = self.log.state(sub.stream)
+                stream = self.log.state(sub.stream, sub.origin)
                 if stream is not None:
                     total += stream.rows_published - sub.live_since_rows
         if state.all_since_rows is not None:
@@ -265,12 +359,34 @@ class FanOut:
 
     # -- subscribing ---------------------------------------------------------------------
 
+    def _state_of(self, follower: Follower) -> _FollowerState:
+        state = self._followers.get(follower)
+        if state is None:
+            state = self._followers[follower] = _FollowerState(
+                named=DIALECTS[follower.dialect].origins
+            )
+        return state
+
     def replicate(self, follower: Follower, command: ReplicateCommand) -> None:
         """Serve ``REPLICATE``: subscribe ``follower`` and start its catch-up."""
         stream = command.stream
-        state = self._followers.get(follower)
-        if state is None:
-            state = self._followers[follower] = _FollowerState()
+        state = self._state_of(follower)
+        if state.named:
+            self._replicate_named(follower, state, command)
+            return
+        if self.clustered:
+            follower.send_error(
+                f"REPLICATE {stream} refused: this master is one of a cluster and its streams "
+                f"hold rows of several masters, which protocol {follower.dialect} cannot name; "
+                "use a worker that speaks protocol version 2"
+            )
+            return
+        if command.vector is not None:
+            follower.send_error(
+                f"REPLICATE {stream}: position vectors need protocol version 2; "
+                f"this connection speaks {follower.dialect}"
+            )
+            return
         if stream == ALL_STREAMS:
             self._replicate_all(follower, state)
             return
@@ -279,18 +395,7 @@ class FanOut:
                 ErrorCommand(f"REPLICATE {stream} ignored: already subscribed to ALL streams")
             )
             return
-        if not self.knows(stream):
-            follower.send(
-                ErrorCommand(
-                    f"unknown stream {stream!r}: this master serves only its configured streams"
-                )
-            )
-            return
-        if stream not in state.subscriptions and len(state.subscriptions) >= self.max_subscriptions:
-            follower.send(ErrorCommand(
-                f"REPLICATE {stream} refused: this connection follows {self.max_subscriptions} "
-                "streams already (limits.max_streams)"
-            ))
+        if not self._may_follow(follower, state, stream, stream not in state.subscriptions):
             return
         # Following a stream never creates it (in the log, the store or the metrics): a
         # stream nobody published to is followed at head 0 until its first publish.
@@ -300,7 +405,7 @@ class FanOut:
         if command.token is not None:
             state.handled_ceilings[stream] = command.token
         if command.token is None:
-            self._live_now(follower, state, stream, stream_state)
+            self._live_now(follower, state, Subscription(stream, head), stream_state)
             return
         plan = plan_catch_up(command.token, head)
         if plan.reset:
@@ -316,56 +421,184 @@ class FanOut:
                         head, suppressed_note(suppressed),
                     )
                 self.legacy_substitutions[ResetCommand.NAME] += 1
-                self._live_now(follower, state, stream, stream_state)
+                self._live_now(follower, state, Subscription(stream, head), stream_state)
                 return
-            suppressed = self.reset_warnings.allow(stream, self.clock.seconds())
-            if suppressed is not None:
-                log.warning(
-                    "%s asked for %s after token %d but the head is %d: sending RESET%s",
-                    follower.describe(), stream, command.token, head,
-                    suppressed_note(suppressed),
-                )
+            self._warn_reset(follower, stream, command.token, head)
             follower.send(ResetCommand(stream, head))
-        sub = Subscription(stream, plan.position)
-        state.subscriptions[stream] = sub
+        self._catch_up(follower, state, Subscription(stream, plan.position))
+
+    def _may_follow(
+        self, follower: Follower, state: _FollowerState, stream: str, new: bool
+    ) -> bool:
+        """Whether ``follower`` may follow ``stream`` (``new``: one more stream than now);
+        if not, it has been told why with a non-fatal ``ERROR``."""
+        if not self.knows(stream):
+            follower.send(
+                ErrorCommand(
+                    f"unknown stream {stream!r}: this master serves only its configured streams"
+                )
+            )
+            return False
+        followed = len(state.labels) if state.named else len(state.subscriptions)
+        if new and followed >= self.max_subscriptions:
+            follower.send(ErrorCommand(
+                f"REPLICATE {stream} refused: this connection follows {self.max_subscriptions} "
+                "streams already (limits.max_streams)"
+            ))
+            return False
+        return True
+
+    def _warn_reset(self, follower: Follower, label: str, token: int, head: int) -> None:
+        suppressed = self.reset_warnings.allow(label, self.clock.seconds())
+        if suppressed is not None:
+            log.warning(
+                "%s asked for %s after token %d but the head is %d: sending RESET%s",
+                follower.describe(), label, token, head, suppressed_note(suppressed),
+            )
+
+    def _replicate_named(
+        self, follower: Follower, state: _FollowerState, command: ReplicateCommand
+    ) -> None:
+        """``REPLICATE`` of a version 2 follower: every origin of the stream, each from its
+        position in the vector (``NOW``: from the head)."""
+        stream = command.stream
+        if stream == ALL_STREAMS:
+            for label in list(state.subscriptions):
+                self._unsubscribe(follower, state, label)
+            for name in list(state.watch_streams):
+                self._unwatch_stream(follower, state, name)
+            self._all_named.add(follower)
+            if state.all_since_rows is None:
+                state.all_since_rows = self.log.rows_published
+            for s in self.log.states():
+                follower.send(PositionCommand(s.stream, s.head, self.origin_name(s.origin)))
+            return
+        if follower in self._all_named:
+            follower.send(
+                ErrorCommand(f"REPLICATE {stream} ignored: already subscribed to ALL streams")
+            )
+            return
+        if command.token is not None:
+            follower.send_error(
+                f"REPLICATE {stream} {command.token}: protocol version 2 takes a position "
+                "vector (<origin>:<token>[,...], or - for none)"
+            )
+            return
+        if not self._may_follow(follower, state, stream, stream not in state.labels):
+            return
+        for label in list(state.labels.get(stream, ())):
+            self._unsubscribe(follower, state, label)
+        vector = {self.origin_key(name): token for name, token in command.vector or ()}
+        now = command.vector is None
+        for origin, token in vector.items():
+            state.handled_ceilings[self._label(True, stream, origin)] = token
+        origins = self.log.origins(stream)
+        for origin in sorted(set(origins) | set(vector)):
+            stream_state = origins.get(origin)
+            head = stream_state.head if stream_state is not None else 0
+            self._subscribe_named(
+                follower, state, stream, origin, head if now else vector.get(origin, 0)
+            )
+        # Origins that appear on the stream later: from their start (or the vector's token).
+        state.watch_streams[stream] = {} if now else vector
+        self._stream_watchers.setdefault(stream, set()).add(follower)
+
+    def relay(self, follower: Follower, command: RelayCommand) -> None:
+        """Serve a cluster peer's ``RELAY`` (the caller checked that it is a peer): the rows
+        of one origin on one stream, or, with ``*``, on every stream of that origin."""
+        state = self._state_of(follower)
+        origin = self.origin_key(command.origin)
+        if command.stream == EVERY_STREAM:
+            state.watch_origins.add(origin)
+            self._origin_watchers.setdefault(origin, set()).add(follower)
+            for s in self.log.states():
+                if s.origin == origin and self._label(True, s.stream, origin) not in (
+                    state.subscriptions
+                ):
+                    self._subscribe_named(follower, state, s.stream, origin, 0)
+            return
+        assert command.token is not None
+        label = self._label(True, command.stream, origin)
+        bound = self.max_subscriptions * PEER_SUBSCRIPTIONS_PER_STREAM
+        if label not in state.subscriptions and len(state.subscriptions) >= bound:
+            follower.send_error(
+                f"RELAY {command.stream} {command.origin} refused: this connection follows "
+                f"{bound} (stream, origin) pairs already (limits.max_streams x "
+                f"{PEER_SUBSCRIPTIONS_PER_STREAM})"
+            )
+            return
+        self._unsubscribe(follower, state, label)
+        self._subscribe_named(follower, state, command.stream, origin, command.token)
+
+    def _subscribe_named(
+        self, follower: Follower, state: _FollowerState, stream: str, origin: str, token: int
+    ) -> None:
+        """Subscribe a version 2 follower to ``(stream, origin)`` after ``token``."""
+        label = self._label(True, stream, origin)
+        state.labels.setdefault(stream, set()).add(label)
+        stream_state = self.log.state(stream, origin)
+        head = stream_state.head if stream_state is not None else 0
+        sub = Subscription(stream, token, origin=origin, label=label)
+        if token == head:
+            self._live_now(follower, state, sub, stream_state)
+            return
+        if token > head:
+            if origin == LOCAL_ORIGIN:  # this master's own history was replaced
+                self.followers_ahead += 1
+                self._warn_reset(follower, label, token, head)
+                follower.send(ResetCommand(stream, head, self.origin_name(origin)))
+                sub.position = 0
+            else:  # seen on another master: wait here until this master has more
+                state.subscriptions[label] = sub
+                follower.send(PositionCommand(stream, token, self.origin_name(origin)))
+                self._ahead.setdefault(sub.key, {})[follower] = sub
+                return
+        self._catch_up(follower, state, sub)
+
+    def _catch_up(self, follower: Follower, state: _FollowerState, sub: Subscription) -> None:
+        state.subscriptions[sub.label] = sub
         state.catching_up.append(sub)
         self.pump(follower)
 
     def _live_now(
-        self, follower: Follower, state: _FollowerState, stream: str,
+        self, follower: Follower, state: _FollowerState, sub: Subscription,
         stream_state: StreamState | None,
     ) -> None:
-        """Make ``follower`` live on ``stream`` at its head, with ``POSITION <head>``;
+        """Make ``sub`` of ``follower`` live at its state's head, with ``POSITION <head>``;
         ``stream_state`` is ``None`` for a stream nobody published to (head 0)."""
         head = stream_state.head if stream_state is not None else 0
-        sub = Subscription(
-            stream, head, live=True,
-            live_since_rows=stream_state.rows_published if stream_state is not None else 0,
-        )
-        state.subscriptions[stream] = sub
-        self.followed(stream).live.add(follower)
-        follower.send(PositionCommand(stream, head))
+        sub.position = head
+        sub.live = True
+        sub.live_since_rows = stream_state.rows_published if stream_state is not None else 0
+        state.subscriptions[sub.label] = sub
+        followed = self.followed(sub.stream, sub.origin)
+        (followed.named if state.named else followed.live).add(follower)
+        follower.send(PositionCommand(
+            sub.stream, head, self.origin_name(sub.origin) if state.named else None
+        ))
 
-    def _send_gap(self, follower: Follower, stream: str, first: int, last: int, *,
+    def _send_gap(self, follower: Follower, sub: Subscription, first: int, last: int, *,
                   closing: bool = False) -> None:
-        """Tell ``follower`` that tokens ``first..last`` of ``stream`` are gone: ``GAP``, or
+        """Tell ``follower`` that tokens ``first..last`` of ``sub`` are gone: ``GAP``, or
         ``POSITION <last>`` in a dialect without it (left out when ``closing``: the
         catch-up's own ``POSITION`` at the same token follows at once)."""
-        if DIALECTS[follower.dialect].gap_and_reset:
+        dialect = DIALECTS[follower.dialect]
+        if dialect.gap_and_reset:
             log.warning(
                 "%s: tokens %d..%d of %s are no longer retained: sending GAP",
-                follower.describe(), first, last, stream,
+                follower.describe(), first, last, sub.label,
             )
-            follower.send(GapCommand(stream, first, last))
+            origin = self.origin_name(sub.origin) if dialect.origins else None
+            follower.send(GapCommand(sub.stream, first, last, origin))
             return
         log.warning(
             "%s (%s): tokens %d..%d of %s are no longer retained and its dialect has no GAP: "
             "sending POSITION %d",
-            follower.describe(), follower.dialect, first, last, stream, last,
+            follower.describe(), follower.dialect, first, last, sub.stream, last,
         )
         self.legacy_substitutions[GapCommand.NAME] += 1
         if not closing:
-            follower.send(PositionCommand(stream, last))
+            follower.send(PositionCommand(sub.stream, last))
 
     def _replicate_all(self, follower: Follower, state: _FollowerState) -> None:
         for stream in list(state.subscriptions):
@@ -376,32 +609,63 @@ class FanOut:
         for name in self.log.stream_names():
             follower.send(PositionCommand(name, self.log.head(name)))
 
-    def _unsubscribe(self, follower: Follower, state: _FollowerState, stream: str) -> None:
-        state.handled.pop(stream, None)
-        state.handled_ceilings.pop(stream, None)
-        sub = state.subscriptions.pop(stream, None)
+    def _unsubscribe(self, follower: Follower, state: _FollowerState, label: str) -> None:
+        state.handled.pop(label, None)
+        state.handled_ceilings.pop(label, None)
+        sub = state.subscriptions.pop(label, None)
         if sub is None:
             return
-        stream_state = self.log.state(stream)
-        followed = self._streams.get(stream)
+        if state.named:
+            labels = state.labels.get(sub.stream)
+            if labels is not None:
+                labels.discard(label)
+                if not labels:
+                    del state.labels[sub.stream]
+        key = sub.key
+        stream_state = self.log.state(sub.stream, sub.origin)
+        followed = self._streams.get(key)
         if followed is not None:
             followed.live.discard(follower)
-            if not followed.live and stream_state is None:
-                del self._streams[stream]  # nothing to count for a stream that does not exist
+            followed.named.discard(follower)
+            if not followed.live and not followed.named and stream_state is None:
+                del self._streams[key]  # nothing to count for a stream that does not exist
+        waiting = self._ahead.get(key)
+        if waiting is not None and waiting.get(follower) is sub:
+            del waiting[follower]
+            if not waiting:
+                del self._ahead[key]
+            return
         if sub.live:
             if stream_state is not None:
                 state.rdata_rows_sent += stream_state.rows_published - sub.live_since_rows
         else:
             state.catching_up.remove(sub)
 
+    def _unwatch_stream(self, follower: Follower, state: _FollowerState, stream: str) -> None:
+        state.watch_streams.pop(stream, None)
+        watchers = self._stream_watchers.get(stream)
+        if watchers is not None:
+            watchers.discard(follower)
+            if not watchers:
+                del self._stream_watchers[stream]
+
     def remove(self, follower: Follower) -> None:
         """``follower`` is gone: drop its subscriptions and any pending catch-up turn."""
         state = self._followers.pop(follower, None)
         self._all.discard(follower)
+        self._all_named.discard(follower)
         if state is None:
             return
-        for stream in list(state.subscriptions):
-            self._unsubscribe(follower, state, stream)
+        for label in list(state.subscriptions):
+            self._unsubscribe(follower, state, label)
+        for stream in list(state.watch_streams):
+            self._unwatch_stream(follower, state, stream)
+        for origin in state.watch_origins:
+            watchers = self._origin_watchers.get(origin)
+            if watchers is not None:
+                watchers.discard(follower)
+                if not watchers:
+                    del self._origin_watchers[origin]
         if state.pump_call is not None and state.pump_call.active():
             state.pump_call.cancel()
         state.pump_call = None
@@ -425,12 +689,12 @@ class FanOut:
                     return
                 pages += 1
                 sub = queue[0]
-                head = self.log.head(sub.stream)
+                head = self.log.head(sub.stream, sub.origin)
                 if sub.position >= head:
                     self._go_live(follower, state, sub)
                     continue
                 state.reading = True
-                d = self.log.read(sub.stream, sub.position, head, self.page_rows)
+                d = self.log.read(sub.stream, sub.position, head, self.page_rows, sub.origin)
                 d.addCallbacks(
                     self._page_read, self._read_failed,
                     callbackArgs=(follower, state, sub, head), errbackArgs=(follower, state, sub),
@@ -448,7 +712,7 @@ class FanOut:
         """Whether ``sub`` is still a catch-up of a follower that is still here."""
         return (
             self._followers.get(follower) is state
-            and state.subscriptions.get(sub.stream) is sub
+            and state.subscriptions.get(sub.label) is sub
             and not sub.live
         )
 
@@ -460,16 +724,16 @@ class FanOut:
         if self._current(follower, state, sub):
             gap = missing_before(sub.position, entries[0].token if entries else None, head)
             if gap is not None:
-                closing = not entries and gap[1] >= self.log.head(sub.stream)
-                self._send_gap(follower, sub.stream, *gap, closing=closing)
+                closing = not entries and gap[1] >= self.log.head(sub.stream, sub.origin)
+                self._send_gap(follower, sub, *gap, closing=closing)
                 sub.position = gap[1]
             if entries:
-                follower.write(rdata_block(sub.stream, [(e.token, e.rows) for e in entries]))
+                follower.write(rdata_block(sub.label, [(e.token, e.rows) for e in entries]))
                 sub.position = entries[-1].token
                 rows = sum(len(e.rows) for e in entries)
-                self.followed(sub.stream).rows_sent_catchup += rows
+                self.followed(sub.stream, sub.origin).rows_sent_catchup += rows
                 state.rdata_rows_sent += rows
-            if sub.position >= self.log.head(sub.stream):
+            if sub.position >= self.log.head(sub.stream, sub.origin):
                 self._go_live(follower, state, sub)
             elif state.catching_up and state.catching_up[0] is sub:
                 state.catching_up.rotate(-1)
@@ -494,53 +758,100 @@ class FanOut:
                 log.error(
                     "stream %s: token %d is damaged in the store and cannot be served; "
                     "followers reaching it are refused, other streams are served (%s)",
-                    sub.stream, damaged.token, damaged,
+                    sub.label, damaged.token, damaged,
                 )
             follower.send_error(
-                f"master cannot read stream {sub.stream}: token {damaged.token} is damaged "
+                f"master cannot read stream {sub.label}: token {damaged.token} is damaged "
                 "in the store"
             )
             return
-        log.error("reading %s for %s failed: %s", sub.stream, follower.describe(),
+        log.error("reading %s for %s failed: %s", sub.label, follower.describe(),
                   failure.getErrorMessage())
-        follower.send_error(f"master cannot read stream {sub.stream}: store failure")
+        follower.send_error(f"master cannot read stream {sub.label}: store failure")
 
     def _go_live(self, follower: Follower, state: _FollowerState, sub: Subscription) -> None:
-        stream_state = self.log.state(sub.stream)
-        head = stream_state.head if stream_state is not None else 0
-        follower.send(PositionCommand(sub.stream, head))
-        sub.live = True
-        sub.position = head
-        sub.live_since_rows = stream_state.rows_published if stream_state is not None else 0
-        self.followed(sub.stream).live.add(follower)
         state.catching_up.remove(sub)
+        self._live_now(follower, state, sub, self.log.state(sub.stream, sub.origin))
 
     # -- live (LogListener) --------------------------------------------------------------
 
     def committed(
         self, state: StreamState, first: int, tokens_rows: Sequence[Sequence[str]], rows: int
     ) -> None:
-        if state.origin != LOCAL_ORIGIN:
-            # Rows of other origins have tokens of their own: the dialect spoken today has
-            # no way to name an origin, so they are not sent (the cluster's dialect will).
-            return
-        followed = self._streams.get(state.stream)
+        key = state.key
+        followed = self._streams.get(key)
+        local = state.origin == LOCAL_ORIGIN
         if followed is None:
-            if not self._all:
+            if not (self._all and local) and not self._all_named:
+                if key in self._ahead or self._stream_watchers or self._origin_watchers:
+                    self._named_arrivals(state, first, tokens_rows)
                 return
-            followed = self.followed(state.stream)
-        receivers = (followed.live | self._all) if self._all else followed.live
-        if not receivers:
-            return
-        if len(tokens_rows) == 1:
-            data = rdata_block(state.stream, ((first, tokens_rows[0]),))
-        else:
+            followed = self.followed(state.stream, state.origin)
+        receivers = (followed.live | self._all) if self._all and local else followed.live
+        if receivers:
+            if len(tokens_rows) == 1:
+                data = rdata_block(state.stream, ((first, tokens_rows[0]),))
+            else:
+                data = rdata_block(
+                    state.stream,
+                    zip(range(first, first + len(tokens_rows)), tokens_rows, strict=True),
+                )
+            followed.rows_sent_live += rows * len(receivers)
+            for follower in tuple(receivers):
+                follower.write(data)
+        named = (followed.named | self._all_named) if self._all_named else followed.named
+        if named:
+            label = qualify(state.stream, self.origin_name(state.origin))
             data = rdata_block(
-                state.stream, zip(range(first, first + len(tokens_rows)), tokens_rows, strict=True)
+                label, zip(range(first, first + len(tokens_rows)), tokens_rows, strict=True)
             )
-        followed.rows_sent_live += rows * len(receivers)
-        for follower in tuple(receivers):
-            follower.write(data)
+            followed.rows_sent_live += rows * len(named)
+            for follower in tuple(named):
+                follower.write(data)
+        if key in self._ahead or self._stream_watchers or self._origin_watchers:
+            self._named_arrivals(state, first, tokens_rows)
+
+    def _named_arrivals(
+        self, state: StreamState, first: int, tokens_rows: Sequence[Sequence[str]]
+    ) -> None:
+        """Version 2 followers that this commit concerns without a live subscription: those
+        waiting for the head to pass their position, and those watching the stream (or
+        the origin) who have not subscribed to this ``(stream, origin)`` yet."""
+        key = state.key
+        waiting = self._ahead.get(key)
+        if waiting is not None:
+            last = first + len(tokens_rows) - 1
+            for follower, sub in list(waiting.items()):
+                if last <= sub.position:
+                    continue
+                skip = max(sub.position - first + 1, 0)
+                run = list(zip(range(first + skip, last + 1), tokens_rows[skip:], strict=True))
+                follower.write(rdata_block(sub.label, run))
+                sent = sum(len(rows) for _, rows in run)
+                self.followed(state.stream, state.origin).rows_sent_live += sent
+                fstate = self._followers[follower]
+                fstate.rdata_rows_sent += sent
+                del waiting[follower]
+                sub.live = True
+                sub.position = last
+                sub.live_since_rows = state.rows_published
+                self.followed(state.stream, state.origin).named.add(follower)
+            if not waiting:
+                del self._ahead[key]
+        watchers = self._stream_watchers.get(state.stream, ())
+        origin_watchers = self._origin_watchers.get(state.origin, ())
+        if not watchers and not origin_watchers:
+            return
+        origin_name = self.origin_name(state.origin)
+        label = qualify(state.stream, origin_name)
+        for follower in (*watchers, *origin_watchers):
+            watcher = self._followers.get(follower)
+            if watcher is None or label in watcher.subscriptions:
+                continue
+            vector = watcher.watch_streams.get(state.stream)
+            token = vector.get(state.origin, 0) if vector is not None else 0
+            # Subscribed after this commit: a catch-up reads it from the store.
+            self._subscribe_named(follower, watcher, state.stream, state.origin, token)
 
     def deleted(self, old: StreamState, new: StreamState | None) -> None:
         """The stream ``old`` was deleted (``new``: created anew, empty, if configured):
@@ -549,38 +860,49 @@ class FanOut:
         if old.origin != LOCAL_ORIGIN:
             return
         stream = old.stream
-        for follower in tuple(self._all):
+        for follower in (*self._all, *self._all_named):
             self._send_reset(follower, stream)
+        named_label = self._label(True, stream, LOCAL_ORIGIN)
         for fstate in self._followers.values():
-            if fstate.handled.pop(stream, None) is not None or stream in fstate.subscriptions:
-                ceiling = fstate.handled_ceilings.get(stream, 0)
-                fstate.handled_ceilings[stream] = max(ceiling, old.head)
+            label = named_label if fstate.named else stream
+            if fstate.handled.pop(label, None) is not None or label in fstate.subscriptions:
+                ceiling = fstate.handled_ceilings.get(label, 0)
+                fstate.handled_ceilings[label] = max(ceiling, old.head)
+        key = old.key
+        waiting = self._ahead.pop(key, {})
         for follower, fstate in list(self._followers.items()):
-            sub = fstate.subscriptions.pop(stream, None)
+            label = named_label if fstate.named else stream
+            sub = fstate.subscriptions.pop(label, None)
             if sub is None:
                 continue
-            if sub.live:
+            if waiting.get(follower) is sub:
+                pass
+            elif sub.live:
                 fstate.rdata_rows_sent += old.rows_published - sub.live_since_rows
             else:
                 fstate.catching_up.remove(sub)  # a page read in flight is dropped on return
-            followed = self._streams.get(stream)
+            followed = self._streams.get(key)
             if followed is not None:
                 followed.live.discard(follower)
+                followed.named.discard(follower)
             if DIALECTS[follower.dialect].gap_and_reset:
                 self._send_reset(follower, stream)
             else:
                 self._count_legacy_reset(follower, stream)
-            self._live_now(follower, fstate, stream, new)
-        followed = self._streams.get(stream)
-        if followed is not None and not followed.live and new is None:
-            del self._streams[stream]
+            renewed = Subscription(stream, 0, origin=LOCAL_ORIGIN, label=label)
+            self._live_now(follower, fstate, renewed, new)
+        followed = self._streams.get(key)
+        if followed is not None and not followed.live and not followed.named and new is None:
+            del self._streams[key]
 
     def _send_reset(self, follower: Follower, stream: str) -> None:
         """``RESET <stream> 0`` for a deleted stream, or ``POSITION <stream> 0`` to a
         dialect without ``RESET``."""
-        if DIALECTS[follower.dialect].gap_and_reset:
+        dialect = DIALECTS[follower.dialect]
+        if dialect.gap_and_reset:
             log.warning("%s: stream %s was deleted: sending RESET 0", follower.describe(), stream)
-            follower.send(ResetCommand(stream, 0))
+            origin = self.origin_name(LOCAL_ORIGIN) if dialect.origins else None
+            follower.send(ResetCommand(stream, 0, origin))
             return
         self._count_legacy_reset(follower, stream)
         follower.send(PositionCommand(stream, 0))
@@ -596,20 +918,30 @@ class FanOut:
         """Tokens that live followers will never get live: put each of them back into
         catch-up at its position, which answers the missing tokens with ``GAP``; ``ALL``
         followers, which never catch up, are sent the ``GAP`` at once."""
-        if state.origin != LOCAL_ORIGIN:
-            return
-        for follower in tuple(self._all):
-            self._send_gap(follower, state.stream, first, last)
-        followed = self._streams.get(state.stream)
+        local = state.origin == LOCAL_ORIGIN
+        alls = (*self._all, *self._all_named) if local else tuple(self._all_named)
+        for follower in alls:
+            named = follower in self._all_named
+            gone = Subscription(
+                state.stream, first - 1, origin=state.origin,
+                label=self._label(named, state.stream, state.origin),
+            )
+            self._send_gap(follower, gone, first, last)
+        followed = self._streams.get(state.key)
         if followed is None:
             return
-        for follower in list(followed.live):
+        for follower in (*followed.live, *followed.named):
             fstate = self._followers.get(follower)
-            sub = fstate.subscriptions.get(state.stream) if fstate is not None else None
+            label = (
+                self._label(fstate.named, state.stream, state.origin)
+                if fstate is not None else state.stream
+            )
+            sub = fstate.subscriptions.get(label) if fstate is not None else None
             if fstate is None or sub is None:
                 continue
             followed.live.discard(follower)
-            stream_state = self.log.state(state.stream)
+            followed.named.discard(follower)
+            stream_state = self.log.state(state.stream, state.origin)
             if stream_state is not None:
                 fstate.rdata_rows_sent += stream_state.rows_published - sub.live_since_rows
             sub.live = False

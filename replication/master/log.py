@@ -185,6 +185,8 @@ class StreamLog:
         self._states: dict[StreamKey, StreamState] = {}
         #: The local origin's states by stream name: the publish path's lookup.
         self._local: dict[str, StreamState] = {}
+        #: Every state of a stream, by stream name then origin.
+        self._by_stream: dict[str, dict[str, StreamState]] = {}
         self._inline = store.inline
         self._pending: list[_Publish] = []
         self._pending_rows = 0
@@ -217,6 +219,7 @@ class StreamLog:
         state = self._states.get(key)
         if state is None:
             state = self._states[key] = StreamState(stream, origin)
+            self._by_stream.setdefault(stream, {})[origin] = state
             if origin == LOCAL_ORIGIN:
                 self._local[stream] = state
                 self._creating.discard(stream)
@@ -231,6 +234,10 @@ class StreamLog:
         """The newest committed token of ``(stream, origin)`` listeners have seen, 0 if none."""
         state = self.state(stream, origin)
         return state.head if state is not None else 0
+
+    def origins(self, stream: str) -> dict[str, StreamState]:
+        """The states of ``stream`` by origin (``""``: the local one); a copy."""
+        return dict(self._by_stream.get(stream, ()))
 
     def states(self) -> list[StreamState]:
         """Every state, by stream name then origin."""
@@ -524,6 +531,11 @@ class StreamLog:
             current = self._local.pop(stream, None)
             if current is not None:
                 del self._states[current.key]
+                by_origin = self._by_stream.get(stream)
+                if by_origin is not None:
+                    by_origin.pop(LOCAL_ORIGIN, None)
+                    if not by_origin:
+                        del self._by_stream[stream]
             new = None
             if stats is not None:
                 new = self.ensure(stream)

@@ -75,6 +75,9 @@ class Master:
         (started by :meth:`start`); the in-memory store is also trimmed on each publish.
     :param metrics: where this master's metrics are collected (built by the entry point
         around its registry); ``None``: a private registry (``master.metrics.registry``).
+    :param clustered: whether this master is one of a cluster (``cluster.peers``): it then
+        serves ``RELAY`` to its peers and refuses ``REPLICATE`` from dialects that cannot
+        name origins.
 
     The store is opened asynchronously: :attr:`ready` fires once every stream's state is
     loaded (at once for the memory store); publishes before that are refused with 503.
@@ -92,8 +95,10 @@ class Master:
         max_pending_rows: int = 1_000_000,
         trim_interval: float = 5.0,
         metrics: MasterMetrics | None = None,
+        clustered: bool = False,
     ) -> None:
         self.config = config
+        self.clustered = clustered
         self.store = store
         self.clock = clock
         self.registry = registry if registry is not None else default_registry()
@@ -107,7 +112,7 @@ class Master:
         )
         self.fanout = FanOut(
             self.log, clock, page_rows=config.limits.catchup_page_rows, knows=self.knows,
-            max_subscriptions=config.limits.max_streams,
+            max_subscriptions=config.limits.max_streams, clustered=clustered,
         )
         self.history = ConnectionHistory(config.metrics_max_peer_labels)
         self.connections: set[MasterConnection] = set()
@@ -321,25 +326,22 @@ class Master:
         fanout = self.fanout
         streams = []
         for state in self.log.states():
-            sent_live, sent_catchup = fanout.counters(state.stream)
+            sent_live, sent_catchup = fanout.counters(state.stream, state.origin)
             streams.append(StreamView(
                 state.stream, state.origin, state.head, state.oldest, state.retained_rows,
-                state.rows_published, fanout.live_count(state.stream), sent_live, sent_catchup,
+                state.rows_published, fanout.live_count(state.stream, state.origin),
+                sent_live, sent_catchup,
                 created=state.created,
             ))
         connections = []
         label = self.history.label
         for connection in sorted(self.connections, key=lambda c: c.connected_since or 0.0):
-            subscriptions = fanout.subscriptions(connection)
             handled = fanout.handled_positions(connection)
             follows = []
-            for stream, position in fanout.sent_positions(connection).items():
-                sub = subscriptions.get(stream)
-                head = self.log.head(stream)
-                done = handled.get(stream)
+            for followed, position, head, live in fanout.follows(connection):
+                done = handled.get(followed)
                 follows.append(FollowView(
-                    stream, position, max(head - position, 0),
-                    sub.live if sub is not None else True,
+                    followed, position, max(head - position, 0), live,
                     handled=done,
                     handled_lag=None if done is None else max(head - done, 0),
                 ))
