@@ -14,9 +14,12 @@ tables.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import random
+import socket
 import sys
 import time
 import urllib.error
@@ -271,24 +274,65 @@ def cmd_publish(args: argparse.Namespace) -> int:
             rows.append(json.loads(text))
         except ValueError as e:
             raise CommandLineError(f"row {i + 1} is not valid JSON ({e}): {text!r}") from None
-    url = f"{args.url.rstrip('/')}/streams/{urllib.parse.quote(args.stream, safe='')}"
-    request = urllib.request.Request(
-        url, data=json.dumps({"rows": rows}).encode(), method="POST",
-        headers={"content-type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=args.timeout) as response:
-            answer = json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        message = _refusal(e)
-        print(f"replication: publish refused ({e.code}): {message}", file=sys.stderr)
-        return 1
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        print(f"replication: cannot reach the master at {args.url}: {reason}", file=sys.stderr)
-        return 1
-    print(answer["token"])
-    return 0
+    body = json.dumps({"rows": rows}).encode()
+    urls = list(dict.fromkeys(args.url or [DEFAULT_URL]))
+    random.shuffle(urls)  # spread publishers over the masters, as Aphlict's did
+    unreachable = []
+    for base in urls:
+        url = f"{base.rstrip('/')}/streams/{urllib.parse.quote(args.stream, safe='')}"
+        request = urllib.request.Request(
+            url, data=body, method="POST", headers={"content-type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=args.timeout) as response:
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            message = _refusal(e)
+            if e.code == 503 and len(urls) > 1:
+                # Refused before anything was stored: another master may take it.
+                print(f"replication: {base} refused the publish (503): {message}; "
+                      "trying another master", file=sys.stderr)
+                unreachable.append(f"{base} (503: {message})")
+                continue
+            print(f"replication: publish refused ({e.code}): {message}", file=sys.stderr)
+            return 1
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            if not _never_sent(reason):
+                # The request may have reached the master and been stored: publishing it
+                # to another master could store it twice.
+                print(f"replication: no answer from the master at {base}: {reason}; the rows "
+                      "may or may not have been published (not retried elsewhere)",
+                      file=sys.stderr)
+                return 1
+            if len(urls) > 1:
+                print(f"replication: cannot reach the master at {base}: {reason}; "
+                      "trying another master", file=sys.stderr)
+            unreachable.append(f"{base} ({reason})")
+            continue
+        if args.json:
+            print(json.dumps(answer, separators=(",", ":")))
+        else:
+            print(answer["token"])
+        return 0
+    if len(urls) == 1:
+        print(f"replication: cannot reach the master at {unreachable[0]}", file=sys.stderr)
+    else:
+        print("replication: no master took the publish: " + "; ".join(unreachable),
+              file=sys.stderr)
+    return 1
+
+
+def _never_sent(reason: object) -> bool:
+    """Whether a failed HTTP request certainly never reached the master (nothing was
+    stored): the connection itself failed. A timeout or a reset after sending may have."""
+    if isinstance(reason, (ConnectionRefusedError, socket.gaierror)):
+        return True
+    if isinstance(reason, OSError) and reason.errno in (
+        errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL,
+    ):
+        return True
+    return False
 
 
 def _fetch_status(url: str, timeout: float) -> dict[str, Any]:
@@ -714,8 +758,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stream", metavar="STREAM")
     p.add_argument("rows", nargs="+", metavar="JSON", help="one JSON value per row")
     p.add_argument(
-        "--url", default=DEFAULT_URL, help=f"the master's HTTP address (default {DEFAULT_URL})"
+        "--url", action="append", metavar="URL",
+        help=f"a master's HTTP address (default {DEFAULT_URL}); repeat it to name several "
+        "masters of a cluster: they are tried in random order until one takes the publish",
     )
+    p.add_argument("--json", action="store_true",
+                   help='print the answer {"stream":..., "token":..., "origin":...}')
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
     p.set_defaults(func=cmd_publish, verbose=False)
 

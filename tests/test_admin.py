@@ -23,7 +23,7 @@ def test_publish_answers_the_token() -> None:
     """POST /streams/events with rows publishes them as one token and answers it."""
     master = make_master()
     status, body = request(master, "POST", "/streams/events", b'{"rows": [{"a": 1}, [2]]}')
-    assert (status, body) == (200, {"stream": "events", "token": 1})
+    assert (status, body) == (200, {"stream": "events", "token": 1, "origin": master.log.origin_id})
     status, body = request(master, "POST", "/streams/events", b'{"rows": ["x"]}')
     assert body["token"] == 2
     assert master.store.read("events", 0, 2, 100)[0].rows == ('{"a":1}', "[2]")
@@ -92,7 +92,9 @@ def test_several_tokens_in_one_request() -> None:
     status, body = request(
         master, "POST", "/streams/events", b'{"tokens": [[1], [2, 3], [{"a": 4}]]}'
     )
-    assert (status, body) == (200, {"stream": "events", "tokens": [1, 2, 3]})
+    assert (status, body) == (
+        200, {"stream": "events", "tokens": [1, 2, 3], "origin": master.log.origin_id}
+    )
     assert [e.rows for e in master.store.read("events", 0, 3, 100)] == [
         ("1",),
         ("2", "3"),

@@ -6,6 +6,7 @@ killed when its test ends (also when it fails), and every wait has a deadline.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from contextlib import ExitStack
@@ -178,7 +179,7 @@ def test_two_workers_follow_10000_rows_across_a_worker_kill(tmp_path: Path) -> N
 
 @pytest.mark.timeout(60)
 def test_publish_and_check_config_commands(tmp_path: Path) -> None:
-    port, http_port, closed_port = free_ports(3)
+    port, http_port, closed_port, other_closed = free_ports(4)
     url = f"http://127.0.0.1:{http_port}"
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -205,11 +206,25 @@ def test_publish_and_check_config_commands(tmp_path: Path) -> None:
         # Nothing was published by the refused command.
         assert http_request(http_port, "GET", f"/streams/{STREAM}")[1]["head"] == 2
 
+        # Several masters: an unreachable one is passed over (in whichever order they are
+        # tried), the publish lands once, and --json names the origin with the token.
+        done = run("publish", STREAM, '{"c":4}', "--url", f"http://127.0.0.1:{closed_port}",
+                   "--url", url, "--json")
+        assert done.returncode == 0, done.stderr
+        answer = json.loads(done.stdout)
+        assert answer["stream"] == STREAM and answer["token"] == 3
+        assert isinstance(answer["origin"], str) and len(answer["origin"]) >= 16
+        assert http_request(http_port, "GET", f"/streams/{STREAM}")[1]["head"] == 3
+
     done = run("publish", STREAM, '{"a":1}', "--url", f"http://127.0.0.1:{closed_port}",
                "--timeout", "5")
     assert done.returncode != 0
     assert "cannot reach the master" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+    done = run("publish", STREAM, '{"a":1}', "--url", f"http://127.0.0.1:{closed_port}",
+               "--url", f"http://127.0.0.1:{other_closed}", "--timeout", "5")
+    assert done.returncode != 0
+    assert "no master took the publish" in done.stderr, done.stderr
 
     bad = tmp_path / "worker.yaml"
     bad.write_text(

@@ -170,7 +170,8 @@ def test_http_publish_answers_200_or_a_4xx_json_error(name: str, body: bytes, st
     assert status == 200 or 400 <= status < 500, (status, payload[:200])
     answer = json.loads(payload)
     if status == 200:
-        assert set(answer) in ({"stream", "token"}, {"stream", "tokens"}), answer
+        keys = ({"stream", "token", "origin"}, {"stream", "tokens", "origin"})
+        assert set(answer) in keys, answer
     else:
         assert isinstance(answer, dict) and isinstance(answer.get("error"), str) and answer["error"]
 

@@ -30,6 +30,7 @@ from replication.http.limits import (
 from replication.master import Master
 from replication.store.memory import MemoryStore
 from replication.wire.commands import MAX_PARSED_DEPTH
+from tests.helpers import ORIGIN_ID
 
 LIMIT = 1024
 REQUEST_TIMEOUT = 10.0
@@ -116,7 +117,7 @@ def test_a_body_of_exactly_the_limit_is_published() -> None:
     """Content-Length == limits.max_body_bytes is read and published."""
     client = Client(make_master())
     client.send(post_head(LIMIT) + body_of(LIMIT))
-    assert client.answer() == (200, {"stream": "events", "token": 1})
+    assert client.answer() == (200, {"stream": "events", "token": 1, "origin": ORIGIN_ID})
 
 
 def test_a_declared_length_one_over_the_limit_is_refused_before_the_body() -> None:
@@ -152,7 +153,7 @@ def test_a_chunked_body_of_exactly_the_limit_is_published(chunk: int) -> None:
     """A chunked body of limit bytes, in chunks of any size, is published."""
     client = Client(make_master())
     client.send(post_head(None) + chunked(body_of(LIMIT), chunk) + b"0\r\n\r\n")
-    assert client.answer() == (200, {"stream": "events", "token": 1})
+    assert client.answer() == (200, {"stream": "events", "token": 1, "origin": ORIGIN_ID})
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 100, LIMIT + 1])
@@ -186,7 +187,7 @@ def test_a_request_arriving_just_within_the_request_timeout_is_served() -> None:
         if i:
             client.clock.advance(step)
         client.send(bytes([byte]))
-    assert client.answer() == (200, {"stream": "events", "token": 1})
+    assert client.answer() == (200, {"stream": "events", "token": 1, "origin": ORIGIN_ID})
 
 
 def test_a_request_still_arriving_at_the_request_timeout_is_answered_408() -> None:
@@ -228,7 +229,7 @@ def test_the_request_timeout_stops_once_the_request_is_received() -> None:
     client.send(post_head(13) + b'{"rows": [1]}')
     client.clock.advance(REQUEST_TIMEOUT * 2)
     commits[0].callback([1])
-    assert client.answer() == (200, {"stream": "events", "token": 1})
+    assert client.answer() == (200, {"stream": "events", "token": 1, "origin": ORIGIN_ID})
     client.protocol.connectionLost(Failure(ConnectionError("closed")))
     assert client.clock.getDelayedCalls() == []
 

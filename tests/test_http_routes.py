@@ -238,7 +238,7 @@ def test_a_url_encoded_stream_name_is_decoded_before_it_is_checked() -> None:
     master = make_master()
     assert request(master, "POST", "/streams/ev%65nts", b'{"rows": [1]}') == (
         200,
-        {"stream": "events", "token": 1},
+        {"stream": "events", "token": 1, "origin": master.log.origin_id},
     )
     assert request(master, "GET", "/streams/%65vents") == (200, {"stream": "events", "head": 1})
     status, body = request(master, "POST", "/streams/a%2Fb", b'{"rows": [1]}')
@@ -342,7 +342,10 @@ def test_a_publish_is_answered_when_its_commit_settles(
     else:
         commits[0].errback(failure)
     assert post.finished and post.code == status
-    answer = {"stream": "events", "token": 7} if error is None else {"error": error}
+    answer: dict[str, object] = (
+        {"stream": "events", "token": 7, "origin": master.log.origin_id}
+        if error is None else {"error": error}
+    )
     assert (
         json.dumps(answer, separators=(",", ":")).encode() + b"\n"
         in channel.transport.written.getvalue()

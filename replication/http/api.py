@@ -127,6 +127,9 @@ class MasterApi:
                 answer["token"] = tokens[0]
             else:
                 answer["tokens"] = tokens
+            # The tokens are counted per origin: in a cluster they mean something only
+            # together with the origin that gave them.
+            answer["origin"] = self.master.log.origin_id
             finish(request, json_response(request, 200, answer))
 
         def failed(failure: Failure) -> None:
