@@ -778,12 +778,11 @@ class FanOut:
     def committed(
         self, state: StreamState, first: int, tokens_rows: Sequence[Sequence[str]], rows: int
     ) -> None:
-        key = state.key
-        followed = self._streams.get(key)
+        followed = self._streams.get(state.key)
         local = state.origin == LOCAL_ORIGIN
         if followed is None:
             if not (self._all and local) and not self._all_named:
-                if key in self._ahead or self._stream_watchers or self._origin_watchers:
+                if self._ahead or self._stream_watchers or self._origin_watchers:
                     self._named_arrivals(state, first, tokens_rows)
                 return
             followed = self.followed(state.stream, state.origin)
@@ -799,8 +798,8 @@ class FanOut:
             followed.rows_sent_live += rows * len(receivers)
             for follower in tuple(receivers):
                 follower.write(data)
-        named = (followed.named | self._all_named) if self._all_named else followed.named
-        if named:
+        if followed.named or self._all_named:
+            named = (followed.named | self._all_named) if self._all_named else followed.named
             label = qualify(state.stream, self.origin_name(state.origin))
             data = rdata_block(
                 label, zip(range(first, first + len(tokens_rows)), tokens_rows, strict=True)
@@ -808,7 +807,7 @@ class FanOut:
             followed.rows_sent_live += rows * len(named)
             for follower in tuple(named):
                 follower.write(data)
-        if key in self._ahead or self._stream_watchers or self._origin_watchers:
+        if self._ahead or self._stream_watchers or self._origin_watchers:
             self._named_arrivals(state, first, tokens_rows)
 
     def _named_arrivals(

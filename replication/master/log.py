@@ -98,10 +98,11 @@ class StreamState:
     created: float | None = None
     #: While missing tokens are being read: the runs that must wait for them, in order.
     held: list[tuple[int, Sequence[Sequence[str]], int]] | None = field(default=None, repr=False)
+    #: ``(stream, origin)``, made once: the key listeners look their records up by.
+    key: StreamKey = field(init=False, repr=False)
 
-    @property
-    def key(self) -> StreamKey:
-        return StreamKey(self.stream, self.origin)
+    def __post_init__(self) -> None:
+        self.key = StreamKey(self.stream, self.origin)
 
 
 class LogListener(Protocol):
