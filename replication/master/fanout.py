@@ -230,6 +230,9 @@ class FanOut:
         #: ``REPLICATE`` requests after a token above the stream's head (a follower ahead of
         #: this master's history), answered with ``RESET`` or, to legacy followers, ``POSITION``.
         self.followers_ahead = 0
+        #: Told of every ``HANDLED`` accepted, as ``(follower, command)``: the master counts
+        #: cluster peers' reports as confirmations (``cluster.ack_peers``).
+        self.on_handled: Callable[[Follower, HandledCommand], None] | None = None
         log.add_listener(self)
 
     # -- names -----------------------------------------------------------------------------
@@ -340,6 +343,8 @@ class FanOut:
             )
             return
         state.handled[label] = token
+        if self.on_handled is not None:
+            self.on_handled(follower, command)
 
     def rdata_sent(self, follower: Follower) -> int:
         """RDATA lines written to ``follower``. Live rows are not counted per write: they

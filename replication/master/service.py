@@ -25,9 +25,11 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
 
 from replication.cluster.identity import Identity, new_fingerprint
 from replication.config import MasterConfig
+from replication.master.acks import AckTimeout, PeerAcks
 from replication.master.connection import MasterConnection
 from replication.master.fanout import FanOut
 from replication.master.log import DeleteError, PublishError, StreamLog, StreamState
@@ -45,6 +47,7 @@ from replication.store.asynchronous import BlockingRunner, adapt
 from replication.wire.commands import (
     CommandParseError,
     CommandRegistry,
+    HandledCommand,
     check_stream_name,
     default_registry,
     encode_json,
@@ -78,6 +81,9 @@ class Master:
     :param clustered: whether this master is one of a cluster (``cluster.peers``): it then
         serves ``RELAY`` to its peers and refuses ``REPLICATE`` from dialects that cannot
         name origins.
+    :param ack_peers: peers that must have stored a publish before it is answered
+        (``cluster.ack_peers``; 0: none); see :mod:`replication.master.acks`.
+    :param ack_timeout: seconds a publish waits for them; past that it is answered 504.
 
     The store is opened asynchronously: :attr:`ready` fires once every stream's state is
     loaded (at once for the memory store); publishes before that are refused with 503.
@@ -96,6 +102,8 @@ class Master:
         trim_interval: float = 5.0,
         metrics: MasterMetrics | None = None,
         clustered: bool = False,
+        ack_peers: int = 0,
+        ack_timeout: float = 10.0,
     ) -> None:
         self.config = config
         self.clustered = clustered
@@ -114,6 +122,9 @@ class Master:
             self.log, clock, page_rows=config.limits.catchup_page_rows, knows=self.knows,
             max_subscriptions=config.limits.max_streams, clustered=clustered,
         )
+        self.acks = PeerAcks(ack_peers, ack_timeout, clock)
+        self.log.add_listener(self.acks)
+        self.fanout.on_handled = self._handled
         self.history = ConnectionHistory(config.metrics_max_peer_labels)
         self.connections: set[MasterConnection] = set()
         self._trim_loop = LoopingCall(self.trim)
@@ -291,8 +302,29 @@ class Master:
 
     def submit_many(self, stream: str, tokens_rows: list[list[str]]) -> Deferred[list[int]]:
         """Commit several tokens of ``stream`` at once, all or none, in one store
-        transaction: their tokens are consecutive. Fires with the tokens."""
-        return self.log.publish(stream, tokens_rows)
+        transaction: their tokens are consecutive. Fires with the tokens (with
+        ``ack_peers``, once that many peers have stored them too; else it fails with a 504
+        :class:`PublishError`)."""
+        d = self.log.publish(stream, tokens_rows)
+        if not self.acks.wanted:
+            return d
+        return d.addCallback(self._confirmed, stream)
+
+    def _confirmed(self, tokens: list[int], stream: str) -> Deferred[list[int]]:
+        def timed_out(failure: Failure) -> list[int]:
+            if isinstance(failure.value, AckTimeout):
+                raise PublishError(504, str(failure.value))
+            failure.raiseException()
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        return self.acks.wait(stream, tokens[-1]).addCallbacks(lambda _: tokens, timed_out)
+
+    def _handled(self, follower: object, command: HandledCommand) -> None:
+        """A ``HANDLED`` the fan-out accepted: a cluster peer's report on this master's own
+        rows counts as a confirmation (``cluster.ack_peers``)."""
+        peer = getattr(follower, "peer_identity", None)
+        if peer is not None and command.origin == self.log.origin_id:
+            self.acks.stored(command.stream, peer.origin_id, command.token)
 
     def publish_many(
         self, stream: str, tokens_rows: Sequence[Sequence[Any]]
