@@ -522,7 +522,7 @@ class PeerConnection(ReplicationProtocol):
 
     def _relay(self) -> None:
         origin = self.peer_origin
-        if self._closing or origin is None:
+        if self._closing or self._lost or origin is None:
             return
         held = [state for state in self.log.states() if state.origin == origin]
         for state in held:
