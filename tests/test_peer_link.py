@@ -703,3 +703,29 @@ def test_settings_come_from_the_masters_configuration() -> None:
     with pytest.raises(ValueError, match="no cluster.peers"):
         log = StreamLog(InlineStore(MemoryStore()), Clock(), lambda _: KEEP_ALL)
         peer_links(MasterConfig(), log, OUR_FP, Clock(), lambda _: Endpoint())
+
+
+def test_stopping_waits_for_the_ingests_in_flight() -> None:
+    """The service's stop fires only once the store calls of its links have finished, so
+    that the master closes its store after them."""
+    runner = ManualRunner()
+    cluster = Cluster(runner=runner)
+    peer = cluster.linked()
+    peer.say(f"RDATA s@{PEER} 1 1")
+    d = cluster.links.stopService()
+    peer.drop()
+    assert not d.called
+    runner.run_all()
+    assert d.called and cluster.log.head("s", PEER) == 1
+    assert cluster.link.state is LinkState.STOPPED
+    assert cluster.clock.getDelayedCalls() == []
+
+
+def test_a_token_past_the_row_bound_is_refused() -> None:
+    cluster = Cluster(max_token_rows=2)
+    peer = cluster.linked()
+    peer.say(f"RDATA s@{PEER} batch 1", f"RDATA s@{PEER} batch 2", f"RDATA s@{PEER} 1 3")
+    assert peer.heard()[0].startswith(f"ERROR RDATA s@{PEER}: a token of at least 3 rows")
+    assert cluster.store.keys() == []
+    peer.drop()
+    cluster.stop()
