@@ -533,7 +533,9 @@ class PeerConnection(ReplicationProtocol):
         link = self.link
         link._set(LinkState.CONNECTED)
         link.problem = None
-        resumed = ", ".join(f"{s.stream} after {s.head}" for s in held) or "nothing held yet"
+        resumed = ", ".join(f"{s.stream} after {s.head}" for s in held[:5]) or "nothing held yet"
+        if len(held) > 5:
+            resumed += f" and {len(held) - 5} more streams"
         log.info(
             "linked to %s (origin %s): relaying its rows (%s; every other stream from its "
             "start)", link.describe(), origin, resumed,
