@@ -444,6 +444,69 @@ def test_other_origins_are_trimmed_by_their_own_retention(store: StreamStore) ->
     assert store.retained_rows("s") == 1
 
 
+def test_skip_moves_another_origins_head_past_a_gap_and_drops_what_lies_below(
+    store: StreamStore,
+) -> None:
+    """``skip(stream, origin, last)`` moves the head to ``last``; the tokens still retained
+    below it go with it (the retained tokens stay ``oldest..head``), the next ingest
+    continues after ``last``, and the local stream of the same name is untouched."""
+    store.append([("s", ["l"])], 0)
+    store.ingest("s", "B", [Entry(1, ("a",)), Entry(2, ("b", "c"))], 0)
+    assert store.skip("s", "B", 7, 5) == 3
+    assert (store.head("s", "B"), store.oldest("s", "B"), store.retained_rows("s", "B")) == (
+        7, 8, 0
+    )
+    assert store.read("s", 0, 10, 100, "B") == []
+    with pytest.raises(StoreError, match="token 9 does not follow token 7"):
+        store.ingest("s", "B", [Entry(9, ("x",))], 6)
+    assert store.ingest("s", "B", [Entry(8, ("h",))], 6) == 8
+    assert store.read("s", 0, 10, 100, "B") == [Entry(8, ("h",))]
+    assert (store.oldest("s", "B"), store.retained_rows("s", "B")) == (8, 1)
+    assert store.head("s") == 1 and store.retained_rows("s") == 1
+
+
+def test_skip_at_or_below_the_head_changes_nothing(store: StreamStore) -> None:
+    store.ingest("s", "B", [Entry(1, ("a",)), Entry(2, ("b",))], 0)
+    assert store.skip("s", "B", 2, 0) == 0
+    assert store.skip("s", "B", 1, 0) == 0
+    assert store.head("s", "B") == 2 and store.read("s", 0, 9, 9, "B")[0] == Entry(1, ("a",))
+
+
+def test_skip_creates_an_origins_stream_it_never_held(store: StreamStore) -> None:
+    """A stream first seen through a gap exists afterwards, empty, at the gap's end, created
+    at the skip's ``now``."""
+    assert store.skip("s", "B", 4, 12.5) == 0
+    assert store.keys() == [("s", "B")]
+    assert (store.head("s", "B"), store.oldest("s", "B"), store.retained_rows("s", "B")) == (
+        4, 5, 0
+    )
+    assert store.created("s", "B") == 12.5
+    assert store.ingest("s", "B", [Entry(5, ("e",))], 13) == 5
+
+
+def test_skip_of_the_local_origin_is_refused(store: StreamStore) -> None:
+    store.append([("s", ["l"])], 0)
+    with pytest.raises(StoreError, match="local origin"):
+        store.skip("s", "", 5, 0)
+    with pytest.raises(StoreError, match="own origin id"):
+        store.skip("s", store.origin_id, 5, 0)
+    assert store.head("s") == 1 and store.keys() == [("s", "")]
+
+
+def test_a_skip_survives_a_restart(reopen: Callable[[], StreamStore]) -> None:
+    store = reopen()
+    store.ingest("s", "B", [Entry(1, ("a",))], 0)
+    store.skip("s", "B", 9, 0)
+    store.close()
+    again = reopen()
+    try:
+        if isinstance(again, MemoryStore):
+            return  # nothing survives
+        assert (again.head("s", "B"), again.oldest("s", "B")) == (9, 10)
+    finally:
+        again.close()
+
+
 def test_an_unknown_origin_is_an_unknown_stream(store: StreamStore) -> None:
     store.append([("s", ["l"])], 0)
     with pytest.raises(UnknownStream):

@@ -419,6 +419,93 @@ def test_a_reopened_log_loads_every_origins_head() -> None:
     assert (again.head("s"), again.head("s", "B")) == (1, 2)
 
 
+def test_a_skip_moves_another_origins_head_and_tells_the_listeners() -> None:
+    """``skip`` (a peer's GAP) moves the head of (stream, B) to the gap's end through the
+    store, drops what was retained below it, and tells the listeners which tokens will
+    never come; the next ingest continues after the gap."""
+    from replication.store import Entry
+
+    store = MemoryStore()
+    log = inline_log(store)
+    listener = Listener()
+    log.add_listener(listener)
+    log.ingest("s", "B", [Entry(1, ("a",)), Entry(2, ("b",))])
+    assert log.skip("s", "B", 6).result == 6
+    state = log.state("s", "B")
+    assert state is not None
+    assert (state.head, state.oldest, state.retained_rows) == (6, 7, 0)
+    assert listener.events[-1] == ("skipped", "s", 3, 6)
+    assert store.head("s", "B") == 6
+    assert log.skip("s", "B", 4).result == 6  # already past: nothing, nobody told
+    assert listener.events[-1] == ("skipped", "s", 3, 6)
+    assert log.ingest("s", "B", [Entry(7, ("g",))]).result == 7
+    assert listener.tokens() == [1, 2, 7]
+
+
+def test_a_skip_of_a_stream_never_seen_creates_it_at_the_gaps_end() -> None:
+    log = inline_log()
+    listener = Listener()
+    log.add_listener(listener)
+    assert log.skip("t", "B", 3).result == 3
+    assert log.head("t", "B") == 3 and listener.events == [("skipped", "t", 1, 3)]
+
+
+def test_a_skip_of_the_local_origin_or_before_open_is_refused() -> None:
+    errors: list[Any] = []
+    inline_log().skip("s", "", 3).addErrback(errors.append)
+    closed = StreamLog(InlineStore(MemoryStore()), Clock(), lambda _: KEEP_ALL)
+    closed.skip("s", "B", 3).addErrback(errors.append)
+    assert [e.check(StoreError) for e in errors] == [StoreError, StoreError]
+
+
+def test_a_failed_skip_changes_nothing() -> None:
+    """A store that refuses the skip (here: the store's own origin id) leaves the head."""
+    store = MemoryStore()
+    log = inline_log(store)
+    errors: list[Any] = []
+    log.skip("s", store.origin_id, 3).addErrback(errors.append)
+    assert errors and "own origin id" in errors[0].getErrorMessage()
+    assert log.head("s", store.origin_id) == 0
+
+
+def test_retention_passes_trim_other_origins_with_their_streams_retention() -> None:
+    """A retention pass trims the rows ingested from other origins too, each with the
+    retention of its stream, and keeps their states' statistics current; a stream that has
+    rows of another origin only is trimmed as well."""
+    from replication.store import Entry
+
+    runner = ManualRunner()
+    store = MemoryStore()
+    policies = {"s": Retention(max_rows=2), "t": Retention(max_rows=1)}
+    log = StreamLog(ThreadedStore(store, runner), Clock(), lambda name: policies[name])
+    log.open(())
+    runner.run_all()
+    log.publish("s", [["1"], ["2"], ["3"]])
+    log.ingest("s", "B", [Entry(t, (str(t),)) for t in range(1, 6)])
+    log.ingest("t", "C", [Entry(1, ("x",)), Entry(2, ("y",))])
+    runner.run_all()
+    log.trim()
+    runner.run_all()
+    local, other, only = log.state("s"), log.state("s", "B"), log.state("t", "C")
+    assert local is not None and other is not None and only is not None
+    assert (local.oldest, local.retained_rows) == (2, 2)
+    assert (other.head, other.oldest, other.retained_rows) == (5, 4, 2)
+    assert (only.oldest, only.retained_rows) == (2, 1)
+    assert store.oldest("s", "B") == 4 and store.oldest("t", "C") == 2
+
+
+def test_inline_ingests_are_trimmed_as_they_are_stored() -> None:
+    """On a store that never blocks, an ingest is trimmed at once, as a local publish is."""
+    from replication.store import Entry
+
+    store = MemoryStore()
+    log = inline_log(store, Retention(max_rows=2))
+    log.ingest("s", "B", [Entry(t, (str(t),)) for t in range(1, 6)])
+    state = log.state("s", "B")
+    assert state is not None and (state.oldest, state.retained_rows) == (4, 2)
+    assert store.retained_rows("s", "B") == 2
+
+
 # -- deleting a stream -----------------------------------------------------------------------
 
 

@@ -34,6 +34,7 @@ from replication.config.document import Document, compose, read_text
 from replication.config.errors import ConfigError
 from replication.config.kinds import is_handler_name
 from replication.config.model import (
+    ClusterConfig,
     KeepaliveConfig,
     LimitsConfig,
     MasterConfig,
@@ -73,6 +74,7 @@ __all__ = [
     "WORKER",
     "WORKER_ONLY_KEYS",
     "WORKER_STREAM_STARTS",
+    "ClusterConfig",
     "ConfigError",
     "KeepaliveConfig",
     "LimitsConfig",

@@ -396,6 +396,61 @@ class StreamNames(_Strings):
             _once(document, seen, _stream_name(document, stream, item), item)
 
 
+class PeerEndpoints(Kind):
+    """A cluster's peers: a non-empty list of Twisted client endpoint strings, each listed
+    once. ``None`` (the default: the section not written) means no cluster; written as
+    ``null`` or ``[]`` it is an empty list, an error. A section written without this key is
+    an error too, so that a misspelt ``peers`` does not leave a master silently outside its
+    cluster."""
+
+    name = "list of client endpoints"
+
+    def __init__(self) -> None:
+        self.endpoint = Endpoint(server=False)
+
+    def load(self, loading: Loading, value: Any, path: str) -> Any:
+        if value is not None and not isinstance(value, list):
+            raise loading.document.error(path, f"must be a {self.name}, got {describe(value)}")
+        return tuple(value or ())
+
+    def check(self, checking: Checking, value: object, path: str) -> None:
+        document = checking.document
+        section = path.rpartition(".")[0]
+        if value is None:
+            if section in document.lines:  # the section is written, without peers
+                raise document.error(
+                    section,
+                    f"{path} is missing: list every master of the cluster (this one "
+                    f"included), or leave {section} out for a master on its own",
+                )
+            return
+        if isinstance(value, tuple) and not value:
+            raise document.error(
+                path,
+                "must list at least one peer: every master of the cluster, this one "
+                f"included; leave {section} out for a master on its own",
+            )
+        seen: dict[str, int] = {}
+        for index, (item, endpoint) in enumerate(
+            _items(document, value, path, "a tuple of endpoint strings")
+        ):
+            self.endpoint.check(checking, endpoint, item)
+            assert isinstance(endpoint, str)
+            if endpoint in seen:
+                raise document.error(
+                    item,
+                    f"{endpoint!r} is listed more than once, at indexes {seen[endpoint]} and "
+                    f"{index}: each peer must have a unique endpoint",
+                )
+            seen[endpoint] = index
+
+    def show(self, value: object) -> str:
+        if value is None:
+            return _literal(None)
+        assert isinstance(value, tuple)
+        return f"``[{', '.join(value)}]``"
+
+
 class WorkerStreams(Kind):
     """The worker's streams: a list of names, or a mapping of name to ``{from: ...}``.
 

@@ -67,6 +67,37 @@ class StoreConfig:
     path: str | None = None
 
 
+@dataclass(frozen=True)
+class ReconnectConfig:
+    """Backoff between connection attempts (a worker's to its master, a master's to each
+    cluster peer), in seconds."""
+
+    initial_delay: float = 0.5
+    #: >= ``initial_delay``.
+    max_delay: float = 30.0
+    #: A connection that lasted less than this counts as a failed attempt for the backoff.
+    healthy_after: float = 10.0
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """A master's cluster peers (yaml ``cluster:``); ``peers`` ``None``: not in a cluster."""
+
+    #: Twisted client endpoint strings of every master's replication port, this one
+    #: included, the same list on every master; ``None`` when ``cluster`` is not configured.
+    peers: tuple[str, ...] | None = None
+    reconnect: ReconnectConfig = ReconnectConfig(initial_delay=1.0)
+    #: JSON bytes a peer link holds received and not yet committed before it stops reading.
+    max_pending_bytes: int = 16 * MiB
+    #: Rows one ingest (one store transaction) of a peer link carries at most.
+    ingest_batch_rows: int = 10_000
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this master is one of a cluster (``cluster.peers`` is set)."""
+        return self.peers is not None
+
+
 def _empty_retention_map() -> Mapping[str, RetentionConfig]:
     return types.MappingProxyType({})
 
@@ -112,6 +143,9 @@ class MasterConfig:
     commands: str | None = None
     #: Directories put first on the import path before the ``commands`` module is imported.
     commands_path: tuple[str, ...] = (".",)
+    #: yaml ``cluster:``: the peers of a cluster of masters; ``cluster.enabled`` is false
+    #: when the section is absent.
+    cluster: ClusterConfig = ClusterConfig()
 
     def retention_for(self, stream: str) -> RetentionConfig:
         """The retention of ``stream``: its override if it has one, else the default."""
@@ -125,17 +159,6 @@ class WorkerStream:
     name: str
     #: ``"earliest"`` or ``"latest"``: where to begin when there is no recorded position.
     start: str = "earliest"
-
-
-@dataclass(frozen=True)
-class ReconnectConfig:
-    """Backoff between a worker's connection attempts, in seconds."""
-
-    initial_delay: float = 0.5
-    #: >= ``initial_delay``.
-    max_delay: float = 30.0
-    #: A connection that lasted less than this counts as a failed attempt for the backoff.
-    healthy_after: float = 10.0
 
 
 @dataclass(frozen=True)

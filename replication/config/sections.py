@@ -25,6 +25,7 @@ from replication.config.kinds import (
     Nullable,
     OnlyWith,
     Options,
+    PeerEndpoints,
     PeerName,
     PerStream,
     Size,
@@ -51,6 +52,8 @@ MAX_ROWS_PER_PUBLISH: Final = 10_000_000
 MAX_HTTP_CONNECTIONS: Final = 100_000
 #: ``metrics.max_peer_labels`` upper bound.
 MAX_PEER_LABELS: Final = 10_000
+#: ``cluster.ingest_batch_rows`` upper bound.
+MAX_INGEST_BATCH_ROWS: Final = 1_000_000
 
 STORE_TYPES: Final = ("memory", "sqlite")
 WORKER_STREAM_STARTS: Final = ("earliest", "latest")
@@ -94,6 +97,56 @@ def _log_format() -> Key:
         "traceback). See `operations.rst <operations.rst>`_.",
         attr="log_format",
         flag=Flag("--log-format", "how log lines are written (default text)"),
+    )
+
+
+_CLUSTER_PEERS_DOC: Final = """\
+The replication port of every master of the cluster, this one included, as Twisted client
+endpoint strings (as a worker's ``master``); give every master the same list. Each master
+dials every entry: the entry that turns out to be itself (its own origin id and fingerprint
+come back in ``ORIGIN``) is not dialled again, and every other one becomes a peer link that
+relays that master's own rows to this one. Each entry must be listed once. Leave ``cluster``
+out for a master on its own: nothing changes then. See `clustering.rst <clustering.rst>`_."""
+
+
+def _cluster() -> tuple[Key, ...]:
+    """The master's ``cluster`` section: its peers and the timers of its peer links."""
+    return (
+        Key("cluster.peers", PeerEndpoints(), _CLUSTER_PEERS_DOC),
+        Key(
+            "cluster.reconnect.initial_delay",
+            Duration(),
+            "The wait before dialling a peer again after its link was lost or refused (the "
+            "same backoff as a worker's ``reconnect``, with jitter).",
+        ),
+        Key(
+            "cluster.reconnect.max_delay",
+            Duration(),
+            "The longest wait between attempts to reach a peer; the delay doubles from "
+            "``initial_delay`` up to this. A peer that announces this master's own origin id "
+            "(a conflict) or lost history this master holds is retried at this pace.",
+            rule=AtLeast("cluster.reconnect.initial_delay"),
+        ),
+        Key(
+            "cluster.reconnect.healthy_after",
+            Duration(),
+            "How long a peer link must last to count as healthy; a shorter one counts as a "
+            "failed attempt, so the wait keeps growing.",
+        ),
+        Key(
+            "cluster.max_pending_bytes",
+            Size(),
+            "JSON bytes of rows a peer link holds received but not yet committed to the "
+            "store; past this it stops reading from the peer until the store has caught up "
+            "(half of it committed), so a fast peer cannot grow this master's memory.",
+        ),
+        Key(
+            "cluster.ingest_batch_rows",
+            Integer(1, MAX_INGEST_BATCH_ROWS),
+            "Rows one store transaction of a peer link carries at most. Tokens that arrive "
+            "while a transaction runs are committed together in the next one (whole tokens: "
+            "a token with more rows is committed alone).",
+        ),
     )
 
 
@@ -310,6 +363,7 @@ MASTER: Final = Schema(
         ),
         _log_format(),
         *_commands(),
+        *_cluster(),
     ),
 )
 

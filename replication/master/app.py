@@ -12,6 +12,9 @@ Deferred awaited before the next: see :class:`~replication.services.OrderedMulti
                       connection and then the store (after the writes in flight)
       ListeningService  the replication port   } start listening once the store is open;
       ListeningService  the HTTP port (if any) } on stop, stop accepting first
+      PeerLinks         (with ``cluster.peers``) dials every peer once the replication
+                        port listens; on stop, closes the links first and waits for
+                        their ingests in flight, before the store is closed
 
 Everything is built from a :class:`~replication.config.MasterConfig` and a reactor, which is
 passed in (never the global one), so a test builds the whole tree on a
@@ -29,12 +32,17 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IReactorTime,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from replication.cluster.peers import PeerLinks, peer_links
 from replication.config import MasterConfig
 from replication.master.connection import MasterFactory
 from replication.master.log import StreamState
@@ -271,6 +279,8 @@ class MasterService(OrderedMultiService):
     def __init__(self, master: Master) -> None:
         super().__init__()
         self.master = master
+        #: The links to the cluster's peers (``cluster.peers``), else ``None``.
+        self.peer_links: PeerLinks | None = None
 
     def when_listening(self) -> Deferred[None]:
         """Fires once every listener listens; fails with the first that cannot. Ask after
@@ -344,24 +354,52 @@ def master_service(
     if marked:
         children.append(HistoryMarker(master, mark_path(database_path(config)), reactor))
     children.append(MasterRunner(master))
-    children.append(ListeningService(
+    workers = ListeningService(
         _endpoint(reactor, config.listen, "listen"), MasterFactory(master), "workers",
         fork(master.ready),
-    ))
+    )
+    children.append(workers)
     if config.http_listen is not None:
         children.append(ListeningService(
             _endpoint(reactor, config.http_listen, "http_listen"), admin_factory(master), "HTTP",
             fork(master.ready),
         ))
+    links = None
+    if config.cluster.enabled:
+        links = _peer_links(config, master, reactor, workers)
+        children.append(links)
 
     def not_opened(failure: Failure) -> None:
         log.error("cannot open the store: %s", failure.getErrorMessage())
 
     master.ready.addErrback(not_opened)
     root = MasterService(master)
+    root.peer_links = links
     for child in children:
         child.setServiceParent(root)
     return root
+
+
+def _peer_links(
+    config: MasterConfig, master: Master, reactor: IReactorTime, workers: ListeningService
+) -> PeerLinks:
+    """The master's links to its cluster's peers. They start dialling once the replication
+    port listens (the store is open by then, so the origin id is known, and this master can
+    answer the link that turns out to be itself)."""
+    from replication.tls import client_endpoint
+
+    def connect(description: str) -> IStreamClientEndpoint:
+        try:
+            endpoint: IStreamClientEndpoint = client_endpoint(reactor, description)
+        except Exception as e:  # what Twisted's parsers raise varies (as in the config check)
+            detail = str(e) or type(e).__name__
+            raise ServiceError(f"cluster.peers: cannot dial {description!r}: {detail}") from None
+        return endpoint
+
+    for description in config.cluster.peers or ():
+        connect(description)  # an endpoint that cannot be built stops the master now
+    listening = workers.when_listening().addCallback(lambda _: None)
+    return peer_links(config, master.log, master.fingerprint, reactor, connect, ready=listening)
 
 
 __all__ = [

@@ -19,11 +19,16 @@ changes a head goes through it, and everything that needs committed rows listens
   while the missing tokens are read, so listeners always see each stream's tokens once, in
   order, without a gap; a gap that retention already dropped is reported as
   :meth:`LogListener.skipped`.
+- **rows of other origins** (:meth:`StreamLog.ingest`, what a cluster peer link relays),
+  stored with their origin's tokens; and tokens of another origin that its master's
+  retention dropped before they were relayed (:meth:`StreamLog.skip`, a peer's ``GAP``),
+  reported as :meth:`LogListener.skipped` too.
 
 Listeners (:class:`LogListener`, the fan-out) receive committed runs of one stream:
 consecutive tokens, their rows as compact JSON texts. Retention runs through the log too
-(:meth:`StreamLog.trim`), which is how the retained-token statistics stay current without
-asking the store when metrics are scraped.
+(:meth:`StreamLog.trim`, for every origin of a stream, with the stream's retention), which
+is how the retained-token statistics stay current without asking the store when metrics are
+scraped.
 
 Streams are created by a publish to a new name (or by the configuration, when the log is
 opened); each new stream is logged once, when the commit that created it is done, and its
@@ -371,7 +376,8 @@ class StreamLog:
         if origin == LOCAL_ORIGIN:
             return fail(StoreError("ingest takes rows of other origins; publish the local ones"))
         state = self.state(stream, origin) or self.ensure(stream, origin)
-        d = self.store.ingest(stream, origin, entries, self.clock.seconds())
+        now = self.clock.seconds()
+        d = self.store.ingest(stream, origin, entries, now)
 
         def stored(head: int) -> int:
             new = [entry for entry in entries if entry.token > state.head]
@@ -379,9 +385,41 @@ class StreamLog:
                 self._deliver(
                     state, new[0].token, [e.rows for e in new], sum(len(e.rows) for e in new)
                 )
+                if self._inline is not None:
+                    self._trim_inline(state, now)
             return head
 
         return d.addCallback(stored)
+
+    def skip(self, stream: str, origin: str, last: int) -> Deferred[int]:
+        """Tokens of another ``origin`` up to ``last`` will never arrive (its master's
+        retention dropped them before they reached this one): move the head of ``(stream,
+        origin)`` past them through the store (:meth:`StreamStore.skip
+        <replication.store.StreamStore.skip>`, which also drops the tokens still retained
+        below them, so the retained ones stay contiguous), then tell the listeners
+        (:meth:`LogListener.skipped`). A ``last`` at or below the head changes nothing.
+        Fires with the new head; fails with :class:`~replication.store.StoreError`."""
+        if not self.opened:
+            return fail(StoreError("the master is still opening its store"))
+        if origin == LOCAL_ORIGIN:
+            return fail(StoreError("skip takes other origins; the local one has no gaps"))
+        state = self.state(stream, origin) or self.ensure(stream, origin)
+        now = self.clock.seconds()
+        d = self.store.skip(stream, origin, last, now)
+
+        def skipped(dropped: int) -> int:
+            first = state.head + 1
+            if last < first:
+                return state.head
+            state.head, state.oldest = last, last + 1
+            state.retained_rows = max(state.retained_rows - dropped, 0)
+            if state.created is None:
+                state.created = now
+            for listener in self.listeners:
+                listener.skipped(state, first, last)
+            return last
+
+        return d.addCallback(skipped)
 
     # -- handing committed tokens to the listeners, in order --------------------------------
 
@@ -476,19 +514,19 @@ class StreamLog:
     def _trim_inline(self, state: StreamState, now: float) -> None:
         inline = self._inline
         assert inline is not None
-        dropped = inline.trim(state.stream, self.retention(state.stream), now)
+        dropped = inline.trim(state.stream, self.retention(state.stream), now, state.origin)
         if dropped:
             state.retained_rows -= dropped
-            state.oldest = inline.oldest(state.stream)
+            state.oldest = inline.oldest(state.stream, state.origin)
 
     def trim(self) -> Deferred[None]:
-        """Apply each local stream's retention now (in the store's writer thread for a
-        blocking store, one pass at a time). Fires when the pass is done; a failed pass is
-        logged, not raised."""
+        """Apply each stream's retention now to every origin of it, the rows ingested from
+        other origins included (in the store's writer thread for a blocking store, one pass
+        at a time). Fires when the pass is done; a failed pass is logged, not raised."""
         if self._trimming:
             return succeed(None)
         self._trimming = True
-        retention = {name: self.retention(name) for name in self._local}
+        retention = {key.stream: self.retention(key.stream) for key in self._states}
         d = self.store.trim(retention, self.clock.seconds())
 
         def done(result: TrimResult | Failure) -> None:
@@ -496,8 +534,8 @@ class StreamLog:
             if isinstance(result, Failure):
                 log.error("retention pass failed: %s", result.getErrorMessage())
                 return
-            for name, stats in result.stats.items():
-                state = self._local.get(name)
+            for (name, origin), stats in result.stats.items():
+                state = self._states.get(StreamKey(name, origin))
                 if state is not None:
                     state.oldest, state.retained_rows = stats.oldest, stats.retained_rows
             if result.dropped:

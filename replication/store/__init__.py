@@ -102,6 +102,22 @@ def check_origin(origin: str) -> None:
         )
 
 
+def check_other_origin(what: str, stream: str, origin: str, origin_id: str) -> None:
+    """Raise :class:`StoreError` unless ``origin`` is another origin than the store's own:
+    ``what`` (``ingest``, ``skip``) takes other origins only, and the local origin is never
+    named by the store's own ``origin_id`` (its rows are keyed ``""`` only, never under two
+    names)."""
+    if origin == LOCAL_ORIGIN:
+        raise StoreError(
+            f"{what} takes rows of other origins; the local origin's take append"
+        )
+    if origin == origin_id:
+        raise StoreError(
+            f"{what} of {stream} from origin {origin!r}: that is this store's own origin id; "
+            "its rows are the local origin's and are never stored as another origin's"
+        )
+
+
 def check_ingest(
     stream: str, origin: str, entries: Sequence[Entry], head: int, origin_id: str
 ) -> list[Entry]:
@@ -110,13 +126,7 @@ def check_ingest(
     local origin, whether named ``""`` or by the store's own ``origin_id`` (its rows are
     keyed ``""`` only, never under two names), and for tokens that do not continue the head
     one by one (a gap would hide lost rows); :class:`ValueError` for an entry without rows."""
-    if origin == LOCAL_ORIGIN:
-        raise StoreError("ingest stores rows of other origins; the local origin's take append")
-    if origin == origin_id:
-        raise StoreError(
-            f"ingest of {stream} from origin {origin!r}: that is this store's own origin id; "
-            "its rows are the local origin's and are never stored as another origin's"
-        )
+    check_other_origin("ingest", stream, origin, origin_id)
     new = [entry for entry in entries if entry.token > head]
     expected = head + 1
     for entry in new:
@@ -166,8 +176,8 @@ class StreamStore(Protocol):
     ``origin_id`` names the store's own origin for other masters (``""`` inside the store).
     ``blocking`` tells the master whether ``append`` does disk work that must run off the
     reactor thread; a blocking store is called from one writer thread for ``append``,
-    ``ingest``, ``trim`` and ``delete_stream`` and from the reactor thread for everything
-    else, so it must allow that.
+    ``ingest``, ``skip``, ``trim`` and ``delete_stream`` and from the reactor thread for
+    everything else, so it must allow that.
     """
 
     blocking: bool
@@ -230,6 +240,17 @@ class StreamStore(Protocol):
         dropped; the others must continue the head one by one (see :func:`check_ingest`).
         Returns the new head: the origin's position on this store, committed with its rows."""
 
+    def skip(self, stream: str, origin: str, last: int, now: float) -> int:
+        """Tokens of another ``origin`` up to ``last`` will never arrive (that origin's
+        retention dropped them before this store got them): move the head of ``(stream,
+        origin)`` to ``last``, as one unit. The tokens still retained at or below ``last``
+        (every retained one: they are at or below the old head) are dropped with it, so the
+        retained tokens stay exactly ``oldest..head`` (``oldest`` becomes ``last + 1``).
+        Creates ``(stream, origin)`` (created at ``now``) if the store does not hold it; a
+        ``last`` at or below the head changes nothing. Returns how many rows were dropped.
+        Raises :class:`StoreError` for the local origin (see
+        :func:`check_other_origin`)."""
+
     def trim(
         self, stream: str, retention: RetentionPolicy, now: float, origin: str = LOCAL_ORIGIN
     ) -> int:
@@ -253,5 +274,6 @@ __all__ = [
     "UnknownStream",
     "check_ingest",
     "check_origin",
+    "check_other_origin",
     "stream_stats",
 ]

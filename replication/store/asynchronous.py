@@ -8,9 +8,9 @@
   attribute hands the store itself to callers that want to skip the Deferred on a hot path
   (the stream log's commit path does, and then takes exactly the same steps).
 - :class:`ThreadedStore` for a store that does disk work (SQLite): writes (``append``,
-  ``trim``, opening and closing) run one at a time, in order, through ``run_write`` (a single
-  writer thread), and reads through ``run_read`` (a reader thread), so that no store I/O runs
-  on the reactor thread. Results come back on the reactor thread.
+  ``ingest``, ``skip``, ``trim``, opening and closing) run one at a time, in order,
+  through ``run_write`` (a single writer thread), and reads through ``run_read`` (a reader
+  thread), so that no store I/O runs on the reactor thread. Results come back on the reactor thread.
 
 :func:`adapt` picks the adapter a store needs from its ``blocking`` attribute. Nothing here
 imports a reactor: the runners are passed in (see :func:`thread_runner`, which the service
@@ -57,10 +57,11 @@ class OpenedStore:
 
 @dataclass(frozen=True, slots=True)
 class TrimResult:
-    """A retention pass: rows ``dropped`` in all, and each trimmed stream's stats after it."""
+    """A retention pass: rows ``dropped`` in all, and the stats of each trimmed
+    ``(stream, origin)`` after it."""
 
     dropped: int
-    stats: Mapping[str, StreamStats]
+    stats: Mapping[tuple[str, str], StreamStats]
 
 
 class AsyncStore(Protocol):
@@ -103,8 +104,13 @@ class AsyncStore(Protocol):
     ) -> Deferred[int]:
         """:meth:`StreamStore.ingest <replication.store.StreamStore.ingest>`."""
 
+    def skip(self, stream: str, origin: str, last: int, now: float) -> Deferred[int]:
+        """:meth:`StreamStore.skip <replication.store.StreamStore.skip>`."""
+
     def trim(self, retention: Mapping[str, RetentionPolicy], now: float) -> Deferred[TrimResult]:
-        """Apply ``retention`` to each stream it names; unknown streams are skipped."""
+        """Apply ``retention`` to every ``(stream, origin)`` of each stream it names, the
+        rows of other origins included (each with its stream's retention); streams it does
+        not name, and names the store does not hold, are left alone."""
 
     def close(self) -> Deferred[None]:
         """Release the store; after writes in flight have finished, for a threaded store."""
@@ -132,13 +138,16 @@ def _delete(
 def _trim(store: StreamStore, retention: Mapping[str, RetentionPolicy], now: float) -> TrimResult:
     dropped = 0
     stats = {}
-    for stream, keep in retention.items():
+    for stream, origin in store.keys():
+        keep = retention.get(stream)
+        if keep is None:
+            continue
         try:
-            removed = store.trim(stream, keep, now)
+            removed = store.trim(stream, keep, now, origin)
             dropped += removed
-            stats[stream] = stream_stats(store, stream)
+            stats[(stream, origin)] = stream_stats(store, stream, origin)
         except UnknownStream:
-            pass  # followed by a worker, never published to
+            pass  # deleted meanwhile
     return TrimResult(dropped, stats)
 
 
@@ -182,6 +191,9 @@ class InlineStore:
     ) -> Deferred[int]:
         return _call(self.store.ingest, stream, origin, entries, now)
 
+    def skip(self, stream: str, origin: str, last: int, now: float) -> Deferred[int]:
+        return _call(self.store.skip, stream, origin, last, now)
+
     def trim(self, retention: Mapping[str, RetentionPolicy], now: float) -> Deferred[TrimResult]:
         return _call(_trim, self.store, retention, now)
 
@@ -194,8 +206,8 @@ class ThreadedStore:
 
     :param store: the store; its writes must be called from one thread at a time, its reads
         may run beside them (see :mod:`replication.store.sqlite`).
-    :param run_write: runs ``append``, ``ingest``, ``trim``, ``delete``, opening and
-        closing, one call at a time, in
+    :param run_write: runs ``append``, ``ingest``, ``skip``, ``trim``, ``delete``, opening
+        and closing, one call at a time, in
         the order given (a one-thread pool).
     :param run_read: runs ``read`` and ``stats``; ``None``: ``run_write`` (reads then queue
         behind commits).
@@ -235,6 +247,9 @@ class ThreadedStore:
         self, stream: str, origin: str, entries: Sequence[Entry], now: float
     ) -> Deferred[int]:
         return self.run_write(self.store.ingest, stream, origin, entries, now)
+
+    def skip(self, stream: str, origin: str, last: int, now: float) -> Deferred[int]:
+        return self.run_write(self.store.skip, stream, origin, last, now)
 
     def trim(self, retention: Mapping[str, RetentionPolicy], now: float) -> Deferred[TrimResult]:
         return self.run_write(_trim, self.store, retention, now)

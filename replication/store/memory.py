@@ -24,6 +24,7 @@ from replication.store import (
     UnknownStream,
     check_ingest,
     check_origin,
+    check_other_origin,
 )
 
 
@@ -112,6 +113,18 @@ class MemoryStore:
             s.times.append(now)
             s.rows += len(entry.rows)
         return s.head
+
+    def skip(self, stream: str, origin: str, last: int, now: float) -> int:
+        check_other_origin("skip", stream, origin, self.origin_id)
+        s = self._others.get((stream, origin))
+        if s is None:
+            s = self._others[(stream, origin)] = _Stream(now)
+        if last <= s.head:
+            return 0
+        dropped = s.rows
+        s.head, s.rows, s.start = last, 0, 0
+        s.entries, s.times = [], []
+        return dropped
 
     def append(
         self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN

@@ -104,6 +104,7 @@ from replication.store import (
     UnknownStream,
     check_ingest,
     check_origin,
+    check_other_origin,
 )
 
 SCHEMA_VERSION = 2
@@ -553,6 +554,29 @@ class SqliteStore:
                     (head, sum(len(e.rows) for e in new), stream, origin),
                 )
         return int(head)
+
+    def skip(self, stream: str, origin: str, last: int, now: float) -> int:
+        check_other_origin("skip", stream, origin, self.origin_id)
+        with self._transaction("skip") as w:
+            found = w.execute(
+                "SELECT head, rows FROM streams WHERE name = ? AND origin = ?", (stream, origin)
+            ).fetchall()
+            if not found:
+                w.execute(
+                    "INSERT INTO streams (name, origin, head, oldest, rows, created)"
+                    " VALUES (?, ?, ?, ?, 0, ?)",
+                    (stream, origin, last, last + 1, now),
+                )
+                return 0
+            head, rows = found[0]
+            if last <= head:
+                return 0
+            w.execute("DELETE FROM entries WHERE stream = ? AND origin = ?", (stream, origin))
+            w.execute(
+                "UPDATE streams SET head = ?, oldest = ?, rows = 0 WHERE name = ? AND origin = ?",
+                (last, last + 1, stream, origin),
+            )
+        return int(rows)
 
     def trim(
         self, stream: str, retention: RetentionPolicy, now: float, origin: str = LOCAL_ORIGIN
