@@ -121,3 +121,25 @@ def test_a_cluster_built_in_code_is_checked_too() -> None:
         with pytest.raises(ConfigError) as caught:
             validate_master(bad)
         assert caught.value.path == where
+
+
+def test_ack_peers_is_bounded_by_the_peers_listed() -> None:
+    """cluster.ack_peers counts peers besides this master: at most len(peers) - 1."""
+    with pytest.raises(ConfigError) as caught:
+        load("""
+            cluster:
+              peers: ['tcp:host=a:port=1', 'tcp:host=b:port=1']
+              ack_peers: 2
+        """)
+    assert str(caught.value) == (
+        "master.yaml:3: cluster.ack_peers: is 2, but cluster.peers lists 2 masters, this one "
+        "included: at most 1 peers can confirm a publish"
+    )
+    cluster = load("""
+        cluster:
+          peers: ['tcp:host=a:port=1', 'tcp:host=b:port=1']
+          ack_peers: 1
+          ack_timeout: 2s
+          repair_after: 500ms
+    """).cluster
+    assert (cluster.ack_peers, cluster.ack_timeout, cluster.repair_after) == (1, 2.0, 0.5)

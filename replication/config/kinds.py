@@ -635,3 +635,25 @@ class OnlyWith(Rule):
 
     def describe(self) -> str:
         return f"only with ``{self.other}: {self.required}``"
+
+
+class FewerThanEntries(Rule):
+    """The key's value is below the number of entries of the ``other`` key, a list (a
+    ``None`` list: the key must be 0): ``cluster.ack_peers`` counts peers besides this
+    master."""
+
+    def __init__(self, other: str) -> None:
+        self.other = other
+
+    def check(self, checking: Checking, key: Key, value: object) -> None:
+        entries = checking.value_of(self.other)
+        count = len(entries) if isinstance(entries, (list, tuple)) else 0
+        if isinstance(value, int) and value > max(count - 1, 0):
+            raise checking.document.error(
+                key.path,
+                f"is {value}, but {self.other} lists {count} masters, this one included: "
+                f"at most {max(count - 1, 0)} peers can confirm a publish",
+            )
+
+    def describe(self) -> str:
+        return f"less than the number of entries of ``{self.other}``"

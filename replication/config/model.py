@@ -91,6 +91,12 @@ class ClusterConfig:
     max_pending_bytes: int = 16 * MiB
     #: Rows one ingest (one store transaction) of a peer link carries at most.
     ingest_batch_rows: int = 10_000
+    #: Seconds a peer's link may be down before its rows are asked of the other peers.
+    repair_after: float = 5.0
+    #: Peers that must have stored a publish before it is answered (0: none).
+    ack_peers: int = 0
+    #: Seconds a publish waits for ``ack_peers`` confirmations before a 504.
+    ack_timeout: float = 10.0
 
     @property
     def enabled(self) -> bool:

@@ -19,6 +19,7 @@ from replication.config.kinds import (
     Directories,
     Duration,
     Endpoint,
+    FewerThanEntries,
     GreaterThan,
     HandlerName,
     Integer,
@@ -52,6 +53,8 @@ MAX_ROWS_PER_PUBLISH: Final = 10_000_000
 MAX_HTTP_CONNECTIONS: Final = 100_000
 #: ``metrics.max_peer_labels`` upper bound.
 MAX_PEER_LABELS: Final = 10_000
+#: ``cluster.ack_peers`` upper bound.
+MAX_ACK_PEERS: Final = 63
 #: ``cluster.ingest_batch_rows`` upper bound.
 MAX_INGEST_BATCH_ROWS: Final = 1_000_000
 
@@ -146,6 +149,29 @@ def _cluster() -> tuple[Key, ...]:
             "Rows one store transaction of a peer link carries at most. Tokens that arrive "
             "while a transaction runs are committed together in the next one (whole tokens: "
             "a token with more rows is committed alone).",
+        ),
+        Key(
+            "cluster.repair_after",
+            Duration(),
+            "How long the link to a peer may be down before this master asks its other "
+            "peers for that peer's rows (repair): rows that reached any live master reach "
+            "this one even while their origin is away. Once the link is back and caught up, "
+            "the repair stops.",
+        ),
+        Key(
+            "cluster.ack_peers",
+            Integer(0, MAX_ACK_PEERS),
+            "Peers that must have stored a publish before it is answered (0: answered once "
+            "this master has committed it). With 1 or more, an acknowledged publish "
+            "survives the loss of this master's disk. A publish not confirmed within "
+            "``ack_timeout`` is answered ``504``: it is stored here and still reaches the "
+            "peers, but was not confirmed.",
+            rule=FewerThanEntries("cluster.peers"),
+        ),
+        Key(
+            "cluster.ack_timeout",
+            Duration(),
+            "How long a publish waits for ``ack_peers`` confirmations.",
         ),
     )
 

@@ -78,12 +78,13 @@ class Master:
         (started by :meth:`start`); the in-memory store is also trimmed on each publish.
     :param metrics: where this master's metrics are collected (built by the entry point
         around its registry); ``None``: a private registry (``master.metrics.registry``).
-    :param clustered: whether this master is one of a cluster (``cluster.peers``): it then
-        serves ``RELAY`` to its peers and refuses ``REPLICATE`` from dialects that cannot
-        name origins.
+    :param clustered: whether this master is one of a cluster: it then serves ``RELAY`` to
+        its peers and refuses ``REPLICATE`` from dialects that cannot name origins
+        (``None``: ``cluster.peers`` is set).
     :param ack_peers: peers that must have stored a publish before it is answered
-        (``cluster.ack_peers``; 0: none); see :mod:`replication.master.acks`.
-    :param ack_timeout: seconds a publish waits for them; past that it is answered 504.
+        (``None``: ``cluster.ack_peers``); see :mod:`replication.master.acks`.
+    :param ack_timeout: seconds a publish waits for them, past which it is answered 504
+        (``None``: ``cluster.ack_timeout``).
 
     The store is opened asynchronously: :attr:`ready` fires once every stream's state is
     loaded (at once for the memory store); publishes before that are refused with 503.
@@ -101,12 +102,13 @@ class Master:
         max_pending_rows: int = 1_000_000,
         trim_interval: float = 5.0,
         metrics: MasterMetrics | None = None,
-        clustered: bool = False,
-        ack_peers: int = 0,
-        ack_timeout: float = 10.0,
+        clustered: bool | None = None,
+        ack_peers: int | None = None,
+        ack_timeout: float | None = None,
     ) -> None:
         self.config = config
-        self.clustered = clustered
+        cluster = config.cluster
+        self.clustered = cluster.enabled if clustered is None else clustered
         self.store = store
         self.clock = clock
         self.registry = registry if registry is not None else default_registry()
@@ -120,9 +122,13 @@ class Master:
         )
         self.fanout = FanOut(
             self.log, clock, page_rows=config.limits.catchup_page_rows, knows=self.knows,
-            max_subscriptions=config.limits.max_streams, clustered=clustered,
+            max_subscriptions=config.limits.max_streams, clustered=self.clustered,
         )
-        self.acks = PeerAcks(ack_peers, ack_timeout, clock)
+        self.acks = PeerAcks(
+            cluster.ack_peers if ack_peers is None else ack_peers,
+            cluster.ack_timeout if ack_timeout is None else ack_timeout,
+            clock,
+        )
         self.log.add_listener(self.acks)
         self.fanout.on_handled = self._handled
         self.history = ConnectionHistory(config.metrics_max_peer_labels)
