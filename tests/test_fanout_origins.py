@@ -311,3 +311,18 @@ def test_a_peer_may_not_relay_its_own_origin(tmp_path: Path) -> None:
     connection, transport = peer(harness)
     connection.dataReceived(f"RELAY * {OTHER}\n".encode())
     assert take(transport) == [f"ERROR RELAY of origin {OTHER}: that is the peer's own origin"]
+
+
+def test_a_master_of_a_cluster_refuses_to_delete_a_stream(tmp_path: Path) -> None:
+    from replication.master.log import DeleteError
+
+    harness = Harness(tmp_path)
+    harness.master.clustered = True
+    harness.publish("events", [1])
+    failures: list[object] = []
+    harness.master.delete_stream("events").addErrback(failures.append)
+    (failure,) = failures
+    error = failure.value  # type: ignore[attr-defined]
+    assert isinstance(error, DeleteError) and error.status == 409
+    assert "on a master of a cluster" in error.message
+    assert harness.master.log.head("events") == 1

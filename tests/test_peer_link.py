@@ -419,13 +419,13 @@ def test_duplicates_relayed_by_two_entries_of_one_master_are_stored_once() -> No
     ("line", "error"),
     [
         ("RDATA events@{OTHER} 1 {{}}",
-         "ERROR RDATA events@{OTHER}: this link asked for origin {PEER} only"),
+         "ERROR RDATA events@{OTHER}: this link did not ask for origin {OTHER}"),
         ("POSITION events@{OTHER} 0",
-         "ERROR POSITION events@{OTHER}: this link asked for origin {PEER} only"),
+         "ERROR POSITION events@{OTHER}: this link did not ask for origin {OTHER}"),
         ("GAP events@{OTHER} 1 2",
-         "ERROR GAP events@{OTHER}: this link asked for origin {PEER} only"),
+         "ERROR GAP events@{OTHER}: this link did not ask for origin {OTHER}"),
         ("RESET events@{OTHER} 0",
-         "ERROR RESET events@{OTHER}: this link asked for origin {PEER} only"),
+         "ERROR RESET events@{OTHER}: this link did not ask for origin {OTHER}"),
         ("RDATA events@{OURS} 1 {{}}",
          "ERROR RDATA events@{OURS}: rows of this master's own origin are never relayed back "
          "to it"),
@@ -474,6 +474,7 @@ def test_streams_of_the_peers_origin_are_bounded_by_max_streams() -> None:
     cluster = Cluster(max_streams=2)
     peer = cluster.linked()
     peer.say(f"RDATA a@{PEER} 1 1", f"RDATA b@{PEER} 1 1")
+    assert peer.heard() == [f"HANDLED a@{PEER} 1", f"HANDLED b@{PEER} 1"]
     peer.say(f"RDATA c@{PEER} 1 1")
     assert peer.heard() == [
         f"ERROR RDATA c@{PEER}: this master holds 2 streams of origin {PEER} already "
@@ -728,4 +729,90 @@ def test_a_token_past_the_row_bound_is_refused() -> None:
     assert peer.heard()[0].startswith(f"ERROR RDATA s@{PEER}: a token of at least 3 rows")
     assert cluster.store.keys() == []
     peer.drop()
+    cluster.stop()
+
+
+# -- confirmations and repair -------------------------------------------------------------------
+
+
+def tick(cluster: Cluster, seconds: int) -> None:
+    """Let ``seconds`` pass one at a time, as the reactor would run the repair check."""
+    for _ in range(seconds):
+        cluster.clock.advance(1)
+
+
+def test_each_ingest_is_confirmed_to_the_peer_with_handled() -> None:
+    """After each store call of the peer's rows the link reports the new head with HANDLED
+    (what the peer counts for cluster.ack_peers)."""
+    cluster = Cluster()
+    peer = cluster.linked()
+    peer.say(f"RDATA events@{PEER} 1 1", f"RDATA events@{PEER} batch 2", f"RDATA events@{PEER} 2 3")
+    assert peer.heard() == [f"HANDLED events@{PEER} 2"]
+    peer.say(f"GAP events@{PEER} 3 4")  # a skip stores no rows: nothing to confirm
+    assert peer.heard() == []
+    peer.drop()
+    cluster.stop()
+
+
+def test_a_repair_asks_the_peer_for_another_origin_and_takes_its_rows() -> None:
+    cluster = Cluster()
+    cluster.log.ingest("events", OTHER, [Entry(1, ("1",)), Entry(2, ("2",))])
+    peer = cluster.linked()
+    link = cluster.link
+    assert peer.heard() == []
+    # OTHER has no connected link: seen so at the first check (each second), then after
+    # repair_after (5 s) this link asks for it too.
+    tick(cluster, 5)
+    assert not [line for line in peer.heard() if not line.startswith("PING")]
+    tick(cluster, 1)
+    assert [line for line in peer.heard() if not line.startswith("PING")] == [
+        f"RELAY events {OTHER} 2", f"RELAY * {OTHER}"
+    ]
+    assert link.repairs == {OTHER} and cluster.links.repairing() == {OTHER}
+    peer.say(f"RDATA events@{OTHER} 3 3", f"RDATA users@{OTHER} 1 4")
+    assert [e.token for e in rows(cluster.store, "events", OTHER)] == [1, 2, 3]
+    assert [e.token for e in rows(cluster.store, "users", OTHER)] == [1]
+    assert link.repair_rows == 2
+    assert peer.heard() == []  # rows of other origins are not confirmed to this peer
+    # A new connection asks for the repaired origin again, from the heads.
+    peer.drop()
+    cluster.retry()
+    again = cluster.peer()
+    assert again.handshake()[-4:] == [
+        f"RELAY * {PEER}", f"RELAY events {OTHER} 3", f"RELAY users {OTHER} 1", f"RELAY * {OTHER}"
+    ]
+    # The origin's own link is back: the repairing link is closed, to come back without it.
+    link.drop_repair(OTHER)
+    assert again.closing and link.repairs == set()
+    again.drop()
+    cluster.stop()
+
+
+def test_repairs_follow_the_state_of_the_origins_own_link() -> None:
+    """Two entries: while both links are connected nothing is repaired; once the link to
+    OTHER has been down for repair_after, the link to PEER repairs it; once it is back,
+    the repair stops."""
+    other_entry = "tcp:host=other.example:port=9092"
+    cluster = Cluster(entries=(ENTRY, other_entry))
+    first = cluster.peer(0)
+    second = cluster.peer(1)
+    first.handshake()
+    second.handshake(OTHER, "otherFingerprint")
+    tick(cluster, 10)
+    assert cluster.links.repairing() == set()
+    second.drop()
+    tick(cluster, 5)
+    assert cluster.links.repairing() == set()
+    tick(cluster, 1)
+    assert cluster.links.repairing() == {OTHER}
+    assert first.heard()[-1] == f"RELAY * {OTHER}"
+    # The link to OTHER reconnected (after its backoff) and is linked again.
+    back = cluster.peer(-1)
+    assert back.protocol.link.endpoint == other_entry
+    back.handshake(OTHER, "otherFingerprint")
+    tick(cluster, 1)
+    assert cluster.links.repairing() == set()
+    assert first.closing
+    first.drop()
+    back.drop()
     cluster.stop()

@@ -72,7 +72,7 @@ from zope.interface import implementer
 
 from replication.cluster.identity import Identity, Recognition, conflict_reason, recognise
 from replication.config import KeepaliveConfig, MasterConfig, ReconnectConfig
-from replication.master.log import StreamKey, StreamLog
+from replication.master.log import StreamKey, StreamLog, StreamState
 from replication.store import Entry
 from replication.streams import AssemblyError, TokenAssembler
 from replication.wire.commands import (
@@ -80,6 +80,7 @@ from replication.wire.commands import (
     WORKER,
     ErrorCommand,
     GapCommand,
+    HandledCommand,
     OriginCommand,
     PositionCommand,
     RdataCommand,
@@ -250,6 +251,10 @@ class PeerLink:
         self.conflicts = 0
         self.ingest_failures = 0
         self.pending_bytes = 0
+        #: Origins besides the peer's own that this link also asks for (repair: their own
+        #: links are down), and the rows of them received.
+        self.repairs: set[str] = set()
+        self.repair_rows = 0
         #: The current connection, from connect to close.
         self.connection: PeerConnection | None = None
         self.service: ClientService | None = None
@@ -305,6 +310,32 @@ class PeerLink:
     def describe(self) -> str:
         name = f"{self.peer_name} " if self.peer_name else ""
         return f"peer {name}at {self.endpoint}"
+
+    def add_repair(self, origin: str) -> None:
+        """Ask this peer for the rows of ``origin`` too (its own link is down), now if
+        connected, and on every later connection, until :meth:`drop_repair`."""
+        if origin in self.repairs or origin == self.origin_id:
+            return
+        self.repairs.add(origin)
+        log.warning(
+            "asking %s for the rows of origin %s, whose own link is down (repair)",
+            self.describe(), origin,
+        )
+        connection = self.connection
+        if connection is not None:
+            connection.relay_origin(origin)
+
+    def drop_repair(self, origin: str) -> None:
+        """Stop asking this peer for ``origin``: the connection is closed and made again
+        without it (a subscription cannot be taken back otherwise; the new one resumes
+        from this master's heads)."""
+        if origin not in self.repairs:
+            return
+        self.repairs.discard(origin)
+        log.info("origin %s is linked again: %s stops relaying it", origin, self.describe())
+        connection = self.connection
+        if connection is not None and origin in connection.origins:
+            connection.close()
 
     # -- told by the connection and the endpoint ---------------------------------------
 
@@ -459,6 +490,8 @@ class PeerConnection(ReplicationProtocol):
         self.assembler = TokenAssembler(settings.max_token_rows, settings.max_token_bytes)
         #: The peer's origin id once its ``ORIGIN`` made this a peer link.
         self.peer_origin: str | None = None
+        #: The origins this connection asked for: the peer's, and any it repairs.
+        self.origins: set[str] = set()
         #: Rows received and not yet committed on this connection (queued and in flight).
         self.pending_bytes = 0
         self._origin_seen = False
@@ -524,12 +557,9 @@ class PeerConnection(ReplicationProtocol):
         origin = self.peer_origin
         if self._closing or self._lost or origin is None:
             return
-        held = [state for state in self.log.states() if state.origin == origin]
-        for state in held:
-            self.assembler.start(qualify(state.stream, origin), state.head)
-            self.send(RelayCommand(state.stream, origin, state.head))
-        self.send(RelayCommand(EVERY_STREAM, origin, None))
-        self._streams = {state.stream for state in held}
+        held = self.relay_origin(origin)
+        for repaired in sorted(self.link.repairs - {origin}):
+            self.relay_origin(repaired)
         link = self.link
         link._set(LinkState.CONNECTED)
         link.problem = None
@@ -540,6 +570,22 @@ class PeerConnection(ReplicationProtocol):
             "linked to %s (origin %s): relaying its rows (%s; every other stream from its "
             "start)", link.describe(), origin, resumed,
         )
+
+    def relay_origin(self, origin: str) -> list[StreamState]:
+        """Ask the peer for the rows of ``origin``: each stream this master holds of it
+        after its head, then every other stream from its start. Returns the streams held."""
+        if self._closing or self._lost or self.peer_origin is None or origin in self.origins:
+            return []
+        self.origins.add(origin)
+        held = [state for state in self.log.states() if state.origin == origin]
+        for state in held:
+            key = qualify(state.stream, origin)
+            if key not in self.assembler.last:
+                self.assembler.start(key, state.head)
+            self.send(RelayCommand(state.stream, origin, state.head))
+        self.send(RelayCommand(EVERY_STREAM, origin, None))
+        self._streams.update(state.stream for state in held)
+        return held
 
     def _cancel_origin_deadline(self) -> None:
         call, self._origin_deadline = self._origin_deadline, None
@@ -567,12 +613,12 @@ class PeerConnection(ReplicationProtocol):
                 f"{name} {stream}: protocol version 2 names the origin (<stream>@<origin>)"
             )
             return None
-        if origin != self.peer_origin:
+        if origin not in self.origins:
             assert self.link.identity is not None
             why = (
                 "rows of this master's own origin are never relayed back to it"
                 if origin == self.link.identity.origin_id
-                else f"this link asked for origin {self.peer_origin} only"
+                else f"this link did not ask for origin {origin}"
             )
             self.send_error(f"{name} {stream}@{origin}: {why}")
             return None
@@ -604,6 +650,8 @@ class PeerConnection(ReplicationProtocol):
         link = self.link
         link.rows_received += 1
         link.bytes_received += size
+        if command.origin != self.peer_origin:
+            link.repair_rows += 1
         if done is None:
             partial = sum(assembler.partial_bytes.values())
             if partial > self.settings.max_token_bytes:
@@ -745,12 +793,16 @@ class PeerConnection(ReplicationProtocol):
             callbackArgs=(key, size, tokens), errbackArgs=(key, size, what),
         )
 
-    def _stored(self, _: int, key: StreamKey, size: int, tokens: int) -> None:
+    def _stored(self, head: int, key: StreamKey, size: int, tokens: int) -> None:
         link = self.link
         self._done(key, size)
         if tokens:
             link.ingests += 1
             link.ingested_tokens += tokens
+            if key.origin == self.peer_origin and not (self._closing or self._lost):
+                # What this master has stored of the peer's rows: the peer counts it as a
+                # confirmation when it waits for cluster.ack_peers.
+                self.send(HandledCommand(key.stream, head, key.origin))
         link._finished_store_call()
         if not (self._closing or self._lost):
             self._flush()

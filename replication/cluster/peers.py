@@ -8,6 +8,16 @@ known only then, and ingests need the open stream log), and on stop closes every
 through its protocol, stops dialling and waits for the store calls in flight, so that the
 store is closed after them. :func:`peer_links` builds it from a
 :class:`~replication.config.MasterConfig`.
+
+**Repair.** Each link asks its peer for the peer's own rows only. When no link to an origin
+has been connected for ``cluster.repair_after`` seconds (its master is down, partitioned
+from this one, or its entry unreachable), every connected link also asks its peer for that
+origin's rows (:meth:`PeerLink.add_repair`): a row that reached any live master reaches
+this one while its origin is away; tokens already stored are dropped as duplicates. Once a
+link to that origin is connected again, the repairing links stop (each is reconnected
+without it, :meth:`PeerLink.drop_repair`). The origins considered are those this master
+holds rows of and those its links have met; an origin it never heard of cannot be asked
+for by name (see docs/clustering.rst).
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from collections.abc import Callable, Sequence
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from replication.cluster.identity import Identity
@@ -61,8 +72,13 @@ class PeerLinks(Service):
         *,
         ready: Deferred[None] | None = None,
         jitter: Callable[[], float] | None = None,
+        repair_after: float = 5.0,
     ) -> None:
         self.log = log
+        self.repair_after = repair_after
+        #: When each origin was last seen without a connected link, by origin id.
+        self._unlinked_since: dict[str, float] = {}
+        self._repair_loop: LoopingCall | None = None
         self.fingerprint = fingerprint
         self.clock = clock
         self.settings = settings
@@ -102,11 +118,48 @@ class PeerLinks(Service):
         )
         for link in self.links:
             link.start(identity, self.connect(link.endpoint))
+        loop = self._repair_loop = LoopingCall(self.check_repairs)
+        loop.clock = self.clock
+        loop.start(min(1.0, self.repair_after / 2), now=False)
+
+    def check_repairs(self) -> None:
+        """Start and stop repairs (see the module docstring); run every second."""
+        identity = self.identity
+        if identity is None:
+            return
+        now = self.clock.seconds()
+        connected = {
+            link.origin_id: link for link in self.links
+            if link.state is LinkState.CONNECTED and link.origin_id is not None
+        }
+        known = {state.origin for state in self.log.states() if state.origin}
+        known.update(link.origin_id for link in self.links if link.origin_id is not None)
+        known.discard(identity.origin_id)
+        wanted = set()
+        for origin in known:
+            if origin in connected:
+                self._unlinked_since.pop(origin, None)
+                continue
+            since = self._unlinked_since.setdefault(origin, now)
+            if now - since >= self.repair_after:
+                wanted.add(origin)
+        for link in connected.values():
+            for origin in link.repairs - wanted:
+                link.drop_repair(origin)
+            for origin in sorted(wanted - link.repairs - {link.origin_id}):
+                link.add_repair(origin)
+
+    def repairing(self) -> set[str]:
+        """The origins some link is asking its peer for besides the peer's own, now."""
+        return set().union(*(link.repairs for link in self.links))
 
     def stopService(self) -> Deferred[None]:
         """Close every link and stop dialling; fires once each link's store calls in
         flight have finished."""
         super().stopService()
+        loop, self._repair_loop = self._repair_loop, None
+        if loop is not None and loop.running:
+            loop.stop()
         started = [link for link in self.links if link.service is not None]
         if not started:
             return succeed(None)
@@ -132,7 +185,8 @@ def peer_links(
     if peers is None:
         raise ValueError("the master has no cluster.peers")
     return PeerLinks(
-        peers, log, fingerprint, clock, LinkSettings.from_config(config), connect, ready=ready
+        peers, log, fingerprint, clock, LinkSettings.from_config(config), connect, ready=ready,
+        repair_after=config.cluster.repair_after,
     )
 
 

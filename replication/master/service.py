@@ -206,11 +206,20 @@ class Master:
         follow it anew from token 1 (see :mod:`replication.master.fanout`). A stream the
         configuration names is created anew, empty, at once (fires with its new state);
         another is gone until its next publish (fires with ``None``). Fails with
-        :class:`~replication.master.log.DeleteError`."""
+        :class:`~replication.master.log.DeleteError`; on a master of a cluster always (409):
+        its peers hold the stream's rows under this master's origin, and a stream that
+        started again from token 1 would contradict them."""
         try:
             check_stream_name(stream)
         except CommandParseError as e:
             return fail(DeleteError(400, str(e)))
+        if self.clustered:
+            return fail(DeleteError(
+                409,
+                f"cannot delete stream {stream!r} on a master of a cluster: its peers hold its "
+                "rows under this master's origin, and its tokens would start again from 1 "
+                "(use retention to drop old rows)",
+            ))
         return self.log.delete(stream, recreate=stream in self.config.streams)
 
     # -- publishing --------------------------------------------------------------------
