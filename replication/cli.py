@@ -245,8 +245,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         config, handler, positions, reactor, registry=commands,
         metrics=WorkerMetrics(process_registry()),
     )
+    masters = config.masters
     service = worker_service(
-        worker, client_endpoint(reactor, config.master), reactor,
+        worker,
+        client_endpoint(reactor, masters[0]) if len(masters) == 1
+        else {master: client_endpoint(reactor, master) for master in masters},
+        reactor,
         metrics_endpoint=(
             None if config.metrics_listen is None
             else serverFromString(reactor, config.metrics_listen)  # type: ignore[no-untyped-call]
@@ -257,7 +261,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     log.info(
         "worker %s following %s from %s; positions in %s",
-        config.name, ", ".join(s.name for s in config.streams), config.master,
+        config.name, ", ".join(s.name for s in config.streams), " or ".join(config.masters),
         _where(config.resolved_position_file(), *notes),
     )
 
