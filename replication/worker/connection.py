@@ -232,7 +232,9 @@ class WorkerConnection(ReplicationProtocol):
                 continue
             self._vector_streams.add(stream)
             for origin, token in command_.vector:
-                key = self._route(stream, origin)
+                key = qualify(stream, origin)
+                self.assembler.start(key, token)
+                self._route(stream, origin)
                 catchup.started(key, token)
         self.runner.attach(self)
         self._start_handled_reports()
