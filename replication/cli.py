@@ -613,6 +613,7 @@ def cmd_positions(args: argparse.Namespace) -> int:
         PositionFileError,
         PositionFileLocked,
         lock_holder,
+        read_local_origin,
         read_positions,
     )
 
@@ -648,17 +649,20 @@ def cmd_positions(args: argparse.Namespace) -> int:
                 positions.close()
             return 0
         version, local, origins = read_positions(path)
+        bound = read_local_origin(path)
         holder = lock_holder(path)
     except PositionFileError as e:
         raise CommandLineError(str(e)) from None
     if args.json:
         print(json.dumps({
             "path": os.path.abspath(path), "format": version, "in_use_by_pid": holder,
-            "positions": local, "origins": origins,
+            "positions": local, "origins": origins, "local_origin": bound,
         }, indent=2, sort_keys=True))
         return 0
     state = f"in use by a worker (pid {holder})" if holder else "not in use"
     print(f"position file {os.path.abspath(path)} (format v{version}), {state}")
+    if bound is not None:
+        print(f"positions without an origin are origin {bound}'s (bound by protocol version 2)")
     rows = _position_rows(local, origins)
     if rows:
         print("\n".join(_table(("STREAM", "POSITION", "ORIGIN"), rows)))

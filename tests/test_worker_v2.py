@@ -654,3 +654,77 @@ def test_version_1_keeps_using_local_positions_after_a_binding() -> None:
     _, connection, transport = make(positions=positions)
     connection.dataReceived(b"SERVER m\nVERSION 1\n")
     assert sent(transport)[-1] == "REPLICATE events 41"
+
+
+# -- the binding in the position file --------------------------------------------------------
+
+
+def test_the_binding_is_a_v3_line_written_once(tmp_path: Any) -> None:
+    """Binding turns a v2 file into v3 with an ``@local <origin>`` line; binding to the
+    same origin again does nothing, to another one is refused."""
+    from replication.worker.positions import HEADER_V3, OriginError, read_local_origin
+
+    path = tmp_path / "w.positions"
+    positions = PositionFile(str(path), fsync=False)
+    positions.set("events", 41)
+    assert positions.header != HEADER_V3
+    positions.bind_local_origin(A)
+    assert positions.header == HEADER_V3
+    positions.bind_local_origin(A)
+    with pytest.raises(OriginError, match=f"belong to origin {A}"):
+        positions.bind_local_origin(B)
+    with pytest.raises(OriginError):
+        positions.bind_local_origin("bad origin")
+    positions.set("events", 42)
+    assert read_local_origin(str(path)) == A
+    text = path.read_bytes().split(b"\0")[0].decode()
+    assert text.startswith(f"# replication positions v3\n@local {A}\nevents 41\n")
+    positions.close()
+    reopened = PositionFile(str(path), fsync=False)
+    assert (reopened.local_origin, reopened.get("events")) == (A, 42)
+    reopened.close()
+
+
+@pytest.mark.parametrize("line", ["@local", "@local short", f"@local {A} x"])
+def test_a_damaged_binding_line_stops_the_worker(tmp_path: Any, line: str) -> None:
+    from replication.worker.positions import PositionFileError
+
+    path = tmp_path / "w.positions"
+    path.write_text(f"# replication positions v3\n{line}\nevents 4\n")
+    with pytest.raises(PositionFileError, match="has a damaged line 2"):
+        PositionFile(str(path), fsync=False)
+
+
+def test_two_different_bindings_are_damage(tmp_path: Any) -> None:
+    from replication.worker.positions import PositionFileError
+
+    path = tmp_path / "w.positions"
+    path.write_text(f"# replication positions v3\n@local {A}\n@local {B}\n")
+    with pytest.raises(PositionFileError, match="has a damaged line 3"):
+        PositionFile(str(path), fsync=False)
+
+
+def test_a_binding_line_in_a_v2_file_is_damage(tmp_path: Any) -> None:
+    from replication.worker.positions import PositionFileError
+
+    path = tmp_path / "w.positions"
+    path.write_text(f"# replication positions v2\n@local {A}\n")
+    with pytest.raises(PositionFileError, match="damaged line 2"):
+        PositionFile(str(path), fsync=False)
+
+
+def test_the_positions_tool_shows_the_binding(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``replication positions`` says whose positions the local ones are, once bound."""
+    from replication.cli import main
+
+    path = tmp_path / "w.positions"
+    positions = PositionFile(str(path), fsync=False)
+    positions.set("events", 41)
+    positions.bind_local_origin(A)
+    positions.close()
+    assert main(["positions", str(path)]) == 0
+    assert f"positions without an origin are origin {A}'s" in capsys.readouterr().out
+    assert main(["positions", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["local_origin"] == A
