@@ -728,3 +728,33 @@ def test_the_positions_tool_shows_the_binding(
     assert f"positions without an origin are origin {A}'s" in capsys.readouterr().out
     assert main(["positions", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["local_origin"] == A
+
+
+def test_a_master_may_not_push_a_stream_past_64_origins() -> None:
+    """Each origin costs a route, a position and a place in the next vector: the 65th
+    origin of a stream (recorded or seen on this connection) is refused."""
+    positions = MemoryPositions()
+    for n in range(63):
+        positions.set("events", 1, f"origin{n:012d}xxxx")
+    handler = Recorder()
+    _, connection, transport = make(handler, positions)
+    v2(connection)
+    connection.dataReceived(f"RDATA events@{A} 1 [1]\n".encode())  # the 64th: taken
+    assert not transport.disconnecting and len(handler.calls) == 1
+    connection.dataReceived(f"POSITION events@{B} 0\n".encode())
+    assert closed_with(
+        transport,
+        f"events@{B}: stream events would hold more than 64 origins, the most a position "
+        "vector names",
+    )
+    assert B not in positions.vector("events")
+
+
+def test_the_stop_log_names_positions_per_origin() -> None:
+    from replication.worker.service import _recorded
+
+    assert _recorded("events", {}) == "events at no position"
+    assert _recorded("events", {None: 4}) == "events at 4"
+    assert _recorded("events", {B: 3, A: 7, None: 4}) == (
+        f"events at {A}:7, {B}:3, 4 without an origin"
+    )

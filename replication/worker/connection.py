@@ -65,6 +65,7 @@ from twisted.python.failure import Failure
 from replication.ratelimit import suppressed_note
 from replication.streams import AssemblyError, TokenAssembler
 from replication.wire.commands import (
+    MAX_VECTOR_ORIGINS,
     WORKER,
     Command,
     ErrorCommand,
@@ -141,6 +142,8 @@ class WorkerConnection(ReplicationProtocol):
         self._origin_timer: IDelayedCall | None = None
         #: Version 2: streams asked for with a vector (an origin not in it starts at 0).
         self._vector_streams: set[str] = set()
+        #: Version 2: the origins of each stream that have a route.
+        self._route_origins: dict[str, set[str]] = {}
 
     def command_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         received, sent = super().command_counts()
@@ -239,16 +242,30 @@ class WorkerConnection(ReplicationProtocol):
         self.runner.attach(self)
         self._start_handled_reports()
 
-    def _route(self, stream: str, origin: str) -> str:
-        """The key of ``<stream>@<origin>``, added to the fast path's routes when it is new
-        (an origin of a stream asked for with a vector and not named in it starts at 0)."""
+    def _route(self, stream: str, origin: str) -> bool:
+        """Add ``<stream>@<origin>`` to the fast path's routes when it is new (an origin of
+        a stream asked for with a vector and not named in it starts at 0). A stream holds
+        at most :data:`~replication.wire.commands.MAX_VECTOR_ORIGINS` origins, as many as
+        a vector names: a master that sends more is answered with ``ERROR`` and a close,
+        and ``False`` is returned."""
         key = qualify(stream, origin)
         field = key.encode()
-        if field not in self._followed_bytes:
-            self._followed_bytes[field] = (key, stream, origin)
-            if stream in self._vector_streams and key not in self.assembler.last:
-                self.assembler.start(key, 0)
-        return key
+        if field in self._followed_bytes:
+            return True
+        origins = self._route_origins.setdefault(stream, set())
+        if origin not in origins:
+            known = {o for o in self.runner.positions.vector(stream) if o is not None}
+            if len(known | origins | {origin}) > MAX_VECTOR_ORIGINS:
+                self.send_error(
+                    f"{key}: stream {stream} would hold more than {MAX_VECTOR_ORIGINS} "
+                    "origins, the most a position vector names"
+                )
+                return False
+            origins.add(origin)
+        self._followed_bytes[field] = (key, stream, origin)
+        if stream in self._vector_streams and key not in self.assembler.last:
+            self.assembler.start(key, 0)
+        return True
 
     def _key(self, command: RdataCommand | PositionCommand | GapCommand | ResetCommand
              ) -> tuple[str, str | None] | None:
@@ -454,8 +471,8 @@ class WorkerConnection(ReplicationProtocol):
         keyed = self._key(command)
         if keyed is not None and self._followed(command.stream, "RDATA"):
             key, origin = keyed
-            if origin is not None:
-                self._route(command.stream, origin)
+            if origin is not None and not self._route(command.stream, origin):
+                return
             self._rdata(key, command.stream, origin, command.token, command.row)
 
     def lineReceived(self, line: bytes) -> None:
@@ -482,8 +499,8 @@ class WorkerConnection(ReplicationProtocol):
         if keyed is None or not self._followed(stream, "POSITION"):
             return
         key, origin = keyed
-        if origin is not None:
-            self._route(stream, origin)
+        if origin is not None and not self._route(stream, origin):
+            return
         try:
             check = self.assembler.position(key, token)
         except AssemblyError as e:
@@ -500,8 +517,8 @@ class WorkerConnection(ReplicationProtocol):
         keyed = self._key(command)
         if keyed is not None and self._followed(command.stream, "GAP"):
             key, origin = keyed
-            if origin is not None:
-                self._route(command.stream, origin)
+            if origin is not None and not self._route(command.stream, origin):
+                return
             try:
                 self.assembler.gap(key, command.first, command.last)
             except AssemblyError as e:
@@ -513,8 +530,8 @@ class WorkerConnection(ReplicationProtocol):
         keyed = self._key(command)
         if keyed is not None and self._followed(command.stream, "RESET"):
             key, origin = keyed
-            if origin is not None:
-                self._route(command.stream, origin)
+            if origin is not None and not self._route(command.stream, origin):
+                return
             try:
                 self.assembler.reset(key)
             except AssemblyError as e:

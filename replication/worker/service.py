@@ -498,14 +498,27 @@ class WorkerService(OrderedMultiService):
             self.connection.whenConnected().addCallbacks(_close, lambda _: None)
 
         def stopped(_: None) -> None:
-            recorded = {s.name: worker.positions.get(s.name) for s in worker.config.streams}
             at = ", ".join(
-                f"{name} at {'no position' if token is None else token}"
-                for name, token in recorded.items()
+                _recorded(s.name, worker.positions.vector(s.name))
+                for s in worker.config.streams
             )
             log.info("worker %s stopped; positions recorded: %s", worker.config.name, at)
 
         return super().stopService().addCallback(stopped)
+
+
+def _recorded(stream: str, vector: Mapping[str | None, int]) -> str:
+    """``events at 41`` (the local position), ``events at <origin>:7, <origin>:3`` (per
+    origin, version 2; the local one last, if any), ``events at no position``."""
+    local = vector.get(None)
+    parts = [f"{origin}:{token}" for origin, token in sorted(
+        (o, t) for o, t in vector.items() if o is not None
+    )]
+    if not parts:
+        return f"{stream} at {'no position' if local is None else local}"
+    if local is not None:
+        parts.append(f"{local} without an origin")
+    return f"{stream} at {', '.join(parts)}"
 
 
 def _positions_text(positions: Mapping[str, int]) -> str:
