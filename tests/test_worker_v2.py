@@ -142,8 +142,7 @@ def test_origin_missing_times_out_and_leaves_no_timer() -> None:
     connection.connectionLost(Failure(ConnectionDone()))
     assert connection.close_reason == "handshake timeout"
     assert worker.connection is None
-    for call in clock.getDelayedCalls():
-        assert not call.active() or call.func.__name__ != "_origin_timeout"
+    assert clock.getDelayedCalls() == []
 
 
 def test_the_origin_timer_is_cancelled_by_origin_and_by_a_close() -> None:
@@ -158,6 +157,8 @@ def test_the_origin_timer_is_cancelled_by_origin_and_by_a_close() -> None:
     assert timer is not None and timer.active()
     other.connectionLost(Failure(ConnectionDone()))
     assert not timer.active()
+    connection.connectionLost(Failure(ConnectionDone()))
+    assert clock.getDelayedCalls() == []
 
 
 def test_a_late_second_origin_is_a_protocol_error() -> None:
@@ -758,3 +759,26 @@ def test_the_stop_log_names_positions_per_origin() -> None:
     assert _recorded("events", {B: 3, A: 7, None: 4}) == (
         f"events at {A}:7, {B}:3, 4 without an origin"
     )
+
+
+def test_a_vector_longer_than_a_line_is_not_sent(caplog: pytest.LogCaptureFixture) -> None:
+    """With ``limits.max_line_bytes`` 1024, a vector of 40 long origins does not fit: the
+    worker logs why and closes rather than fail in the middle of its REPLICATE lines."""
+    import dataclasses
+
+    positions = MemoryPositions()
+    for n in range(40):
+        positions.set("events", 1, f"{n:02d}" + "o" * 40)
+    worker = Worker(
+        dataclasses.replace(WorkerConfig(name="w", streams=(WorkerStream("events"),)),
+                            max_line_bytes=1024),
+        Recorder(), positions, Clock(),
+    )
+    connection = WorkerConnection(worker)
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    with caplog.at_level(logging.ERROR):
+        v2(connection)
+    assert "over limits.max_line_bytes (1024)" in caplog.text
+    assert transport.disconnecting
+    assert not any(s.startswith("REPLICATE") for s in sent(transport))

@@ -222,6 +222,13 @@ class WorkerConnection(ReplicationProtocol):
             return
         try:
             commands = self.worker.replicate_vectors()
+            for command_ in commands:
+                length = len(command_.to_line())
+                if length > self.max_line_bytes:
+                    raise ValueError(
+                        f"REPLICATE {command_.stream} would be a line of {length} bytes, over "
+                        f"limits.max_line_bytes ({self.max_line_bytes})"
+                    )
         except ValueError as e:
             log.error("cannot ask master %s for the streams: %s", self.peer_name, e)
             self.close()
