@@ -248,8 +248,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         config, handler, positions, reactor, registry=commands,
         metrics=WorkerMetrics(process_registry()),
     )
+    masters = config.masters
     service = worker_service(
-        worker, client_endpoint(reactor, config.master), reactor,
+        worker,
+        client_endpoint(reactor, masters[0]) if len(masters) == 1
+        else {master: client_endpoint(reactor, master) for master in masters},
+        reactor,
         metrics_endpoint=(
             None if config.metrics_listen is None
             else serverFromString(reactor, config.metrics_listen)  # type: ignore[no-untyped-call]
@@ -260,7 +264,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     log.info(
         "worker %s following %s from %s; positions in %s",
-        config.name, ", ".join(s.name for s in config.streams), config.master,
+        config.name, ", ".join(s.name for s in config.streams), " or ".join(config.masters),
         _where(config.resolved_position_file(), *notes),
     )
 
@@ -653,6 +657,7 @@ def cmd_positions(args: argparse.Namespace) -> int:
         PositionFileError,
         PositionFileLocked,
         lock_holder,
+        read_local_origin,
         read_positions,
     )
 
@@ -688,17 +693,20 @@ def cmd_positions(args: argparse.Namespace) -> int:
                 positions.close()
             return 0
         version, local, origins = read_positions(path)
+        bound = read_local_origin(path)
         holder = lock_holder(path)
     except PositionFileError as e:
         raise CommandLineError(str(e)) from None
     if args.json:
         print(json.dumps({
             "path": os.path.abspath(path), "format": version, "in_use_by_pid": holder,
-            "positions": local, "origins": origins,
+            "positions": local, "origins": origins, "local_origin": bound,
         }, indent=2, sort_keys=True))
         return 0
     state = f"in use by a worker (pid {holder})" if holder else "not in use"
     print(f"position file {os.path.abspath(path)} (format v{version}), {state}")
+    if bound is not None:
+        print(f"positions without an origin are origin {bound}'s (bound by protocol version 2)")
     rows = _position_rows(local, origins)
     if rows:
         print("\n".join(_table(("STREAM", "POSITION", "ORIGIN"), rows)))

@@ -190,8 +190,12 @@ def worker_service_from(
         metrics_endpoint = serverFromString(  # type: ignore[no-untyped-call]
             clock, checked.metrics_listen,
         )
+    masters = checked.masters
     return worker_service(
-        worker, client_endpoint(clock, checked.master), clock,
+        worker,
+        client_endpoint(clock, masters[0]) if len(masters) == 1
+        else {master: client_endpoint(clock, master) for master in masters},
+        clock,
         metrics_endpoint=metrics_endpoint,
     )
 

@@ -45,8 +45,8 @@ MASTER_FLAGS = [
 ]
 WORKER_FLAGS = [
     ("--master", "master", "ENDPOINT",
-     "Twisted client endpoint of the master, e.g. tcp:host=127.0.0.1:port=9092", None, None,
-     False),
+     "Twisted client endpoint of the master, e.g. tcp:host=127.0.0.1:port=9092 (repeatable: "
+     "masters of one cluster; replaces the config's)", None, None, True),
     ("--stream", "stream", "NAME", "a stream to follow (repeatable; replaces the config's list)",
      None, None, True),
     ("--start", "start", None,

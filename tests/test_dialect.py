@@ -196,7 +196,7 @@ def test_our_worker_against_an_older_master_logs_what_to_do(
     connection.makeConnection(transport)
     with caplog.at_level(logging.ERROR):
         connection.dataReceived(b"SERVER old-master\nERROR unknown command 'VERSION'\n")
-    assert lines(transport) == ["NAME w1", "VERSION 1"]
+    assert lines(transport) == ["NAME w1", "VERSION 2 1"]
     assert "Upgrade the masters before their workers" in caplog.text
     assert "old-master" in caplog.text
     assert worker.connection is None

@@ -126,6 +126,7 @@ def test_the_worker_health_answers_ok_and_whether_it_is_connected() -> None:
     assert status == 200 and headers["content-type"].startswith("application/json")
     assert json.loads(body) == {
         "status": "ok", "version": __version__, "name": "w-1", "connected": False, "master": None,
+        "endpoint": None, "origin": None,
     }
     connection = worker.factory().buildProtocol(None)
     connection.makeConnection(StringTransport())

@@ -188,6 +188,116 @@ def test_the_hot_loop_does_what_the_general_path_does(tmp_path: Any, seed: int) 
     assert fast == reference
 
 
+ORIGIN_A = b"AAAAAAAAAAAAAAAAAAAAAA"
+ORIGIN_B = b"BBBBBBBBBBBBBBBBBBBBBB"
+
+
+class OriginHandler(Handler):
+    """:class:`Handler` that takes ``origin`` and records it with each call."""
+
+    def __call__(  # type: ignore[override]
+        self, stream: str, token: int, rows: list[Any], origin: str | None = None
+    ) -> Deferred[None] | None:
+        result = super().__call__(f"{stream}@{origin}", token, rows)
+        return result
+
+
+def qualified(lines: list[bytes], origin: bytes, rng: random.Random) -> list[bytes]:
+    """``lines`` with each stream field named ``<stream>@<origin>`` (now and then left
+    bare, which a version 2 master may not send)."""
+    out = []
+    for line in lines:
+        if rng.random() < 0.01:
+            out.append(line)
+            continue
+        for stream in (b" events", b" other"):
+            if line.find(stream + b" ") == line.find(b" "):
+                line = line.replace(stream + b" ", stream + b"@" + origin + b" ", 1)
+                break
+        out.append(line)
+    return out
+
+
+def interleaved(rng: random.Random, first: list[bytes], second: list[bytes]) -> list[bytes]:
+    """Both lists merged at random, each in its own order."""
+    merged, i, j = [], 0, 0
+    while i < len(first) or j < len(second):
+        if j >= len(second) or (i < len(first) and rng.random() < 0.5):
+            merged.append(first[i])
+            i += 1
+        else:
+            merged.append(second[j])
+            j += 1
+    return merged
+
+
+def run_v2(cls: type[WorkerConnection], tmp_path: Any, seed: int, lines: list[bytes],
+           position: int | None, origin_handler: bool) -> dict[str, Any]:
+    """:func:`run` with a master of version 2 (origin B), the worker at ``position`` of
+    origin A and with nothing of B."""
+    rng = random.Random(seed)
+    pending = {t for t in range(1, 200) if rng.random() < 0.08}
+    failing = {t for t in range(1, 200) if rng.random() < 0.03}
+    handler = (OriginHandler if origin_handler else Handler)(pending, failing)
+    clock = Clock()
+    positions = PositionFile(str(tmp_path / f"v2-{cls.__name__}-{seed}.positions"),
+                             fsync=False, capacity=4096)
+    if position is not None:
+        positions.set("events", position, ORIGIN_A.decode())
+    config = WorkerConfig(name="w", streams=(WorkerStream("events"),),
+                          max_token_rows=MAX_TOKEN_ROWS, max_token_bytes=MAX_TOKEN_BYTES)
+    worker = Worker(config, handler, positions, clock)
+    connection = cls(worker)
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    data = b"SERVER m\nVERSION 2\nORIGIN " + ORIGIN_B + b" fpfpfpfpfpfpfpfpfp\n" + b"".join(
+        line + b"\n" for line in lines
+    )
+    at = 0
+    while at < len(data):
+        size = rng.choice((1, 7, 50, 400, len(data)))
+        connection.dataReceived(data[at:at + size])
+        at += size
+        while handler.deferreds and rng.random() < 0.5:
+            handler.deferreds.pop(0).callback(None)
+        if rng.random() < 0.3:
+            clock.advance(rng.choice((0.5, 1.0, 2.0)))
+    for _ in range(20):
+        while handler.deferreds:
+            handler.deferreds.pop(0).callback(None)
+        clock.advance(5)
+    vector = worker.positions.vector("events")
+    positions.close()
+    return {
+        "calls": handler.calls,
+        "vector": vector,
+        "heads": dict(worker.heads),
+        "sent": transport.value().split(b"\n")[1:],
+        "closing": connection._closing,
+        "received": connection.command_counts()[0],
+    }
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_the_hot_loop_does_what_the_general_path_does_in_version_2(
+    tmp_path: Any, seed: int
+) -> None:
+    """The same comparison with qualified lines of two origins interleaved: A, which the
+    worker has a position of (sent in its vector), and B, not in the vector (from its
+    start); handlers with and without ``origin``."""
+    rng = random.Random(seed)
+    position = rng.choice((None, None, 0, 2, 5))
+    lines = interleaved(
+        rng,
+        qualified(random_lines(rng, position or 0), ORIGIN_A, rng),
+        qualified(random_lines(rng, 0), ORIGIN_B, rng),
+    )
+    origin_handler = seed % 2 == 0
+    fast = run_v2(WorkerConnection, tmp_path, seed, lines, position, origin_handler)
+    reference = run_v2(ReferenceConnection, tmp_path, seed, lines, position, origin_handler)
+    assert fast == reference
+
+
 def connected(tmp_path: Any, handler: Any) -> tuple[Worker, WorkerConnection, StringTransport]:
     positions = PositionFile(str(tmp_path / "w.positions"), fsync=False, capacity=4096)
     worker = Worker(WorkerConfig(name="w", streams=(WorkerStream("events"),)), handler,

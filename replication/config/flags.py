@@ -77,7 +77,7 @@ def apply_flags(schema: Schema[_Config], config: _Config, args: argparse.Namespa
                 assert isinstance(current, tuple)
                 value = tuple(dict.fromkeys((*current, *items)))
             else:
-                value = items
+                value = key.kind.from_flag_items(items)
         elif flag.null_word is not None and given == flag.null_word:
             value = None
         else:

@@ -163,6 +163,50 @@ class Endpoint(Text):
             )
 
 
+class Endpoints(Kind):
+    """One client endpoint string, or a non-empty list of them, each valid and listed once
+    (the worker's ``master``). A string is kept as a string, a list becomes a tuple; the
+    items' errors name them ``master[i]``."""
+
+    name = "client endpoint, or list of client endpoints"
+
+    def __init__(self) -> None:
+        self.endpoint = Endpoint(server=False)
+
+    def load(self, loading: Loading, value: Any, path: str) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+    def check(self, checking: Checking, value: object, path: str) -> None:
+        document = checking.document
+        if isinstance(value, str):
+            self.endpoint.check(checking, value, path)
+            return
+        _instance(document, value, tuple, path, "a client endpoint or a list of them")
+        assert isinstance(value, tuple)
+        if not value:
+            raise document.error(path, "must name at least one master")
+        seen: dict[str, str] = {}
+        for item, description in _items(document, value, path, "a tuple of client endpoints"):
+            self.endpoint.check(checking, description, item)
+            if description in seen:
+                raise document.error(
+                    item, f"duplicate master {description!r} (also {seen[description]})"
+                )
+            seen[description] = document.written(item)
+
+    def show(self, value: object) -> str:
+        if isinstance(value, tuple):
+            return f"``[{', '.join(value)}]``"
+        return _literal(value)
+
+    def items_from_flag(self, texts: list[str], option: str | None) -> tuple[object, ...]:
+        return tuple(texts)
+
+    def from_flag_items(self, items: tuple[object, ...]) -> object:
+        """One ``--master`` is one endpoint string, as the key's single form."""
+        return items[0] if len(items) == 1 else items
+
+
 class HandlerName(Text):
     """``package.module:callable`` (see :func:`is_handler_name`); it is not imported here."""
 

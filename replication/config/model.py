@@ -172,8 +172,10 @@ class WorkerConfig:
     """Everything ``replication worker`` needs."""
 
     name: str = "worker"
-    #: Twisted client endpoint string of the master.
-    master: str = "tcp:host=127.0.0.1:port=9092"
+    #: Twisted client endpoint string of the master, or a tuple of them (masters of one
+    #: cluster: the worker follows one at a time and moves to another when it fails; see
+    #: :attr:`masters`).
+    master: str | tuple[str, ...] = "tcp:host=127.0.0.1:port=9092"
     streams: tuple[WorkerStream, ...] = ()
     #: ``package.module:callable``; only its syntax is checked here, it is not imported.
     handler: str = "replication.handlers:print_json"
@@ -207,6 +209,11 @@ class WorkerConfig:
     commands: str | None = None
     #: Directories put first on the import path before the ``commands`` module is imported.
     commands_path: tuple[str, ...] = (".",)
+
+    @property
+    def masters(self) -> tuple[str, ...]:
+        """``master`` as a tuple: the endpoint strings of every master to follow."""
+        return (self.master,) if isinstance(self.master, str) else tuple(self.master)
 
     def resolved_position_file(self) -> str:
         """The position file to use: ``position_file``, or ``<name>.positions``."""

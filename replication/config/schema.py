@@ -84,6 +84,10 @@ class Kind:
         of the flag's :attr:`Flag.item_option`, if it has one)."""
         return tuple(texts)
 
+    def from_flag_items(self, items: tuple[object, ...]) -> object:
+        """The value a repeated flag that replaces the key's gives it (the items)."""
+        return items
+
 
 class Rule:
     """A check of a key against an earlier key, run right after the key's own check."""

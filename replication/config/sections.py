@@ -19,6 +19,7 @@ from replication.config.kinds import (
     Directories,
     Duration,
     Endpoint,
+    Endpoints,
     FewerThanEntries,
     GreaterThan,
     HandlerName,
@@ -475,6 +476,21 @@ returns something that is not callable stops the worker when it starts, with a m
 naming the options. When ``null`` (the default), a class is instantiated without
 arguments and any other callable is the handler itself."""
 
+_MASTER_DOC: Final = """\
+The master to follow: a client endpoint string, or a list of them for the masters of one
+cluster (each listed once)::
+
+    master:
+      - tcp:host=master-a.internal:port=9092
+      - tcp:host=master-b.internal:port=9092
+
+With several, the worker connects to one of them at random; when the connection drops or a
+master cannot be reached, it moves to another (in a random order, each tried once per round,
+then waits as ``reconnect`` says before the next round). Its positions per origin make the
+resume on any master of the cluster correct (protocol version 2, see protocol.rst). An
+``ssl:`` endpoint verifies the master's certificate (against ``caCertsDir``, else the
+platform's trust store) and host name (``hostname``, else ``host``); see security.rst."""
+
 WORKER: Final = Schema(
     WorkerConfig,
     (
@@ -487,14 +503,14 @@ WORKER: Final = Schema(
         ),
         Key(
             "master",
-            Endpoint(server=False),
-            "The master to follow. An ``ssl:`` endpoint verifies the master's certificate "
-            "(against ``caCertsDir``, else the platform's trust store) and host name "
-            "(``hostname``, else ``host``); see security.rst.",
+            Endpoints(),
+            _MASTER_DOC,
             flag=Flag(
                 "--master",
-                "Twisted client endpoint of the master, e.g. tcp:host=127.0.0.1:port=9092",
+                "Twisted client endpoint of the master, e.g. tcp:host=127.0.0.1:port=9092 "
+                "(repeatable: masters of one cluster; replaces the config's)",
                 metavar="ENDPOINT",
+                repeat="replace",
             ),
         ),
         Key(

@@ -1,7 +1,7 @@
 """One connection of a worker to its master: parsing and assembling.
 
 :class:`WorkerConnection` is one connection to the master. Its session announces the protocol
-versions it speaks with its ``NAME`` (``VERSION 1``, see :mod:`replication.wire.dialects`);
+versions it speaks with its ``NAME`` (``VERSION 2 1``, see :mod:`replication.wire.dialects`);
 a master too old to know ``VERSION`` answers with an ``ERROR`` that is logged with what to
 do. After the handshake it sends one
 ``REPLICATE`` per configured stream (from the recorded position, or from the start or from
@@ -18,6 +18,38 @@ before it (docs/protocol.rst, "What a worker accepts"): a token that is not the 
 ``limits.max_token_rows`` or ``limits.max_token_bytes`` are answered with ``ERROR`` and a
 close, so that no position is recorded that was not handled; a ``POSITION`` below it is a
 reset.
+
+Protocol version 2 (origins)
+----------------------------
+
+When the master answers ``VERSION 2``, the connection waits for its ``ORIGIN <origin_id>
+<fingerprint>`` (within ``keepalive.ping_timeout`` seconds; ``PING`` and ``ERROR`` are
+taken meanwhile, anything else is answered with ``ERROR expected ORIGIN after VERSION 2, got
+<NAME>`` and a close), then sends one ``REPLICATE <stream> <vector>`` per followed stream,
+built from the positions recorded per origin (``-`` when there are none; ``NOW`` for a
+``from: latest`` stream never seen). Every ``RDATA``, ``POSITION``, ``GAP`` and ``RESET``
+must then name ``<stream>@<origin>`` (an unqualified one is answered with ``ERROR`` and a
+close), and the assembler, the token runner and the positions keep everything per
+``(stream, origin)``: the assembler and the fast path are keyed by the qualified field
+itself. An origin the vector did not name is sent from its start (its last token is taken
+as 0 when it first appears), except on a stream asked for ``NOW``. ``HANDLED`` reports are
+qualified too. Under version 1, a qualified stream field is refused the same way.
+
+Positions recorded before origins
+---------------------------------
+
+Positions recorded under versions 1 and legacy have no origin (``None``, the *local*
+origin): they are positions of the one master the worker followed, whose origin id it did
+not know. They are never applied to an origin by guess (a position applied to the wrong
+origin would skip that origin's rows silently). The first master of version 2 the worker
+meets *while it follows that one master alone* (``master`` names one endpoint) binds them
+to its origin id: the binding is recorded in the position file (``@local <origin id>``),
+and each local position is copied to that origin (where that origin has none yet), which
+is logged. From then on they are that origin's positions, whichever master the worker
+follows: a master of another origin is sent them as that origin's part of the vector. A
+worker with unbound local positions that follows several masters does not guess which of
+them recorded them: it logs an error, closes the connection and retries with backoff
+(follow the old master alone once, or move the position file aside).
 """
 
 from __future__ import annotations
@@ -25,7 +57,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
@@ -33,18 +65,24 @@ from twisted.python.failure import Failure
 from replication.ratelimit import suppressed_note
 from replication.streams import AssemblyError, TokenAssembler
 from replication.wire.commands import (
+    MAX_VECTOR_ORIGINS,
     WORKER,
+    Command,
     ErrorCommand,
     GapCommand,
     HandledCommand,
+    OriginCommand,
+    PingCommand,
     PositionCommand,
     RdataCommand,
     ResetCommand,
     json_loader,
+    qualify,
 )
-from replication.wire.dialects import DIALECTS, VERSION_1
+from replication.wire.dialects import DIALECTS
 from replication.wire.protocol import ReplicationProtocol
-from replication.worker.reporting import describe_resume
+from replication.wire.session import HANDSHAKE_TIMEOUT
+from replication.worker.reporting import describe_resume, describe_vector_resume
 
 if TYPE_CHECKING:
     from replication.worker.service import Worker
@@ -55,6 +93,13 @@ log = logging.getLogger(__name__)
 OLD_MASTER_ANSWER = "unknown command 'VERSION'"
 #: Seconds between two ``HANDLED`` reports of one stream, at least.
 HANDLED_INTERVAL = 1.0
+#: What a version 2 master may send before its ``ORIGIN``.
+_BEFORE_ORIGIN = frozenset({OriginCommand.NAME, PingCommand.NAME, ErrorCommand.NAME})
+
+#: How the fast path finds a stream field: ``(key, stream, origin)``, where ``key`` is the
+#: field as text (the stream alone under version 1, ``<stream>@<origin>`` under 2): what
+#: the assembler and the runner's heads are keyed by.
+Route = tuple[str, str, str | None]
 
 
 class WorkerConnection(ReplicationProtocol):
@@ -70,7 +115,6 @@ class WorkerConnection(ReplicationProtocol):
             keepalive=config.keepalive,
             max_line_bytes=config.max_line_bytes,
             max_buffer_bytes=None,
-            versions={1: VERSION_1},
         )
         self.worker = worker
         self.runner = worker.runner
@@ -78,12 +122,28 @@ class WorkerConnection(ReplicationProtocol):
         #: The bytes of the JSON row of the RDATA line the general path is handling (a
         #: token's bytes are the sum of its rows' JSON bytes as received, in both paths).
         self._row_size = 0
-        self._followed_bytes = {name.encode(): name for name in worker.streams}
+        #: The fast path's routes, by the stream field's bytes: every followed stream under
+        #: version 1; under version 2, each ``<stream>@<origin>`` once it is known (from the
+        #: vector sent, or when it first arrives through the general path).
+        self._followed_bytes: dict[bytes, Route] = {
+            name.encode(): (name, name, None) for name in worker.streams
+        }
         #: RDATA lines taken by the fast path of :meth:`linesReceived` (for metrics).
         self.rdata_received = 0
-        #: The positions last reported with ``HANDLED`` on this connection, by stream.
+        #: The positions last reported with ``HANDLED`` on this connection, by stream field.
         self._reported: dict[str, int] = {}
         self._handled_reports: LoopingCall | None = None
+        #: Version 2: the master's origin id and fingerprint, once its ``ORIGIN`` arrived.
+        self.origin: str | None = None
+        self.fingerprint: str | None = None
+        #: Whether the connection speaks a dialect with origins (version 2).
+        self.origins = False
+        self._awaiting_origin = False
+        self._origin_timer: IDelayedCall | None = None
+        #: Version 2: streams asked for with a vector (an origin not in it starts at 0).
+        self._vector_streams: set[str] = set()
+        #: Version 2: the origins of each stream that have a route.
+        self._route_origins: dict[str, set[str]] = {}
 
     def command_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         received, sent = super().command_counts()
@@ -92,9 +152,19 @@ class WorkerConnection(ReplicationProtocol):
         return received, sent
 
     def handshake_done(self) -> None:
-        log.info("connected to master %s", self.peer_name)
+        if len(self.worker.masters) > 1:
+            log.info("connected to master %s at %s", self.peer_name,
+                     self.worker.endpoint_description)
+        else:
+            log.info("connected to master %s", self.peer_name)
         self.worker.connection = self
         self.worker.metrics.connected(self)
+        if DIALECTS[self.dialect].origins:
+            self.origins = True
+            self._followed_bytes = {}
+            self._awaiting_origin = True
+            self._origin_timer = self.clock.callLater(self.ping_timeout, self._origin_timeout)
+            return
         commands = self.worker.replicate_commands()
         log.info("resuming %s", describe_resume(commands, self.runner.positions.get))
         catchup = self.worker.catchup
@@ -106,18 +176,146 @@ class WorkerConnection(ReplicationProtocol):
         # this connection's input until it ends and its position is recorded.
         self.runner.attach(self)
         if DIALECTS[self.dialect].version is not None:  # a legacy master knows no HANDLED
-            reports = self._handled_reports = LoopingCall(self.report_handled)
-            reports.clock = self.clock
-            reports.start(HANDLED_INTERVAL, now=False)
+            self._start_handled_reports()
+
+    def _start_handled_reports(self) -> None:
+        reports = self._handled_reports = LoopingCall(self.report_handled)
+        reports.clock = self.clock
+        reports.start(HANDLED_INTERVAL, now=False)
+
+    # -- version 2 -----------------------------------------------------------------------
+
+    def _origin_timeout(self) -> None:
+        self._origin_timer = None
+        self.send_error(
+            f"handshake timeout: expected ORIGIN within {self.ping_timeout:g}s", HANDSHAKE_TIMEOUT
+        )
+
+    def _cancel_origin_timer(self) -> None:
+        timer, self._origin_timer = self._origin_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def command_received(self, command: Command) -> None:
+        if self._awaiting_origin and command.NAME not in _BEFORE_ORIGIN:
+            counts = self.received_counts
+            counts[command.NAME] = counts.get(command.NAME, 0) + 1
+            self.send_error(f"expected ORIGIN after VERSION 2, got {command.NAME}")
+            return
+        super().command_received(command)
+
+    def on_ORIGIN(self, command: OriginCommand) -> None:
+        if not self.origins:
+            self.send_error(f"ORIGIN is not part of protocol {self.dialect}")
+            return
+        if not self._awaiting_origin:
+            self.send_error("ORIGIN may only be sent once, as the master's first line after "
+                            "VERSION 2")
+            return
+        self._awaiting_origin = False
+        self._cancel_origin_timer()
+        self.origin, self.fingerprint = command.origin_id, command.fingerprint
+        log.info("master %s is origin %s (fingerprint %s)", self.peer_name, self.origin,
+                 self.fingerprint)
+        if not self.worker.adopt_local_positions(self.origin, self.peer_name or "?"):
+            self.close()
+            return
+        try:
+            commands = self.worker.replicate_vectors()
+            for command_ in commands:
+                length = len(command_.to_line())
+                if length > self.max_line_bytes:
+                    raise ValueError(
+                        f"REPLICATE {command_.stream} would be a line of {length} bytes, over "
+                        f"limits.max_line_bytes ({self.max_line_bytes})"
+                    )
+        except ValueError as e:
+            log.error("cannot ask master %s for the streams: %s", self.peer_name, e)
+            self.close()
+            return
+        log.info("resuming %s", describe_vector_resume(commands))
+        catchup = self.worker.catchup
+        for command_ in commands:
+            self.send(command_)
+            stream = command_.stream
+            if command_.vector is None:  # NOW: no origin is known before its POSITION
+                continue
+            self._vector_streams.add(stream)
+            for origin, token in command_.vector:
+                key = qualify(stream, origin)
+                self.assembler.start(key, token)
+                self._route(stream, origin)
+                catchup.started(key, token)
+        self.runner.attach(self)
+        self._start_handled_reports()
+
+    def _route(self, stream: str, origin: str) -> bool:
+        """Add ``<stream>@<origin>`` to the fast path's routes when it is new (an origin of
+        a stream asked for with a vector and not named in it starts at 0). A stream holds
+        at most :data:`~replication.wire.commands.MAX_VECTOR_ORIGINS` origins, as many as
+        a vector names: a master that sends more is answered with ``ERROR`` and a close,
+        and ``False`` is returned."""
+        key = qualify(stream, origin)
+        field = key.encode()
+        if field in self._followed_bytes:
+            return True
+        origins = self._route_origins.setdefault(stream, set())
+        if origin not in origins:
+            known = {o for o in self.runner.positions.vector(stream) if o is not None}
+            if len(known | origins | {origin}) > MAX_VECTOR_ORIGINS:
+                self.send_error(
+                    f"{key}: stream {stream} would hold more than {MAX_VECTOR_ORIGINS} "
+                    "origins, the most a position vector names"
+                )
+                return False
+            origins.add(origin)
+        self._followed_bytes[field] = (key, stream, origin)
+        if stream in self._vector_streams and key not in self.assembler.last:
+            self.assembler.start(key, 0)
+        return True
+
+    def _key(self, command: RdataCommand | PositionCommand | GapCommand | ResetCommand
+             ) -> tuple[str, str | None] | None:
+        """The assembler's key and the origin of a command with a stream field, checked
+        against the dialect: ``None`` (after ``ERROR`` and a close) when the field is
+        qualified under version 1 or unqualified under version 2."""
+        stream, origin = command.stream, command.origin
+        if self.origins:
+            if origin is None:
+                self.send_error(
+                    f"{command.NAME} {stream}: protocol version 2 names every stream with "
+                    "its origin (<stream>@<origin>)"
+                )
+                return None
+            return qualify(stream, origin), origin
+        if origin is not None:
+            self.send_error(
+                f"{command.NAME} {qualify(stream, origin)}: origins are not part of protocol "
+                f"{self.dialect}"
+            )
+            return None
+        return stream, None
 
     def report_handled(self) -> None:
         """Send ``HANDLED <stream> <position>`` for each followed stream whose recorded
         position changed since the last report on this connection (driven once a second by
-        a looping call, stopped when the connection closes)."""
+        a looping call, stopped when the connection closes); under version 2, ``HANDLED
+        <stream>@<origin> <position>`` per origin recorded."""
         if self._closing:
             return
-        get = self.runner.positions.get
+        positions = self.runner.positions
         reported = self._reported
+        if self.origins:
+            for stream in self.worker.streams:
+                for origin, token in sorted(
+                    (o, t) for o, t in positions.vector(stream).items() if o is not None
+                ):
+                    key = qualify(stream, origin)
+                    if reported.get(key) != token:
+                        reported[key] = token
+                        self.send(HandledCommand(stream, token, origin))
+            return
+        get = positions.get
         for stream in self.worker.streams:
             position = get(stream)
             if position is not None and reported.get(stream) != position:
@@ -125,6 +323,8 @@ class WorkerConnection(ReplicationProtocol):
                 self.send(HandledCommand(stream, position))
 
     def closed(self, reason: str) -> None:
+        self._awaiting_origin = False
+        self._cancel_origin_timer()
         reports, self._handled_reports = self._handled_reports, None
         if reports is not None and reports.running:
             reports.stop()
@@ -177,6 +377,7 @@ class WorkerConnection(ReplicationProtocol):
         heads = runner.heads
         positions = runner.positions
         handler = runner.handler
+        takes_origin = runner.handler_takes_origin
         handler_done = runner.metrics.handler_done
         seconds = self.clock.seconds
         fast = 0
@@ -184,12 +385,13 @@ class WorkerConnection(ReplicationProtocol):
             for i, line in enumerate(lines):
                 if line[:6] == b"RDATA " and len(line) <= max_line:
                     parts = line.split(b" ", 3)
-                    stream = followed.get(parts[1]) if len(parts) == 4 else None
-                    if stream is not None:
+                    route = followed.get(parts[1]) if len(parts) == 4 else None
+                    if route is not None:
+                        key, stream, origin = route
                         token_text = parts[2]
                         if token_text == b"batch":
-                            gathered = partial.get(stream)
-                            size = partial_bytes.get(stream, 0) + len(parts[3])
+                            gathered = partial.get(key)
+                            size = partial_bytes.get(key, 0) + len(parts[3])
                             if gathered is None:
                                 within = size <= max_bytes
                             else:
@@ -202,20 +404,20 @@ class WorkerConnection(ReplicationProtocol):
                                 else:
                                     fast += 1
                                     if gathered is None:
-                                        partial[stream] = [row]
+                                        partial[key] = [row]
                                     else:
                                         gathered.append(row)
-                                    partial_bytes[stream] = size
+                                    partial_bytes[key] = size
                                     continue
                         elif token_text.isdigit() and len(token_text) <= 19:
                             token = int(token_text)
-                            last = last_tokens.get(stream)
-                            rows = partial.get(stream)
+                            last = last_tokens.get(key)
+                            rows = partial.get(key)
                             # A token out of order, or past the bounds: the general path.
                             decoded = (last is None or token == last + 1) and (
                                 rows is None or (
                                     len(rows) < max_rows
-                                    and partial_bytes[stream] + len(parts[3]) <= max_bytes
+                                    and partial_bytes[key] + len(parts[3]) <= max_bytes
                                 )
                             )
                             if decoded:
@@ -225,30 +427,37 @@ class WorkerConnection(ReplicationProtocol):
                                     decoded = False
                             if decoded:
                                 fast += 1
-                                last_tokens[stream] = token
+                                last_tokens[key] = token
                                 if rows is None:
                                     rows = [row]
                                 else:
-                                    del partial[stream], partial_bytes[stream]
+                                    del partial[key], partial_bytes[key]
                                     rows.append(row)
                                 # TokenRunner.submit, its synchronous half inline:
-                                if token > heads.get(stream, 0):
-                                    heads[stream] = token
-                                position = positions.get(stream)
+                                if token > heads.get(key, 0):
+                                    heads[key] = token
+                                position = positions.get(stream, origin)
                                 if position is not None and token <= position:
                                     log.debug("dropping %s token %d: already handled "
-                                              "(position %d)", stream, token, position)
+                                              "(position %d)", key, token, position)
                                     continue
                                 started = seconds()
                                 try:
-                                    result = handler(stream, token, rows)
+                                    if takes_origin:
+                                        result = handler(
+                                            stream, token, rows, origin=origin  # type: ignore[call-arg]
+                                        )
+                                    else:
+                                        result = handler(stream, token, rows)
                                 except Exception:  # noqa: BLE001  (any handler error is retried)
                                     result = Failure()  # type: ignore[no-untyped-call]
                                 if result is None:
-                                    positions.set(stream, token)
+                                    positions.set(stream, token, origin)
                                     handler_done(stream, seconds() - started)
                                     continue
-                                runner.handler_returned(stream, token, rows, result, started)
+                                runner.handler_returned(
+                                    stream, token, rows, result, started, origin
+                                )
                                 if self._holding:
                                     self.hold_remaining(lines, i + 1)
                                     return
@@ -266,8 +475,12 @@ class WorkerConnection(ReplicationProtocol):
             self.rdata_received += fast
 
     def on_RDATA(self, command: RdataCommand) -> None:
-        if self._followed(command.stream, "RDATA"):
-            self._rdata(command.stream, command.token, command.row)
+        keyed = self._key(command)
+        if keyed is not None and self._followed(command.stream, "RDATA"):
+            key, origin = keyed
+            if origin is not None and not self._route(command.stream, origin):
+                return
+            self._rdata(key, command.stream, origin, command.token, command.row)
 
     def lineReceived(self, line: bytes) -> None:
         if line[:6] == b"RDATA ":
@@ -275,49 +488,63 @@ class WorkerConnection(ReplicationProtocol):
             self._row_size = len(parts[3]) if len(parts) == 4 else 0
         super().lineReceived(line)
 
-    def _rdata(self, stream: str, token: int | None, row: Any) -> None:
+    def _rdata(
+        self, key: str, stream: str, origin: str | None, token: int | None, row: Any
+    ) -> None:
         """One ``RDATA`` row by the general path (the reference for :meth:`linesReceived`)."""
         try:
-            done = self.assembler.add(stream, token, row, self._row_size)
+            done = self.assembler.add(key, token, row, self._row_size)
         except AssemblyError as e:
             self.send_error(str(e))
             return
         if done is not None:
-            self.runner.submit(stream, *done)
+            self.runner.submit(stream, *done, origin)
 
     def on_POSITION(self, command: PositionCommand) -> None:
+        keyed = self._key(command)
         stream, token = command.stream, command.token
-        if not self._followed(stream, "POSITION"):
+        if keyed is None or not self._followed(stream, "POSITION"):
+            return
+        key, origin = keyed
+        if origin is not None and not self._route(stream, origin):
             return
         try:
-            check = self.assembler.position(stream, token)
+            check = self.assembler.position(key, token)
         except AssemblyError as e:
             self.send_error(str(e))
             return
         if check.reset:
             # A master that lost history, or a substitute for RESET: handled as RESET is,
             # but the stream goes on live from ``token`` (nothing before it is replayed).
-            self.runner.reset(stream, token, replay=False)
-        self.runner.caught_up(stream, token)
-        self.worker.catchup.caught_up(stream, token)
+            self.runner.reset(stream, token, replay=False, origin=origin)
+        self.runner.caught_up(stream, token, origin)
+        self.worker.catchup.caught_up(key, token)
 
     def on_GAP(self, command: GapCommand) -> None:
-        if self._followed(command.stream, "GAP"):
+        keyed = self._key(command)
+        if keyed is not None and self._followed(command.stream, "GAP"):
+            key, origin = keyed
+            if origin is not None and not self._route(command.stream, origin):
+                return
             try:
-                self.assembler.gap(command.stream, command.first, command.last)
+                self.assembler.gap(key, command.first, command.last)
             except AssemblyError as e:
                 self.send_error(str(e))
                 return
-            self.runner.gap(command.stream, command.first, command.last)
+            self.runner.gap(command.stream, command.first, command.last, origin)
 
     def on_RESET(self, command: ResetCommand) -> None:
-        if self._followed(command.stream, "RESET"):
+        keyed = self._key(command)
+        if keyed is not None and self._followed(command.stream, "RESET"):
+            key, origin = keyed
+            if origin is not None and not self._route(command.stream, origin):
+                return
             try:
-                self.assembler.reset(command.stream)
+                self.assembler.reset(key)
             except AssemblyError as e:
                 self.send_error(str(e))
                 return
-            self.runner.reset(command.stream, command.head)
+            self.runner.reset(command.stream, command.head, origin=origin)
 
     def on_ERROR(self, command: ErrorCommand) -> None:
         log.error("master %s sent ERROR %s", self.session.peer_name, command.message)

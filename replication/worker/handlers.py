@@ -8,6 +8,11 @@ tokens ``first..last`` were dropped by the master's retention before this worker
 and ``reset(stream, old_position, head)``, called when the master's history no longer reaches
 this worker's position and the stream is replayed from its start.
 
+A handler (or hook) that takes a keyword argument named ``origin`` (an explicit parameter,
+not just ``**kwargs``) is also told where each token comes from: ``origin=<origin id>`` of
+the master that accepted it when the worker speaks protocol version 2, ``None`` under
+versions 1 and legacy. :func:`accepts_origin` decides that once, when the worker is built.
+
 :func:`load_handler` turns a configured name into the handler: it puts the configured
 directories (``handler_path``) first on the import path, imports the module, and either uses
 the attribute as it is (a class is instantiated without arguments) or, with
@@ -30,6 +35,23 @@ from replication.config.model import WorkerConfig
 Handler = Callable[[str, int, list[Any]], Any]
 
 
+def accepts_origin(function: object) -> bool:
+    """Whether ``function`` takes a keyword argument named ``origin``: a parameter of that
+    name that can be passed by keyword (``**kwargs`` alone does not count, so that a
+    wrapper forwarding everything to a three-argument handler keeps working). A callable
+    without a signature does not."""
+    if not callable(function):
+        return False
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return False
+    parameter = signature.parameters.get("origin")
+    return parameter is not None and parameter.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
+    )
+
+
 class HandlerLoadError(Exception):
     """A handler named in the configuration cannot be loaded."""
 
@@ -39,7 +61,8 @@ class PrintJson:
 
     ``{"stream": "events", "token": 43, "rows": [...]}``; a gap prints
     ``{"stream": ..., "gap": [first, last]}`` and a reset
-    ``{"stream": ..., "reset": {"position": old, "head": head}}``.
+    ``{"stream": ..., "reset": {"position": old, "head": head}}``. When the token came with
+    an origin (protocol version 2), each object also has ``"origin": "<origin id>"``.
     """
 
     def __init__(self, out: IO[str] | None = None) -> None:
@@ -50,14 +73,29 @@ class PrintJson:
         out.write(json.dumps(document, separators=(",", ":"), ensure_ascii=False) + "\n")
         out.flush()
 
-    def __call__(self, stream: str, token: int, rows: list[Any]) -> None:
-        self._print({"stream": stream, "token": token, "rows": rows})
+    def __call__(
+        self, stream: str, token: int, rows: list[Any], *, origin: str | None = None
+    ) -> None:
+        document: dict[str, Any] = {"stream": stream, "token": token, "rows": rows}
+        if origin is not None:
+            document["origin"] = origin
+        self._print(document)
 
-    def gap(self, stream: str, first: int, last: int) -> None:
-        self._print({"stream": stream, "gap": [first, last]})
+    def gap(self, stream: str, first: int, last: int, *, origin: str | None = None) -> None:
+        document: dict[str, Any] = {"stream": stream, "gap": [first, last]}
+        if origin is not None:
+            document["origin"] = origin
+        self._print(document)
 
-    def reset(self, stream: str, old_position: int, head: int) -> None:
-        self._print({"stream": stream, "reset": {"position": old_position, "head": head}})
+    def reset(
+        self, stream: str, old_position: int, head: int, *, origin: str | None = None
+    ) -> None:
+        document: dict[str, Any] = {
+            "stream": stream, "reset": {"position": old_position, "head": head}
+        }
+        if origin is not None:
+            document["origin"] = origin
+        self._print(document)
 
 
 print_json = PrintJson()

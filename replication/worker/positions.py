@@ -30,6 +30,12 @@ for a (stream, origin) is its position: ``<stream> <token>`` for the local origi
 a position copies one line into the mapping after the previous one: no system call, so it
 stays cheap on the per-token path.
 
+A worker that recorded local positions (following one master, protocol version 1) and then
+meets a master of protocol version 2 binds them to that master's origin id once (see
+:mod:`replication.worker.connection`, "Positions recorded before origins"): the binding is
+the line ``@local <origin id>`` of a v3 file (:attr:`PositionFile.local_origin`), written
+once, never changed.
+
 Formats: v1 (the same local lines, without NUL padding) and v2 (the journal, local lines
 only) are read and converted. Every compaction (below) writes the oldest format that holds
 the positions: v2 while they are all local, v3 once a position of another origin is
@@ -169,6 +175,14 @@ class Positions(Protocol):
         (``None`` for the local origin); empty if the worker never saw the stream."""
         ...
 
+    # Optional (the built-in implementations have them; the worker keeps a binding in
+    # memory only for positions without them):
+    #
+    #   local_origin: str | None
+    #       the origin id the local positions belong to, once bound;
+    #   def bind_local_origin(self, origin: str) -> None
+    #       record it (once: binding again to another origin raises OriginError).
+
     def sync(self) -> None:
         """Make the positions recorded so far durable."""
         ...
@@ -189,11 +203,18 @@ class MemoryPositions:
         self._positions: dict[str, int] = dict(initial or {})
         self._origins: dict[str, dict[str, int]] = {}
         self._closed = False
+        #: The origin id the local positions belong to, once bound.
+        self.local_origin: str | None = None
 
     def get(self, stream: str, origin: str | None = LOCAL_ORIGIN) -> int | None:
         if origin is None:
             return self._positions.get(stream)
         return _get_origin(self._origins, stream, origin)
+
+    def bind_local_origin(self, origin: str) -> None:
+        """Record that the local positions belong to ``origin`` (once)."""
+        _check_binding(self.local_origin, origin)
+        self.local_origin = origin
 
     def set(self, stream: str, token: int, origin: str | None = LOCAL_ORIGIN) -> None:
         if self._closed:
@@ -215,6 +236,15 @@ class MemoryPositions:
 
     def close(self) -> None:
         self._closed = True
+
+
+def _check_binding(bound: str | None, origin: str) -> None:
+    """Refuse a malformed origin, or a binding to another origin than the one recorded."""
+    _check_origin(origin)
+    if bound is not None and bound != origin:
+        raise OriginError(
+            f"the local positions belong to origin {bound}; they cannot be bound to {origin}"
+        )
 
 
 def _get_origin(origins: dict[str, dict[str, int]], stream: str, origin: str) -> int | None:
@@ -257,10 +287,17 @@ def _failure(path: str, what: str) -> PositionFileError:
     )
 
 
-def _parse(path: str, raw: bytes) -> tuple[int, dict[str, int], dict[str, dict[str, int]]]:
-    """The format version, the local positions and the other origins' positions of the
-    bytes ``raw`` of the position file ``path``; raises :class:`PositionFileError` for a
-    file that is not a position file, has a damaged line or is of a newer format."""
+#: The first word of the line of a v3 file that binds the local positions to an origin id.
+LOCAL_BINDING = b"@local"
+
+
+def _parse(
+    path: str, raw: bytes
+) -> tuple[int, dict[str, int], dict[str, dict[str, int]], str | None]:
+    """The format version, the local positions, the other origins' positions and the
+    origin the local positions are bound to (``None``: not bound) of the bytes ``raw`` of
+    the position file ``path``; raises :class:`PositionFileError` for a file that is not a
+    position file, has a damaged line or is of a newer format."""
     match = _HEADER_PATTERN.match(raw)
     version = int(match[1]) if match is not None else 0
     if version > FORMAT_VERSION:
@@ -282,8 +319,15 @@ def _parse(path: str, raw: bytes) -> tuple[int, dict[str, int], dict[str, dict[s
     lines.pop()  # the text after the last newline: empty, or a line cut short
     positions: dict[str, int] = {}
     origins: dict[str, dict[str, int]] = {}
+    bound: str | None = None
     for number, line in enumerate(lines, start=2):
         parts = line.split(b" ")
+        if parts[0] == LOCAL_BINDING and version >= 3:
+            origin = parts[1].decode("ascii", "replace") if len(parts) == 2 else ""
+            if ID_PATTERN.fullmatch(origin) is None or bound not in (None, origin):
+                raise _failure(path, f"has a damaged line {number}: {line[:80]!r}")
+            bound = origin
+            continue
         if len(parts) >= 2 and parts[1].isdigit() and len(parts[1]) > MAX_TOKEN_DIGITS:
             raise _failure(
                 path,
@@ -300,7 +344,7 @@ def _parse(path: str, raw: bytes) -> tuple[int, dict[str, int], dict[str, dict[s
                 origins.setdefault(stream, {})[origin] = int(parts[1])
                 continue
         raise _failure(path, f"has a damaged line {number}: {line[:80]!r}")
-    return version, positions, origins
+    return version, positions, origins, bound
 
 
 def read_positions(path: str) -> tuple[int, dict[str, int], dict[str, dict[str, int]]]:
@@ -314,7 +358,19 @@ def read_positions(path: str) -> tuple[int, dict[str, int], dict[str, dict[str, 
             raw = f.read()
     except OSError as e:
         raise PositionFileError(f"cannot read position file {path}: {e.strerror or e}") from None
-    return _parse(os.path.abspath(path), raw)
+    version, local, origins, _ = _parse(os.path.abspath(path), raw)
+    return version, local, origins
+
+
+def read_local_origin(path: str) -> str | None:
+    """The origin id the local positions of the position file ``path`` are bound to
+    (``None``: not bound), read as :func:`read_positions` reads."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise PositionFileError(f"cannot read position file {path}: {e.strerror or e}") from None
+    return _parse(os.path.abspath(path), raw)[3]
 
 
 def lock_holder(path: str) -> str | None:
@@ -369,6 +425,8 @@ class PositionFile:
         self.capacity = max(int(capacity), 1)
         self._positions: dict[str, int] = {}
         self._origins: dict[str, dict[str, int]] = {}
+        #: The origin id the local positions belong to, once bound (the ``@local`` line).
+        self.local_origin: str | None = None
         #: The header of the file mapped now: HEADER (v2) or HEADER_V3.
         self.header = HEADER
         self._mm: mmap.mmap | None = None
@@ -424,7 +482,7 @@ class PositionFile:
             return
         except OSError as e:
             raise self._error("read", e) from None
-        _, self._positions, self._origins = _parse(self.path, raw)
+        _, self._positions, self._origins, self.local_origin = _parse(self.path, raw)
         # Always start from a fresh compact file: drops a torn line, converts v1 and v2.
         self._compact()
     def get(self, stream: str, origin: str | None = LOCAL_ORIGIN) -> int | None:
@@ -455,6 +513,16 @@ class PositionFile:
             self._write(line)
         except ValueError:  # mmap.write: "data out of range", or the mapping is closed
             self._full()
+
+    def bind_local_origin(self, origin: str) -> None:
+        """Record that the local positions belong to ``origin``: the file is compacted (as
+        v3, with the ``@local`` line) once; binding again to the same origin does nothing,
+        to another one raises :class:`OriginError`."""
+        _check_binding(self.local_origin, origin)
+        if self.local_origin == origin:
+            return
+        self.local_origin = origin
+        self._full()
 
     def _set_origin(self, stream: str, token: int, origin: str) -> None:
         _set_origin(self._origins, stream, token, origin)
@@ -492,13 +560,16 @@ class PositionFile:
         """The header and the compact journal of the positions: one line per (stream,
         origin), by stream, the local origin first; v2 unless another origin is recorded."""
         lines: list[str] = []
+        if self.local_origin is not None:
+            lines.append(f"{LOCAL_BINDING.decode()} {self.local_origin}\n")
         for stream in sorted(self._positions.keys() | self._origins.keys()):
             token = self._positions.get(stream)
             if token is not None:
                 lines.append(f"{stream} {token}\n")
             for origin, token in sorted(self._origins.get(stream, {}).items()):
                 lines.append(f"{stream} {token} {origin}\n")
-        return (HEADER_V3 if self._origins else HEADER), "".join(lines).encode()
+        v3 = self._origins or self.local_origin is not None
+        return (HEADER_V3 if v3 else HEADER), "".join(lines).encode()
 
     def _compact(self) -> None:
         """Write every position to a preallocated temporary file, fsync it, rename it over

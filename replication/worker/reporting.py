@@ -194,6 +194,25 @@ def describe_resume(
     return ", ".join(parts)
 
 
+def describe_vector_resume(commands: Iterable[ReplicateCommand]) -> str:
+    """Where each stream resumes from under protocol version 2, for the log: ``events after
+    <origin>:41, <origin>:7 (every other origin from its start), presence from the start of
+    every origin (no position recorded), typing from now (no position recorded, from:
+    latest)``."""
+    parts = []
+    for command in commands:
+        if command.vector is None:
+            parts.append(f"{command.stream} from now (no position recorded, from: latest)")
+        elif not command.vector:
+            parts.append(
+                f"{command.stream} from the start of every origin (no position recorded)"
+            )
+        else:
+            at = ", ".join(f"{origin}:{token}" for origin, token in command.vector)
+            parts.append(f"{command.stream} after {at} (every other origin from its start)")
+    return ", ".join(parts)
+
+
 @dataclass
 class CatchupReport:
     """One progress line of a stream that is catching up."""

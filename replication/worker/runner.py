@@ -7,6 +7,10 @@ its connections. A connection parses and assembles; it hands the runner complete
 itself as an :class:`InputGate` while it is the worker's connection. The runner:
 
 * drops a token at or below the recorded position (already handled);
+* keys everything per stream and origin: under protocol version 2 each token names the
+  master that accepted it (its ``origin``), and positions, heads and order are kept per
+  ``(stream, origin)``; under versions 1 and legacy ``origin`` is ``None`` (the local
+  origin);
 * calls the handler (see :mod:`replication.worker.handlers`) and, when it returns an
   awaitable, waits for it: a coroutine runs as an asyncio task when an asyncio event loop
   is running (the CLI's default asyncio reactor), wrapped in :class:`AwaitDeferreds` so
@@ -41,7 +45,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from replication.metrics import WorkerMetrics
-from replication.worker.handlers import Handler
+from replication.wire.commands import ORIGIN_SEPARATOR, qualify
+from replication.worker.handlers import Handler, accepts_origin
 from replication.worker.positions import Positions
 
 log = logging.getLogger(__name__)
@@ -65,15 +70,18 @@ class InputGate(Protocol):
 class TokenRunner:
     """Runs the handler on complete tokens, once each, in order, and records positions.
 
-    :param handler: called as ``handler(stream, token, rows)``; its optional ``gap`` and
-        ``reset`` methods are called on ``GAP`` and ``RESET``.
+    :param handler: called as ``handler(stream, token, rows)`` (with ``origin=`` too when it
+        takes that keyword: :func:`~replication.worker.handlers.accepts_origin`, decided
+        here once); its optional ``gap`` and ``reset`` methods are called on ``GAP`` and
+        ``RESET`` (the same way).
     :param positions: where handled positions are recorded.
     :param clock: time for handler durations and retry delays.
     :param metrics: told of every handler call's outcome and duration.
     :param max_retry_delay: the longest delay between retries of a failed call.
 
     ``heads`` is the newest token the master has shown per stream (from complete tokens
-    and ``POSITION``), for lag.
+    and ``POSITION``), for lag; keyed by the stream name under versions 1 and legacy and by
+    ``<stream>@<origin>`` (:func:`~replication.wire.commands.qualify`) under version 2.
     """
 
     def __init__(
@@ -86,6 +94,8 @@ class TokenRunner:
         max_retry_delay: float,
     ) -> None:
         self.handler = handler
+        #: Whether the handler takes ``origin=`` (decided once, here).
+        self.handler_takes_origin = accepts_origin(handler)
         self.positions = positions
         self.clock = clock
         self.metrics = metrics
@@ -125,12 +135,25 @@ class TokenRunner:
             callback()
 
     def lag(self, stream: str) -> int | None:
-        """Tokens between the recorded position and the master's last known head."""
+        """Tokens between the recorded positions and the master's last known heads of
+        ``stream``, summed over its origins (``None`` when neither is known for any)."""
         head = self.heads.get(stream)
         position = self.positions.get(stream)
-        if head is None or position is None:
-            return None
-        return max(head - position, 0)
+        total = None if head is None or position is None else max(head - position, 0)
+        prefix = stream + ORIGIN_SEPARATOR
+        for key, head in self.heads.items():
+            if key.startswith(prefix):
+                position = self.positions.get(stream, key[len(prefix):])
+                if position is not None:
+                    total = (total or 0) + max(head - position, 0)
+        return total
+
+    def _call_handler(
+        self, stream: str, token: int, rows: list[Any], origin: str | None
+    ) -> Any:
+        if self.handler_takes_origin:
+            return self.handler(stream, token, rows, origin=origin)  # type: ignore[call-arg]
+        return self.handler(stream, token, rows)
 
     # -- connections ---------------------------------------------------------------------
 
@@ -161,10 +184,13 @@ class TokenRunner:
 
     # -- inputs --------------------------------------------------------------------------
 
-    def submit(self, stream: str, token: int, rows: list[Any]) -> bool:
-        """A complete token: drop it if already handled, else call the handler and record
-        the position once it succeeded. Returns ``True`` when that is all done (the handler
-        returned ``None``, or the token was dropped); ``False`` when the call went on
+    def submit(
+        self, stream: str, token: int, rows: list[Any], origin: str | None = None
+    ) -> bool:
+        """A complete token of ``origin`` (``None``: versions 1 and legacy): drop it if
+        already handled, else call the handler and record the position once it succeeded.
+        Returns ``True`` when that is all done (the handler returned ``None``, or the token
+        was dropped); ``False`` when the call went on
         another way (it is pending or waiting for a retry and input is held, or it returned
         a value): the caller looks at its input's state. Never call it while
         :attr:`blocked`.
@@ -173,84 +199,99 @@ class TokenRunner:
         ``None`` inline, and calls :meth:`handler_returned` for the rest; keep the two
         alike (tests/test_worker_fast_path.py compares them on random line streams)."""
         heads = self.heads
-        if token > heads.get(stream, 0):
-            heads[stream] = token
+        key = qualify(stream, origin)
+        if token > heads.get(key, 0):
+            heads[key] = token
         positions = self.positions
-        position = positions.get(stream)
+        position = positions.get(stream, origin)
         if position is not None and token <= position:
             log.debug(
-                "dropping %s token %d: already handled (position %d)", stream, token, position
+                "dropping %s token %d: already handled (position %d)", key, token, position
             )
             return True
-        handler = self.handler
         seconds = self.clock.seconds
         started = seconds()
         try:
-            result = handler(stream, token, rows)
+            result = self._call_handler(stream, token, rows, origin)
         except Exception:  # noqa: BLE001  (any handler error is retried)
             result = Failure()  # type: ignore[no-untyped-call]
         if result is None:
-            positions.set(stream, token)
+            positions.set(stream, token, origin)
             self.metrics.handler_done(stream, seconds() - started)
             return True
-        self.handler_returned(stream, token, rows, result, started)
+        self.handler_returned(stream, token, rows, result, started, origin)
         return False
 
     def handler_returned(
-        self, stream: str, token: int, rows: list[Any], result: Any, started: float
+        self, stream: str, token: int, rows: list[Any], result: Any, started: float,
+        origin: str | None = None,
     ) -> None:
         """The handler, called at ``started`` with a token, returned something other than
         ``None`` (an awaitable, or by mistake a value) or raised (``result`` is the
         Failure): wait for it, or retry it. (:meth:`submit`'s slow half.)"""
-        handler = self.handler
         self._started = started
         self._run(
-            lambda: handler(stream, token, rows), stream, token, f"token {token}",
-            first_result=result,
+            lambda: self._call_handler(stream, token, rows, origin), stream, token,
+            f"token {token}", first_result=result, origin=origin,
         )
 
-    def gap(self, stream: str, first: int, last: int) -> None:
-        """The master's retention dropped ``first..last`` before this worker got them: call
-        the handler's ``gap`` hook (if any), then record ``last``."""
-        log.warning("%s: tokens %d..%d were dropped by the master's retention", stream, first, last)
-        hook = getattr(self.handler, "gap", None)
-        call: Callable[[], Any] = (lambda: hook(stream, first, last)) if hook else (lambda: None)
-        self._run(call, stream, last, f"gap {first}..{last}")
+    def _hook(self, name: str, origin: str | None) -> Callable[..., Any] | None:
+        """The handler's ``gap`` or ``reset`` hook, with ``origin=`` bound when it takes it."""
+        hook = getattr(self.handler, name, None)
+        if hook is None or not accepts_origin(hook):
+            return hook
+        return lambda *args: hook(*args, origin=origin)
 
-    def reset(self, stream: str, head: int, *, replay: bool = True) -> None:
+    def gap(self, stream: str, first: int, last: int, origin: str | None = None) -> None:
+        """The master's retention dropped ``first..last`` of ``origin`` before this worker
+        got them: call the handler's ``gap`` hook (if any), then record ``last``."""
+        log.warning(
+            "%s: tokens %d..%d were dropped by the master's retention",
+            qualify(stream, origin), first, last,
+        )
+        hook = self._hook("gap", origin)
+        call: Callable[[], Any] = (lambda: hook(stream, first, last)) if hook else (lambda: None)
+        self._run(call, stream, last, f"gap {first}..{last}", origin=origin)
+
+    def reset(
+        self, stream: str, head: int, *, replay: bool = True, origin: str | None = None
+    ) -> None:
         """The master's head ``head`` is behind the recorded position: call the handler's
         ``reset`` hook (if any), then record 0 when the master replays the stream from its
         start (``RESET``), or ``head`` when it goes on live from there without replaying
         (``replay`` false: a ``POSITION`` below the worker's position)."""
-        old = self.positions.get(stream) or 0
+        old = self.positions.get(stream, origin) or 0
+        key = qualify(stream, origin)
         if replay:
             log.warning(
                 "%s: the master's head %d is behind this worker's position %d; its history "
-                "was lost or replaced: replaying the stream from the start", stream, head, old,
+                "was lost or replaced: replaying the stream from the start", key, head, old,
             )
         else:
             log.warning(
                 "%s: the master sent POSITION %d, behind this worker's position %d; its "
                 "history was lost or replaced: going on from %d without a replay",
-                stream, head, old, head,
+                key, head, old, head,
             )
-        hook = getattr(self.handler, "reset", None)
+        hook = self._hook("reset", origin)
         call: Callable[[], Any] = (lambda: hook(stream, old, head)) if hook else (lambda: None)
-        self._run(call, stream, 0 if replay else head, f"reset to {head}", force=True)
+        self._run(
+            call, stream, 0 if replay else head, f"reset to {head}", force=True, origin=origin
+        )
 
-    def caught_up(self, stream: str, token: int) -> None:
+    def caught_up(self, stream: str, token: int, origin: str | None = None) -> None:
         """The master's ``POSITION``: catch-up is done at its head ``token``; nothing lies
         between the recorded position and it (or the subscription started from now)."""
-        self.heads[stream] = token
-        position = self.positions.get(stream)
+        self.heads[qualify(stream, origin)] = token
+        position = self.positions.get(stream, origin)
         if position is None or position < token:
-            self.positions.set(stream, token)
+            self.positions.set(stream, token, origin)
 
     # -- running a call ------------------------------------------------------------------
 
     def _run(
         self, call: Callable[[], Any], stream: str, position: int, what: str,
-        force: bool = False, first_result: Any = _NOT_CALLED,
+        force: bool = False, first_result: Any = _NOT_CALLED, origin: str | None = None,
     ) -> None:
         """Run ``call`` (unless ``first_result`` is what it already returned, or the
         Failure it raised); when it succeeds, record ``position`` for ``stream`` (lower than
@@ -263,10 +304,10 @@ class TokenRunner:
                 result = call()
             except Exception:  # noqa: BLE001  (any handler error is retried)
                 failure = Failure()  # type: ignore[no-untyped-call]
-                self._failed(failure, call, stream, position, what, force, epoch)
+                self._failed(failure, call, stream, position, what, force, epoch, origin)
                 return
         elif isinstance(first_result, Failure):
-            self._failed(first_result, call, stream, position, what, force, epoch)
+            self._failed(first_result, call, stream, position, what, force, epoch, origin)
             return
         else:
             result = first_result
@@ -275,12 +316,12 @@ class TokenRunner:
             self._block()
             self._in_flight += 1
             deferred.addCallbacks(
-                lambda _: self._done(stream, position, force, epoch),
-                lambda f: self._failed(f, call, stream, position, what, force, epoch),
+                lambda _: self._done(stream, position, force, epoch, origin),
+                lambda f: self._failed(f, call, stream, position, what, force, epoch, origin),
             )
             deferred.addBoth(self._finished)
             return
-        self._done(stream, position, force, epoch)
+        self._done(stream, position, force, epoch, origin)
 
     def _deferred_for(self, awaitable: Any) -> Deferred[Any]:
         """A Deferred that fires with ``awaitable``'s outcome. A coroutine runs as an asyncio
@@ -308,11 +349,13 @@ class TokenRunner:
         if self._gate is not None:
             self._gate.hold_input()
 
-    def _done(self, stream: str, position: int, force: bool, epoch: int) -> None:
+    def _done(
+        self, stream: str, position: int, force: bool, epoch: int, origin: str | None = None
+    ) -> None:
         self.metrics.handler_done(stream, self.clock.seconds() - self._started)
-        current = self.positions.get(stream)
+        current = self.positions.get(stream, origin)
         if force or current is None or position > current:
-            self.positions.set(stream, position)
+            self.positions.set(stream, position, origin)
         if epoch != self._epoch:
             return  # its connection is gone; the next one waits for :meth:`_finished`
         self._retry_delay = FIRST_RETRY_DELAY
@@ -323,7 +366,7 @@ class TokenRunner:
 
     def _failed(
         self, failure: Failure, call: Callable[[], Any], stream: str, position: int, what: str,
-        force: bool, epoch: int,
+        force: bool, epoch: int, origin: str | None = None,
     ) -> None:
         self.metrics.handler_failed(stream, self.clock.seconds() - self._started)
         if epoch != self._epoch:
@@ -336,18 +379,19 @@ class TokenRunner:
         self._retry_delay = min(delay * 2, self.max_retry_delay)
         log.error(
             "handler failed on %s %s; retrying in %.1fs\n%s",
-            stream, what, delay, failure.getTraceback(),
+            qualify(stream, origin), what, delay, failure.getTraceback(),
         )
         self._block()
         self._retry_call = self.clock.callLater(
-            delay, self._retry, call, stream, position, what, force
+            delay, self._retry, call, stream, position, what, force, origin
         )
 
     def _retry(
-        self, call: Callable[[], Any], stream: str, position: int, what: str, force: bool
+        self, call: Callable[[], Any], stream: str, position: int, what: str, force: bool,
+        origin: str | None = None,
     ) -> None:
         self._retry_call = None
-        self._run(call, stream, position, what, force)
+        self._run(call, stream, position, what, force, origin=origin)
 
     def _finished(self, result: object) -> None:
         self._in_flight -= 1

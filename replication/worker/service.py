@@ -7,33 +7,45 @@
 :func:`worker_service` keeps it connected to its master (Twisted's ``ClientService``, waiting
 between attempts as :class:`ReconnectBackoff` says, its connects and reconnects logged by
 :class:`~replication.worker.reporting.ConnectionReporter`) and syncs its positions to disk every
-second; it logs the positions it stopped at.
+second; it logs the positions it stopped at. With several masters (``master`` a list: the
+masters of one cluster), :class:`MasterRotation` picks which one each attempt dials
+(:class:`FailoverEndpoint`): one at random, another at once when the connection drops or
+a master cannot be reached, each once per round, and :class:`ReconnectBackoff`'s wait
+between rounds.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
+    IProtocolFactory,
     IReactorTime,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
+from zope.interface import implementer
 
 from replication import __version__
 from replication.config import ReconnectConfig, WorkerConfig
 from replication.metrics import WorkerMetrics
 from replication.ratelimit import LogRateLimiter
 from replication.services import ListeningService, OrderedMultiService
-from replication.wire.commands import CommandRegistry, ReplicateCommand, default_registry
+from replication.wire.commands import (
+    MAX_VECTOR_ORIGINS,
+    ORIGIN_SEPARATOR,
+    CommandRegistry,
+    ReplicateCommand,
+    default_registry,
+)
 from replication.wire.protocol import ReplicationProtocol
 from replication.worker.connection import WorkerConnection, WorkerFactory
 from replication.worker.handlers import Handler
@@ -80,6 +92,8 @@ class ReconnectBackoff:
         if jitter is None:
             def jitter() -> float:
                 return random.uniform(0, initial_delay)
+        #: Seconds of noise: also the whole wait before trying the next master of a round.
+        self.jitter = jitter
         self._policy = backoffPolicy(
             initialDelay=initial_delay, maxDelay=max_delay, factor=BACKOFF_FACTOR,
             jitter=jitter,
@@ -101,6 +115,115 @@ class ReconnectBackoff:
             self.short_connections = 0
         elif self.short_connections < _MAX_SHORT_CONNECTIONS:
             self.short_connections += 1
+
+
+class MasterRotation:
+    """Which master each attempt dials, when a worker has several (pure; the shuffle is
+    passed in).
+
+    A *round* is a random order of the masters, each once; :meth:`next` takes the next one,
+    starting a new round when the last is over (the master dialled last is put at the end
+    of the new round, so that the worker moves on). After a connection that was healthy
+    (see :class:`ReconnectBackoff`) is lost, a new round of the *other* masters begins: the
+    worker moves to another master at once. :meth:`delay` is the ``ClientService`` retry
+    policy: only the backoff's jitter while the round has masters left, and the backoff's
+    wait (counting failed rounds) once a round is over. With one master every round is
+    one attempt, which is exactly the backoff of a worker without a rotation.
+
+    :param masters: the endpoint descriptions, in configuration order.
+    :param backoff: the worker's :class:`ReconnectBackoff`.
+    :param shuffle: shuffles a list in place (``random.shuffle``).
+    """
+
+    def __init__(
+        self,
+        masters: tuple[str, ...],
+        backoff: ReconnectBackoff,
+        shuffle: Callable[[list[str]], None] = random.shuffle,
+    ) -> None:
+        if not masters:
+            raise ValueError("a worker needs at least one master")
+        self.masters = masters
+        self.backoff = backoff
+        self._shuffle = shuffle
+        self._left: list[str] = []
+        #: The master dialled last (``None`` before the first attempt).
+        self.current: str | None = None
+        #: Rounds over in a row without a connection (what the backoff counts).
+        self.failed_rounds = 0
+        self._connected = False
+
+    @property
+    def left(self) -> tuple[str, ...]:
+        """The masters of this round not dialled yet, in order."""
+        return tuple(self._left)
+
+    def next(self) -> str:
+        """The master to dial now."""
+        if not self._left:
+            self._left = self._round(self.masters)
+        self.current = self._left.pop(0)
+        return self.current
+
+    def _round(self, masters: tuple[str, ...]) -> list[str]:
+        order = list(masters)
+        self._shuffle(order)
+        if len(order) > 1 and order[0] == self.current:
+            order.append(order.pop(0))
+        return order
+
+    def connected(self) -> None:
+        """The master dialled last was reached."""
+        self._connected = True
+        self.failed_rounds = 0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds before the next attempt (``ClientService``'s retry policy, called after
+        a failed connect or a lost connection; ``attempt`` is ignored)."""
+        lost, self._connected = self._connected, False
+        if lost and self.backoff.short_connections == 0:
+            # A healthy connection ended: a new round of the others, the first one at once.
+            self._left = self._round(tuple(m for m in self.masters if m != self.current))
+        if self._left:
+            return self.backoff.jitter()
+        self.failed_rounds += 1
+        return self.backoff(self.failed_rounds)
+
+
+@implementer(IStreamClientEndpoint)
+class FailoverEndpoint:
+    """An endpoint that dials the master :class:`MasterRotation` picks, of ``endpoints`` (by
+    description), and tells ``worker`` which one it is (``worker.endpoint_description``)."""
+
+    def __init__(
+        self,
+        endpoints: Mapping[str, IStreamClientEndpoint],
+        rotation: MasterRotation,
+        worker: Worker | None = None,
+        on_dial: Callable[[str], None] | None = None,
+    ) -> None:
+        self.endpoints = endpoints
+        self.rotation = rotation
+        self.worker = worker
+        self.on_dial = on_dial
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
+        rotation = self.rotation
+        description = rotation.next()
+        if self.worker is not None:
+            self.worker.endpoint_description = description
+        if self.on_dial is not None:
+            self.on_dial(description)
+        if len(rotation.masters) > 1:
+            log.info("dialling master %s (%d more to try this round)", description,
+                     len(rotation.left))
+        d: Deferred[Any] = self.endpoints[description].connect(protocolFactory)
+
+        def connected(protocol: Any) -> Any:
+            rotation.connected()
+            return protocol
+
+        return d.addCallback(connected)
 
 
 class Worker:
@@ -129,6 +252,12 @@ class Worker:
     ) -> None:
         self.config = config
         self.clock = clock
+        #: The endpoint descriptions of the masters this worker may follow.
+        self.masters = config.masters
+        #: The endpoint description of the master dialled last (or followed now).
+        self.endpoint_description: str | None = self.masters[0] if self.masters else None
+        #: The origin id local positions are bound to, when ``positions`` cannot record it.
+        self._local_origin: str | None = None
         self.registry = registry if registry is not None else default_registry()
         self.streams = {s.name: s for s in config.streams}
         self.connection: WorkerConnection | None = None
@@ -139,9 +268,7 @@ class Worker:
         )
         self.metrics.bind(self)
         #: Logs the progress of streams catching up (driven by the connection).
-        self.catchup = CatchupReporter(
-            clock, self.runner.positions.get, self.runner.heads.get
-        )
+        self.catchup = CatchupReporter(clock, self._position_of, self.runner.heads.get)
         #: The wait between attempts to reach the master (see :class:`ReconnectBackoff`);
         #: told by each connection how long it lasted.
         self.backoff = ReconnectBackoff.from_config(config.reconnect)
@@ -185,6 +312,97 @@ class Worker:
             commands.append(ReplicateCommand(stream.name, position))
         return commands
 
+    def _position_of(self, key: str) -> int | None:
+        """The recorded position of ``<stream>`` or ``<stream>@<origin>``."""
+        stream, _, origin = key.partition(ORIGIN_SEPARATOR)
+        return self.positions.get(stream, origin or None)
+
+    def replicate_vectors(self) -> list[ReplicateCommand]:
+        """The ``REPLICATE`` lines a new connection of protocol version 2 sends, one per
+        configured stream: the position vector recorded (``-`` when empty), or ``NOW`` for
+        a ``from: latest`` stream never seen. Raises ``ValueError`` for a stream with
+        positions of more origins than a vector holds."""
+        commands = []
+        positions = self.positions
+        for stream in self.config.streams:
+            vector = sorted(
+                (origin, token) for origin, token in positions.vector(stream.name).items()
+                if origin is not None
+            )
+            if not vector and stream.start == "latest" and positions.get(stream.name) is None:
+                commands.append(ReplicateCommand(stream.name, None))
+                continue
+            if len(vector) > MAX_VECTOR_ORIGINS:
+                raise ValueError(
+                    f"{stream.name} has positions of {len(vector)} origins, more than a "
+                    f"position vector holds ({MAX_VECTOR_ORIGINS})"
+                )
+            commands.append(ReplicateCommand(stream.name, None, tuple(vector)))
+        return commands
+
+    @property
+    def local_origin(self) -> str | None:
+        """The origin id the positions recorded without an origin (under protocol versions
+        1 and legacy) belong to, once bound; ``None`` before."""
+        bound = getattr(self.positions, "local_origin", None)
+        return bound if isinstance(bound, str) else self._local_origin
+
+    def adopt_local_positions(self, origin: str, master: str) -> bool:
+        """A master of protocol version 2, ``master``, named itself origin ``origin``:
+        apply the rule for positions recorded before origins (see
+        :mod:`replication.worker.connection`). Returns ``False`` when the connection must
+        not go on (unbound local positions and several masters: nothing is guessed)."""
+        positions = self.positions
+        local = {
+            s.name: token for s in self.config.streams
+            if (token := positions.get(s.name)) is not None
+        }
+        if not local:
+            return True
+        bound = self.local_origin
+        if bound is None:
+            if len(self.masters) > 1:
+                log.error(
+                    "the position file holds positions recorded before protocol version 2 "
+                    "(%s) of a master whose origin id it does not know, and this worker "
+                    "follows %d masters: it will not guess which one recorded them (applied "
+                    "to the wrong origin, they would skip its rows). Follow that master "
+                    "alone (one master endpoint) until it has connected once, or move the "
+                    "position file aside to start over; closing the connection to %s and "
+                    "retrying with backoff.",
+                    _positions_text(local), len(self.masters), master,
+                )
+                return False
+            bind = getattr(positions, "bind_local_origin", None)
+            if bind is None:
+                self._local_origin = origin
+                log.warning(
+                    "these positions cannot record which origin their local positions belong "
+                    "to (no bind_local_origin): bound to %s for this process only", origin,
+                )
+            else:
+                bind(origin)
+            log.warning(
+                "positions recorded before protocol version 2 (%s) are those of master %s, "
+                "the one master this worker follows: bound to its origin %s",
+                _positions_text(local), master, origin,
+            )
+            bound = origin
+        copied = {}
+        for stream, token in local.items():
+            if positions.get(stream, bound) is None:
+                positions.set(stream, token, bound)
+                copied[stream] = token
+        if copied:
+            where = "" if bound == origin else (
+                f" (not this master's origin {origin}: they are sent to it as {bound}'s)"
+            )
+            log.info(
+                "local positions copied to origin %s: %s%s", bound, _positions_text(copied),
+                where,
+            )
+        return True
+
     def lag(self, stream: str) -> int | None:
         """Tokens between this worker's position and the master's last known head."""
         return self.runner.lag(stream)
@@ -192,7 +410,9 @@ class Worker:
     def health(self) -> dict[str, Any]:
         """The worker's ``GET /health`` document: ``status`` (``ok`` while the process
         serves, connected or not), ``version``, its ``name``, whether it is ``connected``
-        and the ``master``'s server name (``null`` while not connected)."""
+        the ``master``'s server name (``null`` while not connected), its ``endpoint`` (the
+        endpoint description dialled) and its ``origin`` id (protocol version 2; else
+        ``null``)."""
         connection = self.connection
         return {
             "status": "ok",
@@ -200,6 +420,8 @@ class Worker:
             "name": self.config.name,
             "connected": connection is not None,
             "master": connection.peer_name if connection is not None else None,
+            "endpoint": self.endpoint_description if connection is not None else None,
+            "origin": connection.origin if connection is not None else None,
         }
 
 
@@ -276,14 +498,31 @@ class WorkerService(OrderedMultiService):
             self.connection.whenConnected().addCallbacks(_close, lambda _: None)
 
         def stopped(_: None) -> None:
-            recorded = {s.name: worker.positions.get(s.name) for s in worker.config.streams}
             at = ", ".join(
-                f"{name} at {'no position' if token is None else token}"
-                for name, token in recorded.items()
+                _recorded(s.name, worker.positions.vector(s.name))
+                for s in worker.config.streams
             )
             log.info("worker %s stopped; positions recorded: %s", worker.config.name, at)
 
         return super().stopService().addCallback(stopped)
+
+
+def _recorded(stream: str, vector: Mapping[str | None, int]) -> str:
+    """``events at 41`` (the local position), ``events at <origin>:7, <origin>:3`` (per
+    origin, version 2; the local one last, if any), ``events at no position``."""
+    local = vector.get(None)
+    parts = [f"{origin}:{token}" for origin, token in sorted(
+        (o, t) for o, t in vector.items() if o is not None
+    )]
+    if not parts:
+        return f"{stream} at {'no position' if local is None else local}"
+    if local is not None:
+        parts.append(f"{local} without an origin")
+    return f"{stream} at {', '.join(parts)}"
+
+
+def _positions_text(positions: Mapping[str, int]) -> str:
+    return ", ".join(f"{stream} at {token}" for stream, token in positions.items())
 
 
 def _close(connection: object) -> None:
@@ -293,16 +532,21 @@ def _close(connection: object) -> None:
 
 def worker_service(
     worker: Worker,
-    endpoint: IStreamClientEndpoint,
+    endpoint: IStreamClientEndpoint | Mapping[str, IStreamClientEndpoint],
     clock: IReactorTime,
     *,
     metrics_endpoint: IStreamServerEndpoint | None = None,
+    shuffle: Callable[[list[str]], None] = random.shuffle,
 ) -> WorkerService:
     """The worker's service tree (see :class:`WorkerService`): ``worker`` connected to its
     master at ``endpoint``, reconnecting with exponential backoff and jitter between
     ``reconnect.initial_delay`` and ``reconnect.max_delay`` (``worker.backoff``, where a
     connection shorter than ``reconnect.healthy_after`` counts as failed); its position file
-    synced to disk every second; and, with ``metrics_endpoint``, its metrics served there."""
+    synced to disk every second; and, with ``metrics_endpoint``, its metrics served there.
+
+    ``endpoint`` may also map endpoint descriptions to endpoints (the worker's
+    ``master`` list): the worker then moves between them as :class:`MasterRotation` says
+    (``shuffle`` orders each round)."""
     service = WorkerService(worker)
     if metrics_endpoint is not None:
         from twisted.web.server import Site
@@ -317,10 +561,21 @@ def worker_service(
     positions = PositionSyncService(worker.positions, clock)
     positions.setName("positions")
     positions.setServiceParent(service)
-    reporter = ConnectionReporter(worker.config.master, clock)
+    if isinstance(endpoint, Mapping):
+        rotation = MasterRotation(tuple(endpoint), worker.backoff, shuffle)
+        reporter = ConnectionReporter(rotation.masters[0], clock)
+
+        def dialling(description: str) -> None:
+            reporter.master = description
+
+        endpoint = FailoverEndpoint(endpoint, rotation, worker, on_dial=dialling)
+        policy: Callable[[int], float] = rotation.delay
+    else:
+        reporter = ConnectionReporter(worker.endpoint_description or "?", clock)
+        policy = worker.backoff
     connection = ClientService(
         reporter.endpoint(endpoint), worker.factory(),
-        retryPolicy=reporter.retry_policy(worker.backoff), clock=clock,
+        retryPolicy=reporter.retry_policy(policy), clock=clock,
     )
     connection.setName("connection")
     connection.setServiceParent(service)
