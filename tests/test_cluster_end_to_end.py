@@ -80,15 +80,6 @@ class Master:
         assert status == 200 and isinstance(answer, dict), (status, answer)
         return answer
 
-    def heads(self) -> dict[str, int]:
-        """This master's head of ``events`` per origin id."""
-        status = self.status()
-        own = status["origin_id"]
-        heads = {}
-        for view in status["streams"]:
-            if view["name"] == STREAM:
-                heads[view.get("origin") or own] = view["head"]
-        return heads
 
 
 class Worker:
@@ -103,7 +94,7 @@ class Worker:
         self.config.write_text(
             f"name: {name}\n"
             f"master:\n{entries}"
-            f"streams: [{{name: {STREAM}, from: earliest}}]\n"
+            f"streams:\n  {STREAM}:\n"
             f"position_file: {tmp / (name + '.positions')}\n"
             "reconnect: {initial_delay: 0.1, max_delay: 0.5}\n"
         )
@@ -148,7 +139,8 @@ class Publisher(threading.Thread):
                 tokens = []
                 for _ in range(10):
                     count = self.random.choice((1, 1, 2, 3))
-                    tokens.append([{"m": self.master.name, "i": sequence + n} for n in range(count)])
+                    name = self.master.name
+                    tokens.append([{"m": name, "i": sequence + n} for n in range(count)])
                     sequence += count
                 try:
                     status, answer = http_request(
@@ -240,23 +232,9 @@ def test_three_masters_lose_nothing_through_kills_a_stop_and_a_worker_kill(
         total_rows = sum(p.acknowledged_rows for p in publishers)
         assert total_rows >= 30_000
 
-        # Every master ends with every origin's rows (no acknowledged token missing).
-        wanted: dict[str, int] = defaultdict(int)
-        for origin, token in acknowledged:
-            wanted[origin] = max(wanted[origin], token)
-        assert len(wanted) == 3
-
-        def all_heads() -> bool:
-            for master in masters:
-                heads = master.heads()
-                if any(heads.get(origin, 0) < head for origin, head in wanted.items()):
-                    return False
-            return True
-
-        wait_until(all_heads, 90, "every master holding every acknowledged token")
-        heads = [master.heads() for master in masters]
-        assert heads[0] == heads[1] == heads[2], heads
-
+        assert len({origin for origin, _ in acknowledged}) == 3
+        # w1, w2 and w3 each follow one master: each holding every acknowledged token shows
+        # that its master does.
         def caught_up(worker: Worker) -> bool:
             return acknowledged <= set(worker.tokens())
 
