@@ -256,3 +256,45 @@ def test_three_masters_lose_nothing_through_kills_a_stop_and_a_worker_kill(
                     process.popen.send_signal(signal.SIGCONT)
                 master.kill()
     print(json.dumps({"rows": total_rows, "tokens": len(acknowledged)}))
+
+
+def test_a_master_restarted_on_a_wiped_store_is_a_new_origin(tmp_path: Path) -> None:
+    """Its store is its identity: wiped, the master comes back with a new origin id; its
+    peers notice (logged), keep the old origin's rows and relay the new origin's, and a
+    worker following a peer gets both origins' tokens, each counted from 1."""
+    ports = free_ports(4)
+    peers = [f"tcp:host={HOST}:port={ports[i]}" for i in range(2)]
+    first, second = (Master(tmp_path, f"m{i + 1}", ports[i], ports[2 + i], peers)
+                     for i in range(2))
+    worker = Worker(tmp_path, "w1", [first])
+    try:
+        first.start()
+        second.start()
+        worker.start()
+        token_rows = [[{"n": 1}], [{"n": 2}]]
+        status, answer = http_request(second.http_port, "POST", f"/streams/{STREAM}",
+                                      {"tokens": token_rows})
+        assert status == 200, answer
+        old_origin = answer["origin"]
+        wait_until(lambda: len(worker.tokens()) == 2, 30, "the old origin's tokens")
+
+        second.kill()
+        import shutil
+
+        shutil.rmtree(second.directory)
+        second.start()
+        status, answer = http_request(second.http_port, "POST", f"/streams/{STREAM}",
+                                      {"rows": [{"n": 3}]})
+        assert status == 200, answer
+        new_origin = answer["origin"]
+        assert new_origin != old_origin and answer["token"] == 1
+        wait_until(lambda: len(worker.tokens()) == 3, 30, "the new origin's token")
+        assert worker.tokens() == [(old_origin, 1), (old_origin, 2), (new_origin, 1)]
+        log_text = (tmp_path / "m1.err").read_text()
+        assert f"now announces origin {new_origin} (it was {old_origin}" in log_text
+    finally:
+        if worker.process is not None:
+            worker.kill()
+        for master in (first, second):
+            if master.process is not None:
+                master.kill()
