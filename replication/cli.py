@@ -842,7 +842,9 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         help="show a master's streams and workers",
         description="Show a master's streams, its connected workers with their "
-        "position and lag per stream, and each worker's reconnects, from its /status.",
+        "position and lag per stream, and each worker's reconnects, from its /status; on a "
+        "master of a cluster also the streams' origins, each connection's role and every "
+        "peer link (state, repairs, relays per row).",
     )
     p.add_argument(
         "--url", default=DEFAULT_URL, help=f"the master's HTTP address (default {DEFAULT_URL})"

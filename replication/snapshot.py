@@ -5,7 +5,9 @@
 Prometheus collector (:mod:`replication.metrics`) and ``GET /status``
 (:mod:`replication.http`) both read it and nothing else of the master. A snapshot is plain
 frozen data: building one costs a pass over the streams and connections, and reading it
-touches no store.
+touches no store. On a master of a cluster it carries a :class:`ClusterView`: each peer
+link as a :class:`PeerLinkView` (read through the small :class:`LinkSource` interface, the
+master's ``peer_links``), repairs, acknowledgements and the rows served to peers.
 
 Also here, because both the master and the views need them: :class:`PeerLabels` (peer names
 as bounded label values) and :class:`ConnectionHistory` (what a master remembers about each
