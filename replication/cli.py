@@ -398,8 +398,19 @@ def format_status(status: dict[str, Any]) -> str:
         f"origin {status.get('origin_id') or '?'}, process {status.get('fingerprint') or '?'}",
         "",
     ]
+    cluster = status.get("cluster")
     streams = status["streams"]
-    if streams:
+    by_origin = cluster is not None or any(s.get("local") is False for s in streams)
+    if streams and by_origin:
+        lines += _table(
+            ("STREAM", "ORIGIN", "HEAD", "OLDEST", "RETAINED"),
+            [
+                (s["name"], _origin(s.get("origin"), s.get("local", True)), str(s["head"]),
+                 str(s["oldest"]), str(s["retained_rows"]))
+                for s in streams
+            ],
+        )
+    elif streams:
         lines += _table(
             ("STREAM", "HEAD", "OLDEST", "RETAINED"),
             [
@@ -416,23 +427,29 @@ def format_status(status: dict[str, Any]) -> str:
         rows = []
         for c in connections:
             followed = ", ".join(
-                f"{s['name']}@{s['position']} lag {s['lag']}"
+                f"{_at(s['name'], s['position'])} lag {s['lag']}"
                 + ("" if s.get("live", True) else " (catching up)")
                 for s in c["streams"]
             )
             if c.get("all_streams"):
                 followed = "ALL" + (f": {followed}" if followed else "")
             handled = ", ".join(
-                f"{s['name']}@{s['handled']} lag {s['handled_lag']}"
+                f"{_at(s['name'], s['handled'])} lag {s['handled_lag']}"
                 for s in c["streams"] if s.get("handled") is not None
             )
-            rows.append((
+            row: tuple[str, ...] = (
                 c["worker"] or "?", c["address"], _duration(c.get("connected_seconds")),
                 _bytes(c["buffered_bytes"]), followed or "-", handled or "-",
-            ))
-        lines += _table(
-            ("WORKER", "ADDRESS", "CONNECTED FOR", "BUFFERED", "STREAMS", "HANDLED"), rows
+            )
+            if cluster is not None:
+                row = (row[0], c.get("role") or "worker", *row[1:])
+            rows.append(row)
+        headers: tuple[str, ...] = (
+            "WORKER", "ADDRESS", "CONNECTED FOR", "BUFFERED", "STREAMS", "HANDLED"
         )
+        if cluster is not None:
+            headers = ("NAME", "ROLE", *headers[1:])
+        lines += _table(headers, rows)
     else:
         lines.append("no workers connected")
     workers = status.get("workers") or []
@@ -447,8 +464,62 @@ def format_status(status: dict[str, Any]) -> str:
                 )
                 last = f"{w['last_disconnect_reason']}, {ago} ago"
             rows.append((w["name"], str(w["connected"]), str(w["connects"]), last))
-        lines += _table(("WORKER", "OPEN", "CONNECTS", "LAST DISCONNECT"), rows)
+        lines += _table(
+            ("WORKER" if cluster is None else "NAME", "OPEN", "CONNECTS", "LAST DISCONNECT"), rows
+        )
+    if cluster is not None:
+        lines += ["", *_format_cluster(cluster, now)]
     return "\n".join(lines)
+
+
+def _at(name: str, token: int) -> str:
+    """``events@41``; ``events@<origin>:41`` for a stream named with its origin."""
+    return f"{name}:{token}" if "@" in name else f"{name}@{token}"
+
+
+def _origin(origin: str | None, local: bool) -> str:
+    return f"{origin or '?'} (this master)" if local else (origin or "?")
+
+
+def _format_cluster(cluster: dict[str, Any], now: float) -> list[str]:
+    """The ``cluster`` object of a master's ``/status`` as lines: relays and repairs, the
+    acknowledgements, and one row per entry of ``cluster.peers``."""
+    relays = cluster.get("relays_per_row")
+    repairing = cluster.get("repairing") or []
+    lines = [
+        f"cluster: {len(cluster.get('peers') or [])} peers; relays per row "
+        + ("-" if relays is None else f"{relays:.2f}")
+        + f" ({cluster.get('relayed_rows', 0)} rows relayed, "
+        f"{cluster.get('originated_rows', 0)} published here); repairing "
+        + (", ".join(repairing) if repairing else "nothing"),
+    ]
+    acks = cluster.get("acks") or {}
+    if cluster.get("ack_peers"):
+        lines.append(
+            f"acks: {cluster['ack_peers']} peers within {cluster.get('ack_timeout')}s; "
+            f"{acks.get('confirmed', 0)} confirmed, {acks.get('timed_out', 0)} timed out, "
+            f"{acks.get('pending', 0)} waiting"
+        )
+    rows = []
+    for peer in cluster.get("peers") or []:
+        state = str(peer["state"]) + (" (this master)" if peer.get("self") else "")
+        since = peer.get("since")
+        sent = peer.get("rows_sent")
+        rows.append((
+            peer["endpoint"], state,
+            _duration(now - since) if since is not None else "-",
+            peer.get("name") or "-", peer.get("origin") or "-",
+            str(peer.get("rows_received", 0)), "-" if sent is None else str(sent),
+            _bytes(peer.get("pending_bytes", 0)),
+            ", ".join(peer.get("repairs") or []) or "-",
+            peer.get("problem") or "-",
+        ))
+    lines += _table(
+        ("PEER", "STATE", "FOR", "NAME", "ORIGIN", "RECEIVED", "SENT", "PENDING", "REPAIRING",
+         "PROBLEM"),
+        rows,
+    )
+    return lines
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -779,7 +850,9 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         help="show a master's streams and workers",
         description="Show a master's streams, its connected workers with their "
-        "position and lag per stream, and each worker's reconnects, from its /status.",
+        "position and lag per stream, and each worker's reconnects, from its /status; on a "
+        "master of a cluster also the streams' origins, each connection's role and every "
+        "peer link (state, repairs, relays per row).",
     )
     p.add_argument(
         "--url", default=DEFAULT_URL, help=f"the master's HTTP address (default {DEFAULT_URL})"

@@ -18,9 +18,10 @@ heads, oldest and retained rows, positions and lag, connected or not. Scrape fro
 reactor thread (the HTTP resources of :mod:`replication.http` do).
 
 Label values stay bounded: command names come from the command registry, stream names from
-the streams that exist, reasons from the close reasons of :mod:`replication.wire.protocol`, and
-peer names through :class:`PeerLabels`: the first ``max_peer_labels`` names seen keep their
-own label, later ones are counted as ``other``.
+the streams that exist, origins from the masters of the cluster, reasons from the close
+reasons of :mod:`replication.wire.protocol`, and peer names through :class:`PeerLabels`: the
+first ``max_peer_labels`` names seen keep their own label, later ones are counted as
+``other``; a peer link's label is its entry of ``cluster.peers``.
 """
 
 from __future__ import annotations
@@ -39,10 +40,19 @@ from prometheus_client.core import (
 from prometheus_client.utils import floatToGoString
 
 from replication import __version__
-from replication.snapshot import OTHER, UNNAMED, MasterSnapshot, PeerLabels, PeerRecord, add_counts
+from replication.snapshot import (
+    LINK_STATES,
+    OTHER,
+    UNNAMED,
+    MasterSnapshot,
+    PeerLabels,
+    PeerRecord,
+    add_counts,
+)
 from replication.wire.dialects import DIALECTS
 
 __all__ = [
+    "CLUSTER_METRICS",
     "HANDLER_BUCKETS",
     "MASTER_METRICS",
     "OTHER",
@@ -151,6 +161,66 @@ MASTER_METRICS: dict[str, str] = {
         "RDATA rows written to connections catching up from the store."
     ),
 }
+#: A master's metrics of its cluster: families without samples on a master that is not
+#: one of a cluster. ``peer`` is the entry of cluster.peers (an endpoint: bounded by the
+#: configuration) on the dialling side, the peer's name (bounded like every peer name) on
+#: the serving side.
+CLUSTER_METRICS: dict[str, str] = {
+    "replication_peer_link_state": (
+        "1 for the state each entry of cluster.peers is in, 0 for the others, by peer (the "
+        "entry's endpoint, bounded by the configuration) and state (stopped, connecting, "
+        "connected, backing_off, self, conflict, diverged)."
+    ),
+    "replication_peer_link_since_seconds": (
+        "When the link of each entry of cluster.peers (by endpoint) took its current state, "
+        "in seconds since the epoch."
+    ),
+    "replication_peer_rows_received_total": (
+        "Rows received from each entry of cluster.peers (by endpoint), repairs included."
+    ),
+    "replication_peer_bytes_received_total": (
+        "JSON bytes of the rows received from each entry of cluster.peers (by endpoint)."
+    ),
+    "replication_peer_repair_rows_total": (
+        "Rows of other origins received from each entry of cluster.peers (by endpoint) "
+        "while it repaired them (their own link was down)."
+    ),
+    "replication_peer_gaps_total": (
+        "GAP lines from each entry of cluster.peers (by endpoint): tokens its retention "
+        "dropped before this master had them."
+    ),
+    "replication_peer_ingest_failures_total": (
+        "Store calls that failed to commit rows received from each entry of cluster.peers "
+        "(by endpoint); each closes the link."
+    ),
+    "replication_peer_pending_bytes": (
+        "JSON bytes received from each entry of cluster.peers (by endpoint) and not yet "
+        "committed; past cluster.max_pending_bytes the link stops reading."
+    ),
+    "replication_peer_rows_sent_total": (
+        "RDATA rows this master served to cluster peers, by the peer's name (its NAME, "
+        "bounded like every peer name), connections that closed included."
+    ),
+    "replication_relayed_rows_total": "RDATA rows this master served to cluster peers.",
+    "replication_relays_per_row": (
+        "replication_relayed_rows_total divided by the rows published to this master since "
+        "start (0 until one was): N-1 in a steady full mesh of N masters; more while peers "
+        "catch up or repair through this master."
+    ),
+    "replication_cluster_repairing_origins": (
+        "Origins this master asks of other peers because no link to their own master has "
+        "been connected for cluster.repair_after."
+    ),
+    "replication_ack_confirmed_total": (
+        "Publishes that cluster.ack_peers peers confirmed storing (answered 200)."
+    ),
+    "replication_ack_timeouts_total": (
+        "Publishes not confirmed by cluster.ack_peers peers within cluster.ack_timeout "
+        "(answered 504; stored here all the same)."
+    ),
+    "replication_ack_pending": "Publishes waiting for cluster.ack_peers confirmations now.",
+}
+MASTER_METRICS.update(CLUSTER_METRICS)
 WORKER_METRICS: dict[str, str] = {
     **COMMON_METRICS,
     "replication_worker_connected": "1 while the worker is connected to its master, else 0.",
@@ -338,6 +408,7 @@ class MasterMetrics:
         yield handled_family
 
         yield from _stream_families(view)
+        yield from _cluster_families(view)
 
 
 def _dialect_families(view: MasterSnapshot) -> Iterator[Metric]:
@@ -369,6 +440,55 @@ def _history_families(view: MasterSnapshot) -> Iterator[Metric]:
     yield ahead
 
 
+def _cluster_families(view: MasterSnapshot) -> Iterator[Metric]:
+    """The links to the cluster's peers, the rows served to them, repairs and acks; every
+    family is there, without samples on a master that is not clustered."""
+    cluster = view.cluster
+    state = _gauge("replication_peer_link_state", CLUSTER_METRICS, ["peer", "state"])
+    since = _gauge("replication_peer_link_since_seconds", CLUSTER_METRICS, ["peer"])
+    per_link = [
+        (_counter(name, CLUSTER_METRICS, ["peer"]), attribute)
+        for name, attribute in (
+            ("replication_peer_rows_received_total", "rows_received"),
+            ("replication_peer_bytes_received_total", "bytes_received"),
+            ("replication_peer_repair_rows_total", "repair_rows"),
+            ("replication_peer_gaps_total", "gaps"),
+            ("replication_peer_ingest_failures_total", "ingest_failures"),
+        )
+    ]
+    pending = _gauge("replication_peer_pending_bytes", CLUSTER_METRICS, ["peer"])
+    sent = _counter("replication_peer_rows_sent_total", CLUSTER_METRICS, ["peer"])
+    relayed = _counter("replication_relayed_rows_total", CLUSTER_METRICS)
+    relays = _gauge("replication_relays_per_row", CLUSTER_METRICS)
+    repairing = _gauge("replication_cluster_repairing_origins", CLUSTER_METRICS)
+    confirmed = _counter("replication_ack_confirmed_total", CLUSTER_METRICS)
+    timeouts = _counter("replication_ack_timeouts_total", CLUSTER_METRICS)
+    waiting = _gauge("replication_ack_pending", CLUSTER_METRICS)
+    if cluster is not None:
+        for link in cluster.links:
+            for name in LINK_STATES:
+                state.add_metric(
+                    [link.endpoint, name.replace(" ", "_")], 1 if link.state == name else 0
+                )
+            since.add_metric([link.endpoint], link.since)
+            for family, attribute in per_link:
+                family.add_metric([link.endpoint], getattr(link, attribute))
+            pending.add_metric([link.endpoint], link.pending_bytes)
+        for label, n in cluster.rows_sent.items():
+            sent.add_metric([label], n)
+        relayed.add_metric([], cluster.relayed_rows)
+        relays.add_metric([], cluster.relays_per_row or 0.0)
+        repairing.add_metric([], len(cluster.repairing))
+        confirmed.add_metric([], cluster.acks_confirmed)
+        timeouts.add_metric([], cluster.acks_timed_out)
+        waiting.add_metric([], cluster.acks_pending)
+    yield state
+    yield since
+    for family, _ in per_link:
+        yield family
+    yield from (pending, sent, relayed, relays, repairing, confirmed, timeouts, waiting)
+
+
 def _stream_families(view: MasterSnapshot) -> Iterator[Metric]:
     names = (
         "replication_stream_rows_published_total",
@@ -380,16 +500,19 @@ def _stream_families(view: MasterSnapshot) -> Iterator[Metric]:
         "replication_stream_rows_sent_catchup_total",
     )
     families = [
-        (_counter if name.endswith("_total") else _gauge)(name, MASTER_METRICS, ["stream"])
+        (_counter if name.endswith("_total") else _gauge)(
+            name, MASTER_METRICS, ["stream", "origin"]
+        )
         for name in names
     ]
     for stream in view.streams:
+        labels = [stream.name, view.origin_name(stream.origin)]
         values = (
             stream.rows_published, stream.head, stream.oldest, stream.retained_rows,
             stream.live_subscribers, stream.rows_sent_live, stream.rows_sent_catchup,
         )
         for family, value in zip(families, values, strict=True):
-            family.add_metric([stream.name], value)
+            family.add_metric(labels, value)
     yield from families
 
 

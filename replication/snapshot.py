@@ -5,7 +5,9 @@
 Prometheus collector (:mod:`replication.metrics`) and ``GET /status``
 (:mod:`replication.http`) both read it and nothing else of the master. A snapshot is plain
 frozen data: building one costs a pass over the streams and connections, and reading it
-touches no store.
+touches no store. On a master of a cluster it carries a :class:`ClusterView`: each peer
+link as a :class:`PeerLinkView` (read through the small :class:`LinkSource` interface, the
+master's ``peer_links``), repairs, acknowledgements and the rows served to peers.
 
 Also here, because both the master and the views need them: :class:`PeerLabels` (peer names
 as bounded label values) and :class:`ConnectionHistory` (what a master remembers about each
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 #: The label value of peer names past the cap.
 OTHER = "other"
@@ -111,7 +114,9 @@ class ConnectionHistory:
 
 @dataclass(frozen=True, slots=True)
 class StreamView:
-    """One stream of a master (of one origin)."""
+    """One stream of a master, of one origin: ``origin`` is ``""`` for this master's own
+    rows, else the origin id of the master that accepted them (see
+    :meth:`MasterSnapshot.origin_name`)."""
 
     name: str
     origin: str
@@ -124,6 +129,11 @@ class StreamView:
     rows_sent_catchup: int
     #: When the stream was created (seconds since the epoch); ``None``: not known.
     created: float | None = None
+
+    @property
+    def local(self) -> bool:
+        """The rows are this master's own (published to it)."""
+        return not self.origin
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +165,12 @@ class ConnectionView:
     commands_sent: Mapping[str, int]
     #: The protocol dialect the handshake agreed on (``replication.wire.dialects``).
     dialect: str = "replication/1"
+    #: ``"worker"``, or ``"peer"``: another master of the cluster, which sent ``ORIGIN``.
+    role: str = "worker"
+    #: A peer's origin id (``None``: a worker).
+    peer_origin: str | None = None
+    #: RDATA lines written to this connection since it opened.
+    rows_sent: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +182,83 @@ class PeerView:
     disconnects: Mapping[str, int]
     last_disconnect_reason: str | None
     last_disconnect_at: float | None
+
+
+#: Every state a peer link can be in (the values of
+#: :class:`~replication.cluster.link.LinkState`), in the order metrics list them.
+LINK_STATES: tuple[str, ...] = (
+    "stopped", "connecting", "connected", "backing off", "self", "conflict", "diverged",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLinkView:
+    """One entry of ``cluster.peers`` as this master dials it (the dialling side; see
+    :class:`~replication.cluster.link.PeerLink`, whose attributes these are). ``state`` is a
+    :class:`~replication.cluster.link.LinkState` value (``"connected"``, ``"self"``...) and
+    ``since`` when the link took it; ``peer_name``, ``origin_id`` and ``fingerprint`` are
+    what the peer last announced (``None`` until it did); counts are since start;
+    ``repairs`` the other origins this link also asks its peer for, now."""
+
+    endpoint: str
+    state: str
+    since: float
+    peer_name: str | None = None
+    origin_id: str | None = None
+    fingerprint: str | None = None
+    problem: str | None = None
+    retry_at: float | None = None
+    links: int = 0
+    rows_received: int = 0
+    bytes_received: int = 0
+    tokens_received: int = 0
+    ingests: int = 0
+    ingested_tokens: int = 0
+    gaps: int = 0
+    skipped_tokens: int = 0
+    resets: int = 0
+    conflicts: int = 0
+    ingest_failures: int = 0
+    pending_bytes: int = 0
+    repairs: tuple[str, ...] = ()
+    repair_rows: int = 0
+
+    @property
+    def is_self(self) -> bool:
+        """The entry is this master (never dialled again)."""
+        return self.state == "self"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterView:
+    """A master of a cluster: its links to every configured peer (``links``, in the order
+    of ``cluster.peers``), the origins being repaired through other peers, the
+    ``cluster.ack_peers`` confirmations, and the serving side's rows sent to peers
+    (``rows_sent``: RDATA lines by the peer's label, connections that closed included).
+    ``originated_rows`` are the rows this master accepted itself since start."""
+
+    links: tuple[PeerLinkView, ...] = ()
+    repairing: tuple[str, ...] = ()
+    ack_peers: int = 0
+    ack_timeout: float = 0.0
+    acks_confirmed: int = 0
+    acks_timed_out: int = 0
+    acks_pending: int = 0
+    rows_sent: Mapping[str, int] = field(default_factory=dict)
+    originated_rows: int = 0
+
+    @property
+    def relayed_rows(self) -> int:
+        """RDATA lines this master sent to its peers since start."""
+        return sum(self.rows_sent.values())
+
+    @property
+    def relays_per_row(self) -> float | None:
+        """Rows relayed to peers per row originated here (N-1 in a steady full mesh of N
+        masters); ``None`` until this master originated a row."""
+        if not self.originated_rows:
+            return None
+        return self.relayed_rows / self.originated_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,12 +286,30 @@ class MasterSnapshot:
     damaged_tokens: int = 0
     #: ``REPLICATE`` requests after a token above the stream's head, since start.
     followers_ahead: int = 0
+    #: The cluster this master is one of (``None``: it is not clustered).
+    cluster: ClusterView | None = None
+
+    def origin_name(self, origin: str) -> str:
+        """The origin id of a :class:`StreamView`'s ``origin`` (this master's own id for
+        its own rows, whose ``origin`` is ``""``; ``""`` while the store is not open)."""
+        return origin or (self.origin_id or "")
 
     def head(self, stream: str) -> int:
         for view in self.streams:
             if view.name == stream:
                 return view.head
         return 0
+
+
+class LinkSource(Protocol):
+    """What a master's snapshot reads of its links to the cluster's peers
+    (:class:`~replication.cluster.peers.PeerLinks`)."""
+
+    def views(self) -> tuple[PeerLinkView, ...]:
+        """Every configured peer's link, in the order of ``cluster.peers``."""
+
+    def repairing(self) -> set[str]:
+        """The origins some link asks its peer for besides the peer's own."""
 
 
 def peer_views(history: ConnectionHistory) -> tuple[PeerView, ...]:
@@ -213,14 +324,18 @@ def peer_views(history: ConnectionHistory) -> tuple[PeerView, ...]:
 
 
 __all__ = [
+    "LINK_STATES",
     "OTHER",
     "UNNAMED",
+    "ClusterView",
     "CommandTotals",
     "ConnectionHistory",
     "ConnectionView",
     "FollowView",
+    "LinkSource",
     "MasterSnapshot",
     "PeerLabels",
+    "PeerLinkView",
     "PeerRecord",
     "PeerView",
     "StreamView",

@@ -60,6 +60,11 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
 
+def streamed(samples: Samples, name: str, stream: str, h: Harness) -> float | None:
+    """A stream family's sample of ``stream`` of the master's own origin."""
+    return value(samples, name, stream=stream, origin=h.store.origin_id)
+
+
 def test_rows_flowing_move_the_stream_and_command_counters(tmp_path: Path) -> None:
     """History goes out as catch-up rows, later publishes as live rows (rows x receivers,
     counted once per publish); RDATA counts per peer agree on both ends; heads, retention,
@@ -72,13 +77,13 @@ def test_rows_flowing_move_the_stream_and_command_counters(tmp_path: Path) -> No
     h.run(p1)
     h.run(p2)
     m = scrape_master(h)
-    assert value(m, "replication_stream_rows_published_total", stream="events") == 3
-    assert value(m, "replication_stream_rows_sent_catchup_total", stream="events") == 6
-    assert value(m, "replication_stream_rows_sent_live_total", stream="events") == 0
-    assert value(m, "replication_stream_head_token", stream="events") == 2
-    assert value(m, "replication_stream_oldest_token", stream="events") == 1
-    assert value(m, "replication_stream_retained_rows", stream="events") == 3
-    assert value(m, "replication_stream_live_subscribers", stream="events") == 2
+    assert streamed(m, "replication_stream_rows_published_total", "events", h) == 3
+    assert streamed(m, "replication_stream_rows_sent_catchup_total", "events", h) == 6
+    assert streamed(m, "replication_stream_rows_sent_live_total", "events", h) == 0
+    assert streamed(m, "replication_stream_head_token", "events", h) == 2
+    assert streamed(m, "replication_stream_oldest_token", "events", h) == 1
+    assert streamed(m, "replication_stream_retained_rows", "events", h) == 3
+    assert streamed(m, "replication_stream_live_subscribers", "events", h) == 2
     assert value(m, "replication_connections_open") == 1 + 1
 
     for _ in range(10):
@@ -86,9 +91,9 @@ def test_rows_flowing_move_the_stream_and_command_counters(tmp_path: Path) -> No
     p1.pump()
     p2.pump()
     m = scrape_master(h)
-    assert value(m, "replication_stream_rows_published_total", stream="events") == 33
-    assert value(m, "replication_stream_rows_sent_live_total", stream="events") == 60
-    assert value(m, "replication_stream_head_token", stream="events") == 12
+    assert streamed(m, "replication_stream_rows_published_total", "events", h) == 33
+    assert streamed(m, "replication_stream_rows_sent_live_total", "events", h) == 60
+    assert streamed(m, "replication_stream_head_token", "events", h) == 12
     for name in ("w1", "w2"):
         assert value(m, "replication_commands_sent_total", command="RDATA", peer=name) == 33
         assert value(m, "replication_commands_sent_total", command="POSITION", peer=name) == 1
@@ -124,7 +129,7 @@ def test_a_lagging_worker_shows_lag_and_buffered_bytes(tmp_path: Path) -> None:
     lag = value(m, "replication_connection_lag_tokens", peer="w1", stream="events")
     assert lag is not None and 0 < lag < 200
     # Live rows go to a worker that is still catching up only through the catch-up pump.
-    assert value(m, "replication_stream_live_subscribers", stream="events") == 0
+    assert streamed(m, "replication_stream_live_subscribers", "events", h) == 0
 
     # Live rows queue in the master once the transport is full.
     live = h.worker(Recording(), name="w2")
@@ -261,7 +266,7 @@ def test_all_streams_subscribers_count_rows_of_every_stream(tmp_path: Path) -> N
     h.publish("b", [3])
     m = scrape_master(h)
     assert value(m, "replication_commands_sent_total", command="RDATA", peer="raw") == 3
-    assert value(m, "replication_stream_live_subscribers", stream="a") == 1
+    assert streamed(m, "replication_stream_live_subscribers", "a", h) == 1
     assert value(m, "replication_connection_lag_tokens", peer="raw", stream="b") == 0
     assert transport.value().count(b"\nRDATA ") == 3
     connection.connectionLost()

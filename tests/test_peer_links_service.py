@@ -28,7 +28,7 @@ def test_a_master_without_cluster_peers_has_no_links() -> None:
         store=MemoryStore(),
     )
     assert [type(c) for c in service] == [MasterRunner, ListeningService]
-    assert service.peer_links is None
+    assert service.peer_links is None and service.master.peer_links is None
 
 
 def test_the_links_dial_every_peer_once_the_replication_port_listens() -> None:
@@ -37,6 +37,7 @@ def test_the_links_dial_every_peer_once_the_replication_port_listens() -> None:
     assert [type(c) for c in service] == [MasterRunner, ListeningService, PeerLinks]
     links = service.peer_links
     assert isinstance(links, PeerLinks) and links is list(service)[-1]
+    assert service.master.peer_links is links  # what the master's snapshot reads
     assert [link.endpoint for link in links.links] == list(PEERS)
     assert reactor.tcpClients == []
     service.startService()

@@ -81,11 +81,13 @@ def test_status_shows_a_lagging_workers_position_and_lag(tmp_path: Path) -> None
     assert body["server_name"] == "master"
     assert body["uptime_seconds"] == 90
     assert body["streams"] == [
-        {"name": "events", "head": 200, "oldest": 1, "retained_rows": 200, "rows_published": 200,
-         "created": 0.0}
+        {"name": "events", "origin": h.store.origin_id, "local": True, "head": 200, "oldest": 1,
+         "retained_rows": 200, "rows_published": 200, "created": 0.0}
     ]
+    assert body["cluster"] is None
     (connection,) = body["connections"]
     assert connection["worker"] == "w1"
+    assert (connection["role"], connection["origin"]) == ("worker", None)
     assert connection["address"] == "127.0.0.1:40000"
     assert connection["connected_seconds"] == 90
     (stream,) = connection["streams"]

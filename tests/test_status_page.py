@@ -393,3 +393,89 @@ def test_page_shows_status_strings_as_text_rates_per_second_and_error_answers(
     banner = wait_until(lambda: _banner(browser), 5, "the banner for a malformed document")
     assert banner.startswith("cannot reach the master"), banner
     assert _text(browser, 'tr[data-stream="events"] td.head') == "50"
+
+
+def _cluster_status(now: float) -> dict[str, Any]:
+    """A /status document of a master of a cluster: two origins of one stream, a peer
+    connection, and three entries (self, connected, backing off with a problem); the peer's
+    announced name and the problem are markup."""
+    own, other = "OwnOriginOwnOriginOw01", "PeerOriginPeerOrigin02"
+    status = _status(now, 5, 5, "cluster")
+    status["origin_id"] = own
+    status["streams"] = [
+        {"name": "events", "origin": own, "local": True, "head": 5, "oldest": 1,
+         "retained_rows": 5, "rows_published": 5},
+        {"name": "events", "origin": other, "local": False, "head": 7, "oldest": 1,
+         "retained_rows": 7, "rows_published": 7},
+    ]
+    status["connections"][0].update(role="peer", origin=other, rows_sent=10)
+    status["connections"][0]["streams"] = [
+        {"name": f"events@{own}", "position": 5, "lag": 0, "live": True, "handled": 5,
+         "handled_lag": 0}
+    ]
+    link = {
+        "problem": None, "retry_at": None, "links": 1, "bytes_received": 0,
+        "tokens_received": 0, "ingests": 0, "gaps": 0, "skipped_tokens": 0, "resets": 0,
+        "conflicts": 0, "ingest_failures": 0, "pending_bytes": 0, "repairs": [],
+        "repair_rows": 0, "fingerprint": None,
+    }
+    status["cluster"] = {
+        "peers": [
+            {**link, "endpoint": "tcp:host=a:port=1", "state": "self", "self": True,
+             "since": now - 3600, "name": "a", "origin": own, "rows_received": 0,
+             "rows_sent": None},
+            {**link, "endpoint": "tcp:host=b:port=1", "state": "connected", "self": False,
+             "since": now - 120, "name": MARKUP.format("peer-name"), "origin": other,
+             "rows_received": 7, "rows_sent": 10, "repairs": ["ThirdOriginThirdOrig03"],
+             "repair_rows": 3},
+            {**link, "endpoint": "tcp:host=c:port=1", "state": "backing off", "self": False,
+             "since": now - 30, "name": None, "origin": None, "rows_received": 0,
+             "rows_sent": None, "problem": MARKUP.format("problem")},
+        ],
+        "repairing": ["ThirdOriginThirdOrig03"],
+        "ack_peers": 1, "ack_timeout": 5.0,
+        "acks": {"confirmed": 4, "timed_out": 1, "pending": 0},
+        "rows_sent": {"b": 10}, "relayed_rows": 10, "originated_rows": 5,
+        "relays_per_row": 2.0,
+    }
+    return status
+
+
+def test_page_shows_the_cluster_streams_per_origin_and_roles(
+    scripted: ScriptedMaster, browser: Any
+) -> None:
+    """Against a scripted /status of a master of a cluster: a Cluster section lists every
+    entry with its state (the entry that is this master tagged), for how long, name, origin,
+    rows received and sent, repairs and problem, with relays per row and the origins being
+    repaired; streams show one row per origin, this master's tagged; connections show their
+    role. Peer-chosen strings stay text."""
+    scripted.answer((200, _cluster_status(1000.0)))
+    browser.get(scripted.url)
+    wait_until(lambda: _text(browser, "#cluster .relays") == "2.00", 5, "the cluster section")
+    rows = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#cluster tbody tr'), (tr) =>"
+        " Array.from(tr.cells, (td) => td.textContent));"
+    )
+    assert rows == [
+        ["tcp:host=a:port=1", "selfthis master", "1h 0m", "a", "OwnOriginOwnOriginOw01", "0",
+         "-", "0 B", "-", "-"],
+        ["tcp:host=b:port=1", "connected", "2m 0s", MARKUP.format("peer-name"),
+         "PeerOriginPeerOrigin02", "7", "10", "0 B", "ThirdOriginThirdOrig03 (3 rows)", "-"],
+        ["tcp:host=c:port=1", "backing off", "30s", "-", "-", "0", "-", "0 B", "-",
+         MARKUP.format("problem")],
+    ]
+    assert _text(browser, "#cluster .repairing") == "ThirdOriginThirdOrig03"
+    summary = _text(browser, "#cluster .summary")
+    assert summary is not None and "relays per row 2.00 (10 rows relayed, 5 published here)" \
+        in summary
+    assert "acks from 1 peers: 4 confirmed, 1 timed out, 0 waiting" in summary, summary
+    assert _texts(browser, '#streams tr[data-origin] td.origin') == [
+        "OwnOriginOwnOriginOw01this master", "PeerOriginPeerOrigin02"
+    ]
+    assert _text(browser, 'tr[data-origin="PeerOriginPeerOrigin02"] td.head') == "7"
+    assert _texts(browser, "#connections td.role") == ["peer"]
+    assert _text(browser, "#connections h2") == "Connections(1)"
+    page_text = browser.execute_script("return document.body.textContent")
+    assert "events@OwnOriginOwnOriginOw01:5" in page_text
+    assert _texts(browser, ".injected") == []
+    assert browser.execute_script("return window.pwned === undefined") is True

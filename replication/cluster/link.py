@@ -73,6 +73,7 @@ from zope.interface import implementer
 from replication.cluster.identity import Identity, Recognition, conflict_reason, recognise
 from replication.config import KeepaliveConfig, MasterConfig, ReconnectConfig
 from replication.master.log import StreamKey, StreamLog, StreamState
+from replication.snapshot import PeerLinkView
 from replication.store import Entry
 from replication.streams import AssemblyError, TokenAssembler
 from replication.wire.commands import (
@@ -310,6 +311,25 @@ class PeerLink:
     def describe(self) -> str:
         name = f"{self.peer_name} " if self.peer_name else ""
         return f"peer {name}at {self.endpoint}"
+
+    def view(self) -> PeerLinkView:
+        """This link now, as plain data for the master's snapshot (status and metrics); the
+        entry that is this master names this master."""
+        peer_name, origin_id, fingerprint = self.peer_name, self.origin_id, self.fingerprint
+        if self.state is LinkState.SELF and self.identity is not None:
+            peer_name = self.settings.name
+            origin_id, fingerprint = self.identity.origin_id, self.identity.fingerprint
+        return PeerLinkView(
+            self.endpoint, self.state.value, self.since,
+            peer_name=peer_name, origin_id=origin_id, fingerprint=fingerprint,
+            problem=self.problem, retry_at=self.retry_at, links=self.links,
+            rows_received=self.rows_received, bytes_received=self.bytes_received,
+            tokens_received=self.tokens_received, ingests=self.ingests,
+            ingested_tokens=self.ingested_tokens, gaps=self.gaps,
+            skipped_tokens=self.skipped_tokens, resets=self.resets, conflicts=self.conflicts,
+            ingest_failures=self.ingest_failures, pending_bytes=self.pending_bytes,
+            repairs=tuple(sorted(self.repairs)), repair_rows=self.repair_rows,
+        )
 
     def add_repair(self, origin: str) -> None:
         """Ask this peer for the rows of ``origin`` too (its own link is down), now if

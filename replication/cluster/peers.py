@@ -35,6 +35,7 @@ from replication.cluster.identity import Identity
 from replication.cluster.link import LinkSettings, LinkState, PeerLink
 from replication.config import MasterConfig
 from replication.master.log import StreamLog
+from replication.snapshot import PeerLinkView
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,10 @@ class PeerLinks(Service):
             return succeed(None)
         d = DeferredList([link.stop() for link in started], consumeErrors=True)
         return d.addCallback(lambda _: None)
+
+    def views(self) -> tuple[PeerLinkView, ...]:
+        """Every link now, in the order of ``peers``, for the master's snapshot."""
+        return tuple(link.view() for link in self.links)
 
     def states(self) -> dict[str, LinkState]:
         """Each entry's state, by endpoint."""

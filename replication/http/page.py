@@ -1,6 +1,7 @@
 """The master's live status page, ``GET /``: one HTML document (``status_page.html``, shipped
 in this package) with its CSS and JavaScript inline, which polls ``GET /status`` every
-second and shows streams (heads and rates), connected workers (with lag) and known workers.
+second and shows streams (heads and rates), connected workers (with lag) and known workers,
+and on a master of a cluster its peer links, the streams' origins and each connection's role.
 
 :func:`load_status_page` reads the document and derives its Content-Security-Policy: the
 page may run only its own inline ``<script>`` and apply only its own inline ``<style>``

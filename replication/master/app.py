@@ -367,6 +367,7 @@ def master_service(
     links = None
     if config.cluster.enabled:
         links = _peer_links(config, master, reactor, workers)
+        master.peer_links = links
         children.append(links)
 
     def not_opened(failure: Failure) -> None:

@@ -35,9 +35,11 @@ from replication.master.fanout import FanOut
 from replication.master.log import DeleteError, PublishError, StreamLog, StreamState
 from replication.metrics import MasterMetrics
 from replication.snapshot import (
+    ClusterView,
     ConnectionHistory,
     ConnectionView,
     FollowView,
+    LinkSource,
     MasterSnapshot,
     StreamView,
     peer_views,
@@ -145,6 +147,11 @@ class Master:
             metrics = MasterMetrics(None)
         self.metrics = metrics
         metrics.bind(self.snapshot)
+        #: The links to the cluster's peers, for the snapshot (set by
+        #: :func:`~replication.master.app.master_service`; ``None``: no links).
+        self.peer_links: LinkSource | None = None
+        #: RDATA lines sent to cluster peers over connections that closed, by peer label.
+        self.closed_peer_rows: dict[str, int] = {}
 
     # -- life --------------------------------------------------------------------------
 
@@ -363,6 +370,11 @@ class Master:
 
     def connection_lost(self, connection: MasterConnection) -> None:
         self.connections.discard(connection)
+        if connection.peer_identity is not None:
+            sent = self.fanout.rdata_sent(connection)
+            if sent:
+                label = self.history.label(connection.peer_name)
+                self.closed_peer_rows[label] = self.closed_peer_rows.get(label, 0) + sent
         self.fanout.remove(connection)
 
     # -- the read-only view ------------------------------------------------------------
@@ -382,6 +394,7 @@ class Master:
             ))
         connections = []
         label = self.history.label
+        peer_rows = dict(self.closed_peer_rows)
         for connection in sorted(self.connections, key=lambda c: c.connected_since or 0.0):
             handled = fanout.handled_positions(connection)
             follows = []
@@ -393,11 +406,34 @@ class Master:
                     handled_lag=None if done is None else max(head - done, 0),
                 ))
             received, sent = connection.command_counts()
+            peer = connection.peer_identity
+            rows_sent = fanout.rdata_sent(connection)
+            connection_label = label(connection.peer_name)
+            if peer is not None:
+                peer_rows[connection_label] = peer_rows.get(connection_label, 0) + rows_sent
             connections.append(ConnectionView(
-                connection.peer_name, label(connection.peer_name), _address(connection),
+                connection.peer_name, connection_label, _address(connection),
                 connection.connected_since, fanout.follows_all(connection), tuple(follows),
                 connection.queued_bytes, received, sent, dialect=connection.dialect,
+                role="worker" if peer is None else "peer",
+                peer_origin=None if peer is None else peer.origin_id,
+                rows_sent=rows_sent,
             ))
+        cluster = None
+        if self.clustered:
+            links = self.peer_links
+            acks = self.acks
+            cluster = ClusterView(
+                links=links.views() if links is not None else (),
+                repairing=tuple(sorted(links.repairing())) if links is not None else (),
+                ack_peers=acks.wanted,
+                ack_timeout=acks.timeout,
+                acks_confirmed=acks.confirmed,
+                acks_timed_out=acks.timed_out,
+                acks_pending=acks.pending,
+                rows_sent=dict(sorted(peer_rows.items())),
+                originated_rows=sum(s.rows_published for s in streams if s.local),
+            )
         return MasterSnapshot(
             server_name=self.config.server_name,
             origin_id=self.log.origin_id,
@@ -413,6 +449,7 @@ class Master:
             legacy_substitutions=dict(fanout.legacy_substitutions),
             damaged_tokens=len(fanout.damaged_tokens),
             followers_ahead=fanout.followers_ahead,
+            cluster=cluster,
         )
 
 
