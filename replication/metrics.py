@@ -49,6 +49,7 @@ from replication.snapshot import (
     PeerRecord,
     add_counts,
 )
+from replication.wire.commands import qualify
 from replication.wire.dialects import DIALECTS
 
 __all__ = [
@@ -228,14 +229,16 @@ WORKER_METRICS: dict[str, str] = {
         "Connections to the master after the first one that completed the handshake."
     ),
     "replication_worker_position_token": (
-        "The last token of a stream the worker handled and recorded."
+        "The last token of a stream the worker handled and recorded (of the master it "
+        "follows; with several masters, of the origin its position file is bound to)."
     ),
     "replication_worker_head_token": (
-        "The newest token of a stream the master has shown (in RDATA or POSITION)."
+        "The newest token of a stream the master has shown (in RDATA or POSITION), of the "
+        "same origin as replication_worker_position_token."
     ),
     "replication_worker_lag_tokens": (
         "Tokens between the master's head (as last learned from RDATA and POSITION) and the "
-        "worker's recorded position."
+        "worker's recorded position, summed over every origin of the stream."
     ),
     "replication_worker_tokens_handled_total": (
         "Handler calls that succeeded, by stream: one per token (a GAP or RESET passed to "
@@ -615,12 +618,16 @@ class WorkerMetrics:
         head = _gauge("replication_worker_head_token", WORKER_METRICS, ["stream"])
         lag = _gauge("replication_worker_lag_tokens", WORKER_METRICS, ["stream"])
         runner = worker.runner  # positions and heads outlive connections there
+        bound_origin = worker.local_origin  # the origin of the master it followed alone
         for stream in worker.streams:
             recorded = runner.positions.get(stream)
             if recorded is not None:
                 position.add_metric([stream], recorded)
-            if stream in runner.heads:
-                head.add_metric([stream], runner.heads[stream])
+            known = runner.heads.get(stream)
+            if known is None and bound_origin is not None:
+                known = runner.heads.get(qualify(stream, bound_origin))
+            if known is not None:
+                head.add_metric([stream], known)
             behind = runner.lag(stream)
             if behind is not None:
                 lag.add_metric([stream], behind)

@@ -93,7 +93,10 @@ def test_status_shows_handled_and_its_lag(tmp_path: Path) -> None:
 
 
 def refused(h: Harness, pipe: MemoryPipe, command: HandledCommand) -> str | None:
-    """Send ``command`` from the worker's end; the reason the master closed, if it did."""
+    """Send ``command`` from the worker's end (named with the master's origin, as protocol
+    version 2 names it); the reason the master closed, if it did."""
+    if command.origin is None:
+        command = HandledCommand(command.stream, command.token, h.master.log.origin_id)
     pipe.client.send(command)  # type: ignore[attr-defined]
     h.run(pipe)
     if h.master.snapshot().connections:

@@ -151,7 +151,8 @@ def test_an_all_follower_gets_reset_for_a_deleted_stream(tmp_path: Path) -> None
 
     server.transport.write = record  # type: ignore[union-attr]
     deleted(h.master, "events")
-    assert b"RESET events 0\n" in b"".join(sent)
+    own = h.master.log.origin_id
+    assert f"RESET events@{own} 0\n".encode() in b"".join(sent)
 
 
 def test_http_delete(tmp_path: Path) -> None:

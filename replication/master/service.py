@@ -398,10 +398,14 @@ class Master:
         for connection in sorted(self.connections, key=lambda c: c.connected_since or 0.0):
             handled = fanout.handled_positions(connection)
             follows = []
+            own = f"@{self.log.origin_id}"
             for followed, position, head, live in fanout.follows(connection):
                 done = handled.get(followed)
+                # This master's own rows are shown by the stream's name alone (as to a
+                # worker of version 1); other origins' as <stream>@<origin>.
+                name = followed.removesuffix(own)
                 follows.append(FollowView(
-                    followed, position, max(head - position, 0), live,
+                    name, position, max(head - position, 0), live,
                     handled=done,
                     handled_lag=None if done is None else max(head - done, 0),
                 ))

@@ -30,11 +30,13 @@ for a (stream, origin) is its position: ``<stream> <token>`` for the local origi
 a position copies one line into the mapping after the previous one: no system call, so it
 stays cheap on the per-token path.
 
-A worker that recorded local positions (following one master, protocol version 1) and then
-meets a master of protocol version 2 binds them to that master's origin id once (see
-:mod:`replication.worker.connection`, "Positions recorded before origins"): the binding is
-the line ``@local <origin id>`` of a v3 file (:attr:`PositionFile.local_origin`), written
-once, never changed.
+A worker that follows one master binds its local positions to that master's origin id the
+first time it meets it in protocol version 2 (see :mod:`replication.worker.connection`,
+"Positions recorded before origins"): the binding is the line ``@local <origin id>`` of a v3
+file (:attr:`PositionFile.local_origin`), written once, never changed. From then on the
+local lines *are* that origin's positions (``get``, ``set`` and ``vector`` with its id read
+and write them), so a worker of one master keeps writing ``<stream> <token>`` lines, and
+only the positions of other origins carry an origin id.
 
 Formats: v1 (the same local lines, without NUL padding) and v2 (the journal, local lines
 only) are read and converted. Every compaction (below) writes the oldest format that holds
@@ -207,25 +209,27 @@ class MemoryPositions:
         self.local_origin: str | None = None
 
     def get(self, stream: str, origin: str | None = LOCAL_ORIGIN) -> int | None:
-        if origin is None:
+        if origin is None or origin == self.local_origin:
             return self._positions.get(stream)
         return _get_origin(self._origins, stream, origin)
 
     def bind_local_origin(self, origin: str) -> None:
-        """Record that the local positions belong to ``origin`` (once)."""
+        """Record that the local positions belong to ``origin`` (once): from then on they
+        are that origin's (see :func:`_merge_bound`)."""
         _check_binding(self.local_origin, origin)
         self.local_origin = origin
+        _merge_bound(self._positions, self._origins, origin)
 
     def set(self, stream: str, token: int, origin: str | None = LOCAL_ORIGIN) -> None:
         if self._closed:
             raise PositionsError("positions are closed")
-        if origin is None:
+        if origin is None or origin == self.local_origin:
             self._positions[stream] = token
         else:
             _set_origin(self._origins, stream, token, origin)
 
     def vector(self, stream: str) -> dict[str | None, int]:
-        return _vector(self._positions, self._origins, stream)
+        return _vector(self._positions, self._origins, stream, self.local_origin)
 
     def all(self) -> Mapping[str, int]:
         """The local positions, by stream."""
@@ -268,17 +272,30 @@ def _set_origin(origins: dict[str, dict[str, int]], stream: str, token: int, ori
 
 
 def _vector(
-    local: Mapping[str, int], origins: Mapping[str, Mapping[str, int]], stream: str
+    local: Mapping[str, int], origins: Mapping[str, Mapping[str, int]], stream: str,
+    bound: str | None = None,
 ) -> dict[str | None, int]:
-    """The position vector of ``stream``: ``local``'s position under ``None`` and each of
-    ``origins``' under its origin id."""
+    """The position vector of ``stream``: ``local``'s position under the origin it is bound
+    to (``None`` while unbound) and each of ``origins``' under its origin id."""
     vector: dict[str | None, int] = {
         origin: token for origin, token in origins.get(stream, {}).items()
     }
     token = local.get(stream)
     if token is not None:
-        vector[None] = token
+        vector[bound] = token
     return vector
+
+
+def _merge_bound(local: dict[str, int], origins: dict[str, dict[str, int]], bound: str) -> None:
+    """Once the local positions are bound to ``bound`` they *are* that origin's: positions
+    recorded under its id before (by origin) join them, the higher token winning, so that
+    one (stream, origin) never has two positions."""
+    for stream, by_origin in list(origins.items()):
+        token = by_origin.pop(bound, None)
+        if token is not None and token > local.get(stream, 0):
+            local[stream] = token
+        if not by_origin:
+            del origins[stream]
 
 
 def _failure(path: str, what: str) -> PositionFileError:
@@ -488,13 +505,14 @@ class PositionFile:
     def get(self, stream: str, origin: str | None = LOCAL_ORIGIN) -> int | None:
         """The last token of ``origin`` handled on ``stream``, or ``None`` if the worker
         never saw one."""
-        if origin is not None:
+        if origin is not None and origin != self.local_origin:
             return _get_origin(self._origins, stream, origin)
         return self._positions.get(stream)
 
     def vector(self, stream: str) -> dict[str | None, int]:
-        """The position vector of ``stream``, by origin (``None`` for the local origin)."""
-        return _vector(self._positions, self._origins, stream)
+        """The position vector of ``stream``, by origin (the local positions under the
+        origin they are bound to, ``None`` while unbound)."""
+        return _vector(self._positions, self._origins, stream, self.local_origin)
 
     def all(self) -> Mapping[str, int]:
         """The local positions, by stream."""
@@ -504,7 +522,7 @@ class PositionFile:
         """Record ``token`` of ``origin`` as handled on ``stream``: one line copied into the
         mapped file (no system call), or a compaction when the file is full (or when it
         becomes v3)."""
-        if origin is not None:
+        if origin is not None and origin != self.local_origin:
             self._set_origin(stream, token, origin)
             return
         line = f"{stream} {token}\n".encode()
@@ -522,6 +540,7 @@ class PositionFile:
         if self.local_origin == origin:
             return
         self.local_origin = origin
+        _merge_bound(self._positions, self._origins, origin)
         self._full()
 
     def _set_origin(self, stream: str, token: int, origin: str) -> None:

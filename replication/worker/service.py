@@ -40,6 +40,7 @@ from replication.metrics import WorkerMetrics
 from replication.ratelimit import LogRateLimiter
 from replication.services import ListeningService, OrderedMultiService
 from replication.wire.commands import (
+    ALL_STREAMS,
     MAX_VECTOR_ORIGINS,
     ORIGIN_SEPARATOR,
     CommandRegistry,
@@ -325,6 +326,9 @@ class Worker:
         commands = []
         positions = self.positions
         for stream in self.config.streams:
+            if stream.name == ALL_STREAMS:  # REPLICATE ALL NOW: every stream, live
+                commands.append(ReplicateCommand(ALL_STREAMS, None))
+                continue
             vector = sorted(
                 (origin, token) for origin, token in positions.vector(stream.name).items()
                 if origin is not None
@@ -349,58 +353,58 @@ class Worker:
 
     def adopt_local_positions(self, origin: str, master: str) -> bool:
         """A master of protocol version 2, ``master``, named itself origin ``origin``:
-        apply the rule for positions recorded before origins (see
+        apply the rule for positions recorded without an origin (see
         :mod:`replication.worker.connection`). Returns ``False`` when the connection must
-        not go on (unbound local positions and several masters: nothing is guessed)."""
+        not go on (unbound local positions and several masters: nothing is guessed).
+
+        A worker that follows one master alone binds its local positions to that master's
+        origin the first time (recorded in the position file): from then on they are that
+        origin's, and a worker of one master keeps one position per stream, as before
+        origins. A worker given several masters binds nothing; its local positions, if it
+        has any, must have been bound while it followed their master alone."""
         positions = self.positions
+        bound = self.local_origin
+        if bound is not None:
+            return True
         local = {
             s.name: token for s in self.config.streams
             if (token := positions.get(s.name)) is not None
         }
-        if not local:
-            return True
-        bound = self.local_origin
-        if bound is None:
-            if len(self.masters) > 1:
-                log.error(
-                    "the position file holds positions recorded before protocol version 2 "
-                    "(%s) of a master whose origin id it does not know, and this worker "
-                    "follows %d masters: it will not guess which one recorded them (applied "
-                    "to the wrong origin, they would skip its rows). Follow that master "
-                    "alone (one master endpoint) until it has connected once, or move the "
-                    "position file aside to start over; closing the connection to %s and "
-                    "retrying with backoff.",
-                    _positions_text(local), len(self.masters), master,
-                )
-                return False
-            bind = getattr(positions, "bind_local_origin", None)
-            if bind is None:
-                self._local_origin = origin
-                log.warning(
-                    "these positions cannot record which origin their local positions belong "
-                    "to (no bind_local_origin): bound to %s for this process only", origin,
-                )
-            else:
-                bind(origin)
+        if len(self.masters) > 1:
+            if not local:
+                return True
+            log.error(
+                "the position file holds positions recorded before protocol version 2 "
+                "(%s) of a master whose origin id it does not know, and this worker "
+                "follows %d masters: it will not guess which one recorded them (applied "
+                "to the wrong origin, they would skip its rows). Follow that master "
+                "alone (one master endpoint) until it has connected once, or move the "
+                "position file aside to start over; closing the connection to %s and "
+                "retrying with backoff.",
+                _positions_text(local), len(self.masters), master,
+            )
+            return False
+        bind = getattr(positions, "bind_local_origin", None)
+        if bind is None:
+            self._local_origin = origin
+            log.warning(
+                "these positions cannot record which origin their local positions belong "
+                "to (no bind_local_origin): bound to %s for this process only", origin,
+            )
+            for stream, token in local.items():  # recorded under the origin from now on
+                if positions.get(stream, origin) is None:
+                    positions.set(stream, token, origin)
+        else:
+            bind(origin)
+        if local:
             log.warning(
                 "positions recorded before protocol version 2 (%s) are those of master %s, "
                 "the one master this worker follows: bound to its origin %s",
                 _positions_text(local), master, origin,
             )
-            bound = origin
-        copied = {}
-        for stream, token in local.items():
-            if positions.get(stream, bound) is None:
-                positions.set(stream, token, bound)
-                copied[stream] = token
-        if copied:
-            where = "" if bound == origin else (
-                f" (not this master's origin {origin}: they are sent to it as {bound}'s)"
-            )
-            log.info(
-                "local positions copied to origin %s: %s%s", bound, _positions_text(copied),
-                where,
-            )
+        else:
+            log.info("positions of master %s (origin %s) are kept as this worker's own",
+                     master, origin)
         return True
 
     def lag(self, stream: str) -> int | None:
