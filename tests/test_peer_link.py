@@ -816,3 +816,39 @@ def test_repairs_follow_the_state_of_the_origins_own_link() -> None:
     first.drop()
     back.drop()
     cluster.stop()
+
+
+# -- the hot path -------------------------------------------------------------------------------
+
+
+def test_the_hot_path_stores_what_the_general_path_would() -> None:
+    """Lines of a (stream, origin) accepted once take the hot path: multi-row tokens split
+    across reads are gathered whole, rows kept as sent, counts kept; a bad line on the hot
+    path is still answered by the general path (here: invalid JSON, then a token out of
+    order)."""
+    cluster = Cluster()
+    peer = cluster.linked()
+    lines = [f"RDATA events@{PEER} 1 {{\"n\": 1}}"]  # accepted by the general path
+    for token in range(2, 40):
+        extra = token % 3
+        lines += [f"RDATA events@{PEER} batch [{token},{r}]" for r in range(extra)]
+        lines.append(f"RDATA events@{PEER} {token} [{token}]")
+    data = "".join(f"{line}\n" for line in lines).encode()
+    for start in range(0, len(data), 97):  # reads cut anywhere
+        peer.proxy.dataReceived(data[start:start + 97])
+    stored = rows(cluster.store, "events")
+    assert [e.token for e in stored] == list(range(1, 40))
+    assert stored[0].rows == ('{"n": 1}',)  # as sent, not re-encoded
+    assert stored[4].rows == ("[5,0]", "[5,1]", "[5]")
+    assert cluster.link.rows_received == len(lines)
+    assert cluster.link.tokens_received == 39
+    peer.heard()
+    peer.say(f"RDATA events@{PEER} 40 {{bad json")
+    assert peer.heard()[0].startswith("ERROR RDATA row is not valid JSON")
+    cluster2 = Cluster()
+    peer2 = cluster2.linked()
+    peer2.say(f"RDATA events@{PEER} 1 1", f"RDATA events@{PEER} 3 3")
+    assert peer2.heard()[-1] == (
+        f"ERROR RDATA events@{PEER} token 3 skips ahead of token 1 sent before it "
+        "(tokens 2..2 were neither sent nor announced by GAP)"
+    )
