@@ -580,3 +580,18 @@ class OnlyWith(Rule):
 
     def describe(self) -> str:
         return f"only with ``{self.other}: {self.required}``"
+
+
+class RequiredWith(OnlyWith):
+    """As :class:`OnlyWith`, and the key must be set (not null) when the ``other`` key is
+    ``required``."""
+
+    def check(self, checking: Checking, key: Key, value: object) -> None:
+        super().check(checking, key, value)
+        other = checking.value_of(self.other)
+        if value is None and other == self.required:
+            name = self.other.rpartition(".")[2]
+            raise checking.document.error(key.path, f"is required with {name} {self.required}")
+
+    def describe(self) -> str:
+        return f"required with, and only with, ``{self.other}: {self.required}``"

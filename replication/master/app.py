@@ -110,7 +110,27 @@ def open_store(config: MasterConfig, accept_history_loss: bool = False) -> Strea
             store.close()
             raise
         return store
+    if config.store.type == "postgres":
+        return _open_postgres(config)
     raise ServiceError(f"unknown store type {config.store.type!r}")
+
+
+def _open_postgres(config: MasterConfig) -> StreamStore:
+    """The PostgreSQL store of ``config`` (``store.dsn``, ``store.schema``)."""
+    try:
+        from replication.store.postgres import DEFAULT_SCHEMA, PostgresStore
+    except ImportError as e:
+        raise ServiceError(f"cannot open the store: {e}") from None
+    if not config.store.dsn:
+        raise ServiceError("store.type postgres needs store.dsn (the connection string)")
+    try:
+        store = PostgresStore(config.store.dsn, config.store.schema or DEFAULT_SCHEMA)
+    except ValueError as e:
+        raise ServiceError(f"store.schema: {e}") from None
+    except StoreError as e:
+        raise ServiceError(f"cannot open the store: {e}") from None
+    log.info("store: %s (origin %s)", store.name, store.origin_id)
+    return store
 
 
 def _read_mark(path: str, accept: bool) -> HistoryMark | None:
