@@ -10,6 +10,8 @@ Deferred awaited before the next: see :class:`~replication.services.OrderedMulti
       HistoryMarker   (a SQLite store it opened) records the store's history mark
       MasterRunner    the Master: opens the store, runs retention; on stop closes every
                       connection and then the store (after the writes in flight)
+      SharedStoreWatcher  (a store other masters share: PostgreSQL) pokes the stream log
+                      when another master commits, and every store.poll_interval
       ListeningService  the replication port   } start listening once the store is open;
       ListeningService  the HTTP port (if any) } on stop, stop accepting first
 
@@ -39,6 +41,7 @@ from replication.config import MasterConfig
 from replication.master.connection import MasterFactory
 from replication.master.log import StreamState
 from replication.master.service import Master
+from replication.master.watch import ChangeSource, SharedStoreWatcher
 from replication.metrics import MasterMetrics, process_registry
 from replication.services import ListeningService, OrderedMultiService, fork
 from replication.store import LOCAL_ORIGIN, StoreError, StreamStore
@@ -364,6 +367,10 @@ def master_service(
     if marked:
         children.append(HistoryMarker(master, mark_path(database_path(config)), reactor))
     children.append(MasterRunner(master))
+    if isinstance(store, ChangeSource):  # a store other masters write too (PostgreSQL)
+        children.append(SharedStoreWatcher(
+            master.log, store, reactor, fork(master.ready), config.store.poll_interval,
+        ))
     children.append(ListeningService(
         _endpoint(reactor, config.listen, "listen"), MasterFactory(master), "workers",
         fork(master.ready),

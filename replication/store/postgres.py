@@ -217,6 +217,11 @@ class PostgresStore:
         )
         #: The store's origin id, from ``meta`` (shared by every master on the schema).
         self.origin_id = self._run("open", self._setup)
+        # The opening thread (the master's main thread) uses the store no more: a master
+        # holds the writer's, the reader's and the listener's connections only.
+        opener = getattr(self._local, "conn", None)
+        if opener is not None:
+            self._forget(opener)
 
     # -- connections and errors ------------------------------------------------------------
 
