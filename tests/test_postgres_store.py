@@ -300,7 +300,8 @@ def test_wait_for_change_wakes_for_other_writers_only(pg_schema: str) -> None:
         b.append([("s", ["theirs"])], 0)
         b.append([("s", ["theirs again"])], 0)
         assert a.wait_for_change(5) is True
-        assert a.wait_for_change(0.1) is False  # both notifications taken by one wake-up
+        # The second notification may come with the first or a moment later; then quiet.
+        assert sum(a.wait_for_change(0.2) for _ in range(3)) <= 1
     finally:
         a.close_listener()
         a.close()
