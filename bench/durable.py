@@ -1,6 +1,7 @@
-"""Durable-store measurements against real ``replication`` processes (SQLite store).
+"""Durable-store measurements against real ``replication`` processes (SQLite store, and
+the PostgreSQL store with ``--postgres DSN``).
 
-    python bench/durable.py [--quick] [--out bench/results/durable.json]
+    python bench/durable.py [--quick] [--postgres DSN] [--out bench/results/durable.json]
 
 Not a test: it prints a table and writes the figures as JSON. Three parts:
 
@@ -54,6 +55,10 @@ from processes import (  # noqa: E402  (tests/ is not a package)
 )
 
 CONNECTIONS = 8
+
+#: The ``store:`` section of a store that needs more than its type (``--postgres DSN`` sets
+#: the PostgreSQL one, in a schema of its own that is dropped at the end).
+STORE_CONFIG: dict[str, str] = {}
 
 
 # -- HTTP over asyncio (keep-alive, Content-Length or chunked answers) -----------------------
@@ -263,7 +268,7 @@ def start_master(
         f"listen: 'tcp:{port}:interface={HOST}'\n"
         f"http: {{listen: 'tcp:{http_port}:interface={HOST}'}}\n"
         f"data_dir: {json.dumps(str(tmp / (name + '-data')))}\n"
-        f"store: {{type: {store}}}\n" + extra_config
+        + STORE_CONFIG.get(store, f"store: {{type: {store}}}\n") + extra_config
     )
     process = Process(name, replication_command("master", "--config", str(config)),
                       stdout=tmp / f"{name}.out", stderr=tmp / f"{name}.err", cwd=tmp).start()
@@ -562,6 +567,9 @@ def main() -> int:
     parser.add_argument("--skip-throughput", action="store_true", help="only the catch-up part")
     parser.add_argument("--skip-catch-up", action="store_true", help="only the throughput part")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--postgres", metavar="DSN",
+                        help="also measure the PostgreSQL store on this database (a schema "
+                        "bench_<random> is created and dropped)")
     args = parser.parse_args()
     quick = args.quick
     seconds = 1.5 if quick else 5.0
@@ -579,8 +587,21 @@ def main() -> int:
         stores = (
             () if args.skip_throughput else ("sqlite",) + (() if args.skip_memory else ("memory",))
         )
-        for store in stores:
-            results["throughput"][store] = bench_throughput(tmp, store, seconds, runs)
+        schema = f"bench_{os.urandom(4).hex()}"
+        if args.postgres and not args.skip_throughput:
+            STORE_CONFIG["postgres"] = (
+                f"store: {{type: postgres, dsn: {json.dumps(args.postgres)}, schema: {schema}}}\n"
+            )
+            stores = ("postgres", *stores)
+        try:
+            for store in stores:
+                results["throughput"][store] = bench_throughput(tmp, store, seconds, runs)
+        finally:
+            if "postgres" in STORE_CONFIG:
+                import psycopg
+
+                with psycopg.connect(args.postgres, autocommit=True) as conn:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         print("catch-up", flush=True)
         backlogs = (
             [("10-per-token", 1_000_000, 10), ("1-per-token", 200_000, 1)] if quick

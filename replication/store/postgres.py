@@ -16,14 +16,16 @@ origin ``''``, a token's rows one TEXT joined with ``"\\n"`` with the CRC32 of t
 bytes beside it (checked by every ``read``: :class:`~replication.store.DamagedEntry`).
 
 Tokens. ``append`` allocates the tokens of each stream in the transaction that stores the
-rows, from the stream's ``streams`` row (its head), updated with ``RETURNING``: one
+rows, from the stream's ``streams`` row (its head), updated with ``RETURNING``: an
 ``INSERT ... ON CONFLICT DO UPDATE SET head = head + n`` over the batch's streams, sorted by
 name. The update takes the row lock of each head, which serialises the appends of every
 master to one stream (and, the locks always being taken in name order, two masters appending
 to the same streams cannot deadlock), so tokens stay contiguous per stream and are the same
 for every master: no sequence (a sequence leaves gaps when a transaction rolls back). The
-rows go in with ``COPY`` and the transaction ends with ``pg_notify`` on the store's channel
-(:attr:`PostgresStore.channel`), delivered to listeners when, and only if, it commits.
+same statement inserts the rows with the tokens it took (arrays passed as parameters and
+``unnest``-ed) and calls ``pg_notify`` on the store's channel (:attr:`PostgresStore.channel`),
+delivered to listeners when, and only if, the transaction commits. An append is three round
+trips (``BEGIN``, that statement, ``COMMIT``); the commit's WAL flush is most of its time.
 
 Several masters. Every master on one schema is **one origin**: the origin id is kept in
 ``meta`` and read by each. A master learns of the rows another master committed through
@@ -211,6 +213,24 @@ class PostgresStore:
         self._sql_stream_row = (
             f'SELECT head, oldest, rows, created FROM "{s}".streams'
             " WHERE name = %s AND origin = %s"
+        )
+        # One statement: move the heads (row locks, in name order), insert the rows with
+        # the tokens taken (each entry's token: its stream's new head - the stream's tokens
+        # in the batch + its index among them), and notify.
+        self._sql_append = (
+            f'WITH h AS (INSERT INTO "{s}".streams AS st (name, origin, head, oldest, rows,'
+            " created)"
+            " SELECT u.n, '', u.t, 1, u.r, %(now)s FROM unnest(%(names)s::text[],"
+            " %(tokens)s::bigint[], %(rows)s::bigint[]) AS u(n, t, r) ORDER BY u.n"
+            " ON CONFLICT (name, origin) DO UPDATE"
+            " SET head = st.head + EXCLUDED.head, rows = st.rows + EXCLUDED.rows"
+            " RETURNING st.name, st.head),"
+            f' e AS (INSERT INTO "{s}".entries (stream, origin, token, time, nrows, rows, crc)'
+            " SELECT v.s, '', h.head - v.c + v.i, %(now)s, v.n, v.r, v.k"
+            " FROM unnest(%(e_stream)s::text[], %(e_count)s::bigint[], %(e_index)s::bigint[],"
+            " %(e_nrows)s::int[], %(e_rows)s::text[], %(e_crc)s::bigint[])"
+            " AS v(s, c, i, n, r, k) JOIN h ON h.name = v.s)"
+            " SELECT h.name, h.head FROM h, (SELECT pg_notify(%(channel)s, %(writer)s)) AS n"
         )
         self._sql_copy_entries = (
             f'COPY "{s}".entries (stream, origin, token, time, nrows, rows, crc) FROM STDIN'
@@ -569,30 +589,29 @@ class PostgresStore:
             c[0] += 1
             c[1] += len(rows)
         names = sorted(counts)  # row locks always taken in name order: no deadlock
-        s = self.schema
-        upsert = (
-            f'INSERT INTO "{s}".streams AS st (name, origin, head, oldest, rows, created) VALUES '
-            + ", ".join(["(%s, '', %s, 1, %s, %s)"] * len(names))
-            + " ON CONFLICT (name, origin) DO UPDATE"
-            " SET head = st.head + EXCLUDED.head, rows = st.rows + EXCLUDED.rows"
-            " RETURNING name, head"
-        )
-        params: list[object] = []
-        for name in names:
-            params += [name, counts[name][0], counts[name][1], now]
+        params = {
+            "now": now,
+            "names": names,
+            "tokens": [counts[name][0] for name in names],
+            "rows": [counts[name][1] for name in names],
+            "e_stream": [name for name, _ in batch],
+            "e_count": [counts[name][0] for name, _ in batch],
+            "e_index": _indexes(batch),
+            "e_nrows": [len(rows) for _, rows in batch],
+            "e_rows": texts,
+            "e_crc": [_crc32(text) for text in texts],
+            "channel": self.channel,
+            "writer": self.writer_id,
+        }
 
         def body(conn: psycopg.Connection[Any]) -> list[int]:
-            heads = dict(conn.execute(upsert, params).fetchall())
+            heads = dict(conn.execute(self._sql_append, params).fetchall())
             # The next token of each stream: its new head minus the tokens this batch adds.
             next_token = {name: int(heads[name]) - counts[name][0] + 1 for name in names}
             tokens: list[int] = []
-            with conn.cursor().copy(self._sql_copy_entries) as copy:
-                for (name, rows), text in zip(batch, texts, strict=True):
-                    token = next_token[name]
-                    next_token[name] = token + 1
-                    tokens.append(token)
-                    copy.write_row((name, LOCAL_ORIGIN, token, now, len(rows), text, _crc32(text)))
-            conn.execute("SELECT pg_notify(%s, %s)", (self.channel, self.writer_id))
+            for name, _ in batch:
+                tokens.append(next_token[name])
+                next_token[name] += 1
             return tokens
 
         return self._run("append", body)
@@ -782,6 +801,16 @@ class PostgresStore:
 def _lock_key(schema: str) -> int:
     """The advisory lock that serialises setting up ``schema``."""
     return zlib.crc32(f"replication store {schema}".encode()) - (1 << 31)
+
+
+def _indexes(batch: Sequence[tuple[str, Sequence[str]]]) -> list[int]:
+    """Each entry's place among its stream's entries in ``batch``: 1, 2, ..."""
+    seen: dict[str, int] = {}
+    out = []
+    for name, _ in batch:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(seen[name])
+    return out
 
 
 def _joined(rows: Sequence[str]) -> str:
