@@ -71,6 +71,14 @@ class TcpProxy:
         for s in sockets:
             self._drop(s)
 
+    def retarget(self, host: str, port: int) -> None:
+        """Cut every connection; new ones go to ``host:port`` (a load balancer that moved
+        its clients to another server)."""
+        with self._lock:
+            self.target = (host, port)
+        self.cut()
+        self.restore()
+
     def restore(self) -> None:
         with self._lock:
             self._cut = False

@@ -5,6 +5,7 @@ whose database is away answers 503 and recovers by itself."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -14,7 +15,18 @@ from pathlib import Path
 import pytest
 
 from postgres import DSN, admin, dsn_for
-from processes import HOST, Process, free_ports, http_request, start_master, stream_head, wait_until
+from processes import (
+    HOST,
+    Process,
+    free_ports,
+    http_request,
+    read_json_lines,
+    start_master,
+    stream_head,
+    wait_until,
+    worker_command,
+    write_worker_config,
+)
 from proxy import TcpProxy
 
 pytest.importorskip("psycopg")
@@ -211,3 +223,48 @@ def test_publishes_are_refused_with_503_while_the_database_is_away(
             check_delivery(port, acknowledged, max(acknowledged))
         finally:
             master.kill()
+
+
+def test_a_worker_fails_over_between_masters_with_no_gap_and_no_repeat(
+    tmp_path: Path, pg_schema: str
+) -> None:
+    """A worker (a real worker process) follows master A through a proxy while both masters
+    take publishes; the proxy then sends it to master B (A's connection cut): the worker
+    resumes at its recorded token on B and prints every token once, in order, with the rows
+    that were acknowledged for it."""
+    dsn = dsn_for(pg_schema)
+    ports = free_ports(4)
+    pairs = [(ports[0], ports[1]), (ports[2], ports[3])]
+    acknowledged: dict[int, str] = {}
+    masters = [start(tmp_path, f"m{i}", dsn, pg_schema, pair) for i, pair in enumerate(pairs)]
+    with TcpProxy(HOST, pairs[0][0]) as proxy:
+        cfg = write_worker_config(tmp_path / "w.yaml", "w", proxy.port)
+        w = Process(
+            "w", worker_command(proxy.port, "w", tmp_path / "w.positions", "--config", str(cfg)),
+            stdout=tmp_path / "w.out", stderr=tmp_path / "w.err", cwd=tmp_path,
+        ).start()
+
+        def printed() -> list[int]:
+            lines, _ = read_json_lines(tmp_path / "w.out")
+            return [line["token"] for line in lines]
+
+        try:
+            publish_on_all([p[1] for p in pairs], 30, "on-a", acknowledged)
+            head = max(acknowledged)
+            wait_until(lambda: head in printed(), 20, "the worker to print the head",
+                       alive=[w, *masters])
+            proxy.retarget(HOST, pairs[1][0])
+            publish_on_all([p[1] for p in pairs], 30, "on-b", acknowledged)
+            head = max(acknowledged)
+            wait_until(lambda: head in printed(), 20, "the worker to print the new head",
+                       alive=[w, *masters])
+            lines, torn = read_json_lines(tmp_path / "w.out")
+            assert torn == ""
+            assert [line["token"] for line in lines] == list(range(1, head + 1))
+            for line in lines:
+                row = json.dumps(line["rows"][0], separators=(",", ":"))
+                assert acknowledged[line["token"]] == row
+        finally:
+            w.kill()
+            for m in masters:
+                m.kill()
