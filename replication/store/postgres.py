@@ -787,8 +787,10 @@ class PostgresStore:
         return [c.info.backend_pid for c in conns]
 
     def close(self) -> None:
-        """Close every connection; the store is not used afterwards."""
+        """Close every connection (the listener's too, if :meth:`close_listener` was not
+        called); the store is not used afterwards."""
         self._closed = True
+        self._close_listener()
         with self._connections_lock:
             conns, self._connections = list(self._connections), set()
         for conn in conns:
