@@ -528,6 +528,10 @@ MASTER_ERRORS = [
     ("store:\n  type: sqlite\n  dsn: x\n", "store.dsn", 3, "only allowed with type postgres"),
     ("store:\n  type: memory\n  schema: x\n", "store.schema", 3, "only allowed with type postgres"),
     ("store:\n  poll_interval: 0\n", "store.poll_interval", 2, "positive number of seconds"),
+    (
+        "store:\n  type: postgres\n  dsn: x\n  schema: My-Schema\n", "store.schema", 4,
+        "schema 'My-Schema': use lower-case letters",
+    ),
     ("store:\n  type: sqlite\n  paht: x\n", "store.paht", 3, "did you mean 'path'?"),
     ("retention:\n  max_rows: 0\n", "retention.max_rows", 2, "must be a positive integer, got 0"),
     ("retention:\n  max_age: 0s\n", "retention.max_age", 2, "got '0s'"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -126,6 +127,27 @@ class PeerName(Text):
             check_peer_name(name, self.what)
         except CommandParseError as error:
             raise checking.document.error(path, str(error)) from None
+
+
+class SchemaName(Text):
+    """A PostgreSQL schema name the store accepts: lower-case letters, digits and ``_``, not
+    starting with a digit, at most 63 characters (the pattern of
+    :func:`replication.store.postgres.check_schema_name`, kept here so that checking a
+    configuration does not need psycopg)."""
+
+    name = "schema name"
+
+    def check(self, checking: Checking, value: object, path: str) -> None:
+        schema = _text(checking.document, value, path)
+        if not _SCHEMA_NAME.match(schema):
+            raise checking.document.error(
+                path,
+                f"schema {schema!r}: use lower-case letters, digits and '_' (not first), at "
+                "most 63 characters",
+            )
+
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 
 
 class Endpoint(Text):

@@ -28,6 +28,7 @@ from replication.config.kinds import (
     PeerName,
     PerStream,
     RequiredWith,
+    SchemaName,
     Size,
     StreamNames,
     Text,
@@ -244,7 +245,7 @@ MASTER: Final = Schema(
         ),
         Key(
             "store.schema",
-            Nullable(Text()),
+            Nullable(SchemaName()),
             "The PostgreSQL schema holding the store's tables, created if missing; ``null`` "
             "means ``replication``. Every master naming the same database and schema shares "
             "the same streams and tokens (and is one origin). Lower-case letters, digits and "
