@@ -1,8 +1,10 @@
-"""Durable-store measurements against real ``replication`` processes (SQLite store).
+"""Durable-store measurements against real ``replication`` processes (SQLite store, and
+the PostgreSQL store with ``--postgres DSN``).
 
-    python bench/durable.py [--quick] [--out bench/results/durable.json]
+    python bench/durable.py [--quick] [--postgres DSN] [--out bench/results/durable.json]
 
-Not a test: it prints a table and writes the figures as JSON. Three parts:
+Not a test: it prints a table and writes the figures as JSON. Three parts (four with
+``--postgres``):
 
 1. Publish throughput over HTTP: 8 concurrent keep-alive connections (asyncio, one process)
    POST batches of 100 rows and of 1 row per request (and 32 connections of 1 row, to show
@@ -12,12 +14,15 @@ Not a test: it prints a table and writes the figures as JSON. Three parts:
    keep-alive connection and records each answer's latency: a stalled reactor answers
    late, so p50/p99/max of that latency is the master's responsiveness under load (it also
    includes the probe's own scheduling delays on a busy machine).
-2. Catch-up from SQLite: publish a backlog (10 rows per token, and 1 row per token), then
-   start a worker with a do-nothing handler and time it from process start until its
-   position file shows the head; the master's RSS is sampled every 20 ms.
+2. Catch-up from the store (SQLite; with ``--postgres``, PostgreSQL too): publish a backlog
+   (10 rows per token, and 1 row per token), then start a worker with a do-nothing handler
+   and time it from process start until its position file shows the head; the master's RSS
+   is sampled every 20 ms.
 3. While that catch-up runs: a live worker on another stream, fed 100 rows/s (1 row per
    token, each row carrying its send time); its handler logs each row's delivery delay.
    Delays are reported before, during and after the catch-up.
+4. With ``--postgres``: three masters on one database, each taking a third of the publishes
+   and serving one worker; rows/s published, and until every worker had every row.
 
 Every process listens on 127.0.0.1 only, every phase is bounded in time and rows, and every
 process is killed when its phase ends (also on failure).
@@ -54,6 +59,10 @@ from processes import (  # noqa: E402  (tests/ is not a package)
 )
 
 CONNECTIONS = 8
+
+#: The ``store:`` section of a store that needs more than its type (``--postgres DSN`` sets
+#: the PostgreSQL one, in a schema of its own that is dropped at the end).
+STORE_CONFIG: dict[str, str] = {}
 
 
 # -- HTTP over asyncio (keep-alive, Content-Length or chunked answers) -----------------------
@@ -263,7 +272,7 @@ def start_master(
         f"listen: 'tcp:{port}:interface={HOST}'\n"
         f"http: {{listen: 'tcp:{http_port}:interface={HOST}'}}\n"
         f"data_dir: {json.dumps(str(tmp / (name + '-data')))}\n"
-        f"store: {{type: {store}}}\n" + extra_config
+        + STORE_CONFIG.get(store, f"store: {{type: {store}}}\n") + extra_config
     )
     process = Process(name, replication_command("master", "--config", str(config)),
                       stdout=tmp / f"{name}.out", stderr=tmp / f"{name}.err", cwd=tmp).start()
@@ -387,12 +396,12 @@ async def _live_publisher(port: int, stop: asyncio.Event, counts: dict[str, int]
 
 
 async def _catch_up(tmp: Path, label: str, total_rows: int, rows_per_token: int,
-                    baseline: float, deadline: float) -> dict[str, Any]:
+                    baseline: float, deadline: float, store: str = "sqlite") -> dict[str, Any]:
     result: dict[str, Any] = {"rows": total_rows, "rows_per_token": rows_per_token,
-                              "tokens": total_rows // rows_per_token}
+                              "tokens": total_rows // rows_per_token, "store": store}
     with ExitStack() as stack:
         master, port, http_port = start_master(
-            tmp, f"cu-{label}", "sqlite", "retention: {max_rows: null}\n")
+            tmp, f"cu-{label}", store, "retention: {max_rows: null}\n")
         stack.callback(master.kill)
         published = await publish_count(http_port, "bulk", total_rows // rows_per_token,
                                         rows_per_token)
@@ -483,6 +492,65 @@ async def _catch_up(tmp: Path, label: str, total_rows: int, rows_per_token: int,
     return result
 
 
+# -- part 4 (with --postgres): three masters on one database ---------------------------------
+
+
+async def _shared_fanout(tmp: Path, total_rows: int, deadline: float) -> dict[str, Any]:
+    """Three masters on one PostgreSQL schema (``STORE_CONFIG["postgres"]``), each taking a
+    third of the publishes (10 rows per token, about 1,000 rows per request, 4 connections
+    each) and serving one worker (no-op handler) that follows the whole stream. Figures:
+    rows/s acknowledged while all three publish, and rows/s from the first publish until
+    every worker recorded the last token (every master fans out every master's rows)."""
+    rows_per_token = 10
+    tokens = total_rows // rows_per_token // 3
+    with ExitStack() as stack:
+        ports = []
+        for i in range(3):
+            master, port, http_port = start_master(
+                tmp, f"shared-{i}", "postgres", "streams: [shared]\nretention: {max_rows: null}\n"
+            )
+            stack.callback(master.kill)
+            ports.append((port, http_port))
+        workers = []
+        for i, (port, _) in enumerate(ports):
+            w = worker(tmp, f"shared-w{i}", port, "shared", "handlers:noop", "earliest")
+            stack.callback(w.kill)
+            workers.append(w)
+        for w in workers:
+            wait_until(lambda w=w: last_position(tmp / f"{w.name}.pos", "shared") is not None,
+                       20, f"{w.name} to subscribe", alive=workers)
+        started = time.monotonic()
+        published = await asyncio.gather(*(
+            publish_count(http_port, "shared", tokens, rows_per_token, connections=4)
+            for _, http_port in ports
+        ))
+        publish_done = time.monotonic()
+        head = 3 * tokens
+        while True:
+            positions = [last_position(tmp / f"{w.name}.pos", "shared") for w in workers]
+            if all(p == head for p in positions):
+                break
+            if time.monotonic() - started > deadline:
+                raise RuntimeError(f"shared fan-out not done after {deadline:.0f}s: {positions}")
+            for w in workers:
+                if w.poll() is not None:
+                    raise RuntimeError(f"{w.name} exited\n{w.describe_output()}")
+            await asyncio.sleep(0.02)
+        done = time.monotonic()
+    rows = 3 * tokens * rows_per_token
+    result = {
+        "rows": rows, "tokens": head, "masters": 3,
+        "publish_rows_per_s": rows / (publish_done - started),
+        "per_master_publish_rows_per_s": [p["rows_per_s"] for p in published],
+        "fanout_rows_per_s": rows / (done - started),
+        "last_worker_behind_publish_s": done - publish_done,
+    }
+    print(f"  3 masters: published {rows} rows at {result['publish_rows_per_s']:.0f} rows/s; "
+          f"every worker had every row {result['last_worker_behind_publish_s']:.2f}s after "
+          f"the last publish ({result['fanout_rows_per_s']:.0f} rows/s end to end)", flush=True)
+    return result
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
@@ -506,15 +574,16 @@ def table(results: dict[str, Any]) -> str:
     add("  /health latency: a separate process sends GET /health every 10 ms during the load;")
     add("  a late answer means the master's reactor was busy or stalled (probe delays included).")
     add("")
-    add("Catch-up from SQLite (worker with a no-op handler; time from worker process start")
+    add("Catch-up from the store (worker with a no-op handler; time from worker process start")
     add("until its position file shows the head; master RSS sampled every 20 ms)")
-    add(f"  {'backlog':24} {'publish rows/s':>14} {'catch-up s':>10} {'rows/s':>9} "
+    add(f"  {'store':8} {'backlog':24} {'publish rows/s':>14} {'catch-up s':>10} {'rows/s':>9} "
         f"{'(after 1st pos.)':>16} {'RSS before/peak/growth MiB':>28}")
     for _label, r in results["catch_up"].items():
         c = r["catch_up"]
         first = c["seconds_from_first_position"]
         after_first = f"{r['rows'] / first:9.0f} rows/s" if first else "-"
-        add(f"  {r['rows']:>8} rows / {r['tokens']:>7} tok {r['publish']['rows_per_s']:14.0f} "
+        add(f"  {r.get('store', 'sqlite'):8} {r['rows']:>8} rows / {r['tokens']:>7} tok "
+            f"{r['publish']['rows_per_s']:14.0f} "
             f"{c['seconds_from_start']:10.2f} {c['rows_per_s']:9.0f} {after_first:>16} "
             f"{r['rss_before_mib']:10.1f} / {r['rss_peak_mib']:6.1f} / {r['rss_growth_mib']:+6.1f}")
     add("  catch-up s includes the worker's start (Python + Twisted import, ~0.3-0.5 s); the")
@@ -522,7 +591,7 @@ def table(results: dict[str, Any]) -> str:
     add("")
     add("Live worker on another stream, 100 rows/s (1 row per token), during that catch-up:")
     add("  delivery delay = worker handler time - publisher send time (includes HTTP + commit)")
-    add(f"  {'backlog':24} {'before p50/p99/max ms':>24} {'during p50/p99/max ms':>24} "
+    add(f"  {'store':8} {'backlog':24} {'before p50/p99/max ms':>24} {'during p50/p99/max ms':>24} "
         f"{'after p50/p99/max ms':>22}")
     for _label, r in results["catch_up"].items():
         d = r["live"]["delay_ms"]
@@ -530,8 +599,18 @@ def table(results: dict[str, Any]) -> str:
         def fmt(x: dict[str, float]) -> str:
             return f"{x.get('p50', 0):.0f}/{x.get('p99', 0):.0f}/{x.get('max', 0):.0f} (n={x['n']})"
 
-        add(f"  {r['rows']:>8} rows / {r['tokens']:>7} tok {fmt(d['before']):>24} "
+        add(f"  {r.get('store', 'sqlite'):8} {r['rows']:>8} rows / {r['tokens']:>7} tok "
+            f"{fmt(d['before']):>24} "
             f"{fmt(d['during']):>24} {fmt(d['after']):>22}")
+    shared = results.get("shared_fanout")
+    if shared:
+        add("")
+        add("Three masters on one PostgreSQL database (each takes a third of the publishes, "
+            "10 rows/token, and serves one worker that follows everything):")
+        add(f"  {shared['rows']} rows published at {shared['publish_rows_per_s']:.0f} rows/s "
+            f"(all masters together); every worker had every row "
+            f"{shared['last_worker_behind_publish_s']:.2f}s after the last publish "
+            f"({shared['fanout_rows_per_s']:.0f} rows/s end to end)")
     return "\n".join(lines)
 
 
@@ -562,6 +641,9 @@ def main() -> int:
     parser.add_argument("--skip-throughput", action="store_true", help="only the catch-up part")
     parser.add_argument("--skip-catch-up", action="store_true", help="only the throughput part")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--postgres", metavar="DSN",
+                        help="also measure the PostgreSQL store on this database (a schema "
+                        "bench_<random> is created and dropped)")
     args = parser.parse_args()
     quick = args.quick
     seconds = 1.5 if quick else 5.0
@@ -579,17 +661,49 @@ def main() -> int:
         stores = (
             () if args.skip_throughput else ("sqlite",) + (() if args.skip_memory else ("memory",))
         )
-        for store in stores:
-            results["throughput"][store] = bench_throughput(tmp, store, seconds, runs)
-        print("catch-up", flush=True)
-        backlogs = (
-            [("10-per-token", 1_000_000, 10), ("1-per-token", 200_000, 1)] if quick
-            else [("10-per-token", 1_000_000, 10), ("1-per-token", 1_000_000, 1)]
-        )
-        for label, total, per_token in [] if args.skip_catch_up else backlogs:
-            results["catch_up"][label] = asyncio.run(
-                _catch_up(tmp, label, total, per_token, baseline=2.0 if quick else 3.0,
-                          deadline=120 if quick else 400))
+        schemas: list[str] = []
+
+        def postgres_store() -> None:
+            """A new schema for the next master started with store ``postgres``."""
+            schemas.append(f"bench_{os.urandom(4).hex()}")
+            STORE_CONFIG["postgres"] = (
+                f"store: {{type: postgres, dsn: {json.dumps(args.postgres)},"
+                f" schema: {schemas[-1]}}}\n"
+            )
+
+        if args.postgres and not args.skip_throughput:
+            stores = ("postgres", *stores)
+        try:
+            for store in stores:
+                if store == "postgres":
+                    postgres_store()
+                results["throughput"][store] = bench_throughput(tmp, store, seconds, runs)
+            print("catch-up", flush=True)
+            backlogs = [
+                ("sqlite", "10-per-token", 1_000_000, 10),
+                ("sqlite", "1-per-token", 200_000 if quick else 1_000_000, 1),
+            ]
+            if args.postgres:
+                backlogs.append(("postgres", "postgres-10-per-token", 1_000_000, 10))
+            for store, label, total, per_token in [] if args.skip_catch_up else backlogs:
+                if store == "postgres":
+                    postgres_store()
+                results["catch_up"][label] = asyncio.run(
+                    _catch_up(tmp, label, total, per_token, baseline=2.0 if quick else 3.0,
+                              deadline=120 if quick else 400, store=store))
+            if args.postgres and not args.skip_catch_up:
+                print("three masters on one PostgreSQL database", flush=True)
+                postgres_store()
+                results["shared_fanout"] = asyncio.run(
+                    _shared_fanout(tmp, 300_000 if quick else 1_200_000,
+                                   deadline=120 if quick else 400))
+        finally:
+            if schemas:
+                import psycopg
+
+                with psycopg.connect(args.postgres, autocommit=True) as conn:
+                    for schema in schemas:
+                        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         if args.keep:
             print(f"kept {tmp}")

@@ -90,6 +90,8 @@ def _where(path: str, *notes: str) -> str:
 
 def _log_master_paths(config: MasterConfig) -> None:
     """Say where the master keeps its streams (a startup line)."""
+    if config.store.type == "postgres":
+        return  # the store names its server, database and schema when it opens
     if config.store.type != "sqlite":
         log.info("store: %s (nothing is written to disk)", config.store.type)
         return

@@ -143,3 +143,13 @@ def test_ack_peers_is_bounded_by_the_peers_listed() -> None:
           repair_after: 500ms
     """).cluster
     assert (cluster.ack_peers, cluster.ack_timeout, cluster.repair_after) == (1, 2.0, 0.5)
+
+
+def test_a_cluster_is_not_combined_with_a_shared_postgres_store() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load("""
+            store: {type: postgres, dsn: "dbname=test"}
+            cluster:
+              peers: ['tcp:host=a:port=1', 'tcp:host=b:port=1']
+        """)
+    assert "cluster.peers: is not allowed with store.type postgres" in str(caught.value)

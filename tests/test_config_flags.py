@@ -39,7 +39,10 @@ MASTER_FLAGS = [
      None, False),
     ("--server-name", "server_name", "NAME", "the name sent in SERVER", None, None, False),
     ("--stream", "stream", "NAME", "a stream to create at start (repeatable)", None, None, True),
-    ("--store", "store", None, "where streams are kept", ("memory", "sqlite"), None, False),
+    (
+        "--store", "store", None, "where streams are kept", ("memory", "sqlite", "postgres"),
+        None, False,
+    ),
     ("--data-dir", "data_dir", "DIR", "directory for the master's data", None, None, False),
     LOG_FORMAT_FLAG,
 ]

@@ -14,24 +14,43 @@ from replication.store.memory import MemoryStore
 from replication.store.sqlite import SqliteStore
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StreamStore]:
-    s: StreamStore
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A PostgreSQL schema of the test's own (see tests/postgres.py)."""
+    from postgres import temporary_schema
+
+    yield from temporary_schema()
+
+
+STORES = ["memory", "sqlite", "postgres"]
+
+
+def _opener(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], StreamStore]:
+    """Opens the store of ``request.param`` (the same file or PostgreSQL schema each time)."""
     if request.param == "memory":
-        s = MemoryStore()
-    else:
-        s = SqliteStore(str(tmp_path / "store.db"), synchronous="NORMAL")
+        return MemoryStore
+    if request.param == "postgres":
+        from postgres import dsn_for  # only the PostgreSQL runs need the server
+        from replication.store.postgres import PostgresStore
+
+        schema = request.getfixturevalue("pg_schema")
+        return lambda: PostgresStore(dsn_for(schema), schema)
+    return lambda: SqliteStore(str(tmp_path / "store.db"), synchronous="NORMAL")
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StreamStore]:
+    s = _opener(request, tmp_path)()
     yield s
     s.close()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORES)
 def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], StreamStore]:
     """Opens the store again, as a master restarting on it would: the same file for SQLite,
-    a new object for the memory store (which keeps nothing across a restart)."""
-    if request.param == "memory":
-        return MemoryStore
-    return lambda: SqliteStore(str(tmp_path / "store.db"), synchronous="NORMAL")
+    the same schema for PostgreSQL, a new object for the memory store (which keeps nothing
+    across a restart)."""
+    return _opener(request, tmp_path)
 
 
 def rows(token: int, n: int = 1) -> list[str]:
@@ -530,13 +549,25 @@ def test_a_store_has_a_well_formed_origin_id(store: StreamStore) -> None:
 def test_two_new_stores_are_two_origins(reopen: Callable[[], StreamStore], tmp_path: Path) -> None:
     """Two stores created apart have different origin ids."""
     first = reopen()
+    second: StreamStore
     if isinstance(first, SqliteStore):
-        second: StreamStore = SqliteStore(str(tmp_path / "second.db"), synchronous="NORMAL")
-    else:
+        second = SqliteStore(str(tmp_path / "second.db"), synchronous="NORMAL")
+    elif isinstance(first, MemoryStore):
         second = MemoryStore()
-    assert first.origin_id != second.origin_id
-    first.close()
-    second.close()
+    else:
+        from postgres import drop_schema, dsn_for
+        from replication.store.postgres import PostgresStore
+
+        assert isinstance(first, PostgresStore)
+        other = f"{first.schema}_2"
+        second = PostgresStore(dsn_for(other), other)
+    try:
+        assert first.origin_id != second.origin_id
+    finally:
+        first.close()
+        second.close()
+        if not isinstance(second, SqliteStore | MemoryStore):
+            drop_schema(other)
 
 
 def test_the_origin_id_lasts_as_long_as_the_stores_data(reopen: Callable[[], StreamStore]) -> None:
@@ -548,7 +579,7 @@ def test_the_origin_id_lasts_as_long_as_the_stores_data(reopen: Callable[[], Str
     store.close()
     again = reopen()
     try:
-        if isinstance(again, SqliteStore):
+        if not isinstance(again, MemoryStore):
             assert again.head("s") == 1 and again.origin_id == origin_id
         else:
             assert again.keys() == [] and again.origin_id != origin_id

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -126,6 +127,27 @@ class PeerName(Text):
             check_peer_name(name, self.what)
         except CommandParseError as error:
             raise checking.document.error(path, str(error)) from None
+
+
+class SchemaName(Text):
+    """A PostgreSQL schema name the store accepts: lower-case letters, digits and ``_``, not
+    starting with a digit, at most 63 characters (the pattern of
+    :func:`replication.store.postgres.check_schema_name`, kept here so that checking a
+    configuration does not need psycopg)."""
+
+    name = "schema name"
+
+    def check(self, checking: Checking, value: object, path: str) -> None:
+        schema = _text(checking.document, value, path)
+        if not _SCHEMA_NAME.match(schema):
+            raise checking.document.error(
+                path,
+                f"schema {schema!r}: use lower-case letters, digits and '_' (not first), at "
+                "most 63 characters",
+            )
+
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 
 
 class Endpoint(Text):
@@ -701,3 +723,40 @@ class FewerThanEntries(Rule):
 
     def describe(self) -> str:
         return f"less than the number of entries of ``{self.other}``"
+
+
+class RequiredWith(OnlyWith):
+    """As :class:`OnlyWith`, and the key must be set (not null) when the ``other`` key is
+    ``required``."""
+
+    def check(self, checking: Checking, key: Key, value: object) -> None:
+        super().check(checking, key, value)
+        other = checking.value_of(self.other)
+        if value is None and other == self.required:
+            name = self.other.rpartition(".")[2]
+            raise checking.document.error(key.path, f"is required with {name} {self.required}")
+
+    def describe(self) -> str:
+        return f"required with, and only with, ``{self.other}: {self.required}``"
+
+
+class NotWith(Rule):
+    """The key may not be set (not null) when the ``other`` key is ``excluded``:
+    ``cluster.peers`` and ``store.type: postgres`` are two ways to run several masters,
+    never combined."""
+
+    def __init__(self, other: str, excluded: str, why: str) -> None:
+        self.other = other
+        self.excluded = excluded
+        self.why = why
+
+    def check(self, checking: Checking, key: Key, value: object) -> None:
+        other = checking.value_of(self.other)
+        if value is not None and other == self.excluded:
+            name = self.other
+            raise checking.document.error(
+                key.path, f"is not allowed with {name} {self.excluded}: {self.why}"
+            )
+
+    def describe(self) -> str:
+        return f"not with ``{self.other}: {self.excluded}``"

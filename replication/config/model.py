@@ -61,10 +61,17 @@ class RetentionConfig:
 class StoreConfig:
     """Where the master keeps its streams."""
 
-    #: ``"memory"`` or ``"sqlite"``.
+    #: ``"memory"``, ``"sqlite"`` or ``"postgres"``.
     type: str = "sqlite"
     #: SQLite database file; only with ``type: sqlite``. ``None``: a default inside ``data_dir``.
     path: str | None = None
+    #: PostgreSQL connection string; required with ``type: postgres``.
+    dsn: str | None = None
+    #: PostgreSQL schema; only with ``type: postgres``. ``None``: ``replication``.
+    schema: str | None = None
+    #: Seconds between two reads of the heads of a shared (PostgreSQL) store, whatever the
+    #: notifications say.
+    poll_interval: float = 1.0
 
 
 @dataclass(frozen=True)

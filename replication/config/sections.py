@@ -24,12 +24,15 @@ from replication.config.kinds import (
     GreaterThan,
     HandlerName,
     Integer,
+    NotWith,
     Nullable,
     OnlyWith,
     Options,
     PeerEndpoints,
     PeerName,
     PerStream,
+    RequiredWith,
+    SchemaName,
     Size,
     StreamNames,
     Text,
@@ -59,7 +62,7 @@ MAX_ACK_PEERS: Final = 63
 #: ``cluster.ingest_batch_rows`` upper bound.
 MAX_INGEST_BATCH_ROWS: Final = 1_000_000
 
-STORE_TYPES: Final = ("memory", "sqlite")
+STORE_TYPES: Final = ("memory", "sqlite", "postgres")
 WORKER_STREAM_STARTS: Final = ("earliest", "latest")
 
 _LINE_BYTES: Final = Size(MIN_LINE_BYTES, MAX_LINE_BYTES)
@@ -116,7 +119,14 @@ out for a master on its own: nothing changes then. See `clustering.rst <clusteri
 def _cluster() -> tuple[Key, ...]:
     """The master's ``cluster`` section: its peers and the timers of its peer links."""
     return (
-        Key("cluster.peers", PeerEndpoints(), _CLUSTER_PEERS_DOC),
+        Key(
+            "cluster.peers", PeerEndpoints(), _CLUSTER_PEERS_DOC,
+            rule=NotWith(
+                "store.type", "postgres",
+                "masters on one PostgreSQL database already share every row; a peer cluster "
+                "is for masters with stores of their own (docs/clustering.rst)",
+            ),
+        ),
         Key(
             "cluster.reconnect.initial_delay",
             Duration(),
@@ -297,7 +307,8 @@ MASTER: Final = Schema(
             "``sqlite`` keeps streams in a database file (WAL mode, every publish committed "
             "with ``synchronous=FULL`` before it is acknowledged), so they survive crashes and "
             "restarts; ``memory`` keeps them in the process (fast, lost on restart: workers "
-            "that come back are sent ``RESET``).",
+            "that come back are sent ``RESET``); ``postgres`` keeps them in a PostgreSQL "
+            "database that any number of masters share (see `postgres.rst <postgres.rst>`_).",
             flag=Flag("--store", "where streams are kept"),
         ),
         Key(
@@ -308,6 +319,34 @@ MASTER: Final = Schema(
             "database, a corrupt one or another application's database stops the master with "
             "a message saying which; the file is never modified or deleted.",
             rule=OnlyWith("store.type", "sqlite"),
+        ),
+        Key(
+            "store.dsn",
+            Nullable(Text()),
+            "The PostgreSQL connection string, libpq style (``host=db1 dbname=app "
+            "user=replication``) or a URI (``postgresql://replication@db1/app``). Keep the "
+            "password out of it: libpq reads ``PGPASSWORD`` and ``~/.pgpass``. "
+            "``connect_timeout`` (5 s) and TCP keepalives are added unless it sets them. A "
+            "server that cannot be reached, a failed login, a missing permission or a schema "
+            "that is not a replication store stops the master with a message saying which.",
+            rule=RequiredWith("store.type", "postgres"),
+        ),
+        Key(
+            "store.schema",
+            Nullable(SchemaName()),
+            "The PostgreSQL schema holding the store's tables, created if missing; ``null`` "
+            "means ``replication``. Every master naming the same database and schema shares "
+            "the same streams and tokens (and is one origin). Lower-case letters, digits and "
+            "``_``.",
+            rule=OnlyWith("store.type", "postgres"),
+        ),
+        Key(
+            "store.poll_interval",
+            Duration(),
+            "With ``store.type: postgres``: how often a master reads the heads of every stream "
+            "from the database even when no notification came, the backstop that bounds the "
+            "latency of a lost ``NOTIFY`` (rows committed by another master reach this one's "
+            "workers within it). Ignored by the other stores.",
         ),
         Key(
             "retention.max_rows",

@@ -10,6 +10,8 @@ Deferred awaited before the next: see :class:`~replication.services.OrderedMulti
       HistoryMarker   (a SQLite store it opened) records the store's history mark
       MasterRunner    the Master: opens the store, runs retention; on stop closes every
                       connection and then the store (after the writes in flight)
+      SharedStoreWatcher  (a store other masters share: PostgreSQL) pokes the stream log
+                      when another master commits, and every store.poll_interval
       ListeningService  the replication port   } start listening once the store is open;
       ListeningService  the HTTP port (if any) } on stop, stop accepting first
       PeerLinks         (with ``cluster.peers``) dials every peer once the replication
@@ -47,6 +49,7 @@ from replication.config import MasterConfig
 from replication.master.connection import MasterFactory
 from replication.master.log import StreamState
 from replication.master.service import Master
+from replication.master.watch import ChangeSource, SharedStoreWatcher
 from replication.metrics import MasterMetrics, process_registry
 from replication.services import ListeningService, OrderedMultiService, fork
 from replication.store import LOCAL_ORIGIN, StoreError, StreamStore
@@ -118,7 +121,27 @@ def open_store(config: MasterConfig, accept_history_loss: bool = False) -> Strea
             store.close()
             raise
         return store
+    if config.store.type == "postgres":
+        return _open_postgres(config)
     raise ServiceError(f"unknown store type {config.store.type!r}")
+
+
+def _open_postgres(config: MasterConfig) -> StreamStore:
+    """The PostgreSQL store of ``config`` (``store.dsn``, ``store.schema``)."""
+    try:
+        from replication.store.postgres import DEFAULT_SCHEMA, PostgresStore
+    except ImportError as e:
+        raise ServiceError(f"cannot open the store: {e}") from None
+    if not config.store.dsn:
+        raise ServiceError("store.type postgres needs store.dsn (the connection string)")
+    try:
+        store = PostgresStore(config.store.dsn, config.store.schema or DEFAULT_SCHEMA)
+    except ValueError as e:
+        raise ServiceError(f"store.schema: {e}") from None
+    except StoreError as e:
+        raise ServiceError(f"cannot open the store: {e}") from None
+    log.info("store: %s (origin %s)", store.name, store.origin_id)
+    return store
 
 
 def _read_mark(path: str, accept: bool) -> HistoryMark | None:
@@ -354,6 +377,10 @@ def master_service(
     if marked:
         children.append(HistoryMarker(master, mark_path(database_path(config)), reactor))
     children.append(MasterRunner(master))
+    if isinstance(store, ChangeSource):  # a store other masters write too (PostgreSQL)
+        children.append(SharedStoreWatcher(
+            master.log, store, reactor, fork(master.ready), config.store.poll_interval,
+        ))
     workers = ListeningService(
         _endpoint(reactor, config.listen, "listen"), MasterFactory(master), "workers",
         fork(master.ready),

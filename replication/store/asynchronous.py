@@ -122,6 +122,13 @@ class AsyncStore(Protocol):
 def _open(store: StreamStore, create: Sequence[str], now: float | None) -> OpenedStore:
     for name in create:
         store.create_stream(name, now)
+    # A store that reads every stream's stats at once (PostgreSQL: one query, which a poke
+    # of a master on a shared database runs often) says so with ``all_stats``.
+    all_stats: Callable[[], dict[tuple[str, str], StreamStats]] | None = getattr(
+        store, "all_stats", None
+    )
+    if all_stats is not None:
+        return OpenedStore(store.origin_id, all_stats())
     return OpenedStore(store.origin_id, {key: stream_stats(store, *key) for key in store.keys()})
 
 
