@@ -356,6 +356,9 @@ def test_worker_continues_after_master_kill_with_sqlite(tmp_path: Path, worker_t
 
         lines, torn = read_json_lines(out)
         assert torn == ""
+        # One origin throughout: the SQLite store keeps the master's origin id across the kill.
+        origins = {line.pop("origin") for line in lines}
+        assert len(origins) == 1, origins
         assert lines == [
             *({"stream": STREAM, "token": i + 1, "rows": [{"old": i}]} for i in range(before)),
             *({"stream": STREAM, "token": before + i + 1, "rows": [{"new": i}]} for i in range(3)),

@@ -248,7 +248,7 @@ def test_publish_and_check_config_commands(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_worker_replays_after_master_restart_with_memory_store(tmp_path: Path) -> None:
+def test_a_memory_master_restarted_is_a_new_origin_to_its_worker(tmp_path: Path) -> None:
     port, http_port = free_ports(2)
     config = tmp_path / "worker.yaml"
     positions = tmp_path / "w.json"
@@ -277,28 +277,44 @@ def test_worker_replays_after_master_restart_with_memory_store(tmp_path: Path) -
         wait_until(lambda: _position_is(positions, before), 15, f"the worker at token {before}",
                    alive=[master, worker])
 
+        old_origin = read_json_lines(out)[0][0]["origin"]
         master.terminate()
         master = stack.enter_context(start_master(tmp_path, "master2", port, http_port))
         restarted = time.monotonic()
 
-        def reset_seen() -> bool:
-            lines, _ = read_json_lines(out)
-            return any("reset" in line for line in lines)
+        def reconnected_to_master2() -> bool:
+            # The worker logs each master's origin as it connects: a second one is master2.
+            return (tmp_path / "w.err").read_text().count(" is origin ") >= 2
 
-        wait_until(reset_seen, 15, "the worker to reconnect and print a reset",
+        wait_until(reconnected_to_master2, 15, "the worker to reconnect to master2",
                    alive=[master, worker])
         reconnected = time.monotonic()
+        # A master restarted on a new (memory) store is a new origin: its tokens start from
+        # 1 again, and the worker takes them as that origin's, with no reset; it keeps its
+        # positions of the old origin.
+        answers = []
         for i in range(3):
-            assert publish(http_port, STREAM, [{"new": i}]) == i + 1
-        wait_until(lambda: _position_is(positions, 3), 15, "the worker at token 3 of master2",
+            status, answer = http_request(http_port, "POST", f"/streams/{STREAM}",
+                                          {"rows": [{"new": i}]})
+            assert status == 200 and answer["token"] == i + 1, answer
+            answers.append(answer)
+        new_origin = answers[0]["origin"]
+        assert new_origin != old_origin
+
+        def new_tokens_seen() -> bool:
+            lines, _ = read_json_lines(out)
+            return sum(1 for line in lines if line.get("origin") == new_origin) == 3
+
+        wait_until(new_tokens_seen, 15, "the worker at token 3 of master2",
                    alive=[master, worker])
 
         lines, torn = read_json_lines(out)
         assert torn == ""
         assert lines == [
-            *({"stream": STREAM, "token": i + 1, "rows": [{"old": i}]} for i in range(before)),
-            {"stream": STREAM, "reset": {"position": before, "head": 0}},
-            *({"stream": STREAM, "token": i + 1, "rows": [{"new": i}]} for i in range(3)),
+            *({"stream": STREAM, "token": i + 1, "rows": [{"old": i}], "origin": old_origin}
+              for i in range(before)),
+            *({"stream": STREAM, "token": i + 1, "rows": [{"new": i}], "origin": new_origin}
+              for i in range(3)),
         ], lines
         print(f"worker reconnected {reconnected - restarted:.2f}s after the master restarted")
         assert worker.poll() is None and master.poll() is None

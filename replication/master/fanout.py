@@ -498,7 +498,9 @@ class FanOut:
         for origin, token in vector.items():
             state.handled_ceilings[self._label(True, stream, origin)] = token
         origins = self.log.origins(stream)
-        for origin in sorted(set(origins) | set(vector)):
+        # This master's own origin always answers, even before the stream's first publish
+        # (POSITION <stream>@<own> 0), as version 1 answers POSITION <stream> 0.
+        for origin in sorted(set(origins) | set(vector) | {LOCAL_ORIGIN}):
             stream_state = origins.get(origin)
             head = stream_state.head if stream_state is not None else 0
             self._subscribe_named(
@@ -753,6 +755,8 @@ class FanOut:
             if not state.pumping:
                 self.pump(follower)
             return
+        # This master's own rows by the stream's name, other origins' as <stream>@<origin>.
+        name = sub.stream if sub.origin == LOCAL_ORIGIN else sub.label
         damaged = failure.value
         if isinstance(damaged, DamagedEntry):
             # Logged once per damaged token; every follower reaching it is refused, and its
@@ -763,16 +767,16 @@ class FanOut:
                 log.error(
                     "stream %s: token %d is damaged in the store and cannot be served; "
                     "followers reaching it are refused, other streams are served (%s)",
-                    sub.label, damaged.token, damaged,
+                    name, damaged.token, damaged,
                 )
             follower.send_error(
-                f"master cannot read stream {sub.label}: token {damaged.token} is damaged "
+                f"master cannot read stream {name}: token {damaged.token} is damaged "
                 "in the store"
             )
             return
-        log.error("reading %s for %s failed: %s", sub.label, follower.describe(),
+        log.error("reading %s for %s failed: %s", name, follower.describe(),
                   failure.getErrorMessage())
-        follower.send_error(f"master cannot read stream {sub.label}: store failure")
+        follower.send_error(f"master cannot read stream {name}: store failure")
 
     def _go_live(self, follower: Follower, state: _FollowerState, sub: Subscription) -> None:
         state.catching_up.remove(sub)
