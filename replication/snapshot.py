@@ -155,6 +155,9 @@ class ConnectionView:
     commands_sent: Mapping[str, int]
     #: The protocol dialect the handshake agreed on (``replication.wire.dialects``).
     dialect: str = "replication/1"
+    #: What the connection is: ``worker``, ``publisher`` (sent ``PUBLISHER``) or ``peer``
+    #: (a cluster peer, sent ``ORIGIN``).
+    role: str = "worker"
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +196,8 @@ class MasterSnapshot:
     damaged_tokens: int = 0
     #: ``REPLICATE`` requests after a token above the stream's head, since start.
     followers_ahead: int = 0
+    #: Publish requests received since start, by transport (``http``, ``replication``).
+    publishes: Mapping[str, int] = field(default_factory=dict)
 
     def head(self, stream: str) -> int:
         for view in self.streams:

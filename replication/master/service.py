@@ -31,6 +31,7 @@ from replication.config import MasterConfig
 from replication.master.connection import MasterConnection
 from replication.master.fanout import FanOut
 from replication.master.log import DeleteError, PublishError, StreamLog, StreamState
+from replication.master.publishing import PublishKeys
 from replication.metrics import MasterMetrics
 from replication.snapshot import (
     ConnectionHistory,
@@ -114,6 +115,13 @@ class Master:
             self.log, clock, page_rows=config.limits.catchup_page_rows, knows=self.knows,
             max_subscriptions=config.limits.max_streams, clustered=clustered,
         )
+        #: Idempotency keys of publishes over the replication port (see
+        #: :mod:`replication.master.publishing`).
+        self.publish_keys = PublishKeys(
+            config.limits.publish_keys, config.limits.publish_key_seconds
+        )
+        #: Publish requests received since start, by transport (``http``, ``replication``).
+        self.publishes: dict[str, int] = {"http": 0, "replication": 0}
         self.history = ConnectionHistory(config.metrics_max_peer_labels)
         self.connections: set[MasterConnection] = set()
         self._trim_loop = LoopingCall(self.trim)
@@ -350,6 +358,7 @@ class Master:
                 connection.peer_name, label(connection.peer_name), _address(connection),
                 connection.connected_since, fanout.follows_all(connection), tuple(follows),
                 connection.queued_bytes, received, sent, dialect=connection.dialect,
+                role=connection.role,
             ))
         return MasterSnapshot(
             server_name=self.config.server_name,
@@ -366,6 +375,7 @@ class Master:
             legacy_substitutions=dict(fanout.legacy_substitutions),
             damaged_tokens=len(fanout.damaged_tokens),
             followers_ahead=fanout.followers_ahead,
+            publishes=dict(self.publishes),
         )
 
 

@@ -1,0 +1,269 @@
+"""Publishing over the replication port: one publisher connection's pipeline, and the
+master's window of idempotency keys.
+
+A connection becomes a publisher with ``PUBLISHER`` (protocol version 2; see
+docs/protocol.rst, "Publishing"). :class:`PublishPipeline` then takes its ``PUBLISH`` and
+``PUBLISH_TOKENS`` commands: each is checked and encoded by the master
+(:meth:`Master.encode_tokens <replication.master.service.Master.encode_tokens>`) and
+committed through the stream log (:meth:`Master.submit_many
+<replication.master.service.Master.submit_many>`, group commit on a blocking store), and
+answered with ``PUBLISHED`` or ``REFUSED`` in the order the publishes arrived, each only
+once it is committed or refused. At most ``limits.max_publishes_in_flight`` publishes wait
+for their answers; past that the pipeline holds the connection's input (the transport stops
+reading), which is back-pressure, not an error.
+
+:class:`PublishKeys` is the master's bounded memory of idempotency keys (count and age,
+``limits.publish_keys`` and ``limits.publish_key_seconds``), shared by every publisher
+connection, so that a publish retried on a new connection after a drop is answered with its
+original tokens instead of being stored twice. It is plain data with time passed in.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.python.failure import Failure
+
+from replication.master.log import PublishError
+from replication.wire.commands import (
+    CommandParseError,
+    PublishCommand,
+    PublishedCommand,
+    PublishTokensCommand,
+    RefusedCommand,
+    decode_json_bytes,
+)
+
+if TYPE_CHECKING:
+    from replication.master.service import Master
+
+#: The ``transport`` label of publishes over the replication port (HTTP's is ``http``).
+TRANSPORT: str = "replication"
+
+#: What a key's publish ended as: its tokens, or a refusal ``(status, message)``.
+Outcome = list[int] | tuple[int, str]
+
+
+@dataclass(eq=False, slots=True)
+class KeyEntry:
+    """One remembered idempotency key: the stream it published to, when it arrived, and its
+    outcome once known (``None`` while its commit runs; ``waiters`` then get it)."""
+
+    stream: str
+    at: float
+    outcome: Outcome | None = None
+    waiters: list[Callable[[Outcome], None]] = field(default_factory=list)
+
+
+class PublishKeys:
+    """The newest ``max_keys`` idempotency keys, each for ``max_age`` seconds after its
+    publish arrived. A key whose publish was refused is forgotten at once (a retry may try
+    again). ``max_keys`` 0 remembers nothing."""
+
+    def __init__(self, max_keys: int, max_age: float) -> None:
+        self.max_keys = max_keys
+        self.max_age = max_age
+        self._entries: OrderedDict[str, KeyEntry] = OrderedDict()
+        #: Publishes answered from the window instead of being stored again, since start.
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _expire(self, now: float) -> None:
+        entries = self._entries
+        cutoff = now - self.max_age
+        while entries:
+            key, entry = next(iter(entries.items()))
+            if entry.at > cutoff:
+                break
+            del entries[key]
+
+    def find(self, key: str, now: float) -> KeyEntry | None:
+        """The entry of ``key`` if it is remembered."""
+        self._expire(now)
+        return self._entries.get(key)
+
+    def begin(self, key: str, stream: str, now: float) -> KeyEntry | None:
+        """Remember ``key`` for a publish to ``stream`` that starts now (``None`` when keys
+        are off); the oldest key goes when the window is full."""
+        if self.max_keys == 0:
+            return None
+        entry = KeyEntry(stream, now)
+        entries = self._entries
+        entries[key] = entry
+        entries.move_to_end(key)
+        while len(entries) > self.max_keys:
+            entries.popitem(last=False)
+        return entry
+
+    def finish(self, key: str, entry: KeyEntry, outcome: Outcome) -> None:
+        """The publish of ``key`` ended: tell whoever waits; a refusal forgets the key."""
+        entry.outcome = outcome
+        if isinstance(outcome, tuple) and self._entries.get(key) is entry:
+            del self._entries[key]
+        waiters, entry.waiters = entry.waiters, []
+        for waiter in waiters:
+            waiter(outcome)
+
+
+class PublisherConnection(Protocol):
+    """What the pipeline uses of its connection."""
+
+    def send(self, command: Any) -> None: ...
+    def hold_input(self) -> None: ...
+    def release_input(self) -> None: ...
+
+
+class _Slot:
+    """One publish waiting for its answer, in arrival order."""
+
+    __slots__ = ("answer", "id")
+
+    def __init__(self, id_: str) -> None:
+        self.id = id_
+        self.answer: PublishedCommand | RefusedCommand | None = None
+
+
+class PublishPipeline:
+    """The publishes of one publisher connection, answered in order.
+
+    :param master: checks, encodes and commits the publishes; holds the key window
+        (``master.publish_keys``) and counts publishes by transport.
+    :param connection: where answers go; its input is held while ``max_in_flight``
+        publishes wait for answers.
+    :param max_in_flight: ``limits.max_publishes_in_flight``.
+    """
+
+    def __init__(self, master: Master, connection: PublisherConnection, max_in_flight: int) -> None:
+        self.master = master
+        self.connection = connection
+        self.max_in_flight = max_in_flight
+        self._slots: deque[_Slot] = deque()
+        self._holding = False
+        self._closed = False
+        #: Publishes this connection sent (answered or not).
+        self.received = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Publishes read and not yet answered."""
+        return len(self._slots)
+
+    def publish(self, command: PublishCommand) -> None:
+        """Take one ``PUBLISH`` or ``PUBLISH_TOKENS``."""
+        many = isinstance(command, PublishTokensCommand)
+        slot = _Slot(command.id)
+        self._slots.append(slot)
+        self.received += 1
+        master = self.master
+        master.publishes[TRANSPORT] = master.publishes.get(TRANSPORT, 0) + 1
+        if len(self._slots) >= self.max_in_flight and not self._holding:
+            self._holding = True
+            self.connection.hold_input()
+        key = command.key
+        entry = None
+        if key is not None:
+            keys = master.publish_keys
+            now = master.clock.seconds()
+            known = keys.find(key, now)
+            if known is not None:
+                keys.hits += 1
+                if known.stream != command.stream:
+                    self._answer(slot, (409, f"key {key!r} was used for stream "
+                                             f"{known.stream!r}, not {command.stream!r}"))
+                elif known.outcome is not None:
+                    self._answer(slot, known.outcome)
+                else:
+                    known.waiters.append(lambda outcome: self._answer(slot, outcome))
+                return
+        try:
+            encoded = self._encode(command, many)
+        except PublishError as e:
+            self._answer(slot, (e.status, e.message))
+            return
+        if key is not None:
+            entry = master.publish_keys.begin(key, command.stream, master.clock.seconds())
+        d = master.submit_many(command.stream, encoded)
+        if entry is None:
+            d.addCallbacks(
+                self._committed, self._failed, callbackArgs=(slot,), errbackArgs=(slot,)
+            )
+        else:
+            d.addCallbacks(
+                self._committed_key, self._failed_key,
+                callbackArgs=(slot, key, entry), errbackArgs=(slot, key, entry),
+            )
+
+    def _encode(self, command: PublishCommand, many: bool) -> list[list[str]]:
+        """The publish's tokens, checked and encoded; raises :class:`PublishError`."""
+        try:
+            rows = decode_json_bytes(command.rows.encode("utf-8", "surrogatepass"), "rows")
+        except CommandParseError as e:
+            raise PublishError(400, str(e)) from None
+        if many:
+            if (
+                not isinstance(rows, list)
+                or not rows
+                or not all(isinstance(token, list) for token in rows)
+            ):
+                raise PublishError(400, "PUBLISH_TOKENS takes a non-empty JSON array of "
+                                        "arrays of rows")
+            return self.master.encode_tokens(command.stream, rows, parsed=True)
+        if not isinstance(rows, list):
+            raise PublishError(400, "PUBLISH takes a JSON array of rows")
+        return self.master.encode_tokens(command.stream, [rows], parsed=True)
+
+    # -- answers ------------------------------------------------------------------------
+
+    def _committed(self, tokens: list[int], slot: _Slot) -> None:
+        self._answer(slot, tokens)
+
+    def _failed(self, failure: Failure, slot: _Slot) -> None:
+        self._answer(slot, _refusal(failure))
+
+    def _committed_key(self, tokens: list[int], slot: _Slot, key: str, entry: KeyEntry) -> None:
+        self.master.publish_keys.finish(key, entry, tokens)
+        self._answer(slot, tokens)
+
+    def _failed_key(self, failure: Failure, slot: _Slot, key: str, entry: KeyEntry) -> None:
+        refusal = _refusal(failure)
+        self.master.publish_keys.finish(key, entry, refusal)
+        self._answer(slot, refusal)
+
+    def _answer(self, slot: _Slot, outcome: Outcome) -> None:
+        if isinstance(outcome, tuple):
+            status, message = outcome
+            slot.answer = RefusedCommand(slot.id, status, message)
+        else:
+            slot.answer = PublishedCommand(slot.id, outcome[0], outcome[-1])
+        self._flush()
+
+    def _flush(self) -> None:
+        slots = self._slots
+        if self._closed:
+            return
+        send = self.connection.send
+        while slots and slots[0].answer is not None:
+            answer = slots.popleft().answer
+            assert answer is not None
+            send(answer)
+        if self._holding and len(slots) < self.max_in_flight:
+            self._holding = False
+            self.connection.release_input()
+
+    def closed(self) -> None:
+        """The connection is gone: answers still due are dropped (the publishes themselves
+        commit or fail as they would have; a retry with the same key learns which)."""
+        self._closed = True
+        self._slots.clear()
+
+
+def _refusal(failure: Failure) -> tuple[int, str]:
+    error = failure.value
+    if isinstance(error, PublishError):
+        return error.status, error.message
+    return 500, "internal error while publishing"
