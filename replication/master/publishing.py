@@ -20,10 +20,12 @@ original tokens instead of being stored twice. It is plain data with time passed
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from types import ModuleType
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.python.failure import Failure
 
@@ -31,11 +33,20 @@ from replication.master.log import PublishError
 from replication.wire.commands import (
     CommandParseError,
     PublishCommand,
-    PublishedCommand,
     PublishTokensCommand,
     RefusedCommand,
     decode_json_bytes,
+    rdata_line_length,
 )
+
+_orjson: ModuleType | None
+try:  # optional: the fast path's codec (the same one encode_tokens uses when installed)
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised by the tests with orjson hidden
+    _orjson = None
+
+_DIGITS_AS_ZEROS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+_TWENTY_ZEROS = b"0" * 20
 
 if TYPE_CHECKING:
     from replication.master.service import Master
@@ -113,7 +124,9 @@ class PublishKeys:
 class PublisherConnection(Protocol):
     """What the pipeline uses of its connection."""
 
-    def send(self, command: Any) -> None: ...
+    sent_counts: dict[str, int]
+
+    def write(self, data: bytes) -> None: ...
     def hold_input(self) -> None: ...
     def release_input(self) -> None: ...
 
@@ -125,7 +138,8 @@ class _Slot:
 
     def __init__(self, id_: str) -> None:
         self.id = id_
-        self.answer: PublishedCommand | RefusedCommand | None = None
+        #: The answer's line, once known.
+        self.answer: bytes | None = None
 
 
 class PublishPipeline:
@@ -147,6 +161,10 @@ class PublishPipeline:
         self._closed = False
         #: Publishes this connection sent (answered or not).
         self.received = 0
+        #: Refusals among the answers not yet counted in ``sent_counts``.
+        self._refused = 0
+        #: Per stream: the JSON characters a row may surely take (see ``encode_tokens``).
+        self._fits: dict[str, int] = {}
 
     @property
     def in_flight(self) -> int:
@@ -155,8 +173,14 @@ class PublishPipeline:
 
     def publish(self, command: PublishCommand) -> None:
         """Take one ``PUBLISH`` or ``PUBLISH_TOKENS``."""
-        many = isinstance(command, PublishTokensCommand)
-        slot = _Slot(command.id)
+        self.take(command.id, command.stream, command.key,
+                  command.rows.encode("utf-8", "surrogatepass"),
+                  isinstance(command, PublishTokensCommand))
+
+    def take(self, id_: str, stream: str, key: str | None, rows: bytes, many: bool) -> None:
+        """Take one publish whose id and key the codec (or :func:`fast_publish`) checked;
+        ``rows`` is its JSON text, as received."""
+        slot = _Slot(id_)
         self._slots.append(slot)
         self.received += 1
         master = self.master
@@ -164,7 +188,6 @@ class PublishPipeline:
         if len(self._slots) >= self.max_in_flight and not self._holding:
             self._holding = True
             self.connection.hold_input()
-        key = command.key
         entry = None
         if key is not None:
             keys = master.publish_keys
@@ -172,22 +195,22 @@ class PublishPipeline:
             known = keys.find(key, now)
             if known is not None:
                 keys.hits += 1
-                if known.stream != command.stream:
+                if known.stream != stream:
                     self._answer(slot, (409, f"key {key!r} was used for stream "
-                                             f"{known.stream!r}, not {command.stream!r}"))
+                                             f"{known.stream!r}, not {stream!r}"))
                 elif known.outcome is not None:
                     self._answer(slot, known.outcome)
                 else:
                     known.waiters.append(lambda outcome: self._answer(slot, outcome))
                 return
         try:
-            encoded = self._encode(command, many)
+            encoded = self._fast_encode(stream, rows, many) or self._encode(stream, rows, many)
         except PublishError as e:
             self._answer(slot, (e.status, e.message))
             return
         if key is not None:
-            entry = master.publish_keys.begin(key, command.stream, master.clock.seconds())
-        d = master.submit_many(command.stream, encoded)
+            entry = master.publish_keys.begin(key, stream, master.clock.seconds())
+        d = master.submit_many(stream, encoded)
         if entry is None:
             d.addCallbacks(
                 self._committed, self._failed, callbackArgs=(slot,), errbackArgs=(slot,)
@@ -198,10 +221,40 @@ class PublishPipeline:
                 callbackArgs=(slot, key, entry), errbackArgs=(slot, key, entry),
             )
 
-    def _encode(self, command: PublishCommand, many: bool) -> list[list[str]]:
+    def _fast_encode(self, stream: str, data: bytes, many: bool) -> list[list[str]] | None:
+        """The common case, encoded with less checking than :meth:`_encode` needs: one
+        token of small rows to a stream the log already holds (so its name is valid and,
+        with ``strict_streams``, known); ``None`` for anything else, which
+        :meth:`_encode` then takes (a test checks the two agree)."""
+        if many or _orjson is None or self.master.log.state(stream) is None:
+            return None
+        if _TWENTY_ZEROS in data.translate(_DIGITS_AS_ZEROS):
+            return None  # long integers: the standard library keeps them exact
+        try:
+            rows = _orjson.loads(data)
+        except _orjson.JSONDecodeError:
+            return None
+        if type(rows) is not list or not rows:
+            return None
+        limits = self.master.config.limits
+        if len(rows) > limits.max_rows_per_publish:
+            return None
+        fits = self._fits.get(stream)
+        if fits is None:
+            room = limits.max_line_bytes - rdata_line_length(stream, "")
+            self._fits[stream] = fits = room // 4
+        try:
+            texts = [_orjson.dumps(row).decode() for row in rows]
+        except TypeError:
+            return None
+        if max(map(len, texts)) > fits:
+            return None
+        return [texts]
+
+    def _encode(self, stream: str, data: bytes, many: bool) -> list[list[str]]:
         """The publish's tokens, checked and encoded; raises :class:`PublishError`."""
         try:
-            rows = decode_json_bytes(command.rows.encode("utf-8", "surrogatepass"), "rows")
+            rows = decode_json_bytes(data, "rows")
         except CommandParseError as e:
             raise PublishError(400, str(e)) from None
         if many:
@@ -212,10 +265,10 @@ class PublishPipeline:
             ):
                 raise PublishError(400, "PUBLISH_TOKENS takes a non-empty JSON array of "
                                         "arrays of rows")
-            return self.master.encode_tokens(command.stream, rows, parsed=True)
+            return self.master.encode_tokens(stream, rows, parsed=True)
         if not isinstance(rows, list):
             raise PublishError(400, "PUBLISH takes a JSON array of rows")
-        return self.master.encode_tokens(command.stream, [rows], parsed=True)
+        return self.master.encode_tokens(stream, [rows], parsed=True)
 
     # -- answers ------------------------------------------------------------------------
 
@@ -237,20 +290,30 @@ class PublishPipeline:
     def _answer(self, slot: _Slot, outcome: Outcome) -> None:
         if isinstance(outcome, tuple):
             status, message = outcome
-            slot.answer = RefusedCommand(slot.id, status, message)
+            slot.answer = RefusedCommand(slot.id, status, message).to_line() + b"\n"
+            self._refused += 1
+        elif len(outcome) == 1:
+            # PublishedCommand's line, built without it (ids were checked on the way in).
+            slot.answer = f"PUBLISHED {slot.id} {outcome[0]}\n".encode()
         else:
-            slot.answer = PublishedCommand(slot.id, outcome[0], outcome[-1])
+            slot.answer = f"PUBLISHED {slot.id} {outcome[0]} {outcome[-1]}\n".encode()
         self._flush()
 
     def _flush(self) -> None:
         slots = self._slots
-        if self._closed:
+        if self._closed or not slots or slots[0].answer is None:
             return
-        send = self.connection.send
+        out = []
         while slots and slots[0].answer is not None:
             answer = slots.popleft().answer
             assert answer is not None
-            send(answer)
+            out.append(answer)
+        self.connection.write(b"".join(out))
+        counts = self.connection.sent_counts
+        refused, self._refused = self._refused, 0
+        counts["PUBLISHED"] = counts.get("PUBLISHED", 0) + len(out) - refused
+        if refused:
+            counts["REFUSED"] = counts.get("REFUSED", 0) + refused
         if self._holding and len(slots) < self.max_in_flight:
             self._holding = False
             self.connection.release_input()
@@ -260,6 +323,31 @@ class PublishPipeline:
         commit or fail as they would have; a retry with the same key learns which)."""
         self._closed = True
         self._slots.clear()
+
+
+#: A ``PUBLISH`` line the fast path takes: a valid id, a valid stream name, an optional
+#: valid key, rows that start like a JSON array (anything else goes through the codec).
+_FAST_PUBLISH = re.compile(
+    rb"PUBLISH ([\x21-\x7e]{1,64}) ([A-Za-z0-9_][A-Za-z0-9_.\-]{0,127})"
+    rb"(?: key=([\x21-\x7e]{1,128}))? (\[.*)",
+    re.DOTALL,
+)
+
+
+def fast_publish(line: bytes) -> tuple[str, str, str | None, bytes] | None:
+    """``(id, stream, key, rows)`` of a ``PUBLISH`` line that the codec would parse to the
+    same fields, without the codec (``None``: use it). A line holding ``\r`` or bytes
+    that are not UTF-8 is left to the codec, which refuses it with ``ERROR``."""
+    match = _FAST_PUBLISH.fullmatch(line)
+    if match is None or b"\r" in line:
+        return None
+    id_, stream, key, rows = match.groups()
+    if not rows.isascii():
+        try:
+            rows.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return id_.decode(), stream.decode(), None if key is None else key.decode(), rows
 
 
 def _refusal(failure: Failure) -> tuple[int, str]:
