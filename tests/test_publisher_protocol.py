@@ -151,17 +151,19 @@ def test_answers_wait_for_the_commit_and_keep_their_order() -> None:
         b"PUBLISH d bad!name [4]\n"
         b"PUBLISH e events [5]\n"
     )
-    assert take(transport) == []  # a is committing; b is refused but waits for a
-    runner.run_one()  # a's commit
-    assert take(transport)[:2] == ["PUBLISHED a 1", "REFUSED b 400 rows is not valid JSON: "
-                                   "Expecting value: line 1 column 2 (char 1)"]
-    runner.run_all()  # c and e, group committed together
+    # a and c (one read, one stream) commit together; b is refused but waits for a; d
+    # (refused) waits for c; e waits for the next commit.
+    assert take(transport) == []
+    runner.run_one()
     assert take(transport) == [
+        "PUBLISHED a 1",
+        "REFUSED b 400 rows is not valid JSON: Expecting value: line 1 column 2 (char 1)",
         "PUBLISHED c 2",
         "REFUSED d 400 invalid stream name 'bad!name': use 1 to 128 characters of "
         "A-Z a-z 0-9 _ . - (not starting with . or -)",
-        "PUBLISHED e 3",
     ]
+    runner.run_all()
+    assert take(transport) == ["PUBLISHED e 3"]
     assert not connection._closing
 
 
@@ -278,11 +280,11 @@ def test_past_the_in_flight_bound_the_master_stops_reading() -> None:
     connection.dataReceived(b"PUBLISH 1 events [1]\nPUBLISH 2 events [2]\nPUBLISH 3 events [3]\n")
     assert connection.publishing is not None and connection.publishing.in_flight == 2
     assert connection._holding
-    runner.run_one()  # publish 1 alone
-    assert take(transport) == ["PUBLISHED 1 1"]
-    assert connection.publishing.in_flight == 2  # 3 was read once 1 was answered
+    runner.run_one()  # publishes 1 and 2, read together, commit together
+    assert take(transport) == ["PUBLISHED 1 1", "PUBLISHED 2 2"]
+    assert connection.publishing.in_flight == 1  # 3 was read once answers went out
     runner.run_all()
-    assert take(transport) == ["PUBLISHED 2 2", "PUBLISHED 3 3"]
+    assert take(transport) == ["PUBLISHED 3 3"]
     assert not connection._holding and not connection._closing
 
 

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError
-from typing import Any
+from typing import Any, Literal, overload
 
 from replication.client.core import (
     MasterUnreachable,
@@ -48,7 +48,22 @@ class PublishFuture(Future[Published]):
     key: str | None = None
 
 
-_Future = PublishFuture
+class _Waiter:
+    """What a blocking call waits on: cheaper than a future (no lock of its own); the
+    thread reading completes it, and waiting threads that are not reading are woken through
+    the publisher's one condition."""
+
+    __slots__ = ("key", "outcome")
+
+    def __init__(self, key: str | None) -> None:
+        self.key = key
+        self.outcome: Published | BaseException | None = None
+
+    def done(self) -> bool:
+        return self.outcome is not None
+
+
+_Future = PublishFuture | _Waiter
 _READ_BYTES = 262144
 #: The longest a reader waits in one poll, so that it notices deadlines and a close.
 _POLL_SECONDS = 0.05
@@ -108,6 +123,9 @@ class Publisher:
         self._closed = False
         self._unattended = 0
         self._wake = threading.Condition(threading.Lock())
+        #: Threads waiting for an answer while another reads, and what wakes them.
+        self._followers = 0
+        self._progress = threading.Condition(threading.Lock())
         self._thread = threading.Thread(
             target=self._background, name="replication-publisher", daemon=True
         )
@@ -151,14 +169,15 @@ class Publisher:
     def publish_all(
         self, stream: str, batches: Sequence[Sequence[Any]], *, timeout: float | None = None
     ) -> list[Published]:
-        """Publish each of ``batches`` as its own token, pipelined, and wait for them all
-        (the first error is raised once every answer is in)."""
-        futures = [self._send(stream, rows, None, False, attended=True) for rows in batches]
+        """Publish each of ``batches`` as its own token, pipelined (written to the socket at
+        once), and wait for them all; the first error is raised once every answer is in."""
+        waiters = self._send_many(stream, batches)
         results = []
         error: BaseException | None = None
-        for future in futures:
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        for waiter in waiters:
             try:
-                results.append(self._wait(future, timeout))
+                results.append(self._wait(waiter, max(deadline - time.monotonic(), 0.0)))
             except PublishError as e:
                 error = error or e
         if error is not None:
@@ -193,10 +212,18 @@ class Publisher:
 
     # -- sending -----------------------------------------------------------------------
 
+    @overload
+    def _send(self, stream: str, rows: Any, key: str | None, many: bool, *,
+              attended: Literal[True]) -> _Waiter: ...
+
+    @overload
+    def _send(self, stream: str, rows: Any, key: str | None, many: bool, *,
+              attended: Literal[False]) -> PublishFuture: ...
+
     def _send(
         self, stream: str, rows: Any, key: str | None, many: bool, *, attended: bool
     ) -> _Future:
-        future = PublishFuture()
+        future: _Future
         deadline = time.monotonic() + self.timeout
         with self._lock:
             if self._closed:
@@ -204,7 +231,11 @@ class Publisher:
             core = self._core
             if key is None:
                 key = core.new_key()
-            future.key = key
+            if attended:
+                future = _Waiter(key)
+            else:
+                future = PublishFuture()
+                future.key = key
             try:
                 line = core.publish_line(stream, rows, key, many)
                 if self._sock is not None and not core.in_flight:
@@ -214,7 +245,7 @@ class Publisher:
             except PublishError as e:
                 _settle(future, e)
                 return future
-            if not attended:
+            if isinstance(future, PublishFuture):
                 self._unattended += 1
                 future.add_done_callback(self._attended)
             core.sent(stream, line, key, many, future)
@@ -228,6 +259,43 @@ class Publisher:
             with self._wake:
                 self._wake.notify()
         return future
+
+    def _send_many(self, stream: str, batches: Sequence[Sequence[Any]]) -> list[_Waiter]:
+        """Send one publish per batch in one write; their waiters, in order."""
+        waiters = []
+        lines = []
+        deadline = time.monotonic() + self.timeout
+        with self._lock:
+            if self._closed:
+                raise MasterUnreachable("the publisher is closed")
+            core = self._core
+            for rows in batches:
+                waiter = _Waiter(core.new_key())
+                waiters.append(waiter)
+                try:
+                    lines.append((waiter, core.publish_line(stream, rows, waiter.key, False)))
+                except PublishError as e:
+                    _settle(waiter, e)
+            if not lines:
+                return waiters
+            try:
+                if self._sock is not None and not core.in_flight:
+                    self._check_idle(self._sock)
+                if self._sock is None:
+                    self._connect(deadline)
+            except PublishError as e:
+                for waiter, _ in lines:
+                    _settle(waiter, e)
+                return waiters
+            for waiter, line in lines:
+                core.sent(stream, line, waiter.key, False, waiter)
+            sock = self._sock
+            assert sock is not None
+            try:
+                sock.sendall(b"".join(line for _, line in lines))
+            except OSError as e:
+                self._drop(sock, f"sending failed: {e}")
+        return waiters
 
     def _check_idle(self, sock: socket.socket) -> None:
         """With nothing in flight nobody reads: read what waits (pings), and notice a
@@ -356,12 +424,24 @@ class Publisher:
                     self._read(future, deadline)
                 finally:
                     self._read_lock.release()
+                    if self._followers:
+                        with self._progress:
+                            self._progress.notify_all()  # one of them may read now
             else:
-                try:
-                    future.result(timeout=min(deadline - now, _POLL_SECONDS))
-                except Exception:
-                    pass
-        return future.result()
+                with self._progress:
+                    self._followers += 1
+                    try:
+                        if not future.done() and self._read_lock.locked():
+                            self._progress.wait(min(deadline - now, _POLL_SECONDS))
+                    finally:
+                        self._followers -= 1
+        if isinstance(future, PublishFuture):
+            return future.result()
+        outcome = future.outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert outcome is not None
+        return outcome
 
     def _read(self, future: _Future | None, deadline: float) -> None:
         """Read and complete answers (holding ``_read_lock``) until ``future`` is done (or,
@@ -409,6 +489,9 @@ class Publisher:
                 continue
             for waiter, outcome in done:
                 _settle(waiter, outcome)
+            if self._followers and done:
+                with self._progress:
+                    self._progress.notify_all()
 
     def _background(self) -> None:
         """Read for futures nobody waits on (:meth:`submit`)."""
@@ -423,6 +506,10 @@ class Publisher:
 
 
 def _settle(future: _Future, outcome: Published | BaseException) -> None:
+    if isinstance(future, _Waiter):
+        if future.outcome is None:
+            future.outcome = outcome
+        return
     try:
         if isinstance(outcome, BaseException):
             future.set_exception(outcome)

@@ -78,6 +78,8 @@ class PublishKeys:
         self.max_keys = max_keys
         self.max_age = max_age
         self._entries: OrderedDict[str, KeyEntry] = OrderedDict()
+        #: When the oldest entry expires (no need to look before).
+        self._next_expiry = float("inf")
         #: Publishes answered from the window instead of being stored again, since start.
         self.hits = 0
 
@@ -90,12 +92,15 @@ class PublishKeys:
         while entries:
             key, entry = next(iter(entries.items()))
             if entry.at > cutoff:
-                break
+                self._next_expiry = entry.at + self.max_age
+                return
             del entries[key]
+        self._next_expiry = float("inf")
 
     def find(self, key: str, now: float) -> KeyEntry | None:
         """The entry of ``key`` if it is remembered."""
-        self._expire(now)
+        if now >= self._next_expiry:
+            self._expire(now)
         return self._entries.get(key)
 
     def begin(self, key: str, stream: str, now: float) -> KeyEntry | None:
@@ -107,6 +112,8 @@ class PublishKeys:
         entries = self._entries
         entries[key] = entry
         entries.move_to_end(key)
+        if self._next_expiry == float("inf"):
+            self._next_expiry = now + self.max_age
         while len(entries) > self.max_keys:
             entries.popitem(last=False)
         return entry
@@ -142,6 +149,10 @@ class _Slot:
         self.answer: bytes | None = None
 
 
+#: A publish waiting in a batch: stream, encoded tokens, its slot, key and key entry.
+_Batched = tuple[str, list[list[str]], _Slot, "str | None", "KeyEntry | None"]
+
+
 class PublishPipeline:
     """The publishes of one publisher connection, answered in order.
 
@@ -161,6 +172,10 @@ class PublishPipeline:
         self._closed = False
         #: Publishes this connection sent (answered or not).
         self.received = 0
+        self._batching = False
+        self._batch: list[_Batched] = []
+        #: While answers of a committed run are filled in: flush once, after.
+        self._quiet = False
         #: Refusals among the answers not yet counted in ``sent_counts``.
         self._refused = 0
         #: Per stream: the JSON characters a row may surely take (see ``encode_tokens``).
@@ -210,6 +225,9 @@ class PublishPipeline:
             return
         if key is not None:
             entry = master.publish_keys.begin(key, stream, master.clock.seconds())
+        if self._batching:
+            self._batch.append((stream, encoded, slot, key, entry))
+            return
         d = master.submit_many(stream, encoded)
         if entry is None:
             d.addCallbacks(
@@ -220,6 +238,72 @@ class PublishPipeline:
                 self._committed_key, self._failed_key,
                 callbackArgs=(slot, key, entry), errbackArgs=(slot, key, entry),
             )
+
+    # -- batches: the publishes of one read, committed together --------------------------
+
+    def begin_batch(self) -> None:
+        """Publishes taken from now until :meth:`end_batch` are committed together: each
+        run of publishes to one stream is one :meth:`Master.submit_many
+        <replication.master.service.Master.submit_many>` (one store transaction, one
+        fan-out write), each publish still its own tokens and its own answer. That is what
+        group commit does on a blocking store, here for the lines of one read on any
+        store; a failed commit refuses every publish of its run, as a failed group commit
+        does."""
+        self._batching = True
+
+    def end_batch(self) -> None:
+        """Commit what was taken since :meth:`begin_batch`."""
+        self._batching = False
+        batch, self._batch = self._batch, []
+        i = 0
+        while i < len(batch):
+            stream = batch[i][0]
+            j = i
+            tokens_rows: list[list[str]] = []
+            while j < len(batch) and batch[j][0] == stream:
+                tokens_rows.extend(batch[j][1])
+                j += 1
+            run = batch[i:j]
+            d = self.master.submit_many(stream, tokens_rows)
+            d.addCallbacks(self._run_committed, self._run_failed,
+                           callbackArgs=(run,), errbackArgs=(run,))
+            i = j
+
+    def _run_committed(self, tokens: list[int], run: list[_Batched]) -> None:
+        keys = self.master.publish_keys
+        i = 0
+        self._quiet = True  # one write for the whole run
+        try:
+            for _, encoded, slot, key, entry in run:
+                n = len(encoded)
+                if n == 1:
+                    token = tokens[i]
+                    slot.answer = f"PUBLISHED {slot.id} {token}\n".encode()
+                    mine = [token]
+                else:
+                    mine = tokens[i:i + n]
+                    slot.answer = f"PUBLISHED {slot.id} {mine[0]} {mine[-1]}\n".encode()
+                i += n
+                if entry is not None:
+                    assert key is not None
+                    keys.finish(key, entry, mine)
+        finally:
+            self._quiet = False
+        self._flush()
+
+    def _run_failed(self, failure: Failure, run: list[_Batched]) -> None:
+        refusal = _refusal(failure)
+        keys = self.master.publish_keys
+        self._quiet = True
+        try:
+            for _, _, slot, key, entry in run:
+                if entry is not None:
+                    assert key is not None
+                    keys.finish(key, entry, refusal)
+                self._answer(slot, refusal)
+        finally:
+            self._quiet = False
+        self._flush()
 
     def _fast_encode(self, stream: str, data: bytes, many: bool) -> list[list[str]] | None:
         """The common case, encoded with less checking than :meth:`_encode` needs: one
@@ -301,7 +385,7 @@ class PublishPipeline:
 
     def _flush(self) -> None:
         slots = self._slots
-        if self._closed or not slots or slots[0].answer is None:
+        if self._quiet or self._closed or not slots or slots[0].answer is None:
             return
         out = []
         while slots and slots[0].answer is not None:
