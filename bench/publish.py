@@ -36,7 +36,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent / "scenarios"))
 from common import (  # noqa: E402
     BENCH,
-    SCENARIOS,
     Group,
     child,
     free_ports,
