@@ -21,8 +21,8 @@ publish whose master does not come back fails with :class:`MasterUnreachable` wi
 from __future__ import annotations
 
 import random
-import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Sequence
@@ -304,8 +304,11 @@ class Publisher:
         if not self._read_lock.acquire(blocking=False):
             return
         try:
-            while select.select([sock], [], [], 0)[0]:
-                data = sock.recv(_READ_BYTES)
+            while True:
+                try:
+                    data = sock.recv(_READ_BYTES, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    return
                 if not data:
                     self._drop(sock, "closed by the master")
                     return
@@ -367,7 +370,11 @@ class Publisher:
                     raise MasterUnreachable("the master closed the connection in the handshake")
                 if core.feed(data):
                     raise ProtocolViolation("an answer before the handshake ended")
-            sock.settimeout(self.timeout)
+            # Blocking from here, with the kernel's timeouts: reads end after _POLL_SECONDS so
+            # the reader sees deadlines; a send that stalls for ``timeout`` fails.
+            sock.settimeout(None)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(_POLL_SECONDS))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self.timeout))
         except BaseException:
             sock.close()
             raise
@@ -469,12 +476,13 @@ class Publisher:
                             return
                 continue
             try:
-                readable, _, _ = select.select([sock], [], [], min(deadline - now, _POLL_SECONDS))
-                if not readable:
-                    if self._core.in_flight and now - self._last_read > self.timeout:
-                        self._drop(sock, "silent with publishes in flight")
-                    continue
+                # A blocking recv that the kernel ends after _POLL_SECONDS (SO_RCVTIMEO, set
+                # in _open): one system call per read, no select.
                 data = sock.recv(_READ_BYTES)
+            except (BlockingIOError, InterruptedError, TimeoutError):
+                if self._core.in_flight and time.monotonic() - self._last_read > self.timeout:
+                    self._drop(sock, "silent with publishes in flight")
+                continue
             except (OSError, ValueError) as e:
                 self._drop(sock, str(e))
                 continue
@@ -503,6 +511,11 @@ class Publisher:
                 return
             with self._read_lock:
                 self._read(None, time.monotonic() + self.timeout)
+
+
+def _timeval(seconds: float) -> bytes:
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
 
 
 def _settle(future: _Future, outcome: Published | BaseException) -> None:
