@@ -18,6 +18,8 @@ to clean up). Scenarios, each repeated ``--rounds`` times, ours and Redis's alte
   each) publishing one row at a time for a few seconds; acknowledged (committed) rows/s.
   Target: 30,000.
 - **SQLite, one pipelining client**: as *pipelined*, against the SQLite store. Target: 50,000.
+- For comparison, the same round trips and the same 32 publishers over HTTP (one row per
+  ``POST`` on keep-alive connections).
 
 It prints the table (medians, [min..max] over the rounds, and the ratio to Redis of each
 round) and writes ``bench/results/publish.json``.
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         log("no Redis at 127.0.0.1:6379: the Redis columns are left out")
     samples: dict[str, list[float]] = {k: [] for k in (
         "ours_rt", "redis_rt", "ours_pipe", "redis_pipe", "sqlite_32", "sqlite_pipe",
-        "rt_ratio", "pipe_ratio",
+        "rt_ratio", "pipe_ratio", "http_rt", "sqlite_32_http",
     )}
     started = time.time()
     with scratch("publish-bench-") as tmp, Group() as group:
@@ -126,8 +128,12 @@ def main(argv: list[str] | None = None) -> int:
                 theirs = run_client(tmp, group, "redis-pipe", port, pipe_count, 1, 0)
                 samples["redis_pipe"].append(theirs)
                 samples["pipe_ratio"].append(ours / theirs)
+            samples["http_rt"].append(run_client(tmp, group, "http-rt", http_port, rt_count, 1, 0))
             samples["sqlite_32"].append(
                 run_client(tmp, group, "ours-rt", sq_port, 0, 8, seconds, processes=4)
+            )
+            samples["sqlite_32_http"].append(
+                run_client(tmp, group, "http-rt", sq_http, 0, 8, seconds, processes=4)
             )
             samples["sqlite_pipe"].append(
                 run_client(tmp, group, "ours-pipe", sq_port, pipe_count, 1, 0)
@@ -168,9 +174,13 @@ def build_table(stats: dict[str, dict[str, Any]]) -> str:
         ("one client, pipelined (memory)", _fmt(stats["ours_pipe"]), _fmt(stats["redis_pipe"]),
          _fmt(stats["pipe_ratio"], 2), f">= {TARGETS['pipe_ratio']}x",
          _verdict(stats["pipe_ratio"]["median"], TARGETS["pipe_ratio"])),
+        ("one client, round trips, over HTTP (memory)", _fmt(stats["http_rt"]), "", "",
+         "(HTTP, for comparison)", ""),
         ("SQLite, 32 publishers, rows/s", _fmt(stats["sqlite_32"]), "", "",
          f">= {TARGETS['sqlite_32']:,}",
          _verdict(stats["sqlite_32"]["median"], TARGETS["sqlite_32"])),
+        ("SQLite, 32 publishers over HTTP, rows/s", _fmt(stats["sqlite_32_http"]), "", "",
+         "(HTTP, for comparison)", ""),
         ("SQLite, one pipelining client, rows/s", _fmt(stats["sqlite_pipe"]), "", "",
          f">= {TARGETS['sqlite_pipe']:,}",
          _verdict(stats["sqlite_pipe"]["median"], TARGETS["sqlite_pipe"])),

@@ -9,7 +9,9 @@
   on one connection, every answer awaited);
 - ``redis-rt``: redis-py ``publish()`` of the same row's JSON, one round trip each;
 - ``redis-pipe``: a redis-py pipeline (``transaction=False``) of 1,000 ``PUBLISH`` per
-  ``execute()``.
+  ``execute()``;
+- ``http-rt``: one row per ``POST /streams/events`` on a keep-alive connection (``PORT`` is
+  then the master's HTTP port).
 
 With ``SECONDS`` > 0 each of ``THREADS`` threads (one connection each) publishes until that
 many seconds have passed; else the one thread publishes ``COUNT`` rows. Rows are the fan-out
@@ -75,6 +77,36 @@ def run_ours(mode: str, port: int, rows: list[Any], clock: Clock) -> int:
                 i += CHUNK
 
 
+def run_http(port: int, rows: list[Any], clock: Clock) -> int:
+    """One row per ``POST /streams/events`` on a keep-alive connection, each answer awaited:
+    the HTTP publish path, for comparison."""
+    import http.client
+
+    connection = http.client.HTTPConnection(HOST, port, timeout=60)
+    headers = {"content-type": "application/json"}
+    bodies = [json.dumps({"rows": row}, separators=(",", ":")).encode() for row in rows]
+
+    def post(body: bytes) -> None:
+        connection.request("POST", "/streams/events", body=body, headers=headers)
+        response = connection.getresponse()
+        answer = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{response.status} {answer[:200]!r}")
+
+    post(bodies[0])  # connect before the clock starts
+    deadline = clock.go()
+    done = 0
+    i = 0
+    while True:
+        if deadline is None and i >= len(bodies):
+            return done
+        if deadline is not None and time.perf_counter() >= deadline:
+            return done
+        post(bodies[i % len(bodies)])
+        done += 1
+        i += 1
+
+
 def run_redis(mode: str, rows: list[Any], clock: Clock) -> int:
     import redis
 
@@ -117,6 +149,8 @@ def main() -> None:
         try:
             if mode.startswith("ours"):
                 counts.append(run_ours(mode, port, rows, clock))
+            elif mode == "http-rt":
+                counts.append(run_http(port, rows, clock))
             else:
                 counts.append(run_redis(mode, rows, clock))
         except Exception as e:  # report, don't hang the run

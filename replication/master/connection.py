@@ -239,6 +239,7 @@ class MasterConnection(ReplicationProtocol):
             )
             return
         limits = self.master.config.limits
+        log.info("%s is a publisher", self.describe())
         self.publishing = PublishPipeline(self.master, self, limits.max_publishes_in_flight)
         self.send(PublishingCommand(limits.max_publishes_in_flight, limits.max_line_bytes))
 
