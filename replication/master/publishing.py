@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Protocol
 
@@ -66,7 +66,8 @@ class KeyEntry:
     stream: str
     at: float
     outcome: Outcome | None = None
-    waiters: list[Callable[[Outcome], None]] = field(default_factory=list)
+    #: Who waits for the outcome (``None``: nobody).
+    waiters: list[Callable[[Outcome], None]] | None = None
 
 
 class PublishKeys:
@@ -123,8 +124,8 @@ class PublishKeys:
         entry.outcome = outcome
         if isinstance(outcome, tuple) and self._entries.get(key) is entry:
             del self._entries[key]
-        waiters, entry.waiters = entry.waiters, []
-        for waiter in waiters:
+        waiters, entry.waiters = entry.waiters, None
+        for waiter in waiters or ():
             waiter(outcome)
 
 
@@ -178,6 +179,7 @@ class PublishPipeline:
         self._quiet = False
         #: Refusals among the answers not yet counted in ``sent_counts``.
         self._refused = 0
+        self._max_rows = master.config.limits.max_rows_per_publish
         #: Per stream: the JSON characters a row may surely take (see ``encode_tokens``).
         self._fits: dict[str, int] = {}
 
@@ -216,6 +218,8 @@ class PublishPipeline:
                 elif known.outcome is not None:
                     self._answer(slot, known.outcome)
                 else:
+                    if known.waiters is None:
+                        known.waiters = []
                     known.waiters.append(lambda outcome: self._answer(slot, outcome))
                 return
         try:
@@ -320,15 +324,18 @@ class PublishPipeline:
             return None
         if type(rows) is not list or not rows:
             return None
-        limits = self.master.config.limits
-        if len(rows) > limits.max_rows_per_publish:
+        if len(rows) > self._max_rows:
             return None
         fits = self._fits.get(stream)
         if fits is None:
-            room = limits.max_line_bytes - rdata_line_length(stream, "")
+            room = self.master.config.limits.max_line_bytes - rdata_line_length(stream, "")
             self._fits[stream] = fits = room // 4
+        dumps = _orjson.dumps
         try:
-            texts = [_orjson.dumps(row).decode() for row in rows]
+            if len(rows) == 1:
+                text = dumps(rows[0]).decode()
+                return [[text]] if len(text) <= fits else None
+            texts = [dumps(row).decode() for row in rows]
         except TypeError:
             return None
         if max(map(len, texts)) > fits:
