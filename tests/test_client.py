@@ -338,3 +338,56 @@ def test_cli_publishes_over_the_replication_port(master: tuple[int, int]) -> Non
     assert "publish refused (404)" in done.stderr
     done = run("--master", f"{HOST}:{port}", "--url", "http://x", "events", "1")
     assert done.returncode != 0 and "not both" in done.stderr
+
+
+def test_asyncio_client_resends_in_flight_publishes_with_their_keys() -> None:
+    fake = FakeMaster(drop_first=True)
+
+    async def main() -> list[int]:
+        async with AsyncPublisher(f"{HOST}:{fake.port}", timeout=5) as publisher:
+            first = await publisher.submit("events", [1])
+            second = await publisher.submit("events", [2])
+            return [(await first).token, (await second).token]
+
+    try:
+        assert asyncio.run(main()) == [1, 2]
+        sent_first = [ln for ln in fake.connections[0] if ln.startswith(b"PUBLISH ")]
+        sent_again = [ln for ln in fake.connections[1] if ln.startswith(b"PUBLISH ")]
+        assert [ln.split(b" ")[3] for ln in sent_again] == [ln.split(b" ")[3] for ln in sent_first]
+    finally:
+        fake.close()
+
+
+TWISTED_RESEND_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from twisted.internet.task import react
+    from twisted.internet.defer import ensureDeferred
+    from replication.client import TwistedPublisher
+
+    async def main(reactor):
+        publisher = TwistedPublisher(reactor, sys.argv[1], timeout=5)
+        first = publisher.publish("events", [1])
+        second = publisher.publish("events", [2])
+        print(json.dumps([(await first).token, (await second).token]))
+        await publisher.close()
+
+    react(lambda reactor: ensureDeferred(main(reactor)))
+""")
+
+
+def test_twisted_client_resends_in_flight_publishes_with_their_keys(tmp_path: Path) -> None:
+    fake = FakeMaster(drop_first=True)
+    script = tmp_path / "twisted_resend.py"
+    script.write_text(TWISTED_RESEND_SCRIPT)
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script), f"{HOST}:{fake.port}"], env=child_env(),
+            capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == [1, 2]
+        sent_first = [ln for ln in fake.connections[0] if ln.startswith(b"PUBLISH ")]
+        sent_again = [ln for ln in fake.connections[1] if ln.startswith(b"PUBLISH ")]
+        assert [ln.split(b" ")[3] for ln in sent_again] == [ln.split(b" ")[3] for ln in sent_first]
+    finally:
+        fake.close()
