@@ -280,6 +280,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
             rows.append(json.loads(text))
         except ValueError as e:
             raise CommandLineError(f"row {i + 1} is not valid JSON ({e}): {text!r}") from None
+    if args.master:
+        if args.url:
+            raise CommandLineError("give --master (the replication port) or --url (HTTP), "
+                                   "not both")
+        return _publish_to_masters(args, rows)
     body = json.dumps({"rows": rows}).encode()
     urls = list(dict.fromkeys(args.url or [DEFAULT_URL]))
     random.shuffle(urls)  # spread publishers over the masters, as Aphlict's did
@@ -327,6 +332,37 @@ def cmd_publish(args: argparse.Namespace) -> int:
         print("replication: no master took the publish: " + "; ".join(unreachable),
               file=sys.stderr)
     return 1
+
+
+def _publish_to_masters(args: argparse.Namespace, rows: list[Any]) -> int:
+    """``replication publish --master ...``: one publish over the replication port with the
+    blocking client (docs/publishing.rst), which picks a master at random and fails over
+    without publishing twice."""
+    from replication.client import MasterUnreachable, Publisher, PublishRefused, PublishTimeout
+
+    masters = list(dict.fromkeys(args.master))
+    try:
+        publisher = Publisher(masters, timeout=args.timeout,
+                              connect_timeout=min(args.timeout, 5.0))
+    except ValueError as e:
+        raise CommandLineError(str(e)) from None
+    with publisher:
+        try:
+            result = publisher.publish(args.stream, rows)
+        except PublishRefused as e:
+            print(f"replication: publish refused ({e.status}): {e.message}", file=sys.stderr)
+            return 1
+        except (MasterUnreachable, PublishTimeout) as e:
+            maybe = getattr(e, "maybe_committed", isinstance(e, PublishTimeout))
+            note = " (the rows may or may not have been published)" if maybe else ""
+            print(f"replication: {e}{note}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps({"stream": result.stream, "token": result.token,
+                          "origin": result.origin}, separators=(",", ":")))
+    else:
+        print(result.token)
+    return 0
 
 
 def _never_sent(reason: object) -> bool:
@@ -834,14 +870,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reactor_flag(p)
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("publish", help="publish rows over HTTP", description="Publish JSON rows "
-                       "to a stream as one token and print the token.")
+    p = sub.add_parser("publish", help="publish rows (replication port or HTTP)",
+                       description="Publish JSON rows to a stream as one token and print the "
+                       "token: over the replication port with --master, else over HTTP.")
     p.add_argument("stream", metavar="STREAM")
     p.add_argument("rows", nargs="+", metavar="JSON", help="one JSON value per row")
     p.add_argument(
         "--url", action="append", metavar="URL",
         help=f"a master's HTTP address (default {DEFAULT_URL}); repeat it to name several "
         "masters of a cluster: they are tried in random order until one takes the publish",
+    )
+    p.add_argument(
+        "--master", action="append", metavar="ENDPOINT",
+        help="a master's replication port (host:port or tcp:host:port): publish over it with "
+        "the client library instead of HTTP; repeat it to name several masters of a cluster "
+        "(tried in random order; a publish whose answer was lost is never sent to another)",
     )
     p.add_argument("--json", action="store_true",
                    help='print the answer {"stream":..., "token":..., "origin":...}')

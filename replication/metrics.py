@@ -110,6 +110,15 @@ MASTER_METRICS: dict[str, str] = {
         "Worker connections open now that completed the handshake, by the protocol dialect "
         "agreed: synapse-2017 (the worker announced no version) or replication/1."
     ),
+    "replication_connections_by_role": (
+        "Open connections that completed the handshake, by role: worker (follows streams), "
+        "publisher (sent PUBLISHER) or peer (a cluster peer, sent ORIGIN)."
+    ),
+    "replication_publishes_total": (
+        "Publish requests received since start, by transport: http (POST /streams/<stream>) "
+        "or replication (PUBLISH and PUBLISH_TOKENS on the replication port), refused ones "
+        "included."
+    ),
     "replication_legacy_substitutions_total": (
         "POSITION lines sent to synapse-2017 (legacy) workers in place of a command their "
         "dialect lacks, by that command: GAP (retention dropped tokens the worker had not "
@@ -414,6 +423,12 @@ class MasterMetrics:
         yield from _cluster_families(view)
 
 
+#: The values of the ``role`` label of ``replication_connections_by_role``.
+ROLES = ("worker", "publisher", "peer")
+#: The values of the ``transport`` label of ``replication_publishes_total``.
+TRANSPORTS = ("http", "replication")
+
+
 def _dialect_families(view: MasterSnapshot) -> Iterator[Metric]:
     """Connections by dialect (every known dialect, zeros included: a fixed label set) and
     the POSITION lines sent to legacy workers in place of GAP and RESET."""
@@ -425,6 +440,18 @@ def _dialect_families(view: MasterSnapshot) -> Iterator[Metric]:
     for name, n in by_dialect.items():
         dialects.add_metric([name], n)
     yield dialects
+    by_role = dict.fromkeys(ROLES, 0)
+    for connection in view.connections:
+        if connection.peer_name is not None and connection.role in by_role:
+            by_role[connection.role] += 1
+    roles = _gauge("replication_connections_by_role", MASTER_METRICS, ["role"])
+    for name, n in by_role.items():
+        roles.add_metric([name], n)
+    yield roles
+    publishes = _counter("replication_publishes_total", MASTER_METRICS, ["transport"])
+    for transport in TRANSPORTS:
+        publishes.add_metric([transport], view.publishes.get(transport, 0))
+    yield publishes
     substitutions = _counter(
         "replication_legacy_substitutions_total", MASTER_METRICS, ["command"]
     )

@@ -165,9 +165,10 @@ class ConnectionView:
     commands_sent: Mapping[str, int]
     #: The protocol dialect the handshake agreed on (``replication.wire.dialects``).
     dialect: str = "replication/1"
-    #: ``"worker"``, or ``"peer"``: another master of the cluster, which sent ``ORIGIN``.
+    #: What the connection is: ``worker``, ``publisher`` (sent ``PUBLISHER``) or ``peer``
+    #: (another master of the cluster, which sent ``ORIGIN``).
     role: str = "worker"
-    #: A peer's origin id (``None``: a worker).
+    #: A peer's origin id (``None``: not a peer).
     peer_origin: str | None = None
     #: RDATA lines written to this connection since it opened.
     rows_sent: int = 0
@@ -293,6 +294,8 @@ class MasterSnapshot:
         """The origin id of a :class:`StreamView`'s ``origin`` (this master's own id for
         its own rows, whose ``origin`` is ``""``; ``""`` while the store is not open)."""
         return origin or (self.origin_id or "")
+    #: Publish requests received since start, by transport (``http``, ``replication``).
+    publishes: Mapping[str, int] = field(default_factory=dict)
 
     def head(self, stream: str) -> int:
         for view in self.streams:

@@ -46,7 +46,8 @@ from replication.wire.commands import (
 BUILTIN_NAMES = frozenset(
     {
         "SERVER", "NAME", "VERSION", "PING", "REPLICATE", "RDATA", "POSITION", "GAP", "RESET",
-        "ERROR", "HANDLED", "ORIGIN", "RELAY",
+        "ERROR", "HANDLED", "ORIGIN", "RELAY", "PUBLISHER", "PUBLISHING", "PUBLISH",
+        "PUBLISH_TOKENS", "PUBLISHED", "REFUSED",
     }
 )
 STREAM_128 = "s" * 128
@@ -498,15 +499,18 @@ def test_names_lists_all_and_per_side() -> None:
     registry = default_registry()
     assert registry.names() == BUILTIN_NAMES
     assert registry.names(WORKER) == frozenset(
-        {"NAME", "VERSION", "PING", "REPLICATE", "HANDLED", "ERROR", "ORIGIN", "RELAY"}
+        {"NAME", "VERSION", "PING", "REPLICATE", "HANDLED", "ERROR", "ORIGIN", "RELAY",
+         "PUBLISHER", "PUBLISH", "PUBLISH_TOKENS"}
     )
     assert registry.names(MASTER) == frozenset(
-        {"SERVER", "VERSION", "PING", "RDATA", "POSITION", "GAP", "RESET", "ERROR", "ORIGIN"}
+        {"SERVER", "VERSION", "PING", "RDATA", "POSITION", "GAP", "RESET", "ERROR", "ORIGIN",
+         "PUBLISHING", "PUBLISHED", "REFUSED"}
     )
     assert registry.names("nobody") == frozenset()
     with_ack = _registry_with_ack()
     assert with_ack.names(WORKER) == frozenset(
-        {"NAME", "VERSION", "PING", "REPLICATE", "HANDLED", "ERROR", "ORIGIN", "RELAY", "ACK"}
+        {"NAME", "VERSION", "PING", "REPLICATE", "HANDLED", "ERROR", "ORIGIN", "RELAY", "ACK",
+         "PUBLISHER", "PUBLISH", "PUBLISH_TOKENS"}
     )
     assert "ACK" not in with_ack.names(MASTER)
 

@@ -46,6 +46,14 @@ class LimitsConfig:
     max_streams: int = 10_000
     #: Rows one HTTP publish may carry, all its tokens together, ``1 ..= 10_000_000``.
     max_rows_per_publish: int = 100_000
+    #: Publishes one publisher connection may have read and not yet answered; past it
+    #: the master stops reading that connection until answers go out, ``1 ..= 1_000_000``.
+    max_publishes_in_flight: int = 1024
+    #: Idempotency keys the master remembers (the newest ones), ``0 ..= 10_000_000``
+    #: (0: keys are ignored).
+    publish_keys: int = 100_000
+    #: Seconds an idempotency key is remembered after its publish arrived.
+    publish_key_seconds: float = 600.0
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,10 @@ MAX_TOKEN_ROWS: Final = 1 << 40
 MAX_STREAMS: Final = 1_000_000
 #: ``limits.max_rows_per_publish`` upper bound.
 MAX_ROWS_PER_PUBLISH: Final = 10_000_000
+#: ``limits.max_publishes_in_flight`` upper bound.
+MAX_PUBLISHES_IN_FLIGHT: Final = 1_000_000
+#: ``limits.publish_keys`` upper bound.
+MAX_PUBLISH_KEYS: Final = 10_000_000
 #: ``http.max_connections`` upper bound.
 MAX_HTTP_CONNECTIONS: Final = 100_000
 #: ``metrics.max_peer_labels`` upper bound.
@@ -415,6 +419,28 @@ MASTER: Final = Schema(
             "refused (413) after it is decoded and before any row is encoded or stored, which "
             "bounds the work and memory of one request; see `operations.rst "
             "<operations.rst>`_.",
+        ),
+        Key(
+            "limits.max_publishes_in_flight",
+            Integer(1, MAX_PUBLISHES_IN_FLIGHT),
+            "Publishes one publisher connection (protocol version 2, ``PUBLISHER``) may have "
+            "sent and not yet been answered. Past it the master stops reading that connection "
+            "until answers go out: back-pressure, not an error. See `protocol.rst "
+            "<protocol.rst>`_, \"Publishing\".",
+        ),
+        Key(
+            "limits.publish_keys",
+            Integer(0, MAX_PUBLISH_KEYS),
+            "Idempotency keys (``PUBLISH ... key=<key>``) the master remembers, the newest "
+            "ones; a retried publish whose key is remembered is answered with its original "
+            "tokens instead of being stored again. Kept in memory (lost at a restart); 0 "
+            "turns keys off.",
+        ),
+        Key(
+            "limits.publish_key_seconds",
+            Duration(),
+            "How long an idempotency key is remembered after its publish arrived (and at "
+            "most ``limits.publish_keys`` of them).",
         ),
         Key(
             "metrics.max_peer_labels",

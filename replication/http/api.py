@@ -109,6 +109,8 @@ class MasterApi:
 
     def publish(self, request: Request, params: Mapping[str, str]) -> bytes | int:
         stream = params["stream"]
+        publishes = self.master.publishes
+        publishes["http"] = publishes.get("http", 0) + 1
         batches, single = _read_batches(self.master, request)
         try:
             encoded = self.master.encode_tokens(stream, batches, parsed=True)

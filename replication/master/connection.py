@@ -8,6 +8,11 @@ writes to it, asks whether it can take more, and is told when its transport drai
 In protocol version 2 the master names itself first with ``ORIGIN``; a connection that
 answers with an ``ORIGIN`` of its own is a cluster peer (another master), which may then
 ask for rows by origin with ``RELAY`` (docs/protocol.rst, "Version 2: origins").
+
+A version 2 connection whose first command is ``PUBLISHER`` is a publisher: its ``PUBLISH``
+and ``PUBLISH_TOKENS`` go to its :class:`~replication.master.publishing.PublishPipeline`,
+and it may not follow streams (docs/protocol.rst, "Publishing"). A connection's
+:attr:`~MasterConnection.role` (``worker``, ``publisher``, ``peer``) labels metrics.
 """
 
 from __future__ import annotations
@@ -25,10 +30,16 @@ from replication.cluster.identity import (
     conflict_reason,
     recognise,
 )
+from replication.master.publishing import PublishPipeline, fast_publish
 from replication.wire.commands import (
     MASTER,
+    Command,
     HandledCommand,
     OriginCommand,
+    PublishCommand,
+    PublisherCommand,
+    PublishingCommand,
+    PublishTokensCommand,
     RelayCommand,
     ReplicateCommand,
 )
@@ -66,6 +77,10 @@ class MasterConnection(ReplicationProtocol):
         self._admitted = False
         #: A cluster peer's identity, once it sent ``ORIGIN`` (``None``: a worker).
         self.peer_identity: Identity | None = None
+        #: A publisher's pipeline, once it sent ``PUBLISHER`` (``None``: not a publisher).
+        self.publishing: PublishPipeline | None = None
+        #: Whether the peer sent a command of a worker or a cluster peer (``REPLICATE``...).
+        self._follows = False
 
     @property
     def subscriptions(self) -> dict[str, Subscription]:
@@ -154,12 +169,107 @@ class MasterConnection(ReplicationProtocol):
     def writable(self) -> None:
         self.master.fanout.pump(self)
 
+    # -- publishers (docs/protocol.rst, "Publishing") -----------------------------------
+
+    @property
+    def role(self) -> str:
+        """``publisher``, ``peer`` or ``worker``: what this connection is, for metrics."""
+        if self.publishing is not None:
+            return "publisher"
+        if self.peer_identity is not None:
+            return "peer"
+        return "worker"
+
+    def command_received(self, command: Command) -> None:
+        if command.NAME in _NOT_FOR_PUBLISHERS:
+            if self.publishing is not None:
+                self.send_error(
+                    f"{command.NAME} is not for publishers: this connection sent PUBLISHER; "
+                    "follow streams on a connection of its own"
+                )
+                return
+            self._follows = True
+        super().command_received(command)
+
+    def linesReceived(self, lines: list[bytes], data: bytes | None) -> None:
+        publishing = self.publishing
+        if publishing is None:
+            super().linesReceived(lines, data)
+            return
+        # The publisher's hot path: PUBLISH lines parsed without the codec (a test checks
+        # both take every line alike), and the publishes of one read committed together
+        # (PublishPipeline.begin_batch). Each line otherwise as ReplicationProtocol takes it.
+        limit = self.max_line_bytes
+        counts = self.received_counts
+        publishing.begin_batch()
+        try:
+            for i, line in enumerate(lines):
+                if self._closing:
+                    return
+                fields = (
+                    fast_publish(line)
+                    if line.startswith(b"PUBLISH ") and len(line) <= limit else None
+                )
+                if fields is not None:
+                    counts["PUBLISH"] = counts.get("PUBLISH", 0) + 1
+                    publishing.take(*fields, False)
+                else:
+                    publishing.end_batch()
+                    publishing.begin_batch()
+                    self.lineReceived(line)
+                if self._holding:
+                    self.hold_remaining(lines, i + 1)
+                    return
+        finally:
+            publishing.end_batch()
+
+    def on_PUBLISHER(self, command: PublisherCommand) -> None:
+        if not DIALECTS[self.dialect].origins:
+            self.send_error(
+                f"PUBLISHER needs protocol version 2; this connection speaks {self.dialect}"
+            )
+            return
+        if self.publishing is not None:
+            self.send_error("PUBLISHER may only be sent once")
+            return
+        if self._follows:
+            self.send_error(
+                "PUBLISHER must be the first command after the handshake: this connection "
+                "already follows streams or is a cluster peer"
+            )
+            return
+        limits = self.master.config.limits
+        log.info("%s is a publisher", self.describe())
+        self.publishing = PublishPipeline(self.master, self, limits.max_publishes_in_flight)
+        self.send(PublishingCommand(limits.max_publishes_in_flight, limits.max_line_bytes))
+
+    def on_PUBLISH(self, command: PublishCommand) -> None:
+        publishing = self.publishing
+        if publishing is None:
+            self.send_error(
+                f"{command.NAME} needs PUBLISHER first: workers may not publish (send "
+                "PUBLISHER as the first command after the handshake)"
+            )
+            return
+        publishing.publish(command)
+
+    def on_PUBLISH_TOKENS(self, command: PublishTokensCommand) -> None:
+        self.on_PUBLISH(command)
+
     def closed(self, reason: str) -> None:
+        if self.publishing is not None:
+            self.publishing.closed()
         received, sent = self.command_counts()
         self.master.history.closed(self.peer_name, reason, self.clock.seconds(), received, sent)
         if self._admitted:
             log.info("%s disconnected: %s", self.describe(), reason)
             self.master.connection_lost(self)
+
+
+#: What a publisher may not send: it follows no stream and is no cluster peer.
+_NOT_FOR_PUBLISHERS = frozenset(
+    {ReplicateCommand.NAME, RelayCommand.NAME, HandledCommand.NAME, OriginCommand.NAME}
+)
 
 
 class MasterFactory(Factory):

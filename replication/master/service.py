@@ -33,6 +33,7 @@ from replication.master.acks import AckTimeout, PeerAcks
 from replication.master.connection import MasterConnection
 from replication.master.fanout import FanOut
 from replication.master.log import DeleteError, PublishError, StreamLog, StreamState
+from replication.master.publishing import PublishKeys
 from replication.metrics import MasterMetrics
 from replication.snapshot import (
     ClusterView,
@@ -133,6 +134,13 @@ class Master:
         )
         self.log.add_listener(self.acks)
         self.fanout.on_handled = self._handled
+        #: Idempotency keys of publishes over the replication port (see
+        #: :mod:`replication.master.publishing`).
+        self.publish_keys = PublishKeys(
+            config.limits.publish_keys, config.limits.publish_key_seconds
+        )
+        #: Publish requests received since start, by transport (``http``, ``replication``).
+        self.publishes: dict[str, int] = {"http": 0, "replication": 0}
         self.history = ConnectionHistory(config.metrics_max_peer_labels)
         self.connections: set[MasterConnection] = set()
         self._trim_loop = LoopingCall(self.trim)
@@ -419,7 +427,7 @@ class Master:
                 connection.peer_name, connection_label, _address(connection),
                 connection.connected_since, fanout.follows_all(connection), tuple(follows),
                 connection.queued_bytes, received, sent, dialect=connection.dialect,
-                role="worker" if peer is None else "peer",
+                role=connection.role,
                 peer_origin=None if peer is None else peer.origin_id,
                 rows_sent=rows_sent,
             ))
@@ -454,6 +462,7 @@ class Master:
             damaged_tokens=len(fanout.damaged_tokens),
             followers_ahead=fanout.followers_ahead,
             cluster=cluster,
+            publishes=dict(self.publishes),
         )
 
 

@@ -712,6 +712,210 @@ class RelayCommand(Command):
         return f"{self.stream} {self.origin} {self.token}"
 
 
+#: What a publish id and an idempotency key may hold: printable ASCII without spaces.
+_PUBLISH_ID = re.compile(r"[\x21-\x7e]{1,64}")
+_PUBLISH_KEY = re.compile(r"[\x21-\x7e]{1,128}")
+#: The prefix of the optional idempotency key field of ``PUBLISH`` and ``PUBLISH_TOKENS``.
+KEY_PREFIX: Final = "key="
+
+
+def check_publish_id(text: str) -> str:
+    """Return ``text`` if it is a valid publish id (1 to 64 printable ASCII characters, no
+    spaces), else raise :class:`CommandParseError`."""
+    if not isinstance(text, str) or _PUBLISH_ID.fullmatch(text) is None:
+        raise CommandParseError(
+            f"invalid publish id {text!r}: use 1 to 64 printable ASCII characters without "
+            "spaces"
+        )
+    return text
+
+
+def check_publish_key(text: str) -> str:
+    """Return ``text`` if it is a valid idempotency key (1 to 128 printable ASCII
+    characters, no spaces), else raise :class:`CommandParseError`."""
+    if not isinstance(text, str) or _PUBLISH_KEY.fullmatch(text) is None:
+        raise CommandParseError(
+            f"invalid publish key {text!r}: use 1 to 128 printable ASCII characters without "
+            "spaces"
+        )
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherCommand(Command):
+    """``PUBLISHER`` (protocol version 2): this connection publishes. Sent by a publisher as
+    its first command after the handshake; the master answers with ``PUBLISHING``. A
+    publisher may not ``REPLICATE``, and a worker may not ``PUBLISH``."""
+
+    NAME: ClassVar[str] = "PUBLISHER"
+
+    @classmethod
+    def from_args(cls, args: str) -> PublisherCommand:
+        if args:
+            raise CommandParseError("PUBLISHER takes no arguments")
+        return cls()
+
+    def to_args(self) -> str:
+        return ""
+
+
+@dataclass(frozen=True, slots=True)
+class PublishingCommand(Command):
+    """``PUBLISHING <max_in_flight> <max_line_bytes>`` (protocol version 2): the master's
+    answer to ``PUBLISHER``: how many publishes it reads ahead of their answers on this
+    connection (``limits.max_publishes_in_flight``; beyond that it stops reading), and the
+    longest line it accepts (``limits.max_line_bytes``)."""
+
+    NAME: ClassVar[str] = "PUBLISHING"
+    max_in_flight: int
+    max_line_bytes: int
+
+    def __post_init__(self) -> None:
+        _check_token(self.max_in_flight, "max_in_flight")
+        _check_token(self.max_line_bytes, "max_line_bytes")
+
+    @classmethod
+    def from_args(cls, args: str) -> PublishingCommand:
+        flight, line = _split(args, 2, cls.NAME, "<max_in_flight> <max_line_bytes>")
+        return cls(parse_token(flight, "max_in_flight"), parse_token(line, "max_line_bytes"))
+
+    def to_args(self) -> str:
+        return f"{self.max_in_flight} {self.max_line_bytes}"
+
+
+@dataclass(frozen=True, slots=True)
+class PublishCommand(Command):
+    """``PUBLISH <id> <stream>[ key=<key>] <json array of rows>`` (protocol version 2, from
+    a publisher): publish the rows as one token. ``id`` names the publish in its answer
+    (``PUBLISHED`` or ``REFUSED``, in the order of the publishes); ``key`` is an optional
+    idempotency key (see docs/protocol.rst, "Publishing").
+
+    Only the id and the key are checked here (a bad one is a protocol error); the stream
+    name and the rows (``rows``, the JSON text as received) are checked by the master, which
+    refuses a bad one with ``REFUSED`` and keeps the connection."""
+
+    NAME: ClassVar[str] = "PUBLISH"
+    #: The shape of ``rows``, in the usage of errors.
+    ROWS: ClassVar[str] = "<json array of rows>"
+    id: str
+    stream: str
+    rows: str
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        check_publish_id(self.id)
+        if not self.stream or " " in self.stream:
+            raise CommandParseError(f"{self.NAME} needs a stream name without spaces")
+        if self.key is not None:
+            check_publish_key(self.key)
+
+    @classmethod
+    def from_args(cls, args: str) -> Self:
+        parts = args.split(" ", 2)
+        if len(parts) != 3 or not all(parts):
+            raise CommandParseError(
+                f"{cls.NAME} takes 3 or 4 arguments: {cls.NAME} <id> <stream> [key=<key>] "
+                f"{cls.ROWS}"
+            )
+        id_, stream, rest = parts
+        key = None
+        if rest.startswith(KEY_PREFIX):
+            key, _, rest = rest[len(KEY_PREFIX):].partition(" ")
+            if not rest:
+                raise CommandParseError(f"{cls.NAME} {id_}: rows missing after the key")
+        return cls(id_, stream, rest, key)
+
+    def to_args(self) -> str:
+        key = "" if self.key is None else f" {KEY_PREFIX}{self.key}"
+        return f"{self.id} {self.stream}{key} {self.rows}"
+
+
+@dataclass(frozen=True, slots=True)
+class PublishTokensCommand(PublishCommand):
+    """``PUBLISH_TOKENS <id> <stream>[ key=<key>] <json array of arrays of rows>`` (protocol
+    version 2, from a publisher): publish several tokens at once, all or none, with
+    consecutive tokens (the multi-token form of :class:`PublishCommand`)."""
+
+    NAME: ClassVar[str] = "PUBLISH_TOKENS"
+    ROWS: ClassVar[str] = "<json array of arrays of rows>"
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedCommand(Command):
+    """``PUBLISHED <id> <token>`` or ``PUBLISHED <id> <first> <last>`` (protocol version 2,
+    master to publisher): the publish ``id`` is committed as ``token`` (or as the
+    consecutive tokens ``first..last`` of a ``PUBLISH_TOKENS``), of the origin the master
+    named in its ``ORIGIN`` line."""
+
+    NAME: ClassVar[str] = "PUBLISHED"
+    id: str
+    first: int
+    last: int
+
+    def __post_init__(self) -> None:
+        check_publish_id(self.id)
+        _check_token(self.first)
+        _check_token(self.last)
+        if not 0 < self.first <= self.last:
+            raise CommandParseError(
+                f"PUBLISHED needs 0 < first <= last, got first={self.first} last={self.last}"
+            )
+
+    @property
+    def tokens(self) -> list[int]:
+        return list(range(self.first, self.last + 1))
+
+    @classmethod
+    def from_args(cls, args: str) -> PublishedCommand:
+        parts = args.split(" ")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise CommandParseError(
+                "PUBLISHED takes 2 or 3 arguments: PUBLISHED <id> <token> or "
+                "PUBLISHED <id> <first> <last>"
+            )
+        first = parse_token(parts[1])
+        last = parse_token(parts[2]) if len(parts) == 3 else first
+        return cls(parts[0], first, last)
+
+    def to_args(self) -> str:
+        if self.last == self.first:
+            return f"{self.id} {self.first}"
+        return f"{self.id} {self.first} {self.last}"
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedCommand(Command):
+    """``REFUSED <id> <status> <message>`` (protocol version 2, master to publisher): the
+    publish ``id`` was refused and nothing of it is stored; ``status`` is the HTTP status
+    the same refusal has over HTTP (400, 403, 404, 409, 413, 503)."""
+
+    NAME: ClassVar[str] = "REFUSED"
+    id: str
+    status: int
+    message: str
+
+    def __post_init__(self) -> None:
+        check_publish_id(self.id)
+        if not isinstance(self.status, int) or not 100 <= self.status <= 599:
+            raise CommandParseError(f"REFUSED status must be 100 to 599, got {self.status!r}")
+        if "\n" in self.message or "\r" in self.message or not self.message:
+            flat = " ".join(self.message.splitlines()) or "refused"
+            object.__setattr__(self, "message", flat)
+
+    @classmethod
+    def from_args(cls, args: str) -> RefusedCommand:
+        parts = args.split(" ", 2)
+        if len(parts) != 3 or not all(parts):
+            raise CommandParseError("REFUSED takes 3 arguments: REFUSED <id> <status> <message>")
+        status = parts[1]
+        if not (status.isdigit() and status.isascii() and len(status) == 3):
+            raise CommandParseError(f"REFUSED status must be 100 to 599, got {status!r}")
+        return cls(parts[0], int(status), parts[2])
+
+    def to_args(self) -> str:
+        return f"{self.id} {self.status} {self.message}"
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorCommand(Command):
     """``ERROR <text>``: something went wrong; the text says what.
@@ -815,6 +1019,12 @@ _BUILTINS: tuple[tuple[type[Command], frozenset[str]], ...] = (
     (ErrorCommand, SIDES),
     (OriginCommand, SIDES),
     (RelayCommand, frozenset({WORKER})),
+    (PublisherCommand, frozenset({WORKER})),
+    (PublishingCommand, frozenset({MASTER})),
+    (PublishCommand, frozenset({WORKER})),
+    (PublishTokensCommand, frozenset({WORKER})),
+    (PublishedCommand, frozenset({MASTER})),
+    (RefusedCommand, frozenset({MASTER})),
 )
 
 

@@ -1,0 +1,322 @@
+"""What every publisher client shares, without I/O: the result and exception types, endpoint
+parsing, and :class:`PublisherCore`, the sans-IO state of one publisher connection (the
+lines it sends, and what the master's lines mean).
+
+The clients (:mod:`replication.client.blocking`, :mod:`replication.client.twisted_client`,
+:mod:`replication.client.asyncio_client`) feed the core the bytes they read and write the
+bytes it gives them; it keeps the publishes in flight in order and matches each answer
+(``PUBLISHED``/``REFUSED``) to the oldest one, as the protocol answers in order
+(docs/protocol.rst, "Publishing"). Nothing here imports Twisted or asyncio.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import socket
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Final, Generic, TypeVar
+
+_orjson: ModuleType | None
+try:  # optional: the faster encoder
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - orjson is optional
+    _orjson = None
+
+__all__ = [
+    "MasterUnreachable",
+    "PublishError",
+    "PublishRefused",
+    "PublishTimeout",
+    "Published",
+    "PublisherCore",
+    "ProtocolViolation",
+    "default_name",
+    "encode_rows",
+    "key_prefix",
+    "parse_endpoint",
+]
+
+#: The protocol version publishers speak.
+VERSION: Final = 2
+
+_TCP_KEYWORDS = re.compile(r"tcp:(.*)")
+
+
+class PublishError(Exception):
+    """Base of the publisher clients' errors."""
+
+
+class PublishRefused(PublishError):
+    """The master refused the publish; nothing of it was stored. ``status`` is the HTTP
+    status of the same refusal over HTTP (400 bad input, 403 too many streams, 404 unknown
+    stream, 409 key reused for another stream, 413 too large, 503 unavailable: retry)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status} {message}")
+        self.status = status
+        self.message = message
+
+
+class MasterUnreachable(PublishError):
+    """No master could be reached (or the one holding this publish's fate went away).
+    ``maybe_committed`` is true when the publish was sent and its answer lost: it may have
+    been committed; publish again with the same ``key`` to find out without storing it
+    twice."""
+
+    def __init__(self, message: str, *, maybe_committed: bool = False,
+                 key: str | None = None) -> None:
+        super().__init__(message)
+        self.maybe_committed = maybe_committed
+        self.key = key
+
+
+class PublishTimeout(PublishError):
+    """No answer within the timeout. The publish may still be committed: publish again with
+    the same ``key`` to find out without storing it twice."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class ProtocolViolation(PublishError):
+    """The master sent something a publisher cannot take (or ``ERROR``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A committed publish: ``stream``, its ``tokens`` (one, or several for a multi-token
+    publish, consecutive) and the ``origin`` that counts them (the master's origin id).
+
+    ``token`` is the (last) token; ``int(result)`` is the same. On one master the token is
+    all a reader needs; in a cluster a token means something only with its origin, and
+    ``position`` gives both as ``"<origin>:<token>"``, the form of a position vector entry.
+    """
+
+    stream: str
+    tokens: tuple[int, ...]
+    origin: str
+
+    @property
+    def token(self) -> int:
+        return self.tokens[-1]
+
+    @property
+    def position(self) -> str:
+        return f"{self.origin}:{self.token}"
+
+    def __int__(self) -> int:
+        return self.tokens[-1]
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """``(host, port)`` of a master's replication endpoint: ``host:port``, ``tcp:host:port``
+    or Twisted's ``tcp:host=<host>:port=<port>``. (The Twisted client takes any client
+    endpoint string, TLS included.)"""
+    match = _TCP_KEYWORDS.fullmatch(text)
+    body = match.group(1) if match else text
+    if "=" in body:
+        fields = dict(part.split("=", 1) for part in body.split(":") if "=" in part)
+        host, port = fields.get("host"), fields.get("port")
+    else:
+        host, _, port = body.rpartition(":")
+    if not host or not port or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"invalid master endpoint {text!r}: use host:port or tcp:host:port"
+        )
+    return host.strip("[]"), int(port)
+
+
+T = TypeVar("T")
+
+
+class _InFlight(Generic[T]):
+    """One publish sent and not yet answered."""
+
+    __slots__ = ("key", "line", "many", "stream", "waiter")
+
+    def __init__(self, stream: str, line: bytes, key: str | None, many: bool, waiter: T) -> None:
+        self.stream = stream
+        self.line = line
+        self.key = key
+        self.many = many
+        self.waiter = waiter
+
+
+_strict = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _strict_dumps(value: Any) -> bytes:
+    return _strict.encode(value).encode("utf-8")
+
+
+def encode_rows(value: Any) -> bytes:
+    """Compact JSON of rows; ``TypeError``/``ValueError`` for what JSON cannot carry (NaN
+    and infinities included). orjson, when installed, does the work; it writes NaN as
+    ``null``, so output holding ``null`` is checked by the standard library's strict
+    encoder."""
+    if _orjson is None:
+        return _strict_dumps(value)
+    try:
+        data: bytes = _orjson.dumps(value)
+    except TypeError:
+        return _strict_dumps(value)  # e.g. integers beyond 64 bits; raises what JSON refuses
+    if b"null" in data:
+        return _strict_dumps(value)
+    return data
+
+
+class PublisherCore(Generic[T]):
+    """One publisher connection's state, sans I/O.
+
+    :param name: what the publisher calls itself (``NAME``).
+    :param keys: the prefix of the idempotency keys made for publishes without one
+        (``None``: publishes carry a key only when given one).
+
+    ``hello()`` is what to send first; ``publish_line()`` builds a publish and
+    ``sent(...)`` records it as in flight with a waiter (whatever the client completes:
+    a future, a Deferred); ``feed(data)`` takes bytes read and returns the completed
+    ``(waiter, result or exception)`` pairs, in order. ``origin`` and the master's limits
+    are known once the handshake lines arrived (``ready``).
+    """
+
+    def __init__(self, name: str, keys: str | None = None) -> None:
+        self.name = name
+        self._keys = keys
+        self._key_counter = itertools.count(1)
+        self._ids = itertools.count(1)
+        self.in_flight: deque[_InFlight[T]] = deque()
+        self._buffer = b""
+        self.server_name: str | None = None
+        self.origin: str | None = None
+        self.max_in_flight = 1024
+        self.max_line_bytes = 65536
+        self.ready = False
+
+    def hello(self) -> bytes:
+        return f"NAME {self.name}\nVERSION {VERSION}\nPUBLISHER\n".encode()
+
+    def new_key(self) -> str | None:
+        if self._keys is None:
+            return None
+        return f"{self._keys}-{next(self._key_counter)}"
+
+    def publish_line(
+        self, stream: str, rows: Any, key: str | None, many: bool
+    ) -> bytes:
+        """The line of a publish (with its ``\\n``); raises :class:`PublishRefused` (400,
+        413) for rows JSON cannot carry or a line past the master's limit, before anything
+        is sent."""
+        if not isinstance(stream, str) or not stream or " " in stream or "\n" in stream:
+            raise PublishRefused(400, f"invalid stream name {stream!r}")
+        if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
+            raise PublishRefused(400, "rows must be a list of JSON values")
+        try:
+            payload = encode_rows(list(rows) if not isinstance(rows, list) else rows)
+        except (TypeError, ValueError) as e:
+            raise PublishRefused(400, f"rows are not JSON-serialisable: {e}") from None
+        command = b"PUBLISH_TOKENS " if many else b"PUBLISH "
+        key_field = b"" if key is None else b" key=" + key.encode()
+        line = (command + str(next(self._ids)).encode() + b" " + stream.encode() + key_field
+                + b" " + payload + b"\n")
+        if len(line) - 1 > self.max_line_bytes:
+            raise PublishRefused(
+                413,
+                f"the publish is {len(line) - 1} bytes on the wire, over the master's line "
+                f"limit of {self.max_line_bytes} (limits.max_line_bytes): publish fewer rows "
+                "at a time",
+            )
+        return line
+
+    def sent(self, stream: str, line: bytes, key: str | None, many: bool, waiter: T) -> None:
+        self.in_flight.append(_InFlight(stream, line, key, many, waiter))
+
+    def feed(self, data: bytes) -> list[tuple[T, Published | PublishError]]:
+        """Bytes read from the master; the publishes they answer, in order. Raises
+        :class:`ProtocolViolation` on ``ERROR`` or a line a publisher cannot take."""
+        if self._buffer:
+            data = self._buffer + data
+        lines = data.split(b"\n")
+        self._buffer = lines.pop()
+        done: list[tuple[T, Published | PublishError]] = []
+        for line in lines:
+            if line.startswith(b"PUBLISHED "):
+                done.append(self._published(line))
+            elif line.startswith(b"REFUSED "):
+                done.append(self._refused(line))
+            else:
+                self._other(line)
+        if len(self._buffer) > max(self.max_line_bytes, 65536) * 2:
+            raise ProtocolViolation("the master sent a line over the line limit")
+        return done
+
+    def _oldest(self, what: bytes) -> _InFlight[T]:
+        if not self.in_flight:
+            raise ProtocolViolation(f"the master answered a publish not sent: {what!r}")
+        return self.in_flight.popleft()
+
+    def _published(self, line: bytes) -> tuple[T, Published | PublishError]:
+        parts = line.split(b" ")
+        entry = self._oldest(line)
+        try:
+            first = int(parts[2])
+            last = int(parts[3]) if len(parts) > 3 else first
+        except (IndexError, ValueError):
+            raise ProtocolViolation(f"malformed answer {line!r}") from None
+        assert self.origin is not None
+        return entry.waiter, Published(entry.stream, tuple(range(first, last + 1)), self.origin)
+
+    def _refused(self, line: bytes) -> tuple[T, Published | PublishError]:
+        parts = line.decode("utf-8", "replace").split(" ", 3)
+        entry = self._oldest(line)
+        try:
+            status = int(parts[2])
+        except (IndexError, ValueError):
+            raise ProtocolViolation(f"malformed answer {line!r}") from None
+        return entry.waiter, PublishRefused(status, parts[3] if len(parts) > 3 else "")
+
+    def _other(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace")
+        name, _, args = text.partition(" ")
+        if name == "PING" or name == "VERSION":
+            return
+        if name == "SERVER":
+            self.server_name = args
+        elif name == "ORIGIN":
+            self.origin = args.split(" ")[0]
+        elif name == "PUBLISHING":
+            flight, _, line_bytes = args.partition(" ")
+            self.max_in_flight = int(flight)
+            self.max_line_bytes = int(line_bytes)
+            self.ready = True
+        elif name == "ERROR":
+            raise ProtocolViolation(f"the master sent ERROR {args}")
+        else:
+            raise ProtocolViolation(f"unexpected line from the master: {text[:200]!r}")
+
+    def reset(self) -> list[_InFlight[T]]:
+        """The connection is gone: a new one starts from the handshake. Returns what was in
+        flight (sent, unanswered), in order."""
+        lost = list(self.in_flight)
+        self.in_flight.clear()
+        self._buffer = b""
+        self.ready = False
+        self.origin = None
+        return lost
+
+
+def default_name() -> str:
+    """``publisher-<host>-<pid>``, shortened to a valid peer name."""
+    host = re.sub(r"[^\x21-\x7e]", "_", socket.gethostname())[:64] or "host"
+    return f"publisher-{host}-{os.getpid()}"
+
+
+def key_prefix() -> str:
+    """A random prefix for the keys of one client (unique per client object)."""
+    return os.urandom(9).hex()

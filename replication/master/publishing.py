@@ -1,0 +1,448 @@
+"""Publishing over the replication port: one publisher connection's pipeline, and the
+master's window of idempotency keys.
+
+A connection becomes a publisher with ``PUBLISHER`` (protocol version 2; see
+docs/protocol.rst, "Publishing"). :class:`PublishPipeline` then takes its ``PUBLISH`` and
+``PUBLISH_TOKENS`` commands: each is checked and encoded by the master
+(:meth:`Master.encode_tokens <replication.master.service.Master.encode_tokens>`) and
+committed through the stream log (:meth:`Master.submit_many
+<replication.master.service.Master.submit_many>`, group commit on a blocking store), and
+answered with ``PUBLISHED`` or ``REFUSED`` in the order the publishes arrived, each only
+once it is committed or refused. At most ``limits.max_publishes_in_flight`` publishes wait
+for their answers; past that the pipeline holds the connection's input (the transport stops
+reading), which is back-pressure, not an error.
+
+:class:`PublishKeys` is the master's bounded memory of idempotency keys (count and age,
+``limits.publish_keys`` and ``limits.publish_key_seconds``), shared by every publisher
+connection, so that a publish retried on a new connection after a drop is answered with its
+original tokens instead of being stored twice. It is plain data with time passed in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Protocol
+
+from twisted.python.failure import Failure
+
+from replication.master.log import PublishError
+from replication.wire.commands import (
+    CommandParseError,
+    PublishCommand,
+    PublishTokensCommand,
+    RefusedCommand,
+    decode_json_bytes,
+    rdata_line_length,
+)
+
+_orjson: ModuleType | None
+try:  # optional: the fast path's codec (the same one encode_tokens uses when installed)
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised by the tests with orjson hidden
+    _orjson = None
+
+_DIGITS_AS_ZEROS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+_TWENTY_ZEROS = b"0" * 20
+
+if TYPE_CHECKING:
+    from replication.master.service import Master
+
+#: The ``transport`` label of publishes over the replication port (HTTP's is ``http``).
+TRANSPORT: str = "replication"
+
+#: What a key's publish ended as: its tokens, or a refusal ``(status, message)``.
+Outcome = list[int] | tuple[int, str]
+
+
+@dataclass(eq=False, slots=True)
+class KeyEntry:
+    """One remembered idempotency key: the stream it published to, when it arrived, and its
+    outcome once known (``None`` while its commit runs; ``waiters`` then get it)."""
+
+    stream: str
+    at: float
+    outcome: Outcome | None = None
+    #: Who waits for the outcome (``None``: nobody).
+    waiters: list[Callable[[Outcome], None]] | None = None
+
+
+class PublishKeys:
+    """The newest ``max_keys`` idempotency keys, each for ``max_age`` seconds after its
+    publish arrived. A key whose publish was refused is forgotten at once (a retry may try
+    again). ``max_keys`` 0 remembers nothing."""
+
+    def __init__(self, max_keys: int, max_age: float) -> None:
+        self.max_keys = max_keys
+        self.max_age = max_age
+        self._entries: OrderedDict[str, KeyEntry] = OrderedDict()
+        #: When the oldest entry expires (no need to look before).
+        self._next_expiry = float("inf")
+        #: Publishes answered from the window instead of being stored again, since start.
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _expire(self, now: float) -> None:
+        entries = self._entries
+        cutoff = now - self.max_age
+        while entries:
+            key, entry = next(iter(entries.items()))
+            if entry.at > cutoff:
+                self._next_expiry = entry.at + self.max_age
+                return
+            del entries[key]
+        self._next_expiry = float("inf")
+
+    def find(self, key: str, now: float) -> KeyEntry | None:
+        """The entry of ``key`` if it is remembered."""
+        if now >= self._next_expiry:
+            self._expire(now)
+        return self._entries.get(key)
+
+    def begin(self, key: str, stream: str, now: float) -> KeyEntry | None:
+        """Remember ``key`` for a publish to ``stream`` that starts now (``None`` when keys
+        are off); the oldest key goes when the window is full."""
+        if self.max_keys == 0:
+            return None
+        entry = KeyEntry(stream, now)
+        entries = self._entries
+        entries[key] = entry
+        entries.move_to_end(key)
+        if self._next_expiry == float("inf"):
+            self._next_expiry = now + self.max_age
+        while len(entries) > self.max_keys:
+            entries.popitem(last=False)
+        return entry
+
+    def finish(self, key: str, entry: KeyEntry, outcome: Outcome) -> None:
+        """The publish of ``key`` ended: tell whoever waits; a refusal forgets the key."""
+        entry.outcome = outcome
+        if isinstance(outcome, tuple) and self._entries.get(key) is entry:
+            del self._entries[key]
+        waiters, entry.waiters = entry.waiters, None
+        for waiter in waiters or ():
+            waiter(outcome)
+
+
+class PublisherConnection(Protocol):
+    """What the pipeline uses of its connection."""
+
+    sent_counts: dict[str, int]
+
+    def write(self, data: bytes) -> None: ...
+    def hold_input(self) -> None: ...
+    def release_input(self) -> None: ...
+
+
+class _Slot:
+    """One publish waiting for its answer, in arrival order."""
+
+    __slots__ = ("answer", "id")
+
+    def __init__(self, id_: str) -> None:
+        self.id = id_
+        #: The answer's line, once known.
+        self.answer: bytes | None = None
+
+
+#: A publish waiting in a batch: stream, encoded tokens, its slot, key and key entry.
+_Batched = tuple[str, list[list[str]], _Slot, "str | None", "KeyEntry | None"]
+
+
+class PublishPipeline:
+    """The publishes of one publisher connection, answered in order.
+
+    :param master: checks, encodes and commits the publishes; holds the key window
+        (``master.publish_keys``) and counts publishes by transport.
+    :param connection: where answers go; its input is held while ``max_in_flight``
+        publishes wait for answers.
+    :param max_in_flight: ``limits.max_publishes_in_flight``.
+    """
+
+    def __init__(self, master: Master, connection: PublisherConnection, max_in_flight: int) -> None:
+        self.master = master
+        self.connection = connection
+        self.max_in_flight = max_in_flight
+        self._slots: deque[_Slot] = deque()
+        self._holding = False
+        self._closed = False
+        #: Publishes this connection sent (answered or not).
+        self.received = 0
+        self._batching = False
+        self._batch: list[_Batched] = []
+        #: While answers of a committed run are filled in: flush once, after.
+        self._quiet = False
+        #: Refusals among the answers not yet counted in ``sent_counts``.
+        self._refused = 0
+        self._max_rows = master.config.limits.max_rows_per_publish
+        #: Per stream: the JSON characters a row may surely take (see ``encode_tokens``).
+        self._fits: dict[str, int] = {}
+
+    @property
+    def in_flight(self) -> int:
+        """Publishes read and not yet answered."""
+        return len(self._slots)
+
+    def publish(self, command: PublishCommand) -> None:
+        """Take one ``PUBLISH`` or ``PUBLISH_TOKENS``."""
+        self.take(command.id, command.stream, command.key,
+                  command.rows.encode("utf-8", "surrogatepass"),
+                  isinstance(command, PublishTokensCommand))
+
+    def take(self, id_: str, stream: str, key: str | None, rows: bytes, many: bool) -> None:
+        """Take one publish whose id and key the codec (or :func:`fast_publish`) checked;
+        ``rows`` is its JSON text, as received."""
+        slot = _Slot(id_)
+        self._slots.append(slot)
+        self.received += 1
+        master = self.master
+        master.publishes[TRANSPORT] = master.publishes.get(TRANSPORT, 0) + 1
+        if len(self._slots) >= self.max_in_flight and not self._holding:
+            self._holding = True
+            self.connection.hold_input()
+        entry = None
+        if key is not None:
+            keys = master.publish_keys
+            now = master.clock.seconds()
+            known = keys.find(key, now)
+            if known is not None:
+                keys.hits += 1
+                if known.stream != stream:
+                    self._answer(slot, (409, f"key {key!r} was used for stream "
+                                             f"{known.stream!r}, not {stream!r}"))
+                elif known.outcome is not None:
+                    self._answer(slot, known.outcome)
+                else:
+                    if known.waiters is None:
+                        known.waiters = []
+                    known.waiters.append(lambda outcome: self._answer(slot, outcome))
+                return
+        try:
+            encoded = self._fast_encode(stream, rows, many) or self._encode(stream, rows, many)
+        except PublishError as e:
+            self._answer(slot, (e.status, e.message))
+            return
+        if key is not None:
+            entry = master.publish_keys.begin(key, stream, master.clock.seconds())
+        if self._batching:
+            self._batch.append((stream, encoded, slot, key, entry))
+            return
+        d = master.submit_many(stream, encoded)
+        if entry is None:
+            d.addCallbacks(
+                self._committed, self._failed, callbackArgs=(slot,), errbackArgs=(slot,)
+            )
+        else:
+            d.addCallbacks(
+                self._committed_key, self._failed_key,
+                callbackArgs=(slot, key, entry), errbackArgs=(slot, key, entry),
+            )
+
+    # -- batches: the publishes of one read, committed together --------------------------
+
+    def begin_batch(self) -> None:
+        """Publishes taken from now until :meth:`end_batch` are committed together: each
+        run of publishes to one stream is one :meth:`Master.submit_many
+        <replication.master.service.Master.submit_many>` (one store transaction, one
+        fan-out write), each publish still its own tokens and its own answer. That is what
+        group commit does on a blocking store, here for the lines of one read on any
+        store; a failed commit refuses every publish of its run, as a failed group commit
+        does."""
+        self._batching = True
+
+    def end_batch(self) -> None:
+        """Commit what was taken since :meth:`begin_batch`."""
+        self._batching = False
+        batch, self._batch = self._batch, []
+        i = 0
+        while i < len(batch):
+            stream = batch[i][0]
+            j = i
+            tokens_rows: list[list[str]] = []
+            while j < len(batch) and batch[j][0] == stream:
+                tokens_rows.extend(batch[j][1])
+                j += 1
+            run = batch[i:j]
+            d = self.master.submit_many(stream, tokens_rows)
+            d.addCallbacks(self._run_committed, self._run_failed,
+                           callbackArgs=(run,), errbackArgs=(run,))
+            i = j
+
+    def _run_committed(self, tokens: list[int], run: list[_Batched]) -> None:
+        keys = self.master.publish_keys
+        i = 0
+        self._quiet = True  # one write for the whole run
+        try:
+            for _, encoded, slot, key, entry in run:
+                n = len(encoded)
+                if n == 1:
+                    token = tokens[i]
+                    slot.answer = f"PUBLISHED {slot.id} {token}\n".encode()
+                    mine = [token]
+                else:
+                    mine = tokens[i:i + n]
+                    slot.answer = f"PUBLISHED {slot.id} {mine[0]} {mine[-1]}\n".encode()
+                i += n
+                if entry is not None:
+                    assert key is not None
+                    keys.finish(key, entry, mine)
+        finally:
+            self._quiet = False
+        self._flush()
+
+    def _run_failed(self, failure: Failure, run: list[_Batched]) -> None:
+        refusal = _refusal(failure)
+        keys = self.master.publish_keys
+        self._quiet = True
+        try:
+            for _, _, slot, key, entry in run:
+                if entry is not None:
+                    assert key is not None
+                    keys.finish(key, entry, refusal)
+                self._answer(slot, refusal)
+        finally:
+            self._quiet = False
+        self._flush()
+
+    def _fast_encode(self, stream: str, data: bytes, many: bool) -> list[list[str]] | None:
+        """The common case, encoded with less checking than :meth:`_encode` needs: one
+        token of small rows to a stream the log already holds (so its name is valid and,
+        with ``strict_streams``, known); ``None`` for anything else, which
+        :meth:`_encode` then takes (a test checks the two agree)."""
+        if many or _orjson is None or self.master.log.state(stream) is None:
+            return None
+        if _TWENTY_ZEROS in data.translate(_DIGITS_AS_ZEROS):
+            return None  # long integers: the standard library keeps them exact
+        try:
+            rows = _orjson.loads(data)
+        except _orjson.JSONDecodeError:
+            return None
+        if type(rows) is not list or not rows:
+            return None
+        if len(rows) > self._max_rows:
+            return None
+        fits = self._fits.get(stream)
+        if fits is None:
+            room = self.master.config.limits.max_line_bytes - rdata_line_length(stream, "")
+            self._fits[stream] = fits = room // 4
+        dumps = _orjson.dumps
+        try:
+            if len(rows) == 1:
+                text = dumps(rows[0]).decode()
+                return [[text]] if len(text) <= fits else None
+            texts = [dumps(row).decode() for row in rows]
+        except TypeError:
+            return None
+        if max(map(len, texts)) > fits:
+            return None
+        return [texts]
+
+    def _encode(self, stream: str, data: bytes, many: bool) -> list[list[str]]:
+        """The publish's tokens, checked and encoded; raises :class:`PublishError`."""
+        try:
+            rows = decode_json_bytes(data, "rows")
+        except CommandParseError as e:
+            raise PublishError(400, str(e)) from None
+        if many:
+            if (
+                not isinstance(rows, list)
+                or not rows
+                or not all(isinstance(token, list) for token in rows)
+            ):
+                raise PublishError(400, "PUBLISH_TOKENS takes a non-empty JSON array of "
+                                        "arrays of rows")
+            return self.master.encode_tokens(stream, rows, parsed=True)
+        if not isinstance(rows, list):
+            raise PublishError(400, "PUBLISH takes a JSON array of rows")
+        return self.master.encode_tokens(stream, [rows], parsed=True)
+
+    # -- answers ------------------------------------------------------------------------
+
+    def _committed(self, tokens: list[int], slot: _Slot) -> None:
+        self._answer(slot, tokens)
+
+    def _failed(self, failure: Failure, slot: _Slot) -> None:
+        self._answer(slot, _refusal(failure))
+
+    def _committed_key(self, tokens: list[int], slot: _Slot, key: str, entry: KeyEntry) -> None:
+        self.master.publish_keys.finish(key, entry, tokens)
+        self._answer(slot, tokens)
+
+    def _failed_key(self, failure: Failure, slot: _Slot, key: str, entry: KeyEntry) -> None:
+        refusal = _refusal(failure)
+        self.master.publish_keys.finish(key, entry, refusal)
+        self._answer(slot, refusal)
+
+    def _answer(self, slot: _Slot, outcome: Outcome) -> None:
+        if isinstance(outcome, tuple):
+            status, message = outcome
+            slot.answer = RefusedCommand(slot.id, status, message).to_line() + b"\n"
+            self._refused += 1
+        elif len(outcome) == 1:
+            # PublishedCommand's line, built without it (ids were checked on the way in).
+            slot.answer = f"PUBLISHED {slot.id} {outcome[0]}\n".encode()
+        else:
+            slot.answer = f"PUBLISHED {slot.id} {outcome[0]} {outcome[-1]}\n".encode()
+        self._flush()
+
+    def _flush(self) -> None:
+        slots = self._slots
+        if self._quiet or self._closed or not slots or slots[0].answer is None:
+            return
+        out = []
+        while slots and slots[0].answer is not None:
+            answer = slots.popleft().answer
+            assert answer is not None
+            out.append(answer)
+        self.connection.write(b"".join(out))
+        counts = self.connection.sent_counts
+        refused, self._refused = self._refused, 0
+        counts["PUBLISHED"] = counts.get("PUBLISHED", 0) + len(out) - refused
+        if refused:
+            counts["REFUSED"] = counts.get("REFUSED", 0) + refused
+        if self._holding and len(slots) < self.max_in_flight:
+            self._holding = False
+            self.connection.release_input()
+
+    def closed(self) -> None:
+        """The connection is gone: answers still due are dropped (the publishes themselves
+        commit or fail as they would have; a retry with the same key learns which)."""
+        self._closed = True
+        self._slots.clear()
+
+
+#: A ``PUBLISH`` line the fast path takes: a valid id, a valid stream name, an optional
+#: valid key, rows that start like a JSON array (anything else goes through the codec).
+_FAST_PUBLISH = re.compile(
+    rb"PUBLISH ([\x21-\x7e]{1,64}) ([A-Za-z0-9_][A-Za-z0-9_.\-]{0,127})"
+    rb"(?: key=([\x21-\x7e]{1,128}))? (\[.*)",
+    re.DOTALL,
+)
+
+
+def fast_publish(line: bytes) -> tuple[str, str, str | None, bytes] | None:
+    """``(id, stream, key, rows)`` of a ``PUBLISH`` line that the codec would parse to the
+    same fields, without the codec (``None``: use it). A line holding ``\r`` or bytes
+    that are not UTF-8 is left to the codec, which refuses it with ``ERROR``."""
+    match = _FAST_PUBLISH.fullmatch(line)
+    if match is None or b"\r" in line:
+        return None
+    id_, stream, key, rows = match.groups()
+    if not rows.isascii():
+        try:
+            rows.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return id_.decode(), stream.decode(), None if key is None else key.decode(), rows
+
+
+def _refusal(failure: Failure) -> tuple[int, str]:
+    error = failure.value
+    if isinstance(error, PublishError):
+        return error.status, error.message
+    return 500, "internal error while publishing"

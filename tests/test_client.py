@@ -1,0 +1,393 @@
+"""The publisher clients (replication.client) against real master processes: the blocking
+Publisher (round trips, batches, pipelined futures, threads, refusals answered per publish,
+timeouts, unreachable masters), the asyncio client, the Twisted client (in a child process,
+which owns its reactor), and failover across two masters without publishing anything twice.
+A fake master (a socket in a thread) shows what the blocking client resends after a drop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from processes import (
+    HOST,
+    Process,
+    child_env,
+    free_port,
+    free_ports,
+    start_master,
+    stream_head,
+)
+from replication.client import (
+    AsyncPublisher,
+    MasterUnreachable,
+    Published,
+    Publisher,
+    PublishRefused,
+    PublishTimeout,
+)
+
+
+@pytest.fixture(scope="module")
+def master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+    """One memory-store master with strict streams (events, other), for the whole module."""
+    tmp = tmp_path_factory.mktemp("master")
+    config = tmp / "master.yaml"
+    config.write_text(
+        "streams: [events, other, threads]\nstrict_streams: true\n"
+        "limits: {max_line_bytes: 4096, max_body_bytes: 4096, max_buffer_bytes: 1048576}\n"
+    )
+    port, http_port = free_ports(2)
+    with start_master(tmp, "master", port, http_port, "--config", str(config)):
+        yield port, http_port
+
+
+def test_publish_round_trips_and_batches(master: tuple[int, int]) -> None:
+    port, http_port = master
+    with Publisher(f"{HOST}:{port}", name="t1") as publisher:
+        first = publisher.publish("events", [{"n": 1}, {"n": 2}])
+        assert isinstance(first, Published) and first.stream == "events"
+        assert publisher.origin is not None and first.origin == publisher.origin
+        assert first.position == f"{first.origin}:{first.token}" and int(first) == first.token
+        several = publisher.publish_tokens("events", [[1], [2, 3], [4]])
+        assert several.tokens == (first.token + 1, first.token + 2, first.token + 3)
+        batch = publisher.publish_all("events", [[5], [6]])
+        assert [r.token for r in batch] == [several.token + 1, several.token + 2]
+        assert stream_head(http_port, "events") == batch[-1].token
+
+
+def test_refusals_are_per_publish(master: tuple[int, int]) -> None:
+    """An unknown stream (strict_streams), an oversized row and rows JSON cannot carry are
+    refused with their status; the connection carries on."""
+    port, http_port = master
+    with Publisher(f"tcp:{HOST}:{port}") as publisher:
+        before = publisher.publish("events", [0]).token
+        with pytest.raises(PublishRefused) as refused:
+            publisher.publish("nope", [1])
+        assert refused.value.status == 404 and "strict_streams" in refused.value.message
+        with pytest.raises(PublishRefused) as too_big:
+            publisher.publish("events", ["x" * 4000])
+        assert too_big.value.status == 413
+        with pytest.raises(PublishRefused) as line:
+            publisher.publish("events", ["x"] * 2000)  # the line itself is over the limit
+        assert line.value.status == 413 and "limits.max_line_bytes" in line.value.message
+        with pytest.raises(PublishRefused) as bad:
+            publisher.publish("events", [float("nan")])
+        assert bad.value.status == 400
+        assert publisher.publish("events", [1]).token == before + 1
+        assert stream_head(http_port, "events") == before + 1
+
+
+def test_pipelined_futures_are_answered_in_order(master: tuple[int, int]) -> None:
+    port, _ = master
+    with Publisher(f"{HOST}:{port}") as publisher:
+        futures = [publisher.submit("other", [i]) for i in range(3000)]
+        tokens = [f.result(timeout=30).token for f in futures]
+        assert tokens == list(range(tokens[0], tokens[0] + 3000))
+        refused = publisher.submit("nope", [1])
+        after = publisher.submit("other", [1])
+        with pytest.raises(PublishRefused):
+            refused.result(timeout=10)
+        assert after.result(timeout=10).token == tokens[-1] + 1
+
+
+def test_threads_share_one_publisher(master: tuple[int, int]) -> None:
+    """Eight threads publish through one Publisher: every publish gets its own token."""
+    port, http_port = master
+    results: list[int] = []
+    lock = threading.Lock()
+    with Publisher(f"{HOST}:{port}") as publisher:
+        def run(n: int) -> None:
+            for i in range(150):
+                if i % 3 == 0:
+                    token = publisher.submit("threads", [n, i]).result(timeout=30).token
+                else:
+                    token = publisher.publish("threads", [n, i]).token
+                with lock:
+                    results.append(token)
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert sorted(results) == list(range(1, 8 * 150 + 1))
+    assert stream_head(http_port, "threads") == 8 * 150
+
+
+def test_an_unreachable_master() -> None:
+    port = free_port()
+    with Publisher(f"{HOST}:{port}", timeout=0.5, connect_timeout=0.2) as publisher:
+        with pytest.raises(MasterUnreachable, match="no master reachable"):
+            publisher.publish("events", [1])
+        future = publisher.submit("events", [1])
+        with pytest.raises(MasterUnreachable):
+            future.result(timeout=5)
+
+
+class FakeMaster:
+    """A master that answers the handshake, then does what the test says with publishes:
+    records every line it reads, per connection."""
+
+    def __init__(self, answer: bool = True, drop_first: bool = False) -> None:
+        self.server = socket.create_server((HOST, 0))
+        self.port = self.server.getsockname()[1]
+        self.connections: list[list[bytes]] = []
+        self.answer = answer
+        self.drop_first = drop_first
+        self.token = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            lines: list[bytes] = []
+            self.connections.append(lines)
+            conn.sendall(b"SERVER fake\n")
+            buffer = b""
+            dropped = False
+            while not dropped:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                buffer += data
+                *complete, buffer = buffer.split(b"\n")
+                for line in complete:
+                    lines.append(line)
+                    if line == b"PUBLISHER":
+                        conn.sendall(b"VERSION 2\nORIGIN " + b"F" * 22 + b" " + b"f" * 16
+                                     + b"\nPUBLISHING 100 65536\n")
+                    elif line.startswith(b"PUBLISH "):
+                        if self.drop_first and len(self.connections) == 1:
+                            if sum(ln.startswith(b"PUBLISH ") for ln in lines) == 2:
+                                dropped = True
+                                break
+                            continue
+                        if self.answer:
+                            self.token += 1
+                            pid = line.split(b" ")[1]
+                            conn.sendall(b"PUBLISHED %s %d\n" % (pid, self.token))
+            conn.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_a_drop_resends_in_flight_publishes_with_their_keys_to_the_same_master() -> None:
+    fake = FakeMaster(drop_first=True)
+    try:
+        with Publisher(f"{HOST}:{fake.port}", timeout=5) as publisher:
+            first = publisher.submit("events", [1])
+            second = publisher.submit("events", [2])
+            assert first.result(timeout=5).token == 1
+            assert second.result(timeout=5).token == 2
+        sent_first = [ln for ln in fake.connections[0] if ln.startswith(b"PUBLISH ")]
+        sent_again = [ln for ln in fake.connections[1] if ln.startswith(b"PUBLISH ")]
+        keys = [ln.split(b" ")[3] for ln in sent_first]
+        assert all(key.startswith(b"key=") for key in keys)
+        assert [ln.split(b" ")[3] for ln in sent_again] == keys
+    finally:
+        fake.close()
+
+
+def test_no_answer_is_a_timeout_with_the_key() -> None:
+    fake = FakeMaster(answer=False)
+    try:
+        with Publisher(f"{HOST}:{fake.port}", timeout=0.3) as publisher:
+            with pytest.raises(PublishTimeout) as timeout:
+                publisher.publish("events", [1], key="my-key")
+            assert timeout.value.key == "my-key"
+    finally:
+        fake.close()
+
+
+def test_asyncio_client(master: tuple[int, int]) -> None:
+    port, _ = master
+
+    async def main() -> tuple[Published, Published, list[int], int]:
+        async with AsyncPublisher(f"{HOST}:{port}") as publisher:
+            one = await publisher.publish("events", [{"a": 1}])
+            many = await publisher.publish_tokens("events", [[1], [2]])
+            futures = [await publisher.submit("events", [i]) for i in range(500)]
+            tokens = [(await f).token for f in futures]
+            try:
+                await publisher.publish("nope", [1])
+            except PublishRefused as e:
+                status = e.status
+            return one, many, tokens, status
+
+    one, many, tokens, status = asyncio.run(main())
+    assert many.tokens == (one.token + 1, one.token + 2)
+    assert tokens == list(range(many.token + 1, many.token + 501))
+    assert status == 404
+
+
+TWISTED_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from twisted.internet.task import react
+    from twisted.internet.defer import ensureDeferred
+    from replication.client import TwistedPublisher, PublishRefused
+
+    async def main(reactor):
+        publisher = TwistedPublisher(reactor, sys.argv[1])
+        one = await publisher.publish("events", [{"a": 1}])
+        many = await publisher.publish_tokens("events", [[1], [2]])
+        pipelined = [publisher.publish("events", [i]) for i in range(300)]
+        tokens = [(await d).token for d in pipelined]
+        try:
+            await publisher.publish("nope", [1])
+        except PublishRefused as e:
+            status = e.status
+        await publisher.close()
+        print(json.dumps({"one": one.token, "origin": one.origin, "many": list(many.tokens),
+                          "tokens": tokens, "status": status}))
+
+    react(lambda reactor: ensureDeferred(main(reactor)))
+""")
+
+
+def test_twisted_client(master: tuple[int, int], tmp_path: Path) -> None:
+    port, _ = master
+    script = tmp_path / "twisted_publisher.py"
+    script.write_text(TWISTED_SCRIPT)
+    for endpoint in (f"{HOST}:{port}", f"tcp:host={HOST}:port={port}"):
+        done = subprocess.run(
+            [sys.executable, str(script), endpoint], env=child_env(), capture_output=True,
+            text=True, timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        answer = json.loads(done.stdout)
+        assert answer["many"] == [answer["one"] + 1, answer["one"] + 2]
+        assert answer["tokens"] == list(range(answer["one"] + 3, answer["one"] + 303))
+        assert answer["status"] == 404
+
+
+def test_failover_across_two_masters(tmp_path: Path) -> None:
+    """A publisher given two masters publishes to one; that one is killed; the next
+    publishes go to the other. Every publish is stored once: the two heads add up to the
+    publishes made."""
+    a_port, a_http, b_port, b_http = free_ports(4)
+    with start_master(tmp_path, "a", a_port, a_http) as a, \
+            start_master(tmp_path, "b", b_port, b_http) as b:
+        masters: dict[str, tuple[Process, int]] = {}
+        with Publisher([f"{HOST}:{a_port}", f"{HOST}:{b_port}"], timeout=5,
+                       retry_for=0.5) as publisher:
+            first = publisher.publish("events", [0])
+            for process, port, http_port in ((a, a_port, a_http), (b, b_port, b_http)):
+                if publisher._endpoint == (HOST, port):
+                    masters["used"] = (process, http_port)
+                else:
+                    masters["other"] = (process, http_port)
+            for i in range(1, 20):
+                publisher.publish("events", [i])
+            used, used_http = masters["used"]
+            used.kill()
+            results = [publisher.publish("events", [i]) for i in range(20, 50)]
+            assert {r.origin for r in results} != {first.origin}
+        other_http = masters["other"][1]
+        assert stream_head(other_http, "events") == 30
+        assert results[-1].token == 30
+
+
+def test_a_cli_free_publisher_module_does_not_import_twisted() -> None:
+    """import replication.client costs neither Twisted nor asyncio's client."""
+    code = (
+        "import sys, replication.client; "
+        "print(any(m == 'twisted' or m.startswith('twisted.') for m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True,
+                          text=True, timeout=30)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+def test_cli_publishes_over_the_replication_port(master: tuple[int, int]) -> None:
+    """replication publish --master uses the client; --json prints the origin too; a
+    refusal is reported with its status; --master with --url is an error."""
+    from processes import replication_command
+
+    port, http_port = master
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(replication_command("publish", *args), env=child_env(),
+                              capture_output=True, text=True, timeout=60)
+
+    done = run("--master", f"{HOST}:{free_port()}", "--master", f"{HOST}:{port}", "events",
+               '{"n": 1}', "2")
+    assert done.returncode == 0, done.stderr
+    token = int(done.stdout)
+    assert stream_head(http_port, "events") == token
+    done = run("--master", f"tcp:{HOST}:{port}", "--json", "events", "3")
+    answer = json.loads(done.stdout)
+    assert answer["token"] == token + 1 and answer["stream"] == "events"
+    assert len(answer["origin"]) >= 16
+    done = run("--master", f"{HOST}:{port}", "nope", "1")
+    assert done.returncode == 1
+    assert "publish refused (404)" in done.stderr
+    done = run("--master", f"{HOST}:{port}", "--url", "http://x", "events", "1")
+    assert done.returncode != 0 and "not both" in done.stderr
+
+
+def test_asyncio_client_resends_in_flight_publishes_with_their_keys() -> None:
+    fake = FakeMaster(drop_first=True)
+
+    async def main() -> list[int]:
+        async with AsyncPublisher(f"{HOST}:{fake.port}", timeout=5) as publisher:
+            first = await publisher.submit("events", [1])
+            second = await publisher.submit("events", [2])
+            return [(await first).token, (await second).token]
+
+    try:
+        assert asyncio.run(main()) == [1, 2]
+        sent_first = [ln for ln in fake.connections[0] if ln.startswith(b"PUBLISH ")]
+        sent_again = [ln for ln in fake.connections[1] if ln.startswith(b"PUBLISH ")]
+        assert [ln.split(b" ")[3] for ln in sent_again] == [ln.split(b" ")[3] for ln in sent_first]
+    finally:
+        fake.close()
+
+
+TWISTED_RESEND_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from twisted.internet.task import react
+    from twisted.internet.defer import ensureDeferred
+    from replication.client import TwistedPublisher
+
+    async def main(reactor):
+        publisher = TwistedPublisher(reactor, sys.argv[1], timeout=5)
+        first = publisher.publish("events", [1])
+        second = publisher.publish("events", [2])
+        print(json.dumps([(await first).token, (await second).token]))
+        await publisher.close()
+
+    react(lambda reactor: ensureDeferred(main(reactor)))
+""")
+
+
+def test_twisted_client_resends_in_flight_publishes_with_their_keys(tmp_path: Path) -> None:
+    fake = FakeMaster(drop_first=True)
+    script = tmp_path / "twisted_resend.py"
+    script.write_text(TWISTED_RESEND_SCRIPT)
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script), f"{HOST}:{fake.port}"], env=child_env(),
+            capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == [1, 2]
+        sent_first = [ln for ln in fake.connections[0] if ln.startswith(b"PUBLISH ")]
+        sent_again = [ln for ln in fake.connections[1] if ln.startswith(b"PUBLISH ")]
+        assert [ln.split(b" ")[3] for ln in sent_again] == [ln.split(b" ")[3] for ln in sent_first]
+    finally:
+        fake.close()
