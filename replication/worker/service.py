@@ -503,7 +503,7 @@ class WorkerService(OrderedMultiService):
 
         def stopped(_: None) -> None:
             at = ", ".join(
-                _recorded(s.name, worker.positions.vector(s.name))
+                _recorded(s.name, worker.positions.vector(s.name), worker.local_origin)
                 for s in worker.config.streams
             )
             log.info("worker %s stopped; positions recorded: %s", worker.config.name, at)
@@ -511,9 +511,13 @@ class WorkerService(OrderedMultiService):
         return super().stopService().addCallback(stopped)
 
 
-def _recorded(stream: str, vector: Mapping[str | None, int]) -> str:
-    """``events at 41`` (the local position), ``events at <origin>:7, <origin>:3`` (per
-    origin, version 2; the local one last, if any), ``events at no position``."""
+def _recorded(stream: str, vector: Mapping[str | None, int], bound: str | None = None) -> str:
+    """``events at 41`` (the local position: of the master the worker follows alone, whose
+    origin is ``bound``), ``events at <origin>:7, <origin>:3`` (per origin, version 2; the
+    local one last, if any), ``events at no position``."""
+    vector = dict(vector)
+    if bound is not None and list(vector) == [bound]:  # one master's: as before origins
+        vector = {None: vector[bound]}
     local = vector.get(None)
     parts = [f"{origin}:{token}" for origin, token in sorted(
         (o, t) for o, t in vector.items() if o is not None
