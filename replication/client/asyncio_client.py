@@ -15,15 +15,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from replication.client.core import (
+    ClientSettings,
     MasterUnreachable,
     ProtocolViolation,
     Published,
     PublisherCore,
     PublishError,
     PublishTimeout,
-    default_name,
-    key_prefix,
-    parse_endpoint,
+    lost_in_flight,
+    new_core,
 )
 
 _Waiter = asyncio.Future[Published]
@@ -51,16 +51,14 @@ class AsyncPublisher:
         retry_for: float | None = None,
         idempotent: bool = True,
     ) -> None:
-        masters = [master] if isinstance(master, str) else list(master)
-        if not masters:
-            raise ValueError("an AsyncPublisher needs at least one master endpoint")
-        self.endpoints = [parse_endpoint(m) for m in masters]
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.retry_for = timeout if retry_for is None else retry_for
-        self._core: PublisherCore[_Waiter] = PublisherCore(
-            name or default_name(), key_prefix() if idempotent else None
+        settings = ClientSettings.build(
+            "an AsyncPublisher", master, timeout, connect_timeout, retry_for
         )
+        self.endpoints = settings.endpoints
+        self.timeout = settings.timeout
+        self.connect_timeout = settings.connect_timeout
+        self.retry_for = settings.retry_for
+        self._core: PublisherCore[_Waiter] = new_core(name, idempotent)
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._connect_lock: asyncio.Lock | None = None
@@ -258,12 +256,7 @@ class AsyncPublisher:
     def _give_up_lost(self) -> None:
         lost, self._lost = self._lost, []
         for entry in lost:
-            _settle(entry.waiter, MasterUnreachable(
-                f"master {self._endpoint} went away with this publish in flight and did not "
-                f"come back within {self.retry_for:g}s; it may have been committed: publish "
-                f"again with key={entry.key!r} to find out",
-                maybe_committed=True, key=entry.key,
-            ))
+            _settle(entry.waiter, lost_in_flight(self._endpoint, self.retry_for, entry.key))
 
 
 def _settle(waiter: _Waiter, outcome: Published | PublishError) -> None:

@@ -30,15 +30,15 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any, Literal, overload
 
 from replication.client.core import (
+    ClientSettings,
     MasterUnreachable,
     ProtocolViolation,
     Published,
     PublisherCore,
     PublishError,
     PublishTimeout,
-    default_name,
-    key_prefix,
-    parse_endpoint,
+    lost_in_flight,
+    new_core,
 )
 
 
@@ -101,16 +101,14 @@ class Publisher:
         retry_for: float | None = None,
         idempotent: bool = True,
     ) -> None:
-        masters = [master] if isinstance(master, str) else list(master)
-        if not masters:
-            raise ValueError("a Publisher needs at least one master endpoint")
-        self.endpoints = [parse_endpoint(m) for m in masters]
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.retry_for = timeout if retry_for is None else retry_for
-        self._core: PublisherCore[_Future] = PublisherCore(
-            name or default_name(), key_prefix() if idempotent else None
+        settings = ClientSettings.build(
+            "a Publisher", master, timeout, connect_timeout, retry_for
         )
+        self.endpoints = settings.endpoints
+        self.timeout = settings.timeout
+        self.connect_timeout = settings.connect_timeout
+        self.retry_for = settings.retry_for
+        self._core: PublisherCore[_Future] = new_core(name, idempotent)
         self._lock = threading.RLock()
         self._read_lock = threading.Lock()
         self._sock: socket.socket | None = None
@@ -405,12 +403,7 @@ class Publisher:
         lost, self._lost = self._lost, []
         endpoint = self._endpoint
         for entry in lost:
-            _settle(entry.waiter, MasterUnreachable(
-                f"master {endpoint} went away with this publish in flight and did not come "
-                f"back within {self.retry_for:g}s; it may have been committed: publish again "
-                f"with key={entry.key!r} to find out",
-                maybe_committed=True, key=entry.key,
-            ))
+            _settle(entry.waiter, lost_in_flight(endpoint, self.retry_for, entry.key))
 
     # -- reading -----------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover - orjson is optional
     _orjson = None
 
 __all__ = [
+    "ClientSettings",
     "MasterUnreachable",
     "PublishError",
     "PublishRefused",
@@ -39,6 +40,8 @@ __all__ = [
     "default_name",
     "encode_rows",
     "key_prefix",
+    "lost_in_flight",
+    "new_core",
     "parse_endpoint",
 ]
 
@@ -74,6 +77,17 @@ class MasterUnreachable(PublishError):
         super().__init__(message)
         self.maybe_committed = maybe_committed
         self.key = key
+
+
+def lost_in_flight(endpoint: object, retry_for: float, key: str | None) -> MasterUnreachable:
+    """What a publish in flight is failed with when its master went away and did not come
+    back within ``retry_for`` seconds (it may have been committed there)."""
+    return MasterUnreachable(
+        f"master {endpoint} went away with this publish in flight and did not come back "
+        f"within {retry_for:g}s; it may have been committed: publish again with "
+        f"key={key!r} to find out",
+        maybe_committed=True, key=key,
+    )
 
 
 class PublishTimeout(PublishError):
@@ -320,3 +334,31 @@ def default_name() -> str:
 def key_prefix() -> str:
     """A random prefix for the keys of one client (unique per client object)."""
     return os.urandom(9).hex()
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What every client takes: the masters' endpoints (``host``, ``port``), the timeouts,
+    and how long publishes in flight are retried on the same master after a drop."""
+
+    endpoints: list[tuple[str, int]]
+    timeout: float
+    connect_timeout: float
+    retry_for: float
+
+    @classmethod
+    def build(cls, what: str, master: str | Sequence[str], timeout: float,
+              connect_timeout: float, retry_for: float | None) -> ClientSettings:
+        """Check and parse a client's arguments; ``what`` names the client in errors."""
+        masters = [master] if isinstance(master, str) else list(master)
+        if not masters:
+            raise ValueError(f"{what} needs at least one master endpoint")
+        return cls(
+            [parse_endpoint(m) for m in masters], timeout, connect_timeout,
+            timeout if retry_for is None else retry_for,
+        )
+
+
+def new_core(name: str | None, idempotent: bool) -> PublisherCore[Any]:
+    """The protocol state of a new client: its name and, if ``idempotent``, its keys."""
+    return PublisherCore(name or default_name(), key_prefix() if idempotent else None)

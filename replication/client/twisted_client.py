@@ -28,6 +28,7 @@ from replication.client.core import (
     PublishTimeout,
     default_name,
     key_prefix,
+    lost_in_flight,
     parse_endpoint,
 )
 from replication.tls import client_endpoint as tls_client_endpoint
@@ -307,12 +308,7 @@ class TwistedPublisher:
     def _give_up_lost(self) -> None:
         lost, self._lost = self._lost, []
         for entry in lost:
-            _settle(entry.waiter, MasterUnreachable(
-                f"master {self._master} went away with this publish in flight and did not "
-                f"come back within {self.retry_for:g}s; it may have been committed: publish "
-                f"again with key={entry.key!r} to find out",
-                maybe_committed=True, key=entry.key,
-            ))
+            _settle(entry.waiter, lost_in_flight(self._master, self.retry_for, entry.key))
 
 
 def _settle(waiter: _Waiter, outcome: Published | PublishError) -> None:
