@@ -73,13 +73,23 @@ def _rate(n: int, rows: int, start: float, done: list[tuple[float, int]]) -> dic
 # -- ours ------------------------------------------------------------------------------------
 
 
-def run_ours(n: int, per_token: int, rows: int, runs: int, timeout: float) -> dict[str, Any]:
+def run_ours(n: int, per_token: int, rows: int, runs: int, timeout: float,
+             store: str = "memory", via: str = "http") -> dict[str, Any]:
+    """``store``: ``memory`` or ``sqlite`` (the default durable store, in the run's scratch
+    directory); ``via``: ``http`` (``http_publish_child.py``) or ``port`` (the replication
+    port, ``port_publish_child.py``; one row per token only)."""
+    if via == "port" and per_token != 1:
+        raise ValueError("the replication-port publisher sends one row per token")
     with scratch(f"fanout{n}x{per_token}") as tmp, Group() as group:
         done_dir = tmp / "done"
         done_dir.mkdir()
         os.environ["BENCH_DONE_DIR"] = str(done_dir)
         port, http_port = free_ports(2)
-        master = start_master(tmp, "master", port, http_port, "--stream", STREAM, *reactor_args())
+        store_args = ["--store", store] + (
+            ["--data-dir", str(tmp / "data")] if store == "sqlite" else []
+        )
+        master = start_master(tmp, "master", port, http_port, "--stream", STREAM, *store_args,
+                              *reactor_args())
         group.add(master)
         workers = [
             group.add(worker(tmp, f"w{i}", port, "handlers:FanoutCounter")) for i in range(n)
@@ -96,22 +106,13 @@ def run_ours(n: int, per_token: int, rows: int, runs: int, timeout: float) -> di
             run_id = f"r{k}"
             cpu_before = {p.name: cpu_seconds(p.pid) for p in [master, *workers]}
             out = tmp / f"pub-{run_id}.json"
-            publisher = group.add(
-                child(
-                    f"pub-{run_id}",
-                    "http_publish_child.py",
-                    [
-                        str(http_port),
-                        str(rows),
-                        str(per_token),
-                        str(PUBLISH_CLIENTS),
-                        run_id,
-                        str(out),
-                    ],
-                    tmp,
-                ),
-                transient=True,
-            )
+            if via == "port":
+                script, argv = "port_publish_child.py", [str(port), str(rows), run_id, str(out)]
+            else:
+                script = "http_publish_child.py"
+                argv = [str(http_port), str(rows), str(per_token), str(PUBLISH_CLIENTS), run_id,
+                        str(out)]
+            publisher = group.add(child(f"pub-{run_id}", script, argv, tmp), transient=True)
             publisher.wait_for_exit(timeout)
             info = json.loads(out.read_text())
             if info["errors"]:
@@ -126,7 +127,8 @@ def run_ours(n: int, per_token: int, rows: int, runs: int, timeout: float) -> di
             }
             results.append(result)
             time.sleep(0.3)
-        return {"runs": results, **summary([r["rows_per_s"] for r in results])}
+        return {"store": store, "via": via, "runs": results,
+                **summary([r["rows_per_s"] for r in results])}
 
 
 # -- redis -----------------------------------------------------------------------------------
