@@ -124,6 +124,7 @@ def run_ours(n: int, per_token: int, rows: int, runs: int, timeout: float,
             result["cpu_s"] = {
                 "master": round(cpu["master"], 3),
                 "workers_total": round(sum(v for k2, v in cpu.items() if k2 != "master"), 3),
+                "publisher": round(info.get("cpu_s", 0.0), 3),
             }
             results.append(result)
             time.sleep(0.3)

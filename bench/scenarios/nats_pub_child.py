@@ -29,6 +29,7 @@ async def publish(url: str, subject: str, rows: int, run_id: str) -> dict[str, o
     js = nc.jetstream()
     errors: list[str] = []
     start = time.time()
+    cpu = time.process_time()
     futures = []
     try:
         for payload in payloads:
@@ -41,9 +42,10 @@ async def publish(url: str, subject: str, rows: int, run_id: str) -> dict[str, o
     except Exception as e:  # report, don't hang the run
         errors.append(repr(e))
     acked = time.time()
+    cpu = time.process_time() - cpu
     await js.publish(subject, encode(end_row(run_id)).encode())
     await nc.drain()
-    return {"start": start, "acked": acked, "rows": rows, "errors": errors}
+    return {"start": start, "acked": acked, "cpu_s": cpu, "rows": rows, "errors": errors}
 
 
 def main() -> None:

@@ -34,16 +34,18 @@ def main() -> None:
     with Publisher(f"{HOST}:{port}", timeout=60) as publisher:
         publisher.publish("warm-up", [["bench.warm-up"]])  # connect before the clock starts
         start = time.time()
+        cpu = time.process_time()
         try:
             for i in range(0, rows, CHUNK):
                 publisher.publish_all("events", tokens[i:i + CHUNK])
         except Exception as e:  # report, don't hang the run
             errors.append(repr(e))
         acked = time.time()
+        cpu = time.process_time() - cpu
         if not errors:
             publisher.publish("events", [end_row(run_id)])
     with open(out_path, "w") as f:
-        json.dump({"start": start, "acked": acked, "tokens": rows, "rows": rows,
+        json.dump({"start": start, "acked": acked, "cpu_s": cpu, "tokens": rows, "rows": rows,
                    "errors": errors}, f)
 
 

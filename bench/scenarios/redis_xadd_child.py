@@ -30,6 +30,7 @@ def main() -> None:
     client.ping()
     errors: list[str] = []
     start = time.time()
+    cpu = time.process_time()
     try:
         for i in range(0, rows, PIPELINE):
             pipe = client.pipeline(transaction=False)
@@ -39,9 +40,10 @@ def main() -> None:
     except Exception as e:  # report, don't hang the run
         errors.append(repr(e))
     acked = time.time()
+    cpu = time.process_time() - cpu
     client.xadd(key, {"d": encode(end_row(run_id)).encode()})
     with open(out_path, "w") as f:
-        json.dump({"start": start, "acked": acked, "rows": rows, "errors": errors}, f)
+        json.dump({"start": start, "acked": acked, "cpu_s": cpu, "rows": rows, "errors": errors}, f)
 
 
 if __name__ == "__main__":

@@ -32,9 +32,10 @@ import asyncio
 import json
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
-from common import Group, child, scratch, summary, wait_files
+from common import Group, Process, child, cpu_seconds, scratch, summary, wait_files
 from fanout import _rate, run_ours
 
 REDIS_PORT = 6379
@@ -47,6 +48,39 @@ OURS = (("sqlite", "port"), ("sqlite", "http"), ("memory", "port"), ("memory", "
 
 def rows_per_run(quick: bool) -> int:
     return 15_000 if quick else 30_000
+
+
+def server_cpu(name: str) -> float | None:
+    """CPU seconds used so far by the process whose ``comm`` is ``name`` (``redis-server``,
+    ``nats-server``), read from ``/proc``; ``None`` if there is not exactly one."""
+    found = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == name:
+                found.append(int(comm.parent.name))
+        except OSError:
+            continue
+    return cpu_seconds(found[0]) if len(found) == 1 else None
+
+
+class CpuMeter:
+    """CPU seconds of the readers (summed) and of a server over one run."""
+
+    def __init__(self, readers: list[Process], server: str) -> None:
+        self.readers, self.server = readers, server
+        self.before = self._now()
+
+    def _now(self) -> tuple[float, float | None]:
+        return sum(cpu_seconds(p.pid) for p in self.readers), server_cpu(self.server)
+
+    def done(self, publisher: float) -> dict[str, float | None]:
+        readers, server = self._now()
+        return {
+            "server": None if server is None or self.before[1] is None
+            else round(server - self.before[1], 3),
+            "readers_total": round(readers - self.before[0], 3),
+            "publisher": round(publisher, 3),
+        }
 
 
 # -- Redis Streams ---------------------------------------------------------------------------
@@ -83,14 +117,15 @@ def run_redis_streams(rows: int, runs: int, timeout: float) -> dict[str, Any]:
         with scratch("redis-streams") as tmp, Group() as group:
             done_dir = tmp / "done"
             done_dir.mkdir()
-            for i in range(RECEIVERS):
-                group.add(child(f"xread{i}", "redis_xread_child.py",
-                                [str(REDIS_PORT), key, str(done_dir)], tmp))
+            readers = [group.add(child(f"xread{i}", "redis_xread_child.py",
+                                       [str(REDIS_PORT), key, str(done_dir)], tmp))
+                       for i in range(RECEIVERS)]
             wait_files(done_dir, "ready", RECEIVERS, 30, "redis stream readers ready", group)
             results = []
             for k in range(runs):
                 run_id = f"r{k}"
                 out = tmp / f"xadd-{run_id}.json"
+                meter = CpuMeter(readers, "redis-server")
                 publisher = group.add(child(f"xadd-{run_id}", "redis_xadd_child.py",
                                             [str(REDIS_PORT), key, str(rows), run_id, str(out)],
                                             tmp), transient=True)
@@ -102,6 +137,7 @@ def run_redis_streams(rows: int, runs: int, timeout: float) -> dict[str, Any]:
                                   f"redis stream readers of {run_id}", group)
                 result = _rate(RECEIVERS, rows, info["start"], done)
                 result["ingest_s"] = info["acked"] - info["start"]
+                result["cpu_s"] = meter.done(info.get("cpu_s", 0.0))
                 results.append(result)
                 time.sleep(0.3)
         return {"key": key, "config": redis_config(), "pipeline": 1000, "count": 10_000,
@@ -193,14 +229,15 @@ def run_nats(rows: int, runs: int, timeout: float) -> dict[str, Any]:
         with scratch("nats") as tmp, Group() as group:
             done_dir = tmp / "done"
             done_dir.mkdir()
-            for i, name in enumerate(durables):
-                group.add(child(f"pull{i}", "nats_pull_child.py",
-                                [NATS_URL, stream, name, str(done_dir)], tmp))
+            readers = [group.add(child(f"pull{i}", "nats_pull_child.py",
+                                       [NATS_URL, stream, name, str(done_dir)], tmp))
+                       for i, name in enumerate(durables)]
             wait_files(done_dir, "ready", RECEIVERS, 30, "nats consumers ready", group)
             results = []
             for k in range(runs):
                 run_id = f"r{k}"
                 out = tmp / f"npub-{run_id}.json"
+                meter = CpuMeter(readers, "nats-server")
                 publisher = group.add(child(f"npub-{run_id}", "nats_pub_child.py",
                                             [NATS_URL, subject, str(rows), run_id, str(out)],
                                             tmp), transient=True)
@@ -212,6 +249,7 @@ def run_nats(rows: int, runs: int, timeout: float) -> dict[str, Any]:
                                   f"nats consumers of {run_id}", group)
                 result = _rate(RECEIVERS, rows, info["start"], done)
                 result["ingest_s"] = info["acked"] - info["start"]
+                result["cpu_s"] = meter.done(info.get("cpu_s", 0.0))
                 results.append(result)
                 time.sleep(0.3)
         return {"config": config, "batch": 1000, "runs": results,
