@@ -176,8 +176,10 @@ def build_durable_rows(entry: dict[str, Any] | None) -> list[list[str]]:
                  ("NATS JetStream", entry.get("nats") or {}))
     for key, figure in entry.get("ours", {}).items():
         store, via = key.split("-")
-        name = f"{label}, ours {store} via {via}"
-        if via != "port":
+        how = {"port": "port, 1 token/publish", "tokens": "port, 100 tokens/publish",
+               "http": "HTTP, 100 tokens/POST"}.get(via, via)
+        name = f"{label}, ours {store} via {how}"
+        if via == "http":
             rows.append([name, fmt_rate(figure) + " rows/s", "", "", "(comparison)", "-"])
             continue
         for baseline_name, baseline in baselines:

@@ -76,9 +76,10 @@ def _rate(n: int, rows: int, start: float, done: list[tuple[float, int]]) -> dic
 def run_ours(n: int, per_token: int, rows: int, runs: int, timeout: float,
              store: str = "memory", via: str = "http") -> dict[str, Any]:
     """``store``: ``memory`` or ``sqlite`` (the default durable store, in the run's scratch
-    directory); ``via``: ``http`` (``http_publish_child.py``) or ``port`` (the replication
-    port, ``port_publish_child.py``; one row per token only)."""
-    if via == "port" and per_token != 1:
+    directory); ``via``: ``http`` (``http_publish_child.py``), ``port`` (the replication
+    port, ``port_publish_child.py``, one token per publish) or ``tokens`` (the same, 100
+    one-row tokens per publish); the last two send one row per token only."""
+    if via in ("port", "tokens") and per_token != 1:
         raise ValueError("the replication-port publisher sends one row per token")
     with scratch(f"fanout{n}x{per_token}") as tmp, Group() as group:
         done_dir = tmp / "done"
@@ -106,8 +107,10 @@ def run_ours(n: int, per_token: int, rows: int, runs: int, timeout: float,
             run_id = f"r{k}"
             cpu_before = {p.name: cpu_seconds(p.pid) for p in [master, *workers]}
             out = tmp / f"pub-{run_id}.json"
-            if via == "port":
-                script, argv = "port_publish_child.py", [str(port), str(rows), run_id, str(out)]
+            if via in ("port", "tokens"):
+                script = "port_publish_child.py"
+                argv = [str(port), str(rows), run_id, str(out),
+                        "tokens" if via == "tokens" else "single"]
             else:
                 script = "http_publish_child.py"
                 argv = [str(http_port), str(rows), str(per_token), str(PUBLISH_CLIENTS), run_id,

@@ -43,7 +43,8 @@ NATS_URL = "nats://127.0.0.1:4222"
 RECEIVERS = 10
 
 #: (store, via) of our side.
-OURS = (("sqlite", "port"), ("sqlite", "http"), ("memory", "port"), ("memory", "http"))
+OURS = (("sqlite", "port"), ("sqlite", "tokens"), ("sqlite", "http"),
+        ("memory", "port"), ("memory", "tokens"), ("memory", "http"))
 
 
 def rows_per_run(quick: bool) -> int:
