@@ -73,13 +73,24 @@ def _rate(n: int, rows: int, start: float, done: list[tuple[float, int]]) -> dic
 # -- ours ------------------------------------------------------------------------------------
 
 
-def run_ours(n: int, per_token: int, rows: int, runs: int, timeout: float) -> dict[str, Any]:
+def run_ours(n: int, per_token: int, rows: int, runs: int, timeout: float,
+             store: str = "memory", via: str = "http") -> dict[str, Any]:
+    """``store``: ``memory`` or ``sqlite`` (the default durable store, in the run's scratch
+    directory); ``via``: ``http`` (``http_publish_child.py``), ``port`` (the replication
+    port, ``port_publish_child.py``, one token per publish) or ``tokens`` (the same, 100
+    one-row tokens per publish); the last two send one row per token only."""
+    if via in ("port", "tokens") and per_token != 1:
+        raise ValueError("the replication-port publisher sends one row per token")
     with scratch(f"fanout{n}x{per_token}") as tmp, Group() as group:
         done_dir = tmp / "done"
         done_dir.mkdir()
         os.environ["BENCH_DONE_DIR"] = str(done_dir)
         port, http_port = free_ports(2)
-        master = start_master(tmp, "master", port, http_port, "--stream", STREAM, *reactor_args())
+        store_args = ["--store", store] + (
+            ["--data-dir", str(tmp / "data")] if store == "sqlite" else []
+        )
+        master = start_master(tmp, "master", port, http_port, "--stream", STREAM, *store_args,
+                              *reactor_args())
         group.add(master)
         workers = [
             group.add(worker(tmp, f"w{i}", port, "handlers:FanoutCounter")) for i in range(n)
@@ -96,22 +107,15 @@ def run_ours(n: int, per_token: int, rows: int, runs: int, timeout: float) -> di
             run_id = f"r{k}"
             cpu_before = {p.name: cpu_seconds(p.pid) for p in [master, *workers]}
             out = tmp / f"pub-{run_id}.json"
-            publisher = group.add(
-                child(
-                    f"pub-{run_id}",
-                    "http_publish_child.py",
-                    [
-                        str(http_port),
-                        str(rows),
-                        str(per_token),
-                        str(PUBLISH_CLIENTS),
-                        run_id,
-                        str(out),
-                    ],
-                    tmp,
-                ),
-                transient=True,
-            )
+            if via in ("port", "tokens"):
+                script = "port_publish_child.py"
+                argv = [str(port), str(rows), run_id, str(out),
+                        "tokens" if via == "tokens" else "single"]
+            else:
+                script = "http_publish_child.py"
+                argv = [str(http_port), str(rows), str(per_token), str(PUBLISH_CLIENTS), run_id,
+                        str(out)]
+            publisher = group.add(child(f"pub-{run_id}", script, argv, tmp), transient=True)
             publisher.wait_for_exit(timeout)
             info = json.loads(out.read_text())
             if info["errors"]:
@@ -123,10 +127,12 @@ def run_ours(n: int, per_token: int, rows: int, runs: int, timeout: float) -> di
             result["cpu_s"] = {
                 "master": round(cpu["master"], 3),
                 "workers_total": round(sum(v for k2, v in cpu.items() if k2 != "master"), 3),
+                "publisher": round(info.get("cpu_s", 0.0), 3),
             }
             results.append(result)
             time.sleep(0.3)
-        return {"runs": results, **summary([r["rows_per_s"] for r in results])}
+        return {"store": store, "via": via, "runs": results,
+                **summary([r["rows_per_s"] for r in results])}
 
 
 # -- redis -----------------------------------------------------------------------------------

@@ -69,10 +69,12 @@ def main() -> None:
     for t in threads:
         t.start()
     start = time.time()
+    cpu = time.process_time()
     barrier.wait()
     for t in threads:
         t.join()
     acked = time.time()
+    cpu = time.process_time() - cpu
     if not errors:
         c = connections[0]
         c.request("POST", "/streams/events", body=encode({"rows": [end_row(run_id)]}).encode(),
@@ -82,8 +84,8 @@ def main() -> None:
         if response.status != 200:
             errors.append(f"end token: {response.status}")
     with open(out_path, "w") as f:
-        json.dump({"start": start, "acked": acked, "tokens": len(tokens), "rows": rows,
-                   "errors": errors}, f)
+        json.dump({"start": start, "acked": acked, "cpu_s": cpu, "tokens": len(tokens),
+                   "rows": rows, "errors": errors}, f)
 
 
 if __name__ == "__main__":
