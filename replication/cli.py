@@ -34,6 +34,7 @@ from replication.config import (
     WORKER,
     ConfigError,
     MasterConfig,
+    WorkerConfig,
     detect_role,
     load_master_config,
     load_worker_config,
@@ -41,6 +42,7 @@ from replication.config import (
     validate_worker,
 )
 from replication.config.flags import add_flags, apply_flags
+from replication.credentials import SecretError, client_credential, secret_file_warnings
 from replication.logformat import TEXT_FORMAT, formatter
 
 if TYPE_CHECKING:
@@ -242,13 +244,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from replication.worker.positions import PositionFile, PositionFileError
 
     try:
+        credential = client_credential(config.auth)
         handler = handler_from_config(config)
         positions = PositionFile(config.resolved_position_file())
-    except (HandlerLoadError, PositionFileError) as e:
+    except (HandlerLoadError, PositionFileError, SecretError) as e:
         raise CommandLineError(str(e)) from None
     worker = Worker(
         config, handler, positions, reactor, registry=commands,
-        metrics=WorkerMetrics(process_registry()),
+        metrics=WorkerMetrics(process_registry()), credential=credential,
     )
     masters = config.masters
     service = worker_service(
@@ -689,7 +692,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
     from twisted.internet import reactor
 
-    from replication.config import WorkerConfig, WorkerStream
+    from replication.config import WorkerStream
     from replication.tls import client_endpoint
     from replication.worker import Worker
     from replication.worker.connection import WorkerConnection, WorkerFactory
@@ -826,10 +829,13 @@ def cmd_positions(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     role = args.role or detect_role(args.file)
+    config: MasterConfig | WorkerConfig
     if role == "master":
-        load_master_config(args.file)
+        config = load_master_config(args.file)
     else:
-        load_worker_config(args.file)
+        config = load_worker_config(args.file)
+    for warning in secret_file_warnings(config):
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
     print(f"{args.file}: valid {role} configuration")
     return 0
 

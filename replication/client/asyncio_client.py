@@ -25,6 +25,7 @@ from replication.client.core import (
     key_prefix,
     parse_endpoint,
 )
+from replication.wire.auth import ClientCredential
 
 _Waiter = asyncio.Future[Published]
 
@@ -50,6 +51,7 @@ class AsyncPublisher:
         connect_timeout: float = 5.0,
         retry_for: float | None = None,
         idempotent: bool = True,
+        credential: ClientCredential | None = None,
     ) -> None:
         masters = [master] if isinstance(master, str) else list(master)
         if not masters:
@@ -59,7 +61,7 @@ class AsyncPublisher:
         self.connect_timeout = connect_timeout
         self.retry_for = timeout if retry_for is None else retry_for
         self._core: PublisherCore[_Waiter] = PublisherCore(
-            name or default_name(), key_prefix() if idempotent else None
+            name or default_name(), key_prefix() if idempotent else None, credential
         )
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -198,6 +200,9 @@ class AsyncPublisher:
                         raise MasterUnreachable("the master closed the connection")
                     if core.feed(data):
                         raise ProtocolViolation("an answer before the handshake ended")
+                    out = core.take_output()
+                    if out:
+                        writer.write(out)
 
             await asyncio.wait_for(handshake(), self.connect_timeout)
         except BaseException:

@@ -40,6 +40,7 @@ from replication.client.core import (
     key_prefix,
     parse_endpoint,
 )
+from replication.wire.auth import ClientCredential
 
 
 class PublishFuture(Future[Published]):
@@ -82,6 +83,8 @@ class Publisher:
     :param connect_timeout: seconds one connection attempt (TCP and handshake) may take.
     :param retry_for: seconds to keep trying the same master for publishes whose answer a
         drop lost (default ``timeout``).
+    :param credential: what the publisher authenticates with (a
+        :class:`~replication.wire.auth.ClientCredential`; see docs/security.rst).
     :param idempotent: give every publish an idempotency key (default), so that a resent
         publish is never stored twice.
 
@@ -100,6 +103,7 @@ class Publisher:
         connect_timeout: float = 5.0,
         retry_for: float | None = None,
         idempotent: bool = True,
+        credential: ClientCredential | None = None,
     ) -> None:
         masters = [master] if isinstance(master, str) else list(master)
         if not masters:
@@ -109,7 +113,7 @@ class Publisher:
         self.connect_timeout = connect_timeout
         self.retry_for = timeout if retry_for is None else retry_for
         self._core: PublisherCore[_Future] = PublisherCore(
-            name or default_name(), key_prefix() if idempotent else None
+            name or default_name(), key_prefix() if idempotent else None, credential
         )
         self._lock = threading.RLock()
         self._read_lock = threading.Lock()
@@ -370,6 +374,9 @@ class Publisher:
                     raise MasterUnreachable("the master closed the connection in the handshake")
                 if core.feed(data):
                     raise ProtocolViolation("an answer before the handshake ended")
+                out = core.take_output()
+                if out:
+                    sock.sendall(out)
             # Blocking from here, with the kernel's timeouts: reads end after _POLL_SECONDS so
             # the reader sees deadlines; a send that stalls for ``timeout`` fails.
             sock.settimeout(None)

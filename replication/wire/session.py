@@ -434,6 +434,8 @@ class Session:
         self.peer_nonce: str | None = None
         #: The credential the peer proved (on a master), or the master accepted (a worker).
         self.authenticated: str | None = None
+        #: The credential name the peer's ``AUTH`` named (a master; for logs).
+        self.claimed: str | None = None
         #: When the version was agreed (the authentication deadline counts from it).
         self.agreed_at = 0.0
         self._agreed: Dialect | None = None
@@ -505,6 +507,7 @@ class Session:
                 client_nonce=command.nonce,
             )
             self.peer_nonce = command.nonce
+            self.claimed = command.credential
             self.authenticated = None if found is None else found.name
             self._failure = f"credential {command.credential!r}: wrong proof or unknown"
             return Event.AUTH_BAD if found is None else Event.AUTH_GOOD

@@ -115,6 +115,7 @@ class WorkerConnection(ReplicationProtocol):
             keepalive=config.keepalive,
             max_line_bytes=config.max_line_bytes,
             max_buffer_bytes=None,
+            credential=worker.credential,
         )
         self.worker = worker
         self.runner = worker.runner
