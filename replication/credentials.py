@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from replication.config.model import ClientAuthConfig, MasterConfig, WorkerConfig
 from replication.wire.auth import ClientCredential, Credential, Keyring, Permissions
 
-#: The environment variable the CLI tools read a credential from (``<name>:<secret>``).
+#: The environment variable the CLI tools read a credential from (``<name>:<secret>`` or
+#: ``<name>:@<file>``).
 TOOL_CREDENTIAL_ENV = "REPLICATION_CREDENTIAL"
 
 

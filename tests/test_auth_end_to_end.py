@@ -5,6 +5,7 @@ credential. Everything listens on 127.0.0.1 with free ports; every wait has a de
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,6 @@ from processes import (
     Process,
     free_ports,
     metric_value,
-    publish,
     read_positions,
     replication_command,
     start_master,
@@ -59,6 +59,7 @@ def test_workers_and_publishers_need_the_right_secret(tmp_path: Path) -> None:
         f"    reader: {{secret_file: {secret_file(tmp_path, 'reader', 'r-secret')}, "
         "read: [events]}\n"
         "    pub: {secret_env: PUB_SECRET, publish: [events]}\n"
+        "  open_routes: [/health, /metrics]\n"
     )
     os.environ["PUB_SECRET"] = "p-secret"
     try:
@@ -73,7 +74,7 @@ def test_workers_and_publishers_need_the_right_secret(tmp_path: Path) -> None:
             with pytest.raises(PublishRefused) as refused:
                 publisher.publish("other", [{"n": 2}])
             assert refused.value.status == 403
-        assert publish(http_port, "events", [{"n": 3}]) == token + 1
+            assert publisher.publish("events", [{"n": 3}]).token == token + 1
         wait_until(
             lambda: (read_positions(tmp_path / "good.positions") or {}).get("events") == 2,
             20, "the good worker at token 2", alive=[good],
@@ -96,3 +97,53 @@ def test_workers_and_publishers_need_the_right_secret(tmp_path: Path) -> None:
             f"{HOST}:{port}", timeout=3, connect_timeout=3, retry_for=0,
         ) as anonymous:
             anonymous.publish("events", [{"n": 5}])
+
+
+def tool(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        replication_command(*args), capture_output=True, text=True, timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.timeout(90)
+def test_the_tools_take_a_credential_from_an_option_or_the_environment(tmp_path: Path) -> None:
+    port, http_port = free_ports(2)
+    config = tmp_path / "master.yaml"
+    config.write_text(
+        "streams: [events]\n"
+        "auth:\n"
+        "  credentials:\n"
+        "    ops: {secret_env: OPS_SECRET, read: ['*'], publish: [events], status: true}\n"
+        "  open_routes: [/health, /metrics]\n"
+    )
+    os.environ["OPS_SECRET"] = "o-secret"
+    try:
+        master = start_master(tmp_path, "master", port, http_port, "--config", str(config))
+    finally:
+        del os.environ["OPS_SECRET"]
+    url = f"http://{HOST}:{http_port}"
+    with master:
+        done = tool("publish", "events", '{"n":1}', "--url", url, "--credential", "ops:o-secret")
+        assert (done.returncode, done.stdout.strip()) == (0, "1"), done.stderr
+        done = tool("publish", "events", '{"n":2}', "--master", f"{HOST}:{port}",
+                    env={"REPLICATION_CREDENTIAL": "ops:o-secret"})
+        assert (done.returncode, done.stdout.strip()) == (0, "2"), done.stderr
+        done = tool("status", "--url", url, "--json",
+                    env={"REPLICATION_CREDENTIAL": "ops:o-secret"})
+        assert done.returncode == 0 and '"streams"' in done.stdout, done.stderr
+        done = tool("streams", "--url", url, "--json", "--credential", "ops:o-secret")
+        assert done.returncode == 0 and "events" in done.stdout, done.stderr
+        with Process("tail", replication_command(
+            "tail", "events", "--from", "0", "--master", f"tcp:host={HOST}:port={port}",
+            "--credential", "ops:o-secret",
+        ), stdout=tmp_path / "tail.out", stderr=tmp_path / "tail.err") as tail_process:
+            wait_until(lambda: (tmp_path / "tail.out").read_text().count("\n") >= 2, 20,
+                       "tail printed both tokens", alive=[tail_process])
+        # Without the credential: refused, and the master said why.
+        done = tool("status", "--url", url)
+        assert done.returncode != 0 and "401" in done.stderr
+        assert "authentication required" in done.stderr
+        done = tool("publish", "events", '{"n":3}', "--url", url, "--credential", "ops:nope")
+        assert done.returncode == 1 and "publish refused (401)" in done.stderr
+        assert "o-secret" not in master.stderr_text()

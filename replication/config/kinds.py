@@ -879,3 +879,21 @@ class OneSecret(Rule):
             f"with ``{self.section}.credential``, exactly one of ``secret_file`` and "
             "``secret_env``"
         )
+
+
+#: The HTTP routes ``auth.open_routes`` may open.
+OPENABLE_ROUTES = ("/health", "/metrics")
+
+
+class OpenRoutes(_Strings):
+    """A list of HTTP routes from :data:`OPENABLE_ROUTES`."""
+
+    name = "list of routes (/health, /metrics)"
+
+    def check(self, checking: Checking, value: object, path: str) -> None:
+        document = checking.document
+        for item, route in _items(document, value, path, "a list of routes"):
+            if route not in OPENABLE_ROUTES:
+                raise document.error(
+                    item, f"must be one of {', '.join(OPENABLE_ROUTES)}, got {describe(route)}"
+                )

@@ -155,6 +155,7 @@ class AuthConfig:
     connection may do everything, as before."""
 
     credentials: Mapping[str, CredentialSpec] = field(default_factory=_no_credentials, hash=False)
+    open_routes: tuple[str, ...] = ("/health",)
 
     @property
     def enabled(self) -> bool:

@@ -30,6 +30,7 @@ from replication.config.kinds import (
     Nullable,
     OneSecret,
     OnlyWith,
+    OpenRoutes,
     Options,
     PeerEndpoints,
     PeerName,
@@ -506,6 +507,14 @@ MASTER: Final = Schema(
         _log_format(),
         *_commands(),
         Key("auth.credentials", Credentials(), _CREDENTIALS_DOC),
+        Key(
+            "auth.open_routes",
+            OpenRoutes(),
+            "HTTP routes anyone may ``GET`` without a token when ``auth.credentials`` is "
+            "set: ``/health`` and ``/metrics`` may be listed (``[]``: every route needs a "
+            "bearer token). Every other route needs a credential's token; see "
+            "`security.rst <security.rst>`_.",
+        ),
         *_cluster(),
     ),
 )

@@ -283,7 +283,8 @@ class ReplicationProtocol(Protocol):
         peer = self.transport.getPeer() if self.transport is not None else None
         host, port = getattr(peer, "host", None), getattr(peer, "port", None)
         address = str(peer) if port is None else f"{host}:{port}"
-        return f"{self.peer_side} {self.peer_name or '?'} at {address}"
+        name = self.peer_name or self.session.peer_name or "?"
+        return f"{self.peer_side} {name} at {address}"
 
     def command_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """``(received, sent)``: commands of this connection by name, so far. Subclasses
