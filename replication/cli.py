@@ -46,6 +46,7 @@ from replication.credentials import (
     TOOL_CREDENTIAL_ENV,
     SecretError,
     client_credential,
+    protected_mode_refusal,
     secret_file_warnings,
     tool_credential,
 )
@@ -211,6 +212,9 @@ def load_command_registry(name: str | None, path: Sequence[str]) -> CommandRegis
 
 def cmd_master(args: argparse.Namespace) -> int:
     config = validate_master(apply_flags(MASTER, load_master_config(args.config), args))
+    refusal = protected_mode_refusal(config)
+    if refusal is not None:
+        raise CommandLineError(refusal)
     _use_log_format(config.log_format)
     install_reactor(args.reactor)  # before the application's modules can import a reactor
     commands = load_command_registry(config.commands, config.commands_path)

@@ -5,7 +5,9 @@ secret files others can read. A secret never appears in a message here."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import stat
 from collections.abc import Mapping
 
@@ -122,3 +124,48 @@ def secret_file_warnings(config: MasterConfig | WorkerConfig) -> list[str]:
                 f"chmod 600 {name}"
             )
     return warnings
+
+
+def _reaches_beyond_loopback(description: str) -> bool:
+    """Whether the server endpoint string ``description`` listens beyond the loopback
+    interface: a TCP or TLS endpoint without ``interface=``, or with a non-loopback one.
+    Unix sockets and unknown kinds are taken as local (they are not network listeners)."""
+    parts = re.split(r"(?<!\\):", description)
+    kind = parts[0].lower() if len(parts) > 1 else "tcp"
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return False
+    interface = None
+    for part in parts[1:]:
+        if part.startswith("interface="):
+            interface = part[len("interface="):].replace("\\", "")
+    if not interface:
+        return True
+    if interface == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return True  # a host name or anything else: assume it is reachable
+
+
+def protected_mode_refusal(config: MasterConfig) -> str | None:
+    """Why a master must not start (protected mode), or ``None``: a master whose replication
+    or HTTP listener reaches beyond the loopback interface needs ``auth.credentials``, or
+    ``auth.open: true`` to say that it should run open."""
+    if config.auth.enabled or config.auth.open:
+        return None
+    exposed = [
+        f"{key} {value}" for key, value in (("listen", config.listen),
+                                            ("http.listen", config.http_listen))
+        if value is not None and _reaches_beyond_loopback(value)
+    ]
+    if not exposed:
+        return None
+    return (
+        f"refusing to start in protected mode: {' and '.join(exposed)} listen(s) beyond the "
+        "loopback interface and no authentication is configured, so anyone who can reach "
+        "them could read and publish every stream. Either configure credentials "
+        "(auth.credentials, see docs/security.rst), or bind the listeners to 127.0.0.1 "
+        "(interface=127.0.0.1), or say explicitly that this master runs open with "
+        "'auth: {open: true}'"
+    )

@@ -156,6 +156,7 @@ class AuthConfig:
 
     credentials: Mapping[str, CredentialSpec] = field(default_factory=_no_credentials, hash=False)
     open_routes: tuple[str, ...] = ("/health",)
+    open: bool = False
 
     @property
     def enabled(self) -> bool:

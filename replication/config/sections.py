@@ -515,6 +515,15 @@ MASTER: Final = Schema(
             "bearer token). Every other route needs a credential's token; see "
             "`security.rst <security.rst>`_.",
         ),
+        Key(
+            "auth.open",
+            Boolean(),
+            "Protected mode: a master whose ``listen`` or ``http.listen`` reaches beyond "
+            "the loopback interface (no ``interface=``, or a non-loopback one) refuses to "
+            "start without ``auth.credentials``. ``true`` says explicitly that it should run "
+            "open (anyone who can reach it may read and publish every stream). See "
+            "`security.rst <security.rst>`_.",
+        ),
         *_cluster(),
     ),
 )
