@@ -169,3 +169,10 @@ def protected_mode_refusal(config: MasterConfig) -> str | None:
         "(interface=127.0.0.1), or say explicitly that this master runs open with "
         "'auth: {open: true}'"
     )
+
+
+__all__ = [
+    "TOOL_CREDENTIAL_ENV", "SecretError", "client_credential", "master_keyring",
+    "protected_mode_refusal", "read_secret", "secret_file_warnings", "secret_files",
+    "tool_credential",
+]

@@ -93,3 +93,6 @@ def bearer_authorizer(master: Master, keyring: Keyring, open_routes: Collection[
             raise HttpError(403, f"credential {credential.name!r} {lacking}")
 
     return authorize
+
+
+__all__ = ["bearer_authorizer"]
