@@ -34,6 +34,7 @@ from replication.config import (
     WORKER,
     ConfigError,
     MasterConfig,
+    WorkerConfig,
     detect_role,
     load_master_config,
     load_worker_config,
@@ -41,9 +42,18 @@ from replication.config import (
     validate_worker,
 )
 from replication.config.flags import add_flags, apply_flags
+from replication.credentials import (
+    TOOL_CREDENTIAL_ENV,
+    SecretError,
+    client_credential,
+    protected_mode_refusal,
+    secret_file_warnings,
+    tool_credential,
+)
 from replication.logformat import TEXT_FORMAT, formatter
 
 if TYPE_CHECKING:
+    from replication.wire.auth import ClientCredential
     from replication.wire.commands import CommandRegistry
 
 log = logging.getLogger("replication")
@@ -202,6 +212,9 @@ def load_command_registry(name: str | None, path: Sequence[str]) -> CommandRegis
 
 def cmd_master(args: argparse.Namespace) -> int:
     config = validate_master(apply_flags(MASTER, load_master_config(args.config), args))
+    refusal = protected_mode_refusal(config)
+    if refusal is not None:
+        raise CommandLineError(refusal)
     _use_log_format(config.log_format)
     install_reactor(args.reactor)  # before the application's modules can import a reactor
     commands = load_command_registry(config.commands, config.commands_path)
@@ -242,13 +255,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from replication.worker.positions import PositionFile, PositionFileError
 
     try:
+        credential = client_credential(config.auth)
         handler = handler_from_config(config)
         positions = PositionFile(config.resolved_position_file())
-    except (HandlerLoadError, PositionFileError) as e:
+    except (HandlerLoadError, PositionFileError, SecretError) as e:
         raise CommandLineError(str(e)) from None
     worker = Worker(
         config, handler, positions, reactor, registry=commands,
-        metrics=WorkerMetrics(process_registry()),
+        metrics=WorkerMetrics(process_registry()), credential=credential,
     )
     masters = config.masters
     service = worker_service(
@@ -292,7 +306,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     for base in urls:
         url = f"{base.rstrip('/')}/streams/{urllib.parse.quote(args.stream, safe='')}"
         request = urllib.request.Request(
-            url, data=body, method="POST", headers={"content-type": "application/json"},
+            url, data=body, method="POST",
+            headers={"content-type": "application/json", **_auth_headers(args)},
         )
         try:
             with urllib.request.urlopen(request, timeout=args.timeout) as response:
@@ -343,7 +358,8 @@ def _publish_to_masters(args: argparse.Namespace, rows: list[Any]) -> int:
     masters = list(dict.fromkeys(args.master))
     try:
         publisher = Publisher(masters, timeout=args.timeout,
-                              connect_timeout=min(args.timeout, 5.0))
+                              connect_timeout=min(args.timeout, 5.0),
+                              credential=_credential(args))
     except ValueError as e:
         raise CommandLineError(str(e)) from None
     with publisher:
@@ -377,14 +393,43 @@ def _never_sent(reason: object) -> bool:
     return False
 
 
-def _fetch_status(url: str, timeout: float) -> dict[str, Any]:
+def _credential(args: argparse.Namespace) -> ClientCredential | None:
+    """The tool's ``--credential``, else :data:`TOOL_CREDENTIAL_ENV`; ``None``: none."""
+    try:
+        return tool_credential(getattr(args, "credential", None))
+    except SecretError as e:
+        raise CommandLineError(f"--credential: {e}") from None
+
+
+def _auth_headers(args: argparse.Namespace) -> dict[str, str]:
+    """The ``Authorization`` header of the tool's credential, if it has one."""
+    credential = _credential(args)
+    if credential is None:
+        return {}
+    return {"authorization": f"Bearer {credential.name}:{credential.secret.decode()}"}
+
+
+def _add_credential_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--credential", metavar="NAME:SECRET",
+        help="authenticate with this credential of the master: NAME:SECRET, or NAME:@FILE "
+        f"for a secret in a file (default: the environment variable {TOOL_CREDENTIAL_ENV})",
+    )
+
+
+def _fetch_status(
+    url: str, timeout: float, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     """GET ``<url>/status`` and decode it; unreachable or odd answers are CommandLineError."""
     target = f"{url.rstrip('/')}/status"
     try:
-        with urllib.request.urlopen(target, timeout=timeout) as response:
+        request = urllib.request.Request(target, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             document = json.loads(response.read())
     except urllib.error.HTTPError as e:
-        raise CommandLineError(f"{target} answered {e.code} {e.reason}") from None
+        raise CommandLineError(
+            f"{target} answered {e.code} {e.reason}: {_refusal(e)}"
+        ) from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise CommandLineError(f"cannot reach the master at {url}: {reason}") from None
@@ -561,7 +606,7 @@ def _format_cluster(cluster: dict[str, Any], now: float) -> list[str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = _fetch_status(args.url, args.timeout)
+    status = _fetch_status(args.url, args.timeout, _auth_headers(args))
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
@@ -580,10 +625,12 @@ def _refusal(error: urllib.error.HTTPError) -> str:
         return str(error.reason)
 
 
-def _http_json(method: str, url: str, timeout: float) -> dict[str, Any]:
+def _http_json(
+    method: str, url: str, timeout: float, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     """``method`` ``url`` and decode the JSON answer; a refusal is a CommandLineError with
     the master's message, as is an unreachable master or an answer that is not JSON."""
-    request = urllib.request.Request(url, method=method)
+    request = urllib.request.Request(url, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             document = json.loads(response.read())
@@ -642,13 +689,13 @@ def cmd_streams(args: argparse.Namespace) -> int:
                 "start it again from token 1; add --yes to confirm"
             )
         url = f"{base}/streams/{urllib.parse.quote(args.name, safe='')}"
-        answer = _http_json("DELETE", url, args.timeout)
+        answer = _http_json("DELETE", url, args.timeout, _auth_headers(args))
         if answer.get("recreated"):
             print(f"deleted stream {args.name} (configured: created anew, empty)")
         else:
             print(f"deleted stream {args.name}")
         return 0
-    document = _http_json("GET", f"{base}/streams", args.timeout)
+    document = _http_json("GET", f"{base}/streams", args.timeout, _auth_headers(args))
     details = document.get("details")
     if not isinstance(details, list):
         raise CommandLineError(f"{base}/streams did not answer a master's stream list")
@@ -689,7 +736,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
     from twisted.internet import reactor
 
-    from replication.config import WorkerConfig, WorkerStream
+    from replication.config import WorkerStream
     from replication.tls import client_endpoint
     from replication.worker import Worker
     from replication.worker.connection import WorkerConnection, WorkerFactory
@@ -711,7 +758,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
         name=args.name, master=args.master, streams=(WorkerStream(args.stream, "latest"),),
     )
     initial = {} if args.start is None else {args.stream: args.start}
-    worker = Worker(config, _TailPrinter(sys.stdout, stop), MemoryPositions(initial), reactor)
+    worker = Worker(config, _TailPrinter(sys.stdout, stop), MemoryPositions(initial), reactor,
+                    credential=_credential(args))
 
     class TailConnection(WorkerConnection):
         """A worker connection that ends the tail when it closes."""
@@ -826,10 +874,13 @@ def cmd_positions(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     role = args.role or detect_role(args.file)
+    config: MasterConfig | WorkerConfig
     if role == "master":
-        load_master_config(args.file)
+        config = load_master_config(args.file)
     else:
-        load_worker_config(args.file)
+        config = load_worker_config(args.file)
+    for warning in secret_file_warnings(config):
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
     print(f"{args.file}: valid {role} configuration")
     return 0
 
@@ -889,6 +940,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help='print the answer {"stream":..., "token":..., "origin":...}')
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    _add_credential_option(p)
     p.set_defaults(func=cmd_publish, verbose=False)
 
     p = sub.add_parser(
@@ -904,6 +956,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the /status JSON instead of tables")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
+    _add_credential_option(p)
     p.set_defaults(func=cmd_status, verbose=False)
 
     p = sub.add_parser(
@@ -934,6 +987,7 @@ def _add_tool_parsers(sub: Any) -> None:
     p.add_argument("--url", default=DEFAULT_URL, help=url_help)
     p.add_argument("--json", action="store_true", help="print the stream details as JSON")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
+    _add_credential_option(p)
     p.set_defaults(func=cmd_streams, verbose=False, streams_command=None)
     actions = p.add_subparsers(dest="streams_command", metavar="ACTION")
     d = actions.add_parser("delete", help="delete a stream and every row of it",
@@ -945,6 +999,8 @@ def _add_tool_parsers(sub: Any) -> None:
     d.add_argument("--url", default=argparse.SUPPRESS, help=url_help)
     d.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
                    help="seconds to wait (default 10)")
+    d.add_argument("--credential", default=argparse.SUPPRESS, metavar="NAME:SECRET",
+                   help="as for streams")
 
     p = sub.add_parser("tail", help="follow a stream and print its rows",
                        description="Connect to a master's replication port as a worker does, "
@@ -961,6 +1017,7 @@ def _add_tool_parsers(sub: Any) -> None:
     p.add_argument("--name", default="replication-tail",
                    help="the worker name to announce (default replication-tail)")
     p.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
+    _add_credential_option(p)
     p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser("positions", help="show or set a worker's position file",

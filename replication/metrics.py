@@ -119,6 +119,11 @@ MASTER_METRICS: dict[str, str] = {
         "or replication (PUBLISH and PUBLISH_TOKENS on the replication port), refused ones "
         "included."
     ),
+    "replication_auth_failures_total": (
+        "Failed authentications since start, by transport: replication (a wrong "
+        "or unknown credential: ERROR authentication failed; and attempts refused because "
+        "their address failed too often lately) or http."
+    ),
     "replication_legacy_substitutions_total": (
         "POSITION lines sent to synapse-2017 (legacy) workers in place of a command their "
         "dialect lacks, by that command: GAP (retention dropped tokens the worker had not "
@@ -452,6 +457,10 @@ def _dialect_families(view: MasterSnapshot) -> Iterator[Metric]:
     for transport in TRANSPORTS:
         publishes.add_metric([transport], view.publishes.get(transport, 0))
     yield publishes
+    failures = _counter("replication_auth_failures_total", MASTER_METRICS, ["transport"])
+    for transport in TRANSPORTS:
+        failures.add_metric([transport], view.auth_failures.get(transport, 0))
+    yield failures
     substitutions = _counter(
         "replication_legacy_substitutions_total", MASTER_METRICS, ["command"]
     )

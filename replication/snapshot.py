@@ -296,6 +296,8 @@ class MasterSnapshot:
         return origin or (self.origin_id or "")
     #: Publish requests received since start, by transport (``http``, ``replication``).
     publishes: Mapping[str, int] = field(default_factory=dict)
+    #: Failed authentications since start, by transport (``http``, ``replication``).
+    auth_failures: Mapping[str, int] = field(default_factory=dict)
 
     def head(self, stream: str) -> int:
         for view in self.streams:

@@ -18,7 +18,8 @@ from replication.master import Master
 
 
 def raw_request(
-    resource: Resource, method: str, path: str, body: bytes = b""
+    resource: Resource, method: str, path: str, body: bytes = b"",
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """Send one HTTP/1.1 request to ``resource`` (the root of a Site) and return the status,
     the response headers (lower-case names) and the body (de-chunked)."""
@@ -26,13 +27,16 @@ def raw_request(
     protocol = site.buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)
-    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    )
     protocol.dataReceived(head.encode() + body)
     response = transport.value()
     status_line, _, rest = response.partition(b"\r\n")
     status = int(status_line.split()[1])
     header_block, payload = rest.split(b"\r\n\r\n", 1)
-    headers = {}
+    headers = {}  # the response's, from here
     for line in header_block.split(b"\r\n"):
         name, _, value = line.decode("latin-1").partition(":")
         headers[name.strip().lower()] = value.strip()

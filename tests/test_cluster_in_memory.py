@@ -21,6 +21,7 @@ from replication.config import (
 from replication.master import Master, MasterFactory
 from replication.store.memory import MemoryStore
 from replication.testing import MemoryNetwork
+from replication.wire.auth import ClientCredential, Credential, Keyring, Permissions
 from replication.worker import Worker, worker_service
 from replication.worker.positions import MemoryPositions
 
@@ -41,7 +42,13 @@ PEERS = tuple(f"tcp:host={name}:port=9092" for name in NAMES)
 
 
 class Cluster:
-    def __init__(self) -> None:
+    """Three masters on a MemoryNetwork; with ``keyring``, each master requires its
+    credentials and dials its peers with ``credentials[name]``."""
+
+    def __init__(
+        self, keyring: Keyring | None = None,
+        credentials: dict[str, ClientCredential] | None = None,
+    ) -> None:
         from twisted.internet.task import Clock
 
         self.clock = Clock()
@@ -55,13 +62,14 @@ class Cluster:
                     peers=PEERS, reconnect=ReconnectConfig(0.5, 2.0, 10.0), repair_after=2.0,
                 ),
             )
-            master = Master(config, MemoryStore(), self.clock)
+            master = Master(config, MemoryStore(), self.clock, keyring=keyring)
             self.network.listen(name, MasterFactory(master))
             links = peer_links(
                 config, master.log, master.fingerprint, self.clock,
                 lambda endpoint, source=name: self.network.client_endpoint(
                     source, endpoint.split("host=")[1].split(":")[0]
                 ),
+                credential=(credentials or {}).get(name),
             )
             master.peer_links = links
             links.startService()
@@ -177,3 +185,32 @@ def test_a_worker_fails_over_between_masters_and_handles_each_token_once(
         last[origin] = token
     service.stopService()
     cluster.stop()
+
+
+PEER_KEYRING = Keyring([
+    Credential("peers", b"peer-secret", Permissions(read=frozenset({"*"}), peer=True)),
+    Credential("reader", b"reader-secret", Permissions(read=frozenset({"*"}))),
+])
+
+
+def test_peer_links_authenticate_with_their_credential_and_need_peer_permission() -> None:
+    """Masters that require credentials link up when they dial with a peer credential
+    (rows relay as without authentication); with a credential that may only read, every
+    link is refused at ORIGIN; with a wrong secret, at AUTH."""
+    good = Cluster(PEER_KEYRING, {n: ClientCredential("peers", b"peer-secret") for n in NAMES})
+    states = sorted(s.value for s in good.links["m1"].states().values())
+    assert states == ["connected", "connected", "self"], states
+    origin, token = good.publish("m1", [{"n": 1}])
+    good.settle(1)
+    assert good.heads("m2")[origin] == token and good.heads("m3")[origin] == token
+    good.stop()
+
+    for credential in (ClientCredential("reader", b"reader-secret"),
+                       ClientCredential("peers", b"wrong")):
+        bad = Cluster(PEER_KEYRING, {n: credential for n in NAMES})
+        origin, token = bad.publish("m1", [{"n": 1}])
+        bad.settle(1)
+        assert origin not in bad.heads("m2")
+        states = sorted(s.value for s in bad.links["m1"].states().values())
+        assert "connected" not in states, states
+        bad.stop()

@@ -397,7 +397,7 @@ MASTER_ERRORS = [
         "zzz: 1\n",
         "zzz",
         1,
-        "unknown key 'zzz'; valid keys are: cluster, commands, commands_path, data_dir",
+        "unknown key 'zzz'; valid keys are: auth, cluster, commands, commands_path",
     ),
     ("- a\n- b\n", "", 1, "must be a mapping of keys to values, got a list"),
     ("just text\n", "", 1, "must be a mapping"),

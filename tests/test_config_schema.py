@@ -50,7 +50,7 @@ def test_sections_are_derived_from_key_paths() -> None:
     assert MASTER.children("") == [
         "server_name", "listen", "http", "data_dir", "streams", "strict_streams", "store",
         "retention", "keepalive", "limits", "metrics", "log", "commands", "commands_path",
-        "cluster",
+        "auth", "cluster",
     ]
     assert MASTER.children("retention") == ["max_rows", "max_age", "streams"]
     assert WORKER.children("limits") == ["max_line_bytes", "max_token_rows", "max_token_bytes"]

@@ -160,12 +160,12 @@ def test_an_http_error_is_answered_with_its_status_message_and_headers() -> None
 
 
 def test_the_authorizer_sees_each_route_before_its_handler_and_can_refuse() -> None:
-    """The table calls authorize(request, route) before the handler; an HttpError from it
+    """The table calls authorize(request, route, params) before the handler; an HttpError from it
     is the answer and the handler is not called."""
     seen: list[str] = []
     called: list[str] = []
 
-    def authorize(request: Request, route: Route) -> None:
+    def authorize(request: Request, route: Route, params: Mapping[str, str]) -> None:
         seen.append(route.access)
         if route.access != "public" and request.getHeader(b"authorization") is None:
             raise HttpError(401, "authentication required")

@@ -10,9 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from replication.wire.auth import ClientCredential, Credential, Keyring, Permissions, proof
 from replication.wire.commands import (
     MASTER,
     WORKER,
+    AuthCommand,
+    AuthOkCommand,
+    ChallengeCommand,
     Command,
     ErrorCommand,
     NameCommand,
@@ -23,6 +27,8 @@ from replication.wire.commands import (
 )
 from replication.wire.dialects import LEGACY, VERSION_1, VERSION_2, Dialect
 from replication.wire.session import (
+    AUTH_FAILED,
+    AUTH_REQUIRED,
     CLOCK_EVENTS,
     HANDSHAKE_TIMEOUT,
     PEER_CONNECTED,
@@ -52,11 +58,34 @@ START = 100.0
 EARLY = 1 / 1024
 
 
-def new_session(side: str = MASTER, **timers: float) -> Session:
-    """A session speaking version 1 only: the table's rows do not depend on the versions."""
+def new_session(side: str = MASTER, *, auth: bool = False, **timers: float) -> Session:
+    """A session speaking version 1 only: the table's rows do not depend on the versions;
+    with ``auth``, version 2 only, with :data:`KEYRING` (a master) or :data:`CREDENTIAL` (a
+    worker), and nonces :data:`MASTER_NONCE`/:data:`WORKER_NONCE`."""
     settings = {"ping_interval": INTERVAL, "ping_timeout": TIMEOUT, "close_timeout": CLOSE}
     settings.update(timers)
+    if auth:
+        nonce = MASTER_NONCE if side == MASTER else WORKER_NONCE
+        return Session(
+            side, "me", versions={2: VERSION_2}, keyring=KEYRING if side == MASTER else None,
+            credential=CREDENTIAL if side == WORKER else None, nonces=lambda: nonce,
+            **settings,
+        )
     return Session(side, "me", versions={1: VERSION_1}, **settings)
+
+
+SECRET = b"s3cret"
+KEYRING = Keyring([Credential("w1", SECRET, Permissions(read=frozenset({"events"})))])
+CREDENTIAL = ClientCredential("w1", SECRET)
+MASTER_NONCE, WORKER_NONCE = "1" * 32, "2" * 32
+
+
+def good_auth(master_name: str = "me", worker_name: str = "peer-1") -> AuthCommand:
+    """The AUTH a worker holding :data:`SECRET` sends to a master's :data:`MASTER_NONCE`."""
+    return AuthCommand("w1", WORKER_NONCE, proof(
+        SECRET, "client", credential="w1", master_name=master_name, client_name=worker_name,
+        master_nonce=MASTER_NONCE, client_nonce=WORKER_NONCE,
+    ))
 
 
 def hello_from_peer(session: Session) -> Command:
@@ -68,10 +97,14 @@ def effects(actions: tuple[Action, ...]) -> list[Action]:
     return [a for a in actions if not isinstance(a, WakeAt)]
 
 
-def in_state(state: State, side: str = MASTER, *, pinged: bool = False) -> Session:
+def in_state(
+    state: State, side: str = MASTER, *, pinged: bool = False, auth: bool = False
+) -> Session:
     """A session brought to ``state`` through its public inputs (READY through version 1);
-    ``pinged``: the peer has sent a PING (only for READY)."""
-    session = new_session(side)
+    ``pinged``: the peer has sent a PING (only for READY). With ``auth``, see
+    :func:`new_session`; AUTHENTICATING is reached by agreeing on version 2 (and a worker
+    then waits for CHALLENGE)."""
+    session = new_session(side, auth=auth or state is State.AUTHENTICATING)
     if state is State.IDLE:
         return session
     session.connected(START)
@@ -82,6 +115,10 @@ def in_state(state: State, side: str = MASTER, *, pinged: bool = False) -> Sessi
         return session
     session.receive(hello_from_peer(session), START)
     if state is State.NEGOTIATING:
+        return session
+    if state is State.AUTHENTICATING:
+        session.receive(VersionCommand((2,)), START)
+        assert session.state is State.AUTHENTICATING
         return session
     session.receive(VersionCommand((1,)), START)
     if pinged:
@@ -110,6 +147,18 @@ def fire(session: Session, event: Event) -> tuple[tuple[Action, ...], float]:
         return session.receive(hello_from_peer(session), now), now
     if event is Event.VERSION:
         return session.receive(VersionCommand((1,)), now), now
+    if event is Event.VERSION_AUTH:
+        return session.receive(VersionCommand((2,)), now), now
+    if event is Event.CHALLENGE:
+        return session.receive(ChallengeCommand(MASTER_NONCE), now), now
+    if event is Event.AUTH_GOOD:
+        return session.receive(good_auth(), now), now
+    if event is Event.AUTH_BAD:
+        return session.receive(AuthCommand("w1", WORKER_NONCE, "0" * 64), now), now
+    if event is Event.AUTH_MISSING:
+        if session.side == WORKER:  # a worker without a credential, challenged
+            return session.receive(ChallengeCommand(MASTER_NONCE), now), now
+        return session.receive(ReplicateCommand("events", 41), now), now
     if event is Event.BAD_VERSION:
         return session.receive(VersionCommand((7,)), now), now
     if event is Event.PING:
@@ -119,11 +168,12 @@ def fire(session: Session, event: Event) -> tuple[tuple[Action, ...], float]:
     if event in (Event.COMMAND, Event.UNANNOUNCED):
         return session.receive(ReplicateCommand("events", 41), now), now
     # The clock: poll when this event, and no other, is due.
-    negotiating = session.state is State.NEGOTIATING
+    since = {
+        State.NEGOTIATING: session.named_at, State.AUTHENTICATING: session.agreed_at,
+    }.get(session.state, session.connected_at)
     deadline = {
         Event.PING_DUE: session.last_sent + INTERVAL,
-        Event.HANDSHAKE_TIMEOUT: (session.named_at if negotiating else session.connected_at)
-        + TIMEOUT,
+        Event.HANDSHAKE_TIMEOUT: since + TIMEOUT,
         Event.ANNOUNCEMENT_TIMEOUT: session.named_at + TIMEOUT,
         Event.PING_TIMEOUT: session.last_received + TIMEOUT,
         Event.CLOSE_TIMEOUT: session.closing_at + CLOSE,
@@ -140,7 +190,11 @@ WORKER_ONLY = {
     (State.NEGOTIATING, Event.PING),
     (State.NEGOTIATING, Event.ERROR),
     (State.NEGOTIATING, Event.HANDSHAKE_TIMEOUT),
+    (State.AUTHENTICATING, Event.CHALLENGE),
+    (State.READY, Event.AUTH_MISSING),
 }
+#: Events of rows that need a session that authenticates.
+AUTH_ROWS = {Event.VERSION_AUTH, Event.AUTH_MISSING}
 
 
 def side_of(state: State, event: Event) -> str:
@@ -157,7 +211,8 @@ def test_every_transition_of_the_table(state: State, event: Event, row: Transiti
     next state and does the row's effect (seen in the actions returned)."""
     side = side_of(state, event)
     peer = WORKER if side == MASTER else MASTER
-    session = in_state(state, side, pinged=event is Event.PING_TIMEOUT)
+    auth = event in AUTH_ROWS and state is not State.READY
+    session = in_state(state, side, pinged=event is Event.PING_TIMEOUT, auth=auth)
     actions, now = fire(session, event)
     assert session.state is row.target
     done = effects(actions)
@@ -182,6 +237,28 @@ def test_every_transition_of_the_table(state: State, event: Event, row: Transiti
         assert done[1:] == ([] if event is Event.ANNOUNCEMENT_TIMEOUT
                             else [Deliver(ReplicateCommand("events", 41))])
         assert session.dialect is LEGACY
+    elif effect is Effect.CHALLENGE:
+        assert done == [Send(VersionCommand((2,))), Send(ChallengeCommand(MASTER_NONCE))]
+        assert session.dialect is VERSION_2 and session.agreed_at == now
+    elif effect is Effect.PROVE:
+        assert done == [Send(AuthCommand("w1", WORKER_NONCE, proof(
+            SECRET, "client", credential="w1", master_name="peer-1", client_name="me",
+            master_nonce=MASTER_NONCE, client_nonce=WORKER_NONCE,
+        )))]
+    elif effect is Effect.ACCEPT:
+        assert done == [
+            Send(AuthOkCommand(proof(
+                SECRET, "master", credential="w1", master_name="me", client_name="peer-1",
+                master_nonce=MASTER_NONCE, client_nonce=WORKER_NONCE,
+            ))),
+            HandshakeDone("peer-1", VERSION_2, "w1"),
+        ]
+    elif effect is Effect.FAIL_AUTH:
+        assert done == [CloseWithError("authentication failed", AUTH_FAILED, peer)]
+    elif effect is Effect.REQUIRE_AUTH:
+        assert len(done) == 1 and isinstance(done[0], CloseWithError)
+        assert done[0].reason == AUTH_REQUIRED and done[0].culprit == peer
+        assert done[0].message.startswith("authentication required: ")
     elif effect is Effect.NOTE_PING:
         assert done == [Deliver(PingCommand(7))]
         assert session.peer_pinged
@@ -195,7 +272,8 @@ def test_every_transition_of_the_table(state: State, event: Event, row: Transiti
         expected = {
             Event.HANDSHAKE_TIMEOUT: CloseWithError(
                 "handshake timeout: expected "
-                f"{'VERSION' if state is State.NEGOTIATING else 'NAME'} within 25s",
+                + {State.NEGOTIATING: "VERSION", State.AUTHENTICATING: "AUTH"}.get(state, "NAME")
+                + " within 25s",
                 HANDSHAKE_TIMEOUT, peer,
             ),
             Event.PING_TIMEOUT: CloseWithError("ping timeout", PING_TIMEOUT, peer),
@@ -224,6 +302,16 @@ MISSING = [
 ]
 #: Events the session makes of a peer's command only while negotiating.
 NEGOTIATION_ONLY = {Event.BAD_VERSION, Event.UNANNOUNCED}
+#: Events of authentication: their missing pairs are tested below ("authentication"), on
+#: sessions that authenticate.
+AUTH_EVENTS = {
+    Event.VERSION_AUTH, Event.CHALLENGE, Event.AUTH_GOOD, Event.AUTH_BAD, Event.AUTH_MISSING,
+}
+MISSING = [
+    (s, e) for s, e in MISSING
+    # Any other command while authenticating is AUTH_MISSING (tested below).
+    if e not in AUTH_EVENTS and (s, e) != (State.AUTHENTICATING, Event.COMMAND)
+]
 PEER_FAULTS = [
     (s, e)
     for s, e in MISSING
@@ -252,6 +340,8 @@ def test_the_missing_pairs_are_those_the_protocol_forbids() -> None:
             (State.AWAITING_PEER_NAME, Event.COMMAND),
             (State.NEGOTIATING, Event.HELLO),
             (State.NEGOTIATING, Event.COMMAND),
+            (State.AUTHENTICATING, Event.HELLO),
+            (State.AUTHENTICATING, Event.VERSION),
             (State.READY, Event.HELLO),
             (State.READY, Event.VERSION),
         ],

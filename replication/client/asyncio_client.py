@@ -25,6 +25,7 @@ from replication.client.core import (
     lost_in_flight,
     new_core,
 )
+from replication.wire.auth import ClientCredential
 
 _Waiter = asyncio.Future[Published]
 
@@ -50,6 +51,7 @@ class AsyncPublisher:
         connect_timeout: float = 5.0,
         retry_for: float | None = None,
         idempotent: bool = True,
+        credential: ClientCredential | None = None,
     ) -> None:
         settings = ClientSettings.build(
             "an AsyncPublisher", master, timeout, connect_timeout, retry_for
@@ -58,7 +60,7 @@ class AsyncPublisher:
         self.timeout = settings.timeout
         self.connect_timeout = settings.connect_timeout
         self.retry_for = settings.retry_for
-        self._core: PublisherCore[_Waiter] = new_core(name, idempotent)
+        self._core: PublisherCore[_Waiter] = new_core(name, idempotent, credential)
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._connect_lock: asyncio.Lock | None = None
@@ -196,6 +198,9 @@ class AsyncPublisher:
                         raise MasterUnreachable("the master closed the connection")
                     if core.feed(data):
                         raise ProtocolViolation("an answer before the handshake ended")
+                    out = core.take_output()
+                    if out:
+                        writer.write(out)
 
             await asyncio.wait_for(handshake(), self.connect_timeout)
         except BaseException:

@@ -40,6 +40,7 @@ from replication.client.core import (
     lost_in_flight,
     new_core,
 )
+from replication.wire.auth import ClientCredential
 
 
 class PublishFuture(Future[Published]):
@@ -82,6 +83,8 @@ class Publisher:
     :param connect_timeout: seconds one connection attempt (TCP and handshake) may take.
     :param retry_for: seconds to keep trying the same master for publishes whose answer a
         drop lost (default ``timeout``).
+    :param credential: what the publisher authenticates with (a
+        :class:`~replication.wire.auth.ClientCredential`; see docs/security.rst).
     :param idempotent: give every publish an idempotency key (default), so that a resent
         publish is never stored twice.
 
@@ -100,6 +103,7 @@ class Publisher:
         connect_timeout: float = 5.0,
         retry_for: float | None = None,
         idempotent: bool = True,
+        credential: ClientCredential | None = None,
     ) -> None:
         settings = ClientSettings.build(
             "a Publisher", master, timeout, connect_timeout, retry_for
@@ -108,7 +112,7 @@ class Publisher:
         self.timeout = settings.timeout
         self.connect_timeout = settings.connect_timeout
         self.retry_for = settings.retry_for
-        self._core: PublisherCore[_Future] = new_core(name, idempotent)
+        self._core: PublisherCore[_Future] = new_core(name, idempotent, credential)
         self._lock = threading.RLock()
         self._read_lock = threading.Lock()
         self._sock: socket.socket | None = None
@@ -368,6 +372,9 @@ class Publisher:
                     raise MasterUnreachable("the master closed the connection in the handshake")
                 if core.feed(data):
                     raise ProtocolViolation("an answer before the handshake ended")
+                out = core.take_output()
+                if out:
+                    sock.sendall(out)
             # Blocking from here, with the kernel's timeouts: reads end after _POLL_SECONDS so
             # the reader sees deadlines; a send that stalls for ``timeout`` fails.
             sock.settimeout(None)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Final, Generic, TypeVar
 
+from replication.wire.auth import ClientCredential, new_nonce, proof, same
+
 _orjson: ModuleType | None
 try:  # optional: the faster encoder
     import orjson as _orjson
@@ -192,6 +194,10 @@ class PublisherCore(Generic[T]):
     :param name: what the publisher calls itself (``NAME``).
     :param keys: the prefix of the idempotency keys made for publishes without one
         (``None``: publishes carry a key only when given one).
+    :param credential: what the publisher authenticates with (``None``: nothing; a master
+        that asks is then refused, as one that does not ask when a credential is given).
+        With one, ``PUBLISHER`` is sent once the master proved the secret back; what
+        :meth:`feed` leaves to send meanwhile is in :meth:`take_output`.
 
     ``hello()`` is what to send first; ``publish_line()`` builds a publish and
     ``sent(...)`` records it as in flight with a waiter (whatever the client completes:
@@ -200,8 +206,13 @@ class PublisherCore(Generic[T]):
     are known once the handshake lines arrived (``ready``).
     """
 
-    def __init__(self, name: str, keys: str | None = None) -> None:
+    def __init__(
+        self, name: str, keys: str | None = None, credential: ClientCredential | None = None
+    ) -> None:
         self.name = name
+        self.credential = credential
+        self._output = b""
+        self._nonces: tuple[str, str] | None = None
         self._keys = keys
         self._key_counter = itertools.count(1)
         self._ids = itertools.count(1)
@@ -214,7 +225,42 @@ class PublisherCore(Generic[T]):
         self.ready = False
 
     def hello(self) -> bytes:
+        if self.credential is not None:
+            return f"NAME {self.name}\nVERSION {VERSION}\n".encode()
         return f"NAME {self.name}\nVERSION {VERSION}\nPUBLISHER\n".encode()
+
+    def take_output(self) -> bytes:
+        """What the handshake needs sent now (``AUTH``, then ``PUBLISHER``), once."""
+        out, self._output = self._output, b""
+        return out
+
+    def _challenged(self, master_nonce: str) -> None:
+        credential = self.credential
+        if credential is None:
+            raise ProtocolViolation(
+                "the master requires authentication: give the publisher a credential"
+            )
+        if self.server_name is None or self._nonces is not None:
+            raise ProtocolViolation("unexpected CHALLENGE from the master")
+        nonce = new_nonce()
+        self._nonces = (master_nonce, nonce)
+        client = proof(credential.secret, "client", credential=credential.name,
+                       master_name=self.server_name, client_name=self.name,
+                       master_nonce=master_nonce, client_nonce=nonce)
+        self._output += f"AUTH {credential.name} {nonce} {client}\n".encode()
+
+    def _accepted(self, master_proof: str) -> None:
+        credential = self.credential
+        if credential is None or self._nonces is None or self.server_name is None:
+            raise ProtocolViolation("unexpected AUTH_OK from the master")
+        expected = proof(credential.secret, "master", credential=credential.name,
+                         master_name=self.server_name, client_name=self.name,
+                         master_nonce=self._nonces[0], client_nonce=self._nonces[1])
+        if not same(expected, master_proof):
+            raise ProtocolViolation(
+                "authentication failed: the master did not prove the credential's secret"
+            )
+        self._output += b"PUBLISHER\n"
 
     def new_key(self) -> str | None:
         if self._keys is None:
@@ -302,6 +348,14 @@ class PublisherCore(Generic[T]):
             return
         if name == "SERVER":
             self.server_name = args
+        elif name == "CHALLENGE":
+            self._challenged(args)
+        elif name == "AUTH_OK":
+            self._accepted(args)
+        elif name == "ORIGIN" and self.credential is not None and self._nonces is None:
+            raise ProtocolViolation(
+                "the master did not ask for the credential: is it the right master?"
+            )
         elif name == "ORIGIN":
             self.origin = args.split(" ")[0]
         elif name == "PUBLISHING":
@@ -322,6 +376,8 @@ class PublisherCore(Generic[T]):
         self._buffer = b""
         self.ready = False
         self.origin = None
+        self._output = b""
+        self._nonces = None
         return lost
 
 
@@ -359,6 +415,11 @@ class ClientSettings:
         )
 
 
-def new_core(name: str | None, idempotent: bool) -> PublisherCore[Any]:
-    """The protocol state of a new client: its name and, if ``idempotent``, its keys."""
-    return PublisherCore(name or default_name(), key_prefix() if idempotent else None)
+def new_core(
+    name: str | None, idempotent: bool, credential: ClientCredential | None = None
+) -> PublisherCore[Any]:
+    """The protocol state of a new client: its name, its keys if ``idempotent``, and the
+    credential it authenticates with (if any)."""
+    return PublisherCore(
+        name or default_name(), key_prefix() if idempotent else None, credential
+    )

@@ -32,6 +32,7 @@ from replication.client.core import (
     parse_endpoint,
 )
 from replication.tls import client_endpoint as tls_client_endpoint
+from replication.wire.auth import ClientCredential
 
 _Waiter = Deferred[Published]
 
@@ -95,6 +96,7 @@ class TwistedPublisher:
         connect_timeout: float = 5.0,
         retry_for: float | None = None,
         idempotent: bool = True,
+        credential: ClientCredential | None = None,
     ) -> None:
         masters = [master] if isinstance(master, str) else list(master)
         if not masters:
@@ -108,7 +110,7 @@ class TwistedPublisher:
         self.connect_timeout = connect_timeout
         self.retry_for = timeout if retry_for is None else retry_for
         self._core: PublisherCore[_Waiter] = PublisherCore(
-            name or default_name(), key_prefix() if idempotent else None
+            name or default_name(), key_prefix() if idempotent else None, credential
         )
         self._connection: _Connection | None = None
         self._connecting: Deferred[_Connection] | None = None
@@ -265,6 +267,10 @@ class TwistedPublisher:
         self._last_read = self.reactor.seconds()
         try:
             done = self._core.feed(data)
+            out = self._core.take_output()
+            if out:
+                assert connection.transport is not None
+                connection.transport.write(out)
         except ProtocolViolation as e:
             if not connection.ready.called:
                 connection.ready.errback(e)

@@ -55,7 +55,7 @@ import enum
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.internet import ClientService
@@ -76,6 +76,7 @@ from replication.master.log import StreamKey, StreamLog, StreamState
 from replication.snapshot import PeerLinkView
 from replication.store import Entry
 from replication.streams import AssemblyError, TokenAssembler
+from replication.wire.auth import ClientCredential
 from replication.wire.commands import (
     EVERY_STREAM,
     WORKER,
@@ -143,6 +144,7 @@ class LinkSettings:
     :param max_streams: streams of the peer's origin this master takes at most
         (``limits.max_streams``).
     :param reconnect: the backoff between attempts (``cluster.reconnect``).
+    :param credential: what the links authenticate with (``cluster.auth``); ``None``: none.
     """
 
     name: str = "master"
@@ -154,9 +156,12 @@ class LinkSettings:
     ingest_batch_rows: int = 10_000
     max_streams: int = 10_000
     reconnect: ReconnectConfig = ReconnectConfig(initial_delay=1.0)
+    credential: ClientCredential | None = field(default=None, repr=False)
 
     @classmethod
-    def from_config(cls, config: MasterConfig) -> LinkSettings:
+    def from_config(
+        cls, config: MasterConfig, credential: ClientCredential | None = None
+    ) -> LinkSettings:
         limits, cluster = config.limits, config.cluster
         return cls(
             name=config.server_name,
@@ -168,6 +173,7 @@ class LinkSettings:
             ingest_batch_rows=cluster.ingest_batch_rows,
             max_streams=limits.max_streams,
             reconnect=cluster.reconnect,
+            credential=credential,
         )
 
 
@@ -503,7 +509,7 @@ class PeerConnection(ReplicationProtocol):
         super().__init__(
             link.clock, default_registry(), WORKER, settings.name,
             keepalive=settings.keepalive, max_line_bytes=settings.max_line_bytes,
-            max_buffer_bytes=None, versions={2: VERSION_2},
+            max_buffer_bytes=None, versions={2: VERSION_2}, credential=settings.credential,
         )
         self.link = link
         self.log = link.log

@@ -36,6 +36,7 @@ from replication.cluster.link import LinkSettings, LinkState, PeerLink
 from replication.config import MasterConfig
 from replication.master.log import StreamLog
 from replication.snapshot import PeerLinkView
+from replication.wire.auth import ClientCredential
 
 log = logging.getLogger(__name__)
 
@@ -184,13 +185,16 @@ def peer_links(
     connect: Callable[[str], IStreamClientEndpoint],
     *,
     ready: Deferred[None] | None = None,
+    credential: ClientCredential | None = None,
 ) -> PeerLinks:
-    """The :class:`PeerLinks` of a master configured with ``cluster.peers``."""
+    """The :class:`PeerLinks` of a master configured with ``cluster.peers``; ``credential``:
+    what the links authenticate with (``cluster.auth``, its secret read)."""
     peers = config.cluster.peers
     if peers is None:
         raise ValueError("the master has no cluster.peers")
     return PeerLinks(
-        peers, log, fingerprint, clock, LinkSettings.from_config(config), connect, ready=ready,
+        peers, log, fingerprint, clock, LinkSettings.from_config(config, credential), connect,
+        ready=ready,
         repair_after=config.cluster.repair_after,
     )
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from replication.config.document import Document, join
-from replication.config.model import WorkerStream
+from replication.config.model import CredentialSpec, WorkerStream
 from replication.config.schema import AnyKey, Checking, Key, Kind, Loading, Rule
 from replication.config.units import (
     describe,
@@ -760,3 +760,140 @@ class NotWith(Rule):
 
     def describe(self) -> str:
         return f"not with ``{self.other}: {self.excluded}``"
+
+
+_CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_CREDENTIAL_KEYS = ("secret_file", "secret_env", "read", "publish", "peer", "status")
+
+
+def _credential_name(document: Document, value: object, path: str) -> str:
+    if not isinstance(value, str) or not _CREDENTIAL_NAME.fullmatch(value):
+        raise document.error(
+            path, f"a credential name must be 1 to 64 of A-Z a-z 0-9 _ . -, got {describe(value)}"
+        )
+    return value
+
+
+def _secret_source(
+    document: Document, path: str, secret_file: object, secret_env: object
+) -> None:
+    """Exactly one of ``secret_file`` and ``secret_env``, each a non-empty string."""
+    if (secret_file is None) == (secret_env is None):
+        raise document.error(
+            path, "needs exactly one of secret_file (a file holding the secret) and "
+            "secret_env (an environment variable holding it)"
+        )
+    if secret_file is not None:
+        _text(document, secret_file, join(path, "secret_file"))
+    if secret_env is not None:
+        _text(document, secret_env, join(path, "secret_env"))
+
+
+class CredentialName(Text):
+    """A credential's name: 1 to 64 of ``A-Z a-z 0-9 _ . -``."""
+
+    def check(self, checking: Checking, value: object, path: str) -> None:
+        _credential_name(checking.document, value, path)
+
+
+class Credentials(Kind):
+    """The master's named credentials: a mapping of credential name to ``secret_file`` or
+    ``secret_env``, ``read``, ``publish`` (lists of stream names or ``*``), ``peer`` and
+    ``status`` (booleans). Loaded as a read-only mapping of name to
+    :class:`~replication.config.model.CredentialSpec`."""
+
+    name = "mapping of credential name to its secret and permissions"
+
+    def load(self, loading: Loading, value: Any, path: str) -> Any:
+        built: dict[str, CredentialSpec] = {}
+        for name, spec in loading.section(value, path, AnyKey()).items():
+            item = f"{path}.{name}"
+            _credential_name(loading.document, name, item)
+            options = loading.section(spec, item, _CREDENTIAL_KEYS)
+            streams = {}
+            for which in ("read", "publish"):
+                listed = options.get(which, [])
+                if listed is None:
+                    listed = []
+                if not isinstance(listed, list):
+                    raise loading.document.error(
+                        join(item, which),
+                        f"must be a list of stream names or '*', got {describe(listed)}",
+                    )
+                streams[which] = tuple(listed)
+            built[name] = CredentialSpec(
+                name, options.get("secret_file"), options.get("secret_env"),
+                streams["read"], streams["publish"], options.get("peer", False),
+                options.get("status", False),
+            )
+        return types.MappingProxyType(built)
+
+    def check(self, checking: Checking, value: object, path: str) -> None:
+        document = checking.document
+        _instance(document, value, Mapping, path, "a mapping of credential names")
+        assert isinstance(value, Mapping)
+        for name, spec in value.items():
+            item = f"{path}.{name}"
+            _credential_name(document, name, item)
+            _instance(document, spec, CredentialSpec, item, "a CredentialSpec")
+            assert isinstance(spec, CredentialSpec)
+            _secret_source(document, item, spec.secret_file, spec.secret_env)
+            for which in ("read", "publish"):
+                for index, stream in enumerate(getattr(spec, which)):
+                    if stream != "*":
+                        _stream_name(document, stream, f"{item}.{which}[{index}]")
+            for which in ("peer", "status"):
+                if not isinstance(getattr(spec, which), bool):
+                    raise document.error(
+                        join(item, which),
+                        f"must be true or false, got {describe(getattr(spec, which))}",
+                    )
+
+    def show(self, value: object) -> str:
+        return "``{}``"
+
+
+class OneSecret(Rule):
+    """With ``<section>.credential`` set, exactly one of ``<section>.secret_file`` and
+    ``<section>.secret_env``; without it, neither."""
+
+    def __init__(self, section: str) -> None:
+        self.section = section
+        #: The earlier key this rule refers to (the schema checks it comes first).
+        self.other = f"{section}.secret_file"
+
+    def check(self, checking: Checking, key: Key, value: object) -> None:
+        credential = checking.value_of(f"{self.section}.credential")
+        secret_file = checking.value_of(f"{self.section}.secret_file")
+        if credential is None:
+            if secret_file is not None or value is not None:
+                raise checking.document.error(
+                    key.path if value is not None else f"{self.section}.secret_file",
+                    f"is only allowed with {self.section}.credential",
+                )
+            return
+        _secret_source(checking.document, self.section, secret_file, value)
+
+    def describe(self) -> str:
+        return (
+            f"with ``{self.section}.credential``, exactly one of ``secret_file`` and "
+            "``secret_env``"
+        )
+
+
+#: The HTTP routes ``auth.open_routes`` may open.
+OPENABLE_ROUTES = ("/health", "/metrics")
+
+
+class OpenRoutes(_Strings):
+    """A list of HTTP routes from :data:`OPENABLE_ROUTES`."""
+
+    name = "list of routes (/health, /metrics)"
+
+    def check(self, checking: Checking, value: object, path: str) -> None:
+        document = checking.document
+        for item, route in _items(document, value, path, "a list of routes"):
+            if route not in OPENABLE_ROUTES:
+                raise document.error(
+                    item, f"must be one of {', '.join(OPENABLE_ROUTES)}, got {describe(route)}"
+                )

@@ -95,6 +95,31 @@ class ReconnectConfig:
 
 
 @dataclass(frozen=True)
+class CredentialSpec:
+    """One of the master's named credentials (yaml ``auth.credentials.<name>``): where its
+    secret is (a file or an environment variable; read at startup) and what it may do.
+    Stream lists hold names or ``*`` (every stream)."""
+
+    name: str
+    secret_file: str | None = None
+    secret_env: str | None = None
+    read: tuple[str, ...] = ()
+    publish: tuple[str, ...] = ()
+    peer: bool = False
+    status: bool = False
+
+
+@dataclass(frozen=True)
+class ClientAuthConfig:
+    """The credential one end dials with (a worker's ``auth``, a master's
+    ``cluster.auth`` for its peer links); ``credential`` ``None``: none."""
+
+    credential: str | None = None
+    secret_file: str | None = None
+    secret_env: str | None = None
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     """A master's cluster peers (yaml ``cluster:``); ``peers`` ``None``: not in a cluster."""
 
@@ -112,11 +137,30 @@ class ClusterConfig:
     ack_peers: int = 0
     #: Seconds a publish waits for ``ack_peers`` confirmations before a 504.
     ack_timeout: float = 10.0
+    auth: ClientAuthConfig = ClientAuthConfig()
 
     @property
     def enabled(self) -> bool:
         """Whether this master is one of a cluster (``cluster.peers`` is set)."""
         return self.peers is not None
+
+
+def _no_credentials() -> Mapping[str, CredentialSpec]:
+    return types.MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """A master's ``auth`` section. ``enabled`` false (no ``auth.credentials``): every
+    connection may do everything, as before."""
+
+    credentials: Mapping[str, CredentialSpec] = field(default_factory=_no_credentials, hash=False)
+    open_routes: tuple[str, ...] = ("/health",)
+    open: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.credentials)
 
 
 def _empty_retention_map() -> Mapping[str, RetentionConfig]:
@@ -167,6 +211,7 @@ class MasterConfig:
     #: yaml ``cluster:``: the peers of a cluster of masters; ``cluster.enabled`` is false
     #: when the section is absent.
     cluster: ClusterConfig = ClusterConfig()
+    auth: AuthConfig = AuthConfig()
 
     def retention_for(self, stream: str) -> RetentionConfig:
         """The retention of ``stream``: its override if it has one, else the default."""
@@ -224,6 +269,8 @@ class WorkerConfig:
     commands: str | None = None
     #: Directories put first on the import path before the ``commands`` module is imported.
     commands_path: tuple[str, ...] = (".",)
+    #: yaml ``auth:``: the credential this worker authenticates with.
+    auth: ClientAuthConfig = ClientAuthConfig()
 
     @property
     def masters(self) -> tuple[str, ...]:

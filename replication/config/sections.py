@@ -16,6 +16,8 @@ from replication.config.kinds import (
     AtLeast,
     Boolean,
     Choice,
+    CredentialName,
+    Credentials,
     Directories,
     Duration,
     Endpoint,
@@ -26,7 +28,9 @@ from replication.config.kinds import (
     Integer,
     NotWith,
     Nullable,
+    OneSecret,
     OnlyWith,
+    OpenRoutes,
     Options,
     PeerEndpoints,
     PeerName,
@@ -188,6 +192,7 @@ def _cluster() -> tuple[Key, ...]:
             Duration(),
             "How long a publish waits for ``ack_peers`` confirmations.",
         ),
+        *_client_auth("cluster.auth", "each peer link"),
     )
 
 
@@ -218,6 +223,52 @@ def _http_limits() -> tuple[Key, ...]:
             attr="http_request_timeout",
         ),
     )
+
+
+def _client_auth(section: str, who: str) -> tuple[Key, ...]:
+    """The keys of the credential ``who`` dials with, under ``section``."""
+    return (
+        Key(
+            f"{section}.credential",
+            Nullable(CredentialName()),
+            f"The name of the credential {who} authenticates with (one of the master's "
+            "``auth.credentials``); ``null`` (the default): none. A master with credentials "
+            "refuses a connection without one, and a connection with one refuses a master "
+            "that does not ask for it or cannot prove the same secret back (see "
+            "`security.rst <security.rst>`_).",
+        ),
+        Key(
+            f"{section}.secret_file",
+            Nullable(Text()),
+            "A file holding the credential's secret (its first line; surrounding white "
+            "space is ignored). ``check-config`` warns when others may read it.",
+        ),
+        Key(
+            f"{section}.secret_env",
+            Nullable(Text()),
+            "An environment variable holding the credential's secret (instead of "
+            "``secret_file``).",
+            rule=OneSecret(section),
+        ),
+    )
+
+
+_CREDENTIALS_DOC: Final = """\
+Named credentials; with at least one, every connection on the replication port
+authenticates (protocol version 2 only: version 1 and legacy workers are refused) and may do
+only what its credential allows. Each credential has ``secret_file`` (a file holding the
+secret) or ``secret_env`` (an environment variable holding it), never the secret itself, and
+its permissions: ``read`` (streams it may follow, names or ``*``), ``publish`` (streams it
+may publish to), ``peer`` (whether it may join as a cluster peer, default ``false``) and
+``status`` (whether it may read ``/status``, default ``false``)::
+
+    auth:
+      credentials:
+        worker-1: {secret_file: /etc/replication/worker-1.secret, read: [events]}
+        publisher: {secret_env: REPLICATION_PUBLISHER_SECRET, publish: ["*"]}
+        peers: {secret_file: /etc/replication/peers.secret, read: ["*"], peer: true}
+
+Leave ``auth`` out and nothing is authenticated. See `security.rst <security.rst>`_."""
 
 
 def _keepalive() -> tuple[Key, ...]:
@@ -455,6 +506,24 @@ MASTER: Final = Schema(
         ),
         _log_format(),
         *_commands(),
+        Key("auth.credentials", Credentials(), _CREDENTIALS_DOC),
+        Key(
+            "auth.open_routes",
+            OpenRoutes(),
+            "HTTP routes anyone may ``GET`` without a token when ``auth.credentials`` is "
+            "set: ``/health`` and ``/metrics`` may be listed (``[]``: every route needs a "
+            "bearer token). Every other route needs a credential's token; see "
+            "`security.rst <security.rst>`_.",
+        ),
+        Key(
+            "auth.open",
+            Boolean(),
+            "Protected mode: a master whose ``listen`` or ``http.listen`` reaches beyond "
+            "the loopback interface (no ``interface=``, or a non-loopback one) refuses to "
+            "start without ``auth.credentials``. ``true`` says explicitly that it should run "
+            "open (anyone who can reach it may read and publish every stream). See "
+            "`security.rst <security.rst>`_.",
+        ),
         *_cluster(),
     ),
 )
@@ -705,6 +774,7 @@ WORKER: Final = Schema(
         ),
         _log_format(),
         *_commands(),
+        *_client_auth("auth", "the worker"),
     ),
 )
 

@@ -207,6 +207,11 @@ def serve_metrics(registry: CollectorRegistry) -> RouteHandler:
 def master_routes(master: Master) -> RouteTable:
     """Every route of the master's HTTP listener."""
     api = MasterApi(master)
+    authorize = None
+    if master.keyring is not None:
+        from replication.http.auth import bearer_authorizer
+
+        authorize = bearer_authorizer(master, master.keyring, master.config.auth.open_routes)
     return RouteTable([
         Route("POST", "/streams/{stream}", api.publish, access="publish"),
         Route("GET", "/streams/{stream}", api.stream, access="read"),
@@ -216,7 +221,7 @@ def master_routes(master: Master) -> RouteTable:
         Route("GET", "/status", api.status, access="read"),
         Route("GET", "/metrics", serve_metrics(master.metrics.registry), access="metrics"),
         Route("GET", "/", serve_status_page(), access="read"),
-    ])
+    ], authorize=authorize)
 
 
 class JsonRequest(Request):

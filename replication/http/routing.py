@@ -15,10 +15,11 @@ undecodable bytes shown as ``\\xNN``. Then:
   raises :class:`HttpError` is answered with its status and message; any other exception
   is logged and answered 500 ``{"error": "internal error"}``.
 
-Authentication will plug in here: each route names the kind of access it needs
+Authentication plugs in here: each route names the kind of access it needs
 (:attr:`Route.access`), and a table built with ``authorize`` calls
-``authorize(request, route)`` before the route's handler; it refuses a request by raising
-:class:`HttpError` (401 or 403). No authorizer is installed today: every route is open.
+``authorize(request, route, params)`` before the route's handler; it refuses a request by
+raising :class:`HttpError` (401 or 403). A master with credentials installs
+:func:`replication.http.auth.bearer_authorizer`; without, every route is open.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 RouteHandler = Callable[[Request, Mapping[str, str]], "bytes | int"]
 
 #: Called before a route's handler; refuses the request by raising :class:`HttpError`.
-Authorizer = Callable[[Request, "Route"], None]
+Authorizer = Callable[[Request, "Route", Mapping[str, str]], None]
 
 
 class HttpError(Exception):
@@ -201,7 +202,7 @@ class Router(Resource):
         try:
             route, params = self.table.resolve(request.method, request.postpath or [])
             if self.table.authorize is not None:
-                self.table.authorize(request, route)
+                self.table.authorize(request, route, params)
             return route.handler(request, params)
         except HttpError as e:
             for name, value in e.headers.items():

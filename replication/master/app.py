@@ -46,6 +46,7 @@ from twisted.python.threadpool import ThreadPool
 
 from replication.cluster.peers import PeerLinks, peer_links
 from replication.config import MasterConfig
+from replication.credentials import SecretError, client_credential, master_keyring
 from replication.master.connection import MasterFactory
 from replication.master.log import StreamState
 from replication.master.service import Master
@@ -63,6 +64,7 @@ from replication.store.history import (
     write_mark,
 )
 from replication.tls import server_endpoint
+from replication.wire.auth import ClientCredential
 from replication.wire.commands import CommandRegistry
 
 log = logging.getLogger("replication.master")
@@ -360,6 +362,11 @@ def master_service(
     """
     from replication.http import admin_factory
 
+    try:
+        keyring = master_keyring(config)
+        link_credential = client_credential(config.cluster.auth, "cluster.auth")
+    except SecretError as e:
+        raise ServiceError(str(e)) from None
     marked = store is None and config.store.type == "sqlite"
     if store is None:
         store = open_store(config, accept_history_loss)
@@ -372,7 +379,7 @@ def master_service(
     metrics = MasterMetrics(registry if registry is not None else process_registry())
     master = Master(
         config, store, reactor, run_blocking=run_write, run_read=run_read, metrics=metrics,
-        registry=commands,
+        registry=commands, keyring=keyring,
     )
     if marked:
         children.append(HistoryMarker(master, mark_path(database_path(config)), reactor))
@@ -393,7 +400,7 @@ def master_service(
         ))
     links = None
     if config.cluster.enabled:
-        links = _peer_links(config, master, reactor, workers)
+        links = _peer_links(config, master, reactor, workers, link_credential)
         master.peer_links = links
         children.append(links)
 
@@ -409,7 +416,8 @@ def master_service(
 
 
 def _peer_links(
-    config: MasterConfig, master: Master, reactor: IReactorTime, workers: ListeningService
+    config: MasterConfig, master: Master, reactor: IReactorTime, workers: ListeningService,
+    credential: ClientCredential | None = None,
 ) -> PeerLinks:
     """The master's links to its cluster's peers. They start dialling once the replication
     port listens (the store is open by then, so the origin id is known, and this master can
@@ -427,7 +435,10 @@ def _peer_links(
     for description in config.cluster.peers or ():
         connect(description)  # an endpoint that cannot be built stops the master now
     listening = workers.when_listening().addCallback(lambda _: None)
-    return peer_links(config, master.log, master.fingerprint, reactor, connect, ready=listening)
+    return peer_links(
+        config, master.log, master.fingerprint, reactor, connect, ready=listening,
+        credential=credential,
+    )
 
 
 __all__ = [

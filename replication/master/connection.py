@@ -18,6 +18,7 @@ and it may not follow streams (docs/protocol.rst, "Publishing"). A connection's
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IAddress
@@ -31,9 +32,13 @@ from replication.cluster.identity import (
     recognise,
 )
 from replication.master.publishing import PublishPipeline, fast_publish
+from replication.wire.auth import ALL_PERMISSIONS, Permissions, permissions_of
 from replication.wire.commands import (
+    ALL_STREAMS,
     MASTER,
+    ORIGIN_SEPARATOR,
     Command,
+    ErrorCommand,
     HandledCommand,
     OriginCommand,
     PublishCommand,
@@ -44,7 +49,8 @@ from replication.wire.commands import (
     ReplicateCommand,
 )
 from replication.wire.dialects import DIALECTS, VERSION_1
-from replication.wire.protocol import ReplicationProtocol
+from replication.wire.protocol import PROTOCOL_ERROR, ReplicationProtocol
+from replication.wire.session import AUTH_FAILED
 
 if TYPE_CHECKING:
     from replication.master.fanout import Subscription
@@ -53,6 +59,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("replication.master")
 
 TOO_MANY_CONNECTIONS = "too many connections"
+#: The close reason of a connection from an address that must wait after failures.
+AUTH_DELAYED = "authentication delayed"
 #: The name of the dialect of protocol version 1 (docs/protocol.rst). A connection's own
 #: ``dialect`` is what its handshake agreed on (see :mod:`replication.wire.dialects`).
 DIALECT = VERSION_1.name
@@ -72,8 +80,12 @@ class MasterConnection(ReplicationProtocol):
             keepalive=config.keepalive,
             max_line_bytes=config.limits.max_line_bytes,
             max_buffer_bytes=config.limits.max_buffer_bytes,
+            keyring=master.keyring,
         )
         self.master = master
+        #: What this connection may do: everything without authentication; nothing until
+        #: the handshake proved a credential, then that credential's permissions.
+        self.permissions = ALL_PERMISSIONS if master.keyring is None else Permissions()
         self._admitted = False
         #: A cluster peer's identity, once it sent ``ORIGIN`` (``None``: a worker).
         self.peer_identity: Identity | None = None
@@ -107,8 +119,39 @@ class MasterConnection(ReplicationProtocol):
                 f"too many connections: this master takes {limit} (limits.max_connections)",
                 TOO_MANY_CONNECTIONS,
             )
+            return
+        if self.master.keyring is not None:
+            wait = self.master.auth_delays.wait(self.address(), self.clock.seconds())
+            if wait > 0:
+                self.master.auth_failures["replication"] += 1
+                self.send_error(
+                    f"{AUTH_FAILED}: too many failures from this address; "
+                    f"try again in {math.ceil(wait)}s",
+                    AUTH_DELAYED,
+                )
+
+    def address(self) -> str:
+        """The peer's host (what failures are counted by)."""
+        peer = self.transport.getPeer() if self.transport is not None else None
+        return str(getattr(peer, "host", peer))
+
+    def send_error(self, message: str, reason: str = PROTOCOL_ERROR) -> None:
+        if reason == AUTH_FAILED and not self._closing:
+            master = self.master
+            delay = master.auth_delays.failed(self.address(), self.clock.seconds())
+            master.auth_failures["replication"] += 1
+            log.warning(
+                "%s: authentication failed (credential %r); this address waits %gs before "
+                "its next attempt", self.describe(), self.session.claimed, delay,
+            )
+        super().send_error(message, reason)
 
     def handshake_done(self) -> None:
+        keyring = self.master.keyring
+        if keyring is not None:
+            self.permissions = permissions_of(keyring, self.credential)
+            self.master.auth_delays.succeeded(self.address())
+            log.info("%s authenticated as %r", self.describe(), self.credential)
         log.info("%s connected, speaking %s", self.describe(), self.dialect)
         self.master.history.connected(self.peer_name)
         if DIALECTS[self.dialect].origins:
@@ -117,10 +160,28 @@ class MasterConnection(ReplicationProtocol):
             self.send(OriginCommand(identity.origin_id, identity.fingerprint))
 
     def on_REPLICATE(self, command: ReplicateCommand) -> None:
+        permissions = self.permissions
+        stream = command.stream
+        if stream == ALL_STREAMS:
+            allowed = permissions.may_read_all()
+        else:
+            allowed = permissions.may_read(stream.partition(ORIGIN_SEPARATOR)[0])
+        if not allowed:
+            self.send(ErrorCommand(
+                f"REPLICATE {stream} refused: credential {self.credential!r} may not read "
+                f"{'every stream' if stream == ALL_STREAMS else 'stream ' + repr(stream)}"
+            ))
+            return
         self.master.fanout.replicate(self, command)
 
     def on_ORIGIN(self, command: OriginCommand) -> None:
         """A master dialling this one as a cluster peer names itself."""
+        if not self.permissions.peer:
+            self.send_error(
+                f"ORIGIN refused: credential {self.credential!r} may not join as a cluster "
+                "peer (peer: true)"
+            )
+            return
         if not DIALECTS[self.dialect].origins:
             self.send_error(f"ORIGIN needs protocol version 2; this connection speaks "
                             f"{self.dialect}")
@@ -154,6 +215,12 @@ class MasterConnection(ReplicationProtocol):
             log.info("%s is cluster peer %s", self.describe(), announced.origin_id)
 
     def on_RELAY(self, command: RelayCommand) -> None:
+        if not self.permissions.peer:
+            self.send_error(
+                f"RELAY refused: credential {self.credential!r} may not join as a cluster "
+                "peer (peer: true)"
+            )
+            return
         peer = self.peer_identity
         if peer is None:
             self.send_error("RELAY is for cluster peers: a peer sends ORIGIN first")

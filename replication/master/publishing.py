@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 from twisted.python.failure import Failure
 
 from replication.master.log import PublishError
+from replication.wire.auth import Permissions
 from replication.wire.commands import (
     CommandParseError,
     PublishCommand,
@@ -133,6 +134,8 @@ class PublisherConnection(Protocol):
     """What the pipeline uses of its connection."""
 
     sent_counts: dict[str, int]
+    permissions: Permissions
+    credential: str | None
 
     def write(self, data: bytes) -> None: ...
     def hold_input(self) -> None: ...
@@ -206,6 +209,10 @@ class PublishPipeline:
             self._holding = True
             self.connection.hold_input()
         entry = None
+        if not self.connection.permissions.may_publish(stream):
+            self._answer(slot, (403, f"credential {self.connection.credential!r} may not "
+                                     f"publish to stream {stream!r}"))
+            return
         if key is not None:
             keys = master.publish_keys
             now = master.clock.seconds()

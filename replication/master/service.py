@@ -47,6 +47,7 @@ from replication.snapshot import (
 )
 from replication.store import StreamStore
 from replication.store.asynchronous import BlockingRunner, adapt
+from replication.wire.auth import FailureDelays, Keyring
 from replication.wire.commands import (
     CommandParseError,
     CommandRegistry,
@@ -108,8 +109,15 @@ class Master:
         clustered: bool | None = None,
         ack_peers: int | None = None,
         ack_timeout: float | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self.config = config
+        #: The credentials connections must prove (``None``: no authentication).
+        self.keyring = keyring
+        #: Addresses whose authentications failed lately, and how long they must wait.
+        self.auth_delays = FailureDelays()
+        #: Failed authentications since start, by transport (``http``, ``replication``).
+        self.auth_failures: dict[str, int] = {"http": 0, "replication": 0}
         cluster = config.cluster
         self.clustered = cluster.enabled if clustered is None else clustered
         self.store = store
@@ -463,6 +471,7 @@ class Master:
             followers_ahead=fanout.followers_ahead,
             cluster=cluster,
             publishes=dict(self.publishes),
+            auth_failures=dict(self.auth_failures),
         )
 
 

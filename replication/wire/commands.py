@@ -917,6 +917,83 @@ class RefusedCommand(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class ChallengeCommand(Command):
+    """``CHALLENGE <nonce>``: the master asks the client to authenticate (protocol version 2,
+    right after ``VERSION``, on a master with credentials configured)."""
+
+    NAME: ClassVar[str] = "CHALLENGE"
+    nonce: str
+
+    def __post_init__(self) -> None:
+        _check_hex(self.nonce, 32, "CHALLENGE nonce")
+
+    @classmethod
+    def from_args(cls, args: str) -> ChallengeCommand:
+        return cls(_split(args, 1, cls.NAME, "<nonce>")[0])
+
+    def to_args(self) -> str:
+        return self.nonce
+
+
+@dataclass(frozen=True, slots=True)
+class AuthCommand(Command):
+    """``AUTH <credential> <nonce> <proof>``: the client names its credential, sends its own
+    nonce and proves the secret (see :mod:`replication.wire.auth`)."""
+
+    NAME: ClassVar[str] = "AUTH"
+    credential: str
+    nonce: str
+    proof: str
+
+    def __post_init__(self) -> None:
+        if not _CREDENTIAL.fullmatch(self.credential):
+            raise CommandParseError(
+                "credential name must be 1 to 64 of A-Z a-z 0-9 _ . -, got "
+                f"{self.credential[:70]!r}"
+            )
+        _check_hex(self.nonce, 32, "AUTH nonce")
+        _check_hex(self.proof, 64, "AUTH proof")
+
+    @classmethod
+    def from_args(cls, args: str) -> AuthCommand:
+        credential, nonce, proof = _split(args, 3, cls.NAME, "<credential> <nonce> <proof>")
+        if " " in proof:
+            raise CommandParseError("AUTH takes 3 arguments: AUTH <credential> <nonce> <proof>")
+        return cls(credential, nonce, proof)
+
+    def to_args(self) -> str:
+        return f"{self.credential} {self.nonce} {self.proof}"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthOkCommand(Command):
+    """``AUTH_OK <proof>``: the master accepts the client and proves the secret back."""
+
+    NAME: ClassVar[str] = "AUTH_OK"
+    proof: str
+
+    def __post_init__(self) -> None:
+        _check_hex(self.proof, 64, "AUTH_OK proof")
+
+    @classmethod
+    def from_args(cls, args: str) -> AuthOkCommand:
+        return cls(_split(args, 1, cls.NAME, "<proof>")[0])
+
+    def to_args(self) -> str:
+        return self.proof
+
+
+_CREDENTIAL = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def _check_hex(text: str, length: int, what: str) -> None:
+    if not isinstance(text, str) or len(text) != length or not all(
+        c in "0123456789abcdef" for c in text
+    ):
+        raise CommandParseError(f"{what} must be {length} lower-case hex digits")
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorCommand(Command):
     """``ERROR <text>``: something went wrong; the text says what.
 
@@ -1025,6 +1102,9 @@ _BUILTINS: tuple[tuple[type[Command], frozenset[str]], ...] = (
     (PublishTokensCommand, frozenset({WORKER})),
     (PublishedCommand, frozenset({MASTER})),
     (RefusedCommand, frozenset({MASTER})),
+    (ChallengeCommand, frozenset({MASTER})),
+    (AuthCommand, frozenset({WORKER})),
+    (AuthOkCommand, frozenset({MASTER})),
 )
 
 

@@ -43,6 +43,7 @@ from zope.interface import implementer
 
 from replication.config import KeepaliveConfig
 from replication.wire.application import CommandHandler
+from replication.wire.auth import ClientCredential, Keyring
 from replication.wire.commands import (
     MASTER,
     WORKER,
@@ -156,6 +157,8 @@ class ReplicationProtocol(Protocol):
         max_line_bytes: int = 65536,
         max_buffer_bytes: int | None = 8 * 1024 * 1024,
         versions: Mapping[int, Dialect] = VERSIONS,
+        keyring: Keyring | None = None,
+        credential: ClientCredential | None = None,
     ) -> None:
         if side not in (MASTER, WORKER):
             raise ValueError(f"side must be {MASTER!r} or {WORKER!r}")
@@ -176,7 +179,12 @@ class ReplicationProtocol(Protocol):
             ping_timeout=keepalive.ping_timeout,
             close_timeout=keepalive.close_timeout,
             versions=versions,
+            keyring=keyring,
+            credential=credential,
         )
+        #: The credential the peer proved (a master) or the master accepted (a worker), once
+        #: the handshake is done; ``None``: no authentication.
+        self.credential: str | None = None
 
         self.peer_name: str | None = None
         #: The dialect the handshake agreed on (see :mod:`replication.wire.dialects`): the
@@ -275,7 +283,8 @@ class ReplicationProtocol(Protocol):
         peer = self.transport.getPeer() if self.transport is not None else None
         host, port = getattr(peer, "host", None), getattr(peer, "port", None)
         address = str(peer) if port is None else f"{host}:{port}"
-        return f"{self.peer_side} {self.peer_name or '?'} at {address}"
+        name = self.peer_name or self.session.peer_name or "?"
+        return f"{self.peer_side} {name} at {address}"
 
     def command_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """``(received, sent)``: commands of this connection by name, so far. Subclasses
@@ -297,6 +306,7 @@ class ReplicationProtocol(Protocol):
             elif isinstance(action, HandshakeDone):
                 self.peer_name = action.peer_name
                 self.dialect = action.dialect.name
+                self.credential = action.credential
                 self.handshake_done()
                 application = self.registry.application
                 if application is not None and not self._closing:

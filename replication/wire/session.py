@@ -35,9 +35,17 @@ Every state that waits on the peer has a deadline (:attr:`Session.deadline`):
   (:meth:`Session.pause_reading`), the peer's silence does not count.
 * ``CLOSING``: a graceful close that has not finished after ``close_timeout`` is aborted.
 
-Authentication will be another state between ``NEGOTIATING`` and ``READY``, waiting on the
-peer with a deadline of its own in :attr:`Session.deadline` and :meth:`Session.poll`;
-``HandshakeDone`` is emitted on reaching ``READY``.
+* ``AUTHENTICATING`` (protocol version 2, when the master has credentials): between the
+  version agreement and ``READY``, the challenge-response of :mod:`replication.wire.auth`
+  (``CHALLENGE``, ``AUTH``, ``AUTH_OK``), for the handshake timeout again, counted from the
+  agreement. A master with credentials refuses a worker that speaks version 1 or the legacy
+  dialect (``ERROR authentication required: ...``); a worker with a credential refuses a
+  master that does not ask for it (``VERSION`` is not followed by ``CHALLENGE``: the master
+  is not the one it was configured for), and a worker without one refuses a ``CHALLENGE``
+  with an ``ERROR`` saying that a credential must be configured. A wrong proof on either side
+  closes with ``ERROR authentication failed`` (:data:`AUTH_FAILED`).
+
+``HandshakeDone`` is emitted on reaching ``READY``, with the credential the peer proved.
 """
 
 from __future__ import annotations
@@ -48,9 +56,20 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final, NamedTuple, TypeAlias
 
+from replication.wire.auth import (
+    ClientCredential,
+    Keyring,
+    NonceSource,
+    new_nonce,
+    proof,
+    same,
+)
 from replication.wire.commands import (
     MASTER,
     WORKER,
+    AuthCommand,
+    AuthOkCommand,
+    ChallengeCommand,
     Command,
     ErrorCommand,
     NameCommand,
@@ -64,6 +83,10 @@ from replication.wire.dialects import LEGACY, VERSIONS, Dialect, choose_version
 #: I/O layer; see :mod:`replication.wire.protocol`).
 PING_TIMEOUT: Final = "ping timeout"
 HANDSHAKE_TIMEOUT: Final = "handshake timeout"
+#: A proof was wrong (either side), or the credential is unknown.
+AUTH_FAILED: Final = "authentication failed"
+#: One end requires authentication and the other cannot or will not do it.
+AUTH_REQUIRED: Final = "authentication required"
 PROTOCOL_ERROR: Final = "protocol error"
 
 
@@ -76,6 +99,9 @@ class State(enum.Enum):
     AWAITING_PEER_NAME = "awaiting peer name"
     #: The peer has named itself; the protocol version is being agreed (``VERSION``).
     NEGOTIATING = "negotiating"
+    #: The version is agreed; the challenge-response runs (``CHALLENGE``, ``AUTH``,
+    #: ``AUTH_OK``).
+    AUTHENTICATING = "authenticating"
     #: The handshake is done: commands flow both ways, keepalive runs.
     READY = "ready"
     #: A close has begun: what is buffered is still sent; the peer's input is discarded.
@@ -102,6 +128,19 @@ class Event(enum.Enum):
     #: The worker (seen by a master while negotiating): a first command after ``NAME`` that
     #: is not ``VERSION``: the legacy dialect.
     UNANNOUNCED = "unannounced"
+    #: The peer, while negotiating: a ``VERSION`` that is agreed, on an end that
+    #: authenticates (a master with credentials, a worker with a credential).
+    VERSION_AUTH = "version, authenticate"
+    #: The peer: ``CHALLENGE`` (seen by a worker that authenticates, before it sent ``AUTH``).
+    CHALLENGE = "challenge"
+    #: The peer: a good ``AUTH`` (seen by a master) or ``AUTH_OK`` (seen by a worker).
+    AUTH_GOOD = "good proof"
+    #: The peer: a wrong ``AUTH`` or ``AUTH_OK``, an unknown credential.
+    AUTH_BAD = "wrong proof"
+    #: The peer cannot authenticate as this end requires: version 1 or legacy on a master
+    #: with credentials; ``CHALLENGE`` to a worker without a credential, or anything but
+    #: ``CHALLENGE`` to a worker with one.
+    AUTH_MISSING = "authentication missing"
     #: The peer: ``PING``.
     PING = "ping"
     #: The peer: ``ERROR``.
@@ -128,7 +167,8 @@ class Event(enum.Enum):
 
 #: Events that come from the peer; the rest come from this end or from the clock.
 PEER_EVENTS: Final = frozenset({
-    Event.HELLO, Event.VERSION, Event.BAD_VERSION, Event.UNANNOUNCED, Event.PING,
+    Event.HELLO, Event.VERSION, Event.BAD_VERSION, Event.UNANNOUNCED, Event.VERSION_AUTH,
+    Event.CHALLENGE, Event.AUTH_GOOD, Event.AUTH_BAD, Event.AUTH_MISSING, Event.PING,
     Event.ERROR, Event.COMMAND,
 })
 #: Clock events: they come only from :meth:`Session.poll`.
@@ -137,9 +177,10 @@ CLOCK_EVENTS: Final = frozenset({
     Event.CLOSE_TIMEOUT,
 })
 #: States in which the peer is connected, so that a command it may not send is its fault.
-PEER_CONNECTED: Final = frozenset(
-    {State.AWAITING_PEER_NAME, State.NEGOTIATING, State.READY, State.CLOSING, State.ABORTING}
-)
+PEER_CONNECTED: Final = frozenset({
+    State.AWAITING_PEER_NAME, State.NEGOTIATING, State.AUTHENTICATING, State.READY,
+    State.CLOSING, State.ABORTING,
+})
 
 
 class Effect(enum.Enum):
@@ -158,6 +199,18 @@ class Effect(enum.Enum):
     #: The worker announced nothing: the handshake is done in the legacy dialect
     #: (``HandshakeDone``), then the command that showed it is handled as in ``READY``.
     LEGACY = "legacy"
+    #: A version is agreed and this end authenticates: a master sends ``VERSION <chosen>``
+    #: and ``CHALLENGE <nonce>``; a worker notes the version. The deadline starts.
+    CHALLENGE = "challenge"
+    #: A worker answers ``CHALLENGE``: ``AUTH <credential> <nonce> <proof>``.
+    PROVE = "prove"
+    #: The proof is good: a master sends ``AUTH_OK <proof>``; tell the application
+    #: (``HandshakeDone`` with the dialect and the credential).
+    ACCEPT = "accept"
+    #: The proof is wrong: send ``ERROR authentication failed`` and close.
+    FAIL_AUTH = "fail authentication"
+    #: The peer cannot authenticate as required: send ``ERROR`` saying why, and close.
+    REQUIRE_AUTH = "require authentication"
     #: The peer pings from now on (its silence counts); deliver the ``PING``.
     NOTE_PING = "note ping"
     #: Deliver the command to the application.
@@ -193,9 +246,10 @@ TRANSITIONS: Final[Mapping[tuple[State, Event], Transition]] = MappingProxyType(
     (_S.AWAITING_PEER_NAME, _E.HANDSHAKE_TIMEOUT): _T(_S.CLOSING, _F.TIME_OUT),
     (_S.AWAITING_PEER_NAME, _E.CLOSE): _T(_S.CLOSING, _F.START_CLOSE),
     (_S.AWAITING_PEER_NAME, _E.CONNECTION_LOST): _T(_S.CLOSED, _F.NOTHING),
-    # The seam: authentication will be a state between NEGOTIATING and READY.
     (_S.NEGOTIATING, _E.VERSION): _T(_S.READY, _F.AGREE),
+    (_S.NEGOTIATING, _E.VERSION_AUTH): _T(_S.AUTHENTICATING, _F.CHALLENGE),
     (_S.NEGOTIATING, _E.BAD_VERSION): _T(_S.CLOSING, _F.REFUSE_VERSION),
+    (_S.NEGOTIATING, _E.AUTH_MISSING): _T(_S.CLOSING, _F.REQUIRE_AUTH),
     (_S.NEGOTIATING, _E.UNANNOUNCED): _T(_S.READY, _F.LEGACY),
     (_S.NEGOTIATING, _E.ANNOUNCEMENT_TIMEOUT): _T(_S.READY, _F.LEGACY),
     (_S.NEGOTIATING, _E.PING): _T(_S.NEGOTIATING, _F.NOTE_PING),
@@ -204,9 +258,20 @@ TRANSITIONS: Final[Mapping[tuple[State, Event], Transition]] = MappingProxyType(
     (_S.NEGOTIATING, _E.HANDSHAKE_TIMEOUT): _T(_S.CLOSING, _F.TIME_OUT),
     (_S.NEGOTIATING, _E.CLOSE): _T(_S.CLOSING, _F.START_CLOSE),
     (_S.NEGOTIATING, _E.CONNECTION_LOST): _T(_S.CLOSED, _F.NOTHING),
+    (_S.AUTHENTICATING, _E.CHALLENGE): _T(_S.AUTHENTICATING, _F.PROVE),
+    (_S.AUTHENTICATING, _E.AUTH_GOOD): _T(_S.READY, _F.ACCEPT),
+    (_S.AUTHENTICATING, _E.AUTH_BAD): _T(_S.CLOSING, _F.FAIL_AUTH),
+    (_S.AUTHENTICATING, _E.AUTH_MISSING): _T(_S.CLOSING, _F.REQUIRE_AUTH),
+    (_S.AUTHENTICATING, _E.PING): _T(_S.AUTHENTICATING, _F.NOTE_PING),
+    (_S.AUTHENTICATING, _E.ERROR): _T(_S.AUTHENTICATING, _F.DELIVER),
+    (_S.AUTHENTICATING, _E.PING_DUE): _T(_S.AUTHENTICATING, _F.SEND_PING),
+    (_S.AUTHENTICATING, _E.HANDSHAKE_TIMEOUT): _T(_S.CLOSING, _F.TIME_OUT),
+    (_S.AUTHENTICATING, _E.CLOSE): _T(_S.CLOSING, _F.START_CLOSE),
+    (_S.AUTHENTICATING, _E.CONNECTION_LOST): _T(_S.CLOSED, _F.NOTHING),
     (_S.READY, _E.PING): _T(_S.READY, _F.NOTE_PING),
     (_S.READY, _E.ERROR): _T(_S.READY, _F.DELIVER),
     (_S.READY, _E.COMMAND): _T(_S.READY, _F.DELIVER),
+    (_S.READY, _E.AUTH_MISSING): _T(_S.CLOSING, _F.REQUIRE_AUTH),
     (_S.READY, _E.PING_DUE): _T(_S.READY, _F.SEND_PING),
     (_S.READY, _E.PING_TIMEOUT): _T(_S.CLOSING, _F.TIME_OUT),
     (_S.READY, _E.CLOSE): _T(_S.CLOSING, _F.START_CLOSE),
@@ -228,6 +293,12 @@ TRANSITIONS: Final[Mapping[tuple[State, Event], Transition]] = MappingProxyType(
     (_S.ABORTING, _E.CONNECTION_LOST): _T(_S.CLOSED, _F.NOTHING),
     (_S.CLOSED, _E.CLOSE): _T(_S.CLOSED, _F.NOTHING),
 })
+
+
+#: The first protocol version that carries authentication.
+AUTH_VERSION: Final = 2
+#: Peer events of authentication that a closing session discards like any command.
+_AUTH_EVENTS: Final = frozenset({Event.CHALLENGE, Event.AUTH_GOOD})
 
 
 def _versions_text(versions: Iterable[int]) -> str:
@@ -259,11 +330,13 @@ class Deliver:
 
 @dataclass(frozen=True, slots=True)
 class HandshakeDone:
-    """The handshake is complete; the peer calls itself ``peer_name`` and the connection
-    speaks ``dialect``."""
+    """The handshake is complete; the peer calls itself ``peer_name``, the connection
+    speaks ``dialect``, and the peer proved ``credential`` (``None``: no authentication;
+    on a worker, the credential the master accepted)."""
 
     peer_name: str
     dialect: Dialect
+    credential: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +382,12 @@ class Session:
     :param versions: the protocol versions this end speaks (default: every version of this
         release, :data:`replication.wire.dialects.VERSIONS`); a worker announces them all, a
         master chooses the highest it shares with the worker.
+    :param keyring: on a master, the credentials a worker must prove one of (protocol
+        version 2 only); ``None``: no authentication.
+    :param credential: on a worker, the credential it proves, and that the master must prove
+        back; ``None``: it does not authenticate (and refuses a master that asks).
+    :param nonces: where nonces come from (default: :func:`replication.wire.auth.new_nonce`;
+        tests pass fixed ones).
 
     Inputs: :meth:`connected`, :meth:`receive`, :meth:`poll`, :meth:`close`,
     :meth:`connection_lost`, each returning the actions to carry out, in order. A
@@ -329,6 +408,9 @@ class Session:
         close_timeout: float,
         handshake_timeout: float | None = None,
         versions: Mapping[int, Dialect] = VERSIONS,
+        keyring: Keyring | None = None,
+        credential: ClientCredential | None = None,
+        nonces: NonceSource = new_nonce,
     ) -> None:
         if side not in _HELLO_NAMES:
             raise ValueError(f"side must be {MASTER!r} or {WORKER!r}")
@@ -344,6 +426,20 @@ class Session:
         self.versions = versions
         #: The agreed dialect, once the handshake is done.
         self.dialect: Dialect | None = None
+        self.keyring = keyring if side == MASTER else None
+        self.credential = credential if side == WORKER else None
+        self._nonces = nonces
+        #: This end's nonce and the peer's, while authenticating.
+        self.nonce: str | None = None
+        self.peer_nonce: str | None = None
+        #: The credential the peer proved (on a master), or the master accepted (a worker).
+        self.authenticated: str | None = None
+        #: The credential name the peer's ``AUTH`` named (a master; for logs).
+        self.claimed: str | None = None
+        #: When the version was agreed (the authentication deadline counts from it).
+        self.agreed_at = 0.0
+        self._agreed: Dialect | None = None
+        self._failure = ""
 
         self.state = State.IDLE
         self.peer_name: str | None = None
@@ -363,6 +459,9 @@ class Session:
             PingCommand.NAME: Event.PING,
             ErrorCommand.NAME: Event.ERROR,
             VersionCommand.NAME: Event.VERSION,
+            ChallengeCommand.NAME: Event.CHALLENGE,
+            AuthCommand.NAME: Event.AUTH_GOOD,
+            AuthOkCommand.NAME: Event.AUTH_GOOD,
         }
         #: The deadline of the last WakeAt returned: the caller's timer.
         self._announced: float | None = None
@@ -382,20 +481,103 @@ class Session:
             return (Deliver(command),)
         if self.state is State.NEGOTIATING:
             event = self._negotiation_event(event, command)
+        elif self.state is State.AUTHENTICATING:
+            event = self._authentication_event(event, command)
+        elif self.state is State.READY and event is Event.CHALLENGE:
+            event = Event.AUTH_MISSING  # a worker without a credential
+        elif self.state in (State.CLOSING, State.ABORTING) and event in _AUTH_EVENTS:
+            event = Event.COMMAND
         return self._handle(event, now, command)
+
+    def _authentication_event(self, event: Event, command: Command) -> Event:
+        """What ``command`` means while authenticating, on this side."""
+        if event in (Event.PING, Event.ERROR, Event.HELLO, Event.VERSION):
+            return event  # HELLO and VERSION again: the peer's protocol error
+        if self.side == MASTER:
+            if not isinstance(command, AuthCommand):
+                self._failure = (
+                    f"{AUTH_REQUIRED}: expected AUTH after CHALLENGE, got {command.NAME}"
+                )
+                return Event.AUTH_MISSING
+            assert self.keyring is not None and self.nonce is not None
+            assert self.peer_name is not None
+            found = self.keyring.verify(
+                command.credential, command.proof, master_name=self.name,
+                client_name=self.peer_name, master_nonce=self.nonce,
+                client_nonce=command.nonce,
+            )
+            self.peer_nonce = command.nonce
+            self.claimed = command.credential
+            self.authenticated = None if found is None else found.name
+            self._failure = f"credential {command.credential!r}: wrong proof or unknown"
+            return Event.AUTH_BAD if found is None else Event.AUTH_GOOD
+        credential = self.credential
+        assert credential is not None
+        if self.nonce is None:  # waiting for CHALLENGE
+            if isinstance(command, ChallengeCommand):
+                return Event.CHALLENGE
+            self._failure = (
+                f"{AUTH_REQUIRED}: this worker authenticates as {credential.name!r} and the "
+                "master did not ask "
+                f"(expected CHALLENGE after VERSION, got {command.NAME}): is it the right master?"
+            )
+            return Event.AUTH_MISSING
+        if not isinstance(command, AuthOkCommand):
+            self._failure = f"{AUTH_REQUIRED}: expected AUTH_OK after AUTH, got {command.NAME}"
+            return Event.AUTH_MISSING
+        assert self.peer_nonce is not None and self.peer_name is not None
+        expected = proof(
+            credential.secret, "master", credential=credential.name,
+            master_name=self.peer_name, client_name=self.name,
+            master_nonce=self.peer_nonce, client_nonce=self.nonce,
+        )
+        if same(expected, command.proof):
+            self.authenticated = credential.name
+            return Event.AUTH_GOOD
+        self._failure = "the master's proof is wrong: it does not hold this credential's secret"
+        return Event.AUTH_BAD
 
     def _negotiation_event(self, event: Event, command: Command) -> Event:
         """What ``command`` means while the version is being agreed, on this side."""
         if event is Event.VERSION:
             assert isinstance(command, VersionCommand)
             if self.side == MASTER:
-                agreed = choose_version(command.versions, self.versions) is not None
+                chosen = choose_version(command.versions, self.versions)
             else:  # the master's choice: one version, and one this worker offered
-                agreed = len(command.versions) == 1 and command.versions[0] in self.versions
-            return Event.VERSION if agreed else Event.BAD_VERSION
+                chosen = (
+                    self.versions[command.versions[0]]
+                    if len(command.versions) == 1 and command.versions[0] in self.versions
+                    else None
+                )
+            if chosen is None:
+                return Event.BAD_VERSION
+            if self.keyring is None and self.credential is None:
+                return Event.VERSION
+            if chosen.version is None or chosen.version < AUTH_VERSION:
+                self._failure = self._auth_version_refusal(chosen)
+                return Event.AUTH_MISSING
+            self._agreed = chosen
+            return Event.VERSION_AUTH
         if self.side == MASTER and event is not Event.HELLO:
+            if self.keyring is not None:
+                self._failure = self._auth_version_refusal(LEGACY)
+                return Event.AUTH_MISSING
             return Event.UNANNOUNCED
+        if self.side == WORKER and event is Event.CHALLENGE and self.credential is None:
+            return Event.AUTH_MISSING
         return event
+
+    def _auth_version_refusal(self, dialect: Dialect) -> str:
+        spoken = "the legacy dialect" if dialect.version is None else f"version {dialect.version}"
+        if self.side == MASTER:
+            return (
+                f"{AUTH_REQUIRED}: this master requires credentials, which protocol version "
+                f"{AUTH_VERSION} carries; the worker speaks {spoken}"
+            )
+        return (
+            f"{AUTH_REQUIRED}: this worker authenticates, which needs protocol version "
+            f"{AUTH_VERSION}; the master chose {spoken}"
+        )
 
     def poll(self, now: float) -> tuple[Action, ...]:
         """Time has passed: act on the deadline that has come, if any. Always starts with a
@@ -443,6 +625,10 @@ class Session:
             return min(
                 self.last_sent + self.ping_interval, self.named_at + self.handshake_timeout
             )
+        if state is State.AUTHENTICATING:
+            return min(
+                self.last_sent + self.ping_interval, self.agreed_at + self.handshake_timeout
+            )
         if state is State.CLOSING:
             return self.closing_at + self.close_timeout
         return None
@@ -465,11 +651,16 @@ class Session:
                 return Event.PING_DUE
         elif state is State.NEGOTIATING:
             if now - self.named_at >= self.handshake_timeout:
-                # A master takes a worker that announced nothing for the legacy dialect; a
-                # worker needs the master's answer.
-                return (
-                    Event.ANNOUNCEMENT_TIMEOUT if self.side == MASTER else Event.HANDSHAKE_TIMEOUT
-                )
+                # A master takes a worker that announced nothing for the legacy dialect
+                # (unless it requires credentials); a worker needs the master's answer.
+                if self.side == MASTER and self.keyring is None:
+                    return Event.ANNOUNCEMENT_TIMEOUT
+                return Event.HANDSHAKE_TIMEOUT
+            if now - self.last_sent >= self.ping_interval:
+                return Event.PING_DUE
+        elif state is State.AUTHENTICATING:
+            if now - self.agreed_at >= self.handshake_timeout:
+                return Event.HANDSHAKE_TIMEOUT
             if now - self.last_sent >= self.ping_interval:
                 return Event.PING_DUE
         elif state is State.CLOSING and now - self.closing_at >= self.close_timeout:
@@ -529,6 +720,56 @@ class Session:
                         HandshakeDone(self.peer_name, dialect))
             self.dialect = self.versions[command.versions[0]]
             return (HandshakeDone(self.peer_name, self.dialect),)
+        if effect is Effect.CHALLENGE:
+            assert self._agreed is not None and self._agreed.version is not None
+            self.dialect = self._agreed
+            self.agreed_at = now
+            if self.side == WORKER:
+                return _NO_ACTIONS
+            self.nonce = self._nonces()
+            self.last_sent = now
+            return (Send(VersionCommand((self._agreed.version,))),
+                    Send(ChallengeCommand(self.nonce)))
+        if effect is Effect.PROVE:
+            assert isinstance(command, ChallengeCommand) and self.credential is not None
+            assert self.peer_name is not None
+            credential = self.credential
+            self.peer_nonce = command.nonce
+            self.nonce = self._nonces()
+            self.last_sent = now
+            client_proof = proof(
+                credential.secret, "client", credential=credential.name,
+                master_name=self.peer_name, client_name=self.name,
+                master_nonce=command.nonce, client_nonce=self.nonce,
+            )
+            return (Send(AuthCommand(credential.name, self.nonce, client_proof)),)
+        if effect is Effect.ACCEPT:
+            assert self.dialect is not None and self.peer_name is not None
+            done = HandshakeDone(self.peer_name, self.dialect, self.authenticated)
+            if self.side == WORKER:
+                return (done,)
+            assert isinstance(command, AuthCommand) and self.keyring is not None
+            found = self.keyring.get(command.credential)
+            assert found is not None and self.nonce is not None
+            master_proof = proof(
+                found.secret, "master", credential=found.name, master_name=self.name,
+                client_name=self.peer_name, master_nonce=self.nonce,
+                client_nonce=command.nonce,
+            )
+            self.last_sent = now
+            return (Send(AuthOkCommand(master_proof)), done)
+        if effect is Effect.FAIL_AUTH:
+            self.closing_at = now
+            return (CloseWithError(AUTH_FAILED, AUTH_FAILED, self.peer_side),)
+        if effect is Effect.REQUIRE_AUTH:
+            self.closing_at = now
+            message = self._failure
+            if not message:  # a worker without a credential, challenged
+                message = (
+                    f"{AUTH_REQUIRED}: the master asks for a credential and this worker has "
+                    "none configured (auth.credential and its secret)"
+                )
+            return (CloseWithError(message, AUTH_REQUIRED, self.peer_side),)
         if effect is Effect.LEGACY:
             assert self.peer_name is not None
             self.dialect = LEGACY
@@ -554,7 +795,12 @@ class Session:
         if effect is Effect.TIME_OUT:
             self.closing_at = now
             if event is Event.HANDSHAKE_TIMEOUT:
-                expected = self._peer_hello if self.peer_name is None else VersionCommand.NAME
+                if self.peer_name is None:
+                    expected = self._peer_hello
+                elif self.dialect is None:
+                    expected = VersionCommand.NAME
+                else:  # the version was agreed: authentication timed out
+                    expected = self._awaited_auth()
                 message = (
                     f"handshake timeout: expected {expected} within {self.handshake_timeout:g}s"
                 )
@@ -579,6 +825,12 @@ class Session:
         self.state = State.CLOSING
         self.closing_at = now
         return (CloseWithError(message, PROTOCOL_ERROR, self.peer_side),)
+
+    def _awaited_auth(self) -> str:
+        """The authentication command this end was waiting for."""
+        if self.side == MASTER:
+            return AuthCommand.NAME
+        return ChallengeCommand.NAME if self.nonce is None else AuthOkCommand.NAME
 
     def _refusal(self, command: VersionCommand) -> str:
         """The ``ERROR`` text for a ``VERSION`` with nothing in common."""

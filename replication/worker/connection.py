@@ -67,6 +67,7 @@ from replication.streams import AssemblyError, TokenAssembler
 from replication.wire.commands import (
     MAX_VECTOR_ORIGINS,
     WORKER,
+    ChallengeCommand,
     Command,
     ErrorCommand,
     GapCommand,
@@ -115,6 +116,7 @@ class WorkerConnection(ReplicationProtocol):
             keepalive=config.keepalive,
             max_line_bytes=config.max_line_bytes,
             max_buffer_bytes=None,
+            credential=worker.credential,
         )
         self.worker = worker
         self.runner = worker.runner
@@ -197,7 +199,10 @@ class WorkerConnection(ReplicationProtocol):
             timer.cancel()
 
     def command_received(self, command: Command) -> None:
-        if self._awaiting_origin and command.NAME not in _BEFORE_ORIGIN:
+        if (
+            self._awaiting_origin and command.NAME not in _BEFORE_ORIGIN
+            and command.NAME != ChallengeCommand.NAME  # the session's: no credential here
+        ):
             counts = self.received_counts
             counts[command.NAME] = counts.get(command.NAME, 0) + 1
             self.send_error(f"expected ORIGIN after VERSION 2, got {command.NAME}")

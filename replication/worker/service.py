@@ -36,9 +36,11 @@ from zope.interface import implementer
 
 from replication import __version__
 from replication.config import ReconnectConfig, WorkerConfig
+from replication.credentials import client_credential
 from replication.metrics import WorkerMetrics
 from replication.ratelimit import LogRateLimiter
 from replication.services import ListeningService, OrderedMultiService
+from replication.wire.auth import ClientCredential
 from replication.wire.commands import (
     ALL_STREAMS,
     MAX_VECTOR_ORIGINS,
@@ -250,9 +252,16 @@ class Worker:
         *,
         registry: CommandRegistry | None = None,
         metrics: WorkerMetrics | None = None,
+        credential: ClientCredential | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
+        #: What the worker authenticates with: ``credential``, else ``auth`` of ``config``
+        #: (its secret read now: :class:`~replication.credentials.SecretError` if it cannot
+        #: be), else nothing.
+        self.credential = (
+            credential if credential is not None else client_credential(config.auth)
+        )
         #: The endpoint descriptions of the masters this worker may follow.
         self.masters = config.masters
         #: The endpoint description of the master dialled last (or followed now).
