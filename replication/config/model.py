@@ -46,6 +46,8 @@ class LimitsConfig:
     max_streams: int = 10_000
     #: Rows one HTTP publish may carry, all its tokens together, ``1 ..= 10_000_000``.
     max_rows_per_publish: int = 100_000
+    #: JSON values one HTTP publish body may hold (checked before it is decoded).
+    max_json_values: int = 1_000_000
     #: Publishes one publisher connection may have read and not yet answered; past it
     #: the master stops reading that connection until answers go out, ``1 ..= 1_000_000``.
     max_publishes_in_flight: int = 1024

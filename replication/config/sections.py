@@ -55,6 +55,8 @@ MAX_CATCHUP_PAGE_ROWS: Final = 100_000
 MAX_TOKEN_ROWS: Final = 1 << 40
 #: ``limits.max_streams`` upper bound.
 MAX_STREAMS: Final = 1_000_000
+#: ``limits.max_json_values`` upper bound.
+MAX_JSON_VALUES: Final = 100_000_000
 #: ``limits.max_rows_per_publish`` upper bound.
 MAX_ROWS_PER_PUBLISH: Final = 10_000_000
 #: ``limits.max_publishes_in_flight`` upper bound.
@@ -470,6 +472,14 @@ MASTER: Final = Schema(
             "refused (413) after it is decoded and before any row is encoded or stored, which "
             "bounds the work and memory of one request; see `operations.rst "
             "<operations.rst>`_.",
+        ),
+        Key(
+            "limits.max_json_values",
+            Integer(1, MAX_JSON_VALUES),
+            "JSON values (rows, and the values inside them) one HTTP publish body may hold. "
+            "Decoding costs memory per value (tens of bytes each), far more than the body's "
+            "bytes for tiny values, so a body that holds more is refused (413) before it is "
+            "decoded. The count is taken only for bodies over twice this many bytes.",
         ),
         Key(
             "limits.max_publishes_in_flight",
