@@ -675,13 +675,9 @@ class PeerConnection(ReplicationProtocol):
                                 fast_bytes += len(raw)
                                 if stream_key.origin != peer_origin:
                                     repair_rows += 1
-                                if done is not None:
-                                    link.tokens_received += 1
-                                    self._enqueue(stream_key, _Token(
-                                        Entry(done[0], tuple(done[1])), before + len(raw)
-                                    ))
-                                elif sum(partial_bytes.values()) > self.settings.max_token_bytes:
-                                    self.lineReceived(line)  # a bound: the general path
+                                self._gathered(key, stream_key, done, before + len(raw))
+                                if self._closing:
+                                    return
                                 continue
                 self.lineReceived(line)
                 if self._closing or self._lost:
@@ -744,20 +740,24 @@ class PeerConnection(ReplicationProtocol):
         link.bytes_received += size
         if command.origin != self.peer_origin:
             link.repair_rows += 1
+        self._gathered(key, StreamKey(command.stream, command.origin or ""), done, before + size)
+
+    def _gathered(
+        self, key: str, stream_key: StreamKey, done: tuple[int, list[Any]] | None, size: int
+    ) -> None:
+        """After one RDATA row (either path): a complete token of ``size`` bytes goes to
+        the store's queue; an unfinished one must keep every unfinished token within
+        ``max_token_bytes``, else ``ERROR`` and a close."""
         if done is None:
-            partial = sum(assembler.partial_bytes.values())
+            partial = sum(self.assembler.partial_bytes.values())
             if partial > self.settings.max_token_bytes:
                 self.send_error(
                     f"RDATA {key}: unfinished tokens hold {partial} bytes (at most "
                     f"{self.settings.max_token_bytes})"
                 )
             return
-        token, rows = done
-        link.tokens_received += 1
-        self._enqueue(
-            StreamKey(command.stream, command.origin or ""),
-            _Token(Entry(token, tuple(rows)), before + size),
-        )
+        self.link.tokens_received += 1
+        self._enqueue(stream_key, _Token(Entry(done[0], tuple(done[1])), size))
 
     def on_POSITION(self, command: PositionCommand) -> None:
         key = self._accept(command.NAME, command.stream, command.origin)
