@@ -50,6 +50,9 @@ from common import (  # noqa: E402
     wait_until,
 )
 
+#: The scenarios, for ``--only``: round trips, pipelined, HTTP round trips, SQLite with 32
+#: publishers (and over HTTP), SQLite with one pipelining client.
+SCENARIOS = ("rt", "pipe", "http", "sqlite32", "sqlitepipe")
 TARGETS = {"rt_ratio": 1.5, "pipe_ratio": 2.0, "sqlite_32": 30_000, "sqlite_pipe": 50_000}
 
 
@@ -92,8 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds, smaller counts")
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument(
+        "--only", default=",".join(SCENARIOS),
+        help=f"run only these scenarios, from {', '.join(SCENARIOS)} (default: all)",
+    )
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "publish.json")
     args = parser.parse_args(argv)
+    only = set(args.only.split(","))
+    unknown = only - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
     rounds = args.rounds or (3 if args.quick else 5)
     rt_count = 2000 if args.quick else 5000
     pipe_count = 20_000 if args.quick else 50_000
@@ -116,28 +127,35 @@ def main(argv: list[str] | None = None) -> int:
         ))
         for r in range(rounds):
             log(f"round {r + 1}/{rounds}")
-            ours = run_client(tmp, group, "ours-rt", port, rt_count, 1, 0)
-            samples["ours_rt"].append(ours)
-            if have_redis:
-                theirs = run_client(tmp, group, "redis-rt", port, rt_count, 1, 0)
-                samples["redis_rt"].append(theirs)
-                samples["rt_ratio"].append(ours / theirs)
-            ours = run_client(tmp, group, "ours-pipe", port, pipe_count, 1, 0)
-            samples["ours_pipe"].append(ours)
-            if have_redis:
-                theirs = run_client(tmp, group, "redis-pipe", port, pipe_count, 1, 0)
-                samples["redis_pipe"].append(theirs)
-                samples["pipe_ratio"].append(ours / theirs)
-            samples["http_rt"].append(run_client(tmp, group, "http-rt", http_port, rt_count, 1, 0))
-            samples["sqlite_32"].append(
-                run_client(tmp, group, "ours-rt", sq_port, 0, 8, seconds, processes=4)
-            )
-            samples["sqlite_32_http"].append(
-                run_client(tmp, group, "http-rt", sq_http, 0, 8, seconds, processes=4)
-            )
-            samples["sqlite_pipe"].append(
-                run_client(tmp, group, "ours-pipe", sq_port, pipe_count, 1, 0)
-            )
+            if "rt" in only:
+                ours = run_client(tmp, group, "ours-rt", port, rt_count, 1, 0)
+                samples["ours_rt"].append(ours)
+                if have_redis:
+                    theirs = run_client(tmp, group, "redis-rt", port, rt_count, 1, 0)
+                    samples["redis_rt"].append(theirs)
+                    samples["rt_ratio"].append(ours / theirs)
+            if "pipe" in only:
+                ours = run_client(tmp, group, "ours-pipe", port, pipe_count, 1, 0)
+                samples["ours_pipe"].append(ours)
+                if have_redis:
+                    theirs = run_client(tmp, group, "redis-pipe", port, pipe_count, 1, 0)
+                    samples["redis_pipe"].append(theirs)
+                    samples["pipe_ratio"].append(ours / theirs)
+            if "http" in only:
+                samples["http_rt"].append(
+                    run_client(tmp, group, "http-rt", http_port, rt_count, 1, 0)
+                )
+            if "sqlite32" in only:
+                samples["sqlite_32"].append(
+                    run_client(tmp, group, "ours-rt", sq_port, 0, 8, seconds, processes=4)
+                )
+                samples["sqlite_32_http"].append(
+                    run_client(tmp, group, "http-rt", sq_http, 0, 8, seconds, processes=4)
+                )
+            if "sqlitepipe" in only:
+                samples["sqlite_pipe"].append(
+                    run_client(tmp, group, "ours-pipe", sq_port, pipe_count, 1, 0)
+                )
     stats = {k: summary(v) for k, v in samples.items()}
     table = build_table(stats)
     print(table)

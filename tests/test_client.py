@@ -391,3 +391,80 @@ def test_twisted_client_resends_in_flight_publishes_with_their_keys(tmp_path: Pa
         assert [ln.split(b" ")[3] for ln in sent_again] == [ln.split(b" ")[3] for ln in sent_first]
     finally:
         fake.close()
+
+
+# -- the blocking client's polling reader ---------------------------------------------------
+
+
+def test_spin_must_be_a_small_number_of_seconds() -> None:
+    with pytest.raises(ValueError, match="spin must be between 0 and 0.1"):
+        Publisher("127.0.0.1:1", spin=-1)
+    with pytest.raises(ValueError, match="spin must be between 0 and 0.1"):
+        Publisher("127.0.0.1:1", spin=0.5)
+
+
+def test_the_reader_stops_polling_when_answers_come_slower_than_spin(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An answer already waiting is taken by the poll; a poll that catches nothing makes the
+    next 2 reads sleep at once, a second miss the next 4, and a catch polls again."""
+    import replication.client.blocking as blocking
+
+    polls: list[float] = []
+    real = blocking._spin_recv
+
+    def counting(sock: socket.socket, seconds: float) -> bytes:
+        polls.append(seconds)
+        return real(sock, seconds)
+
+    monkeypatch.setattr(blocking, "_spin_recv", counting)
+    ours, theirs = socket.socketpair()
+    # As Publisher._open leaves its socket: blocking, with a kernel receive timeout.
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, blocking._timeval(0.01))
+    publisher = Publisher("127.0.0.1:1", spin=0.001)
+    try:
+        def read_once() -> bytes | None:
+            try:
+                return publisher._receive(ours)
+            except BlockingIOError:  # the kernel's receive timeout
+                return None
+
+        theirs.sendall(b"PUBLISHED 1 1\n")
+        assert read_once() == b"PUBLISHED 1 1\n"
+        assert len(polls) == 1
+        assert read_once() is None  # a miss: the next 2 reads do not poll
+        assert len(polls) == 2
+        for _ in range(2):
+            theirs.sendall(b"x")
+            assert read_once() == b"x"
+        assert len(polls) == 2
+        assert read_once() is None  # polls again, misses again: the next 4 do not poll
+        assert len(polls) == 3
+        for _ in range(4):
+            assert read_once() is None
+        assert len(polls) == 3
+        theirs.sendall(b"y")
+        assert read_once() == b"y"  # polled and caught: polling is back on
+        assert len(polls) == 4
+        theirs.sendall(b"z")
+        assert read_once() == b"z"
+        assert len(polls) == 5
+    finally:
+        publisher.close()
+        ours.close()
+        theirs.close()
+
+
+def test_spin_zero_never_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    import replication.client.blocking as blocking
+
+    monkeypatch.setattr(blocking, "_spin_recv", lambda *a: pytest.fail("polled"))
+    ours, theirs = socket.socketpair()
+    publisher = Publisher("127.0.0.1:1", spin=0)
+    try:
+        theirs.sendall(b"a")
+        assert publisher._receive(ours) == b"a"
+    finally:
+        publisher.close()
+        ours.close()
+        theirs.close()

@@ -68,6 +68,8 @@ _Future = PublishFuture | _Waiter
 _READ_BYTES = 262144
 #: The longest a reader waits in one poll, so that it notices deadlines and a close.
 _POLL_SECONDS = 0.05
+#: After ``n`` polls in a row that caught nothing, the next ``2 ** n`` reads sleep at once.
+_SPIN_BACKOFF = 6
 
 
 class Publisher:
@@ -87,6 +89,10 @@ class Publisher:
         :class:`~replication.wire.auth.ClientCredential`; see docs/security.rst).
     :param idempotent: give every publish an idempotency key (default), so that a resent
         publish is never stored twice.
+    :param spin: seconds the thread waiting for an answer polls the socket before it sleeps
+        (default 0.0005; 0 never polls). Answers that come within it skip the cost of
+        waking a sleeping thread; the polling backs off by itself when answers come
+        slower (see :meth:`_receive`).
 
     ``publish`` and ``publish_tokens`` block until the answer; ``submit`` and
     ``submit_tokens`` return a :class:`concurrent.futures.Future` at once (pipelining: many
@@ -104,6 +110,7 @@ class Publisher:
         retry_for: float | None = None,
         idempotent: bool = True,
         credential: ClientCredential | None = None,
+        spin: float = 0.0005,
     ) -> None:
         settings = ClientSettings.build(
             "a Publisher", master, timeout, connect_timeout, retry_for
@@ -112,6 +119,11 @@ class Publisher:
         self.timeout = settings.timeout
         self.connect_timeout = settings.connect_timeout
         self.retry_for = settings.retry_for
+        if not 0.0 <= spin <= 0.1:
+            raise ValueError(f"spin must be between 0 and 0.1 seconds, not {spin!r}")
+        self.spin = spin
+        self._spin_misses = 0
+        self._spin_skip = 0
         self._core: PublisherCore[_Future] = new_core(name, idempotent, credential)
         self._lock = threading.RLock()
         self._read_lock = threading.Lock()
@@ -476,9 +488,7 @@ class Publisher:
                             return
                 continue
             try:
-                # A blocking recv that the kernel ends after _POLL_SECONDS (SO_RCVTIMEO, set
-                # in _open): one system call per read, no select.
-                data = sock.recv(_READ_BYTES)
+                data = self._receive(sock)
             except (BlockingIOError, InterruptedError, TimeoutError):
                 if self._core.in_flight and time.monotonic() - self._last_read > self.timeout:
                     self._drop(sock, "silent with publishes in flight")
@@ -501,6 +511,33 @@ class Publisher:
                 with self._progress:
                     self._progress.notify_all()
 
+    def _receive(self, sock: socket.socket) -> bytes:
+        """One read of ``sock``, for the thread holding ``_read_lock``.
+
+        A thread that blocks in ``recv`` is put to sleep, and waking it when the answer
+        arrives costs more than the round trip itself on many machines (about 150 µs on the
+        VMs we measure on, against 50 µs for a whole round trip with a reader that does not
+        sleep). So the reader first polls the socket without sleeping for up to ``spin``
+        seconds. It adapts, as adaptive mutexes do: a poll that caught nothing makes the
+        next 2, 4, ... 64 reads skip it, and a poll that caught an answer makes the next
+        one poll again; so a publisher whose answers come slower than ``spin`` (a durable
+        store's commits, a far master) spins about once in 64 reads and costs almost no
+        CPU, and one whose answers come fast gets them without the wake-up."""
+        spin = self.spin
+        if spin > 0.0:
+            if self._spin_skip <= 0:
+                data = _spin_recv(sock, spin)
+                if data:
+                    self._spin_misses = 0
+                    return data
+                self._spin_misses = misses = min(self._spin_misses + 1, _SPIN_BACKOFF)
+                self._spin_skip = 1 << misses
+            else:
+                self._spin_skip -= 1
+        # A blocking recv that the kernel ends after _POLL_SECONDS (SO_RCVTIMEO, set in
+        # _open): one system call per read, no select.
+        return sock.recv(_READ_BYTES)
+
     def _background(self) -> None:
         """Read for futures nobody waits on (:meth:`submit`)."""
         while not self._closed:
@@ -511,6 +548,20 @@ class Publisher:
                 return
             with self._read_lock:
                 self._read(None, time.monotonic() + self.timeout)
+
+
+def _spin_recv(sock: socket.socket, seconds: float) -> bytes:
+    """What ``sock`` receives within ``seconds`` of polling it without sleeping (``b""``:
+    nothing yet, or the master closed the connection, which the blocking read after
+    this then reports)."""
+    end = time.perf_counter() + seconds
+    recv = sock.recv
+    while True:
+        try:
+            return recv(_READ_BYTES, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            if time.perf_counter() >= end:
+                return b""
 
 
 def _timeval(seconds: float) -> bytes:

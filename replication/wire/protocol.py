@@ -30,6 +30,7 @@ from inspect import iscoroutine
 from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import (
     IAddress,
@@ -78,6 +79,7 @@ __all__ = [
     "PING_TIMEOUT",
     "PROTOCOL_ERROR",
     "ReplicationProtocol",
+    "write_through",
 ]
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,46 @@ MAX_ERROR_CHARS = 512
 #: The least delay of the session's timer: a deadline already due is polled this much later.
 _MIN_TIMER_DELAY = 0.001
 _DEFAULT_KEEPALIVE = KeepaliveConfig()
+
+
+def _unconnected_write(data: bytes) -> None:
+    raise RuntimeError("write before the connection was made")
+
+
+def write_through(link: Any) -> Callable[[bytes], None]:
+    """A ``write`` for ``link`` that sends at once when it can.
+
+    Twisted's TCP transport buffers every write and sends it on the reactor's next turn,
+    after asking the poller to watch the socket for writability and before asking it to
+    stop: three more system calls and a reactor turn for each answer. When the transport
+    holds nothing (so nothing written earlier can be overtaken), the returned function
+    sends straight to the socket and hands Twisted only what the kernel did not take; a
+    failed send is left to Twisted, which finds the lost connection as it always does.
+    Transports other than plain TCP (TLS, the test doubles) get their own ``write``.
+    """
+    if not isinstance(link, tcp.Connection) or getattr(link, "TLS", False):
+
+        def write_to_transport(data: bytes) -> None:
+            link.write(data)  # looked up at each call: a test may wrap it
+
+        return write_to_transport
+    buffered_write = cast(Callable[[bytes], None], link.write)
+    send = cast(Callable[[bytes], object], link.writeSomeData)
+
+    def write(data: bytes) -> None:
+        if (
+            link.dataBuffer or link._tempDataBuffer or not link.connected
+            or link.disconnecting or link.TLS
+        ):
+            buffered_write(data)
+            return
+        sent = send(data)
+        if type(sent) is not int:
+            buffered_write(data)  # the connection is lost: Twisted notices and reports it
+        elif sent < len(data):
+            buffered_write(data[sent:])
+
+    return write
 
 
 class _Transport(TypingProtocol):
@@ -212,6 +254,9 @@ class ReplicationProtocol(Protocol):
         #: ``self.transport``, typed for what this class uses of it; set on connection, and
         #: used only from then on.
         self._link = cast(_Transport, None)
+        #: How data reaches the transport: ``_link.write``, or straight to the socket when
+        #: the transport holds nothing (see :func:`write_through`).
+        self._write: Callable[[bytes], None] = _unconnected_write
 
     # -- connection life ---------------------------------------------------------------
 
@@ -219,6 +264,7 @@ class ReplicationProtocol(Protocol):
         now = self.clock.seconds()
         self.connected_since = now
         self._link = link = cast(_Transport, self.transport)
+        self._write = write_through(link)
         link.registerProducer(self, True)
         set_no_delay = getattr(link, "setTcpNoDelay", None)
         if set_no_delay is not None:
@@ -426,7 +472,7 @@ class ReplicationProtocol(Protocol):
             if limit is not None and self.queued_bytes > limit:
                 self.send_error("Failed to keep up", FAILED_TO_KEEP_UP)
             return
-        self._link.write(data)
+        self._write(data)
 
     @property
     def can_write(self) -> bool:
