@@ -265,7 +265,7 @@ def test_the_key_window_is_bounded_by_count_and_age() -> None:
         keys.finish(key, entry, [i + 1])
     assert keys.find("a", 2.0) is None  # pushed out by count
     found = keys.find("b", 10.9)
-    assert found is not None and found.outcome == [2]
+    assert found is not None and found.outcome is not None and list(found.outcome) == [2]
     assert keys.find("b", 11.0) is None  # 10 seconds after it arrived
     assert keys.find("c", 11.0) is not None
     assert PublishKeys(0, 10.0).begin("a", "s", 0.0) is None
@@ -463,3 +463,122 @@ def test_the_fast_path_answers_every_line_as_the_codec_does(tmp_path: Path) -> N
                                b"PUBLISH 3 other ", b"PUBLISH "])
             lines.append(head + b"".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 3))))
         assert _answers(lines, True, tmp_path) == _answers(lines, False, tmp_path), lines
+
+
+# -- runs: the publishes of one read, taken together ------------------------------------------
+
+
+def _lines(count: int, start: int = 1, key: str | None = "k", stream: str = "events") -> bytes:
+    field = "" if key is None else " key={key}-{i}"
+    return b"".join(
+        f"PUBLISH {i} {stream}{field.format(key=key, i=i)} [{i}]\n".encode()
+        for i in range(start, start + count)
+    )
+
+
+def test_a_run_is_answered_in_order_and_remembers_its_keys(tmp_path: Path) -> None:
+    """A read of 500 publishes to one stream is answered with consecutive tokens in the
+    order sent; retried with the same keys (as a client does after a drop), every one is
+    answered with its first tokens and nothing is stored twice."""
+    harness = Harness(tmp_path, streams=("events",))
+    connection, transport = publisher(harness.master)
+    take(transport)
+    connection.dataReceived(_lines(500))
+    assert take(transport) == [f"PUBLISHED {i} {i}" for i in range(1, 501)]
+    connection.dataReceived(_lines(500))
+    assert take(transport) == [f"PUBLISHED {i} {i}" for i in range(1, 501)]
+    assert harness.master.head("events") == 500
+    assert harness.master.publish_keys.hits == 500
+    assert [e.rows for e in harness.store.read("events", 0, 3, 10)] == [("1",), ("2",), ("3",)]
+
+
+def test_one_key_twice_in_a_read_is_stored_once(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, streams=("events",))
+    connection, transport = publisher(harness.master)
+    take(transport)
+    connection.dataReceived(
+        b"PUBLISH 1 events key=a [1]\nPUBLISH 2 events key=b [2]\nPUBLISH 3 events key=a [1]\n"
+    )
+    assert take(transport) == ["PUBLISHED 1 1", "PUBLISHED 2 2", "PUBLISHED 3 1"]
+    assert harness.master.head("events") == 2
+
+
+def test_a_one_row_publish_keeps_the_text_the_publisher_wrote(tmp_path: Path) -> None:
+    """The row of a one-row publish is stored as sent, the brackets and the blanks around
+    the one element taken off (it is not encoded again); rows of a several-row publish
+    are encoded compactly."""
+    harness = Harness(tmp_path, streams=("events",))
+    connection, transport = publisher(harness.master)
+    take(transport)
+    connection.dataReceived(
+        b'PUBLISH 1 events [ {"a": 1, "b": "x y"}\t] \n'
+        b'PUBLISH 2 events [{"a": 1}, [2, 3]]\n'
+    )
+    assert take(transport) == ["PUBLISHED 1 1", "PUBLISHED 2 2"]
+    rows = [e.rows for e in harness.store.read("events", 0, 2, 10)]
+    assert rows == [('{"a": 1, "b": "x y"}',), ('{"a":1}', "[2,3]")]
+
+
+def test_a_read_past_the_in_flight_bound_is_taken_up_to_it() -> None:
+    """With max_publishes_in_flight 100, a read of 250 publishes has exactly 100 taken; the
+    rest wait, unread by the pipeline, until answers make room, and then go in order."""
+    master, runner = blocking_master(limits=limits(max_publishes_in_flight=100))
+    connection, transport = publisher(master)
+    take(transport)
+    connection.dataReceived(b"PUBLISH 0 events [0]\n")  # creates the stream
+    runner.run_all()
+    take(transport)
+    connection.dataReceived(_lines(250))
+    assert connection.publishing is not None
+    assert connection.publishing.in_flight == 100
+    assert connection.publishing.received == 101
+    runner.run_all()
+    assert connection.publishing.received == 251
+    assert take(transport) == [f"PUBLISHED {i} {i + 1}" for i in range(1, 251)]
+    assert master.head("events") == 251
+
+
+def test_a_failed_commit_refuses_every_publish_of_its_run() -> None:
+    """A store failure refuses each publish of the run with 503, in order, and forgets
+    their keys so that a retry may try again."""
+    master, runner = blocking_master()
+    connection, transport = publisher(master)
+    take(transport)
+    connection.dataReceived(b"PUBLISH 0 events [0]\n")
+    runner.run_all()
+    take(transport)
+    connection.dataReceived(_lines(3))
+
+    def broken(*args: Any) -> Any:
+        raise OSError("disk on fire")
+
+    f, args, d = runner.queue.pop(0)
+    runner.queue.insert(0, (broken, args, d))
+    runner.run_all()
+    sent = take(transport)
+    assert [line.split(" ")[:3] for line in sent] == [
+        ["REFUSED", "1", "503"], ["REFUSED", "2", "503"], ["REFUSED", "3", "503"]
+    ]
+    assert all(master.publish_keys.find(f"k-{i}", 0) is None for i in (1, 2, 3))
+    connection.dataReceived(_lines(3))
+    runner.run_all()
+    assert take(transport) == ["PUBLISHED 1 2", "PUBLISHED 2 3", "PUBLISHED 3 4"]
+
+
+def test_runs_and_single_publishes_keep_arrival_order(tmp_path: Path) -> None:
+    """PUBLISH lines, a PUBLISH_TOKENS between them and a second stream: tokens follow
+    the order the publishes arrived in."""
+    harness = Harness(tmp_path, streams=("events", "other"))
+    connection, transport = publisher(harness.master)
+    take(transport)
+    connection.dataReceived(
+        _lines(2) + b"PUBLISH_TOKENS 9 events [[7],[8]]\n" + _lines(2, 3, stream="other")
+        + _lines(1, 5)
+    )
+    assert take(transport) == [
+        "PUBLISHED 1 1", "PUBLISHED 2 2", "PUBLISHED 9 3 4", "PUBLISHED 3 1", "PUBLISHED 4 2",
+        "PUBLISHED 5 5",
+    ]
+    assert [e.rows for e in harness.store.read("events", 0, 5, 10)] == [
+        ("1",), ("2",), ("7",), ("8",), ("5",)
+    ]

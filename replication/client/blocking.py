@@ -20,6 +20,7 @@ publish whose master does not come back fails with :class:`MasterUnreachable` wi
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import struct
@@ -189,7 +190,15 @@ class Publisher:
         results = []
         error: BaseException | None = None
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        if waiters:
+            # Answers come in order: once the last is in, so are the others, as a rule.
+            with contextlib.suppress(PublishError):
+                self._wait(waiters[-1], max(deadline - time.monotonic(), 0.0))
         for waiter in waiters:
+            outcome = waiter.outcome
+            if isinstance(outcome, Published):
+                results.append(outcome)
+                continue
             try:
                 results.append(self._wait(waiter, max(deadline - time.monotonic(), 0.0)))
             except PublishError as e:
@@ -283,13 +292,19 @@ class Publisher:
             if self._closed:
                 raise MasterUnreachable("the publisher is closed")
             core = self._core
-            for rows in batches:
-                waiter = _Waiter(core.new_key())
-                waiters.append(waiter)
-                try:
-                    lines.append((waiter, core.publish_line(stream, rows, waiter.key, False)))
-                except PublishError as e:
-                    _settle(waiter, e)
+            built = core.publish_lines(stream, batches)
+            if built is not None:
+                keys, encoded = built
+                waiters = [_Waiter(key) for key in keys]
+                lines = list(zip(waiters, encoded, strict=True))
+            else:
+                for rows in batches:
+                    waiter = _Waiter(core.new_key())
+                    waiters.append(waiter)
+                    try:
+                        lines.append((waiter, core.publish_line(stream, rows, waiter.key, False)))
+                    except PublishError as e:
+                        _settle(waiter, e)
             if not lines:
                 return waiters
             try:
@@ -301,8 +316,8 @@ class Publisher:
                 for waiter, _ in lines:
                     _settle(waiter, e)
                 return waiters
-            for waiter, line in lines:
-                core.sent(stream, line, waiter.key, False, waiter)
+            core.sent_many(stream, [waiter.key for waiter, _ in lines],
+                           [line for _, line in lines], [waiter for waiter, _ in lines])
             sock = self._sock
             assert sock is not None
             try:

@@ -294,8 +294,57 @@ class PublisherCore(Generic[T]):
             )
         return line
 
+    def publish_lines(
+        self, stream: str, batches: Sequence[Any]
+    ) -> tuple[list[str | None], list[bytes]] | None:
+        """:meth:`publish_line` of each of ``batches`` (one token each) with a new key,
+        built together: the keys and the lines. ``None`` when any of them needs
+        :meth:`publish_line` one by one (which also words what is wrong)."""
+        if (
+            _orjson is None
+            or not isinstance(stream, str) or not stream or " " in stream or "\n" in stream
+            or not all(type(rows) is list for rows in batches)
+        ):
+            return None
+        dumps = _orjson.dumps
+        try:
+            payloads = [dumps(rows) for rows in batches]
+        except TypeError:
+            return None
+        if b"null" in b"".join(payloads):
+            return None  # maybe a NaN: encode_rows looks closer
+        n = len(payloads)
+        first = next(self._ids)
+        self._ids = itertools.count(first + n)
+        name = stream.encode()
+        keys: list[str | None]
+        if self._keys is None:
+            keys = [None] * n
+            lines = [b"PUBLISH %d %s %s\n" % (first + i, name, payload)
+                     for i, payload in enumerate(payloads)]
+        else:
+            k = next(self._key_counter)
+            self._key_counter = itertools.count(k + n)
+            prefix = self._keys
+            keys = [f"{prefix}-{k + i}" for i in range(n)]
+            start = b"key=" + prefix.encode() + b"-"
+            lines = [b"PUBLISH %d %s %s%d %s\n" % (first + i, name, start, k + i, payload)
+                     for i, payload in enumerate(payloads)]
+        if n and max(map(len, lines)) - 1 > self.max_line_bytes:
+            return None
+        return keys, lines
+
     def sent(self, stream: str, line: bytes, key: str | None, many: bool, waiter: T) -> None:
         self.in_flight.append(_InFlight(stream, line, key, many, waiter))
+
+    def sent_many(
+        self, stream: str, keys: list[str | None], lines: list[bytes], waiters: list[T]
+    ) -> None:
+        """:meth:`sent` of single-token publishes to ``stream``, in order."""
+        self.in_flight.extend([
+            _InFlight(stream, line, key, False, waiter)
+            for key, line, waiter in zip(keys, lines, waiters, strict=True)
+        ])
 
     def feed(self, data: bytes) -> list[tuple[T, Published | PublishError]]:
         """Bytes read from the master; the publishes they answer, in order. Raises
@@ -305,8 +354,16 @@ class PublisherCore(Generic[T]):
         lines = data.split(b"\n")
         self._buffer = lines.pop()
         done: list[tuple[T, Published | PublishError]] = []
+        in_flight = self.in_flight
+        origin = self.origin
         for line in lines:
             if line.startswith(b"PUBLISHED "):
+                parts = line.split(b" ")
+                if len(parts) == 3 and in_flight and origin is not None and parts[2].isdigit():
+                    # The common answer, one token, parsed here rather than in _published.
+                    entry = in_flight.popleft()
+                    done.append((entry.waiter, Published(entry.stream, (int(parts[2]),), origin)))
+                    continue
                 done.append(self._published(line))
             elif line.startswith(b"REFUSED "):
                 done.append(self._refused(line))

@@ -31,7 +31,7 @@ from replication.cluster.identity import (
     conflict_reason,
     recognise,
 )
-from replication.master.publishing import PublishPipeline, fast_publish
+from replication.master.publishing import Fields, PublishPipeline, fast_publish
 from replication.wire.auth import ALL_PERMISSIONS, Permissions, permissions_of
 from replication.wire.commands import (
     ALL_STREAMS,
@@ -268,6 +268,8 @@ class MasterConnection(ReplicationProtocol):
         # (PublishPipeline.begin_batch). Each line otherwise as ReplicationProtocol takes it.
         limit = self.max_line_bytes
         counts = self.received_counts
+        run: list[Fields] = []
+        room = publishing.room
         publishing.begin_batch()
         try:
             for i, line in enumerate(lines):
@@ -278,15 +280,28 @@ class MasterConnection(ReplicationProtocol):
                     if line.startswith(b"PUBLISH ") and len(line) <= limit else None
                 )
                 if fields is not None:
-                    counts["PUBLISH"] = counts.get("PUBLISH", 0) + 1
-                    publishing.take(*fields, False)
+                    run.append(fields)
+                    if len(run) < room:
+                        continue
+                    # As many as may be in flight: take them; the input is held after.
+                    counts["PUBLISH"] = counts.get("PUBLISH", 0) + len(run)
+                    publishing.take_run(run)
+                    run = []
                 else:
+                    if run:
+                        counts["PUBLISH"] = counts.get("PUBLISH", 0) + len(run)
+                        publishing.take_run(run)
+                        run = []
                     publishing.end_batch()
                     publishing.begin_batch()
                     self.lineReceived(line)
                 if self._holding:
                     self.hold_remaining(lines, i + 1)
                     return
+                room = publishing.room
+            if run and not self._closing:
+                counts["PUBLISH"] = counts.get("PUBLISH", 0) + len(run)
+                publishing.take_run(run)
         finally:
             publishing.end_batch()
 

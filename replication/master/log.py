@@ -262,6 +262,26 @@ class StreamLog:
 
     # -- publishing ----------------------------------------------------------------------
 
+    def publish_inline(self, stream: str, tokens_rows: list[list[str]]) -> list[int] | None:
+        """:meth:`publish` at once, without a Deferred, where it can be: the store commits
+        inline (the memory store), no commit is running and ``stream`` exists. The tokens,
+        or :class:`PublishError` raised; ``None`` when the call must go through
+        :meth:`publish`."""
+        inline = self._inline
+        if inline is None or self._committing or not self.opened:
+            return None
+        state = self._local.get(stream)
+        if state is None:
+            return None
+        now = self.clock.seconds()
+        try:
+            tokens = inline.append([(stream, rows) for rows in tokens_rows], now)
+        except StoreError as e:
+            raise PublishError(503, f"store failed: {e}") from None
+        self._deliver(state, tokens[0], tokens_rows, sum(map(len, tokens_rows)))
+        self._trim_inline(state, now)
+        return tokens
+
     def publish(self, stream: str, tokens_rows: list[list[str]]) -> Deferred[list[int]]:
         """Commit ``tokens_rows`` (each a token's rows, checked and encoded) to ``stream`` as
         consecutive tokens of the local origin, all or none, in one store transaction. Fires

@@ -25,7 +25,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from twisted.python.failure import Failure
 
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 TRANSPORT: str = "replication"
 
 #: What a key's publish ended as: its tokens, or a refusal ``(status, message)``.
-Outcome = list[int] | tuple[int, str]
+Outcome = list[int] | range | tuple[int, str]
 
 
 @dataclass(eq=False, slots=True)
@@ -71,6 +71,22 @@ class KeyEntry:
     waiters: list[Callable[[Outcome], None]] | None = None
 
 
+class FinishedKey(NamedTuple):
+    """A remembered key whose publish was committed, as the window keeps it: plain data
+    (its tokens as a ``range``), which the garbage collector stops tracking, so a full
+    window (``limits.publish_keys`` keys) does not lengthen every collection."""
+
+    stream: str
+    at: float
+    outcome: range
+    #: Nobody waits for a finished key (as :class:`KeyEntry` after its outcome).
+    waiters: None = None
+
+
+def _finished(entry: KeyEntry, tokens: list[int] | range) -> FinishedKey:
+    return FinishedKey(entry.stream, entry.at, range(tokens[0], tokens[-1] + 1))
+
+
 class PublishKeys:
     """The newest ``max_keys`` idempotency keys, each for ``max_age`` seconds after its
     publish arrived. A key whose publish was refused is forgotten at once (a retry may try
@@ -79,7 +95,7 @@ class PublishKeys:
     def __init__(self, max_keys: int, max_age: float) -> None:
         self.max_keys = max_keys
         self.max_age = max_age
-        self._entries: OrderedDict[str, KeyEntry] = OrderedDict()
+        self._entries: OrderedDict[str, KeyEntry | FinishedKey] = OrderedDict()
         #: When the oldest entry expires (no need to look before).
         self._next_expiry = float("inf")
         #: Publishes answered from the window instead of being stored again, since start.
@@ -99,7 +115,7 @@ class PublishKeys:
             del entries[key]
         self._next_expiry = float("inf")
 
-    def find(self, key: str, now: float) -> KeyEntry | None:
+    def find(self, key: str, now: float) -> KeyEntry | FinishedKey | None:
         """The entry of ``key`` if it is remembered."""
         if now >= self._next_expiry:
             self._expire(now)
@@ -120,11 +136,29 @@ class PublishKeys:
             entries.popitem(last=False)
         return entry
 
+    def begin_run(self, keys: list[str], stream: str, now: float) -> list[KeyEntry]:
+        """:meth:`begin` for keys that :meth:`find` does not know, all distinct, at once
+        (keys must be on)."""
+        entries = self._entries
+        made = [KeyEntry(stream, now) for _ in keys]
+        entries.update(zip(keys, made))
+        if self._next_expiry == float("inf"):
+            self._next_expiry = now + self.max_age
+        excess = len(entries) - self.max_keys
+        if excess > 0:
+            popitem = entries.popitem
+            for _ in range(excess):
+                popitem(last=False)
+        return made
+
     def finish(self, key: str, entry: KeyEntry, outcome: Outcome) -> None:
         """The publish of ``key`` ended: tell whoever waits; a refusal forgets the key."""
         entry.outcome = outcome
-        if isinstance(outcome, tuple) and self._entries.get(key) is entry:
-            del self._entries[key]
+        if self._entries.get(key) is entry:
+            if isinstance(outcome, tuple):
+                del self._entries[key]
+            else:
+                self._entries[key] = _finished(entry, outcome)
         waiters, entry.waiters = entry.waiters, None
         for waiter in waiters or ():
             waiter(outcome)
@@ -143,14 +177,21 @@ class PublisherConnection(Protocol):
 
 
 class _Slot:
-    """One publish waiting for its answer, in arrival order."""
+    """One publish waiting for its answer, in arrival order, or (``count`` > 1) a run of
+    publishes taken together (:meth:`PublishPipeline.take_run`) and answered together."""
 
-    __slots__ = ("answer", "id")
+    __slots__ = ("answer", "count", "id")
 
-    def __init__(self, id_: str) -> None:
+    def __init__(self, id_: str, count: int = 1) -> None:
         self.id = id_
-        #: The answer's line, once known.
+        #: Publishes this slot answers.
+        self.count = count
+        #: The answer's lines, once known.
         self.answer: bytes | None = None
+
+
+#: A publish the fast path parsed: id, stream, key and rows (JSON text, as received).
+Fields = tuple[str, str, "str | None", bytes]
 
 
 #: A publish waiting in a batch: stream, encoded tokens, its slot, key and key entry.
@@ -172,6 +213,8 @@ class PublishPipeline:
         self.connection = connection
         self.max_in_flight = max_in_flight
         self._slots: deque[_Slot] = deque()
+        #: Publishes read and not yet answered (the slots' counts).
+        self._waiting = 0
         self._holding = False
         self._closed = False
         #: Publishes this connection sent (answered or not).
@@ -185,11 +228,18 @@ class PublishPipeline:
         self._max_rows = master.config.limits.max_rows_per_publish
         #: Per stream: the JSON characters a row may surely take (see ``encode_tokens``).
         self._fits: dict[str, int] = {}
+        #: Per stream: the bytes of JSON a row may take (the line limit less RDATA's prefix).
+        self._room: dict[str, int] = {}
 
     @property
     def in_flight(self) -> int:
         """Publishes read and not yet answered."""
-        return len(self._slots)
+        return self._waiting
+
+    @property
+    def room(self) -> int:
+        """Publishes that may still be taken before the input is held."""
+        return self.max_in_flight - self._waiting
 
     def publish(self, command: PublishCommand) -> None:
         """Take one ``PUBLISH`` or ``PUBLISH_TOKENS``."""
@@ -202,10 +252,11 @@ class PublishPipeline:
         ``rows`` is its JSON text, as received."""
         slot = _Slot(id_)
         self._slots.append(slot)
+        self._waiting += 1
         self.received += 1
         master = self.master
         master.publishes[TRANSPORT] = master.publishes.get(TRANSPORT, 0) + 1
-        if len(self._slots) >= self.max_in_flight and not self._holding:
+        if self._waiting >= self.max_in_flight and not self._holding:
             self._holding = True
             self.connection.hold_input()
         entry = None
@@ -249,6 +300,165 @@ class PublishPipeline:
                 self._committed_key, self._failed_key,
                 callbackArgs=(slot, key, entry), errbackArgs=(slot, key, entry),
             )
+
+    # -- runs: fast-parsed publishes of one read, checked, committed and answered together --
+
+    def take_run(self, run: list[Fields]) -> None:
+        """Take publishes that :func:`fast_publish` parsed, in order (at most :attr:`room`
+        of them). Each stretch to one stream is checked and encoded in one pass, committed
+        in one :meth:`Master.submit_many <replication.master.service.Master.submit_many>`
+        (or at once, on a store that commits inline) and answered in one write: the same
+        tokens, answers and refusals as :meth:`take` one by one, which a stretch falls
+        back to when anything in it is unusual (a known key, a new stream, rows the fast
+        encoding does not take)."""
+        if self._batch:  # publishes taken one by one before: committed first, in order
+            self.end_batch()
+            self.begin_batch()
+        n = len(run)
+        i = 0
+        while i < n:
+            stream = run[i][1]
+            j = i + 1
+            while j < n and run[j][1] == stream:
+                j += 1
+            part = run if i == 0 and j == n else run[i:j]
+            if not self._take_stream_run(stream, part):
+                for id_, _, key, rows in part:
+                    self.take(id_, stream, key, rows, False)
+            i = j
+
+    def _take_stream_run(self, stream: str, part: list[Fields]) -> bool:
+        """Take ``part`` (publishes to ``stream``) as one run; ``False``: nothing was done,
+        take them one by one."""
+        master = self.master
+        if (
+            _orjson is None
+            or master.log.state(stream) is None
+            or not self.connection.permissions.may_publish(stream)
+        ):
+            return False
+        keys = master.publish_keys
+        now = master.clock.seconds()
+        run_keys = [key for _, _, key, _ in part if key is not None]
+        if run_keys:
+            if len(set(run_keys)) != len(run_keys):
+                return False  # one key twice: the second waits for the first's outcome
+            for key in run_keys:
+                if keys.find(key, now) is not None:
+                    return False
+        encoded = self._encode_run(stream, part)
+        if encoded is None:
+            return False
+        count = len(part)
+        slot = _Slot("", count)
+        self._slots.append(slot)
+        self._waiting += count
+        self.received += count
+        master.publishes[TRANSPORT] = master.publishes.get(TRANSPORT, 0) + count
+        if self._waiting >= self.max_in_flight and not self._holding:
+            self._holding = True
+            self.connection.hold_input()
+        entries: list[tuple[str, KeyEntry]] | None = None
+        if run_keys and keys.max_keys:
+            entries = list(zip(run_keys, keys.begin_run(run_keys, stream, now), strict=True))
+        try:
+            tokens = None if master.acks.wanted else master.log.publish_inline(stream, encoded)
+        except PublishError as e:
+            self._run_refused(slot, part, entries, (e.status, e.message))
+            return True
+        if tokens is not None:
+            self._run_published(tokens, slot, part, entries)
+        else:
+            master.submit_many(stream, encoded).addCallbacks(
+                self._run_published, self._run_refused_by,
+                callbackArgs=(slot, part, entries), errbackArgs=(slot, part, entries),
+            )
+        return True
+
+    def _run_published(
+        self, tokens: list[int], slot: _Slot, part: list[Fields],
+        entries: list[tuple[str, KeyEntry]] | None,
+    ) -> None:
+        slot.answer = "".join([
+            f"PUBLISHED {fields[0]} {token}\n" for fields, token in zip(part, tokens, strict=True)
+        ]).encode()
+        if entries:
+            self._finish_entries(entries, [
+                [token] for fields, token in zip(part, tokens, strict=True)
+                if fields[2] is not None
+            ])
+        self._flush()
+
+    def _finish_entries(
+        self, keyed: list[tuple[str, KeyEntry]], outcomes: list[Outcome]
+    ) -> None:
+        """The keys of a run ended (``outcomes`` in the order of ``keyed``)."""
+        keys = self.master.publish_keys
+        window = keys._entries
+        for (key, entry), outcome in zip(keyed, outcomes, strict=True):
+            if entry.waiters is None and type(outcome) is list and window.get(key) is entry:
+                entry.outcome = outcome  # what finish does, for the common case
+                window[key] = _finished(entry, outcome)
+            else:
+                keys.finish(key, entry, outcome)
+
+    def _run_refused_by(
+        self, failure: Failure, slot: _Slot, part: list[Fields],
+        entries: list[tuple[str, KeyEntry]] | None,
+    ) -> None:
+        self._run_refused(slot, part, entries, _refusal(failure))
+
+    def _run_refused(
+        self, slot: _Slot, part: list[Fields],
+        entries: list[tuple[str, KeyEntry]] | None, refusal: tuple[int, str],
+    ) -> None:
+        status, message = refusal
+        slot.answer = b"".join(
+            RefusedCommand(fields[0], status, message).to_line() + b"\n" for fields in part
+        )
+        self._refused += len(part)
+        if entries:
+            self._finish_entries(entries, [refusal] * len(entries))
+        self._flush()
+
+    def _encode_run(self, stream: str, part: list[Fields]) -> list[list[str]] | None:
+        """Each publish of ``part`` as one token's encoded rows, or ``None`` if any of them
+        needs :meth:`_encode` (which also words the refusals). A publish of one row keeps
+        the row's text as the publisher wrote it (the array's brackets and the blanks
+        around its one element taken off), so it is not encoded again: that text is
+        exactly one JSON value, since it parsed as the array's only element."""
+        assert _orjson is not None
+        datas = [fields[3] for fields in part]
+        if _TWENTY_ZEROS in b"".join(datas).translate(_DIGITS_AS_ZEROS):
+            return None  # long integers: the standard library keeps them exact
+        loads = _orjson.loads
+        try:
+            parsed = [loads(data) for data in datas]
+        except _orjson.JSONDecodeError:
+            return None
+        room = self._room.get(stream)
+        if room is None:
+            room = self._room[stream] = (
+                self.master.config.limits.max_line_bytes - rdata_line_length(stream, "")
+            )
+        max_rows = self._max_rows
+        out: list[list[str]] = []
+        for data, rows in zip(datas, parsed, strict=True):
+            if type(rows) is not list or not rows:
+                return None
+            if len(rows) == 1:
+                text = data.rstrip(b" \t")[1:-1].strip(b" \t")
+                if len(text) > room:
+                    return None
+                out.append([text.decode()])
+                continue
+            if len(rows) > max_rows:
+                return None
+            texts = [row.decode() for row in map(_orjson.dumps, rows)]
+            if max(map(len, texts)) * 4 > room:
+                return None
+            out.append(texts)
+        return out
 
     # -- batches: the publishes of one read, committed together --------------------------
 
@@ -402,17 +612,21 @@ class PublishPipeline:
         if self._quiet or self._closed or not slots or slots[0].answer is None:
             return
         out = []
+        answered = 0
         while slots and slots[0].answer is not None:
-            answer = slots.popleft().answer
+            slot = slots.popleft()
+            answer = slot.answer
             assert answer is not None
             out.append(answer)
+            answered += slot.count
+        self._waiting -= answered
         self.connection.write(b"".join(out))
         counts = self.connection.sent_counts
         refused, self._refused = self._refused, 0
-        counts["PUBLISHED"] = counts.get("PUBLISHED", 0) + len(out) - refused
+        counts["PUBLISHED"] = counts.get("PUBLISHED", 0) + answered - refused
         if refused:
             counts["REFUSED"] = counts.get("REFUSED", 0) + refused
-        if self._holding and len(slots) < self.max_in_flight:
+        if self._holding and self._waiting < self.max_in_flight:
             self._holding = False
             self.connection.release_input()
 
@@ -421,6 +635,7 @@ class PublishPipeline:
         commit or fail as they would have; a retry with the same key learns which)."""
         self._closed = True
         self._slots.clear()
+        self._waiting = 0
 
 
 #: A ``PUBLISH`` line the fast path takes: a valid id, a valid stream name, an optional
