@@ -141,7 +141,7 @@ class PublishKeys:
         (keys must be on)."""
         entries = self._entries
         made = [KeyEntry(stream, now) for _ in keys]
-        entries.update(zip(keys, made))
+        entries.update(zip(keys, made, strict=True))
         if self._next_expiry == float("inf"):
             self._next_expiry = now + self.max_age
         excess = len(entries) - self.max_keys
