@@ -1,5 +1,6 @@
-"""``--reactor`` of ``replication master`` and ``worker``: asyncio by default, Twisted's
-platform reactor on request, and what happens when a reactor is installed already. Each
+"""``--reactor`` of ``replication master`` and ``worker``: asyncio by default for a worker
+(and for a master that loads application commands), Twisted's platform reactor otherwise or
+on request, and what happens when a reactor is installed already. Each
 installation runs in a fresh interpreter (the test process may have a reactor of its own)."""
 
 from __future__ import annotations
@@ -10,19 +11,35 @@ import textwrap
 
 import pytest
 
-from replication.cli import REACTORS, build_parser
+from replication.cli import MASTER_REACTORS, REACTORS, build_parser, master_reactor
 
 
-@pytest.mark.parametrize("command", ["master", "worker"])
-def test_the_reactor_flag_defaults_to_asyncio(command: str) -> None:
-    """Without the flag the reactor is ``asyncio``; ``default`` is the other choice, and
-    anything else is refused by the parser."""
+def test_the_worker_reactor_flag_defaults_to_asyncio() -> None:
+    """Without the flag a worker's reactor is ``asyncio``; ``default`` is the other choice,
+    and anything else is refused by the parser."""
     parser = build_parser()
     assert REACTORS == ("asyncio", "default")
-    assert parser.parse_args([command]).reactor == "asyncio"
-    assert parser.parse_args([command, "--reactor", "default"]).reactor == "default"
+    assert parser.parse_args(["worker"]).reactor == "asyncio"
+    assert parser.parse_args(["worker", "--reactor", "default"]).reactor == "default"
     with pytest.raises(SystemExit):
-        parser.parse_args([command, "--reactor", "epoll"])
+        parser.parse_args(["worker", "--reactor", "epoll"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["worker", "--reactor", "auto"])
+
+
+def test_the_master_reactor_is_asyncio_only_for_application_commands() -> None:
+    """A master's ``--reactor`` defaults to ``auto``: asyncio when the configuration loads
+    application commands (their coroutine handlers may await asyncio), Twisted's platform
+    reactor otherwise; an explicit choice is kept."""
+    parser = build_parser()
+    assert MASTER_REACTORS == ("auto", "asyncio", "default")
+    assert parser.parse_args(["master"]).reactor == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["master", "--reactor", "epoll"])
+    assert master_reactor("auto", None) == "default"
+    assert master_reactor("auto", "myapp.commands:register") == "asyncio"
+    assert master_reactor("asyncio", None) == "asyncio"
+    assert master_reactor("default", "myapp.commands:register") == "default"
 
 
 def _installed(prelude: str, name: str) -> subprocess.CompletedProcess[str]:
