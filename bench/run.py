@@ -132,7 +132,12 @@ def build_table(results: dict[str, Any]) -> list[list[str]]:
         p50, p99, mx = lat["p50_ms"], lat["p99_ms"], lat["max_ms"]
         per = lat["rows_per_token"]
         every = per / lat["rate"] * 1000
-        where = f"latency 10k rows/s, 10 workers, {per} rows/{every:g} ms"
+        via = lat.get("via", "http")
+        where = f"latency 10k rows/s, 10 workers, {per} rows/{every:g} ms, via {via}"
+        if via != "port":  # the comparison: what the same load costs published over HTTP
+            rows.append([where + ": p50", fmt_num(p50, "ms"), "", "", "(comparison)", "-"])
+            rows.append([where + ": p99", fmt_num(p99, "ms"), "", "", "(comparison)", "-"])
+            continue
         # A run that fell short of the intended rate measured an easier load: flag it.
         short = [i for i, r in enumerate(lat["runs"])
                  if r["achieved_rate"] < LATENCY_RATE_REACHED * lat["rate"] or not r["complete"]]

@@ -1,8 +1,10 @@
 """Scenario 4: latency from publish to handler at a steady 10,000 rows/s with 10 workers.
 
 A master (``--store memory``) and 10 workers with the handler ``handlers:LatencyRecorder``.
-One publisher process POSTs one token on an absolute schedule; just before each POST it
-writes ``time.time()`` into ``row[4]`` of the token's rows. Two variants of the same rate:
+One publisher process publishes one token on an absolute schedule, over the replication
+port with ``replication.client.Publisher`` (the target's figure) and, in a second pass,
+over HTTP (one POST per token, for comparison); just before each publish it writes
+``time.time()`` into ``row[4]`` of the token's rows. Two variants of the same rate:
 **steady**, 10 rows every 1 ms (the target's figure), and **bursts**, 100 rows every 10 ms,
 where each worker gets 100 rows at once and the last of 10 workers waits for the other nine
 on 2 cores. Each worker's handler
@@ -41,6 +43,9 @@ from common import (
 RATE = 10_000
 #: Rows per token of each variant: (name, rows per token); one token every rows/RATE seconds.
 VARIANTS = (("steady", 10), ("bursts", 100))
+#: How the publisher publishes: over the replication port with ``replication.client`` (the
+#: figure the target is about), and over HTTP for comparison.
+PUBLISHERS = ("port", "http")
 WORKERS = 10
 WARMUP = 1.0
 #: A run whose publisher sent less than this share of ``RATE`` (its sends fell behind the
@@ -61,14 +66,18 @@ def _read(path: str) -> tuple[list[float], list[float]]:
 
 
 def run(quick: bool, runs: int, log: Any) -> list[dict[str, Any]]:
-    return [run_variant(name, per_token, quick, runs, log) for name, per_token in VARIANTS]
+    return [run_variant(name, per_token, via, quick, runs, log)
+            for via in PUBLISHERS for name, per_token in VARIANTS]
 
 
-def run_variant(variant: str, per_token: int, quick: bool, runs: int, log: Any) -> dict[str, Any]:
+def run_variant(
+    variant: str, per_token: int, via: str, quick: bool, runs: int, log: Any
+) -> dict[str, Any]:
     measure = 3.0 if quick else 5.0
     timeout = 60.0
-    log(f"latency ({variant}): {WORKERS} workers, {RATE} rows/s as {per_token} rows every "
-        f"{per_token / RATE * 1000:.0f} ms, {WARMUP:.0f} s warm-up + {measure:.0f} s x {runs} runs")
+    log(f"latency ({variant}, published via {via}): {WORKERS} workers, {RATE} rows/s as "
+        f"{per_token} rows every {per_token / RATE * 1000:.0f} ms, {WARMUP:.0f} s warm-up + "
+        f"{measure:.0f} s x {runs} runs")
     with scratch(f"latency-{variant}") as tmp, Group() as group:
         done_dir = tmp / "done"
         done_dir.mkdir()
@@ -90,7 +99,8 @@ def run_variant(variant: str, per_token: int, quick: bool, runs: int, log: Any) 
             run_id = f"r{k}"
             out = tmp / f"pub-{run_id}.json"
             publisher = group.add(child(f"pub-{run_id}", "latency_publish_child.py",
-                                        [str(http_port), str(RATE), str(per_token),
+                                        [via, str(port if via == "port" else http_port),
+                                         str(RATE), str(per_token),
                                          str(WARMUP + measure), run_id, str(out)], tmp),
                                   transient=True)
             publisher.wait_for_exit(WARMUP + measure + timeout)
@@ -131,6 +141,7 @@ def run_variant(variant: str, per_token: int, quick: bool, runs: int, log: Any) 
     return {
         "scenario": "latency",
         "variant": variant,
+        "via": via,
         "workers": WORKERS,
         "rate": RATE,
         "rows_per_token": per_token,

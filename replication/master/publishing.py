@@ -8,7 +8,10 @@ docs/protocol.rst, "Publishing"). :class:`PublishPipeline` then takes its ``PUBL
 committed through the stream log (:meth:`Master.submit_many
 <replication.master.service.Master.submit_many>`, group commit on a blocking store), and
 answered with ``PUBLISHED`` or ``REFUSED`` in the order the publishes arrived, each only
-once it is committed or refused. At most ``limits.max_publishes_in_flight`` publishes wait
+once it is committed or refused. The common ``PUBLISH`` lines of one read are taken as
+runs (:meth:`PublishPipeline.take_run`): each stretch to one stream is checked, encoded,
+committed and answered together, with the same outcome as one by one.
+At most ``limits.max_publishes_in_flight`` publishes wait
 for their answers; past that the pipeline holds the connection's input (the transport stops
 reading), which is back-pressure, not an error.
 
