@@ -3,8 +3,9 @@
     python latency_publish_child.py VIA PORT RATE PER_TOKEN SECONDS RUN_ID OUT_JSON
 
 ``VIA`` is ``port`` (``replication.client.Publisher`` on the master's replication port,
-one ``submit`` per token: open loop, answers checked as they come) or ``http`` (one ``POST /streams/events`` per token on
-a keep-alive connection; ``PORT`` is then the HTTP port). One publish of PER_TOKEN rows
+one ``submit`` per token: open loop, answers checked as they come) or ``http`` (one
+``POST /streams/events`` per token on a keep-alive connection; ``PORT`` is then the HTTP
+port). One publish of PER_TOKEN rows
 every PER_TOKEN/RATE seconds (100 rows every 10 ms for 10,000 rows/s), on an absolute
 schedule: a send that is late does not shift the ones after it. Just before each publish,
 ``time.time()`` is written into ``row[4]`` of every row of that token (the other fields as
