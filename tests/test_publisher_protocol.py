@@ -582,3 +582,89 @@ def test_runs_and_single_publishes_keep_arrival_order(tmp_path: Path) -> None:
     assert [e.rows for e in harness.store.read("events", 0, 5, 10)] == [
         ("1",), ("2",), ("7",), ("8",), ("5",)
     ]
+
+
+# -- publish lines past the line limit --------------------------------------------------------
+
+
+def _small_limit_harness(tmp_path: Path, **changes: Any) -> Harness:
+    return Harness(
+        tmp_path, streams=("events",),
+        limits=limits(max_line_bytes=1024, max_body_bytes=1024, max_buffer_bytes=1 << 20,
+                      **changes),
+    )
+
+
+_LONG = b'PUBLISH big events ["' + b"x" * 5000 + b'"]\n'
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 100, 1023, 1024, 1025, 4096, len(_LONG) + 100])
+def test_a_publish_past_the_line_limit_is_refused_alone(tmp_path: Path, chunk: int) -> None:
+    """A PUBLISH line longer than limits.max_line_bytes, in whatever pieces it arrives, is
+    answered REFUSED <id> 413 in its turn; its bytes are dropped, nothing of it is stored,
+    and the publishes around it go on over the same connection."""
+    harness = _small_limit_harness(tmp_path)
+    connection, transport = publisher(harness.master)
+    take(transport)
+    data = b"PUBLISH a events [1]\n" + _LONG + b"PUBLISH c events [3]\n"
+    for i in range(0, len(data), chunk):
+        connection.dataReceived(data[i:i + chunk])
+    sent = take(transport)
+    assert sent[0] == "PUBLISHED a 1"
+    assert sent[1].startswith("REFUSED big 413 the publish line is ")
+    assert "over the line limit of 1024 bytes (limits.max_line_bytes)" in sent[1]
+    assert sent[2] == "PUBLISHED c 2"
+    assert not connection._closing
+    assert [e.rows for e in harness.store.read("events", 0, 5, 10)] == [("1",), ("3",)]
+    assert connection.received_counts["PUBLISH"] == 3
+
+
+def test_a_too_long_publish_waits_its_turn() -> None:
+    """On a blocking store the refusal of a too-long publish waits for the answer of the
+    publish before it, and a too-long PUBLISH_TOKENS is refused the same way."""
+    master, runner = blocking_master(limits=limits(max_line_bytes=1024, max_body_bytes=1024))
+    connection, transport = publisher(master)
+    take(transport)
+    connection.dataReceived(b"PUBLISH a events [1]\n")
+    connection.dataReceived(b"PUBLISH_TOKENS b events [[\"" + b"y" * 3000)
+    assert take(transport) == []
+    connection.dataReceived(b"\"]]\nPUBLISH c events [3]\n")
+    runner.run_all()
+    sent = take(transport)
+    assert sent[0] == "PUBLISHED a 1"
+    assert sent[1].startswith("REFUSED b 413 the publish line is more than ")
+    assert sent[2] == "PUBLISHED c 2"
+
+
+def test_a_too_long_publish_behind_held_input_keeps_its_place() -> None:
+    """With the in-flight bound reached (input held), a too-long publish that arrives is
+    answered after the publishes held before it, not ahead of them."""
+    master, runner = blocking_master(
+        limits=limits(max_line_bytes=1024, max_body_bytes=1024, max_publishes_in_flight=2)
+    )
+    connection, transport = publisher(master)
+    take(transport)
+    connection.dataReceived(
+        b"PUBLISH a events [1]\nPUBLISH b events [2]\nPUBLISH c events [3]\n" + _LONG[:2000]
+    )
+    connection.dataReceived(_LONG[2000:] + b"PUBLISH d events [4]\n")
+    runner.run_all()
+    sent = take(transport)
+    assert [line.split(" ")[:3] for line in sent] == [
+        ["PUBLISHED", "a", "1"], ["PUBLISHED", "b", "2"], ["PUBLISHED", "c", "3"],
+        ["REFUSED", "big", "413"], ["PUBLISHED", "d", "4"],
+    ]
+
+
+@pytest.mark.parametrize("line", [
+    b"PUBLISH " + b"i" * 70 + b" events [\"" + b"x" * 2000 + b"\"]\n",  # no id to answer
+    b"PING " + b"1" * 2000 + b"\n",  # not a publish
+])
+def test_other_too_long_lines_still_close_the_connection(tmp_path: Path, line: bytes) -> None:
+    harness = _small_limit_harness(tmp_path)
+    connection, transport = publisher(harness.master)
+    take(transport)
+    connection.dataReceived(line)
+    sent = take(transport)
+    assert sent[-1].startswith("ERROR line too long: ")
+    assert connection._closing

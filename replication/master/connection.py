@@ -31,7 +31,7 @@ from replication.cluster.identity import (
     conflict_reason,
     recognise,
 )
-from replication.master.publishing import Fields, PublishPipeline, fast_publish
+from replication.master.publishing import Fields, PublishPipeline, fast_publish, publish_id
 from replication.wire.auth import ALL_PERMISSIONS, Permissions, permissions_of
 from replication.wire.commands import (
     ALL_STREAMS,
@@ -49,7 +49,7 @@ from replication.wire.commands import (
     ReplicateCommand,
 )
 from replication.wire.dialects import DIALECTS, VERSION_1
-from replication.wire.protocol import PROTOCOL_ERROR, ReplicationProtocol
+from replication.wire.protocol import PROTOCOL_ERROR, ReplicationProtocol, TooLongLine
 from replication.wire.session import AUTH_FAILED
 
 if TYPE_CHECKING:
@@ -275,9 +275,10 @@ class MasterConnection(ReplicationProtocol):
             for i, line in enumerate(lines):
                 if self._closing:
                     return
+                too_long = len(line) > limit or type(line) is TooLongLine
                 fields = (
                     fast_publish(line)
-                    if line.startswith(b"PUBLISH ") and len(line) <= limit else None
+                    if line.startswith(b"PUBLISH ") and not too_long else None
                 )
                 if fields is not None:
                     run.append(fields)
@@ -294,7 +295,10 @@ class MasterConnection(ReplicationProtocol):
                         run = []
                     publishing.end_batch()
                     publishing.begin_batch()
-                    self.lineReceived(line)
+                    if too_long:
+                        self._too_long_publish(line)
+                    else:
+                        self.lineReceived(line)
                 if self._holding:
                     self.hold_remaining(lines, i + 1)
                     return
@@ -304,6 +308,30 @@ class MasterConnection(ReplicationProtocol):
                 publishing.take_run(run)
         finally:
             publishing.end_batch()
+
+    def answers_too_long(self, head: bytes) -> bool:
+        # A publisher's too-long publish is refused alone (see _too_long_publish).
+        return self.publishing is not None and head.startswith(_PUBLISH_COMMANDS)
+
+    def _too_long_publish(self, line: bytes) -> None:
+        """A publisher's line past ``limits.max_line_bytes``: a publish whose id can be read
+        is answered ``REFUSED <id> 413`` in its turn and the connection goes on (its bytes
+        are dropped as they arrive); anything else is a framing error, as on any
+        connection."""
+        length = line.length if type(line) is TooLongLine else len(line)
+        id_ = publish_id(line) if line.startswith(_PUBLISH_COMMANDS) else None
+        if id_ is None or self.publishing is None:
+            self.lineReceived(line)  # ERROR line too long
+            return
+        counts = self.received_counts
+        name = "PUBLISH_TOKENS" if line.startswith(b"PUBLISH_TOKENS ") else "PUBLISH"
+        counts[name] = counts.get(name, 0) + 1
+        more = "more than " if type(line) is TooLongLine else ""
+        self.publishing.refuse(id_, 413, (
+            f"the publish line is {more}{length} bytes, over the line limit of "
+            f"{self.max_line_bytes} bytes (limits.max_line_bytes): publish fewer or smaller "
+            "rows at a time"
+        ))
 
     def on_PUBLISHER(self, command: PublisherCommand) -> None:
         if not DIALECTS[self.dialect].origins:
@@ -347,6 +375,9 @@ class MasterConnection(ReplicationProtocol):
             log.info("%s disconnected: %s", self.describe(), reason)
             self.master.connection_lost(self)
 
+
+#: The commands that publish (the start of their lines).
+_PUBLISH_COMMANDS = (b"PUBLISH ", b"PUBLISH_TOKENS ")
 
 #: What a publisher may not send: it follows no stream and is no cluster peer.
 _NOT_FOR_PUBLISHERS = frozenset(

@@ -304,6 +304,20 @@ class PublishPipeline:
                 callbackArgs=(slot, key, entry), errbackArgs=(slot, key, entry),
             )
 
+    def refuse(self, id_: str, status: int, message: str) -> None:
+        """Answer a publish that cannot be taken at all (its line was too long) with
+        ``REFUSED``, in its place among the others."""
+        slot = _Slot(id_)
+        self._slots.append(slot)
+        self._waiting += 1
+        self.received += 1
+        master = self.master
+        master.publishes[TRANSPORT] = master.publishes.get(TRANSPORT, 0) + 1
+        if self._waiting >= self.max_in_flight and not self._holding:
+            self._holding = True
+            self.connection.hold_input()
+        self._answer(slot, (status, message))
+
     # -- runs: fast-parsed publishes of one read, checked, committed and answered together --
 
     def take_run(self, run: list[Fields]) -> None:
@@ -648,6 +662,16 @@ _FAST_PUBLISH = re.compile(
     rb"(?: key=([\x21-\x7e]{1,128}))? (\[.*)",
     re.DOTALL,
 )
+
+
+#: The command and id at the start of a publish line (for a line too long to be read).
+_PUBLISH_HEAD = re.compile(rb"(PUBLISH|PUBLISH_TOKENS) ([\x21-\x7e]{1,64}) ")
+
+
+def publish_id(head: bytes) -> str | None:
+    """The id of the publish whose line starts with ``head`` (``None``: none can be read)."""
+    match = _PUBLISH_HEAD.match(head)
+    return None if match is None else match.group(2).decode()
 
 
 def fast_publish(line: bytes) -> tuple[str, str, str | None, bytes] | None:

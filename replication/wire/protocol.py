@@ -79,6 +79,9 @@ __all__ = [
     "PING_TIMEOUT",
     "PROTOCOL_ERROR",
     "ReplicationProtocol",
+    "TOO_LONG_HEAD",
+    "TooLongLine",
+    "too_long_line",
     "write_through",
 ]
 
@@ -141,6 +144,26 @@ def write_through(link: Any) -> Callable[[bytes], None]:
             buffered_write(data[sent:])
 
     return write
+
+
+class TooLongLine(bytes):
+    """Stands in, where it arrived, for a line longer than the limit whose bytes were
+    dropped as they came: its first :data:`TOO_LONG_HEAD` bytes; ``length`` is how many bytes
+    of it had arrived when it was taken for too long (see
+    :meth:`ReplicationProtocol.answers_too_long`)."""
+
+    length: int
+
+
+#: Bytes of a too-long line that its stand-in keeps (enough for a command and its first
+#: arguments, such as a publish's id).
+TOO_LONG_HEAD = 256
+
+
+def too_long_line(line: bytes, length: int) -> TooLongLine:
+    stand_in = TooLongLine(line[:TOO_LONG_HEAD])
+    stand_in.length = length
+    return stand_in
 
 
 class _Transport(TypingProtocol):
@@ -241,6 +264,8 @@ class ReplicationProtocol(Protocol):
         self.received_counts: dict[str, int] = {}
 
         self._buffer = b""
+        #: Dropping the rest of a too-long line (see :meth:`answers_too_long`).
+        self._dropping = False
         self._held: deque[bytes] = deque()
         self._holding = False
         self._reading_paused = False
@@ -504,10 +529,23 @@ class ReplicationProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.session.last_received = self.clock.seconds()
+        if self._dropping:  # the rest of a too-long line that has a stand-in
+            end = data.find(b"\n")
+            if end < 0:
+                return
+            self._dropping = False
+            data = data[end + 1:]
         if self._buffer:
             data = self._buffer + data
         lines = data.split(b"\n")
         self._buffer = lines.pop()
+        if (
+            len(self._buffer) > self.max_line_bytes and not self._closing
+            and self.answers_too_long(self._buffer)
+        ):
+            lines.append(too_long_line(self._buffer, len(self._buffer)))
+            self._buffer = b""
+            self._dropping = True
         if self._holding:
             self._held.extend(lines)
             self._maybe_pause_reading()
@@ -535,7 +573,17 @@ class ReplicationProtocol(Protocol):
         self._held.extend(lines[start:])
         self._maybe_pause_reading()
 
+    def answers_too_long(self, head: bytes) -> bool:
+        """Whether a line that starts with ``head`` and is longer than the limit is answered
+        in its place by this side (a :class:`TooLongLine` then reaches :meth:`linesReceived`
+        where the line would have, and its bytes are dropped as they arrive). By default it
+        is not: the peer gets ``ERROR line too long`` and the connection closes."""
+        return False
+
     def lineReceived(self, line: bytes) -> None:
+        if type(line) is TooLongLine:
+            self._line_too_long(line.length)
+            return
         if len(line) > self.max_line_bytes:
             self._line_too_long(len(line))
             return
