@@ -242,7 +242,6 @@ def cmd_master(args: argparse.Namespace) -> int:
     _use_log_format(config.log_format)
     reactor_name = master_reactor(args.reactor, config.commands)
     install_reactor(reactor_name)  # before the application's modules can import a reactor
-    log.info("reactor: %s%s", reactor_name, " (auto)" if args.reactor == "auto" else "")
     commands = load_command_registry(config.commands, config.commands_path)
 
     from twisted.internet import reactor
@@ -251,6 +250,7 @@ def cmd_master(args: argparse.Namespace) -> int:
     from replication.metrics import process_registry
 
     _log_master_paths(config)
+    log.info("reactor: %s%s", reactor_name, " (auto)" if args.reactor == "auto" else "")
     try:
         service = master_service(
             config, reactor, registry=process_registry(), commands=commands,

@@ -285,5 +285,6 @@ def test_a_master_process_logs_its_database_path_in_json_and_its_stop(tmp_path: 
         f"directory; data_dir {tmp_path / 'replication-data'})"
     )
     assert database.exists()
+    assert messages[1] == "reactor: default (auto)"  # no application commands: epoll
     assert "master m-json ready (store: sqlite)" in messages
     assert messages[-1] == "master m-json stopped"
