@@ -138,12 +138,16 @@ class FakeMaster:
     """A master that answers the handshake, then does what the test says with publishes:
     records every line it reads, per connection."""
 
-    def __init__(self, answer: bool = True, drop_first: bool = False) -> None:
+    def __init__(
+        self, answer: bool = True, drop_first: bool = False, restart: bool = False
+    ) -> None:
         self.server = socket.create_server((HOST, 0))
         self.port = self.server.getsockname()[1]
         self.connections: list[list[bytes]] = []
         self.answer = answer
         self.drop_first = drop_first
+        #: Each connection comes from a new process of the master (a new fingerprint).
+        self.restart = restart
         self.token = 0
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
@@ -168,7 +172,8 @@ class FakeMaster:
                 for line in complete:
                     lines.append(line)
                     if line == b"PUBLISHER":
-                        conn.sendall(b"VERSION 2\nORIGIN " + b"F" * 22 + b" " + b"f" * 16
+                        run = b"%016d" % (len(self.connections) if self.restart else 0)
+                        conn.sendall(b"VERSION 2\nORIGIN " + b"F" * 22 + b" " + run
                                      + b"\nPUBLISHING 100 65536\n")
                     elif line.startswith(b"PUBLISH "):
                         if self.drop_first and len(self.connections) == 1:
@@ -468,3 +473,98 @@ def test_spin_zero_never_polls(monkeypatch: pytest.MonkeyPatch) -> None:
         publisher.close()
         ours.close()
         theirs.close()
+
+
+# -- a master that restarted with publishes in flight ----------------------------------------
+
+
+def _not_resent(fake: FakeMaster) -> None:
+    """The two publishes in flight at the drop went to the first process only."""
+    sent_first = [ln for ln in fake.connections[0] if ln.startswith(b"PUBLISH ")]
+    sent_again = [ln for ln in fake.connections[1] if ln.startswith(b"PUBLISH ")]
+    assert len(sent_first) == 2
+    assert [ln.split(b" ")[3] for ln in sent_again] == [b"key=mine-3"]
+
+
+def test_publishes_in_flight_are_not_resent_to_a_restarted_master() -> None:
+    """A drop with publishes in flight, then the master comes back as a new process (a new
+    fingerprint in ORIGIN): its key window is empty, so sending them again could store them
+    twice. They fail with MasterUnreachable (maybe_committed, with their keys) instead, and
+    the publisher goes on with new publishes."""
+    fake = FakeMaster(drop_first=True, restart=True)
+    try:
+        with Publisher(f"{HOST}:{fake.port}", timeout=5) as publisher:
+            first = publisher.submit("events", [1], key="mine-1")
+            second = publisher.submit("events", [2], key="mine-2")
+            for future, key in ((first, "mine-1"), (second, "mine-2")):
+                with pytest.raises(MasterUnreachable, match="restarted with this publish") as e:
+                    future.result(timeout=5)
+                assert e.value.maybe_committed and e.value.key == key
+            assert publisher.publish("events", [3], key="mine-3").token == 1
+        _not_resent(fake)
+    finally:
+        fake.close()
+
+
+def test_asyncio_client_does_not_resend_to_a_restarted_master() -> None:
+    fake = FakeMaster(drop_first=True, restart=True)
+
+    async def main() -> list[str]:
+        async with AsyncPublisher(f"{HOST}:{fake.port}", timeout=5) as publisher:
+            first = await publisher.submit("events", [1], key="mine-1")
+            second = await publisher.submit("events", [2], key="mine-2")
+            errors = []
+            for waiter in (first, second):
+                try:
+                    await waiter
+                except MasterUnreachable as e:
+                    assert e.maybe_committed
+                    errors.append(str(e.key))
+            assert (await publisher.publish("events", [3], key="mine-3")).token == 1
+            return errors
+
+    try:
+        assert asyncio.run(main()) == ["mine-1", "mine-2"]
+        _not_resent(fake)
+    finally:
+        fake.close()
+
+
+TWISTED_RESTART_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from twisted.internet.task import react
+    from twisted.internet.defer import ensureDeferred
+    from replication.client import MasterUnreachable, TwistedPublisher
+
+    async def main(reactor):
+        publisher = TwistedPublisher(reactor, sys.argv[1], timeout=5)
+        waiting = [publisher.publish("events", [1], key="mine-1"),
+                   publisher.publish("events", [2], key="mine-2")]
+        errors = []
+        for d in waiting:
+            try:
+                await d
+            except MasterUnreachable as e:
+                errors.append([e.key, e.maybe_committed])
+        third = await publisher.publish("events", [3], key="mine-3")
+        print(json.dumps([errors, third.token]))
+        await publisher.close()
+
+    react(lambda reactor: ensureDeferred(main(reactor)))
+""")
+
+
+def test_twisted_client_does_not_resend_to_a_restarted_master(tmp_path: Path) -> None:
+    fake = FakeMaster(drop_first=True, restart=True)
+    script = tmp_path / "twisted_restart.py"
+    script.write_text(TWISTED_RESTART_SCRIPT)
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script), f"{HOST}:{fake.port}"], env=child_env(),
+            capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == [[["mine-1", True], ["mine-2", True]], 1]
+        _not_resent(fake)
+    finally:
+        fake.close()

@@ -24,6 +24,7 @@ from replication.client.core import (
     PublishTimeout,
     lost_in_flight,
     new_core,
+    restarted_in_flight,
 )
 from replication.wire.auth import ClientCredential
 
@@ -210,10 +211,12 @@ class AsyncPublisher:
         self._endpoint = endpoint
         lost, self._lost = self._lost, []
         out = []
-        for entry in lost:
-            if not entry.waiter.done():
-                core.sent(entry.stream, entry.line, entry.key, entry.many, entry.waiter)
-                out.append(entry.line)
+        resend, restarted = core.resendable([e for e in lost if not e.waiter.done()])
+        for entry in restarted:
+            _settle(entry.waiter, restarted_in_flight(endpoint, entry.key))
+        for entry in resend:
+            core.sent(entry.stream, entry.line, entry.key, entry.many, entry.waiter)
+            out.append(entry.line)
         if out:
             writer.write(b"".join(out))
         self._reader_task = asyncio.get_running_loop().create_task(self._read(reader, writer))

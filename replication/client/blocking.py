@@ -40,6 +40,7 @@ from replication.client.core import (
     PublishTimeout,
     lost_in_flight,
     new_core,
+    restarted_in_flight,
 )
 from replication.wire.auth import ClientCredential
 
@@ -414,7 +415,9 @@ class Publisher:
         self._endpoint = endpoint
         self._last_read = time.monotonic()
         lost, self._lost = self._lost, []
-        resend = [entry for entry in lost if not entry.waiter.done()]
+        resend, restarted = core.resendable([e for e in lost if not e.waiter.done()])
+        for entry in restarted:
+            _settle(entry.waiter, restarted_in_flight(f"{endpoint[0]}:{endpoint[1]}", entry.key))
         for entry in resend:
             core.sent(entry.stream, entry.line, entry.key, entry.many, entry.waiter)
         if resend:

@@ -92,6 +92,19 @@ def lost_in_flight(endpoint: object, retry_for: float, key: str | None) -> Maste
     )
 
 
+def restarted_in_flight(endpoint: object, key: str | None) -> MasterUnreachable:
+    """What a publish in flight is failed with when its master came back as a new process
+    (another fingerprint): the new process does not remember the keys of the old one, so
+    sending the publish again could store it twice."""
+    return MasterUnreachable(
+        f"master {endpoint} restarted with this publish in flight; it may have been "
+        "committed before the restart, and the restarted master does not remember its "
+        f"idempotency key, so it was not sent again: find out whether it was stored "
+        f"(key={key!r}) before publishing it again",
+        maybe_committed=True, key=key,
+    )
+
+
 class PublishTimeout(PublishError):
     """No answer within the timeout. The publish may still be committed: publish again with
     the same ``key`` to find out without storing it twice."""
@@ -153,16 +166,21 @@ T = TypeVar("T")
 
 
 class _InFlight(Generic[T]):
-    """One publish sent and not yet answered."""
+    """One publish sent and not yet answered, with the fingerprint of the master process it
+    was sent to (what ``ORIGIN`` said)."""
 
-    __slots__ = ("key", "line", "many", "stream", "waiter")
+    __slots__ = ("fingerprint", "key", "line", "many", "stream", "waiter")
 
-    def __init__(self, stream: str, line: bytes, key: str | None, many: bool, waiter: T) -> None:
+    def __init__(
+        self, stream: str, line: bytes, key: str | None, many: bool, waiter: T,
+        fingerprint: str | None = None,
+    ) -> None:
         self.stream = stream
         self.line = line
         self.key = key
         self.many = many
         self.waiter = waiter
+        self.fingerprint = fingerprint
 
 
 _strict = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -220,6 +238,9 @@ class PublisherCore(Generic[T]):
         self._buffer = b""
         self.server_name: str | None = None
         self.origin: str | None = None
+        #: The fingerprint of the master process connected to (random at each start of a
+        #: master, from its ``ORIGIN`` line): a new one after a drop means it restarted.
+        self.fingerprint: str | None = None
         self.max_in_flight = 1024
         self.max_line_bytes = 65536
         self.ready = False
@@ -335,14 +356,27 @@ class PublisherCore(Generic[T]):
         return keys, lines
 
     def sent(self, stream: str, line: bytes, key: str | None, many: bool, waiter: T) -> None:
-        self.in_flight.append(_InFlight(stream, line, key, many, waiter))
+        self.in_flight.append(_InFlight(stream, line, key, many, waiter, self.fingerprint))
+
+    def resendable(self, lost: list[_InFlight[T]]) -> tuple[list[_InFlight[T]],
+                                                            list[_InFlight[T]]]:
+        """Of publishes a drop left unanswered, now that a connection is ready again: those
+        that may be sent again (sent to the master process this connection reaches, whose
+        key window answers the ones it committed) and those that may not (sent to a
+        process of that master that has since restarted: see :func:`restarted_in_flight`)."""
+        fingerprint = self.fingerprint
+        same = [entry for entry in lost if entry.fingerprint == fingerprint]
+        if len(same) == len(lost):
+            return lost, []
+        return same, [entry for entry in lost if entry.fingerprint != fingerprint]
 
     def sent_many(
         self, stream: str, keys: list[str | None], lines: list[bytes], waiters: list[T]
     ) -> None:
         """:meth:`sent` of single-token publishes to ``stream``, in order."""
+        fingerprint = self.fingerprint
         self.in_flight.extend([
-            _InFlight(stream, line, key, False, waiter)
+            _InFlight(stream, line, key, False, waiter, fingerprint)
             for key, line, waiter in zip(keys, lines, waiters, strict=True)
         ])
 
@@ -414,7 +448,8 @@ class PublisherCore(Generic[T]):
                 "the master did not ask for the credential: is it the right master?"
             )
         elif name == "ORIGIN":
-            self.origin = args.split(" ")[0]
+            self.origin, _, fingerprint = args.partition(" ")
+            self.fingerprint = fingerprint or None
         elif name == "PUBLISHING":
             flight, _, line_bytes = args.partition(" ")
             self.max_in_flight = int(flight)
@@ -433,6 +468,7 @@ class PublisherCore(Generic[T]):
         self._buffer = b""
         self.ready = False
         self.origin = None
+        self.fingerprint = None
         self._output = b""
         self._nonces = None
         return lost

@@ -30,6 +30,7 @@ from replication.client.core import (
     key_prefix,
     lost_in_flight,
     parse_endpoint,
+    restarted_in_flight,
 )
 from replication.tls import client_endpoint as tls_client_endpoint
 from replication.wire.auth import ClientCredential
@@ -222,10 +223,12 @@ class TwistedPublisher:
             queue, self._queue = self._queue, []
             core = self._core
             out = []
-            for entry in lost:
-                if not entry.waiter.called:
-                    core.sent(entry.stream, entry.line, entry.key, entry.many, entry.waiter)
-                    out.append(entry.line)
+            resend, restarted = core.resendable([e for e in lost if not e.waiter.called])
+            for entry in restarted:
+                _settle(entry.waiter, restarted_in_flight(self._master, entry.key))
+            for entry in resend:
+                core.sent(entry.stream, entry.line, entry.key, entry.many, entry.waiter)
+                out.append(entry.line)
             for stream, line, key, many, waiter in queue:
                 if not waiter.called:
                     core.sent(stream, line, key, many, waiter)
