@@ -568,3 +568,33 @@ def test_twisted_client_does_not_resend_to_a_restarted_master(tmp_path: Path) ->
         _not_resent(fake)
     finally:
         fake.close()
+
+
+def test_a_real_master_restarted_with_publishes_in_flight(tmp_path: Path) -> None:
+    """A SQLite master is stopped (SIGSTOP) with two publishes sent to it, killed, and
+    started again on the same store and ports: the publisher sees the new process's
+    fingerprint, fails the two with MasterUnreachable (maybe_committed) instead of sending
+    them again, and the next publish goes to the restarted master."""
+    import os
+    import signal
+
+    from processes import start_sqlite_master
+
+    port, http_port = free_ports(2)
+    data = tmp_path / "data"
+    master = start_sqlite_master(tmp_path, "m1", port, http_port, data)
+    try:
+        with Publisher(f"{HOST}:{port}", timeout=20, retry_for=20) as publisher:
+            assert publisher.publish("events", [0]).token == 1
+            os.kill(master.pid, signal.SIGSTOP)
+            waiting = [publisher.submit("events", [1]), publisher.submit("events", [2])]
+            master.kill()
+            master = start_sqlite_master(tmp_path, "m2", port, http_port, data)
+            for future in waiting:
+                with pytest.raises(MasterUnreachable, match="restarted") as error:
+                    future.result(timeout=20)
+                assert error.value.maybe_committed and error.value.key is not None
+            assert publisher.publish("events", [3]).token == 2
+        assert stream_head(http_port, "events") == 2
+    finally:
+        master.kill()
