@@ -77,6 +77,11 @@ class AdminSite(Site):
         self.request_timeout = request_timeout
         self.noisy = False
 
+    def log(self, request: object) -> None:
+        """No access log: twisted.web would format a line for every request (publishes
+        included) into Twisted's legacy log, which the master does not show (publishes are
+        counted in ``replication_publishes_total`` instead)."""
+
 
 #: How long a refused connection is drained (read and discarded) after its 503, so that
 #: the client reads the answer instead of a reset; it is aborted if still open as long again

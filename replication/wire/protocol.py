@@ -133,7 +133,7 @@ def write_through(link: Any) -> Callable[[bytes], None]:
     def write(data: bytes) -> None:
         if (
             link.dataBuffer or link._tempDataBuffer or not link.connected
-            or link.disconnecting or link.TLS
+            or link.disconnecting or link._writeDisconnected or link.TLS
         ):
             buffered_write(data)
             return
