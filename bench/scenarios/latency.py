@@ -121,7 +121,7 @@ def run_variant(
                 "published_rows": published,
                 "measured_rows": len(latencies),
                 "delivered_rows": received,
-                "complete": received == published * WORKERS,
+                "complete": received == (published + info.get("warmup_rows", 0)) * WORKERS,
                 "achieved_rate": published / (info["end"] - info["start"]),
                 "rate_reached": published / (info["end"] - info["start"]) >= RATE_REACHED * RATE,
                 "late_sends": info["late_sends"],

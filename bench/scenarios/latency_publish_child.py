@@ -26,6 +26,9 @@ from common import encode, end_row, make_rows  # noqa: E402
 
 
 class _Http:
+    #: Rows published before the schedule starts (the workers get them too).
+    warmup_rows = 0
+
     def __init__(self, port: int) -> None:
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         self.connection.connect()
@@ -49,6 +52,7 @@ class _Port:
 
         self.publisher = Publisher(f"127.0.0.1:{port}", timeout=30, spin=0)
         self.publisher.publish("events", make_rows(1))  # connected before the clock starts
+        self.warmup_rows = 1
         self.pending: list[Any] = []
 
     def publish(self, rows: list[Any]) -> str | None:
@@ -102,7 +106,8 @@ def main() -> None:
         errors.append(error)
     with open(out_path, "w") as f:
         json.dump({"start": start, "end": end, "tokens": tokens, "rows": tokens * per_token,
-                   "late_sends": late, "max_late": max_late, "errors": errors}, f)
+                   "warmup_rows": publisher.warmup_rows, "late_sends": late,
+                   "max_late": max_late, "errors": errors}, f)
 
 
 if __name__ == "__main__":
