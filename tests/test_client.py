@@ -598,3 +598,18 @@ def test_a_real_master_restarted_with_publishes_in_flight(tmp_path: Path) -> Non
         assert stream_head(http_port, "events") == 2
     finally:
         master.kill()
+
+
+def test_the_background_reader_of_futures_does_not_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Futures that nobody waits on are read by the background thread, which sleeps in
+    recv rather than polling (it would compete with the submitting threads for the CPU)."""
+    import replication.client.blocking as blocking
+
+    monkeypatch.setattr(blocking, "_spin_recv", lambda *a: pytest.fail("the reader polled"))
+    fake = FakeMaster()
+    try:
+        with Publisher(f"{HOST}:{fake.port}", timeout=5) as publisher:
+            futures = [publisher.submit("events", [i]) for i in range(20)]
+            assert [f.result(timeout=5).token for f in futures] == list(range(1, 21))
+    finally:
+        fake.close()

@@ -506,7 +506,7 @@ class Publisher:
                             return
                 continue
             try:
-                data = self._receive(sock)
+                data = self._receive(sock, attended=future is not None)
             except (BlockingIOError, InterruptedError, TimeoutError):
                 if self._core.in_flight and time.monotonic() - self._last_read > self.timeout:
                     self._drop(sock, "silent with publishes in flight")
@@ -529,8 +529,11 @@ class Publisher:
                 with self._progress:
                     self._progress.notify_all()
 
-    def _receive(self, sock: socket.socket) -> bytes:
-        """One read of ``sock``, for the thread holding ``_read_lock``.
+    def _receive(self, sock: socket.socket, attended: bool = True) -> bytes:
+        """One read of ``sock``, for the thread holding ``_read_lock`` (``attended``: a
+        thread waits for an answer; the background reader of :meth:`submit` futures never
+        polls, so that it does not compete for the CPU and the GIL with the threads that
+        submit).
 
         A thread that blocks in ``recv`` is put to sleep, and waking it when the answer
         arrives costs more than the round trip itself on many machines (about 150 µs on the
@@ -542,7 +545,7 @@ class Publisher:
         store's commits, a far master) spins about once in 64 reads and costs almost no
         CPU, and one whose answers come fast gets them without the wake-up."""
         spin = self.spin
-        if spin > 0.0:
+        if spin > 0.0 and attended:
             if self._spin_skip <= 0:
                 data = _spin_recv(sock, spin)
                 if data:
