@@ -328,9 +328,6 @@ class PublishPipeline:
         tokens, answers and refusals as :meth:`take` one by one, which a stretch falls
         back to when anything in it is unusual (a known key, a new stream, rows the fast
         encoding does not take)."""
-        if self._batch:  # publishes taken one by one before: committed first, in order
-            self.end_batch()
-            self.begin_batch()
         n = len(run)
         i = 0
         while i < n:
@@ -339,6 +336,9 @@ class PublishPipeline:
             while j < n and run[j][1] == stream:
                 j += 1
             part = run if i == 0 and j == n else run[i:j]
+            if self._batch:  # publishes taken one by one before: committed first, in order
+                self.end_batch()
+                self.begin_batch()
             if not self._take_stream_run(stream, part):
                 for id_, _, key, rows in part:
                     self.take(id_, stream, key, rows, False)
