@@ -45,6 +45,7 @@ __all__ = [
     "lost_in_flight",
     "new_core",
     "parse_endpoint",
+    "restarted_in_flight",
 ]
 
 #: The protocol version publishers speak.
