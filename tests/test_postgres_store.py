@@ -53,7 +53,7 @@ def terminate(store: PostgresStore) -> int:
 
 
 def test_a_new_schema_is_created_with_its_tables_and_meta(pg_schema: str) -> None:
-    """Opening a store on a schema that does not exist creates it, its three tables and the
+    """Opening a store on a schema that does not exist creates it, its four tables and the
     meta rows (application, schema version, origin id)."""
     store = PostgresStore(dsn_for(pg_schema), pg_schema)
     store.close()
@@ -64,12 +64,31 @@ def test_a_new_schema_is_created_with_its_tables_and_meta(pg_schema: str) -> Non
             )
         }
         meta = dict(conn.execute(f'SELECT key, value FROM "{pg_schema}".meta').fetchall())
-    assert tables == {"meta", "streams", "entries"}
+    assert tables == {"meta", "streams", "entries", "publish_keys"}
     assert meta == {
         "application": "replication stream store",
         "schema_version": str(SCHEMA_VERSION),
         "origin_id": store.origin_id,
     }
+
+
+def test_a_schema_written_before_keys_were_kept_gets_their_table(pg_schema: str) -> None:
+    """A schema without ``publish_keys`` (written by an earlier version) gets the table when
+    a master opens it; its streams and origin are untouched, and keys are kept from then
+    on."""
+    store = PostgresStore(dsn_for(pg_schema), pg_schema)
+    store.append([("events", ["1"])], 1.0)
+    origin_id = store.origin_id
+    store.close()
+    with admin() as conn:
+        conn.execute(f'DROP TABLE "{pg_schema}".publish_keys')
+    store = PostgresStore(dsn_for(pg_schema), pg_schema)
+    try:
+        assert store.origin_id == origin_id and store.head("events") == 1
+        store.append([("events", ["2"])], 2.0, keys=[("k", 0, 1)])
+        assert [(k.key, k.first) for k in store.publish_keys(0.0, 10)] == [("k", 2)]
+    finally:
+        store.close()
 
 
 def test_every_store_on_one_schema_is_one_origin(pg_schema: str) -> None:

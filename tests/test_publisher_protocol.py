@@ -704,3 +704,77 @@ def test_a_stream_keeps_arrival_order_across_runs_and_single_publishes(tmp_path:
     assert [e.rows for e in harness.store.read("events", 0, 5, 10)] == [
         ("12345678901234567890",), ("2",)
     ]
+
+
+# -- keys kept by a durable store ---------------------------------------------------------------
+
+
+def test_a_key_outlives_a_restart_of_a_sqlite_master(tmp_path: Path) -> None:
+    """A publish committed with its key before the master stopped (its answer lost) and
+    retried with that key on the restarted master is answered with its first token and not
+    stored again; keys older than the window are not loaded; a new key is stored."""
+    from replication.store.sqlite import SqliteStore
+
+    path = str(tmp_path / "s.sqlite3")
+
+    def start(clock: Clock) -> tuple[Master, ManualRunner]:
+        runner = ManualRunner()
+        master = Master(MasterConfig(), SqliteStore(path), clock, run_blocking=runner)
+        runner.run_all()
+        return master, runner
+
+    clock = Clock()
+    clock.advance(1000.0)
+    first, runner = start(clock)
+    connection, transport = publisher(first)
+    take(transport)
+    connection.dataReceived(b"PUBLISH 1 events key=old [0]\n")
+    runner.run_all()
+    clock.advance(first.config.limits.publish_key_seconds + 1)
+    connection.dataReceived(
+        b"PUBLISH 2 events key=a [1]\nPUBLISH 3 events key=b [2]\nPUBLISH 4 events [3]\n"
+    )
+    connection.dataReceived(b"PUBLISH_TOKENS 5 events key=c [[4],[5]]\n")
+    runner.run_all()
+    assert [line for line in take(transport) if not line.startswith("PING")] == [
+        "PUBLISHED 1 1", "PUBLISHED 2 2", "PUBLISHED 3 3", "PUBLISHED 4 4", "PUBLISHED 5 5 6",
+    ]
+    first.close()
+    runner.run_all()
+
+    second, runner = start(clock)
+    assert second.publish_keys.find("old", clock.seconds()) is None  # past the window
+    connection, transport = publisher(second)
+    take(transport)
+    connection.dataReceived(
+        b"PUBLISH 9 events key=b [2]\nPUBLISH_TOKENS 8 events key=c [[4],[5]]\n"
+        b"PUBLISH 7 events key=d [6]\n"
+    )
+    runner.run_all()
+    assert take(transport) == ["PUBLISHED 9 3", "PUBLISHED 8 5 6", "PUBLISHED 7 7"]
+    assert second.head("events") == 7
+    second.close()
+    runner.run_all()
+
+
+def test_keys_are_forgotten_by_the_store_after_the_window(tmp_path: Path) -> None:
+    """The retention pass makes a durable store forget keys older than
+    limits.publish_key_seconds (at most once a minute)."""
+    from replication.store.sqlite import SqliteStore
+
+    store = SqliteStore(str(tmp_path / "s.sqlite3"))
+    runner = ManualRunner()
+    clock = Clock()
+    clock.advance(1000.0)
+    master = Master(MasterConfig(), store, clock, run_blocking=runner)
+    runner.run_all()
+    connection, transport = publisher(master)
+    connection.dataReceived(b"PUBLISH 1 events key=a [1]\n")
+    runner.run_all()
+    assert [k.key for k in store.publish_keys(0.0, 10)] == ["a"]
+    master.start()
+    clock.advance(master.config.limits.publish_key_seconds + master.trim_interval)
+    runner.run_all()
+    assert store.publish_keys(0.0, 10) == []
+    master.close()
+    runner.run_all()

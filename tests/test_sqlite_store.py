@@ -439,7 +439,7 @@ def test_a_version_1_file_is_migrated_to_origins_when_opened(tmp_path: Path) -> 
     check = sqlite3.connect(path)
     assert check.execute("PRAGMA user_version").fetchone()[0] == 2
     assert {r[0] for r in check.execute("SELECT name FROM sqlite_master WHERE type='table'")} == {
-        "streams", "entries", "meta",
+        "streams", "entries", "meta", "publish_keys",
     }
     assert check.execute("SELECT key, value FROM meta").fetchall() == [("origin_id", origin_id)]
     check.close()
@@ -500,5 +500,28 @@ def test_delete_stream_is_one_transaction(tmp_path: Path) -> None:
             store.delete_stream("s")
         assert store.read("s", 0, 10, 10) == [Entry(1, ("a",)), Entry(2, ("b",))]
         assert store.head("s") == 2
+    finally:
+        store.close()
+
+
+def test_a_file_written_before_keys_were_kept_gets_their_table(tmp_path: Path) -> None:
+    """A version 2 file without ``publish_keys`` gets the table when opened; keys are kept
+    from then on, and survive the next opening."""
+    path = str(tmp_path / "s.sqlite3")
+    store = SqliteStore(path)
+    store.append([("events", ["1"])], 1.0)
+    store.close()
+    check = sqlite3.connect(path)
+    check.execute("DROP TABLE publish_keys")
+    check.commit()
+    check.close()
+    store = SqliteStore(path)
+    store.append([("events", ["2"])], 2.0, keys=[("k", 0, 1)])
+    store.close()
+    store = SqliteStore(path)
+    try:
+        assert [(k.key, k.stream, k.first, k.last) for k in store.publish_keys(0.0, 10)] == [
+            ("k", "events", 2, 2)
+        ]
     finally:
         store.close()

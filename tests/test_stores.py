@@ -679,3 +679,51 @@ def test_a_deleted_stream_stays_deleted_after_a_restart(reopen: Callable[[], Str
         assert "s" not in store.stream_names()
     finally:
         store.close()
+
+
+# -- idempotency keys ----------------------------------------------------------------------
+
+
+def test_keys_are_kept_with_their_tokens(reopen: Callable[[], StreamStore]) -> None:
+    """A store that keeps keys records each publish's key with its tokens in the append,
+    and still has them when opened again; newer keys first under the limit, those at or
+    after ``since`` only, oldest first; a key given again is replaced; ``forget_keys``
+    drops those recorded before a time. A store that does not keep keys has none."""
+    from replication.store import PublishKey
+
+    store = reopen()
+    tokens = store.append(
+        [("a", ["1"]), ("a", ["2"]), ("b", ["3"]), ("a", ["4"])], 10.0,
+        keys=[("k1", 0, 2), ("k2", 2, 1)],  # the fourth publish has no key
+    )
+    assert tokens == [1, 2, 1, 3]
+    store.append([("a", ["5"])], 20.0, keys=[("k3", 0, 1)])
+    store.close()
+    store = reopen()
+    try:
+        if not store.keeps_keys:
+            assert store.publish_keys(0.0, 10) == []
+            assert store.forget_keys(100.0) == 0
+            return
+        assert store.publish_keys(0.0, 10) == [
+            PublishKey("k1", "a", 1, 2, 10.0), PublishKey("k2", "b", 1, 1, 10.0),
+            PublishKey("k3", "a", 4, 4, 20.0),
+        ] or store.publish_keys(0.0, 10) == [
+            PublishKey("k2", "b", 1, 1, 10.0), PublishKey("k1", "a", 1, 2, 10.0),
+            PublishKey("k3", "a", 4, 4, 20.0),
+        ]  # two keys of one append share their time: either order
+        assert store.publish_keys(15.0, 10) == [PublishKey("k3", "a", 4, 4, 20.0)]
+        assert store.publish_keys(0.0, 1) == [PublishKey("k3", "a", 4, 4, 20.0)]
+        store.append([("c", ["6"])], 30.0, keys=[("k1", 0, 1)])
+        assert store.publish_keys(25.0, 10) == [PublishKey("k1", "c", 1, 1, 30.0)]
+        assert store.forget_keys(25.0) == 2  # k2 and k3; k1 was recorded again at 30
+        assert store.publish_keys(0.0, 10) == [PublishKey("k1", "c", 1, 1, 30.0)]
+    finally:
+        store.close()
+
+
+def test_a_failed_append_keeps_no_key(store: StreamStore) -> None:
+    """Keys are part of the append: one that fails records none of them."""
+    with pytest.raises((StoreError, ValueError)):
+        store.append([("a", ["1"]), ("a", [])], 1.0, keys=[("k", 0, 2)])
+    assert store.publish_keys(0.0, 10) == []

@@ -99,9 +99,9 @@ def restarted_in_flight(endpoint: object, key: str | None) -> MasterUnreachable:
     sending the publish again could store it twice."""
     return MasterUnreachable(
         f"master {endpoint} restarted with this publish in flight; it may have been "
-        "committed before the restart, and the restarted master does not remember its "
-        f"idempotency key, so it was not sent again: find out whether it was stored "
-        f"(key={key!r}) before publishing it again",
+        "committed before the restart, so it was not sent again on its own: with the SQLite "
+        f"or PostgreSQL store, publish it again with key={key!r} (the master kept its key); "
+        "with the memory store, find out whether your workers got it first",
         maybe_committed=True, key=key,
     )
 

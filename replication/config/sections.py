@@ -494,8 +494,9 @@ MASTER: Final = Schema(
             Integer(0, MAX_PUBLISH_KEYS),
             "Idempotency keys (``PUBLISH ... key=<key>``) the master remembers, the newest "
             "ones; a retried publish whose key is remembered is answered with its original "
-            "tokens instead of being stored again. Kept in memory (lost at a restart); 0 "
-            "turns keys off.",
+            "tokens instead of being stored again. Kept in memory and, with the SQLite or "
+            "PostgreSQL store, stored with the rows and loaded again at start (the memory "
+            "store loses them at a restart); 0 turns keys off.",
         ),
         Key(
             "limits.publish_key_seconds",

@@ -55,7 +55,9 @@ from twisted.python.failure import Failure
 
 from replication.store import (
     LOCAL_ORIGIN,
+    BatchKeys,
     Entry,
+    PublishKey,
     RetentionPolicy,
     StoreError,
     StreamStats,
@@ -145,6 +147,8 @@ class _Publish:
     tokens_rows: list[list[str]]
     rows: int
     waiter: Deferred[list[int]]
+    #: Idempotency keys to store with the tokens: ``(key, index, count)`` in ``tokens_rows``.
+    keys: BatchKeys = ()
 
 
 class StreamLog:
@@ -262,7 +266,9 @@ class StreamLog:
 
     # -- publishing ----------------------------------------------------------------------
 
-    def publish_inline(self, stream: str, tokens_rows: list[list[str]]) -> list[int] | None:
+    def publish_inline(
+        self, stream: str, tokens_rows: list[list[str]], keys: BatchKeys = ()
+    ) -> list[int] | None:
         """:meth:`publish` at once, without a Deferred, where it can be: the store commits
         inline (the memory store), no commit is running and ``stream`` exists. The tokens,
         or :class:`PublishError` raised; ``None`` when the call must go through
@@ -274,19 +280,29 @@ class StreamLog:
         if state is None:
             return None
         now = self.clock.seconds()
+        batch = [(stream, rows) for rows in tokens_rows]
         try:
-            tokens = inline.append([(stream, rows) for rows in tokens_rows], now)
+            if keys and self.keeps_keys:
+                tokens = inline.append(batch, now, LOCAL_ORIGIN, keys)
+            else:
+                tokens = inline.append(batch, now)
         except StoreError as e:
             raise PublishError(503, f"store failed: {e}") from None
         self._deliver(state, tokens[0], tokens_rows, sum(map(len, tokens_rows)))
         self._trim_inline(state, now)
         return tokens
 
-    def publish(self, stream: str, tokens_rows: list[list[str]]) -> Deferred[list[int]]:
+    def publish(
+        self, stream: str, tokens_rows: list[list[str]], keys: BatchKeys = ()
+    ) -> Deferred[list[int]]:
         """Commit ``tokens_rows`` (each a token's rows, checked and encoded) to ``stream`` as
         consecutive tokens of the local origin, all or none, in one store transaction. Fires
         with the tokens once they are committed and every listener has been told, or fails
-        with :class:`PublishError` (503) and nothing of the call stored."""
+        with :class:`PublishError` (503) and nothing of the call stored. ``keys`` are the
+        idempotency keys of the publishes the call carries (``(key, index, count)`` in
+        ``tokens_rows``), stored with the tokens when the store keeps keys."""
+        if not self.keeps_keys:
+            keys = ()
         if not self.opened:
             return fail(PublishError(503, "the master is still opening its store; retry shortly"))
         added = False  # whether this call reserved a new stream
@@ -303,8 +319,12 @@ class StreamLog:
         if inline is not None and not self._committing:
             # The same steps as _commit_pending, without a queue or a Deferred per step.
             now = self.clock.seconds()
+            batch = [(stream, rows) for rows in tokens_rows]
             try:
-                tokens = inline.append([(stream, rows) for rows in tokens_rows], now)
+                if keys:
+                    tokens = inline.append(batch, now, LOCAL_ORIGIN, keys)
+                else:
+                    tokens = inline.append(batch, now)
             except StoreError as e:
                 if added:
                     self._creating.discard(stream)
@@ -319,7 +339,7 @@ class StreamLog:
                 self._creating.discard(stream)
             return fail(PublishError(503, "too many rows waiting to be committed; retry later"))
         waiter: Deferred[list[int]] = Deferred()
-        self._pending.append(_Publish(stream, tokens_rows, count, waiter))
+        self._pending.append(_Publish(stream, tokens_rows, count, waiter, keys))
         self._pending_rows += count
         if not self._committing:
             self._commit_pending()
@@ -330,7 +350,15 @@ class StreamLog:
         self._committing = True
         now = self.clock.seconds()
         entries = [(p.stream, rows) for p in batch for rows in p.tokens_rows]
-        d = self.store.append(entries, now)
+        keys: list[tuple[str, int, int]] = []
+        offset = 0
+        for p in batch:
+            if p.keys:
+                keys.extend((key, offset + index, count) for key, index, count in p.keys)
+            offset += len(p.tokens_rows)
+        d = self.store.append(entries, now, LOCAL_ORIGIN, keys) if keys else self.store.append(
+            entries, now
+        )
         d.addCallbacks(
             self._batch_committed, self._batch_failed,
             callbackArgs=(batch, now), errbackArgs=(batch,),
@@ -382,6 +410,25 @@ class StreamLog:
         self._committing = False
         if self._pending:
             self._commit_pending()
+
+    # -- idempotency keys kept by the store ----------------------------------------------
+
+    @property
+    def keeps_keys(self) -> bool:
+        """Whether the store keeps the idempotency keys given to :meth:`publish`."""
+        return self.store.keeps_keys
+
+    def publish_keys(self, since: float, limit: int) -> Deferred[list[PublishKey]]:
+        """The newest ``limit`` keys the store recorded at or after ``since``, oldest first."""
+        if not self.keeps_keys:
+            return succeed([])
+        return self.store.publish_keys(since, limit)
+
+    def forget_keys(self, before: float) -> Deferred[int]:
+        """Make the store forget the keys recorded before ``before``."""
+        if not self.keeps_keys:
+            return succeed(0)
+        return self.store.forget_keys(before)
 
     # -- rows of other origins ----------------------------------------------------------
 

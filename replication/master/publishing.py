@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, NamedTuple, Protocol
@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 from twisted.python.failure import Failure
 
 from replication.master.log import PublishError
+from replication.store import PublishKey
 from replication.wire.auth import Permissions
 from replication.wire.commands import (
     CommandParseError,
@@ -138,6 +139,25 @@ class PublishKeys:
         while len(entries) > self.max_keys:
             entries.popitem(last=False)
         return entry
+
+    def load(self, records: Sequence[PublishKey], now: float) -> None:
+        """Remember keys a store kept, oldest first, as finished publishes (at most
+        ``max_keys``; those older than ``max_age`` are left out). Called once, before any
+        publish, so that the window stays in arrival order."""
+        if self.max_keys == 0:
+            return
+        entries = self._entries
+        cutoff = now - self.max_age
+        for record in records[-self.max_keys:]:
+            if record.at > cutoff:
+                entries[record.key] = FinishedKey(
+                    record.stream, record.at, range(record.first, record.last + 1)
+                )
+        while len(entries) > self.max_keys:
+            entries.popitem(last=False)
+        if entries:
+            first = next(iter(entries.values()))
+            self._next_expiry = min(self._next_expiry, first.at + self.max_age)
 
     def begin_run(self, keys: list[str], stream: str, now: float) -> list[KeyEntry]:
         """:meth:`begin` for keys that :meth:`find` does not know, all distinct, at once
@@ -293,7 +313,9 @@ class PublishPipeline:
         if self._batching:
             self._batch.append((stream, encoded, slot, key, entry))
             return
-        d = master.submit_many(stream, encoded)
+        d = master.submit_many(
+            stream, encoded, () if entry is None or key is None else ((key, 0, len(encoded)),)
+        )
         if entry is None:
             d.addCallbacks(
                 self._committed, self._failed, callbackArgs=(slot,), errbackArgs=(slot,)
@@ -378,15 +400,22 @@ class PublishPipeline:
         entries: list[tuple[str, KeyEntry]] | None = None
         if run_keys and keys.max_keys:
             entries = list(zip(run_keys, keys.begin_run(run_keys, stream, now), strict=True))
+        stored_keys = (
+            [(fields[2], k, 1) for k, fields in enumerate(part) if fields[2] is not None]
+            if entries else ()
+        )
         try:
-            tokens = None if master.acks.wanted else master.log.publish_inline(stream, encoded)
+            tokens = (
+                None if master.acks.wanted
+                else master.log.publish_inline(stream, encoded, stored_keys)
+            )
         except PublishError as e:
             self._run_refused(slot, part, entries, (e.status, e.message))
             return True
         if tokens is not None:
             self._run_published(tokens, slot, part, entries)
         else:
-            master.submit_many(stream, encoded).addCallbacks(
+            master.submit_many(stream, encoded, stored_keys).addCallbacks(
                 self._run_published, self._run_refused_by,
                 callbackArgs=(slot, part, entries), errbackArgs=(slot, part, entries),
             )
@@ -502,7 +531,14 @@ class PublishPipeline:
                 tokens_rows.extend(batch[j][1])
                 j += 1
             run = batch[i:j]
-            d = self.master.submit_many(stream, tokens_rows)
+            keys: list[tuple[str, int, int]] = []
+            offset = 0
+            for _, encoded, _, key, entry in run:
+                if entry is not None:
+                    assert key is not None
+                    keys.append((key, offset, len(encoded)))
+                offset += len(encoded)
+            d = self.master.submit_many(stream, tokens_rows, keys)
             d.addCallbacks(self._run_committed, self._run_failed,
                            callbackArgs=(run,), errbackArgs=(run,))
             i = j

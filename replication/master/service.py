@@ -22,7 +22,7 @@ import logging
 from collections.abc import Sequence, Sized
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
@@ -45,7 +45,7 @@ from replication.snapshot import (
     StreamView,
     peer_views,
 )
-from replication.store import StreamStore
+from replication.store import BatchKeys, PublishKey, StreamStore
 from replication.store.asynchronous import BlockingRunner, adapt
 from replication.wire.auth import FailureDelays, Keyring
 from replication.wire.commands import (
@@ -61,6 +61,9 @@ from replication.wire.commands import (
 )
 
 log = logging.getLogger("replication.master")
+
+#: Seconds between two passes that make a durable store forget old idempotency keys.
+KEY_FORGET_INTERVAL = 60.0
 
 
 class Master:
@@ -151,14 +154,16 @@ class Master:
         self.publishes: dict[str, int] = {"http": 0, "replication": 0}
         self.history = ConnectionHistory(config.metrics_max_peer_labels)
         self.connections: set[MasterConnection] = set()
+        self._keys_forgotten_at = float("-inf")
         self._trim_loop = LoopingCall(self.trim)
         self._trim_loop.clock = clock
         self.trim_interval = trim_interval
         self.started_at = clock.seconds()
         #: This process's fingerprint: random, made at every start, never stored.
         self.fingerprint = new_fingerprint()
-        #: Fires once the store is open and every stream's state is loaded.
-        self.ready: Deferred[None] = self.log.open(config.streams)
+        #: Fires once the store is open, every stream's state is loaded and the idempotency
+        #: keys the store kept are in the window.
+        self.ready: Deferred[None] = self.log.open(config.streams).addCallback(self._load_keys)
         if metrics is None:
             metrics = MasterMetrics(None)
         self.metrics = metrics
@@ -181,8 +186,43 @@ class Master:
 
     def trim(self) -> Deferred[None]:
         """Apply each stream's retention now (on the writer thread for a blocking store,
-        one pass at a time). Fires when the pass is done."""
-        return self.log.trim()
+        one pass at a time), and make the store forget idempotency keys older than
+        ``limits.publish_key_seconds``. Fires when the retention pass is done."""
+        d = self.log.trim()
+        if self.log.keeps_keys:
+            d.addCallback(self._forget_keys)
+        return d
+
+    def _forget_keys(self, _: object) -> Deferred[None] | None:
+        """After a retention pass, at most once a minute: the store forgets the keys older
+        than the window."""
+        now = self.clock.seconds()
+        if now - self._keys_forgotten_at < KEY_FORGET_INTERVAL:
+            return None
+        self._keys_forgotten_at = now
+
+        def failed(failure: Failure) -> None:
+            log.warning("forgetting old idempotency keys failed: %s", failure.getErrorMessage())
+
+        before = now - self.config.limits.publish_key_seconds
+        return self.log.forget_keys(before).addCallbacks(lambda _: None, failed)
+
+    def _load_keys(self, _: object) -> Deferred[None]:
+        """Put the idempotency keys the store kept (a durable store keeps them across
+        restarts) into the window, so that a publish retried after a restart is answered
+        with its tokens instead of being stored again."""
+        keys = self.publish_keys
+        if keys.max_keys == 0 or not self.log.keeps_keys:
+            return succeed(None)
+        now = self.clock.seconds()
+
+        def loaded(records: list[PublishKey]) -> None:
+            keys.load(records, self.clock.seconds())
+            if records:
+                log.info("idempotency keys: %d kept by the store are in the window",
+                         len(records))
+
+        return self.log.publish_keys(now - keys.max_age, keys.max_keys).addCallback(loaded)
 
     def close(self) -> Deferred[None]:
         """Stop retention, close every connection and then the store."""
@@ -338,12 +378,15 @@ class Master:
         them to the live subscribers. Fires with the token."""
         return self.submit_many(stream, [rows]).addCallback(lambda tokens: tokens[0])
 
-    def submit_many(self, stream: str, tokens_rows: list[list[str]]) -> Deferred[list[int]]:
+    def submit_many(
+        self, stream: str, tokens_rows: list[list[str]], keys: BatchKeys = ()
+    ) -> Deferred[list[int]]:
         """Commit several tokens of ``stream`` at once, all or none, in one store
         transaction: their tokens are consecutive. Fires with the tokens (with
         ``ack_peers``, once that many peers have stored them too; else it fails with a 504
-        :class:`PublishError`)."""
-        d = self.log.publish(stream, tokens_rows)
+        :class:`PublishError`). ``keys``: the idempotency keys of the publishes among them
+        (``(key, index, count)`` in ``tokens_rows``), kept by a durable store with them."""
+        d = self.log.publish(stream, tokens_rows, keys)
         if not self.acks.wanted:
             return d
         return d.addCallback(self._confirmed, stream)

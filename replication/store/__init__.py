@@ -79,6 +79,35 @@ class Entry:
 
 
 @dataclass(frozen=True, slots=True)
+class PublishKey:
+    """An idempotency key as a store keeps it: the publish to ``stream`` that carried it was
+    committed as tokens ``first..last`` of the local origin at ``at`` (seconds since the
+    epoch)."""
+
+    key: str
+    stream: str
+    first: int
+    last: int
+    at: float
+
+
+#: The keys of an ``append``: ``(key, index, count)``, the publish's first entry in the batch
+#: and how many entries (tokens) it has.
+BatchKeys = Sequence[tuple[str, int, int]]
+
+
+def key_records(
+    batch: Sequence[tuple[str, Sequence[str]]], tokens: Sequence[int], keys: BatchKeys,
+    now: float,
+) -> list[PublishKey]:
+    """The :class:`PublishKey` records of an append's ``keys``, given the tokens it got."""
+    return [
+        PublishKey(key, batch[index][0], tokens[index], tokens[index + count - 1], now)
+        for key, index, count in keys
+    ]
+
+
+@dataclass(frozen=True, slots=True)
 class StreamStats:
     """What a store holds of one stream: its ``head`` (newest token, 0 if none), its
     ``oldest`` retained token (``head + 1`` when it retains none), its ``retained_rows``
@@ -182,6 +211,11 @@ class StreamStore(Protocol):
 
     blocking: bool
 
+    #: Whether ``append`` keeps idempotency keys (``publish_keys`` then returns them, after
+    #: a restart too); a store that does not (the memory store: nothing survives its
+    #: process) ignores them.
+    keeps_keys: bool
+
     #: This store's origin id (see the module docstring): fixed for the life of the store,
     #: a well-formed id (:func:`~replication.cluster.identity.check_origin_id`).
     origin_id: str
@@ -219,13 +253,23 @@ class StreamStore(Protocol):
         ``None`` when that is not known."""
 
     def append(
-        self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN
+        self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN,
+        keys: BatchKeys = (),
     ) -> list[int]:
         """Append each ``(stream, rows)`` of ``batch`` as one token of ``origin``, in order,
         as one unit: either every entry is stored or none is. Streams are created as needed
         (created at ``now``).
         Returns the tokens, in the order of ``batch``. ``now`` (seconds since the epoch) is
-        recorded for age-based retention."""
+        recorded for age-based retention. ``keys`` (see :data:`BatchKeys`) are the
+        idempotency keys of the publishes in the batch: a store that ``keeps_keys`` records
+        them in the same unit, with their tokens (a key recorded before is replaced)."""
+
+    def publish_keys(self, since: float, limit: int) -> list[PublishKey]:
+        """The newest ``limit`` keys recorded at or after ``since``, oldest first (nothing
+        from a store that does not keep keys)."""
+
+    def forget_keys(self, before: float) -> int:
+        """Forget the keys recorded before ``before``; return how many."""
 
     def read(
         self, stream: str, after: int, upto: int, max_rows: int, origin: str = LOCAL_ORIGIN
@@ -263,6 +307,8 @@ class StreamStore(Protocol):
 
 __all__ = [
     "LOCAL_ORIGIN",
+    "BatchKeys",
+    "PublishKey",
     "DamagedEntry",
     "Entry",
     "ReadOnlyStore",
@@ -275,5 +321,6 @@ __all__ = [
     "check_ingest",
     "check_origin",
     "check_other_origin",
+    "key_records",
     "stream_stats",
 ]

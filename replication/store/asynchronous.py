@@ -30,7 +30,9 @@ from twisted.internet.defer import Deferred, fail, succeed
 
 from replication.store import (
     LOCAL_ORIGIN,
+    BatchKeys,
     Entry,
+    PublishKey,
     RetentionPolicy,
     StoreError,
     StreamStats,
@@ -74,6 +76,9 @@ class AsyncStore(Protocol):
 
     inline: StreamStore | None
     blocking: bool
+    #: The underlying store's ``keeps_keys`` (``False`` for a store that has no such
+    #: attribute: one written before keys were kept).
+    keeps_keys: bool
 
     def open(self, create: Sequence[str], now: float | None = None) -> Deferred[OpenedStore]:
         """Create the local streams named in ``create`` (if missing; created at ``now``) and
@@ -90,9 +95,17 @@ class AsyncStore(Protocol):
         store does not hold."""
 
     def append(
-        self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN
+        self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN,
+        keys: BatchKeys = (),
     ) -> Deferred[list[int]]:
         """:meth:`StreamStore.append <replication.store.StreamStore.append>`."""
+
+    def publish_keys(self, since: float, limit: int) -> Deferred[list[PublishKey]]:
+        """:meth:`StreamStore.publish_keys <replication.store.StreamStore.publish_keys>`."""
+
+    def forget_keys(self, before: float) -> Deferred[int]:
+        """:meth:`StreamStore.forget_keys <replication.store.StreamStore.forget_keys>`, in
+        the order of the other writes."""
 
     def read(
         self, stream: str, after: int, upto: int, max_rows: int, origin: str = LOCAL_ORIGIN
@@ -174,6 +187,7 @@ class InlineStore:
         self.inline: StreamStore | None = store
         self.store = store
         self.blocking = False
+        self.keeps_keys: bool = getattr(store, "keeps_keys", False)
 
     def open(self, create: Sequence[str], now: float | None = None) -> Deferred[OpenedStore]:
         return _call(_open, self.store, create, now)
@@ -184,9 +198,18 @@ class InlineStore:
         return _call(_delete, self.store, stream, create, now)
 
     def append(
-        self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN
+        self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN,
+        keys: BatchKeys = (),
     ) -> Deferred[list[int]]:
+        if keys:
+            return _call(self.store.append, batch, now, origin, keys)
         return _call(self.store.append, batch, now, origin)
+
+    def publish_keys(self, since: float, limit: int) -> Deferred[list[PublishKey]]:
+        return _call(self.store.publish_keys, since, limit)
+
+    def forget_keys(self, before: float) -> Deferred[int]:
+        return _call(self.store.forget_keys, before)
 
     def read(
         self, stream: str, after: int, upto: int, max_rows: int, origin: str = LOCAL_ORIGIN
@@ -229,6 +252,7 @@ class ThreadedStore:
         self.inline: StreamStore | None = None
         self.store = store
         self.blocking = True
+        self.keeps_keys: bool = getattr(store, "keeps_keys", False)
         self.run_write = run_write
         self.run_read = run_read if run_read is not None else run_write
 
@@ -241,9 +265,18 @@ class ThreadedStore:
         return self.run_write(_delete, self.store, stream, create, now)
 
     def append(
-        self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN
+        self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN,
+        keys: BatchKeys = (),
     ) -> Deferred[list[int]]:
+        if keys:
+            return self.run_write(self.store.append, batch, now, origin, keys)
         return self.run_write(self.store.append, batch, now, origin)
+
+    def publish_keys(self, since: float, limit: int) -> Deferred[list[PublishKey]]:
+        return self.run_read(self.store.publish_keys, since, limit)
+
+    def forget_keys(self, before: float) -> Deferred[int]:
+        return self.run_write(self.store.forget_keys, before)
 
     def read(
         self, stream: str, after: int, upto: int, max_rows: int, origin: str = LOCAL_ORIGIN

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from replication.cluster.identity import new_origin_id
 from replication.store import (
     LOCAL_ORIGIN,
+    BatchKeys,
     Entry,
+    PublishKey,
     RetentionPolicy,
     UnknownStream,
     check_ingest,
@@ -55,6 +57,8 @@ class MemoryStore:
     """Streams held in memory; nothing blocks, nothing survives the process."""
 
     blocking = False
+    #: Keys are not kept: nothing survives the process (the master's own window has them).
+    keeps_keys = False
 
     def __init__(self) -> None:
         #: A new origin for every store object.
@@ -126,8 +130,15 @@ class MemoryStore:
         s.entries, s.times = [], []
         return dropped
 
+    def publish_keys(self, since: float, limit: int) -> list[PublishKey]:
+        return []
+
+    def forget_keys(self, before: float) -> int:
+        return 0
+
     def append(
-        self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN
+        self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN,
+        keys: BatchKeys = (),
     ) -> list[int]:
         check_origin(origin)
         for _, rows in batch:

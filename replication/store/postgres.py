@@ -83,8 +83,10 @@ except ImportError as _e:  # pragma: no cover - exercised only without the extra
 from replication.cluster.identity import IdentityError, check_origin_id, new_origin_id
 from replication.store import (
     LOCAL_ORIGIN,
+    BatchKeys,
     DamagedEntry,
     Entry,
+    PublishKey,
     RetentionPolicy,
     StoreError,
     StreamStats,
@@ -92,6 +94,7 @@ from replication.store import (
     check_ingest,
     check_origin,
     check_other_origin,
+    key_records,
 )
 
 T = TypeVar("T")
@@ -146,6 +149,20 @@ def _tables(s: str) -> tuple[str, ...]:
     )
 
 
+def _keys_table(s: str) -> tuple[str, ...]:
+    """The idempotency keys of publishes (see ``append``); created in a schema that lacks
+    it when a master opens it (readers of the same schema version ignore it)."""
+    return (
+        f'CREATE TABLE IF NOT EXISTS "{s}".publish_keys ('
+        " key TEXT NOT NULL PRIMARY KEY,"
+        " stream TEXT NOT NULL,"
+        " first BIGINT NOT NULL,"
+        " last BIGINT NOT NULL,"
+        " at DOUBLE PRECISION NOT NULL)",
+        f'CREATE INDEX IF NOT EXISTS publish_keys_at ON "{s}".publish_keys (at)',
+    )
+
+
 _NEEDED_TABLES = frozenset({"meta", "streams", "entries"})
 
 
@@ -186,6 +203,8 @@ class PostgresStore:
     """
 
     blocking = True
+    #: Keys are kept in the shared schema; each master loads the recent ones when it starts.
+    keeps_keys = True
 
     def __init__(self, dsn: str, schema: str = DEFAULT_SCHEMA) -> None:
         self.schema = check_schema_name(schema)
@@ -410,7 +429,7 @@ class PostgresStore:
             )
         }
         if not tables:
-            for statement in _tables(s):
+            for statement in (*_tables(s), *_keys_table(s)):
                 conn.execute(statement)
             origin_id = new_origin_id()
             conn.execute(
@@ -453,6 +472,9 @@ class PostgresStore:
                 f"{self.name}: not a usable replication store (schema version {version}, "
                 f"expected {SCHEMA_VERSION}; missing tables: {missing})"
             )
+        if "publish_keys" not in tables:
+            for statement in _keys_table(s):
+                conn.execute(statement)
         stored: str | None = meta.get("origin_id")
         if stored is None:
             raise StoreError(
@@ -577,7 +599,8 @@ class PostgresStore:
     # -- writes -----------------------------------------------------------------------------
 
     def append(
-        self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN
+        self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN,
+        keys: BatchKeys = (),
     ) -> list[int]:
         check_origin(origin)
         if not batch:
@@ -613,9 +636,46 @@ class PostgresStore:
             for name, _ in batch:
                 tokens.append(next_token[name])
                 next_token[name] += 1
+            if keys:
+                records = key_records(batch, tokens, keys, now)
+                conn.execute(
+                    f'INSERT INTO "{self.schema}".publish_keys (key, stream, first, last, at)'
+                    " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[],"
+                    " %s::float8[])"
+                    " ON CONFLICT (key) DO UPDATE SET stream = EXCLUDED.stream,"
+                    " first = EXCLUDED.first, last = EXCLUDED.last, at = EXCLUDED.at",
+                    ([r.key for r in records], [r.stream for r in records],
+                     [r.first for r in records], [r.last for r in records],
+                     [r.at for r in records]),
+                )
             return tokens
 
         return self._run("append", body)
+
+    def publish_keys(self, since: float, limit: int) -> list[PublishKey]:
+        s = self.schema
+
+        def body(conn: psycopg.Connection[Any]) -> list[PublishKey]:
+            found = conn.execute(
+                f'SELECT key, stream, first, last, at FROM "{s}".publish_keys WHERE at >= %s'
+                " ORDER BY at DESC LIMIT %s",
+                (since, limit),
+            ).fetchall()
+            return [
+                PublishKey(key, stream, int(first), int(last), float(at))
+                for key, stream, first, last, at in reversed(found)
+            ]
+
+        return self._run("publish_keys", body)
+
+    def forget_keys(self, before: float) -> int:
+        s = self.schema
+
+        def body(conn: psycopg.Connection[Any]) -> int:
+            cursor = conn.execute(f'DELETE FROM "{s}".publish_keys WHERE at < %s', (before,))
+            return int(cursor.rowcount)
+
+        return self._run("forget_keys", body)
 
     def ingest(self, stream: str, origin: str, entries: Sequence[Entry], now: float) -> int:
         texts = [_joined(entry.rows) for entry in entries]

@@ -96,8 +96,10 @@ from contextlib import contextmanager
 from replication.cluster.identity import IdentityError, check_origin_id, new_origin_id
 from replication.store import (
     LOCAL_ORIGIN,
+    BatchKeys,
     DamagedEntry,
     Entry,
+    PublishKey,
     ReadOnlyStore,
     RetentionPolicy,
     StoreError,
@@ -105,6 +107,7 @@ from replication.store import (
     check_ingest,
     check_origin,
     check_other_origin,
+    key_records,
 )
 
 SCHEMA_VERSION = 2
@@ -137,6 +140,18 @@ _SCHEMA = (
     " PRIMARY KEY (stream, origin, token)"
     ") WITHOUT ROWID",
     "CREATE TABLE meta (key TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+)
+#: The idempotency keys of publishes (see ``append``). A file without them gets them when
+#: opened: readers of the same schema version that do not know the table ignore it.
+_KEYS = (
+    "CREATE TABLE IF NOT EXISTS publish_keys ("
+    " key TEXT NOT NULL PRIMARY KEY,"
+    " stream TEXT NOT NULL,"
+    " first INTEGER NOT NULL,"
+    " last INTEGER NOT NULL,"
+    " at REAL NOT NULL"
+    ") WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS publish_keys_at ON publish_keys (at)",
 )
 #: The ``meta`` key of the store's origin id.
 _ORIGIN_ID_KEY = "origin_id"
@@ -171,6 +186,7 @@ class SqliteStore:
     """
 
     blocking = True
+    keeps_keys = True
 
     def __init__(self, path: str, synchronous: str = "FULL", quick_check: bool = True) -> None:
         sync = synchronous.upper()
@@ -243,6 +259,7 @@ class SqliteStore:
                 self._migrate_from_1()
             self._add_created_column()
             self._add_crc_column()
+            self._add_keys_table()
             return _read_origin_id(self.path, w)
         w.execute("BEGIN IMMEDIATE")
         try:
@@ -251,7 +268,7 @@ class SqliteStore:
                 r[0] for r in w.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
             }
             if not tables:
-                for statement in _SCHEMA:
+                for statement in (*_SCHEMA, *_KEYS):
                     w.execute(statement)
                 _create_origin_id(w)
                 w.execute(f"PRAGMA application_id = {APPLICATION_ID}")
@@ -262,7 +279,25 @@ class SqliteStore:
             raise
         if tables:
             _check_schema(self.path, w)
+            self._add_keys_table()
         return _read_origin_id(self.path, w)
+
+    def _add_keys_table(self) -> None:
+        """Give a file written before idempotency keys were kept the table that holds them."""
+        w = self._writer
+        if w.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'publish_keys'"
+        ).fetchall():
+            return
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _KEYS:
+                w.execute(statement)
+            w.execute("COMMIT")
+        except BaseException:
+            if w.in_transaction:
+                w.execute("ROLLBACK")
+            raise
 
     def _add_created_column(self) -> None:
         """Give a development version 2 file the ``created`` column it lacks (``NULL``:
@@ -487,7 +522,8 @@ class SqliteStore:
     # -- writer thread ---------------------------------------------------------------------
 
     def append(
-        self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN
+        self, batch: Sequence[tuple[str, Sequence[str]]], now: float, origin: str = LOCAL_ORIGIN,
+        keys: BatchKeys = (),
     ) -> list[int]:
         check_origin(origin)
         texts = [_joined(rows) for _, rows in batch]
@@ -521,7 +557,30 @@ class SqliteStore:
                 "UPDATE streams SET head = ?, rows = rows + ? WHERE name = ? AND origin = ''",
                 [(h, n, name) for name, (h, n) in streams.items()],
             )
+            if keys:
+                w.executemany(
+                    "INSERT OR REPLACE INTO publish_keys (key, stream, first, last, at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [(r.key, r.stream, r.first, r.last, r.at)
+                     for r in key_records(batch, tokens, keys, now)],
+                )
         return tokens
+
+    def publish_keys(self, since: float, limit: int) -> list[PublishKey]:
+        with self._errors("publish_keys"), self._read_lock:
+            found = self._reader.execute(
+                "SELECT key, stream, first, last, at FROM publish_keys WHERE at >= ?"
+                " ORDER BY at DESC LIMIT ?",
+                (since, limit),
+            ).fetchall()
+        return [
+            PublishKey(key, stream, int(first), int(last), float(at))
+            for key, stream, first, last, at in reversed(found)
+        ]
+
+    def forget_keys(self, before: float) -> int:
+        with self._transaction("forget_keys") as w:
+            return w.execute("DELETE FROM publish_keys WHERE at < ?", (before,)).rowcount
 
     def ingest(self, stream: str, origin: str, entries: Sequence[Entry], now: float) -> int:
         texts = [_joined(entry.rows) for entry in entries]
