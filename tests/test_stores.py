@@ -686,9 +686,10 @@ def test_a_deleted_stream_stays_deleted_after_a_restart(reopen: Callable[[], Str
 
 def test_keys_are_kept_with_their_tokens(reopen: Callable[[], StreamStore]) -> None:
     """A store that keeps keys records each publish's key with its tokens in the append,
-    and still has them when opened again; newer keys first under the limit, those at or
-    after ``since`` only, oldest first; a key given again is replaced; ``forget_keys``
-    drops those recorded before a time. A store that does not keep keys has none."""
+    and still has them when opened again; the newest under the limit, those at or after
+    ``since`` only, oldest first; a key given again is recorded again (the newer last);
+    ``forget_keys`` drops those recorded before a time. A store that does not keep keys
+    has none."""
     from replication.store import PublishKey
 
     store = reopen()
@@ -716,8 +717,14 @@ def test_keys_are_kept_with_their_tokens(reopen: Callable[[], StreamStore]) -> N
         assert store.publish_keys(0.0, 1) == [PublishKey("k3", "a", 4, 4, 20.0)]
         store.append([("c", ["6"])], 30.0, keys=[("k1", 0, 1)])
         assert store.publish_keys(25.0, 10) == [PublishKey("k1", "c", 1, 1, 30.0)]
-        assert store.forget_keys(25.0) == 2  # k2 and k3; k1 was recorded again at 30
+        # Recorded again: both records are kept, the newer last (it wins when loaded).
+        assert store.publish_keys(0.0, 10)[-2:] == [
+            PublishKey("k3", "a", 4, 4, 20.0), PublishKey("k1", "c", 1, 1, 30.0)
+        ]
+        assert store.forget_keys(25.0) == 3  # k1 (at 10), k2 and k3; not k1 at 30
         assert store.publish_keys(0.0, 10) == [PublishKey("k1", "c", 1, 1, 30.0)]
+        assert store.forget_keys(25.0) == 0
+        assert store.forget_keys(31.0) == 1
     finally:
         store.close()
 

@@ -151,15 +151,17 @@ def _tables(s: str) -> tuple[str, ...]:
 
 def _keys_table(s: str) -> tuple[str, ...]:
     """The idempotency keys of publishes (see ``append``); created in a schema that lacks
-    it when a master opens it (readers of the same schema version ignore it)."""
+    it when a master opens it (readers of the same schema version ignore it). Rows are only
+    appended and forgotten from the oldest end (``id`` order); a key recorded again has two
+    rows, and the newer one wins when the keys are loaded."""
     return (
         f'CREATE TABLE IF NOT EXISTS "{s}".publish_keys ('
-        " key TEXT NOT NULL PRIMARY KEY,"
+        " id BIGSERIAL PRIMARY KEY,"
+        " key TEXT NOT NULL,"
         " stream TEXT NOT NULL,"
         " first BIGINT NOT NULL,"
         " last BIGINT NOT NULL,"
         " at DOUBLE PRECISION NOT NULL)",
-        f'CREATE INDEX IF NOT EXISTS publish_keys_at ON "{s}".publish_keys (at)',
     )
 
 
@@ -640,10 +642,9 @@ class PostgresStore:
                 records = key_records(batch, tokens, keys, now)
                 conn.execute(
                     f'INSERT INTO "{self.schema}".publish_keys (key, stream, first, last, at)'
-                    " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[],"
-                    " %s::float8[])"
-                    " ON CONFLICT (key) DO UPDATE SET stream = EXCLUDED.stream,"
-                    " first = EXCLUDED.first, last = EXCLUDED.last, at = EXCLUDED.at",
+                    " SELECT key, stream, first, last, at FROM unnest(%s::text[], %s::text[],"
+                    " %s::bigint[], %s::bigint[], %s::float8[])"
+                    " WITH ORDINALITY AS k(key, stream, first, last, at, n) ORDER BY n",
                     ([r.key for r in records], [r.stream for r in records],
                      [r.first for r in records], [r.last for r in records],
                      [r.at for r in records]),
@@ -658,7 +659,7 @@ class PostgresStore:
         def body(conn: psycopg.Connection[Any]) -> list[PublishKey]:
             found = conn.execute(
                 f'SELECT key, stream, first, last, at FROM "{s}".publish_keys WHERE at >= %s'
-                " ORDER BY at DESC LIMIT %s",
+                " ORDER BY id DESC LIMIT %s",
                 (since, limit),
             ).fetchall()
             return [
@@ -672,7 +673,18 @@ class PostgresStore:
         s = self.schema
 
         def body(conn: psycopg.Connection[Any]) -> int:
-            cursor = conn.execute(f'DELETE FROM "{s}".publish_keys WHERE at < %s', (before,))
+            # From the oldest end up to the first key recorded at or after ``before`` (the
+            # masters' clocks may differ a little: a key they disagree on is kept longer).
+            kept = conn.execute(
+                f'SELECT id FROM "{s}".publish_keys WHERE at >= %s ORDER BY id LIMIT 1',
+                (before,),
+            ).fetchone()
+            if kept is None:
+                cursor = conn.execute(f'DELETE FROM "{s}".publish_keys')
+            else:
+                cursor = conn.execute(
+                    f'DELETE FROM "{s}".publish_keys WHERE id < %s', (kept[0],)
+                )
             return int(cursor.rowcount)
 
         return self._run("forget_keys", body)

@@ -107,7 +107,6 @@ from replication.store import (
     check_ingest,
     check_origin,
     check_other_origin,
-    key_records,
 )
 
 SCHEMA_VERSION = 2
@@ -142,16 +141,18 @@ _SCHEMA = (
     "CREATE TABLE meta (key TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
 )
 #: The idempotency keys of publishes (see ``append``). A file without them gets them when
-#: opened: readers of the same schema version that do not know the table ignore it.
+#: opened: readers of the same schema version that do not know the table ignore it. Rows
+#: are only appended (in commit order: rowid order is time order) and forgotten from the
+#: oldest end, so the table has no index to keep up: one append per key. A key recorded
+#: again has two rows; the newer one wins when the keys are loaded.
 _KEYS = (
     "CREATE TABLE IF NOT EXISTS publish_keys ("
-    " key TEXT NOT NULL PRIMARY KEY,"
+    " key TEXT NOT NULL,"
     " stream TEXT NOT NULL,"
     " first INTEGER NOT NULL,"
     " last INTEGER NOT NULL,"
     " at REAL NOT NULL"
-    ") WITHOUT ROWID",
-    "CREATE INDEX IF NOT EXISTS publish_keys_at ON publish_keys (at)",
+    ")",
 )
 #: The ``meta`` key of the store's origin id.
 _ORIGIN_ID_KEY = "origin_id"
@@ -559,10 +560,9 @@ class SqliteStore:
             )
             if keys:
                 w.executemany(
-                    "INSERT OR REPLACE INTO publish_keys (key, stream, first, last, at)"
+                    "INSERT INTO publish_keys (key, stream, first, last, at)"
                     " VALUES (?, ?, ?, ?, ?)",
-                    [(r.key, r.stream, r.first, r.last, r.at)
-                     for r in key_records(batch, tokens, keys, now)],
+                    [(key, batch[i][0], tokens[i], tokens[i + n - 1], now) for key, i, n in keys],
                 )
         return tokens
 
@@ -570,7 +570,7 @@ class SqliteStore:
         with self._errors("publish_keys"), self._read_lock:
             found = self._reader.execute(
                 "SELECT key, stream, first, last, at FROM publish_keys WHERE at >= ?"
-                " ORDER BY at DESC LIMIT ?",
+                " ORDER BY rowid DESC LIMIT ?",
                 (since, limit),
             ).fetchall()
         return [
@@ -579,8 +579,16 @@ class SqliteStore:
         ]
 
     def forget_keys(self, before: float) -> int:
+        # From the oldest end up to the first key recorded at or after ``before``: the cost
+        # is the keys forgotten, not the table (a clock that stepped back only keeps some
+        # keys until a later pass).
         with self._transaction("forget_keys") as w:
-            return w.execute("DELETE FROM publish_keys WHERE at < ?", (before,)).rowcount
+            kept = w.execute(
+                "SELECT rowid FROM publish_keys WHERE at >= ? ORDER BY rowid LIMIT 1", (before,)
+            ).fetchone()
+            if kept is None:
+                return w.execute("DELETE FROM publish_keys").rowcount
+            return w.execute("DELETE FROM publish_keys WHERE rowid < ?", (kept[0],)).rowcount
 
     def ingest(self, stream: str, origin: str, entries: Sequence[Entry], now: float) -> int:
         texts = [_joined(entry.rows) for entry in entries]
