@@ -125,22 +125,22 @@ def main(argv: list[str] | None = None) -> int:
             tmp, "sqlite-master", sq_port, sq_http, "--store", "sqlite", "--data-dir",
             str(tmp / "data"), *reactor_args(),
         ))
+
+        def side_by_side(kind: str, count: int) -> None:
+            """Ours, then redis-py, the same client mode (``rt`` or ``pipe``), one process each."""
+            ours = run_client(tmp, group, f"ours-{kind}", port, count, 1, 0)
+            samples[f"ours_{kind}"].append(ours)
+            if have_redis:
+                theirs = run_client(tmp, group, f"redis-{kind}", port, count, 1, 0)
+                samples[f"redis_{kind}"].append(theirs)
+                samples[f"{kind}_ratio"].append(ours / theirs)
+
         for r in range(rounds):
             log(f"round {r + 1}/{rounds}")
             if "rt" in only:
-                ours = run_client(tmp, group, "ours-rt", port, rt_count, 1, 0)
-                samples["ours_rt"].append(ours)
-                if have_redis:
-                    theirs = run_client(tmp, group, "redis-rt", port, rt_count, 1, 0)
-                    samples["redis_rt"].append(theirs)
-                    samples["rt_ratio"].append(ours / theirs)
+                side_by_side("rt", rt_count)
             if "pipe" in only:
-                ours = run_client(tmp, group, "ours-pipe", port, pipe_count, 1, 0)
-                samples["ours_pipe"].append(ours)
-                if have_redis:
-                    theirs = run_client(tmp, group, "redis-pipe", port, pipe_count, 1, 0)
-                    samples["redis_pipe"].append(theirs)
-                    samples["pipe_ratio"].append(ours / theirs)
+                side_by_side("pipe", pipe_count)
             if "http" in only:
                 samples["http_rt"].append(
                     run_client(tmp, group, "http-rt", http_port, rt_count, 1, 0)

@@ -273,15 +273,8 @@ class PublishPipeline:
     def take(self, id_: str, stream: str, key: str | None, rows: bytes, many: bool) -> None:
         """Take one publish whose id and key the codec (or :func:`fast_publish`) checked;
         ``rows`` is its JSON text, as received."""
-        slot = _Slot(id_)
-        self._slots.append(slot)
-        self._waiting += 1
-        self.received += 1
+        slot = self._new_slot(id_)
         master = self.master
-        master.publishes[TRANSPORT] = master.publishes.get(TRANSPORT, 0) + 1
-        if self._waiting >= self.max_in_flight and not self._holding:
-            self._holding = True
-            self.connection.hold_input()
         entry = None
         if not self.connection.permissions.may_publish(stream):
             self._answer(slot, (403, f"credential {self.connection.credential!r} may not "
@@ -326,19 +319,24 @@ class PublishPipeline:
                 callbackArgs=(slot, key, entry), errbackArgs=(slot, key, entry),
             )
 
-    def refuse(self, id_: str, status: int, message: str) -> None:
-        """Answer a publish that cannot be taken at all (its line was too long) with
-        ``REFUSED``, in its place among the others."""
-        slot = _Slot(id_)
+    def _new_slot(self, id_: str, count: int = 1) -> _Slot:
+        """The slot of ``count`` publishes that just arrived, after those before them;
+        past ``max_in_flight`` waiting publishes, the connection's input is held."""
+        slot = _Slot(id_, count)
         self._slots.append(slot)
-        self._waiting += 1
-        self.received += 1
+        self._waiting += count
+        self.received += count
         master = self.master
-        master.publishes[TRANSPORT] = master.publishes.get(TRANSPORT, 0) + 1
+        master.publishes[TRANSPORT] = master.publishes.get(TRANSPORT, 0) + count
         if self._waiting >= self.max_in_flight and not self._holding:
             self._holding = True
             self.connection.hold_input()
-        self._answer(slot, (status, message))
+        return slot
+
+    def refuse(self, id_: str, status: int, message: str) -> None:
+        """Answer a publish that cannot be taken at all (its line was too long) with
+        ``REFUSED``, in its place among the others."""
+        self._answer(self._new_slot(id_), (status, message))
 
     # -- runs: fast-parsed publishes of one read, checked, committed and answered together --
 
@@ -388,15 +386,7 @@ class PublishPipeline:
         encoded = self._encode_run(stream, part)
         if encoded is None:
             return False
-        count = len(part)
-        slot = _Slot("", count)
-        self._slots.append(slot)
-        self._waiting += count
-        self.received += count
-        master.publishes[TRANSPORT] = master.publishes.get(TRANSPORT, 0) + count
-        if self._waiting >= self.max_in_flight and not self._holding:
-            self._holding = True
-            self.connection.hold_input()
+        slot = self._new_slot("", len(part))
         entries: list[tuple[str, KeyEntry]] | None = None
         if run_keys and keys.max_keys:
             entries = list(zip(run_keys, keys.begin_run(run_keys, stream, now), strict=True))
