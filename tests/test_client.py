@@ -139,7 +139,8 @@ class FakeMaster:
     records every line it reads, per connection."""
 
     def __init__(
-        self, answer: bool = True, drop_first: bool = False, restart: bool = False
+        self, answer: bool = True, drop_first: bool = False, restart: bool = False,
+        keys_kept: bool = False,
     ) -> None:
         self.server = socket.create_server((HOST, 0))
         self.port = self.server.getsockname()[1]
@@ -148,6 +149,8 @@ class FakeMaster:
         self.drop_first = drop_first
         #: Each connection comes from a new process of the master (a new fingerprint).
         self.restart = restart
+        #: The master says it keeps keys across restarts (``keys=kept``).
+        self.keys_kept = keys_kept
         self.token = 0
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
@@ -173,8 +176,9 @@ class FakeMaster:
                     lines.append(line)
                     if line == b"PUBLISHER":
                         run = b"%016d" % (len(self.connections) if self.restart else 0)
+                        options = b" keys=kept future=1" if self.keys_kept else b""
                         conn.sendall(b"VERSION 2\nORIGIN " + b"F" * 22 + b" " + run
-                                     + b"\nPUBLISHING 100 65536\n")
+                                     + b"\nPUBLISHING 100 65536" + options + b"\n")
                     elif line.startswith(b"PUBLISH "):
                         if self.drop_first and len(self.connections) == 1:
                             if sum(ln.startswith(b"PUBLISH ") for ln in lines) == 2:
@@ -570,11 +574,14 @@ def test_twisted_client_does_not_resend_to_a_restarted_master(tmp_path: Path) ->
         fake.close()
 
 
-def test_a_real_master_restarted_with_publishes_in_flight(tmp_path: Path) -> None:
-    """A SQLite master is stopped (SIGSTOP) with two publishes sent to it, killed, and
-    started again on the same store and ports: the publisher sees the new process's
-    fingerprint, fails the two with MasterUnreachable (maybe_committed) instead of sending
-    them again, and the next publish goes to the restarted master."""
+@pytest.mark.parametrize("durable", [True, False])
+def test_a_real_master_restarted_with_publishes_in_flight(tmp_path: Path, durable: bool) -> None:
+    """A master is stopped (SIGSTOP) with two publishes sent to it, killed, and started
+    again on the same ports (and, for SQLite, the same store). The SQLite master says that
+    it keeps keys (``keys=kept``): the publisher sends the two again and they are stored
+    once. The memory-store master keeps nothing: the publisher fails the two with
+    MasterUnreachable (maybe_committed) instead of sending them again. Either way the next
+    publish goes to the restarted master."""
     import os
     import signal
 
@@ -582,20 +589,30 @@ def test_a_real_master_restarted_with_publishes_in_flight(tmp_path: Path) -> Non
 
     port, http_port = free_ports(2)
     data = tmp_path / "data"
-    master = start_sqlite_master(tmp_path, "m1", port, http_port, data)
+
+    def start(name: str) -> Process:
+        if durable:
+            return start_sqlite_master(tmp_path, name, port, http_port, data)
+        return start_master(tmp_path, name, port, http_port)
+
+    master = start("m1")
     try:
         with Publisher(f"{HOST}:{port}", timeout=20, retry_for=20) as publisher:
             assert publisher.publish("events", [0]).token == 1
             os.kill(master.pid, signal.SIGSTOP)
             waiting = [publisher.submit("events", [1]), publisher.submit("events", [2])]
             master.kill()
-            master = start_sqlite_master(tmp_path, "m2", port, http_port, data)
-            for future in waiting:
-                with pytest.raises(MasterUnreachable, match="restarted") as error:
-                    future.result(timeout=20)
-                assert error.value.maybe_committed and error.value.key is not None
-            assert publisher.publish("events", [3]).token == 2
-        assert stream_head(http_port, "events") == 2
+            master = start("m2")
+            if durable:
+                assert [f.result(timeout=20).token for f in waiting] == [2, 3]
+                assert publisher.publish("events", [3]).token == 4
+            else:
+                for future in waiting:
+                    with pytest.raises(MasterUnreachable, match="restarted") as error:
+                        future.result(timeout=20)
+                    assert error.value.maybe_committed and error.value.key is not None
+                assert publisher.publish("events", [3]).token == 1  # a new, empty store
+        assert stream_head(http_port, "events") == (4 if durable else 1)
     finally:
         master.kill()
 
@@ -611,5 +628,21 @@ def test_the_background_reader_of_futures_does_not_poll(monkeypatch: pytest.Monk
         with Publisher(f"{HOST}:{fake.port}", timeout=5) as publisher:
             futures = [publisher.submit("events", [i]) for i in range(20)]
             assert [f.result(timeout=5).token for f in futures] == list(range(1, 21))
+    finally:
+        fake.close()
+
+
+def test_publishes_in_flight_are_resent_to_a_restarted_master_that_kept_its_keys() -> None:
+    """A master that says ``keys=kept`` in PUBLISHING (an option the client knows, beside
+    one it does not) still knows the keys after a restart: the publishes in flight at the
+    drop are sent to its new process, with their keys."""
+    fake = FakeMaster(drop_first=True, restart=True, keys_kept=True)
+    try:
+        with Publisher(f"{HOST}:{fake.port}", timeout=5) as publisher:
+            first = publisher.submit("events", [1], key="mine-1")
+            second = publisher.submit("events", [2], key="mine-2")
+            assert [first.result(timeout=5).token, second.result(timeout=5).token] == [1, 2]
+        sent_again = [ln for ln in fake.connections[1] if ln.startswith(b"PUBLISH ")]
+        assert [ln.split(b" ")[3] for ln in sent_again] == [b"key=mine-1", b"key=mine-2"]
     finally:
         fake.close()

@@ -25,6 +25,7 @@ from replication.wire.commands import (
     CommandParseError,
     PublishCommand,
     PublishedCommand,
+    PublishingCommand,
     PublishTokensCommand,
     RefusedCommand,
     default_registry,
@@ -104,6 +105,36 @@ def test_malformed_publish_commands(line: bytes, message: str) -> None:
     sender = "master" if line.startswith((b"PUBLISHED", b"REFUSED")) else "worker"
     with pytest.raises(CommandParseError, match=message):
         default_registry().parse(line, sender)
+
+
+def test_publishing_carries_options() -> None:
+    """``keys=kept`` says the master keeps idempotency keys across restarts; options a
+    publisher does not know are ignored."""
+    registry = default_registry()
+    command = registry.parse(b"PUBLISHING 10 2048 keys=kept", "master")
+    assert isinstance(command, PublishingCommand) and command.keys_kept
+    assert command.to_line() == b"PUBLISHING 10 2048 keys=kept"
+    command = registry.parse(b"PUBLISHING 10 2048 later=1", "master")
+    assert isinstance(command, PublishingCommand) and not command.keys_kept
+    assert command.to_line() == b"PUBLISHING 10 2048"
+    with pytest.raises(CommandParseError):
+        registry.parse(b"PUBLISHING 10", "master")
+
+
+def test_a_master_on_a_store_that_keeps_keys_says_so(tmp_path: Path) -> None:
+    from replication.store.sqlite import SqliteStore
+
+    runner = ManualRunner()
+    master = Master(MasterConfig(), SqliteStore(str(tmp_path / "s.sqlite3")), Clock(),
+                    run_blocking=runner)
+    runner.run_all()
+    _, transport = publisher(master)
+    assert take(transport)[3] == "PUBLISHING 1024 65536 keys=kept"
+    off = dataclasses.replace(MasterConfig(), limits=limits(publish_keys=0))
+    master = Master(off, SqliteStore(str(tmp_path / "t.sqlite3")), Clock(), run_blocking=runner)
+    runner.run_all()
+    _, transport = publisher(master)
+    assert take(transport)[3] == "PUBLISHING 1024 65536"
 
 
 def test_refused_flattens_line_breaks() -> None:

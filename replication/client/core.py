@@ -95,13 +95,14 @@ def lost_in_flight(endpoint: object, retry_for: float, key: str | None) -> Maste
 
 def restarted_in_flight(endpoint: object, key: str | None) -> MasterUnreachable:
     """What a publish in flight is failed with when its master came back as a new process
-    (another fingerprint): the new process does not remember the keys of the old one, so
-    sending the publish again could store it twice."""
+    (another fingerprint) that does not keep keys across restarts (no ``keys=kept``): it
+    does not remember the keys of the old one, so sending the publish again could store it
+    twice."""
     return MasterUnreachable(
-        f"master {endpoint} restarted with this publish in flight; it may have been "
-        "committed before the restart, so it was not sent again on its own: with the SQLite "
-        f"or PostgreSQL store, publish it again with key={key!r} (the master kept its key); "
-        "with the memory store, find out whether your workers got it first",
+        f"master {endpoint} restarted with this publish in flight and does not keep "
+        "idempotency keys across restarts (its store is not durable); the publish may have "
+        "been committed before the restart, so it was not sent again: find out whether your "
+        f"workers got it before publishing it again (key={key!r})",
         maybe_committed=True, key=key,
     )
 
@@ -242,6 +243,9 @@ class PublisherCore(Generic[T]):
         #: The fingerprint of the master process connected to (random at each start of a
         #: master, from its ``ORIGIN`` line): a new one after a drop means it restarted.
         self.fingerprint: str | None = None
+        #: Whether the master connected to keeps idempotency keys across its restarts
+        #: (``keys=kept`` in ``PUBLISHING``: the SQLite and PostgreSQL stores).
+        self.keys_kept = False
         self.max_in_flight = 1024
         self.max_line_bytes = 65536
         self.ready = False
@@ -362,10 +366,13 @@ class PublisherCore(Generic[T]):
     def resendable(self, lost: list[_InFlight[T]]) -> tuple[list[_InFlight[T]],
                                                             list[_InFlight[T]]]:
         """Of publishes a drop left unanswered, now that a connection is ready again: those
-        that may be sent again (sent to the master process this connection reaches, whose
-        key window answers the ones it committed) and those that may not (sent to a
-        process of that master that has since restarted: see :func:`restarted_in_flight`)."""
+        that may be sent again (sent to the master process this connection reaches, or to
+        a master that keeps its keys across restarts: its key window answers the ones it
+        committed) and those that may not (sent to a process of that master that has since
+        restarted and forgot their keys: see :func:`restarted_in_flight`)."""
         fingerprint = self.fingerprint
+        if self.keys_kept:  # a restarted master that still knows the keys answers them
+            return lost, []
         same = [entry for entry in lost if entry.fingerprint == fingerprint]
         if len(same) == len(lost):
             return lost, []
@@ -452,9 +459,10 @@ class PublisherCore(Generic[T]):
             self.origin, _, fingerprint = args.partition(" ")
             self.fingerprint = fingerprint or None
         elif name == "PUBLISHING":
-            flight, _, line_bytes = args.partition(" ")
-            self.max_in_flight = int(flight)
-            self.max_line_bytes = int(line_bytes)
+            fields = args.split(" ")  # fields past the first two are options
+            self.max_in_flight = int(fields[0])
+            self.max_line_bytes = int(fields[1])
+            self.keys_kept = "keys=kept" in fields[2:]
             self.ready = True
         elif name == "ERROR":
             raise ProtocolViolation(f"the master sent ERROR {args}")
@@ -470,6 +478,7 @@ class PublisherCore(Generic[T]):
         self.ready = False
         self.origin = None
         self.fingerprint = None
+        self.keys_kept = False
         self._output = b""
         self._nonces = None
         return lost

@@ -351,7 +351,10 @@ class MasterConnection(ReplicationProtocol):
         limits = self.master.config.limits
         log.info("%s is a publisher", self.describe())
         self.publishing = PublishPipeline(self.master, self, limits.max_publishes_in_flight)
-        self.send(PublishingCommand(limits.max_publishes_in_flight, limits.max_line_bytes))
+        self.send(PublishingCommand(
+            limits.max_publishes_in_flight, limits.max_line_bytes,
+            keys_kept=self.master.log.keeps_keys and limits.publish_keys > 0,
+        ))
 
     def on_PUBLISH(self, command: PublishCommand) -> None:
         publishing = self.publishing

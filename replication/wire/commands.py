@@ -761,14 +761,17 @@ class PublisherCommand(Command):
 
 @dataclass(frozen=True, slots=True)
 class PublishingCommand(Command):
-    """``PUBLISHING <max_in_flight> <max_line_bytes>`` (protocol version 2): the master's
-    answer to ``PUBLISHER``: how many publishes it reads ahead of their answers on this
-    connection (``limits.max_publishes_in_flight``; beyond that it stops reading), and the
-    longest line it accepts (``limits.max_line_bytes``)."""
+    """``PUBLISHING <max_in_flight> <max_line_bytes>[ keys=kept]`` (protocol version 2): the
+    master's answer to ``PUBLISHER``: how many publishes it reads ahead of their answers on
+    this connection (``limits.max_publishes_in_flight``; beyond that it stops reading), the
+    longest line it accepts (``limits.max_line_bytes``), and ``keys=kept`` when its store
+    keeps idempotency keys across restarts. Fields after the first two are options; one a
+    publisher does not know is ignored, so that masters may add more."""
 
     NAME: ClassVar[str] = "PUBLISHING"
     max_in_flight: int
     max_line_bytes: int
+    keys_kept: bool = False
 
     def __post_init__(self) -> None:
         _check_token(self.max_in_flight, "max_in_flight")
@@ -776,11 +779,17 @@ class PublishingCommand(Command):
 
     @classmethod
     def from_args(cls, args: str) -> PublishingCommand:
-        flight, line = _split(args, 2, cls.NAME, "<max_in_flight> <max_line_bytes>")
-        return cls(parse_token(flight, "max_in_flight"), parse_token(line, "max_line_bytes"))
+        fields = args.split(" ")
+        if len(fields) < 2:
+            _split(args, 2, cls.NAME, "<max_in_flight> <max_line_bytes>")  # raises
+        return cls(
+            parse_token(fields[0], "max_in_flight"), parse_token(fields[1], "max_line_bytes"),
+            "keys=kept" in fields[2:],
+        )
 
     def to_args(self) -> str:
-        return f"{self.max_in_flight} {self.max_line_bytes}"
+        kept = " keys=kept" if self.keys_kept else ""
+        return f"{self.max_in_flight} {self.max_line_bytes}{kept}"
 
 
 @dataclass(frozen=True, slots=True)
