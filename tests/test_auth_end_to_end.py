@@ -66,27 +66,36 @@ def test_workers_and_publishers_need_the_right_secret(tmp_path: Path) -> None:
         master = start_master(tmp_path, "master", port, http_port, "--config", str(config))
     finally:
         del os.environ["PUB_SECRET"]
-    with master, worker(tmp_path, "good", port, "r-secret") as good, \
-            worker(tmp_path, "bad", port, "wrong") as bad:
-        with Publisher(f"{HOST}:{port}", credential=ClientCredential("pub", b"p-secret"),
-                       timeout=10) as publisher:
-            token = publisher.publish("events", [{"n": 1}]).token
+    # The good worker is connected (it handled token 1) before the bad one starts failing:
+    # failures slow down every new connection from their address (127.0.0.1 for both), so
+    # a good worker that connected after them would wait for the delay.
+    with master, worker(tmp_path, "good", port, "r-secret") as good, Publisher(
+        f"{HOST}:{port}", credential=ClientCredential("pub", b"p-secret"), timeout=10
+    ) as publisher:
+        token = publisher.publish("events", [{"n": 1}]).token
+        wait_until(
+            lambda: (read_positions(tmp_path / "good.positions") or {}).get("events") == 1,
+            20, "the good worker at token 1", alive=[good],
+        )
+        bad = worker(tmp_path, "bad", port, "wrong")
+        with bad:
             with pytest.raises(PublishRefused) as refused:
                 publisher.publish("other", [{"n": 2}])
             assert refused.value.status == 403
             assert publisher.publish("events", [{"n": 3}]).token == token + 1
-        wait_until(
-            lambda: (read_positions(tmp_path / "good.positions") or {}).get("events") == 2,
-            20, "the good worker at token 2", alive=[good],
-        )
-        wait_until(lambda: "authentication failed" in bad.stderr_text(), 20,
-                   "the bad worker refused", alive=[bad])
+            wait_until(
+                lambda: (read_positions(tmp_path / "good.positions") or {}).get("events") == 2,
+                20, "the good worker at token 2", alive=[good],
+            )
+            wait_until(lambda: "authentication failed" in bad.stderr_text(), 20,
+                       "the bad worker refused", alive=[bad])
+            bad_stderr = bad.stderr_text()
         assert read_positions(tmp_path / "bad.positions") in (None, {})
         failures = metric_value(
             http_port, 'replication_auth_failures_total{transport="replication"}'
         )
         assert failures is not None and failures >= 1
-        assert "r-secret" not in master.stderr_text() + bad.stderr_text()
+        assert "r-secret" not in master.stderr_text() + bad_stderr
         assert "wrong" not in master.stderr_text()
         with pytest.raises(PublishError), Publisher(
             f"{HOST}:{port}", credential=ClientCredential("pub", b"nope"), timeout=3,
