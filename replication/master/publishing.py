@@ -52,6 +52,8 @@ except ImportError:  # pragma: no cover - exercised by the tests with orjson hid
 
 _DIGITS_AS_ZEROS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
 _TWENTY_ZEROS = b"0" * 20
+#: What JSON allows around a value.
+_JSON_BLANKS = b" \t\r\n"
 
 if TYPE_CHECKING:
     from replication.master.service import Master
@@ -174,6 +176,17 @@ class PublishKeys:
                 popitem(last=False)
         return made
 
+    def finish_run(self, keyed: list[tuple[str, KeyEntry]], outcomes: list[Outcome]) -> None:
+        """:meth:`finish` for the keys of a run (``outcomes`` in the order of ``keyed``),
+        with the common case (tokens, nobody waiting) done inline."""
+        entries = self._entries
+        for (key, entry), outcome in zip(keyed, outcomes, strict=True):
+            if entry.waiters is None and type(outcome) is list and entries.get(key) is entry:
+                entry.outcome = outcome
+                entries[key] = _finished(entry, outcome)
+            else:
+                self.finish(key, entry, outcome)
+
     def finish(self, key: str, entry: KeyEntry, outcome: Outcome) -> None:
         """The publish of ``key`` ended: tell whoever waits; a refusal forgets the key."""
         entry.outcome = outcome
@@ -249,8 +262,6 @@ class PublishPipeline:
         #: Refusals among the answers not yet counted in ``sent_counts``.
         self._refused = 0
         self._max_rows = master.config.limits.max_rows_per_publish
-        #: Per stream: the JSON characters a row may surely take (see ``encode_tokens``).
-        self._fits: dict[str, int] = {}
         #: Per stream: the bytes of JSON a row may take (the line limit less RDATA's prefix).
         self._room: dict[str, int] = {}
 
@@ -383,7 +394,7 @@ class PublishPipeline:
             for key in run_keys:
                 if keys.find(key, now) is not None:
                     return False
-        encoded = self._encode_run(stream, part)
+        encoded = self._encode_run(stream, [fields[3] for fields in part])
         if encoded is None:
             return False
         slot = self._new_slot("", len(part))
@@ -419,24 +430,11 @@ class PublishPipeline:
             f"PUBLISHED {fields[0]} {token}\n" for fields, token in zip(part, tokens, strict=True)
         ]).encode()
         if entries:
-            self._finish_entries(entries, [
+            self.master.publish_keys.finish_run(entries, [
                 [token] for fields, token in zip(part, tokens, strict=True)
                 if fields[2] is not None
             ])
         self._flush()
-
-    def _finish_entries(
-        self, keyed: list[tuple[str, KeyEntry]], outcomes: list[Outcome]
-    ) -> None:
-        """The keys of a run ended (``outcomes`` in the order of ``keyed``)."""
-        keys = self.master.publish_keys
-        window = keys._entries
-        for (key, entry), outcome in zip(keyed, outcomes, strict=True):
-            if entry.waiters is None and type(outcome) is list and window.get(key) is entry:
-                entry.outcome = outcome  # what finish does, for the common case
-                window[key] = _finished(entry, outcome)
-            else:
-                keys.finish(key, entry, outcome)
 
     def _run_refused_by(
         self, failure: Failure, slot: _Slot, part: list[Fields],
@@ -454,17 +452,17 @@ class PublishPipeline:
         )
         self._refused += len(part)
         if entries:
-            self._finish_entries(entries, [refusal] * len(entries))
+            self.master.publish_keys.finish_run(entries, [refusal] * len(entries))
         self._flush()
 
-    def _encode_run(self, stream: str, part: list[Fields]) -> list[list[str]] | None:
-        """Each publish of ``part`` as one token's encoded rows, or ``None`` if any of them
+    def _encode_run(self, stream: str, datas: list[bytes]) -> list[list[str]] | None:
+        """Each publish of ``datas`` (the JSON texts of the rows of publishes to ``stream``)
+        as one token's encoded rows, or ``None`` if any of them
         needs :meth:`_encode` (which also words the refusals). A publish of one row keeps
         the row's text as the publisher wrote it (the array's brackets and the blanks
         around its one element taken off), so it is not encoded again: that text is
         exactly one JSON value, since it parsed as the array's only element."""
         assert _orjson is not None
-        datas = [fields[3] for fields in part]
         if _TWENTY_ZEROS in b"".join(datas).translate(_DIGITS_AS_ZEROS):
             return None  # long integers: the standard library keeps them exact
         loads = _orjson.loads
@@ -483,7 +481,7 @@ class PublishPipeline:
             if type(rows) is not list or not rows:
                 return None
             if len(rows) == 1:
-                text = data.rstrip(b" \t")[1:-1].strip(b" \t")
+                text = data.strip(_JSON_BLANKS)[1:-1].strip(_JSON_BLANKS)
                 if len(text) > room:
                     return None
                 out.append([text.decode()])
@@ -572,35 +570,11 @@ class PublishPipeline:
     def _fast_encode(self, stream: str, data: bytes, many: bool) -> list[list[str]] | None:
         """The common case, encoded with less checking than :meth:`_encode` needs: one
         token of small rows to a stream the log already holds (so its name is valid and,
-        with ``strict_streams``, known); ``None`` for anything else, which
-        :meth:`_encode` then takes (a test checks the two agree)."""
+        with ``strict_streams``, known), as :meth:`_encode_run` encodes it; ``None`` for
+        anything else, which :meth:`_encode` then takes (a test checks the two agree)."""
         if many or _orjson is None or self.master.log.state(stream) is None:
             return None
-        if _TWENTY_ZEROS in data.translate(_DIGITS_AS_ZEROS):
-            return None  # long integers: the standard library keeps them exact
-        try:
-            rows = _orjson.loads(data)
-        except _orjson.JSONDecodeError:
-            return None
-        if type(rows) is not list or not rows:
-            return None
-        if len(rows) > self._max_rows:
-            return None
-        fits = self._fits.get(stream)
-        if fits is None:
-            room = self.master.config.limits.max_line_bytes - rdata_line_length(stream, "")
-            self._fits[stream] = fits = room // 4
-        dumps = _orjson.dumps
-        try:
-            if len(rows) == 1:
-                text = dumps(rows[0]).decode()
-                return [[text]] if len(text) <= fits else None
-            texts = [dumps(row).decode() for row in rows]
-        except TypeError:
-            return None
-        if max(map(len, texts)) > fits:
-            return None
-        return [texts]
+        return self._encode_run(stream, [data])
 
     def _encode(self, stream: str, data: bytes, many: bool) -> list[list[str]]:
         """The publish's tokens, checked and encoded; raises :class:`PublishError`."""

@@ -96,17 +96,6 @@ class PublishKey:
 BatchKeys = Sequence[tuple[str, int, int]]
 
 
-def key_records(
-    batch: Sequence[tuple[str, Sequence[str]]], tokens: Sequence[int], keys: BatchKeys,
-    now: float,
-) -> list[PublishKey]:
-    """The :class:`PublishKey` records of an append's ``keys``, given the tokens it got."""
-    return [
-        PublishKey(key, batch[index][0], tokens[index], tokens[index + count - 1], now)
-        for key, index, count in keys
-    ]
-
-
 @dataclass(frozen=True, slots=True)
 class StreamStats:
     """What a store holds of one stream: its ``head`` (newest token, 0 if none), its
@@ -321,6 +310,5 @@ __all__ = [
     "check_ingest",
     "check_origin",
     "check_other_origin",
-    "key_records",
     "stream_stats",
 ]

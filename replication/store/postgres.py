@@ -94,7 +94,6 @@ from replication.store import (
     check_ingest,
     check_origin,
     check_other_origin,
-    key_records,
 )
 
 T = TypeVar("T")
@@ -639,15 +638,14 @@ class PostgresStore:
                 tokens.append(next_token[name])
                 next_token[name] += 1
             if keys:
-                records = key_records(batch, tokens, keys, now)
                 conn.execute(
                     f'INSERT INTO "{self.schema}".publish_keys (key, stream, first, last, at)'
                     " SELECT key, stream, first, last, at FROM unnest(%s::text[], %s::text[],"
                     " %s::bigint[], %s::bigint[], %s::float8[])"
                     " WITH ORDINALITY AS k(key, stream, first, last, at, n) ORDER BY n",
-                    ([r.key for r in records], [r.stream for r in records],
-                     [r.first for r in records], [r.last for r in records],
-                     [r.at for r in records]),
+                    ([key for key, _, _ in keys], [batch[i][0] for _, i, _ in keys],
+                     [tokens[i] for _, i, _ in keys], [tokens[i + n - 1] for _, i, n in keys],
+                     [now] * len(keys)),
                 )
             return tokens
 
