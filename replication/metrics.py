@@ -90,7 +90,7 @@ COMMON_METRICS: dict[str, str] = {
     "(and a master's origin id).",
     "replication_commands_received_total": (
         "Protocol commands received, by command and peer name (one per line; on a worker "
-        "every RDATA line counts, so a token of n rows adds n)."
+        "every RDATA line counts, so a token of n rows adds n, and a ROWS line adds one)."
     ),
     "replication_commands_sent_total": (
         "Protocol commands sent, by command and peer name (one per line; a master's live "

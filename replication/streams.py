@@ -131,16 +131,7 @@ class TokenAssembler:
                 gathered.append(row)
             self.partial_bytes[stream] = total
             return None
-        last = self.last.get(stream)
-        if last is not None and token != last + 1:
-            if token <= last:
-                raise AssemblyError(
-                    f"RDATA {stream} token {token} does not follow token {last} sent before it"
-                )
-            raise AssemblyError(
-                f"RDATA {stream} token {token} skips ahead of token {last} sent before it "
-                f"(tokens {last + 1}..{token - 1} were neither sent nor announced by GAP)"
-            )
+        self._check_next(stream, token, "RDATA")
         self.last[stream] = token
         rows = self.partial.pop(stream, None)
         self.partial_bytes.pop(stream, None)
@@ -148,6 +139,34 @@ class TokenAssembler:
             return token, [row]
         rows.append(row)
         return token, rows
+
+    def tokens(self, stream: str, first: int, tokens: list[list[Any]]) -> None:
+        """``ROWS <stream> <first> [...]``: the complete tokens ``first..`` at once, each
+        within ``max_rows``; ``first`` must be ``last + 1`` and no token's rows may be
+        pending. A ``ROWS`` line is at most the line limit, which is at most
+        ``max_bytes`` (the worker's configuration requires it), so bytes need no check."""
+        self._between_tokens(stream, "ROWS")
+        self._check_next(stream, first, "ROWS")
+        for i, rows in enumerate(tokens):
+            if len(rows) > self.max_rows:
+                raise AssemblyError(
+                    f"ROWS {stream}: token {first + i} has {len(rows)} rows (at most "
+                    f"{self.max_rows}): see the worker's limits.max_token_rows"
+                )
+        self.last[stream] = first + len(tokens) - 1
+
+    def _check_next(self, stream: str, token: int, what: str) -> None:
+        """Refuse a token (of an ``RDATA`` or ``ROWS`` line, ``what``) that is not the next."""
+        last = self.last.get(stream)
+        if last is not None and token != last + 1:
+            if token <= last:
+                raise AssemblyError(
+                    f"{what} {stream} token {token} does not follow token {last} sent before it"
+                )
+            raise AssemblyError(
+                f"{what} {stream} token {token} skips ahead of token {last} sent before it "
+                f"(tokens {last + 1}..{token - 1} were neither sent nor announced by GAP)"
+            )
 
     def position(self, stream: str, token: int) -> PositionCheck:
         """``POSITION <stream> <token>``: check it, and take ``token`` as the last."""

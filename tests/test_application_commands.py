@@ -34,7 +34,7 @@ from replication.wire.commands import (
     ReplicateCommand,
     default_registry,
 )
-from replication.wire.dialects import LEGACY, VERSION_2
+from replication.wire.dialects import LEGACY, VERSION_3
 from replication.worker import Worker
 
 
@@ -157,9 +157,9 @@ def test_the_worker_acks_each_token_and_the_master_thanks_it(tmp_path: Path) -> 
     harness.publish("events", [{"n": 2}])
     harness.run(pipe)
     assert seen == [
-        (f"master from w1 ({VERSION_2.name})", AckCommand("events", 1)),
+        (f"master from w1 ({VERSION_3.name})", AckCommand("events", 1)),
         ("worker from master", ThanksCommand("got 1")),
-        (f"master from w1 ({VERSION_2.name})", AckCommand("events", 2)),
+        (f"master from w1 ({VERSION_3.name})", AckCommand("events", 2)),
         ("worker from master", ThanksCommand("got 2")),
     ]
     assert len(master_commands.connections(MASTER)) == 1

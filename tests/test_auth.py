@@ -33,7 +33,7 @@ from replication.wire.commands import (
     VersionCommand,
     default_registry,
 )
-from replication.wire.dialects import VERSION_1, VERSION_2, VERSIONS
+from replication.wire.dialects import VERSION_1, VERSION_3, VERSIONS
 from replication.wire.session import (
     AUTH_FAILED,
     AUTH_REQUIRED,
@@ -97,7 +97,7 @@ def run(m: Session, w: Session, now: float = 0.0) -> tuple[list[object], list[ob
 
 
 def test_both_ends_prove_the_secret_and_the_handshake_ends_with_the_credential() -> None:
-    """Master nonce a..a, worker nonce b..b: VERSION 2, CHALLENGE, AUTH, AUTH_OK; both ends
+    """Master nonce a..a, worker nonce b..b: VERSION 3, CHALLENGE, AUTH, AUTH_OK; both ends
     are READY, the master knows the worker as credential worker-1."""
     m, w = master(N1), worker()
     log_m, log_w = run(m, w)
@@ -106,12 +106,12 @@ def test_both_ends_prove_the_secret_and_the_handshake_ends_with_the_credential()
     server = proof(SECRET, "master", credential="worker-1", master_name="m", client_name="w",
                    master_nonce=N1, client_nonce=N2)
     assert log_m == [
-        ServerCommand("m"), VersionCommand((2,)), ChallengeCommand(N1), AuthOkCommand(server),
-        HandshakeDone("w", VERSION_2, "worker-1"),
+        ServerCommand("m"), VersionCommand((3,)), ChallengeCommand(N1), AuthOkCommand(server),
+        HandshakeDone("w", VERSION_3, "worker-1"),
     ]
     assert log_w == [
-        NameCommand("w"), VersionCommand((2, 1)), AuthCommand("worker-1", N2, client),
-        HandshakeDone("m", VERSION_2, "worker-1"),
+        NameCommand("w"), VersionCommand((3, 2, 1)), AuthCommand("worker-1", N2, client),
+        HandshakeDone("m", VERSION_3, "worker-1"),
     ]
     assert m.state is w.state is State.READY
     assert client != server

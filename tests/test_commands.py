@@ -45,7 +45,8 @@ from replication.wire.commands import (
 
 BUILTIN_NAMES = frozenset(
     {
-        "SERVER", "NAME", "VERSION", "PING", "REPLICATE", "RDATA", "POSITION", "GAP", "RESET",
+        "SERVER", "NAME", "VERSION", "PING", "REPLICATE", "RDATA", "ROWS", "POSITION", "GAP",
+        "RESET",
         "ERROR", "HANDLED", "ORIGIN", "RELAY", "PUBLISHER", "PUBLISHING", "PUBLISH",
         "PUBLISH_TOKENS", "PUBLISHED", "REFUSED", "CHALLENGE", "AUTH", "AUTH_OK",
     }
@@ -503,8 +504,8 @@ def test_names_lists_all_and_per_side() -> None:
          "PUBLISHER", "PUBLISH", "PUBLISH_TOKENS", "AUTH"}
     )
     assert registry.names(MASTER) == frozenset(
-        {"SERVER", "VERSION", "PING", "RDATA", "POSITION", "GAP", "RESET", "ERROR", "ORIGIN",
-         "PUBLISHING", "PUBLISHED", "REFUSED", "CHALLENGE", "AUTH_OK"}
+        {"SERVER", "VERSION", "PING", "RDATA", "ROWS", "POSITION", "GAP", "RESET", "ERROR",
+         "ORIGIN", "PUBLISHING", "PUBLISHED", "REFUSED", "CHALLENGE", "AUTH_OK"}
     )
     assert registry.names("nobody") == frozenset()
     with_ack = _registry_with_ack()

@@ -21,7 +21,7 @@ from replication.store.asynchronous import InlineStore
 from replication.store.memory import MemoryStore
 from replication.testing import Harness, Recording
 from replication.wire.commands import Command, ReplicateCommand
-from replication.wire.dialects import LEGACY, VERSION_1, VERSION_2
+from replication.wire.dialects import LEGACY, VERSION_1, VERSION_3
 from replication.worker import WorkerConnection
 
 #: What the legacy dialect has; a Synapse worker answers anything else with ERROR.
@@ -139,8 +139,8 @@ def test_a_worker_announcing_version_1_gets_reset_on_the_wire(tmp_path: Path) ->
     assert substitutions(harness, "RESET") == 0
 
 
-def test_our_worker_negotiates_version_2_and_handles_gap(tmp_path: Path) -> None:
-    """Our worker, through a MemoryPipe, agrees on version 2 with the master; behind
+def test_our_worker_negotiates_version_3_and_handles_gap(tmp_path: Path) -> None:
+    """Our worker, through a MemoryPipe, agrees on version 3 with the master; behind
     retention it gets GAP and its handler's gap hook runs, then the retained tokens. (Its
     RESET through a MemoryPipe is tests/test_replication.py's
     test_a_worker_ahead_of_the_master_is_reset_and_replayed, which negotiates the same way.)"""
@@ -151,7 +151,7 @@ def test_our_worker_negotiates_version_2_and_handles_gap(tmp_path: Path) -> None
     worker = harness.worker(handler)
     pipe = harness.connect(worker)
     harness.run(pipe)
-    assert pipe.server.dialect == pipe.client.dialect == VERSION_2.name  # type: ignore[attr-defined]
+    assert pipe.server.dialect == pipe.client.dialect == VERSION_3.name  # type: ignore[attr-defined]
     assert handler.events[0] == ("gap", "events", 1, 90)
     assert handler.token_numbers() == list(range(91, 101))
     assert substitutions(harness, "GAP") == 0
@@ -160,7 +160,8 @@ def test_our_worker_negotiates_version_2_and_handles_gap(tmp_path: Path) -> None
 @pytest.mark.parametrize("announcement, error", [
     (b"VERSION x", "ERROR version must be a positive integer, got 'x'"),
     (b"VERSION", "ERROR VERSION takes 1 to 16 versions: VERSION <version>[ <version>...]"),
-    (b"VERSION 7", "ERROR no common protocol version: the worker speaks 7, this master speaks 2 1"),
+    (b"VERSION 7",
+     "ERROR no common protocol version: the worker speaks 7, this master speaks 3 2 1"),
 ])
 def test_a_garbled_announcement_gets_a_clear_error_and_a_close(
     tmp_path: Path, announcement: bytes, error: str
@@ -196,7 +197,7 @@ def test_our_worker_against_an_older_master_logs_what_to_do(
     connection.makeConnection(transport)
     with caplog.at_level(logging.ERROR):
         connection.dataReceived(b"SERVER old-master\nERROR unknown command 'VERSION'\n")
-    assert lines(transport) == ["NAME w1", "VERSION 2 1"]
+    assert lines(transport) == ["NAME w1", "VERSION 3 2 1"]
     assert "Upgrade the masters before their workers" in caplog.text
     assert "old-master" in caplog.text
     assert worker.connection is None

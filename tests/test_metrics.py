@@ -67,7 +67,7 @@ def streamed(samples: Samples, name: str, stream: str, h: Harness) -> float | No
 
 def test_rows_flowing_move_the_stream_and_command_counters(tmp_path: Path) -> None:
     """History goes out as catch-up rows, later publishes as live rows (rows x receivers,
-    counted once per publish); RDATA counts per peer agree on both ends; heads, retention,
+    counted once per publish); ROWS counts per peer agree on both ends; heads, retention,
     positions and the handler counters follow."""
     h = Harness(tmp_path)
     h.publish("events", [{"a": 1}, {"b": 2}])
@@ -95,14 +95,16 @@ def test_rows_flowing_move_the_stream_and_command_counters(tmp_path: Path) -> No
     assert streamed(m, "replication_stream_rows_sent_live_total", "events", h) == 60
     assert streamed(m, "replication_stream_head_token", "events", h) == 12
     for name in ("w1", "w2"):
-        assert value(m, "replication_commands_sent_total", command="RDATA", peer=name) == 33
+        # Version 3: the catch-up's two tokens in one ROWS line, then one per publish.
+        assert value(m, "replication_commands_sent_total", command="ROWS", peer=name) == 11
+        assert value(m, "replication_commands_sent_total", command="RDATA", peer=name) is None
         assert value(m, "replication_commands_sent_total", command="POSITION", peer=name) == 1
         assert value(m, "replication_commands_received_total", command="NAME", peer=name) == 1
         assert value(m, "replication_commands_received_total", command="REPLICATE", peer=name) == 1
         assert value(m, "replication_connection_lag_tokens", peer=name, stream="events") == 0
 
     w = scrape_worker(w1)
-    assert value(w, "replication_commands_received_total", command="RDATA", peer="master") == 33
+    assert value(w, "replication_commands_received_total", command="ROWS", peer="master") == 11
     assert value(w, "replication_commands_sent_total", command="REPLICATE", peer="master") == 1
     assert value(w, "replication_worker_tokens_handled_total", stream="events") == 12
     assert value(w, "replication_worker_position_token", stream="events") == 12

@@ -118,7 +118,7 @@ def test_master_and_worker_speak_first() -> None:
     _, master_transport, _ = connect(MASTER)
     _, worker_transport, _ = connect(WORKER)
     assert sent_lines(master_transport) == [ServerCommand("me").to_line()]
-    assert sent_lines(worker_transport) == [NameCommand("me").to_line(), b"VERSION 2 1"]
+    assert sent_lines(worker_transport) == [NameCommand("me").to_line(), b"VERSION 3 2 1"]
 
 
 def test_a_command_before_the_handshake_is_an_error() -> None:

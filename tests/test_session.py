@@ -623,14 +623,14 @@ ONE_AND_TWO = {1: VERSION_1, 2: VERSION_2}
 
 def test_a_worker_announces_every_version_it_speaks_with_its_name() -> None:
     """The worker's first write is NAME then VERSION with its versions, highest first;
-    with the default table that is VERSION 2 1."""
+    with the default table that is VERSION 3 2 1."""
     assert effects(new_session(WORKER).connected(START)) == [
         Send(NameCommand("me")), Send(VersionCommand((1,)))
     ]
     worker = Session(WORKER, "me", ping_interval=INTERVAL, ping_timeout=TIMEOUT,
                      close_timeout=CLOSE)
     assert effects(worker.connected(START)) == [
-        Send(NameCommand("me")), Send(VersionCommand((2, 1)))
+        Send(NameCommand("me")), Send(VersionCommand((3, 2, 1)))
     ]
 
 

@@ -90,17 +90,44 @@ BAD = [
 ]
 
 
-def random_lines(rng: random.Random, start: int) -> list[bytes]:
+BAD_ROWS = [
+    b"ROWS events 7 " + b"[" * 2000 + b"]" * 2000,
+    b"ROWS events 7 [[1],[]]",
+    b"ROWS events 7 []",
+    b"ROWS events 7 [1]",
+    b"ROWS events 7 {}",
+    b"ROWS events 0 [[1]]",
+    b"ROWS events x [[1]]",
+    b"ROWS events 7 [[1]",
+    b"ROWS events 7",
+    b"ROWS events 9999999999999999999 [[1],[2]]",
+]
+
+
+def random_lines(rng: random.Random, start: int, rows_lines: bool = False) -> list[bytes]:
     """A master's output as a worker at ``start`` could see it: mostly good RDATA (1-row
     and batched tokens, now and then one past the worker's token bounds, some repeated,
     some skipping ahead, some for an unfollowed stream), POSITION (mostly at the last token,
     sometimes below or above it), GAP and PING lines, and now and then something malformed
-    or out of order."""
+    or out of order. With ``rows_lines`` (version 3), a third of the good tokens come as
+    ``ROWS`` lines of one to four tokens instead, and some of those are malformed."""
     lines = []
     token = start if rng.random() < 0.9 else start + rng.choice((-1, 1, 2))
     for _ in range(rng.randint(1, 40)):
         kind = rng.random()
-        if kind < 0.6:
+        if rows_lines and kind < 0.25:
+            if rng.random() < 0.05:
+                lines.append(rng.choice(BAD_ROWS))
+                continue
+            first = token + (2 if rng.random() < 0.03 else 1) - (1 if rng.random() < 0.03 else 0)
+            tokens = []
+            for _ in range(rng.choice((1, 1, 2, 3, 4))):
+                count = (MAX_TOKEN_ROWS + 1 if rng.random() < 0.03
+                         else rng.choice((1, 1, 1, 2, 3)))
+                tokens.append(b"[" + b",".join(rng.choice(ROWS) for _ in range(count)) + b"]")
+            lines.append(b"ROWS events %d [%s]" % (first, b",".join(tokens)))
+            token = first + len(tokens) - 1
+        elif kind < 0.6:
             token += 2 if rng.random() < 0.02 else 1  # 2: skips ahead
             if rng.random() < 0.03:  # at the bound of rows, or one past it
                 batch = rng.choice((MAX_TOKEN_ROWS - 1, MAX_TOKEN_ROWS))
@@ -231,10 +258,15 @@ def interleaved(rng: random.Random, first: list[bytes], second: list[bytes]) -> 
     return merged
 
 
+def handshake(version: int) -> bytes:
+    """What a master of ``version`` (2 or 3), origin B, sends first."""
+    return b"SERVER m\nVERSION %d\nORIGIN " % version + ORIGIN_B + b" fpfpfpfpfpfpfpfpfp\n"
+
+
 def run_v2(cls: type[WorkerConnection], tmp_path: Any, seed: int, lines: list[bytes],
-           position: int | None, origin_handler: bool) -> dict[str, Any]:
-    """:func:`run` with a master of version 2 (origin B), the worker at ``position`` of
-    origin A and with nothing of B."""
+           position: int | None, origin_handler: bool, version: int = 2) -> dict[str, Any]:
+    """:func:`run` with a master of version 2 (or ``version``: 3) as origin B, the worker
+    at ``position`` of origin A and with nothing of B."""
     rng = random.Random(seed)
     pending = {t for t in range(1, 200) if rng.random() < 0.08}
     failing = {t for t in range(1, 200) if rng.random() < 0.03}
@@ -250,9 +282,7 @@ def run_v2(cls: type[WorkerConnection], tmp_path: Any, seed: int, lines: list[by
     connection = cls(worker)
     transport = StringTransport()
     connection.makeConnection(transport)
-    data = b"SERVER m\nVERSION 2\nORIGIN " + ORIGIN_B + b" fpfpfpfpfpfpfpfpfp\n" + b"".join(
-        line + b"\n" for line in lines
-    )
+    data = handshake(version) + b"".join(line + b"\n" for line in lines)
     at = 0
     while at < len(data):
         size = rng.choice((1, 7, 50, 400, len(data)))
@@ -298,14 +328,16 @@ def test_the_hot_loop_does_what_the_general_path_does_in_version_2(
     assert fast == reference
 
 
-def connected(tmp_path: Any, handler: Any) -> tuple[Worker, WorkerConnection, StringTransport]:
+def connected(
+    tmp_path: Any, handler: Any, handshake: bytes = b"SERVER m\nVERSION 1\n"
+) -> tuple[Worker, WorkerConnection, StringTransport]:
     positions = PositionFile(str(tmp_path / "w.positions"), fsync=False, capacity=4096)
     worker = Worker(WorkerConfig(name="w", streams=(WorkerStream("events"),)), handler,
                     positions, Clock())
     connection = WorkerConnection(worker)
     transport = StringTransport()
     connection.makeConnection(transport)
-    connection.dataReceived(b"SERVER m\nVERSION 1\n")
+    connection.dataReceived(handshake)
     transport.clear()
     return worker, connection, transport
 
@@ -354,3 +386,67 @@ def test_big_integers_stay_exact_in_the_hot_loop(tmp_path: Any) -> None:
     connection.dataReceived(b"RDATA events 1 [1]\nRDATA events 2 [123456789012345678901234]\n")
     assert calls == [[[1]], [[123456789012345678901234]]]
     assert isinstance(calls[1][0][0], int)
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_the_hot_loop_does_what_the_general_path_does_in_version_3(
+    tmp_path: Any, seed: int
+) -> None:
+    """Version 2's comparison with ``ROWS`` lines among the ``RDATA`` ones: good ones of
+    one to four tokens, tokens past the row bound, out of order, malformed."""
+    rng = random.Random(seed)
+    position = rng.choice((None, None, 0, 2, 5))
+    lines = interleaved(
+        rng,
+        qualified(random_lines(rng, position or 0, rows_lines=True), ORIGIN_A, rng),
+        qualified(random_lines(rng, 0, rows_lines=True), ORIGIN_B, rng),
+    )
+    origin_handler = seed % 2 == 0
+    fast = run_v2(WorkerConnection, tmp_path, seed, lines, position, origin_handler, 3)
+    reference = run_v2(ReferenceConnection, tmp_path, seed, lines, position, origin_handler, 3)
+    assert fast == reference
+
+
+def test_rows_lines_after_a_pending_handler_wait_in_order(tmp_path: Any) -> None:
+    """A handler that returns a Deferred for a token in the middle of a ``ROWS`` line holds
+    the rest of that line and the lines after it; they are handled once it fires, in
+    order, and the position follows."""
+    calls: list[tuple[int, list[Any]]] = []
+    waiting: list[Deferred[None]] = []
+
+    def handler(stream: str, token: int, rows: list[Any]) -> Deferred[None] | None:
+        calls.append((token, rows))
+        if token in (2, 5):
+            waiting.append(Deferred())
+            return waiting[-1]
+        return None
+
+    worker, connection, _ = connected(tmp_path, handler, handshake(3))
+    origin = ORIGIN_B.decode()
+    connection.dataReceived(
+        b"ROWS events@%s 1 [[1],[2,2],[3]]\nROWS events@%s 4 [[4],[5],[6,6,6]]\n"
+        b"RDATA events@%s 7 [7]\n" % (ORIGIN_B, ORIGIN_B, ORIGIN_B)
+    )
+    assert calls == [(1, [1]), (2, [2, 2])]
+    assert worker.positions.get("events", origin) == 1
+    waiting[0].callback(None)
+    assert calls[2:] == [(3, [3]), (4, [4]), (5, [5])]
+    assert worker.positions.get("events", origin) == 4
+    waiting[1].callback(None)
+    assert calls[5:] == [(6, [6, 6, 6]), (7, [[7]])]
+    assert worker.positions.get("events", origin) == 7
+    assert not connection._closing
+    assert connection.rows_received == 1  # the first line made the route: the general path
+    assert connection.command_counts()[0]["ROWS"] == 2
+
+
+def test_a_version_2_worker_refuses_rows_lines(tmp_path: Any) -> None:
+    """``ROWS`` is not part of version 2: the worker answers ``ERROR`` and closes."""
+    calls: list[int] = []
+    _, connection, transport = connected(
+        tmp_path, lambda s, t, r: calls.append(t) and None, handshake(2)
+    )
+    connection.dataReceived(b"ROWS events@%s 1 [[1]]\n" % ORIGIN_B)
+    assert calls == []
+    assert transport.value() == b"ERROR ROWS is not part of protocol replication/2\n"
+    assert transport.disconnecting

@@ -89,10 +89,10 @@ def closed_with(transport: StringTransport, message: str) -> bool:
 # -- the handshake ---------------------------------------------------------------------------
 
 
-def test_the_worker_announces_version_2_and_1() -> None:
-    """The worker's announcement offers both versions, highest first."""
+def test_the_worker_announces_versions_3_2_and_1() -> None:
+    """The worker's announcement offers every version, highest first."""
     _, _, transport = make()
-    assert sent(transport) == ["NAME w", "VERSION 2 1"]
+    assert sent(transport) == ["NAME w", "VERSION 3 2 1"]
 
 
 def test_after_version_2_the_worker_waits_for_origin_before_replicate() -> None:
@@ -100,7 +100,7 @@ def test_after_version_2_the_worker_waits_for_origin_before_replicate() -> None:
     vector ``-`` for a stream never seen."""
     worker, connection, transport = make()
     connection.dataReceived(b"SERVER m\nVERSION 2\n")
-    assert sent(transport) == ["NAME w", "VERSION 2 1"]
+    assert sent(transport) == ["NAME w", "VERSION 3 2 1"]
     assert connection.dialect == "replication/2"
     connection.dataReceived(f"ORIGIN {A} {FP}\n".encode())
     assert sent(transport)[2:] == ["REPLICATE events -"]

@@ -76,6 +76,7 @@ from replication.wire.commands import (
     ResetCommand,
     qualify,
     rdata_block,
+    rows_block,
 )
 from replication.wire.dialects import DIALECTS
 
@@ -172,10 +173,28 @@ class _FollowerState:
     #: Version 2: whether the follower names origins, and the streams it watches for new
     #: origins (with the vector it asked with) and the origins it watches for new streams.
     named: bool = False
+    #: Version 3: whether the follower takes ``ROWS`` (many tokens to a line), and the
+    #: ``ROWS`` and ``RDATA`` lines written to it, counted as they are written.
+    rows_lines: bool = False
+    rows_lines_sent: int = 0
+    rdata_lines_sent: int = 0
     watch_streams: dict[str, dict[str, int]] = field(default_factory=dict)
     watch_origins: set[str] = field(default_factory=set)
     #: Version 2: the labels of each stream's subscriptions.
     labels: dict[str, set[str]] = field(default_factory=dict)
+
+
+def _line_counts(data: bytes) -> tuple[int, int]:
+    """The ``ROWS`` and ``RDATA`` lines of ``data`` (what :func:`rows_block` made: no JSON
+    holds a raw line break, so every ``\\nROWS `` starts a line)."""
+    rows = data.count(b"\nROWS ") + data.startswith(b"ROWS ")
+    return rows, data.count(b"\n") - rows
+
+
+def _consecutive(entries: Sequence[Entry]) -> bool:
+    """Whether the tokens of ``entries`` (increasing, as a store reads them) have no hole:
+    what one run of ``ROWS`` lines can carry."""
+    return entries[-1].token - entries[0].token == len(entries) - 1
 
 
 class FanOut:
@@ -187,6 +206,7 @@ class FanOut:
     :param knows: whether a stream may be followed (``strict_streams``).
     :param clustered: whether this master is one of a cluster (``cluster.peers``): then
         dialects without origins are refused, and ``RELAY`` is served.
+    :param max_line_bytes: the longest ``ROWS`` line written to followers of version 3.
     """
 
     def __init__(
@@ -198,8 +218,12 @@ class FanOut:
         knows: Callable[[str], bool],
         max_subscriptions: int = 10_000,
         clustered: bool = False,
+        max_line_bytes: int = 65536,
     ) -> None:
         self.log = log
+        #: The longest ``ROWS`` line written (``limits.max_line_bytes``, the bound every
+        #: ``RDATA`` line already keeps).
+        self.max_line_bytes = max_line_bytes
         self.clock = clock
         self.page_rows = page_rows
         self.knows = knows
@@ -346,12 +370,21 @@ class FanOut:
         if self.on_handled is not None:
             self.on_handled(follower, command)
 
+    def rows_sent(self, follower: Follower) -> int:
+        """``ROWS`` lines written to ``follower`` (version 3)."""
+        state = self._followers.get(follower)
+        return 0 if state is None else state.rows_lines_sent
+
     def rdata_sent(self, follower: Follower) -> int:
         """RDATA lines written to ``follower``. Live rows are not counted per write: they
-        are the rows published since each live subscription began, computed here."""
+        are the rows published since each live subscription began, computed here (a
+        follower of version 3, which gets ``ROWS`` lines, has its lines counted as they
+        are written)."""
         state = self._followers.get(follower)
         if state is None:
             return 0
+        if state.rows_lines:
+            return state.rdata_lines_sent
         total = state.rdata_rows_sent
         for sub in state.subscriptions.values():
             if sub.live:
@@ -368,7 +401,8 @@ class FanOut:
         state = self._followers.get(follower)
         if state is None:
             state = self._followers[follower] = _FollowerState(
-                named=DIALECTS[follower.dialect].origins
+                named=DIALECTS[follower.dialect].origins,
+                rows_lines=DIALECTS[follower.dialect].rows_lines,
             )
         return state
 
@@ -735,7 +769,15 @@ class FanOut:
                 self._send_gap(follower, sub, *gap, closing=closing)
                 sub.position = gap[1]
             if entries:
-                follower.write(rdata_block(sub.label, [(e.token, e.rows) for e in entries]))
+                if state.rows_lines and _consecutive(entries):
+                    data = rows_block(sub.label, entries[0].token, [e.rows for e in entries],
+                                      self.max_line_bytes)
+                    self._count_lines(state, data)
+                    follower.write(data)
+                else:
+                    follower.write(
+                        rdata_block(sub.label, [(e.token, e.rows) for e in entries])
+                    )
                 sub.position = entries[-1].token
                 rows = sum(len(e.rows) for e in entries)
                 self.followed(sub.stream, sub.origin).rows_sent_catchup += rows
@@ -778,6 +820,12 @@ class FanOut:
                   failure.getErrorMessage())
         follower.send_error(f"master cannot read stream {name}: store failure")
 
+    @staticmethod
+    def _count_lines(state: _FollowerState, data: bytes) -> None:
+        rows, rdata = _line_counts(data)
+        state.rows_lines_sent += rows
+        state.rdata_lines_sent += rdata
+
     def _go_live(self, follower: Follower, state: _FollowerState, sub: Subscription) -> None:
         state.catching_up.remove(sub)
         self._live_now(follower, state, sub, self.log.state(sub.stream, sub.origin))
@@ -810,12 +858,26 @@ class FanOut:
         if followed.named or self._all_named:
             named = (followed.named | self._all_named) if self._all_named else followed.named
             label = qualify(state.stream, self.origin_name(state.origin))
-            data = rdata_block(
-                label, zip(range(first, first + len(tokens_rows)), tokens_rows, strict=True)
-            )
-            followed.rows_sent_live += rows * len(named)
+            rdata: bytes | None = None
+            lines: bytes | None = None
+            counts = (0, 0)
+            followers = self._followers
             for follower in tuple(named):
-                follower.write(data)
+                fstate = followers[follower]
+                if fstate.rows_lines:
+                    if lines is None:
+                        lines = rows_block(label, first, tokens_rows, self.max_line_bytes)
+                        counts = _line_counts(lines)
+                    fstate.rows_lines_sent += counts[0]
+                    fstate.rdata_lines_sent += counts[1]
+                    follower.write(lines)
+                else:
+                    if rdata is None:
+                        rdata = rdata_block(label, zip(
+                            range(first, first + len(tokens_rows)), tokens_rows, strict=True
+                        ))
+                    follower.write(rdata)
+            followed.rows_sent_live += rows * len(named)
         if self._ahead or self._stream_watchers or self._origin_watchers:
             self._named_arrivals(state, first, tokens_rows)
 
@@ -833,11 +895,18 @@ class FanOut:
                 if last <= sub.position:
                     continue
                 skip = max(sub.position - first + 1, 0)
-                run = list(zip(range(first + skip, last + 1), tokens_rows[skip:], strict=True))
-                follower.write(rdata_block(sub.label, run))
-                sent = sum(len(rows) for _, rows in run)
-                self.followed(state.stream, state.origin).rows_sent_live += sent
                 fstate = self._followers[follower]
+                if fstate.rows_lines:
+                    data = rows_block(sub.label, first + skip, tokens_rows[skip:],
+                                      self.max_line_bytes)
+                    self._count_lines(fstate, data)
+                    follower.write(data)
+                else:
+                    follower.write(rdata_block(sub.label, zip(
+                        range(first + skip, last + 1), tokens_rows[skip:], strict=True
+                    )))
+                sent = sum(len(rows) for rows in tokens_rows[skip:])
+                self.followed(state.stream, state.origin).rows_sent_live += sent
                 fstate.rdata_rows_sent += sent
                 del waiting[follower]
                 sub.live = True

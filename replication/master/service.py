@@ -137,6 +137,7 @@ class Master:
         self.fanout = FanOut(
             self.log, clock, page_rows=config.limits.catchup_page_rows, knows=self.knows,
             max_subscriptions=config.limits.max_streams, clustered=self.clustered,
+            max_line_bytes=config.limits.max_line_bytes,
         )
         self.acks = PeerAcks(
             cluster.ack_peers if ack_peers is None else ack_peers,

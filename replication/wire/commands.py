@@ -539,6 +539,63 @@ class RdataCommand(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class RowsCommand(Command):
+    """``ROWS <stream> <first> <json array of arrays of rows>`` (protocol version 3, master
+    to worker): the consecutive tokens ``first``, ``first + 1``, ... of a stream in one
+    line, each token the array of its rows (at least one). It carries what the ``RDATA``
+    lines of those tokens would, in fewer bytes and with one JSON document to decode; the
+    stream field is ``<stream>@<origin>`` as in version 2.
+    """
+
+    NAME: ClassVar[str] = "ROWS"
+    stream: str
+    first: int
+    tokens: list[list[Any]]
+    origin: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_stream_origin(self.stream, self.origin)
+        _check_token(self.first, "first token")
+        check_token_rows(self.tokens, self.first)
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.tokens) - 1
+
+    @classmethod
+    def from_args(cls, args: str) -> RowsCommand:
+        parts = args.split(" ", 2)
+        if len(parts) != 3 or not parts[0] or not parts[1] or not parts[2]:
+            raise CommandParseError(
+                "ROWS takes 3 arguments: ROWS <stream> <first> <json array of arrays of rows>"
+            )
+        stream, origin = split_stream(parts[0])
+        first = parse_token(parts[1], "first token")
+        tokens = decode_row(parts[2])
+        return cls(stream, first, tokens, origin)
+
+    def to_args(self) -> str:
+        return f"{qualify(self.stream, self.origin)} {self.first} {encode_json(self.tokens)}"
+
+
+def check_token_rows(tokens: Any, first: int) -> None:
+    """Refuse (:class:`CommandParseError`) a ``ROWS`` value that is not a non-empty array
+    of non-empty arrays of rows, or whose tokens would not all be below ``10**19``."""
+    if type(tokens) is not list or not tokens:
+        raise CommandParseError("ROWS needs a non-empty JSON array of tokens")
+    for i, rows in enumerate(tokens):
+        if type(rows) is not list or not rows:
+            raise CommandParseError(
+                f"ROWS token {first + i} is not a non-empty JSON array of rows"
+            )
+    if first < 1 or first + len(tokens) - 1 >= 10**19:
+        raise CommandParseError(
+            f"ROWS tokens {first}..{first + len(tokens) - 1} are not between 1 and "
+            f"{10**19 - 1}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class _StreamTokenCommand(Command):
     """The shape of ``<NAME> <stream>[@<origin>] <token>`` commands (``POSITION``,
     ``HANDLED``)."""
@@ -1098,6 +1155,7 @@ _BUILTINS: tuple[tuple[type[Command], frozenset[str]], ...] = (
     (PingCommand, SIDES),
     (ReplicateCommand, frozenset({WORKER})),
     (RdataCommand, frozenset({MASTER})),
+    (RowsCommand, frozenset({MASTER})),
     (PositionCommand, frozenset({MASTER})),
     (HandledCommand, frozenset({WORKER})),
     (GapCommand, frozenset({MASTER})),
@@ -1156,6 +1214,45 @@ def rdata_block(stream: str, tokens: Iterable[tuple[int, Sequence[str]]]) -> byt
         f"{head}{token} {rows[0]}\n" if len(rows) == 1 else several(token, rows)
         for token, rows in tokens
     ]).encode()
+
+
+def rows_block(
+    stream: str, first: int, tokens_rows: Sequence[Sequence[str]], max_line: int
+) -> bytes:
+    """The consecutive tokens ``first, first + 1, ...`` of one stream (each a sequence of
+    compact JSON rows) as ``ROWS`` lines of at most ``max_line`` bytes each (the newline
+    not counted): as many tokens to a line as fit, in order. A token too large for a line
+    of its own goes as its ``RDATA`` lines (:func:`rdata_block`), which a version 3 worker
+    also takes. What the master writes to followers of version 3."""
+    head = f"ROWS {stream} "
+    joined = [",".join(rows) for rows in tokens_rows]
+    body = "],[".join(joined)
+    line_text = f"{head}{first} [[{body}]]"
+    if len(line_text) <= max_line:  # characters: a lower bound of the bytes
+        line = line_text.encode()
+        if len(line) <= max_line:
+            return line + b"\n"
+    out: list[bytes] = []
+    i, count = 0, len(joined)
+    while i < count:
+        start = i
+        prefix = f"{head}{first + start} [["
+        size = len(prefix.encode()) + 2
+        parts: list[bytes] = []
+        while i < count:
+            text = joined[i].encode()
+            grown = size + len(text) + (3 if parts else 0)
+            if grown > max_line:
+                break
+            parts.append(text)
+            size = grown
+            i += 1
+        if parts:
+            out.append(prefix.encode() + b"],[".join(parts) + b"]]\n")
+        else:  # one token larger than a line: its RDATA lines
+            out.append(rdata_block(stream, ((first + i, tokens_rows[i]),)))
+            i += 1
+    return b"".join(out)
 
 
 def rdata_line_length(stream: str, row: str) -> int:

@@ -31,12 +31,15 @@ class Dialect:
         vectors, and masters name themselves with ``ORIGIN``: what a cluster of masters
         needs (version 2). A dialect without origins can only follow the rows a master
         accepted itself, so a master of a cluster refuses its ``REPLICATE``.
+    :param rows_lines: whether the master may send ``ROWS``, consecutive tokens of a stream
+        in one line (version 3); without it every row is an ``RDATA`` line.
     """
 
     name: str
     version: int | None
     gap_and_reset: bool
     origins: bool = False
+    rows_lines: bool = False
 
 
 #: Synapse's 2017-2020 dialect: SERVER, NAME, PING, REPLICATE, RDATA, POSITION, ERROR.
@@ -48,9 +51,17 @@ VERSION_1: Final = Dialect("replication/1", 1, gap_and_reset=True)
 #: cluster's dialect.
 VERSION_2: Final = Dialect("replication/2", 2, gap_and_reset=True, origins=True)
 
+#: Version 3: version 2 plus ``ROWS``, many tokens of a stream in one line (a worker's
+#: dialect; cluster peers and publishers speak version 2).
+VERSION_3: Final = Dialect(
+    "replication/3", 3, gap_and_reset=True, origins=True, rows_lines=True
+)
+
 #: Every version this release speaks, by number. Adding a version is an entry here (and
 #: what the new dialect has, read where it is sent); the session negotiates from this table.
-VERSIONS: Final[Mapping[int, Dialect]] = MappingProxyType({1: VERSION_1, 2: VERSION_2})
+VERSIONS: Final[Mapping[int, Dialect]] = MappingProxyType(
+    {1: VERSION_1, 2: VERSION_2, 3: VERSION_3}
+)
 
 #: Every dialect by name, the legacy one included: what a connection's ``dialect`` can be.
 DIALECTS: Final[Mapping[str, Dialect]] = MappingProxyType(
@@ -66,5 +77,6 @@ def choose_version(offered: tuple[int, ...], spoken: Mapping[int, Dialect]) -> D
 
 
 __all__ = [
-    "DIALECTS", "LEGACY", "VERSIONS", "VERSION_1", "VERSION_2", "Dialect", "choose_version",
+    "DIALECTS", "LEGACY", "VERSIONS", "VERSION_1", "VERSION_2", "VERSION_3", "Dialect",
+    "choose_version",
 ]

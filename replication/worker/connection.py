@@ -77,6 +77,7 @@ from replication.wire.commands import (
     PositionCommand,
     RdataCommand,
     ResetCommand,
+    RowsCommand,
     json_loader,
     qualify,
 )
@@ -101,6 +102,24 @@ _BEFORE_ORIGIN = frozenset({OriginCommand.NAME, PingCommand.NAME, ErrorCommand.N
 #: field as text (the stream alone under version 1, ``<stream>@<origin>`` under 2): what
 #: the assembler and the runner's heads are keyed by.
 Route = tuple[str, str, str | None]
+
+
+class HeldTokens(bytes):
+    """The tokens of a ``ROWS`` line not handled yet when input was held (a handler went
+    on asynchronously): kept among the held lines, first, and handed to the runner when
+    input is released. Empty bytes, so no line-based check takes it for a command."""
+
+    stream: str
+    origin: str | None
+    first: int
+    tokens: list[list[Any]]
+
+    def __new__(
+        cls, stream: str, origin: str | None, first: int, tokens: list[list[Any]]
+    ) -> HeldTokens:
+        held = super().__new__(cls)
+        held.stream, held.origin, held.first, held.tokens = stream, origin, first, tokens
+        return held
 
 
 class WorkerConnection(ReplicationProtocol):
@@ -132,6 +151,10 @@ class WorkerConnection(ReplicationProtocol):
         }
         #: RDATA lines taken by the fast path of :meth:`linesReceived` (for metrics).
         self.rdata_received = 0
+        #: ROWS lines taken by the fast path (for metrics).
+        self.rows_received = 0
+        #: Whether the master may send ``ROWS`` (version 3).
+        self.rows_lines = False
         #: The positions last reported with ``HANDLED`` on this connection, by stream field.
         self._reported: dict[str, int] = {}
         self._handled_reports: LoopingCall | None = None
@@ -151,6 +174,8 @@ class WorkerConnection(ReplicationProtocol):
         received, sent = super().command_counts()
         if self.rdata_received:
             received["RDATA"] = received.get("RDATA", 0) + self.rdata_received
+        if self.rows_received:
+            received["ROWS"] = received.get("ROWS", 0) + self.rows_received
         return received, sent
 
     def handshake_done(self) -> None:
@@ -161,6 +186,7 @@ class WorkerConnection(ReplicationProtocol):
             log.info("connected to master %s", self.peer_name)
         self.worker.connection = self
         self.worker.metrics.connected(self)
+        self.rows_lines = DIALECTS[self.dialect].rows_lines
         if DIALECTS[self.dialect].origins:
             self.origins = True
             self._followed_bytes = {}
@@ -279,8 +305,9 @@ class WorkerConnection(ReplicationProtocol):
             self.assembler.start(key, 0)
         return True
 
-    def _key(self, command: RdataCommand | PositionCommand | GapCommand | ResetCommand
-             ) -> tuple[str, str | None] | None:
+    def _key(
+        self, command: RdataCommand | RowsCommand | PositionCommand | GapCommand | ResetCommand
+    ) -> tuple[str, str | None] | None:
         """The assembler's key and the origin of a command with a stream field, checked
         against the dialect: ``None`` (after ``ERROR`` and a close) when the field is
         qualified under version 1 or unqualified under version 2."""
@@ -355,17 +382,18 @@ class WorkerConnection(ReplicationProtocol):
 
     def linesReceived(self, lines: list[bytes], data: bytes | None) -> None:
         """The hot path. ``RDATA`` lines of followed streams, with a ``batch`` or numeric
-        token in order, are parsed (split, token, strict JSON) and gathered here directly,
-        without building command objects, and each complete token goes through the
-        synchronous half of :meth:`TokenRunner.submit
-        <replication.worker.runner.TokenRunner.submit>`, repeated inline (a call per token
-        would cost 6%); a handler that does not just return ``None`` goes on in the
-        runner. Anything else (other commands, unfollowed streams, malformed lines,
-        tokens that are not the next one, a token at its row or byte bound) takes the
-        general path of :meth:`lineReceived`, which parses
-        it fully and answers errors; so does everything after a token the runner did not
-        finish at once (its handler did not just return ``None``). It keeps the contract
-        of the base class: once input is held, the remaining lines are held, in order."""
+        token in order, and ``ROWS`` lines (version 3) whose first token is in order, are
+        parsed (split, token, strict JSON) and gathered here directly, without building
+        command objects, and each complete token goes through the synchronous half of
+        :meth:`TokenRunner.submit <replication.worker.runner.TokenRunner.submit>`, repeated
+        inline (a call per token would cost 6%); a handler that does not just return
+        ``None`` goes on in the runner. Anything else (other commands, unfollowed streams,
+        malformed lines, tokens that are not the next one, a token at its row or byte
+        bound) takes the general path of :meth:`lineReceived`, which parses it fully and
+        answers errors; so does everything after a token the runner did not finish at once
+        (its handler did not just return ``None``). It keeps the contract of the base
+        class: once input is held, the remaining lines are held, in order (the tokens of a
+        ``ROWS`` line not yet handled first, as a :class:`HeldTokens`)."""
         if self.peer_name is None or self._closing:
             super().linesReceived(lines, data)
             return
@@ -385,9 +413,11 @@ class WorkerConnection(ReplicationProtocol):
         takes_origin = runner.handler_takes_origin
         handler_done = runner.metrics.handler_done
         seconds = self.clock.seconds
-        fast = 0
+        rows_lines = self.rows_lines
+        fast = rows_fast = 0
         try:
             for i, line in enumerate(lines):
+                tokens: list[list[Any]] | tuple[list[Any]] | None = None
                 if line[:6] == b"RDATA " and len(line) <= max_line:
                     parts = line.split(b" ", 3)
                     route = followed.get(parts[1]) if len(parts) == 4 else None
@@ -415,11 +445,11 @@ class WorkerConnection(ReplicationProtocol):
                                     partial_bytes[key] = size
                                     continue
                         elif token_text.isdigit() and len(token_text) <= 19:
-                            token = int(token_text)
+                            first = int(token_text)
                             last = last_tokens.get(key)
                             rows = partial.get(key)
                             # A token out of order, or past the bounds: the general path.
-                            decoded = (last is None or token == last + 1) and (
+                            decoded = (last is None or first == last + 1) and (
                                 rows is None or (
                                     len(rows) < max_rows
                                     and partial_bytes[key] + len(parts[3]) <= max_bytes
@@ -432,52 +462,82 @@ class WorkerConnection(ReplicationProtocol):
                                     decoded = False
                             if decoded:
                                 fast += 1
-                                last_tokens[key] = token
+                                last_tokens[key] = first
                                 if rows is None:
                                     rows = [row]
                                 else:
                                     del partial[key], partial_bytes[key]
                                     rows.append(row)
-                                # TokenRunner.submit, its synchronous half inline:
-                                if token > heads.get(key, 0):
-                                    heads[key] = token
-                                position = positions.get(stream, origin)
-                                if position is not None and token <= position:
-                                    log.debug("dropping %s token %d: already handled "
-                                              "(position %d)", key, token, position)
-                                    continue
-                                started = seconds()
+                                tokens = (rows,)
+                elif line[:5] == b"ROWS " and rows_lines and len(line) <= max_line:
+                    parts = line.split(b" ", 3)
+                    route = followed.get(parts[1]) if len(parts) == 4 else None
+                    if route is not None and route[0] not in partial:
+                        key, stream, origin = route
+                        token_text = parts[2]
+                        if token_text.isdigit() and len(token_text) <= 19:
+                            first = int(token_text)
+                            last = last_tokens.get(key)
+                            if first > 0 and (last is None or first == last + 1):
                                 try:
-                                    if takes_origin:
-                                        result = handler(
-                                            stream, token, rows, origin=origin  # type: ignore[call-arg]
-                                        )
-                                    else:
-                                        result = handler(stream, token, rows)
-                                except Exception:  # noqa: BLE001  (any handler error is retried)
-                                    result = Failure()  # type: ignore[no-untyped-call]
-                                if result is None:
-                                    positions.set(stream, token, origin)
-                                    handler_done(stream, seconds() - started)
-                                    continue
-                                runner.handler_returned(
-                                    stream, token, rows, result, started, origin
-                                )
-                                if self._holding:
-                                    self.hold_remaining(lines, i + 1)
-                                    return
-                                if self._closing:
-                                    return
-                                continue
-                # The general path.
-                self.lineReceived(line)
-                if self._holding:
-                    self.hold_remaining(lines, i + 1)
-                    return
-                if self._closing:
-                    return
+                                    value = loads(parts[3])
+                                except (ValueError, RecursionError):
+                                    value = None  # the general path decides
+                                if (
+                                    type(value) is list and value
+                                    and first + len(value) <= 10**19
+                                    and all(type(r) is list and r and len(r) <= max_rows
+                                            for r in value)
+                                ):
+                                    rows_fast += 1
+                                    last_tokens[key] = first + len(value) - 1
+                                    tokens = value
+                if tokens is None:
+                    # The general path.
+                    self.lineReceived(line)
+                    if self._holding:
+                        self.hold_remaining(lines, i + 1)
+                        return
+                    if self._closing:
+                        return
+                    continue
+                for j, rows in enumerate(tokens):
+                    token = first + j
+                    # TokenRunner.submit, its synchronous half inline:
+                    if token > heads.get(key, 0):
+                        heads[key] = token
+                    position = positions.get(stream, origin)
+                    if position is not None and token <= position:
+                        log.debug("dropping %s token %d: already handled "
+                                  "(position %d)", key, token, position)
+                        continue
+                    started = seconds()
+                    try:
+                        if takes_origin:
+                            result = handler(
+                                stream, token, rows, origin=origin  # type: ignore[call-arg]
+                            )
+                        else:
+                            result = handler(stream, token, rows)
+                    except Exception:  # noqa: BLE001  (any handler error is retried)
+                        result = Failure()  # type: ignore[no-untyped-call]
+                    if result is None:
+                        positions.set(stream, token, origin)
+                        handler_done(stream, seconds() - started)
+                        continue
+                    runner.handler_returned(stream, token, rows, result, started, origin)
+                    if self._holding:
+                        if j + 1 < len(tokens):
+                            self._held.append(
+                                HeldTokens(stream, origin, token + 1, list(tokens[j + 1:]))
+                            )
+                        self.hold_remaining(lines, i + 1)
+                        return
+                    if self._closing:
+                        return
         finally:
             self.rdata_received += fast
+            self.rows_received += rows_fast
 
     def on_RDATA(self, command: RdataCommand) -> None:
         keyed = self._key(command)
@@ -487,7 +547,44 @@ class WorkerConnection(ReplicationProtocol):
                 return
             self._rdata(key, command.stream, origin, command.token, command.row)
 
+    def on_ROWS(self, command: RowsCommand) -> None:
+        if not self.rows_lines:
+            self.send_error(f"ROWS is not part of protocol {self.dialect}")
+            return
+        keyed = self._key(command)
+        if keyed is not None and self._followed(command.stream, "ROWS"):
+            key, origin = keyed
+            if origin is not None and not self._route(command.stream, origin):
+                return
+            try:
+                self.assembler.tokens(key, command.first, command.tokens)
+            except AssemblyError as e:
+                self.send_error(str(e))
+                return
+            self._submit_tokens(
+                HeldTokens(command.stream, origin, command.first, command.tokens)
+            )
+
+    def _submit_tokens(self, held: HeldTokens) -> None:
+        """Hand the tokens of a ``ROWS`` line, already accounted for by the assembler, to
+        the runner one by one; when one of them makes it hold input, the rest are held
+        first, before the lines that followed."""
+        runner, tokens = self.runner, held.tokens
+        for i, rows in enumerate(tokens):
+            runner.submit(held.stream, held.first + i, rows, held.origin)
+            if self._holding:
+                if i + 1 < len(tokens):
+                    self._held.append(HeldTokens(
+                        held.stream, held.origin, held.first + i + 1, tokens[i + 1:]
+                    ))
+                return
+            if self._closing:
+                return
+
     def lineReceived(self, line: bytes) -> None:
+        if type(line) is HeldTokens:
+            self._submit_tokens(line)
+            return
         if line[:6] == b"RDATA ":
             parts = line.split(b" ", 3)
             self._row_size = len(parts[3]) if len(parts) == 4 else 0
