@@ -615,6 +615,20 @@ class WorkerMetrics:
         else:
             stats.buckets[_bisect_left(HANDLER_BUCKETS, seconds)] += 1
 
+    def handlers_done(self, stream: str, times: list[float]) -> None:
+        """:meth:`handler_done` for several calls that took ``times`` seconds each."""
+        stats = self._streams.get(stream)
+        if stats is None:
+            stats = self._new_stream(stream)
+        stats.handled += len(times)
+        stats.seconds += sum(times)
+        buckets = stats.buckets
+        for seconds in times:
+            if seconds <= _FIRST_BUCKET:
+                buckets[0] += 1
+            else:
+                buckets[_bisect_left(HANDLER_BUCKETS, seconds)] += 1
+
     def handler_failed(self, stream: str, seconds: float) -> None:
         stats = self._streams.get(stream)
         if stats is None:

@@ -416,3 +416,17 @@ def test_grafana_dashboard_plots_defined_metrics() -> None:
         assert any(wanted in e for e in exprs), wanted
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_handler_times_counted_together_match_one_by_one() -> None:
+    """``handlers_done`` (the hot loop's, once per line) counts exactly what a
+    ``handler_done`` per call would: calls, total seconds and histogram buckets."""
+    times = [0.0, 0.0004, 0.003, 0.02, 0.7, 12.0, 400.0]
+    together, one_by_one = WorkerMetrics(CollectorRegistry()), WorkerMetrics(CollectorRegistry())
+    together.handlers_done("events", times)
+    for seconds in times:
+        one_by_one.handler_done("events", seconds)
+    a, b = together._streams["events"], one_by_one._streams["events"]
+    assert (a.handled, a.buckets) == (b.handled, b.buckets) == (len(times), b.buckets)
+    assert a.seconds == pytest.approx(b.seconds)
+    assert sum(a.buckets) == len(times)

@@ -411,7 +411,7 @@ class WorkerConnection(ReplicationProtocol):
         positions = runner.positions
         handler = runner.handler
         takes_origin = runner.handler_takes_origin
-        handler_done = runner.metrics.handler_done
+        handlers_done = runner.metrics.handlers_done
         seconds = self.clock.seconds
         rows_lines = self.rows_lines
         fast = rows_fast = 0
@@ -501,17 +501,23 @@ class WorkerConnection(ReplicationProtocol):
                     if self._closing:
                         return
                     continue
-                for j, rows in enumerate(tokens):
+                # TokenRunner.submit, its synchronous half inline, for each token; the
+                # line's tokens are consecutive, so the head and the position are looked
+                # at once, and handler times are counted once per line.
+                count = len(tokens)
+                if first + count - 1 > heads.get(key, 0):
+                    heads[key] = first + count - 1
+                position = positions.get(stream, origin)
+                start = 0
+                if position is not None and position >= first:
+                    start = min(position - first + 1, count)
+                    log.debug("dropping %s tokens %d..%d: already handled (position %d)",
+                              key, first, first + start - 1, position)
+                times: list[float] = []
+                started = seconds()
+                for j in range(start, count):
+                    rows = tokens[j]
                     token = first + j
-                    # TokenRunner.submit, its synchronous half inline:
-                    if token > heads.get(key, 0):
-                        heads[key] = token
-                    position = positions.get(stream, origin)
-                    if position is not None and token <= position:
-                        log.debug("dropping %s token %d: already handled "
-                                  "(position %d)", key, token, position)
-                        continue
-                    started = seconds()
                     try:
                         if takes_origin:
                             result = handler(
@@ -523,11 +529,16 @@ class WorkerConnection(ReplicationProtocol):
                         result = Failure()  # type: ignore[no-untyped-call]
                     if result is None:
                         positions.set(stream, token, origin)
-                        handler_done(stream, seconds() - started)
+                        ended = seconds()
+                        times.append(ended - started)
+                        started = ended
                         continue
+                    if times:
+                        handlers_done(stream, times)
+                        times = []
                     runner.handler_returned(stream, token, rows, result, started, origin)
                     if self._holding:
-                        if j + 1 < len(tokens):
+                        if j + 1 < count:
                             self._held.append(
                                 HeldTokens(stream, origin, token + 1, list(tokens[j + 1:]))
                             )
@@ -535,6 +546,9 @@ class WorkerConnection(ReplicationProtocol):
                         return
                     if self._closing:
                         return
+                    started = seconds()
+                if times:
+                    handlers_done(stream, times)
         finally:
             self.rdata_received += fast
             self.rows_received += rows_fast
