@@ -5,7 +5,9 @@ on a ``StringTransport`` and a ``Clock`` receive what hypothesis generates as a 
 output: well-formed ``RDATA`` (one-row and batched tokens, repeats, skips, other streams),
 ``POSITION``, ``GAP``, ``RESET``, ``PING`` and ``ERROR`` lines, some of them corrupted
 (bytes flipped, cut or inserted), delivered in random chunk sizes, while the handler
-answers at once, later (a Deferred) or fails once, and time passes. Throughout:
+answers at once, later (a Deferred) or fails once, and time passes; then the same as a master
+of protocol version 3 sends it (qualified fields, runs of tokens as ``ROWS`` lines).
+Throughout:
 
 - nothing raises out of ``dataReceived`` (it would fail the test);
 - every position the worker records is one it may record: a token whose handler call has
@@ -229,6 +231,88 @@ def test_a_worker_survives_whatever_a_master_sends(script: Script, data: st.Data
     event(
         f"{len(positions.recorded)} positions recorded" if positions.recorded else "none recorded"
     )
+    connection.connectionLost(Failure(ConnectionDone()))
+    while handler.waiting:
+        handler.fire_one()
+    assert clock.getDelayedCalls() == []
+
+
+ORIGIN = b"BBBBBBBBBBBBBBBBBBBBBB"
+
+
+@st.composite
+def rows_lines(draw: st.DrawFn, lines: list[bytes]) -> list[bytes]:
+    """``lines`` as a master of version 3 (origin B) could send them: each stream field
+    named ``<stream>@B``, and runs of one-row tokens of a stream, now and then, as one
+    ``ROWS`` line (sometimes with a token past the row bound or malformed)."""
+    out: list[bytes] = []
+    i = 0
+    while i < len(lines):
+        parts = lines[i].split(b" ", 3)
+        if len(parts) >= 2 and parts[0] in (b"RDATA", b"POSITION", b"GAP", b"RESET"):
+            parts[1] += b"@" + ORIGIN
+        if (
+            len(parts) == 4 and parts[0] == b"RDATA" and parts[2].isdigit()
+            and (not out or b" batch " not in out[-1]) and draw(st.integers(0, 3)) > 0
+        ):
+            tokens = [parts[3]]
+            first = int(parts[2])
+            j = i + 1
+            while j < len(lines) and len(tokens) < 5:
+                more = lines[j].split(b" ", 3)
+                if (len(more) != 4 or more[0] != b"RDATA" or more[1] != parts[1].split(b"@")[0]
+                        or more[2] != b"%d" % (first + len(tokens))):
+                    break
+                tokens.append(more[3])
+                j += 1
+            body = b",".join(b"[" + row + b"]" for row in tokens)
+            kind = draw(st.integers(0, 9))
+            if kind == 0:
+                body = b"[" + b",".join([tokens[0]] * 9) + b"]," + body  # past the row bound
+            elif kind == 1:
+                body = body[:-1]  # malformed
+            out.append(b"ROWS %s %d [%s]" % (parts[1], first, body))
+            i = j
+            continue
+        out.append(b" ".join(parts))
+        i += 1
+    return out
+
+
+@settings(max_examples=scaled(200))
+@given(master_lines(), st.data())
+def test_a_version_3_worker_survives_whatever_a_master_sends(
+    lines: list[bytes], data: st.DataObject
+) -> None:
+    """The same invariants with a master of version 3: qualified fields and ``ROWS`` lines
+    among the ``RDATA`` ones, corrupted and chunked, handlers pending or failing."""
+    script = Script(
+        lines=data.draw(corrupted(data.draw(rows_lines(lines), "rows")), "corrupted"),
+        position=None,
+        pending=data.draw(st.sets(st.integers(1, 40), max_size=6), "pending"),
+        failing=data.draw(st.sets(st.integers(1, 40), max_size=4), "failing"),
+    )
+    handler = Handler(script.pending, script.failing)
+    positions = CheckedPositions(handler, {})
+    clock = Clock()
+    config = WorkerConfig(name="w", streams=tuple(WorkerStream(s) for s in FOLLOWED),
+                          max_token_rows=8)
+    worker = Worker(config, handler, positions, clock)
+    connection = WatchedConnection(worker)
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    hello = b"SERVER m\nVERSION 3\nORIGIN " + ORIGIN + b" fpfpfpfpfpfpfpfpfp\n"
+    stream_bytes = hello + b"".join(line + b"\n" for line in script.lines)
+    at = 0
+    while at < len(stream_bytes) and not transport.disconnecting:
+        size = data.draw(st.sampled_from([1, 3, 16, 100, 1000, len(stream_bytes)]), "chunk")
+        connection.dataReceived(stream_bytes[at:at + size])
+        at += size
+        while handler.waiting and data.draw(st.booleans(), "fire"):
+            handler.fire_one()
+        if data.draw(st.integers(0, 3), "advance") == 0:
+            clock.advance(data.draw(st.sampled_from([0.5, 1.0, 2.0, 5.0]), "seconds"))
+    event("ROWS handled" if connection.command_counts()[0].get("ROWS") else "no ROWS")
     connection.connectionLost(Failure(ConnectionDone()))
     while handler.waiting:
         handler.fire_one()
