@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import json
 import logging
 import os
@@ -195,14 +196,37 @@ def _run_reactor(reactor: Any, start: Callable[[], Any], stop: Callable[[], Any]
     return status["code"]
 
 
+#: The youngest generation's threshold of the garbage collector in ``master`` and
+#: ``worker`` processes (CPython's default is 700 allocations).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_garbage_collector() -> None:
+    """Make the garbage collector cheap for a long-running replication process, once its
+    start-up is done: the objects alive now (modules, classes, functions, configuration)
+    go to the permanent generation (:func:`gc.freeze`), so full collections stop walking
+    them, and the youngest generation is collected every :data:`GC_YOUNG_THRESHOLD`
+    allocations instead of every 700. Nearly all of the hot paths' garbage is freed by
+    reference counting; full collections walking the master's large containers (the key
+    window, the memory store) were half of its time per pipelined publish. The ``master``
+    and ``worker`` commands call it; an application embedding a master or a worker may
+    call it after its own start-up."""
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 def _run_service(reactor: Any, service: Any) -> int:
     """Start ``service`` (a tree with ``when_listening()``) under the reactor and stop it,
-    awaiting every child, when the reactor shuts down; a failure to start is exit status 1."""
+    awaiting every child, when the reactor shuts down; a failure to start is exit status 1.
+    The garbage collector is tuned (:func:`tune_garbage_collector`) before the reactor
+    runs."""
 
     def start() -> Any:
         service.startService()
         return service.when_listening()
 
+    tune_garbage_collector()
     return _run_reactor(reactor, start, service.stopService)
 
 
@@ -1073,6 +1097,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 __all__ = [
     "DEFAULT_URL",
+    "GC_YOUNG_THRESHOLD",
     "REACTORS",
     "CommandLineError",
     "build_parser",
@@ -1090,4 +1115,5 @@ __all__ = [
     "master_reactor",
     "load_command_registry",
     "main",
+    "tune_garbage_collector",
 ]

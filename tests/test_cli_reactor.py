@@ -76,3 +76,22 @@ def test_install_reactor(prelude: str, name: str, printed: str) -> None:
     ``default`` leaves whatever is or will be installed (epoll on Linux); ``asyncio`` when
     another reactor is installed is a CommandLineError naming it."""
     assert _installed(prelude, name).stdout.strip() == printed
+
+
+def test_tune_garbage_collector() -> None:
+    """In a fresh interpreter: the objects alive at the call are frozen (no longer walked
+    by collections), and the youngest generation's threshold becomes GC_YOUNG_THRESHOLD,
+    the older ones unchanged."""
+    code = textwrap.dedent("""
+        import gc
+        from replication.cli import GC_YOUNG_THRESHOLD, tune_garbage_collector
+        before = gc.get_threshold()
+        tune_garbage_collector()
+        after = gc.get_threshold()
+        assert after == (GC_YOUNG_THRESHOLD, before[1], before[2]), (before, after)
+        assert gc.get_freeze_count() > 1000, gc.get_freeze_count()
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=True)
+    assert result.stdout.strip() == "ok"

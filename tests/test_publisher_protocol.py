@@ -7,6 +7,7 @@ what publishers and workers may not do."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from twisted.internet.testing import StringTransport
 from helpers import ManualRunner
 from replication.config import LimitsConfig, MasterConfig
 from replication.master import Master, MasterConnection
-from replication.master.publishing import PublishKeys
+from replication.master.publishing import FinishedKey, PublishKeys
+from replication.store import PublishKey
 from replication.store.memory import MemoryStore
 from replication.testing import Harness
 from replication.wire.commands import (
@@ -301,6 +303,21 @@ def test_the_key_window_is_bounded_by_count_and_age() -> None:
     assert keys.find("b", 11.0) is None  # 10 seconds after it arrived
     assert keys.find("c", 11.0) is not None
     assert PublishKeys(0, 10.0).begin("a", "s", 0.0) is None
+
+
+def test_finished_keys_are_not_tracked_by_the_garbage_collector() -> None:
+    """A full window must not lengthen every full collection: a finished key is kept as
+    plain data, which the collector stops tracking after one collection (a loaded one
+    too); find still answers with a FinishedKey."""
+    keys = PublishKeys(max_keys=100, max_age=60.0)
+    keys.load([PublishKey("c", "s", 4, 5, 0.5)], 1.0)
+    entries = keys.begin_run(["a", "b"], "s", 1.0)
+    keys.finish_run(list(zip(["a", "b"], entries, strict=True)), [[1], [2, 3]])
+    gc.collect()
+    for key in ("a", "b", "c"):
+        assert not gc.is_tracked(keys._entries[key]), key
+    found = keys.find("b", 2.0)
+    assert found == FinishedKey("s", 1.0, range(2, 4))
 
 
 def test_past_the_in_flight_bound_the_master_stops_reading() -> None:

@@ -78,9 +78,8 @@ class KeyEntry:
 
 
 class FinishedKey(NamedTuple):
-    """A remembered key whose publish was committed, as the window keeps it: plain data
-    (its tokens as a ``range``), which the garbage collector stops tracking, so a full
-    window (``limits.publish_keys`` keys) does not lengthen every collection."""
+    """A remembered key whose publish was committed, as :meth:`PublishKeys.find` returns
+    it: its stream, when it arrived, its tokens."""
 
     stream: str
     at: float
@@ -89,8 +88,20 @@ class FinishedKey(NamedTuple):
     waiters: None = None
 
 
-def _finished(entry: KeyEntry, tokens: list[int] | range) -> FinishedKey:
-    return FinishedKey(entry.stream, entry.at, range(tokens[0], tokens[-1] + 1))
+#: A finished key as the window keeps it: ``(stream, at, tokens)``, an exact tuple of
+#: atoms (a ``range`` is one), which the garbage collector stops tracking after its first
+#: collection; a tuple subclass such as :class:`FinishedKey` stays tracked, and a full
+#: window (``limits.publish_keys`` keys) would make every full collection longer (it was
+#: half the master's time per pipelined publish).
+_Finished = tuple[str, float, range]
+
+
+def _finished(entry: KeyEntry, tokens: list[int] | range) -> _Finished:
+    return (entry.stream, entry.at, range(tokens[0], tokens[-1] + 1))
+
+
+def _arrived(entry: KeyEntry | _Finished) -> float:
+    return entry[1] if type(entry) is tuple else entry.at  # type: ignore[union-attr]
 
 
 class PublishKeys:
@@ -101,7 +112,7 @@ class PublishKeys:
     def __init__(self, max_keys: int, max_age: float) -> None:
         self.max_keys = max_keys
         self.max_age = max_age
-        self._entries: OrderedDict[str, KeyEntry | FinishedKey] = OrderedDict()
+        self._entries: OrderedDict[str, KeyEntry | _Finished] = OrderedDict()
         #: When the oldest entry expires (no need to look before).
         self._next_expiry = float("inf")
         #: Publishes answered from the window instead of being stored again, since start.
@@ -115,8 +126,9 @@ class PublishKeys:
         cutoff = now - self.max_age
         while entries:
             key, entry = next(iter(entries.items()))
-            if entry.at > cutoff:
-                self._next_expiry = entry.at + self.max_age
+            at = _arrived(entry)
+            if at > cutoff:
+                self._next_expiry = at + self.max_age
                 return
             del entries[key]
         self._next_expiry = float("inf")
@@ -125,7 +137,10 @@ class PublishKeys:
         """The entry of ``key`` if it is remembered."""
         if now >= self._next_expiry:
             self._expire(now)
-        return self._entries.get(key)
+        entry = self._entries.get(key)
+        if type(entry) is tuple:
+            return FinishedKey(*entry)
+        return entry  # type: ignore[return-value]
 
     def begin(self, key: str, stream: str, now: float) -> KeyEntry | None:
         """Remember ``key`` for a publish to ``stream`` that starts now (``None`` when keys
@@ -152,14 +167,14 @@ class PublishKeys:
         cutoff = now - self.max_age
         for record in records[-self.max_keys:]:
             if record.at > cutoff:
-                entries[record.key] = FinishedKey(
+                entries[record.key] = (
                     record.stream, record.at, range(record.first, record.last + 1)
                 )
         while len(entries) > self.max_keys:
             entries.popitem(last=False)
         if entries:
             first = next(iter(entries.values()))
-            self._next_expiry = min(self._next_expiry, first.at + self.max_age)
+            self._next_expiry = min(self._next_expiry, _arrived(first) + self.max_age)
 
     def begin_run(self, keys: list[str], stream: str, now: float) -> list[KeyEntry]:
         """:meth:`begin` for keys that :meth:`find` does not know, all distinct, at once
