@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
-from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 
 from replication.wire.protocol import write_through
 
@@ -102,3 +102,28 @@ def test_other_transports_keep_their_own_write() -> None:
     write = write_through(transport)
     write(b"hello\n")
     assert transport.value() == b"hello\n"
+
+
+def test_http_responses_go_straight_to_the_socket(
+    pair: tuple[_Connection, socket.socket],
+) -> None:
+    """The HTTP listener's connection wrapper (``ConnectionLimit``) writes an HTTP channel's
+    response (``writeSequence``, as twisted.web does) through ``write_through``: on the
+    socket when the call returns, in order; a write behind buffered bytes queues."""
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    from replication.http.limits import ConnectionLimit
+
+    connection, theirs = pair
+    limit = ConnectionLimit(Site(Resource(), reactor=MemoryReactorClock()), 10)
+    wrapper = limit.buildProtocol(None)
+    assert wrapper is not None
+    wrapper.makeConnection(connection)
+    wrapper.writeSequence([b"HTTP/1.1 200 OK\r\n", b"\r\n", b"{}"])  # type: ignore[attr-defined]
+    assert _drain(theirs) == b"HTTP/1.1 200 OK\r\n\r\n{}"
+    assert not connection.writing
+    connection.dataBuffer = b"held"  # as if the kernel had refused some bytes before
+    wrapper.write(b"next")  # type: ignore[attr-defined]
+    assert _drain(theirs) == b""
+    assert connection.writing
