@@ -10,6 +10,7 @@ The long run is marked ``slow`` (``pytest -m "not slow"`` skips it locally; CI r
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import signal
@@ -154,9 +155,11 @@ class Publisher(threading.Thread):
                         self.master.http_port, "POST", f"/streams/{STREAM}",
                         {"tokens": tokens}, timeout=30,
                     )
-                except OSError:
+                except (OSError, http.client.HTTPException):
+                    # The master is down, or was killed in the middle of its answer (the
+                    # publish may or may not be stored: it is not counted as acknowledged).
                     self.refused += 1
-                    time.sleep(0.2)  # the master is down: its publishers wait for it
+                    time.sleep(0.2)  # its publishers wait for it
                     continue
                 if status != 200:
                     self.refused += 1

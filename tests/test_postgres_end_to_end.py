@@ -5,6 +5,7 @@ whose database is away answers 503 and recovers by itself."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import threading
@@ -62,7 +63,7 @@ def try_publish(http_port: int, row: object) -> int | None:
     failed: not acknowledged."""
     try:
         status, answer = http_request(http_port, "POST", "/streams/events", {"rows": [row]})
-    except OSError:
+    except (OSError, http.client.HTTPException):  # down, or killed in the middle of its answer
         return None
     if status != 200:
         assert status == 503, (status, answer)

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from twisted.internet import tcp
+from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 
@@ -24,6 +25,12 @@ class _Connection(tcp.Connection):
 
     def stopWriting(self) -> None:
         self.writing = False
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 40000)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 8080)
 
 
 @pytest.fixture
@@ -107,23 +114,39 @@ def test_other_transports_keep_their_own_write() -> None:
 def test_http_responses_go_straight_to_the_socket(
     pair: tuple[_Connection, socket.socket],
 ) -> None:
-    """The HTTP listener's connection wrapper (``ConnectionLimit``) writes an HTTP channel's
-    response (``writeSequence``, as twisted.web does) through ``write_through``: on the
-    socket when the call returns, in order; a write behind buffered bytes queues."""
+    """The HTTP listener's connection wrapper (``ConnectionLimit``) gathers what the HTTP
+    channel writes while it handles a request (the response's headers and body) and sends
+    it as one write through ``write_through``: on the socket when ``dataReceived``
+    returns. A write at another time (an answer after a store's commit) goes through the
+    transport's buffer, as Twisted's writes do."""
     from twisted.web.resource import Resource
     from twisted.web.server import Site
 
     from replication.http.limits import ConnectionLimit
 
+    class Answer(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: object) -> bytes:
+            return b'{"ok":true}'
+
     connection, theirs = pair
-    limit = ConnectionLimit(Site(Resource(), reactor=MemoryReactorClock()), 10)
+    limit = ConnectionLimit(Site(Answer(), reactor=MemoryReactorClock()), 10)
     wrapper = limit.buildProtocol(None)
     assert wrapper is not None
+    sends: list[bytes] = []
+    send = connection.writeSomeData
+
+    def counted(data: bytes) -> object:
+        sends.append(bytes(data))
+        return send(data)
+
+    connection.writeSomeData = counted  # type: ignore[method-assign]
     wrapper.makeConnection(connection)
-    wrapper.writeSequence([b"HTTP/1.1 200 OK\r\n", b"\r\n", b"{}"])  # type: ignore[attr-defined]
-    assert _drain(theirs) == b"HTTP/1.1 200 OK\r\n\r\n{}"
+    wrapper.dataReceived(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+    received = _drain(theirs)
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b'\r\n{"ok":true}')
+    assert sends == [received], "headers and body in one send"
     assert not connection.writing
-    connection.dataBuffer = b"held"  # as if the kernel had refused some bytes before
-    wrapper.write(b"next")  # type: ignore[attr-defined]
-    assert _drain(theirs) == b""
-    assert connection.writing
+    wrapper.write(b"later")  # type: ignore[attr-defined]
+    assert _drain(theirs) == b"" and connection.writing  # buffered by the transport

@@ -17,7 +17,7 @@ long it may stay silent or take over one request, and how large a body it may se
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Final
 
@@ -144,20 +144,57 @@ class _Busy(Protocol):
 
 
 class _SendingWrapper(ProtocolWrapper):
-    """The transport an HTTP channel writes to: its writes go straight to the socket when
-    the TCP transport holds nothing (:func:`replication.wire.protocol.write_through`), as
-    the replication port's answers do, instead of waiting for the reactor's next turn
-    behind two more system calls."""
+    """The transport an HTTP channel writes to. What the channel writes while it handles
+    received bytes (a whole response, when it is answered at once: its headers and body
+    are two writes) is gathered and sent as one write when that handling returns, straight
+    to the socket when the TCP transport holds nothing
+    (:func:`replication.wire.protocol.write_through`), as the replication port's answers
+    are, instead of waiting for the reactor's next turn behind two more system calls.
+    Writes at other times (an answer after a commit in the store's thread) go through the
+    transport as usual."""
+
+    _gathered: list[bytes] | None = None
 
     def makeConnection(self, transport: ITransport) -> None:
         self._send = write_through(transport)
         super().makeConnection(transport)  # type: ignore[no-untyped-call]
 
+    def dataReceived(self, data: bytes) -> None:
+        gathered: list[bytes] = []
+        self._gathered = gathered
+        try:
+            super().dataReceived(data)  # type: ignore[no-untyped-call]
+        finally:
+            self._gathered = None
+            if gathered:
+                self._send(b"".join(gathered))
+
+    def _flush(self) -> None:
+        gathered = self._gathered
+        if gathered:
+            self._gathered = []
+            self._send(b"".join(gathered))
+
     def write(self, data: bytes) -> None:
-        self._send(data)
+        if self._gathered is not None:
+            self._gathered.append(data)
+        else:
+            super().write(data)  # type: ignore[no-untyped-call]
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
-        self._send(b"".join(data))
+        if self._gathered is not None:
+            self._gathered.extend(data)
+        else:
+            super().writeSequence(data)  # type: ignore[no-untyped-call]
+
+    def loseConnection(self) -> None:
+        self._flush()  # what was written before the close goes first
+        super().loseConnection()  # type: ignore[no-untyped-call]
+
+    def abortConnection(self) -> None:
+        self._gathered = None  # an abort drops what is not sent, as the transport's does
+        abort: Callable[[], None] = getattr(self.transport, "abortConnection")  # noqa: B009
+        abort()
 
 
 @implementer(IProtocolNegotiationFactory)
