@@ -170,7 +170,7 @@ class ConnectionView:
     role: str = "worker"
     #: A peer's origin id (``None``: not a peer).
     peer_origin: str | None = None
-    #: RDATA lines written to this connection since it opened.
+    #: Rows written to this connection since it opened (in RDATA or ROWS lines).
     rows_sent: int = 0
 
 

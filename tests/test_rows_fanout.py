@@ -56,6 +56,9 @@ def test_version_3_gets_rows_lines_and_version_2_rdata_lines(tmp_path: Path) -> 
     received, sent = v3.command_counts()
     assert sent["ROWS"] == 2 and "RDATA" not in sent
     assert v2.command_counts()[1]["RDATA"] == 5
+    # The status shows rows sent, whatever lines carried them.
+    views = {view.peer_name: view for view in harness.master.snapshot().connections}
+    assert views["w3"].rows_sent == views["w2"].rows_sent == 5
 
 
 def test_a_worker_gets_every_token_once_across_split_lines(tmp_path: Path) -> None:

@@ -108,9 +108,9 @@ class MasterConnection(ReplicationProtocol):
         rdata = self.rdata_sent()
         if rdata:
             sent["RDATA"] = sent.get("RDATA", 0) + rdata
-        rows = self.master.fanout.rows_sent(self)
-        if rows:
-            sent["ROWS"] = sent.get("ROWS", 0) + rows
+        rows_lines = self.master.fanout.rows_lines_sent(self)
+        if rows_lines:
+            sent["ROWS"] = sent.get("ROWS", 0) + rows_lines
         return received, sent
 
     def connectionMade(self) -> None:

@@ -159,7 +159,8 @@ class _FollowerState:
     pump_call: IDelayedCall | None = None
     reading: bool = False
     pumping: bool = False
-    #: RDATA lines written: catch-up pages and live rows of ended subscriptions.
+    #: Rows written (as RDATA or ROWS lines): catch-up pages and live rows of ended
+    #: subscriptions.
     rdata_rows_sent: int = 0
     #: ``log.rows_published`` when this follower subscribed to ALL streams.
     all_since_rows: int | None = None
@@ -370,21 +371,29 @@ class FanOut:
         if self.on_handled is not None:
             self.on_handled(follower, command)
 
-    def rows_sent(self, follower: Follower) -> int:
+    def rows_lines_sent(self, follower: Follower) -> int:
         """``ROWS`` lines written to ``follower`` (version 3)."""
         state = self._followers.get(follower)
         return 0 if state is None else state.rows_lines_sent
 
     def rdata_sent(self, follower: Follower) -> int:
-        """RDATA lines written to ``follower``. Live rows are not counted per write: they
-        are the rows published since each live subscription began, computed here (a
-        follower of version 3, which gets ``ROWS`` lines, has its lines counted as they
-        are written)."""
+        """``RDATA`` lines written to ``follower``: its rows (:meth:`rows_sent`), except to
+        a follower of version 3, which gets most rows in ``ROWS`` lines and has its lines
+        counted as they are written."""
         state = self._followers.get(follower)
         if state is None:
             return 0
         if state.rows_lines:
             return state.rdata_lines_sent
+        return self.rows_sent(follower)
+
+    def rows_sent(self, follower: Follower) -> int:
+        """Rows written to ``follower``, whatever lines carried them. Live rows are not
+        counted per write: they are the rows published since each live subscription
+        began, computed here."""
+        state = self._followers.get(follower)
+        if state is None:
+            return 0
         total = state.rdata_rows_sent
         for sub in state.subscriptions.values():
             if sub.live:

@@ -431,7 +431,7 @@ class Master:
     def connection_lost(self, connection: MasterConnection) -> None:
         self.connections.discard(connection)
         if connection.peer_identity is not None:
-            sent = self.fanout.rdata_sent(connection)
+            sent = self.fanout.rows_sent(connection)
             if sent:
                 label = self.history.label(connection.peer_name)
                 self.closed_peer_rows[label] = self.closed_peer_rows.get(label, 0) + sent
@@ -471,7 +471,7 @@ class Master:
                 ))
             received, sent = connection.command_counts()
             peer = connection.peer_identity
-            rows_sent = fanout.rdata_sent(connection)
+            rows_sent = fanout.rows_sent(connection)
             connection_label = label(connection.peer_name)
             if peer is not None:
                 peer_rows[connection_label] = peer_rows.get(connection_label, 0) + rows_sent
