@@ -436,7 +436,7 @@ def test_rows_lines_after_a_pending_handler_wait_in_order(tmp_path: Any) -> None
     assert calls[5:] == [(6, [6, 6, 6]), (7, [[7]])]
     assert worker.positions.get("events", origin) == 7
     assert not connection._closing
-    assert connection.rows_received == 1  # the first line made the route: the general path
+    assert connection.rows_lines_received == 1  # the first line made the route: the general path
     assert connection.command_counts()[0]["ROWS"] == 2
 
 

@@ -152,7 +152,7 @@ class WorkerConnection(ReplicationProtocol):
         #: RDATA lines taken by the fast path of :meth:`linesReceived` (for metrics).
         self.rdata_received = 0
         #: ROWS lines taken by the fast path (for metrics).
-        self.rows_received = 0
+        self.rows_lines_received = 0
         #: Whether the master may send ``ROWS`` (version 3).
         self.rows_lines = False
         #: The positions last reported with ``HANDLED`` on this connection, by stream field.
@@ -174,8 +174,8 @@ class WorkerConnection(ReplicationProtocol):
         received, sent = super().command_counts()
         if self.rdata_received:
             received["RDATA"] = received.get("RDATA", 0) + self.rdata_received
-        if self.rows_received:
-            received["ROWS"] = received.get("ROWS", 0) + self.rows_received
+        if self.rows_lines_received:
+            received["ROWS"] = received.get("ROWS", 0) + self.rows_lines_received
         return received, sent
 
     def handshake_done(self) -> None:
@@ -551,7 +551,7 @@ class WorkerConnection(ReplicationProtocol):
                     handlers_done(stream, times)
         finally:
             self.rdata_received += fast
-            self.rows_received += rows_fast
+            self.rows_lines_received += rows_fast
 
     def on_RDATA(self, command: RdataCommand) -> None:
         keyed = self._key(command)
