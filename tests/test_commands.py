@@ -45,8 +45,8 @@ from replication.wire.commands import (
 
 BUILTIN_NAMES = frozenset(
     {
-        "SERVER", "NAME", "VERSION", "PING", "REPLICATE", "RDATA", "ROWS", "POSITION", "GAP",
-        "RESET",
+        "SERVER", "NAME", "VERSION", "PING", "REPLICATE", "RDATA", "ROWS", "LINE_LIMIT",
+        "POSITION", "GAP", "RESET",
         "ERROR", "HANDLED", "ORIGIN", "RELAY", "PUBLISHER", "PUBLISHING", "PUBLISH",
         "PUBLISH_TOKENS", "PUBLISHED", "REFUSED", "CHALLENGE", "AUTH", "AUTH_OK",
     }
@@ -501,7 +501,7 @@ def test_names_lists_all_and_per_side() -> None:
     assert registry.names() == BUILTIN_NAMES
     assert registry.names(WORKER) == frozenset(
         {"NAME", "VERSION", "PING", "REPLICATE", "HANDLED", "ERROR", "ORIGIN", "RELAY",
-         "PUBLISHER", "PUBLISH", "PUBLISH_TOKENS", "AUTH"}
+         "PUBLISHER", "PUBLISH", "PUBLISH_TOKENS", "AUTH", "LINE_LIMIT"}
     )
     assert registry.names(MASTER) == frozenset(
         {"SERVER", "VERSION", "PING", "RDATA", "ROWS", "POSITION", "GAP", "RESET", "ERROR",
@@ -511,7 +511,7 @@ def test_names_lists_all_and_per_side() -> None:
     with_ack = _registry_with_ack()
     assert with_ack.names(WORKER) == frozenset(
         {"NAME", "VERSION", "PING", "REPLICATE", "HANDLED", "ERROR", "ORIGIN", "RELAY", "ACK",
-         "PUBLISHER", "PUBLISH", "PUBLISH_TOKENS", "AUTH"}
+         "PUBLISHER", "PUBLISH", "PUBLISH_TOKENS", "AUTH", "LINE_LIMIT"}
     )
     assert "ACK" not in with_ack.names(MASTER)
 

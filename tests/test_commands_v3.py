@@ -11,6 +11,7 @@ from replication.wire.commands import (
     MASTER,
     WORKER,
     CommandParseError,
+    LineLimitCommand,
     RdataCommand,
     RowsCommand,
     default_registry,
@@ -120,3 +121,29 @@ def test_rows_block_of_a_token_larger_than_a_line() -> None:
         + f"RDATA s batch {big}\nRDATA s 2 {big}\n".encode()
         + b"ROWS s 3 [[2]]\n"
     )
+
+
+def test_line_limit_round_trips_within_the_bounds_of_max_line_bytes() -> None:
+    command = REGISTRY.parse(b"LINE_LIMIT 16384", WORKER)
+    assert command == LineLimitCommand(16384)
+    assert command.to_line() == b"LINE_LIMIT 16384"
+    assert REGISTRY.parse(b"LINE_LIMIT 1024", WORKER) == LineLimitCommand(1024)
+    assert REGISTRY.parse(b"LINE_LIMIT 67108864", WORKER) == LineLimitCommand(64 * 1024 * 1024)
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    (b"LINE_LIMIT 1023", "LINE_LIMIT must be 1024 to 67108864 bytes, got 1023"),
+    (b"LINE_LIMIT 67108865", "LINE_LIMIT must be 1024 to 67108864 bytes, got 67108865"),
+    (b"LINE_LIMIT", "LINE_LIMIT takes 1 argument: LINE_LIMIT <bytes>, got ''"),
+    (b"LINE_LIMIT x", "LINE_LIMIT takes 1 argument"),
+    (b"LINE_LIMIT 1024 2048", "LINE_LIMIT takes 1 argument"),
+    (b"LINE_LIMIT 9999999999", "LINE_LIMIT takes 1 argument"),
+])
+def test_bad_line_limits_are_refused(line: bytes, message: str) -> None:
+    with pytest.raises(CommandParseError, match=message):
+        REGISTRY.parse(line, WORKER)
+
+
+def test_only_workers_send_line_limit() -> None:
+    with pytest.raises(CommandParseError, match="LINE_LIMIT may not be sent by the master"):
+        REGISTRY.parse(b"LINE_LIMIT 4096", MASTER)

@@ -195,6 +195,22 @@ def scripts(draw: st.DrawFn) -> Script:
     )
 
 
+def feed(connection: WorkerConnection, transport: StringTransport, handler: Handler,
+         clock: Clock, hello: bytes, lines: list[bytes], data: st.DataObject) -> None:
+    """``hello`` then ``lines`` to ``connection`` in drawn chunks, until it closes; pending
+    handler calls finish and time passes at drawn moments."""
+    stream_bytes = hello + b"".join(line + b"\n" for line in lines)
+    at = 0
+    while at < len(stream_bytes) and not transport.disconnecting:
+        size = data.draw(st.sampled_from([1, 3, 16, 100, 1000, len(stream_bytes)]), "chunk")
+        connection.dataReceived(stream_bytes[at:at + size])
+        at += size
+        while handler.waiting and data.draw(st.booleans(), "fire"):
+            handler.fire_one()
+        if data.draw(st.integers(0, 3), "advance") == 0:
+            clock.advance(data.draw(st.sampled_from([0.5, 1.0, 2.0, 5.0]), "seconds"))
+
+
 @settings(max_examples=scaled(300))
 @given(scripts(), st.data())
 def test_a_worker_survives_whatever_a_master_sends(script: Script, data: st.DataObject) -> None:
@@ -211,17 +227,7 @@ def test_a_worker_survives_whatever_a_master_sends(script: Script, data: st.Data
     connection = WatchedConnection(worker)
     transport = StringTransport()
     connection.makeConnection(transport)
-    hello = b"SERVER m\nVERSION 1\n"
-    stream_bytes = hello + b"".join(line + b"\n" for line in script.lines)
-    at = 0
-    while at < len(stream_bytes) and not transport.disconnecting:
-        size = data.draw(st.sampled_from([1, 3, 16, 100, 1000, len(stream_bytes)]), "chunk")
-        connection.dataReceived(stream_bytes[at:at + size])
-        at += size
-        while handler.waiting and data.draw(st.booleans(), "fire"):
-            handler.fire_one()
-        if data.draw(st.integers(0, 3), "advance") == 0:
-            clock.advance(data.draw(st.sampled_from([0.5, 1.0, 2.0, 5.0]), "seconds"))
+    feed(connection, transport, handler, clock, b"SERVER m\nVERSION 1\n", script.lines, data)
     errors = [line for line in transport.value().split(b"\n") if line.startswith(b"ERROR ")]
     event(
         f"closed by the worker: {errors[0][:40].decode('utf-8', 'replace')}"
@@ -302,16 +308,7 @@ def test_a_version_3_worker_survives_whatever_a_master_sends(
     transport = StringTransport()
     connection.makeConnection(transport)
     hello = b"SERVER m\nVERSION 3\nORIGIN " + ORIGIN + b" fpfpfpfpfpfpfpfpfp\n"
-    stream_bytes = hello + b"".join(line + b"\n" for line in script.lines)
-    at = 0
-    while at < len(stream_bytes) and not transport.disconnecting:
-        size = data.draw(st.sampled_from([1, 3, 16, 100, 1000, len(stream_bytes)]), "chunk")
-        connection.dataReceived(stream_bytes[at:at + size])
-        at += size
-        while handler.waiting and data.draw(st.booleans(), "fire"):
-            handler.fire_one()
-        if data.draw(st.integers(0, 3), "advance") == 0:
-            clock.advance(data.draw(st.sampled_from([0.5, 1.0, 2.0, 5.0]), "seconds"))
+    feed(connection, transport, handler, clock, hello, script.lines, data)
     event("ROWS handled" if connection.command_counts()[0].get("ROWS") else "no ROWS")
     connection.connectionLost(Failure(ConnectionDone()))
     while handler.waiting:

@@ -14,12 +14,15 @@ from replication.master import MasterConnection
 from replication.testing import Harness, Recording
 
 
-def raw_connection(harness: Harness, version: int) -> tuple[MasterConnection, StringTransport]:
-    """A follower of ``version`` (2 or 3) that asks for ``events`` from its start."""
+def raw_connection(
+    harness: Harness, version: int, first: bytes = b""
+) -> tuple[MasterConnection, StringTransport]:
+    """A follower of ``version`` (2 or 3) that sends ``first`` after its handshake, then
+    asks for ``events`` from its start."""
     connection = MasterConnection(harness.master)
     transport = StringTransport()
     connection.makeConnection(transport)
-    connection.dataReceived(f"NAME w{version}\nVERSION {version}\n".encode())
+    connection.dataReceived(f"NAME w{version}\nVERSION {version}\n".encode() + first)
     connection.dataReceived(b"REPLICATE events -\n")
     for _ in range(20):
         harness.clock.advance(0)
@@ -96,3 +99,45 @@ def test_a_worker_gets_every_token_once_across_split_lines(tmp_path: Path) -> No
     assert max(len(line) for line in lines if line.startswith(b"ROWS ")) <= 1024
     assert any(line.startswith(b"RDATA ") for line in lines)  # a token bigger than a line
     assert sum(line.startswith(b"ROWS ") for line in lines) < 90
+
+
+def test_rows_lines_keep_within_the_line_limit_a_worker_sent(tmp_path: Path) -> None:
+    """A version 3 follower that sent ``LINE_LIMIT 1024`` gets ROWS lines of at most 1024
+    bytes, catch-up and live, while another with no limit gets one line; a limit above
+    the master's own is held to the master's."""
+    harness = Harness(tmp_path)
+    rows = [{"n": i, "pad": "x" * 90} for i in range(40)]
+    for row in rows:
+        harness.publish("events", [row])
+    small, small_t = raw_connection(harness, 3, b"LINE_LIMIT 1024\n")
+    plain, plain_t = raw_connection(harness, 3)
+    big, big_t = raw_connection(harness, 3, b"LINE_LIMIT 67108864\n")
+    harness.publish("events", rows)  # one token of 40 rows: too big for a 1 KiB line
+    harness.publish("events", [1])
+    small_lines = lines_after_position(small_t)
+    assert max(map(len, small_lines)) <= 1024
+    assert sum(line.startswith("ROWS ") for line in small_lines) > 4
+    assert sum(line.startswith("RDATA ") for line in small_lines) == 40  # the big token
+    assert len(lines_after_position(plain_t)) == 3  # catch-up, then one line per publish
+    assert harness.master.fanout._followers[big].line_limit == 65536
+    assert not small_t.disconnecting
+
+
+def test_line_limit_needs_version_3(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    connection, transport = raw_connection(harness, 2, b"LINE_LIMIT 4096\n")
+    assert "ERROR LINE_LIMIT needs protocol version 3; this connection speaks replication/2" \
+        in transport.value().decode()
+    assert transport.disconnecting
+
+
+def test_a_version_3_worker_sends_its_line_limit(tmp_path: Path) -> None:
+    """The worker's ``limits.max_line_bytes`` goes to the master right after the
+    handshake of version 3, before anything else."""
+    harness = Harness(tmp_path)
+    worker = harness.worker(Recording())
+    worker.config = dataclasses.replace(worker.config, max_line_bytes=2048)
+    pipe = harness.connect(worker)
+    harness.run(pipe)
+    connection = pipe.server  # type: ignore[attr-defined]
+    assert harness.master.fanout._followers[connection].line_limit == 2048

@@ -40,6 +40,7 @@ from replication.wire.commands import (
     Command,
     ErrorCommand,
     HandledCommand,
+    LineLimitCommand,
     OriginCommand,
     PublishCommand,
     PublisherCommand,
@@ -235,6 +236,13 @@ class MasterConnection(ReplicationProtocol):
 
     def on_HANDLED(self, command: HandledCommand) -> None:
         self.master.fanout.handled(self, command)
+
+    def on_LINE_LIMIT(self, command: LineLimitCommand) -> None:
+        if not DIALECTS[self.dialect].rows_lines:
+            self.send_error(f"LINE_LIMIT needs protocol version 3; this connection speaks "
+                            f"{self.dialect}")
+            return
+        self.master.fanout.line_limit(self, command.limit)
 
     def writable(self) -> None:
         self.master.fanout.pump(self)

@@ -177,6 +177,9 @@ class _FollowerState:
     #: Version 3: whether the follower takes ``ROWS`` (many tokens to a line), and the
     #: ``ROWS`` and ``RDATA`` lines written to it, counted as they are written.
     rows_lines: bool = False
+    #: The longest line the follower takes (its ``LINE_LIMIT``; 0: none sent, the
+    #: master's own limit).
+    line_limit: int = 0
     rows_lines_sent: int = 0
     rdata_lines_sent: int = 0
     watch_streams: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -370,6 +373,14 @@ class FanOut:
         state.handled[label] = token
         if self.on_handled is not None:
             self.on_handled(follower, command)
+
+    def line_limit(self, follower: Follower, limit: int) -> None:
+        """``LINE_LIMIT`` from a follower of version 3: its ``ROWS`` lines are kept within
+        ``limit`` bytes (and within the master's own limit)."""
+        self._state_of(follower).line_limit = min(limit, self.max_line_bytes)
+
+    def _line_bound(self, state: _FollowerState) -> int:
+        return state.line_limit or self.max_line_bytes
 
     def rows_lines_sent(self, follower: Follower) -> int:
         """``ROWS`` lines written to ``follower`` (version 3)."""
@@ -780,7 +791,7 @@ class FanOut:
             if entries:
                 if state.rows_lines and _consecutive(entries):
                     data = rows_block(sub.label, entries[0].token, [e.rows for e in entries],
-                                      self.max_line_bytes)
+                                      self._line_bound(state))
                     self._count_lines(state, data)
                     follower.write(data)
                 else:
@@ -868,18 +879,20 @@ class FanOut:
             named = (followed.named | self._all_named) if self._all_named else followed.named
             label = qualify(state.stream, self.origin_name(state.origin))
             rdata: bytes | None = None
-            lines: bytes | None = None
-            counts = (0, 0)
+            # The ROWS lines, by line bound (nearly always one: the master's own).
+            blocks: dict[int, tuple[bytes, tuple[int, int]]] = {}
             followers = self._followers
             for follower in tuple(named):
                 fstate = followers[follower]
                 if fstate.rows_lines:
-                    if lines is None:
-                        lines = rows_block(label, first, tokens_rows, self.max_line_bytes)
-                        counts = _line_counts(lines)
-                    fstate.rows_lines_sent += counts[0]
-                    fstate.rdata_lines_sent += counts[1]
-                    follower.write(lines)
+                    bound = fstate.line_limit or self.max_line_bytes
+                    block = blocks.get(bound)
+                    if block is None:
+                        lines = rows_block(label, first, tokens_rows, bound)
+                        block = blocks[bound] = (lines, _line_counts(lines))
+                    fstate.rows_lines_sent += block[1][0]
+                    fstate.rdata_lines_sent += block[1][1]
+                    follower.write(block[0])
                 else:
                     if rdata is None:
                         rdata = rdata_block(label, zip(
@@ -907,7 +920,7 @@ class FanOut:
                 fstate = self._followers[follower]
                 if fstate.rows_lines:
                     data = rows_block(sub.label, first + skip, tokens_rows[skip:],
-                                      self.max_line_bytes)
+                                      self._line_bound(fstate))
                     self._count_lines(fstate, data)
                     follower.write(data)
                 else:

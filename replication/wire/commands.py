@@ -578,6 +578,43 @@ class RowsCommand(Command):
         return f"{qualify(self.stream, self.origin)} {self.first} {encode_json(self.tokens)}"
 
 
+#: The bounds of a ``LINE_LIMIT``: those of ``limits.max_line_bytes`` (the configuration's
+#: ``MIN_LINE_BYTES`` and ``MAX_LINE_BYTES``).
+MIN_LINE_LIMIT: Final = 1024
+MAX_LINE_LIMIT: Final = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LineLimitCommand(Command):
+    """``LINE_LIMIT <bytes>`` (protocol version 3, worker to master, once, before its
+    ``REPLICATE``): the longest line the worker takes (its ``limits.max_line_bytes``). The
+    master keeps its ``ROWS`` lines to that connection within it."""
+
+    NAME: ClassVar[str] = "LINE_LIMIT"
+    limit: int
+
+    def __post_init__(self) -> None:
+        if (
+            not isinstance(self.limit, int) or isinstance(self.limit, bool)
+            or not MIN_LINE_LIMIT <= self.limit <= MAX_LINE_LIMIT
+        ):
+            raise CommandParseError(
+                f"LINE_LIMIT must be {MIN_LINE_LIMIT} to {MAX_LINE_LIMIT} bytes, "
+                f"got {self.limit!r}"
+            )
+
+    @classmethod
+    def from_args(cls, args: str) -> LineLimitCommand:
+        if not (args.isdigit() and args.isascii() and len(args) <= 9):
+            raise CommandParseError(
+                f"LINE_LIMIT takes 1 argument: LINE_LIMIT <bytes>, got {args[:40]!r}"
+            )
+        return cls(int(args))
+
+    def to_args(self) -> str:
+        return str(self.limit)
+
+
 def check_token_rows(tokens: Any, first: int) -> None:
     """Refuse (:class:`CommandParseError`) a ``ROWS`` value that is not a non-empty array
     of non-empty arrays of rows, or whose tokens would not all be below ``10**19``."""
@@ -1156,6 +1193,7 @@ _BUILTINS: tuple[tuple[type[Command], frozenset[str]], ...] = (
     (ReplicateCommand, frozenset({WORKER})),
     (RdataCommand, frozenset({MASTER})),
     (RowsCommand, frozenset({MASTER})),
+    (LineLimitCommand, frozenset({WORKER})),
     (PositionCommand, frozenset({MASTER})),
     (HandledCommand, frozenset({WORKER})),
     (GapCommand, frozenset({MASTER})),

@@ -72,6 +72,7 @@ from replication.wire.commands import (
     ErrorCommand,
     GapCommand,
     HandledCommand,
+    LineLimitCommand,
     OriginCommand,
     PingCommand,
     PositionCommand,
@@ -187,6 +188,8 @@ class WorkerConnection(ReplicationProtocol):
         self.worker.connection = self
         self.worker.metrics.connected(self)
         self.rows_lines = DIALECTS[self.dialect].rows_lines
+        if self.rows_lines:  # ROWS lines within this worker's line limit
+            self.send(LineLimitCommand(self.max_line_bytes))
         if DIALECTS[self.dialect].origins:
             self.origins = True
             self._followed_bytes = {}
