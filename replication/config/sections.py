@@ -721,7 +721,9 @@ WORKER: Final = Schema(
             "limits.max_line_bytes",
             _LINE_BYTES,
             "The longest line accepted from the master; it should be at least the master's "
-            "``limits.max_line_bytes``.",
+            "``limits.max_line_bytes`` (a row's ``RDATA`` line can be that long). Under "
+            "protocol version 3 the worker tells the master (``LINE_LIMIT``), which keeps "
+            "its ``ROWS`` lines, many tokens to a line, within it.",
             attr="max_line_bytes",
         ),
         Key(
