@@ -266,6 +266,26 @@ def test_writes_queue_while_paused_and_flush_in_order() -> None:
     assert protocol.queued_bytes == 0
 
 
+def test_each_connection_queues_in_its_own_queue() -> None:
+    """Connections share one empty write queue until they first queue a line (it saves
+    600 bytes per idle connection); a paused connection's lines go to a queue of its own,
+    never to the shared one, nor to another connection's."""
+    from replication.wire.protocol import _NO_QUEUE
+
+    paused, paused_transport, _ = connect(max_buffer_bytes=1000)
+    other, other_transport, _ = connect(max_buffer_bytes=1000)
+    paused_transport.clear()
+    other_transport.clear()
+    paused.pauseProducing()
+    paused.write(b"a\n")
+    other.write(b"b\n")
+    assert len(_NO_QUEUE) == 0
+    assert other_transport.value() == b"b\n" and paused_transport.value() == b""
+    paused.resumeProducing()
+    assert paused_transport.value() == b"a\n"
+    assert len(_NO_QUEUE) == 0
+
+
 def test_a_peer_that_does_not_read_is_cut_off_at_the_buffer_bound() -> None:
     """Queued bytes may reach max_buffer_bytes; one byte more sends
     ERROR Failed to keep up, drops the queue and closes."""
