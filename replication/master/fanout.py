@@ -795,9 +795,10 @@ class FanOut:
                     self._count_lines(state, data)
                     follower.write(data)
                 else:
-                    follower.write(
-                        rdata_block(sub.label, [(e.token, e.rows) for e in entries])
-                    )
+                    data = rdata_block(sub.label, [(e.token, e.rows) for e in entries])
+                    if state.rows_lines:
+                        self._count_lines(state, data)
+                    follower.write(data)
                 sub.position = entries[-1].token
                 rows = sum(len(e.rows) for e in entries)
                 self.followed(sub.stream, sub.origin).rows_sent_catchup += rows
