@@ -25,7 +25,7 @@ from replication.wire.commands import (
     ServerCommand,
     VersionCommand,
 )
-from replication.wire.dialects import LEGACY, VERSION_1, VERSION_2, Dialect
+from replication.wire.dialects import LEGACY, VERSION_1, VERSION_2, VERSIONS, Dialect
 from replication.wire.session import (
     AUTH_FAILED,
     AUTH_REQUIRED,
@@ -670,6 +670,18 @@ def test_a_new_version_is_one_entry_in_the_table() -> None:
     assert master.dialect is worker.dialect is VERSION_2
     master, worker, _ = _negotiate(ONE_AND_TWO, {1: VERSION_1})
     assert master.dialect is worker.dialect is VERSION_1
+
+
+def test_this_release_and_the_previous_one_agree_on_version_2_either_way() -> None:
+    """A worker of this release (versions 3, 2, 1) and a master of the previous one (2 and
+    1) agree on 2, and so do a master of this release and a worker of the previous one:
+    ROWS and LINE_LIMIT are then never sent."""
+    master, worker, _ = _negotiate(ONE_AND_TWO, dict(VERSIONS))
+    assert master.dialect is worker.dialect is VERSION_2
+    master, worker, _ = _negotiate(dict(VERSIONS), ONE_AND_TWO)
+    assert master.dialect is worker.dialect is VERSION_2
+    master, worker, _ = _negotiate(dict(VERSIONS), dict(VERSIONS))
+    assert master.dialect is worker.dialect is VERSIONS[3]
 
 
 def test_a_worker_whose_first_command_after_name_is_not_version_speaks_legacy() -> None:
