@@ -305,6 +305,23 @@ def test_the_key_window_is_bounded_by_count_and_age() -> None:
     assert PublishKeys(0, 10.0).begin("a", "s", 0.0) is None
 
 
+def test_knows_any_is_find_for_a_whole_run() -> None:
+    """``knows_any`` answers as ``find`` on each key would: running and finished keys are
+    known, refused and expired ones are not."""
+    keys = PublishKeys(max_keys=10, max_age=10.0)
+    running = keys.begin("running", "s", 0.0)
+    done = keys.begin("done", "s", 1.0)
+    refused = keys.begin("refused", "s", 1.0)
+    assert running is not None and done is not None and refused is not None
+    keys.finish("done", done, [1])
+    keys.finish("refused", refused, (409, "no"))
+    for run, known in ((["x", "running"], True), (["done", "y"], True), (["refused"], False),
+                       (["x", "y"], False), ([], False)):
+        assert keys.knows_any(run, 5.0) is known, run
+        assert any(keys.find(key, 5.0) is not None for key in run) is known
+    assert not keys.knows_any(["running", "done"], 11.5)  # both arrived 10 s before
+
+
 def test_finished_keys_are_not_tracked_by_the_garbage_collector() -> None:
     """A full window must not lengthen every full collection: a finished key is kept as
     plain data, which the collector stops tracking after one collection (a loaded one

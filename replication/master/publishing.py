@@ -142,6 +142,12 @@ class PublishKeys:
             return FinishedKey(*entry)
         return entry  # type: ignore[return-value]
 
+    def knows_any(self, keys: list[str], now: float) -> bool:
+        """Whether :meth:`find` would find any of ``keys`` (one look for a whole run)."""
+        if now >= self._next_expiry:
+            self._expire(now)
+        return not self._entries.keys().isdisjoint(keys)
+
     def begin(self, key: str, stream: str, now: float) -> KeyEntry | None:
         """Remember ``key`` for a publish to ``stream`` that starts now (``None`` when keys
         are off); the oldest key goes when the window is full."""
@@ -406,9 +412,8 @@ class PublishPipeline:
         if run_keys:
             if len(set(run_keys)) != len(run_keys):
                 return False  # one key twice: the second waits for the first's outcome
-            for key in run_keys:
-                if keys.find(key, now) is not None:
-                    return False
+            if keys.knows_any(run_keys, now):
+                return False
         encoded = self._encode_run(stream, [fields[3] for fields in part])
         if encoded is None:
             return False
