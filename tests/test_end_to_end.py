@@ -318,3 +318,37 @@ def test_a_memory_master_restarted_is_a_new_origin_to_its_worker(tmp_path: Path)
         ], lines
         print(f"worker reconnected {reconnected - restarted:.2f}s after the master restarted")
         assert worker.poll() is None and master.poll() is None
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_with_a_small_line_limit_gets_rows_lines_it_takes(tmp_path: Path) -> None:
+    """A worker configured with ``limits.max_line_bytes: 1024`` against a master of the
+    default 64 KiB: under protocol version 3 it sends ``LINE_LIMIT 1024`` and the master
+    keeps its ``ROWS`` lines within it, so a catch-up of 300 tokens, one of them larger
+    than 1 KiB (sent as RDATA lines), arrives whole, on one connection, without an
+    ``ERROR``."""
+    port, http_port = free_ports(2)
+    config = tmp_path / "worker.yaml"
+    config.write_text("limits: {max_line_bytes: 1024}\n")
+    with ExitStack() as stack:
+        master = stack.enter_context(start_master(tmp_path, "master", port, http_port))
+        tokens = [[{"i": i, "pad": "x" * 40}] for i in range(300)]
+        tokens[150] = [{"i": 150, "pad": "y" * 200} for _ in range(10)]  # over 1 KiB
+        for first in range(0, 300, 100):
+            status, answer = http_request(http_port, "POST", f"/streams/{STREAM}",
+                                          {"tokens": tokens[first:first + 100]})
+            assert status == 200, answer
+        worker = stack.enter_context(Process(
+            "w1",
+            worker_command(port, "w1", tmp_path / "w1.json", "--config", str(config)),
+            stdout=tmp_path / "w1.out", stderr=tmp_path / "w1.err", cwd=tmp_path,
+        ))
+        wait_until(partial(_output_reaches, tmp_path / "w1.out", 300), 30, "w1 to print 300",
+                   alive=[master, worker])
+        lines, torn = read_json_lines(tmp_path / "w1.out")
+        assert torn == ""
+        assert _tokens(lines) == list(range(1, 301))
+        assert [line["rows"] for line in lines] == tokens
+        errors = (tmp_path / "w1.err").read_text()
+        assert "ERROR" not in errors and "line too long" not in errors, errors
+        assert errors.count("connected to master") == 1, errors
