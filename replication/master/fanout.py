@@ -886,7 +886,7 @@ class FanOut:
             for follower in tuple(named):
                 fstate = followers[follower]
                 if fstate.rows_lines:
-                    bound = fstate.line_limit or self.max_line_bytes
+                    bound = self._line_bound(fstate)
                     block = blocks.get(bound)
                     if block is None:
                         lines = rows_block(label, first, tokens_rows, bound)

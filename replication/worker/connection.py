@@ -541,10 +541,7 @@ class WorkerConnection(ReplicationProtocol):
                         times = []
                     runner.handler_returned(stream, token, rows, result, started, origin)
                     if self._holding:
-                        if j + 1 < count:
-                            self._held.append(
-                                HeldTokens(stream, origin, token + 1, list(tokens[j + 1:]))
-                            )
+                        self._hold_tokens(stream, origin, token + 1, list(tokens[j + 1:]))
                         self.hold_remaining(lines, i + 1)
                         return
                     if self._closing:
@@ -590,13 +587,19 @@ class WorkerConnection(ReplicationProtocol):
         for i, rows in enumerate(tokens):
             runner.submit(held.stream, held.first + i, rows, held.origin)
             if self._holding:
-                if i + 1 < len(tokens):
-                    self._held.append(HeldTokens(
-                        held.stream, held.origin, held.first + i + 1, tokens[i + 1:]
-                    ))
+                self._hold_tokens(held.stream, held.origin, held.first + i + 1, tokens[i + 1:])
                 return
             if self._closing:
                 return
+
+    def _hold_tokens(
+        self, stream: str, origin: str | None, first: int, rest: list[list[Any]]
+    ) -> None:
+        """Input was held in the middle of a ``ROWS`` line: its tokens not handled yet
+        (``rest``, from ``first``) go first among the held lines, before the lines after
+        it."""
+        if rest:
+            self._held.append(HeldTokens(stream, origin, first, rest))
 
     def lineReceived(self, line: bytes) -> None:
         if type(line) is HeldTokens:
