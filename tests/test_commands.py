@@ -48,7 +48,7 @@ BUILTIN_NAMES = frozenset(
         "SERVER", "NAME", "VERSION", "PING", "REPLICATE", "RDATA", "ROWS", "LINE_LIMIT",
         "POSITION", "GAP", "RESET",
         "ERROR", "HANDLED", "ORIGIN", "RELAY", "PUBLISHER", "PUBLISHING", "PUBLISH",
-        "PUBLISH_TOKENS", "PUBLISHED", "REFUSED", "CHALLENGE", "AUTH", "AUTH_OK",
+        "PUBLISH_TOKENS", "PUBLISH_BATCH", "PUBLISHED", "PUBLISHED_RUN", "REFUSED", "CHALLENGE", "AUTH", "AUTH_OK",
     }
 )
 STREAM_128 = "s" * 128
@@ -501,17 +501,18 @@ def test_names_lists_all_and_per_side() -> None:
     assert registry.names() == BUILTIN_NAMES
     assert registry.names(WORKER) == frozenset(
         {"NAME", "VERSION", "PING", "REPLICATE", "HANDLED", "ERROR", "ORIGIN", "RELAY",
-         "PUBLISHER", "PUBLISH", "PUBLISH_TOKENS", "AUTH", "LINE_LIMIT"}
+         "PUBLISHER", "PUBLISH", "PUBLISH_TOKENS", "PUBLISH_BATCH", "AUTH", "LINE_LIMIT"}
     )
     assert registry.names(MASTER) == frozenset(
         {"SERVER", "VERSION", "PING", "RDATA", "ROWS", "POSITION", "GAP", "RESET", "ERROR",
-         "ORIGIN", "PUBLISHING", "PUBLISHED", "REFUSED", "CHALLENGE", "AUTH_OK"}
+         "ORIGIN", "PUBLISHING", "PUBLISHED", "PUBLISHED_RUN", "REFUSED", "CHALLENGE",
+         "AUTH_OK"}
     )
     assert registry.names("nobody") == frozenset()
     with_ack = _registry_with_ack()
     assert with_ack.names(WORKER) == frozenset(
         {"NAME", "VERSION", "PING", "REPLICATE", "HANDLED", "ERROR", "ORIGIN", "RELAY", "ACK",
-         "PUBLISHER", "PUBLISH", "PUBLISH_TOKENS", "AUTH", "LINE_LIMIT"}
+         "PUBLISHER", "PUBLISH", "PUBLISH_TOKENS", "PUBLISH_BATCH", "AUTH", "LINE_LIMIT"}
     )
     assert "ACK" not in with_ack.names(MASTER)
 

@@ -131,12 +131,12 @@ def test_a_master_on_a_store_that_keeps_keys_says_so(tmp_path: Path) -> None:
                     run_blocking=runner)
     runner.run_all()
     _, transport = publisher(master)
-    assert take(transport)[3] == "PUBLISHING 1024 65536 keys=kept"
+    assert take(transport)[3] == "PUBLISHING 1024 65536 keys=kept batch"
     off = dataclasses.replace(MasterConfig(), limits=limits(publish_keys=0))
     master = Master(off, SqliteStore(str(tmp_path / "t.sqlite3")), Clock(), run_blocking=runner)
     runner.run_all()
     _, transport = publisher(master)
-    assert take(transport)[3] == "PUBLISHING 1024 65536"
+    assert take(transport)[3] == "PUBLISHING 1024 65536 batch"
 
 
 def test_refused_flattens_line_breaks() -> None:
@@ -153,7 +153,7 @@ def test_publisher_is_answered_with_its_limits(tmp_path: Path) -> None:
     sent = take(transport)
     assert sent[:2] == ["SERVER master", "VERSION 2"]
     assert sent[2].startswith("ORIGIN ")
-    assert sent[3] == "PUBLISHING 7 65536"
+    assert sent[3] == "PUBLISHING 7 65536 batch"
     assert connection.role == "publisher"
 
 

@@ -31,7 +31,13 @@ from replication.cluster.identity import (
     conflict_reason,
     recognise,
 )
-from replication.master.publishing import Fields, PublishPipeline, fast_publish, publish_id
+from replication.master.publishing import (
+    Fields,
+    PublishPipeline,
+    fast_publish,
+    publish_batch_head,
+    publish_id,
+)
 from replication.wire.auth import ALL_PERMISSIONS, Permissions, permissions_of
 from replication.wire.commands import (
     ALL_STREAMS,
@@ -42,6 +48,7 @@ from replication.wire.commands import (
     HandledCommand,
     LineLimitCommand,
     OriginCommand,
+    PublishBatchCommand,
     PublishCommand,
     PublisherCommand,
     PublishingCommand,
@@ -330,19 +337,30 @@ class MasterConnection(ReplicationProtocol):
         are dropped as they arrive); anything else is a framing error, as on any
         connection."""
         length = line.length if type(line) is TooLongLine else len(line)
+        publishing = self.publishing
+        batch = publish_batch_head(line) if line.startswith(b"PUBLISH_BATCH ") else None
         id_ = publish_id(line) if line.startswith(_PUBLISH_COMMANDS) else None
-        if id_ is None or self.publishing is None:
+        if (
+            (id_ is None and batch is None)
+            or publishing is None
+            or (batch is not None and batch[1] > publishing.max_in_flight)
+        ):
             self.lineReceived(line)  # ERROR line too long
             return
         counts = self.received_counts
-        name = "PUBLISH_TOKENS" if line.startswith(b"PUBLISH_TOKENS ") else "PUBLISH"
+        name = line[:line.index(b" ")].decode()
         counts[name] = counts.get(name, 0) + 1
         more = "more than " if type(line) is TooLongLine else ""
-        self.publishing.refuse(id_, 413, (
+        message = (
             f"the publish line is {more}{length} bytes, over the line limit of "
             f"{self.max_line_bytes} bytes (limits.max_line_bytes): publish fewer or smaller "
             "rows at a time"
-        ))
+        )
+        if batch is not None:
+            publishing.refuse_batch(batch[0], batch[1], 413, message)
+        else:
+            assert id_ is not None
+            publishing.refuse(id_, 413, message)
 
     def on_PUBLISHER(self, command: PublisherCommand) -> None:
         if not DIALECTS[self.dialect].origins:
@@ -364,7 +382,7 @@ class MasterConnection(ReplicationProtocol):
         self.publishing = PublishPipeline(self.master, self, limits.max_publishes_in_flight)
         self.send(PublishingCommand(
             limits.max_publishes_in_flight, limits.max_line_bytes,
-            keys_kept=self.master.log.keeps_keys and limits.publish_keys > 0,
+            keys_kept=self.master.log.keeps_keys and limits.publish_keys > 0, batch=True,
         ))
 
     def on_PUBLISH(self, command: PublishCommand) -> None:
@@ -380,6 +398,23 @@ class MasterConnection(ReplicationProtocol):
     def on_PUBLISH_TOKENS(self, command: PublishTokensCommand) -> None:
         self.on_PUBLISH(command)
 
+    def on_PUBLISH_BATCH(self, command: PublishBatchCommand) -> None:
+        publishing = self.publishing
+        if publishing is None:
+            self.send_error(
+                "PUBLISH_BATCH needs PUBLISHER first: workers may not publish (send "
+                "PUBLISHER as the first command after the handshake)"
+            )
+            return
+        if command.count > publishing.max_in_flight:
+            self.send_error(
+                f"PUBLISH_BATCH of {command.count} publishes: this master reads at most "
+                f"{publishing.max_in_flight} ahead of their answers "
+                "(limits.max_publishes_in_flight, in PUBLISHING)"
+            )
+            return
+        publishing.take_batch(command)
+
     def closed(self, reason: str) -> None:
         if self.publishing is not None:
             self.publishing.closed()
@@ -391,7 +426,7 @@ class MasterConnection(ReplicationProtocol):
 
 
 #: The commands that publish (the start of their lines).
-_PUBLISH_COMMANDS = (b"PUBLISH ", b"PUBLISH_TOKENS ")
+_PUBLISH_COMMANDS = (b"PUBLISH ", b"PUBLISH_TOKENS ", b"PUBLISH_BATCH ")
 
 #: What a publisher may not send: it follows no stream and is no cluster peer.
 _NOT_FOR_PUBLISHERS = frozenset(

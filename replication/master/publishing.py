@@ -37,10 +37,12 @@ from replication.store import PublishKey
 from replication.wire.auth import Permissions
 from replication.wire.commands import (
     CommandParseError,
+    PublishBatchCommand,
     PublishCommand,
     PublishTokensCommand,
     RefusedCommand,
     decode_json_bytes,
+    encode_json,
     rdata_line_length,
 )
 
@@ -251,6 +253,15 @@ class _Slot:
 Fields = tuple[str, str, "str | None", bytes]
 
 
+class _Run(NamedTuple):
+    """A run of publishes committed together (:meth:`PublishPipeline._commit_run`): their
+    ids, their keys (``None``: none is remembered) and their entries in the key window."""
+
+    ids: Sequence[str] | range
+    keys: Sequence[str | None] | None
+    entries: list[tuple[str, KeyEntry]] | None
+
+
 #: A publish waiting in a batch: stream, encoded tokens, its slot, key and key entry.
 _Batched = tuple[str, list[list[str]], _Slot, "str | None", "KeyEntry | None"]
 
@@ -370,6 +381,11 @@ class PublishPipeline:
         ``REFUSED``, in its place among the others."""
         self._answer(self._new_slot(id_), (status, message))
 
+    def refuse_batch(self, first_id: int, count: int, status: int, message: str) -> None:
+        """:meth:`refuse` for the ``count`` publishes of a ``PUBLISH_BATCH`` line."""
+        ids = range(first_id, first_id + count)
+        self._refuse_all(self._new_slot(str(first_id), count), ids, (status, message))
+
     # -- runs: fast-parsed publishes of one read, checked, committed and answered together --
 
     def take_run(self, run: list[Fields]) -> None:
@@ -399,81 +415,170 @@ class PublishPipeline:
     def _take_stream_run(self, stream: str, part: list[Fields]) -> bool:
         """Take ``part`` (publishes to ``stream``) as one run; ``False``: nothing was done,
         take them one by one."""
-        master = self.master
-        if (
-            _orjson is None
-            or master.log.state(stream) is None
-            or not self.connection.permissions.may_publish(stream)
-        ):
+        if not self._may_run(stream):
             return False
-        keys = master.publish_keys
-        now = master.clock.seconds()
-        run_keys = [key for _, _, key, _ in part if key is not None]
-        if run_keys:
-            if len(set(run_keys)) != len(run_keys):
-                return False  # one key twice: the second waits for the first's outcome
-            if keys.knows_any(run_keys, now):
-                return False
+        keys = [fields[2] for fields in part]
+        run_keys = [key for key in keys if key is not None]
+        if run_keys and not self._keys_unknown(run_keys):
+            return False
         encoded = self._encode_run(stream, [fields[3] for fields in part])
         if encoded is None:
             return False
-        slot = self._new_slot("", len(part))
-        entries: list[tuple[str, KeyEntry]] | None = None
-        if run_keys and keys.max_keys:
-            entries = list(zip(run_keys, keys.begin_run(run_keys, stream, now), strict=True))
-        stored_keys = (
-            [(fields[2], k, 1) for k, fields in enumerate(part) if fields[2] is not None]
-            if entries else ()
+        self._commit_run(stream, [fields[0] for fields in part], keys if run_keys else None,
+                         encoded)
+        return True
+
+    def _may_run(self, stream: str) -> bool:
+        """Whether publishes to ``stream`` may be taken as a run: orjson is there to encode
+        them, the log holds the stream (so its name is valid and, with ``strict_streams``,
+        known), and the connection may publish to it."""
+        return (
+            _orjson is not None
+            and self.master.log.state(stream) is not None
+            and self.connection.permissions.may_publish(stream)
         )
+
+    def _keys_unknown(self, run_keys: list[str]) -> bool:
+        """Whether the keys of a run are all distinct and none is in the window (else the
+        run is taken one by one: a known key is answered from the window, and the second
+        use of a key waits for the first's outcome)."""
+        return len(set(run_keys)) == len(run_keys) and not self.master.publish_keys.knows_any(
+            run_keys, self.master.clock.seconds()
+        )
+
+    def _commit_run(
+        self, stream: str, ids: Sequence[str] | range, keys: Sequence[str | None] | None,
+        encoded: list[list[str]],
+    ) -> None:
+        """Commit a run of checked and encoded one-token publishes to ``stream`` (their
+        ``ids`` and ``keys`` in order; ``keys`` ``None``: none has one) in one store
+        transaction, and answer them together, in one slot: ``PUBLISHED`` per publish, or
+        one ``PUBLISHED_RUN`` when ``ids`` is the ``range`` of a ``PUBLISH_BATCH``."""
+        master = self.master
+        window = master.publish_keys
+        slot = self._new_slot("", len(ids))
+        entries: list[tuple[str, KeyEntry]] | None = None
+        stored_keys: list[tuple[str, int, int]] | tuple[()] = ()
+        if keys is not None and window.max_keys:
+            run_keys = [key for key in keys if key is not None]
+            now = master.clock.seconds()
+            entries = list(zip(run_keys, window.begin_run(run_keys, stream, now), strict=True))
+            stored_keys = [(key, k, 1) for k, key in enumerate(keys) if key is not None]
+        run = _Run(ids, keys if entries else None, entries)
         try:
             tokens = (
                 None if master.acks.wanted
                 else master.log.publish_inline(stream, encoded, stored_keys)
             )
         except PublishError as e:
-            self._run_refused(slot, part, entries, (e.status, e.message))
-            return True
+            self._run_refused(slot, run, (e.status, e.message))
+            return
         if tokens is not None:
-            self._run_published(tokens, slot, part, entries)
+            self._run_published(tokens, slot, run)
         else:
             master.submit_many(stream, encoded, stored_keys).addCallbacks(
                 self._run_published, self._run_refused_by,
-                callbackArgs=(slot, part, entries), errbackArgs=(slot, part, entries),
+                callbackArgs=(slot, run), errbackArgs=(slot, run),
             )
-        return True
 
-    def _run_published(
-        self, tokens: list[int], slot: _Slot, part: list[Fields],
-        entries: list[tuple[str, KeyEntry]] | None,
-    ) -> None:
-        slot.answer = "".join([
-            f"PUBLISHED {fields[0]} {token}\n" for fields, token in zip(part, tokens, strict=True)
-        ]).encode()
-        if entries:
-            self.master.publish_keys.finish_run(entries, [
-                [token] for fields, token in zip(part, tokens, strict=True)
-                if fields[2] is not None
+    def _run_published(self, tokens: list[int], slot: _Slot, run: _Run) -> None:
+        ids = run.ids
+        if type(ids) is range and tokens[-1] - tokens[0] == len(tokens) - 1:
+            slot.answer = b"PUBLISHED_RUN %d %d %d\n" % (ids.start, len(ids), tokens[0])
+        else:
+            slot.answer = "".join([
+                f"PUBLISHED {id_} {token}\n" for id_, token in zip(ids, tokens, strict=True)
+            ]).encode()
+        if run.entries:
+            assert run.keys is not None
+            self.master.publish_keys.finish_run(run.entries, [
+                [token] for key, token in zip(run.keys, tokens, strict=True)
+                if key is not None
             ])
         self._flush()
 
-    def _run_refused_by(
-        self, failure: Failure, slot: _Slot, part: list[Fields],
-        entries: list[tuple[str, KeyEntry]] | None,
-    ) -> None:
-        self._run_refused(slot, part, entries, _refusal(failure))
+    def _run_refused_by(self, failure: Failure, slot: _Slot, run: _Run) -> None:
+        self._run_refused(slot, run, _refusal(failure))
 
-    def _run_refused(
-        self, slot: _Slot, part: list[Fields],
-        entries: list[tuple[str, KeyEntry]] | None, refusal: tuple[int, str],
+    def _run_refused(self, slot: _Slot, run: _Run, refusal: tuple[int, str]) -> None:
+        self._refuse_all(slot, run.ids, refusal)
+        if run.entries:
+            self.master.publish_keys.finish_run(run.entries, [refusal] * len(run.entries))
+
+    def _refuse_all(
+        self, slot: _Slot, ids: Sequence[str] | range, refusal: tuple[int, str]
     ) -> None:
+        """Answer every publish of ``slot`` (``ids``) with the same refusal."""
         status, message = refusal
         slot.answer = b"".join(
-            RefusedCommand(fields[0], status, message).to_line() + b"\n" for fields in part
+            RefusedCommand(str(id_), status, message).to_line() + b"\n" for id_ in ids
         )
-        self._refused += len(part)
-        if entries:
-            self.master.publish_keys.finish_run(entries, [refusal] * len(entries))
+        self._refused += len(ids)
         self._flush()
+
+    # -- PUBLISH_BATCH: many one-token publishes in one line ---------------------------
+
+    def take_batch(self, command: PublishBatchCommand) -> None:
+        """Take the publishes of one ``PUBLISH_BATCH``, each on its own: as one run when
+        they are all usual (committed together, answered with ``PUBLISHED_RUN``), else one
+        by one through :meth:`take`, with the same answers ``count`` ``PUBLISH`` lines would
+        get. A batch whose JSON does not parse, or does not hold ``count`` elements, is
+        refused as a whole (400): nothing of it can be told apart."""
+        count = command.count
+        ids = command.ids
+        try:
+            tokens = decode_json_bytes(command.rows.encode("utf-8", "surrogatepass"),
+                                       "PUBLISH_BATCH rows")
+        except CommandParseError as e:
+            self._refuse_all(self._new_slot(str(ids.start), count), ids, (400, str(e)))
+            return
+        if type(tokens) is not list or len(tokens) != count:
+            found = (
+                f"{len(tokens)} element{'' if len(tokens) == 1 else 's'}"
+                if isinstance(tokens, list) else "no JSON array"
+            )
+            self._refuse_all(self._new_slot(str(ids.start), count), ids, (
+                400, f"PUBLISH_BATCH says {count} publishes and its rows hold {found}: it "
+                     f"takes a JSON array of {count} arrays of rows",
+            ))
+            return
+        if self._batch:  # publishes taken one by one before: committed first, in order
+            self.end_batch()
+            self.begin_batch()
+        stream = command.stream
+        prefix, start = command.key_prefix, command.key_start
+        keys = None if prefix is None else [f"{prefix}-{n}" for n in range(start, start + count)]
+        if self._may_run(stream) and (keys is None or self._keys_unknown(keys)):
+            encoded = self._encode_batch(stream, tokens)
+            if encoded is not None:
+                self._commit_run(stream, ids, keys, encoded)
+                return
+        for i, rows in enumerate(tokens):
+            try:
+                data = encode_json(rows).encode()
+            except (TypeError, ValueError):  # pragma: no cover - what parsed encodes
+                data = b"null"
+            self.take(str(ids[i]), stream, None if keys is None else keys[i], data, False)
+
+    def _encode_batch(self, stream: str, tokens: list[object]) -> list[list[str]] | None:
+        """Each element of a ``PUBLISH_BATCH`` (parsed) as one token's compact rows, or
+        ``None`` if any of them needs :meth:`take` (which also words the refusals)."""
+        assert _orjson is not None
+        dumps = _orjson.dumps
+        room = self._room_of(stream)
+        max_rows = self._max_rows
+        out: list[list[str]] = []
+        try:
+            for rows in tokens:
+                if type(rows) is not list or not rows or len(rows) > max_rows:
+                    return None
+                datas = list(map(dumps, rows))
+                if max(map(len, datas)) > room:
+                    return None
+                out.append([data.decode() for data in datas])
+        except TypeError:  # an integer beyond 64 bits: take() keeps it exact
+            return None
+        return out
 
     def _encode_run(self, stream: str, datas: list[bytes]) -> list[list[str]] | None:
         """Each publish of ``datas`` (the JSON texts of the rows of publishes to ``stream``)
@@ -490,11 +595,7 @@ class PublishPipeline:
             parsed = [loads(data) for data in datas]
         except _orjson.JSONDecodeError:
             return None
-        room = self._room.get(stream)
-        if room is None:
-            room = self._room[stream] = (
-                self.master.config.limits.max_line_bytes - rdata_line_length(stream, "")
-            )
+        room = self._room_of(stream)
         max_rows = self._max_rows
         out: list[list[str]] = []
         for data, rows in zip(datas, parsed, strict=True):
@@ -513,6 +614,16 @@ class PublishPipeline:
                 return None
             out.append(texts)
         return out
+
+    def _room_of(self, stream: str) -> int:
+        """The bytes of JSON a row of ``stream`` may take: the line limit less RDATA's
+        prefix."""
+        room = self._room.get(stream)
+        if room is None:
+            room = self._room[stream] = (
+                self.master.config.limits.max_line_bytes - rdata_line_length(stream, "")
+            )
+        return room
 
     # -- batches: the publishes of one read, committed together --------------------------
 
@@ -686,6 +797,20 @@ _FAST_PUBLISH = re.compile(
 
 #: The command and id at the start of a publish line (for a line too long to be read).
 _PUBLISH_HEAD = re.compile(rb"(PUBLISH|PUBLISH_TOKENS) ([\x21-\x7e]{1,64}) ")
+
+
+#: The first id and the count at the start of a ``PUBLISH_BATCH`` line.
+_BATCH_HEAD = re.compile(rb"PUBLISH_BATCH ([0-9]{1,19}) ([0-9]{1,7}) ")
+
+
+def publish_batch_head(head: bytes) -> tuple[int, int] | None:
+    """``(first id, count)`` of the ``PUBLISH_BATCH`` whose line starts with ``head``
+    (``None``: they cannot be read)."""
+    match = _BATCH_HEAD.match(head)
+    if match is None:
+        return None
+    first, count = int(match.group(1)), int(match.group(2))
+    return (first, count) if first < 10**19 and count > 0 else None
 
 
 def publish_id(head: bytes) -> str | None:

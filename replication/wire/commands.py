@@ -855,17 +855,20 @@ class PublisherCommand(Command):
 
 @dataclass(frozen=True, slots=True)
 class PublishingCommand(Command):
-    """``PUBLISHING <max_in_flight> <max_line_bytes>[ keys=kept]`` (protocol version 2): the
-    master's answer to ``PUBLISHER``: how many publishes it reads ahead of their answers on
-    this connection (``limits.max_publishes_in_flight``; beyond that it stops reading), the
-    longest line it accepts (``limits.max_line_bytes``), and ``keys=kept`` when its store
-    keeps idempotency keys across restarts. Fields after the first two are options; one a
-    publisher does not know is ignored, so that masters may add more."""
+    """``PUBLISHING <max_in_flight> <max_line_bytes>[ keys=kept][ batch]`` (protocol version
+    2): the master's answer to ``PUBLISHER``: how many publishes it reads ahead of their
+    answers on this connection (``limits.max_publishes_in_flight``; beyond that it stops
+    reading), the longest line it accepts (``limits.max_line_bytes``), ``keys=kept`` when
+    its store keeps idempotency keys across restarts, and ``batch`` when it takes
+    ``PUBLISH_BATCH``. Fields after the first two are options; one a publisher does not
+    know is ignored, so that masters may add more."""
 
     NAME: ClassVar[str] = "PUBLISHING"
     max_in_flight: int
     max_line_bytes: int
     keys_kept: bool = False
+    #: The master takes ``PUBLISH_BATCH`` (option ``batch``).
+    batch: bool = False
 
     def __post_init__(self) -> None:
         _check_token(self.max_in_flight, "max_in_flight")
@@ -878,12 +881,13 @@ class PublishingCommand(Command):
             _split(args, 2, cls.NAME, "<max_in_flight> <max_line_bytes>")  # raises
         return cls(
             parse_token(fields[0], "max_in_flight"), parse_token(fields[1], "max_line_bytes"),
-            "keys=kept" in fields[2:],
+            "keys=kept" in fields[2:], "batch" in fields[2:],
         )
 
     def to_args(self) -> str:
         kept = " keys=kept" if self.keys_kept else ""
-        return f"{self.max_in_flight} {self.max_line_bytes}{kept}"
+        batch = " batch" if self.batch else ""
+        return f"{self.max_in_flight} {self.max_line_bytes}{kept}{batch}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -941,6 +945,118 @@ class PublishTokensCommand(PublishCommand):
 
     NAME: ClassVar[str] = "PUBLISH_TOKENS"
     ROWS: ClassVar[str] = "<json array of arrays of rows>"
+
+
+#: The most publishes one ``PUBLISH_BATCH`` may carry, whatever the master's in-flight limit
+#: (which bounds it further: the master refuses a batch of more than it reads ahead).
+MAX_BATCH: Final = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class PublishBatchCommand(Command):
+    """``PUBLISH_BATCH <first-id> <count> <stream>[ keys=<prefix>-<start>] <json array of
+    arrays of rows>`` (protocol version 2, from a publisher, to a master that said
+    ``batch`` in ``PUBLISHING``): ``count`` publishes to one stream in one line, each the
+    rows of one token and each on its own, as ``count`` ``PUBLISH`` lines would be: publish
+    ``i`` (from 0) has the id ``first_id + i`` and, with ``keys=``, the idempotency key
+    ``<prefix>-<start + i>``; each is committed or refused alone and answered in order
+    (``PUBLISHED_RUN`` for a run of them committed as consecutive tokens).
+
+    The ids, count and keys are checked here (a bad one is a protocol error, as for
+    ``PUBLISH``); the stream and the rows are checked by the master, which refuses what it
+    cannot take with ``REFUSED``, per publish, and keeps the connection."""
+
+    NAME: ClassVar[str] = "PUBLISH_BATCH"
+    first_id: int
+    count: int
+    stream: str
+    rows: str
+    key_prefix: str | None = None
+    key_start: int = 0
+
+    def __post_init__(self) -> None:
+        _check_token(self.first_id, "PUBLISH_BATCH first id")
+        if not isinstance(self.count, int) or not 0 < self.count <= MAX_BATCH:
+            raise CommandParseError(
+                f"PUBLISH_BATCH count must be 1 to {MAX_BATCH}, got {self.count!r}"
+            )
+        if not self.stream or " " in self.stream:
+            raise CommandParseError("PUBLISH_BATCH needs a stream name without spaces")
+        if self.key_prefix is not None:
+            _check_token(self.key_start, "PUBLISH_BATCH key start")
+            check_publish_key(f"{self.key_prefix}-{self.key_start + self.count - 1}")
+
+    @property
+    def ids(self) -> range:
+        """The ids of the publishes, in order."""
+        return range(self.first_id, self.first_id + self.count)
+
+    def key(self, i: int) -> str | None:
+        """The idempotency key of publish ``i`` (``None``: it has none)."""
+        if self.key_prefix is None:
+            return None
+        return f"{self.key_prefix}-{self.key_start + i}"
+
+    @classmethod
+    def from_args(cls, args: str) -> PublishBatchCommand:
+        parts = args.split(" ", 3)
+        if len(parts) != 4 or not all(parts):
+            raise CommandParseError(
+                "PUBLISH_BATCH takes 4 or 5 arguments: PUBLISH_BATCH <first-id> <count> "
+                "<stream> [keys=<prefix>-<start>] <json array of arrays of rows>"
+            )
+        first, count, stream, rest = parts
+        prefix = None
+        start = 0
+        if rest.startswith("keys="):
+            keys, _, rest = rest[len("keys="):].partition(" ")
+            prefix, dash, number = keys.rpartition("-")
+            if not dash or not prefix:
+                raise CommandParseError(
+                    f"PUBLISH_BATCH keys must be <prefix>-<start>, got {keys!r}"
+                )
+            start = parse_token(number, "PUBLISH_BATCH key start")
+            if not rest:
+                raise CommandParseError(f"PUBLISH_BATCH {first}: rows missing after the keys")
+        return cls(parse_token(first, "PUBLISH_BATCH first id"),
+                   parse_token(count, "PUBLISH_BATCH count"), stream, rest, prefix, start)
+
+    def to_args(self) -> str:
+        keys = "" if self.key_prefix is None else f" keys={self.key_prefix}-{self.key_start}"
+        return f"{self.first_id} {self.count} {self.stream}{keys} {self.rows}"
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedRunCommand(Command):
+    """``PUBLISHED_RUN <first-id> <count> <first-token>`` (protocol version 2, master to
+    publisher): the ``count`` publishes of a ``PUBLISH_BATCH`` with the ids ``first_id`` to
+    ``first_id + count - 1`` are committed as the consecutive tokens ``first_token`` to
+    ``first_token + count - 1``, one each: ``count`` ``PUBLISHED`` answers in one line."""
+
+    NAME: ClassVar[str] = "PUBLISHED_RUN"
+    first_id: int
+    count: int
+    first_token: int
+
+    def __post_init__(self) -> None:
+        _check_token(self.first_id, "PUBLISHED_RUN first id")
+        _check_token(self.first_token, "PUBLISHED_RUN first token")
+        if not isinstance(self.count, int) or not 0 < self.count <= MAX_BATCH:
+            raise CommandParseError(
+                f"PUBLISHED_RUN count must be 1 to {MAX_BATCH}, got {self.count!r}"
+            )
+        if self.first_token < 1:
+            raise CommandParseError("PUBLISHED_RUN first token must be at least 1")
+
+    @classmethod
+    def from_args(cls, args: str) -> PublishedRunCommand:
+        first, count, token = _split(args, 3, cls.NAME, "<first-id> <count> <first-token>")
+        return cls(parse_token(first, "PUBLISHED_RUN first id"),
+                   parse_token(count, "PUBLISHED_RUN count"),
+                   parse_token(token, "PUBLISHED_RUN first token"))
+
+    def to_args(self) -> str:
+        return f"{self.first_id} {self.count} {self.first_token}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -1205,7 +1321,9 @@ _BUILTINS: tuple[tuple[type[Command], frozenset[str]], ...] = (
     (PublishingCommand, frozenset({MASTER})),
     (PublishCommand, frozenset({WORKER})),
     (PublishTokensCommand, frozenset({WORKER})),
+    (PublishBatchCommand, frozenset({WORKER})),
     (PublishedCommand, frozenset({MASTER})),
+    (PublishedRunCommand, frozenset({MASTER})),
     (RefusedCommand, frozenset({MASTER})),
     (ChallengeCommand, frozenset({MASTER})),
     (AuthCommand, frozenset({WORKER})),
