@@ -214,9 +214,7 @@ class AsyncPublisher:
         resend, restarted = core.resendable([e for e in lost if not e.waiter.done()])
         for entry in restarted:
             _settle(entry.waiter, restarted_in_flight(endpoint, entry.key))
-        for entry in resend:
-            core.sent(entry.stream, entry.line, entry.key, entry.many, entry.waiter)
-            out.append(entry.line)
+        out.extend([core.resend(entry) for entry in resend])
         if out:
             writer.write(b"".join(out))
         self._reader_task = asyncio.get_running_loop().create_task(self._read(reader, writer))

@@ -31,6 +31,7 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any, Literal, overload
 
 from replication.client.core import (
+    Built,
     ClientSettings,
     MasterUnreachable,
     ProtocolViolation,
@@ -285,44 +286,48 @@ class Publisher:
         return future
 
     def _send_many(self, stream: str, batches: Sequence[Sequence[Any]]) -> list[_Waiter]:
-        """Send one publish per batch in one write; their waiters, in order."""
-        waiters = []
-        lines = []
+        """Send one publish per batch in one write (``PUBLISH_BATCH`` lines to a master that
+        takes them: the connection is made first, so its ``PUBLISHING`` is known); their
+        waiters, in order."""
         deadline = time.monotonic() + self.timeout
         with self._lock:
             if self._closed:
                 raise MasterUnreachable("the publisher is closed")
             core = self._core
-            built = core.publish_lines(stream, batches)
-            if built is not None:
-                keys, encoded = built
-                waiters = [_Waiter(key) for key in keys]
-                lines = list(zip(waiters, encoded, strict=True))
-            else:
-                for rows in batches:
-                    waiter = _Waiter(core.new_key())
-                    waiters.append(waiter)
-                    try:
-                        lines.append((waiter, core.publish_line(stream, rows, waiter.key, False)))
-                    except PublishError as e:
-                        _settle(waiter, e)
-            if not lines:
-                return waiters
             try:
                 if self._sock is not None and not core.in_flight:
                     self._check_idle(self._sock)
                 if self._sock is None:
                     self._connect(deadline)
             except PublishError as e:
-                for waiter, _ in lines:
+                waiters = [_Waiter(None) for _ in batches]
+                for waiter in waiters:
                     _settle(waiter, e)
                 return waiters
-            core.sent_many(stream, [waiter.key for waiter, _ in lines],
-                           [line for _, line in lines], [waiter for waiter, _ in lines])
+            built = core.publish_lines(stream, batches)
+            if built is not None:
+                waiters = [_Waiter(key) for key in built.keys]
+                sending = waiters
+            else:
+                waiters, sending, keys, lines = [], [], [], []
+                for rows in batches:
+                    waiter = _Waiter(core.new_key())
+                    waiters.append(waiter)
+                    try:
+                        lines.append(core.publish_line(stream, rows, waiter.key, False))
+                    except PublishError as e:
+                        _settle(waiter, e)
+                        continue
+                    sending.append(waiter)
+                    keys.append(waiter.key)
+                built = Built(keys, lines, [-1] * len(lines), b"".join(lines))
+            if not sending:
+                return waiters
+            core.sent_many(stream, built, sending)
             sock = self._sock
             assert sock is not None
             try:
-                sock.sendall(b"".join(line for _, line in lines))
+                sock.sendall(built.out)
             except OSError as e:
                 self._drop(sock, f"sending failed: {e}")
         return waiters
@@ -418,10 +423,8 @@ class Publisher:
         resend, restarted = core.resendable([e for e in lost if not e.waiter.done()])
         for entry in restarted:
             _settle(entry.waiter, restarted_in_flight(f"{endpoint[0]}:{endpoint[1]}", entry.key))
-        for entry in resend:
-            core.sent(entry.stream, entry.line, entry.key, entry.many, entry.waiter)
         if resend:
-            sock.sendall(b"".join(entry.line for entry in resend))
+            sock.sendall(b"".join([core.resend(entry) for entry in resend]))
 
     def _drop(self, sock: socket.socket, why: str) -> None:
         """The connection ``sock`` is gone: keep what was in flight for the same master."""

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, NamedTuple, TypeVar
 
 from replication.wire.auth import ClientCredential, new_nonce, proof, same
 
@@ -167,22 +167,36 @@ def parse_endpoint(text: str) -> tuple[str, int]:
 T = TypeVar("T")
 
 
+class Built(NamedTuple):
+    """Publishes :meth:`PublisherCore.publish_lines` built: per publish its key, its line
+    and its index in that line (-1: the line is its own ``PUBLISH``; else it is element
+    ``index`` of a ``PUBLISH_BATCH``), and ``out``, every line once, to send."""
+
+    keys: list[str | None]
+    lines: list[bytes]
+    indexes: list[int]
+    out: bytes
+
+
 class _InFlight(Generic[T]):
     """One publish sent and not yet answered, with the fingerprint of the master process it
     was sent to (what ``ORIGIN`` said)."""
 
-    __slots__ = ("fingerprint", "key", "line", "many", "stream", "waiter")
+    __slots__ = ("fingerprint", "index", "key", "line", "many", "stream", "waiter")
 
     def __init__(
         self, stream: str, line: bytes, key: str | None, many: bool, waiter: T,
-        fingerprint: str | None = None,
+        fingerprint: str | None = None, index: int = -1,
     ) -> None:
         self.stream = stream
+        #: The publish's line, or (``index`` >= 0) the ``PUBLISH_BATCH`` line it is element
+        #: ``index`` of.
         self.line = line
         self.key = key
         self.many = many
         self.waiter = waiter
         self.fingerprint = fingerprint
+        self.index = index
 
 
 _strict = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -246,6 +260,8 @@ class PublisherCore(Generic[T]):
         #: Whether the master connected to keeps idempotency keys across its restarts
         #: (``keys=kept`` in ``PUBLISHING``: the SQLite and PostgreSQL stores).
         self.keys_kept = False
+        #: Whether the master takes ``PUBLISH_BATCH`` (``batch`` in ``PUBLISHING``).
+        self.batch = False
         self.max_in_flight = 1024
         self.max_line_bytes = 65536
         self.ready = False
@@ -320,11 +336,10 @@ class PublisherCore(Generic[T]):
             )
         return line
 
-    def publish_lines(
-        self, stream: str, batches: Sequence[Any]
-    ) -> tuple[list[str | None], list[bytes]] | None:
+    def publish_lines(self, stream: str, batches: Sequence[Any]) -> Built | None:
         """:meth:`publish_line` of each of ``batches`` (one token each) with a new key,
-        built together: the keys and the lines. ``None`` when any of them needs
+        built together: ``PUBLISH_BATCH`` lines when the master takes them (``batch``),
+        else one ``PUBLISH`` line each. ``None`` when any of them needs
         :meth:`publish_line` one by one (which also words what is wrong)."""
         if (
             _orjson is None
@@ -332,6 +347,8 @@ class PublisherCore(Generic[T]):
             or not all(type(rows) is list for rows in batches)
         ):
             return None
+        if self.batch and self.ready and batches:
+            return self._batch_lines(stream, batches)
         dumps = _orjson.dumps
         try:
             payloads = [dumps(rows) for rows in batches]
@@ -358,10 +375,90 @@ class PublisherCore(Generic[T]):
                      for i, payload in enumerate(payloads)]
         if n and max(map(len, lines)) - 1 > self.max_line_bytes:
             return None
-        return keys, lines
+        return Built(keys, lines, [-1] * n, b"".join(lines))
+
+    def _batch_lines(self, stream: str, batches: Sequence[list[Any]]) -> Built | None:
+        """:meth:`publish_lines` as ``PUBLISH_BATCH`` lines: as few as the master's line
+        limit and in-flight limit allow, the JSON of the rows encoded once per line."""
+        assert _orjson is not None
+        n = len(batches)
+        name = stream.encode()
+        prefix = self._keys
+        first_id = next(self._ids)
+        self._ids = itertools.count(first_id + n)
+        first_key = 0
+        if prefix is not None:
+            first_key = next(self._key_counter)
+            self._key_counter = itertools.count(first_key + n)
+        limit = self.max_line_bytes
+        # The longest head a line of this call can have, so that a line's JSON may take
+        # the rest.
+        head_room = limit - len(b"PUBLISH_BATCH %d %d %s keys=%s-%d \n" % (
+            first_id + n, n, name, (prefix or "").encode(), first_key + n))
+        per_line = max(1, min(self.max_in_flight, n))
+        chunks: list[tuple[int, int, bytes]] = []
+        todo = [(i, min(i + per_line, n)) for i in range(0, n, per_line)]
+        dumps = _orjson.dumps
+        while todo:
+            start, end = todo.pop()
+            try:
+                payload = dumps(batches[start:end] if start or end < n else batches)
+            except TypeError:
+                return None
+            if len(payload) <= head_room:
+                chunks.append((start, end, payload))
+            elif end - start == 1:
+                return None  # one publish over the limit: publish_line words the 413
+            else:
+                # Split in the proportion the limit takes of the payload, at least in two.
+                part = max(1, min(end - start - 1,
+                                  (end - start) * head_room // len(payload) - 1))
+                todo.append((start + part, end))
+                todo.append((start, start + part))
+        chunks.sort()
+        if b"null" in b"".join(chunk[2] for chunk in chunks):
+            return None  # maybe a NaN: encode_rows looks closer
+        lines: list[bytes] = []
+        indexes: list[int] = []
+        out = []
+        for start, end, payload in chunks:
+            if prefix is None:
+                line = b"PUBLISH_BATCH %d %d %s %s\n" % (first_id + start, end - start, name,
+                                                         payload)
+            else:
+                line = b"PUBLISH_BATCH %d %d %s keys=%s-%d %s\n" % (
+                    first_id + start, end - start, name, prefix.encode(), first_key + start,
+                    payload)
+            out.append(line)
+            lines.extend([line] * (end - start))
+            indexes.extend(range(end - start))
+        keys: list[str | None] = (
+            [None] * n if prefix is None
+            else [f"{prefix}-{k}" for k in range(first_key, first_key + n)]
+        )
+        return Built(keys, lines, indexes, b"".join(out))
 
     def sent(self, stream: str, line: bytes, key: str | None, many: bool, waiter: T) -> None:
         self.in_flight.append(_InFlight(stream, line, key, many, waiter, self.fingerprint))
+
+    def resend(self, entry: _InFlight[T]) -> bytes:
+        """Take ``entry``, a publish a drop left unanswered, as in flight again on this
+        connection; returns its line to send. A publish of a ``PUBLISH_BATCH`` goes alone
+        now, as a ``PUBLISH`` line with its key (the publishes before it in its batch may
+        have been answered)."""
+        line = entry.line
+        if entry.index >= 0:
+            fields = line.rstrip(b"\n").split(b" ", 4)
+            rows = fields[4]
+            if rows.startswith(b"keys="):
+                rows = rows.split(b" ", 1)[1]
+            tokens = (_orjson.loads(rows) if _orjson is not None
+                      else json.loads(rows.decode("utf-8")))
+            key_field = b"" if entry.key is None else b" key=" + entry.key.encode()
+            line = (b"PUBLISH %d %s%s %s\n" % (next(self._ids), fields[3], key_field,
+                                               encode_rows(tokens[entry.index])))
+        self.sent(entry.stream, line, entry.key, entry.many, entry.waiter)
+        return line
 
     def resendable(self, lost: list[_InFlight[T]]) -> tuple[list[_InFlight[T]],
                                                             list[_InFlight[T]]]:
@@ -378,14 +475,14 @@ class PublisherCore(Generic[T]):
             return lost, []
         return same, [entry for entry in lost if entry.fingerprint != fingerprint]
 
-    def sent_many(
-        self, stream: str, keys: list[str | None], lines: list[bytes], waiters: list[T]
-    ) -> None:
-        """:meth:`sent` of single-token publishes to ``stream``, in order."""
+    def sent_many(self, stream: str, built: Built, waiters: Sequence[T]) -> None:
+        """:meth:`sent` of the single-token publishes to ``stream`` that
+        :meth:`publish_lines` built, in order (``built.out`` is what to send)."""
         fingerprint = self.fingerprint
         self.in_flight.extend([
-            _InFlight(stream, line, key, False, waiter, fingerprint)
-            for key, line, waiter in zip(keys, lines, waiters, strict=True)
+            _InFlight(stream, line, key, False, waiter, fingerprint, index)
+            for key, line, waiter, index in zip(
+                built.keys, built.lines, waiters, built.indexes, strict=True)
         ])
 
     def feed(self, data: bytes) -> list[tuple[T, Published | PublishError]]:
@@ -407,6 +504,8 @@ class PublisherCore(Generic[T]):
                     done.append((entry.waiter, Published(entry.stream, (int(parts[2]),), origin)))
                     continue
                 done.append(self._published(line))
+            elif line.startswith(b"PUBLISHED_RUN "):
+                self._published_run(line, done)
             elif line.startswith(b"REFUSED "):
                 done.append(self._refused(line))
             else:
@@ -430,6 +529,28 @@ class PublisherCore(Generic[T]):
             raise ProtocolViolation(f"malformed answer {line!r}") from None
         assert self.origin is not None
         return entry.waiter, Published(entry.stream, tuple(range(first, last + 1)), self.origin)
+
+    def _published_run(
+        self, line: bytes, done: list[tuple[T, Published | PublishError]]
+    ) -> None:
+        """``PUBLISHED_RUN <first-id> <count> <first-token>``: the oldest ``count``
+        publishes in flight are committed as consecutive tokens, one each."""
+        parts = line.split(b" ")
+        if len(parts) != 4 or not all(part.isdigit() for part in parts[1:]):
+            raise ProtocolViolation(f"malformed answer {line!r}")
+        count, first = int(parts[2]), int(parts[3])
+        in_flight = self.in_flight
+        if not 0 < count <= len(in_flight):
+            raise ProtocolViolation(
+                f"the master answered {count} publishes, {len(in_flight)} in flight: {line!r}"
+            )
+        origin = self.origin
+        if origin is None:
+            raise ProtocolViolation(f"an answer before ORIGIN: {line!r}")
+        popleft = in_flight.popleft
+        for token in range(first, first + count):
+            entry = popleft()
+            done.append((entry.waiter, Published(entry.stream, (token,), origin)))
 
     def _refused(self, line: bytes) -> tuple[T, Published | PublishError]:
         parts = line.decode("utf-8", "replace").split(" ", 3)
@@ -463,6 +584,7 @@ class PublisherCore(Generic[T]):
             self.max_in_flight = int(fields[0])
             self.max_line_bytes = int(fields[1])
             self.keys_kept = "keys=kept" in fields[2:]
+            self.batch = "batch" in fields[2:]
             self.ready = True
         elif name == "ERROR":
             raise ProtocolViolation(f"the master sent ERROR {args}")
@@ -479,6 +601,7 @@ class PublisherCore(Generic[T]):
         self.origin = None
         self.fingerprint = None
         self.keys_kept = False
+        self.batch = False
         self._output = b""
         self._nonces = None
         return lost

@@ -226,9 +226,7 @@ class TwistedPublisher:
             resend, restarted = core.resendable([e for e in lost if not e.waiter.called])
             for entry in restarted:
                 _settle(entry.waiter, restarted_in_flight(self._master, entry.key))
-            for entry in resend:
-                core.sent(entry.stream, entry.line, entry.key, entry.many, entry.waiter)
-                out.append(entry.line)
+            out.extend([core.resend(entry) for entry in resend])
             for stream, line, key, many, waiter in queue:
                 if not waiter.called:
                     core.sent(stream, line, key, many, waiter)

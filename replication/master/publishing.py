@@ -199,6 +199,25 @@ class PublishKeys:
                 popitem(last=False)
         return made
 
+    def add_finished(
+        self, keys: Sequence[tuple[str, int, int]], stream: str, now: float, tokens: list[int]
+    ) -> None:
+        """Remember keys, unknown to :meth:`find` and all distinct, of publishes to
+        ``stream`` committed at once (``(key, index, count)``: the publish's tokens are
+        ``tokens[index:index + count]``), as :meth:`begin_run` then :meth:`finish_run`
+        would (keys must be on)."""
+        entries = self._entries
+        entries.update([
+            (key, (stream, now, range(tokens[i], tokens[i + n - 1] + 1))) for key, i, n in keys
+        ])
+        if self._next_expiry == float("inf"):
+            self._next_expiry = now + self.max_age
+        excess = len(entries) - self.max_keys
+        if excess > 0:
+            popitem = entries.popitem
+            for _ in range(excess):
+                popitem(last=False)
+
     def finish_run(self, keyed: list[tuple[str, KeyEntry]], outcomes: list[Outcome]) -> None:
         """:meth:`finish` for the keys of a run (``outcomes`` in the order of ``keyed``),
         with the common case (tokens, nobody waiting) done inline."""
@@ -457,29 +476,36 @@ class PublishPipeline:
         master = self.master
         window = master.publish_keys
         slot = self._new_slot("", len(ids))
-        entries: list[tuple[str, KeyEntry]] | None = None
+        keyed = keys is not None and window.max_keys > 0
         stored_keys: list[tuple[str, int, int]] | tuple[()] = ()
-        if keys is not None and window.max_keys:
-            run_keys = [key for key in keys if key is not None]
-            now = master.clock.seconds()
-            entries = list(zip(run_keys, window.begin_run(run_keys, stream, now), strict=True))
+        if keyed:
+            assert keys is not None
             stored_keys = [(key, k, 1) for k, key in enumerate(keys) if key is not None]
-        run = _Run(ids, keys if entries else None, entries)
         try:
             tokens = (
                 None if master.acks.wanted
                 else master.log.publish_inline(stream, encoded, stored_keys)
             )
         except PublishError as e:
-            self._run_refused(slot, run, (e.status, e.message))
+            # Refused at once: the keys never entered the window (a refusal forgets them).
+            self._run_refused(slot, _Run(ids, None, None), (e.status, e.message))
             return
         if tokens is not None:
-            self._run_published(tokens, slot, run)
-        else:
-            master.submit_many(stream, encoded, stored_keys).addCallbacks(
-                self._run_published, self._run_refused_by,
-                callbackArgs=(slot, run), errbackArgs=(slot, run),
-            )
+            # Committed at once: the keys enter the window finished, no entry to wait on.
+            if keyed:
+                window.add_finished(stored_keys, stream, master.clock.seconds(), tokens)
+            self._run_published(tokens, slot, _Run(ids, None, None))
+            return
+        entries: list[tuple[str, KeyEntry]] | None = None
+        if keyed:
+            run_keys = [key for key, _, _ in stored_keys]
+            entries = list(zip(run_keys, window.begin_run(run_keys, stream,
+                                                          master.clock.seconds()), strict=True))
+        run = _Run(ids, keys if entries else None, entries)
+        master.submit_many(stream, encoded, stored_keys).addCallbacks(
+            self._run_published, self._run_refused_by,
+            callbackArgs=(slot, run), errbackArgs=(slot, run),
+        )
 
     def _run_published(self, tokens: list[int], slot: _Slot, run: _Run) -> None:
         ids = run.ids
@@ -526,9 +552,9 @@ class PublishPipeline:
         refused as a whole (400): nothing of it can be told apart."""
         count = command.count
         ids = command.ids
+        data = command.rows.encode("utf-8", "surrogatepass")
         try:
-            tokens = decode_json_bytes(command.rows.encode("utf-8", "surrogatepass"),
-                                       "PUBLISH_BATCH rows")
+            tokens = decode_json_bytes(data, "PUBLISH_BATCH rows")
         except CommandParseError as e:
             self._refuse_all(self._new_slot(str(ids.start), count), ids, (400, str(e)))
             return
@@ -549,7 +575,7 @@ class PublishPipeline:
         prefix, start = command.key_prefix, command.key_start
         keys = None if prefix is None else [f"{prefix}-{n}" for n in range(start, start + count)]
         if self._may_run(stream) and (keys is None or self._keys_unknown(keys)):
-            encoded = self._encode_batch(stream, tokens)
+            encoded = self._encode_batch(stream, tokens, data)
             if encoded is not None:
                 self._commit_run(stream, ids, keys, encoded)
                 return
@@ -560,12 +586,36 @@ class PublishPipeline:
                 data = b"null"
             self.take(str(ids[i]), stream, None if keys is None else keys[i], data, False)
 
-    def _encode_batch(self, stream: str, tokens: list[object]) -> list[list[str]] | None:
-        """Each element of a ``PUBLISH_BATCH`` (parsed) as one token's compact rows, or
-        ``None`` if any of them needs :meth:`take` (which also words the refusals)."""
+    def _encode_batch(
+        self, stream: str, tokens: list[object], data: bytes
+    ) -> list[list[str]] | None:
+        """Each element of a ``PUBLISH_BATCH`` (``tokens``, parsed from ``data``) as one
+        token's compact rows, or ``None`` if any of them needs :meth:`take` (which also
+        words the refusals).
+
+        The common batch, one row per token in orjson's compact form (what the client
+        library sends), is cut into its rows' texts rather than encoded again: ``data`` is
+        then ``[[r0],[r1],...]``, and the ``],[`` between two tokens, ``count - 1`` of
+        them, are all the ``],[`` it holds, unless a row holds one too (in a string or as
+        ``],[`` of nested arrays), which the count then shows."""
         assert _orjson is not None
         dumps = _orjson.dumps
         room = self._room_of(stream)
+        count = len(tokens)
+        if (
+            list(map(type, tokens)).count(list) == count
+            and list(map(len, tokens)).count(1) == count  # type: ignore[arg-type]
+            and data.count(b"],[") == count - 1
+        ):
+            try:
+                canonical = dumps(tokens) == data
+            except TypeError:  # an integer beyond 64 bits: take() keeps it exact
+                return None
+            if canonical:
+                texts = data[2:-2].split(b"],[")
+                if max(map(len, texts)) > room:
+                    return None
+                return [[text] for text in map(bytes.decode, texts)]
         max_rows = self._max_rows
         out: list[list[str]] = []
         try:
