@@ -383,3 +383,23 @@ def test_a_batch_is_answered_and_stored_as_its_publish_lines(tmp_path: Path) -> 
             next_id += count
         assert (_outcome(tmp_path, batch_lines, f"b{n}")
                 == _outcome(tmp_path, publish_lines, f"p{n}")), batch_lines
+
+
+def test_the_keys_of_a_batch_share_one_entry_in_the_window() -> None:
+    """PublishKeys.add_batch: each key of the batch is found with its own token; the count
+    bound pushes the oldest keys out one by one, the age bound the whole batch."""
+    from replication.master.publishing import FinishedKey, PublishKeys
+
+    keys = PublishKeys(max_keys=5, max_age=10.0)
+    keys.add_batch(["p-7", "p-8", "p-9"], 7, "events", 1.0, 40)
+    assert keys.find("p-8", 1.0) == FinishedKey("events", 1.0, range(41, 42))
+    assert keys.find("p-9", 1.0) == FinishedKey("events", 1.0, range(42, 43))
+    assert keys.knows_any(["x", "p-7"], 1.0) and not keys.knows_any(["p-10"], 1.0)
+    keys.add_batch(["q-1", "q-2", "q-3"], 1, "other", 2.0, 5)
+    assert len(keys) == 5
+    assert keys.find("p-7", 2.0) is None  # the oldest key went
+    assert keys.find("p-8", 2.0) == FinishedKey("events", 1.0, range(41, 42))
+    assert keys.find("q-3", 2.0) == FinishedKey("other", 2.0, range(7, 8))
+    assert keys.find("p-8", 11.5) is None  # past max_age
+    assert keys.find("q-1", 11.5) == FinishedKey("other", 2.0, range(5, 6))
+    assert len(keys) == 3

@@ -286,50 +286,55 @@ class Publisher:
         return future
 
     def _send_many(self, stream: str, batches: Sequence[Sequence[Any]]) -> list[_Waiter]:
-        """Send one publish per batch in one write (``PUBLISH_BATCH`` lines to a master that
-        takes them: the connection is made first, so its ``PUBLISHING`` is known); their
-        waiters, in order."""
+        """Send one publish per batch, ``_SEND_CHUNK`` at a time, each chunk sent before the
+        next is encoded so that the master works on one while this thread encodes the next
+        (``PUBLISH_BATCH`` lines to a master that takes them: the connection is made first,
+        so its ``PUBLISHING`` is known); their waiters, in order."""
         deadline = time.monotonic() + self.timeout
+        waiters: list[_Waiter] = []
         with self._lock:
             if self._closed:
                 raise MasterUnreachable("the publisher is closed")
             core = self._core
-            try:
-                if self._sock is not None and not core.in_flight:
-                    self._check_idle(self._sock)
-                if self._sock is None:
-                    self._connect(deadline)
-            except PublishError as e:
-                waiters = [_Waiter(None) for _ in batches]
-                for waiter in waiters:
-                    _settle(waiter, e)
-                return waiters
-            built = core.publish_lines(stream, batches)
-            if built is not None:
-                waiters = [_Waiter(key) for key in built.keys]
-                sending = waiters
-            else:
-                waiters, sending, keys, lines = [], [], [], []
-                for rows in batches:
-                    waiter = _Waiter(core.new_key())
-                    waiters.append(waiter)
-                    try:
-                        lines.append(core.publish_line(stream, rows, waiter.key, False))
-                    except PublishError as e:
+            for start in range(0, len(batches), _SEND_CHUNK):
+                part = batches[start:start + _SEND_CHUNK]
+                try:
+                    if self._sock is not None and not core.in_flight:
+                        self._check_idle(self._sock)
+                    if self._sock is None:
+                        self._connect(deadline)
+                except PublishError as e:
+                    for _ in part:
+                        waiter = _Waiter(None)
                         _settle(waiter, e)
-                        continue
-                    sending.append(waiter)
-                    keys.append(waiter.key)
-                built = Built(keys, lines, [-1] * len(lines), b"".join(lines))
-            if not sending:
-                return waiters
-            core.sent_many(stream, built, sending)
-            sock = self._sock
-            assert sock is not None
-            try:
-                sock.sendall(built.out)
-            except OSError as e:
-                self._drop(sock, f"sending failed: {e}")
+                        waiters.append(waiter)
+                    continue
+                built = core.publish_lines(stream, part)
+                if built is not None:
+                    sending = [_Waiter(key) for key in built.keys]
+                    waiters.extend(sending)
+                else:
+                    sending, keys, lines = [], [], []
+                    for rows in part:
+                        waiter = _Waiter(core.new_key())
+                        waiters.append(waiter)
+                        try:
+                            lines.append(core.publish_line(stream, rows, waiter.key, False))
+                        except PublishError as e:
+                            _settle(waiter, e)
+                            continue
+                        sending.append(waiter)
+                        keys.append(waiter.key)
+                    built = Built(keys, lines, [-1] * len(lines), b"".join(lines))
+                if not sending:
+                    continue
+                core.sent_many(stream, built, sending)
+                sock = self._sock
+                assert sock is not None
+                try:
+                    sock.sendall(built.out)
+                except OSError as e:
+                    self._drop(sock, f"sending failed: {e}")
         return waiters
 
     def _check_idle(self, sock: socket.socket) -> None:
@@ -572,6 +577,10 @@ class Publisher:
                 return
             with self._read_lock:
                 self._read(None, time.monotonic() + self.timeout)
+
+
+#: ``publish_all`` sends its publishes this many at a time (a line or a few each).
+_SEND_CHUNK = 250
 
 
 def _spin_recv(sock: socket.socket, seconds: float) -> bytes:

@@ -206,6 +206,16 @@ def _strict_dumps(value: Any) -> bytes:
     return _strict.encode(value).encode("utf-8")
 
 
+def _holds_nan(value: Any) -> bool:
+    """Whether ``value``, which orjson encoded (writing NaN and infinities as ``null``),
+    holds a float JSON cannot carry: the standard library's strict encoder says."""
+    try:
+        _strict.encode(value)
+    except ValueError:
+        return True
+    return False
+
+
 def encode_rows(value: Any) -> bytes:
     """Compact JSON of rows; ``TypeError``/``ValueError`` for what JSON cannot carry (NaN
     and infinities included). orjson, when installed, does the work; it writes NaN as
@@ -354,8 +364,8 @@ class PublisherCore(Generic[T]):
             payloads = [dumps(rows) for rows in batches]
         except TypeError:
             return None
-        if b"null" in b"".join(payloads):
-            return None  # maybe a NaN: encode_rows looks closer
+        if b"null" in b"".join(payloads) and _holds_nan(batches):
+            return None  # publish_line words the refusal
         n = len(payloads)
         first = next(self._ids)
         self._ids = itertools.count(first + n)
@@ -416,8 +426,8 @@ class PublisherCore(Generic[T]):
                 todo.append((start + part, end))
                 todo.append((start, start + part))
         chunks.sort()
-        if b"null" in b"".join(chunk[2] for chunk in chunks):
-            return None  # maybe a NaN: encode_rows looks closer
+        if b"null" in b"".join(chunk[2] for chunk in chunks) and _holds_nan(batches):
+            return None  # publish_line words the refusal
         lines: list[bytes] = []
         indexes: list[int] = []
         out = []

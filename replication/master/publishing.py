@@ -28,7 +28,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol, cast
 
 from twisted.python.failure import Failure
 
@@ -102,7 +102,26 @@ def _finished(entry: KeyEntry, tokens: list[int] | range) -> _Finished:
     return (entry.stream, entry.at, range(tokens[0], tokens[-1] + 1))
 
 
-def _arrived(entry: KeyEntry | _Finished) -> float:
+class _BatchKeys:
+    """The keys of a ``PUBLISH_BATCH`` committed at once, one object shared by all of them
+    in the window: key ``<prefix>-<n>`` was committed as ``first_token + n - key_start``
+    (a batch's keys are counted, and its tokens consecutive). One object per batch rather
+    than a tuple per key."""
+
+    __slots__ = ("at", "first_token", "key_start", "stream")
+
+    def __init__(self, stream: str, at: float, key_start: int, first_token: int) -> None:
+        self.stream = stream
+        self.at = at
+        self.key_start = key_start
+        self.first_token = first_token
+
+    def finished(self, key: str) -> FinishedKey:
+        token = self.first_token + int(key.rpartition("-")[2]) - self.key_start
+        return FinishedKey(self.stream, self.at, range(token, token + 1))
+
+
+def _arrived(entry: KeyEntry | _Finished | _BatchKeys) -> float:
     return entry[1] if type(entry) is tuple else entry.at  # type: ignore[union-attr]
 
 
@@ -114,7 +133,7 @@ class PublishKeys:
     def __init__(self, max_keys: int, max_age: float) -> None:
         self.max_keys = max_keys
         self.max_age = max_age
-        self._entries: OrderedDict[str, KeyEntry | _Finished] = OrderedDict()
+        self._entries: OrderedDict[str, KeyEntry | _Finished | _BatchKeys] = OrderedDict()
         #: When the oldest entry expires (no need to look before).
         self._next_expiry = float("inf")
         #: Publishes answered from the window instead of being stored again, since start.
@@ -142,6 +161,8 @@ class PublishKeys:
         entry = self._entries.get(key)
         if type(entry) is tuple:
             return FinishedKey(*entry)
+        if type(entry) is _BatchKeys:
+            return entry.finished(key)
         return entry  # type: ignore[return-value]
 
     def knows_any(self, keys: list[str], now: float) -> bool:
@@ -206,10 +227,21 @@ class PublishKeys:
         ``stream`` committed at once (``(key, index, count)``: the publish's tokens are
         ``tokens[index:index + count]``), as :meth:`begin_run` then :meth:`finish_run`
         would (keys must be on)."""
+        self._add({
+            key: (stream, now, range(tokens[i], tokens[i + n - 1] + 1)) for key, i, n in keys
+        }, now)
+
+    def add_batch(
+        self, keys: list[str], key_start: int, stream: str, now: float, first_token: int
+    ) -> None:
+        """:meth:`add_finished` for the keys of a ``PUBLISH_BATCH`` (``<prefix>-<n>`` for
+        ``n`` from ``key_start``, committed as consecutive tokens from ``first_token``),
+        sharing one entry."""
+        self._add(dict.fromkeys(keys, _BatchKeys(stream, now, key_start, first_token)), now)
+
+    def _add(self, new: dict[str, _Finished | _BatchKeys], now: float) -> None:
         entries = self._entries
-        entries.update([
-            (key, (stream, now, range(tokens[i], tokens[i + n - 1] + 1))) for key, i, n in keys
-        ])
+        entries.update(new)
         if self._next_expiry == float("inf"):
             self._next_expiry = now + self.max_age
         excess = len(entries) - self.max_keys
@@ -467,20 +499,23 @@ class PublishPipeline:
 
     def _commit_run(
         self, stream: str, ids: Sequence[str] | range, keys: Sequence[str | None] | None,
-        encoded: list[list[str]],
+        encoded: list[list[str]], key_start: int | None = None,
     ) -> None:
         """Commit a run of checked and encoded one-token publishes to ``stream`` (their
         ``ids`` and ``keys`` in order; ``keys`` ``None``: none has one) in one store
         transaction, and answer them together, in one slot: ``PUBLISHED`` per publish, or
-        one ``PUBLISHED_RUN`` when ``ids`` is the ``range`` of a ``PUBLISH_BATCH``."""
+        one ``PUBLISHED_RUN`` when ``ids`` is the ``range`` of a ``PUBLISH_BATCH``
+        (``key_start``: the number its keys count from)."""
         master = self.master
         window = master.publish_keys
         slot = self._new_slot("", len(ids))
         keyed = keys is not None and window.max_keys > 0
-        stored_keys: list[tuple[str, int, int]] | tuple[()] = ()
-        if keyed:
+
+        def triples() -> list[tuple[str, int, int]]:
             assert keys is not None
-            stored_keys = [(key, k, 1) for k, key in enumerate(keys) if key is not None]
+            return [(key, k, 1) for k, key in enumerate(keys) if key is not None]
+
+        stored_keys = triples() if keyed and master.log.keeps_keys else ()
         try:
             tokens = (
                 None if master.acks.wanted
@@ -493,12 +528,16 @@ class PublishPipeline:
         if tokens is not None:
             # Committed at once: the keys enter the window finished, no entry to wait on.
             if keyed:
-                window.add_finished(stored_keys, stream, master.clock.seconds(), tokens)
+                now = master.clock.seconds()
+                if key_start is not None and tokens[-1] - tokens[0] == len(tokens) - 1:
+                    window.add_batch(cast(list[str], keys), key_start, stream, now, tokens[0])
+                else:
+                    window.add_finished(stored_keys or triples(), stream, now, tokens)
             self._run_published(tokens, slot, _Run(ids, None, None))
             return
         entries: list[tuple[str, KeyEntry]] | None = None
         if keyed:
-            run_keys = [key for key, _, _ in stored_keys]
+            run_keys = [key for key, _, _ in stored_keys or triples()]
             entries = list(zip(run_keys, window.begin_run(run_keys, stream,
                                                           master.clock.seconds()), strict=True))
         run = _Run(ids, keys if entries else None, entries)
@@ -574,10 +613,14 @@ class PublishPipeline:
         stream = command.stream
         prefix, start = command.key_prefix, command.key_start
         keys = None if prefix is None else [f"{prefix}-{n}" for n in range(start, start + count)]
-        if self._may_run(stream) and (keys is None or self._keys_unknown(keys)):
+        # A batch's keys are distinct (counted): the window only needs to know none.
+        if self._may_run(stream) and (
+            keys is None
+            or not self.master.publish_keys.knows_any(keys, self.master.clock.seconds())
+        ):
             encoded = self._encode_batch(stream, tokens, data)
             if encoded is not None:
-                self._commit_run(stream, ids, keys, encoded)
+                self._commit_run(stream, ids, keys, encoded, start)
                 return
         for i, rows in enumerate(tokens):
             try:
