@@ -146,6 +146,16 @@ class Published:
         return self.tokens[-1]
 
 
+#: What builds a :class:`Published` without its ``__init__``: ``object.__new__`` and the
+#: setters of its slots.
+_PUBLISHED_SLOTS: Final = (
+    object.__new__,
+    Published.__dict__["stream"].__set__,
+    Published.__dict__["tokens"].__set__,
+    Published.__dict__["origin"].__set__,
+)
+
+
 def parse_endpoint(text: str) -> tuple[str, int]:
     """``(host, port)`` of a master's replication endpoint: ``host:port``, ``tcp:host:port``
     or Twisted's ``tcp:host=<host>:port=<port>``. (The Twisted client takes any client
@@ -558,9 +568,17 @@ class PublisherCore(Generic[T]):
         if origin is None:
             raise ProtocolViolation(f"an answer before ORIGIN: {line!r}")
         popleft = in_flight.popleft
+        append = done.append
+        # Published(entry.stream, (token,), origin), built through its slots (what the
+        # frozen dataclass's __init__ does, at half the cost: this runs per publish).
+        new, set_stream, set_tokens, set_origin = _PUBLISHED_SLOTS
         for token in range(first, first + count):
             entry = popleft()
-            done.append((entry.waiter, Published(entry.stream, (token,), origin)))
+            result = new(Published)
+            set_stream(result, entry.stream)
+            set_tokens(result, (token,))
+            set_origin(result, origin)
+            append((entry.waiter, result))
 
     def _refused(self, line: bytes) -> tuple[T, Published | PublishError]:
         parts = line.decode("utf-8", "replace").split(" ", 3)
