@@ -403,3 +403,56 @@ def test_the_keys_of_a_batch_share_one_entry_in_the_window() -> None:
     assert keys.find("p-8", 11.5) is None  # past max_age
     assert keys.find("q-1", 11.5) == FinishedKey("other", 2.0, range(5, 6))
     assert len(keys) == 3
+
+
+# -- fuzz: whatever the rows, one answer per publish -------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from fuzz_campaign import load_profile, scaled  # noqa: E402
+
+load_profile()
+_FUZZ_DIRECTORY = Path(__import__("tempfile").mkdtemp(prefix="fuzz-batch-"))
+
+_values: st.SearchStrategy[Any] = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    | st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+    | st.sampled_from(["],[", "[[", "]]", "\\", '"'])
+    | st.integers(900, 1100).map(lambda n: "x" * n),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text("abc\u00e9", max_size=5),
+                                                                  inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=scaled(300), deadline=None)
+@given(
+    st.integers(1, 5),
+    st.lists(st.lists(_values, max_size=4) | _values, max_size=6),
+    st.sampled_from(["", " ", "\t"]),
+    st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF), max_size=8),
+    st.booleans(),
+)
+def test_any_batch_gets_one_answer_per_publish(
+    count: int, tokens: list[Any], blank: str, junk: str, keyed: bool
+) -> None:
+    """Any rows after a well-formed PUBLISH_BATCH head (JSON of any shape and size, blanks,
+    junk text; a line that is not UTF-8 is a framing error, as for any line) get exactly one
+    answer per publish, in order, and the connection stays; what is stored is what the
+    PUBLISHED answers say."""
+    harness = Harness(_FUZZ_DIRECTORY, streams=("events",),
+                      limits=limits(max_line_bytes=2048, max_body_bytes=2048,
+                                    max_rows_per_publish=3))
+    connection, transport = publisher(harness.master)
+    take(transport)
+    text = json.dumps(tokens, separators=(",", blank + ":"), ensure_ascii=False)
+    body = (text[: len(text) // 2] + junk + text[len(text) // 2:]).encode()
+    keys = b" keys=f-1" if keyed else b""
+    line = b"PUBLISH_BATCH 1 %d events%s %s" % (count, keys, body)
+    connection.dataReceived(line.replace(b"\n", b" ").replace(b"\r", b" ") + b"\n")
+    answers = _spelt(take(transport))
+    assert not connection._closing, answers
+    assert [answer.split(" ")[1] for answer in answers] == [str(i) for i in range(1, count + 1)]
+    published = [int(a.split(" ")[2]) for a in answers if a.startswith("PUBLISHED ")]
+    assert harness.master.head("events") == (max(published) if published else 0)
