@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - orjson is optional
     _orjson = None
 
 __all__ = [
+    "Built",
     "ClientSettings",
     "MasterUnreachable",
     "PublishError",
