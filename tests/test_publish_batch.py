@@ -386,23 +386,58 @@ def test_a_batch_is_answered_and_stored_as_its_publish_lines(tmp_path: Path) -> 
 
 
 def test_the_keys_of_a_batch_share_one_entry_in_the_window() -> None:
-    """PublishKeys.add_batch: each key of the batch is found with its own token; the count
-    bound pushes the oldest keys out one by one, the age bound the whole batch."""
+    """PublishKeys.add_batch: each key of the batch is found with its own token (and only
+    as the batch wrote it); the count bound pushes the oldest keys out one by one, the age
+    bound the whole batch; knows_batch and knows_any see them."""
     from replication.master.publishing import FinishedKey, PublishKeys
 
     keys = PublishKeys(max_keys=5, max_age=10.0)
-    keys.add_batch(["p-7", "p-8", "p-9"], 7, "events", 1.0, 40)
+    keys.add_batch("p", 7, 3, "events", 1.0, 40)
+    assert len(keys) == 3
     assert keys.find("p-8", 1.0) == FinishedKey("events", 1.0, range(41, 42))
     assert keys.find("p-9", 1.0) == FinishedKey("events", 1.0, range(42, 43))
-    assert keys.knows_any(["x", "p-7"], 1.0) and not keys.knows_any(["p-10"], 1.0)
-    keys.add_batch(["q-1", "q-2", "q-3"], 1, "other", 2.0, 5)
+    for other in ("p-10", "p-6", "p-08", "p-", "q-8", "p-8x", "p-\u0668"):
+        assert keys.find(other, 1.0) is None, other
+    assert keys.knows_any(["x", "p-7"], 1.0) and not keys.knows_any(["p-10", "p-07"], 1.0)
+    assert keys.knows_batch("p", 9, 5, 1.0) and keys.knows_batch("p", 0, 8, 1.0)
+    assert not keys.knows_batch("p", 10, 5, 1.0) and not keys.knows_batch("p", 0, 7, 1.0)
+    assert not keys.knows_batch("q", 7, 3, 1.0)
+    keys.add_batch("q", 1, 3, "other", 2.0, 5)
     assert len(keys) == 5
     assert keys.find("p-7", 2.0) is None  # the oldest key went
+    assert not keys.knows_batch("p", 7, 1, 2.0)
     assert keys.find("p-8", 2.0) == FinishedKey("events", 1.0, range(41, 42))
     assert keys.find("q-3", 2.0) == FinishedKey("other", 2.0, range(7, 8))
-    assert keys.find("p-8", 11.5) is None  # past max_age
+    entry = keys.begin("single", "events", 2.5)  # one more key: p-8 goes too
+    assert entry is not None and len(keys) == 5
+    assert keys.find("p-8", 2.5) is None and keys.find("p-9", 2.5) is not None
+    assert keys.knows_batch("s", 0, 1, 2.5) is False
+    keys.finish("single", entry, [9])
+    assert keys.knows_any(["single"], 2.5)
+    assert keys.find("p-9", 11.5) is None  # past max_age: the whole batch
     assert keys.find("q-1", 11.5) == FinishedKey("other", 2.0, range(5, 6))
-    assert len(keys) == 3
+    assert len(keys) == 4
+    keys.add_batch("q", 10, 2, "other", 11.6, 20)  # one key too many: q-1 goes
+    assert len(keys) == 5 and keys.find("q-11", 11.6) == FinishedKey("other", 11.6,
+                                                                      range(21, 22))
+    assert keys.find("q-1", 11.6) is None and keys.find("q-2", 11.6) is not None
+    # The window forgets ranges entirely.
+    assert keys.find("q-2", 40.0) is None and len(keys) == 0 and not keys._ranges
+
+
+def test_a_batch_next_to_single_keys_of_its_prefix(tmp_path: Path) -> None:
+    """Keys of single publishes with the batch's prefix: a batch holding one of them is
+    taken one by one (that one answered from the window); one that holds none is a run."""
+    harness = Harness(tmp_path, streams=("events",))
+    connection, transport = publisher(harness.master)
+    take(transport)
+    connection.dataReceived(b"PUBLISH 1 events key=r-3 [1]\n"
+                            b"PUBLISH_BATCH 2 3 events keys=r-1 [[0],[2],[1]]\n"
+                            b"PUBLISH_BATCH 5 2 events keys=r-4 [[3],[4]]\n"
+                            b"PUBLISH 7 events key=r-5 [4]\n")
+    assert take(transport) == ["PUBLISHED 1 1", "PUBLISHED 2 2", "PUBLISHED 3 3",
+                               "PUBLISHED 4 1", "PUBLISHED_RUN 5 2 4", "PUBLISHED 7 5"]
+    assert _rows(harness) == [[1], [0], [2], [3], [4]]
 
 
 # -- fuzz: whatever the rows, one answer per publish -------------------------------------------
@@ -456,3 +491,69 @@ def test_any_batch_gets_one_answer_per_publish(
     assert [answer.split(" ")[1] for answer in answers] == [str(i) for i in range(1, count + 1)]
     published = [int(a.split(" ")[2]) for a in answers if a.startswith("PUBLISHED ")]
     assert harness.master.head("events") == (max(published) if published else 0)
+
+
+class _ModelWindow:
+    """What PublishKeys must answer, one entry per key: the newest ``max_keys`` keys of the
+    last ``max_age`` seconds, oldest first (a batch's keys in the order of their numbers)."""
+
+    def __init__(self, max_keys: int, max_age: float) -> None:
+        self.max_keys, self.max_age = max_keys, max_age
+        self.keys: dict[str, tuple[str, float, int]] = {}
+
+    def add(self, key: str, stream: str, at: float, token: int) -> None:
+        self.keys[key] = (stream, at, token)
+        while len(self.keys) > self.max_keys:
+            del self.keys[next(iter(self.keys))]
+
+    def find(self, key: str, now: float) -> tuple[str, float, int] | None:
+        for old in [k for k, (_, at, _) in self.keys.items() if at <= now - self.max_age]:
+            del self.keys[old]
+        return self.keys.get(key)
+
+
+@settings(max_examples=scaled(200), deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["batch", "single", "refused", "look"]),
+                          st.sampled_from(["p", "q", "p-1"]), st.integers(0, 30),
+                          st.integers(1, 6), st.floats(0, 3)), max_size=40),
+       st.integers(1, 12))
+def test_the_key_window_with_ranges_answers_as_one_entry_per_key(
+    steps: list[tuple[str, str, int, int, float]], max_keys: int
+) -> None:
+    """Random batches (ranges), single keys, refused keys and lookups at increasing times:
+    find, knows_any, knows_batch and len agree with a window of one entry per key."""
+    from replication.master.publishing import FinishedKey, PublishKeys
+
+    window = PublishKeys(max_keys=max_keys, max_age=5.0)
+    model = _ModelWindow(max_keys, 5.0)
+    now = 0.0
+    token = 1
+    for action, prefix, start, count, step in steps:
+        now += step
+        names = [f"{prefix}-{n}" for n in range(start, start + count)]
+        known = any(model.find(name, now) is not None for name in names)
+        assert window.knows_batch(prefix, start, count, now) == known
+        assert window.knows_any(names, now) == known
+        if action == "batch" and not known:
+            window.add_batch(prefix, start, count, "s", now, token)
+            for i, name in enumerate(names):
+                model.add(name, "s", now, token + i)
+            token += count
+        elif action in ("single", "refused") and model.find(names[0], now) is None:
+            entry = window.begin(names[0], "s", now)
+            assert entry is not None
+            if action == "refused":
+                window.finish(names[0], entry, (503, "no"))
+                # A refused key is forgotten, but begin() may have pushed an old key out.
+                while len(model.keys) >= max_keys:
+                    del model.keys[next(iter(model.keys))]
+            else:
+                window.finish(names[0], entry, [token])
+                model.add(names[0], "s", now, token)
+                token += 1
+        for name in names + [f"{prefix}-0{start}", "p-1-2"]:
+            expected = model.find(name, now)
+            found = window.find(name, now)
+            assert found == (None if expected is None else FinishedKey(
+                expected[0], expected[1], range(expected[2], expected[2] + 1))), (name, now)
+        assert len(window) == len(model.keys)

@@ -24,11 +24,12 @@ original tokens instead of being stored twice. It is plain data with time passed
 from __future__ import annotations
 
 import re
+from bisect import bisect_right, insort
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, NamedTuple, Protocol, cast
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from twisted.python.failure import Failure
 
@@ -102,45 +103,73 @@ def _finished(entry: KeyEntry, tokens: list[int] | range) -> _Finished:
     return (entry.stream, entry.at, range(tokens[0], tokens[-1] + 1))
 
 
-class _BatchKeys:
-    """The keys of a ``PUBLISH_BATCH`` committed at once, one object shared by all of them
-    in the window: key ``<prefix>-<n>`` was committed as ``first_token + n - key_start``
-    (a batch's keys are counted, and its tokens consecutive). One object per batch rather
-    than a tuple per key."""
+class _KeyRange:
+    """The keys of a ``PUBLISH_BATCH`` committed at once, as one entry of the window: keys
+    ``<prefix>-<n>`` for ``low <= n < high``, committed as the tokens ``first_token + n -
+    key_start`` (a batch's keys are counted and its tokens consecutive). The oldest keys
+    of a range leave the window by raising ``low``."""
 
-    __slots__ = ("at", "first_token", "key_start", "stream")
+    __slots__ = ("at", "first_token", "high", "key_start", "low", "prefix", "stream")
 
-    def __init__(self, stream: str, at: float, key_start: int, first_token: int) -> None:
+    def __init__(self, prefix: str, key_start: int, count: int, stream: str, at: float,
+                 first_token: int) -> None:
+        self.prefix = prefix
+        self.key_start = self.low = key_start
+        self.high = key_start + count
         self.stream = stream
         self.at = at
-        self.key_start = key_start
         self.first_token = first_token
 
-    def finished(self, key: str) -> FinishedKey:
-        token = self.first_token + int(key.rpartition("-")[2]) - self.key_start
+    def finished(self, n: int) -> FinishedKey:
+        token = self.first_token + n - self.key_start
         return FinishedKey(self.stream, self.at, range(token, token + 1))
 
 
-def _arrived(entry: KeyEntry | _Finished | _BatchKeys) -> float:
+def _arrived(entry: KeyEntry | _Finished | _KeyRange) -> float:
     return entry[1] if type(entry) is tuple else entry.at  # type: ignore[union-attr]
+
+
+def _counted(key: str) -> tuple[str, int] | None:
+    """``(prefix, n)`` of a key ``<prefix>-<n>`` (``n`` written as ``str(n)`` writes it),
+    the form of the keys of a ``PUBLISH_BATCH``; ``None`` for any other key."""
+    prefix, dash, number = key.rpartition("-")
+    if not dash or not number.isdigit() or not number.isascii():
+        return None
+    n = int(number)
+    return (prefix, n) if str(n) == number else None
+
+
+def _low(entry: _KeyRange) -> int:
+    return entry.low
 
 
 class PublishKeys:
     """The newest ``max_keys`` idempotency keys, each for ``max_age`` seconds after its
     publish arrived. A key whose publish was refused is forgotten at once (a retry may try
-    again). ``max_keys`` 0 remembers nothing."""
+    again). ``max_keys`` 0 remembers nothing.
+
+    Keys are kept in arrival order, one entry per key, except those of a ``PUBLISH_BATCH``
+    committed at once: one :class:`_KeyRange` for all of them (under a name with a space,
+    which no key has), found through ``_ranges``, their ranges per prefix by ``low``."""
 
     def __init__(self, max_keys: int, max_age: float) -> None:
         self.max_keys = max_keys
         self.max_age = max_age
-        self._entries: OrderedDict[str, KeyEntry | _Finished | _BatchKeys] = OrderedDict()
+        self._entries: OrderedDict[str, KeyEntry | _Finished | _KeyRange] = OrderedDict()
+        #: Per key prefix, the ranges of batch keys in the window, by ``low``; they never
+        #: overlap (a batch becomes a range only when none of its keys is known).
+        self._ranges: dict[str, list[_KeyRange]] = {}
+        #: How many entries of ``_entries`` are ranges, and how many keys they hold.
+        self._range_entries = 0
+        self._range_keys = 0
         #: When the oldest entry expires (no need to look before).
         self._next_expiry = float("inf")
         #: Publishes answered from the window instead of being stored again, since start.
         self.hits = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """The keys remembered."""
+        return len(self._entries) - self._range_entries + self._range_keys
 
     def _expire(self, now: float) -> None:
         entries = self._entries
@@ -151,8 +180,61 @@ class PublishKeys:
             if at > cutoff:
                 self._next_expiry = at + self.max_age
                 return
-            del entries[key]
+            if type(entry) is _KeyRange:
+                self._drop_range(key, entry)
+            else:
+                del entries[key]
         self._next_expiry = float("inf")
+
+    def _drop_range(self, name: str, entry: _KeyRange) -> None:
+        del self._entries[name]
+        runs = self._ranges[entry.prefix]
+        if runs[0] is entry:
+            del runs[0]
+        else:
+            runs.remove(entry)
+        if not runs:
+            del self._ranges[entry.prefix]
+        self._range_entries -= 1
+        self._range_keys -= entry.high - entry.low
+
+    def _trim(self) -> None:
+        """Forget the oldest keys past ``max_keys``."""
+        excess = len(self) - self.max_keys
+        if excess <= 0:
+            return
+        entries = self._entries
+        if not self._range_entries:
+            popitem = entries.popitem
+            for _ in range(excess):
+                popitem(last=False)
+            return
+        while excess > 0:
+            name, entry = next(iter(entries.items()))
+            if type(entry) is not _KeyRange:
+                entries.popitem(last=False)
+                excess -= 1
+                continue
+            held = entry.high - entry.low
+            if held > excess:
+                entry.low += excess
+                self._range_keys -= excess
+                return
+            self._drop_range(name, entry)
+            excess -= held
+
+    def _in_range(self, key: str) -> FinishedKey | None:
+        counted = _counted(key)
+        if counted is None:
+            return None
+        runs = self._ranges.get(counted[0])
+        if not runs:
+            return None
+        n = counted[1]
+        i = bisect_right(runs, n, key=_low) - 1
+        if i >= 0 and n < runs[i].high:
+            return runs[i].finished(n)
+        return None
 
     def find(self, key: str, now: float) -> KeyEntry | FinishedKey | None:
         """The entry of ``key`` if it is remembered."""
@@ -161,15 +243,40 @@ class PublishKeys:
         entry = self._entries.get(key)
         if type(entry) is tuple:
             return FinishedKey(*entry)
-        if type(entry) is _BatchKeys:
-            return entry.finished(key)
+        if entry is None and self._ranges:
+            return self._in_range(key)
         return entry  # type: ignore[return-value]
 
     def knows_any(self, keys: list[str], now: float) -> bool:
         """Whether :meth:`find` would find any of ``keys`` (one look for a whole run)."""
         if now >= self._next_expiry:
             self._expire(now)
-        return not self._entries.keys().isdisjoint(keys)
+        if not self._entries.keys().isdisjoint(keys):
+            return True
+        if self._ranges:
+            ranges = self._ranges
+            return any(
+                key.rpartition("-")[0] in ranges and self._in_range(key) is not None
+                for key in keys
+            )
+        return False
+
+    def knows_batch(self, prefix: str, start: int, count: int, now: float) -> bool:
+        """Whether :meth:`find` would find any of the keys ``<prefix>-<n>``, ``start <= n <
+        start + count`` (a ``PUBLISH_BATCH``'s), without writing them out unless keys of
+        single publishes are in the window."""
+        if now >= self._next_expiry:
+            self._expire(now)
+        runs = self._ranges.get(prefix)
+        if runs:
+            i = bisect_right(runs, start + count - 1, key=_low) - 1
+            if i >= 0 and runs[i].high > start:
+                return True
+        if len(self._entries) == self._range_entries:
+            return False  # nothing but ranges
+        return not self._entries.keys().isdisjoint(
+            [f"{prefix}-{n}" for n in range(start, start + count)]
+        )
 
     def begin(self, key: str, stream: str, now: float) -> KeyEntry | None:
         """Remember ``key`` for a publish to ``stream`` that starts now (``None`` when keys
@@ -182,8 +289,7 @@ class PublishKeys:
         entries.move_to_end(key)
         if self._next_expiry == float("inf"):
             self._next_expiry = now + self.max_age
-        while len(entries) > self.max_keys:
-            entries.popitem(last=False)
+        self._trim()
         return entry
 
     def load(self, records: Sequence[PublishKey], now: float) -> None:
@@ -199,8 +305,7 @@ class PublishKeys:
                 entries[record.key] = (
                     record.stream, record.at, range(record.first, record.last + 1)
                 )
-        while len(entries) > self.max_keys:
-            entries.popitem(last=False)
+        self._trim()
         if entries:
             first = next(iter(entries.values()))
             self._next_expiry = min(self._next_expiry, _arrived(first) + self.max_age)
@@ -208,16 +313,11 @@ class PublishKeys:
     def begin_run(self, keys: list[str], stream: str, now: float) -> list[KeyEntry]:
         """:meth:`begin` for keys that :meth:`find` does not know, all distinct, at once
         (keys must be on)."""
-        entries = self._entries
         made = [KeyEntry(stream, now) for _ in keys]
-        entries.update(zip(keys, made, strict=True))
+        self._entries.update(zip(keys, made, strict=True))
         if self._next_expiry == float("inf"):
             self._next_expiry = now + self.max_age
-        excess = len(entries) - self.max_keys
-        if excess > 0:
-            popitem = entries.popitem
-            for _ in range(excess):
-                popitem(last=False)
+        self._trim()
         return made
 
     def add_finished(
@@ -227,28 +327,31 @@ class PublishKeys:
         ``stream`` committed at once (``(key, index, count)``: the publish's tokens are
         ``tokens[index:index + count]``), as :meth:`begin_run` then :meth:`finish_run`
         would (keys must be on)."""
-        self._add({
-            key: (stream, now, range(tokens[i], tokens[i + n - 1] + 1)) for key, i, n in keys
-        }, now)
-
-    def add_batch(
-        self, keys: list[str], key_start: int, stream: str, now: float, first_token: int
-    ) -> None:
-        """:meth:`add_finished` for the keys of a ``PUBLISH_BATCH`` (``<prefix>-<n>`` for
-        ``n`` from ``key_start``, committed as consecutive tokens from ``first_token``),
-        sharing one entry."""
-        self._add(dict.fromkeys(keys, _BatchKeys(stream, now, key_start, first_token)), now)
-
-    def _add(self, new: dict[str, _Finished | _BatchKeys], now: float) -> None:
-        entries = self._entries
-        entries.update(new)
+        self._entries.update([
+            (key, (stream, now, range(tokens[i], tokens[i + n - 1] + 1))) for key, i, n in keys
+        ])
         if self._next_expiry == float("inf"):
             self._next_expiry = now + self.max_age
-        excess = len(entries) - self.max_keys
-        if excess > 0:
-            popitem = entries.popitem
-            for _ in range(excess):
-                popitem(last=False)
+        self._trim()
+
+    def add_batch(
+        self, prefix: str, start: int, count: int, stream: str, now: float, first_token: int
+    ) -> None:
+        """:meth:`add_finished` for the keys of a ``PUBLISH_BATCH`` (``<prefix>-<n>`` for
+        ``start <= n < start + count``, none of them known), committed as consecutive tokens
+        from ``first_token``: one range entry for all of them."""
+        entry = _KeyRange(prefix, start, count, stream, now, first_token)
+        self._entries[f"{prefix} {start}"] = entry
+        runs = self._ranges.setdefault(prefix, [])
+        if not runs or runs[-1].low < start:
+            runs.append(entry)
+        else:
+            insort(runs, entry, key=_low)
+        self._range_entries += 1
+        self._range_keys += count
+        if self._next_expiry == float("inf"):
+            self._next_expiry = now + self.max_age
+        self._trim()
 
     def finish_run(self, keyed: list[tuple[str, KeyEntry]], outcomes: list[Outcome]) -> None:
         """:meth:`finish` for the keys of a run (``outcomes`` in the order of ``keyed``),
@@ -499,21 +602,28 @@ class PublishPipeline:
 
     def _commit_run(
         self, stream: str, ids: Sequence[str] | range, keys: Sequence[str | None] | None,
-        encoded: list[list[str]], key_start: int | None = None,
+        encoded: list[list[str]], counted: tuple[str, int] | None = None,
     ) -> None:
         """Commit a run of checked and encoded one-token publishes to ``stream`` (their
         ``ids`` and ``keys`` in order; ``keys`` ``None``: none has one) in one store
         transaction, and answer them together, in one slot: ``PUBLISHED`` per publish, or
-        one ``PUBLISHED_RUN`` when ``ids`` is the ``range`` of a ``PUBLISH_BATCH``
-        (``key_start``: the number its keys count from)."""
+        one ``PUBLISHED_RUN`` when ``ids`` is the ``range`` of a ``PUBLISH_BATCH``.
+        ``counted``: the ``(prefix, start)`` of a batch's counted keys, written out only
+        where they are needed one by one (``keys`` is then ``None``)."""
         master = self.master
         window = master.publish_keys
         slot = self._new_slot("", len(ids))
-        keyed = keys is not None and window.max_keys > 0
+        keyed = (keys is not None or counted is not None) and window.max_keys > 0
+
+        def key_list() -> Sequence[str | None]:
+            if keys is not None:
+                return keys
+            assert counted is not None
+            prefix, start = counted
+            return [f"{prefix}-{n}" for n in range(start, start + len(ids))]
 
         def triples() -> list[tuple[str, int, int]]:
-            assert keys is not None
-            return [(key, k, 1) for k, key in enumerate(keys) if key is not None]
+            return [(key, k, 1) for k, key in enumerate(key_list()) if key is not None]
 
         stored_keys = triples() if keyed and master.log.keeps_keys else ()
         try:
@@ -529,8 +639,8 @@ class PublishPipeline:
             # Committed at once: the keys enter the window finished, no entry to wait on.
             if keyed:
                 now = master.clock.seconds()
-                if key_start is not None and tokens[-1] - tokens[0] == len(tokens) - 1:
-                    window.add_batch(cast(list[str], keys), key_start, stream, now, tokens[0])
+                if counted is not None and tokens[-1] - tokens[0] == len(tokens) - 1:
+                    window.add_batch(counted[0], counted[1], len(ids), stream, now, tokens[0])
                 else:
                     window.add_finished(stored_keys or triples(), stream, now, tokens)
             self._run_published(tokens, slot, _Run(ids, None, None))
@@ -540,7 +650,7 @@ class PublishPipeline:
             run_keys = [key for key, _, _ in stored_keys or triples()]
             entries = list(zip(run_keys, window.begin_run(run_keys, stream,
                                                           master.clock.seconds()), strict=True))
-        run = _Run(ids, keys if entries else None, entries)
+        run = _Run(ids, key_list() if entries else None, entries)
         master.submit_many(stream, encoded, stored_keys).addCallbacks(
             self._run_published, self._run_refused_by,
             callbackArgs=(slot, run), errbackArgs=(slot, run),
@@ -612,16 +722,18 @@ class PublishPipeline:
             self.begin_batch()
         stream = command.stream
         prefix, start = command.key_prefix, command.key_start
-        keys = None if prefix is None else [f"{prefix}-{n}" for n in range(start, start + count)]
         # A batch's keys are distinct (counted): the window only needs to know none.
         if self._may_run(stream) and (
-            keys is None
-            or not self.master.publish_keys.knows_any(keys, self.master.clock.seconds())
+            prefix is None
+            or not self.master.publish_keys.knows_batch(prefix, start, count,
+                                                        self.master.clock.seconds())
         ):
             encoded = self._encode_batch(stream, tokens, data)
             if encoded is not None:
-                self._commit_run(stream, ids, keys, encoded, start)
+                self._commit_run(stream, ids, None, encoded,
+                                 None if prefix is None else (prefix, start))
                 return
+        keys = None if prefix is None else [f"{prefix}-{n}" for n in range(start, start + count)]
         for i, rows in enumerate(tokens):
             try:
                 data = encode_json(rows).encode()
