@@ -557,3 +557,21 @@ def test_the_key_window_with_ranges_answers_as_one_entry_per_key(
             assert found == (None if expected is None else FinishedKey(
                 expected[0], expected[1], range(expected[2], expected[2] + 1))), (name, now)
         assert len(window) == len(model.keys)
+
+
+def test_the_line_limit_counts_the_bytes_of_rows_not_their_characters(tmp_path: Path) -> None:
+    """A batch in compact form with rows of non-ASCII text: a row whose characters would
+    fit in an RDATA line but whose UTF-8 bytes do not is refused (413), alone."""
+    harness = Harness(tmp_path, streams=("events",),
+                      limits=limits(max_line_bytes=2048, max_body_bytes=4096))
+    connection, transport = publisher(harness.master)
+    take(transport)
+    # A row may take 2048 - 98 (RDATA's prefix) = 1,950 bytes: 980 "é" take 1,962.
+    fits, too_long = "é" * 400, "é" * 980
+    for first, tokens in ((1, [[fits], ["a"]]), (3, [[too_long]])):
+        body = json.dumps(tokens, ensure_ascii=False, separators=(",", ":"))
+        connection.dataReceived(f"PUBLISH_BATCH {first} {len(tokens)} events {body}\n".encode())
+    sent = take(transport)
+    assert sent[0] == "PUBLISHED_RUN 1 2 1"
+    assert sent[1].startswith("REFUSED 3 413 ")
+    assert _rows(harness) == [[fits], ["a"]]

@@ -728,7 +728,7 @@ class PublishPipeline:
             or not self.master.publish_keys.knows_batch(prefix, start, count,
                                                         self.master.clock.seconds())
         ):
-            encoded = self._encode_batch(stream, tokens, data)
+            encoded = self._encode_batch(stream, tokens, data, command.rows)
             if encoded is not None:
                 self._commit_run(stream, ids, None, encoded,
                                  None if prefix is None else (prefix, start))
@@ -742,11 +742,11 @@ class PublishPipeline:
             self.take(str(ids[i]), stream, None if keys is None else keys[i], data, False)
 
     def _encode_batch(
-        self, stream: str, tokens: list[object], data: bytes
+        self, stream: str, tokens: list[object], data: bytes, text: str
     ) -> list[list[str]] | None:
-        """Each element of a ``PUBLISH_BATCH`` (``tokens``, parsed from ``data``) as one
-        token's compact rows, or ``None`` if any of them needs :meth:`take` (which also
-        words the refusals).
+        """Each element of a ``PUBLISH_BATCH`` (``tokens``, parsed from ``data``, which is
+        ``text`` encoded) as one token's compact rows, or ``None`` if any of them needs
+        :meth:`take` (which also words the refusals).
 
         The common batch, one row per token in orjson's compact form (what the client
         library sends), is cut into its rows' texts rather than encoded again: ``data`` is
@@ -767,10 +767,12 @@ class PublishPipeline:
             except TypeError:  # an integer beyond 64 bits: take() keeps it exact
                 return None
             if canonical:
-                texts = data[2:-2].split(b"],[")
-                if max(map(len, texts)) > room:
+                texts = text[2:-2].split("],[")
+                longest = (max(map(len, texts)) if text.isascii()
+                           else max(len(row.encode()) for row in texts))
+                if longest > room:
                     return None
-                return [[text] for text in map(bytes.decode, texts)]
+                return [[row] for row in texts]
         max_rows = self._max_rows
         out: list[list[str]] = []
         try:
