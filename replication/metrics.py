@@ -116,8 +116,8 @@ MASTER_METRICS: dict[str, str] = {
     ),
     "replication_publishes_total": (
         "Publish requests received since start, by transport: http (POST /streams/<stream>) "
-        "or replication (PUBLISH and PUBLISH_TOKENS on the replication port), refused ones "
-        "included."
+        "or replication (PUBLISH, PUBLISH_TOKENS and each publish of a PUBLISH_BATCH on the "
+        "replication port), refused ones included."
     ),
     "replication_auth_failures_total": (
         "Failed authentications since start, by transport: replication (a wrong "
