@@ -499,46 +499,70 @@ class _ModelWindow:
 
     def __init__(self, max_keys: int, max_age: float) -> None:
         self.max_keys, self.max_age = max_keys, max_age
-        self.keys: dict[str, tuple[str, float, int]] = {}
+        self.keys: dict[str, tuple[str, float, int | None]] = {}
+        #: The batch that added each key last.
+        self.owner: dict[str, object] = {}
 
-    def add(self, key: str, stream: str, at: float, token: int) -> None:
+    def add(self, key: str, stream: str, at: float, token: int | None) -> None:
         self.keys[key] = (stream, at, token)
         while len(self.keys) > self.max_keys:
             del self.keys[next(iter(self.keys))]
 
-    def find(self, key: str, now: float) -> tuple[str, float, int] | None:
+    def find(self, key: str, now: float) -> tuple[str, float, int | None] | None:
         for old in [k for k, (_, at, _) in self.keys.items() if at <= now - self.max_age]:
             del self.keys[old]
         return self.keys.get(key)
 
 
 @settings(max_examples=scaled(200), deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["batch", "single", "refused", "look"]),
+@given(st.lists(st.tuples(st.sampled_from(["batch", "single", "refused", "look", "running",
+                                           "commit", "fail"]),
                           st.sampled_from(["p", "q", "p-1"]), st.integers(0, 30),
                           st.integers(1, 6), st.floats(0, 3)), max_size=40),
        st.integers(1, 12))
 def test_the_key_window_with_ranges_answers_as_one_entry_per_key(
     steps: list[tuple[str, str, int, int, float]], max_keys: int
 ) -> None:
-    """Random batches (ranges), single keys, refused keys and lookups at increasing times:
-    find, knows_any, knows_batch and len agree with a window of one entry per key."""
-    from replication.master.publishing import FinishedKey, PublishKeys
+    """Random batches (ranges; committed at once, or running then committed or failed),
+    single keys, refused keys and lookups at increasing times: find, knows_any, knows_batch
+    and len agree with a window of one entry per key."""
+    from replication.master.publishing import FinishedKey, KeyEntry, PublishKeys
 
     window = PublishKeys(max_keys=max_keys, max_age=5.0)
     model = _ModelWindow(max_keys, 5.0)
     now = 0.0
     token = 1
+    running: list[tuple[Any, list[str]]] = []
     for action, prefix, start, count, step in steps:
         now += step
         names = [f"{prefix}-{n}" for n in range(start, start + count)]
         known = any(model.find(name, now) is not None for name in names)
         assert window.knows_batch(prefix, start, count, now) == known
         assert window.knows_any(names, now) == known
-        if action == "batch" and not known:
-            window.add_batch(prefix, start, count, "s", now, token)
+        if action in ("commit", "fail") and running:
+            entry, keys = running.pop(0)
+            # Only the keys the batch still holds: one pushed out may be another's since.
+            held = [(i, name) for i, name in enumerate(keys)
+                    if model.owner.get(name) is entry and name in model.keys]
+            if action == "commit":
+                window.finish_batch(entry, list(range(token, token + len(keys))))
+                for i, name in held:
+                    model.keys[name] = (model.keys[name][0], model.keys[name][1], token + i)
+                token += len(keys)
+            else:
+                window.finish_batch(entry, (503, "no"))
+                for _, name in held:
+                    del model.keys[name]
+        elif action in ("batch", "running") and not known:
+            first = token if action == "batch" else None
+            entry = window.add_batch(prefix, start, count, "s", now, first)
             for i, name in enumerate(names):
-                model.add(name, "s", now, token + i)
-            token += count
+                model.add(name, "s", now, None if first is None else first + i)
+                model.owner[name] = entry
+            if first is None:
+                running.append((entry, names))
+            else:
+                token += count
         elif action in ("single", "refused") and model.find(names[0], now) is None:
             entry = window.begin(names[0], "s", now)
             assert entry is not None
@@ -550,10 +574,14 @@ def test_the_key_window_with_ranges_answers_as_one_entry_per_key(
             else:
                 window.finish(names[0], entry, [token])
                 model.add(names[0], "s", now, token)
+                model.owner[names[0]] = entry
                 token += 1
         for name in names + [f"{prefix}-0{start}", "p-1-2"]:
             expected = model.find(name, now)
             found = window.find(name, now)
+            if expected is not None and expected[2] is None:  # its batch's commit runs
+                assert type(found) is KeyEntry and found.outcome is None, (name, now)
+                continue
             assert found == (None if expected is None else FinishedKey(
                 expected[0], expected[1], range(expected[2], expected[2] + 1))), (name, now)
         assert len(window) == len(model.keys)
@@ -575,3 +603,95 @@ def test_the_line_limit_counts_the_bytes_of_rows_not_their_characters(tmp_path: 
     assert sent[0] == "PUBLISHED_RUN 1 2 1"
     assert sent[1].startswith("REFUSED 3 413 ")
     assert _rows(harness) == [[fits], ["a"]]
+
+
+def test_the_keys_of_a_batch_outlive_a_restart_of_a_sqlite_master(tmp_path: Path) -> None:
+    """A batch committed with its keys on a SQLite master (each key stored with its token,
+    written out on the writer thread); after a restart, the same batch retried is answered
+    with the first tokens, one by one from the loaded keys, and nothing is stored twice."""
+    import dataclasses as _dataclasses
+
+    from twisted.internet.task import Clock
+
+    from helpers import ManualRunner
+    from replication.config import MasterConfig
+    from replication.master import Master
+    from replication.master.publishing import CountedKeys
+    from replication.store.sqlite import SqliteStore
+
+    path = str(tmp_path / "s.sqlite3")
+    clock = Clock()
+    clock.advance(1000.0)
+
+    def start() -> tuple[Master, ManualRunner]:
+        runner = ManualRunner()
+        master = Master(_dataclasses.replace(MasterConfig(), streams=("events",)),
+                        SqliteStore(path), clock, run_blocking=runner)
+        runner.run_all()
+        return master, runner
+
+    first, runner = start()
+    connection, transport = publisher(first)
+    take(transport)
+    connection.dataReceived(b"PUBLISH_BATCH 1 3 events keys=z-5 [[1],[2],[3]]\n")
+    runner.run_all()
+    assert take(transport) == ["PUBLISHED_RUN 1 3 1"]
+    first.close()
+    runner.run_all()
+
+    second, runner = start()
+    assert second.publish_keys.find("z-6", clock.seconds()) is not None
+    connection, transport = publisher(second)
+    take(transport)
+    connection.dataReceived(b"PUBLISH_BATCH 1 4 events keys=z-5 [[1],[2],[3],[4]]\n")
+    runner.run_all()
+    assert take(transport) == ["PUBLISHED 1 1", "PUBLISHED 2 2", "PUBLISHED 3 3",
+                               "PUBLISHED 4 4"]
+    assert second.head("events") == 4
+    second.close()
+    runner.run_all()
+    keys = CountedKeys("p", 7, 3)
+    assert list(keys) == [("p-7", 0, 1), ("p-8", 1, 1), ("p-9", 2, 1)]
+    assert len(keys) == 3 and keys[-1] == ("p-9", 2, 1) and keys[1:] == list(keys)[1:]
+    with pytest.raises(IndexError):
+        keys[3]
+
+
+def test_a_retry_of_a_running_batch_waits_for_its_commit() -> None:
+    """While a batch's commit runs (one range of the window), a single publish retrying one
+    of its keys and a batch retrying some of them wait for it and get its tokens; a batch
+    whose commit fails forgets its keys, and whoever waited on one gets the refusal."""
+    master, runner = blocking_master()
+    connection, transport = publisher(master)
+    take(transport)
+    connection.dataReceived(b"PUBLISH 0 events [0]\n")  # creates the stream
+    runner.run_all()
+    take(transport)
+    connection.dataReceived(b"PUBLISH_BATCH 1 3 events keys=w-1 [[1],[2],[3]]\n")
+    other, transport2 = publisher(master)
+    take(transport2)
+    other.dataReceived(b"PUBLISH 1 events key=w-3 [3]\n"
+                       b"PUBLISH_BATCH 2 2 events keys=w-2 [[2],[3]]\n")
+    assert take(transport2) == []
+    assert master.publish_keys.knows_batch("w", 1, 1, 0)
+    runner.run_all()
+    assert take(transport) == ["PUBLISHED_RUN 1 3 2"]
+    assert take(transport2) == ["PUBLISHED 1 4", "PUBLISHED 2 3", "PUBLISHED 3 4"]
+    assert master.head("events") == 4
+
+    connection.dataReceived(b"PUBLISH_BATCH 4 2 events keys=v-1 [[5],[6]]\n")
+    other.dataReceived(b"PUBLISH 4 events key=v-2 [6]\n")
+
+    def broken(*args: Any) -> Any:
+        raise OSError("disk on fire")
+
+    f, args, d = runner.queue.pop(0)
+    runner.queue.insert(0, (broken, args, d))
+    runner.run_one()
+    assert [line.split(" ")[:3] for line in take(transport)] == [
+        ["REFUSED", "4", "503"], ["REFUSED", "5", "503"]
+    ]
+    assert [line.split(" ")[:3] for line in take(transport2)] == [["REFUSED", "4", "503"]]
+    assert not master.publish_keys.knows_batch("v", 1, 2, 0)
+    runner.run_all()
+    assert master.head("events") == 4

@@ -26,15 +26,15 @@ from __future__ import annotations
 import re
 from bisect import bisect_right, insort
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol, overload
 
 from twisted.python.failure import Failure
 
 from replication.master.log import PublishError
-from replication.store import PublishKey
+from replication.store import BatchKeys, PublishKey
 from replication.wire.auth import Permissions
 from replication.wire.commands import (
     CommandParseError,
@@ -109,19 +109,32 @@ class _KeyRange:
     key_start`` (a batch's keys are counted and its tokens consecutive). The oldest keys
     of a range leave the window by raising ``low``."""
 
-    __slots__ = ("at", "first_token", "high", "key_start", "low", "prefix", "stream")
+    __slots__ = ("at", "first_token", "high", "key_start", "low", "name", "prefix", "stream",
+                 "waiting")
 
-    def __init__(self, prefix: str, key_start: int, count: int, stream: str, at: float,
-                 first_token: int) -> None:
+    def __init__(self, name: str, prefix: str, key_start: int, count: int, stream: str,
+                 at: float, first_token: int | None) -> None:
+        #: Its name in the window: unique, and with a space, which no key has.
+        self.name = name
         self.prefix = prefix
         self.key_start = self.low = key_start
         self.high = key_start + count
         self.stream = stream
         self.at = at
+        #: ``None`` while the batch's commit runs.
         self.first_token = first_token
+        #: While it runs: an entry per key that someone asked for (``find``), with the key's
+        #: number, whose waiters get the key's outcome.
+        self.waiting: list[tuple[int, KeyEntry]] = []
 
-    def finished(self, n: int) -> FinishedKey:
-        token = self.first_token + n - self.key_start
+    def found(self, n: int) -> KeyEntry | FinishedKey:
+        """What :meth:`PublishKeys.find` answers for key number ``n`` of the range."""
+        first = self.first_token
+        if first is None:
+            entry = KeyEntry(self.stream, self.at)
+            self.waiting.append((n, entry))
+            return entry
+        token = first + n - self.key_start
         return FinishedKey(self.stream, self.at, range(token, token + 1))
 
 
@@ -149,8 +162,9 @@ class PublishKeys:
     again). ``max_keys`` 0 remembers nothing.
 
     Keys are kept in arrival order, one entry per key, except those of a ``PUBLISH_BATCH``
-    committed at once: one :class:`_KeyRange` for all of them (under a name with a space,
-    which no key has), found through ``_ranges``, their ranges per prefix by ``low``."""
+    taken as one run: one :class:`_KeyRange` for all of them (under a name of its own with a
+    space, which no key has), found through ``_ranges``, their ranges per prefix by
+    ``low``."""
 
     def __init__(self, max_keys: int, max_age: float) -> None:
         self.max_keys = max_keys
@@ -162,6 +176,8 @@ class PublishKeys:
         #: How many entries of ``_entries`` are ranges, and how many keys they hold.
         self._range_entries = 0
         self._range_keys = 0
+        #: The number in the name of the last range.
+        self._serial = 0
         #: When the oldest entry expires (no need to look before).
         self._next_expiry = float("inf")
         #: Publishes answered from the window instead of being stored again, since start.
@@ -223,7 +239,7 @@ class PublishKeys:
             self._drop_range(name, entry)
             excess -= held
 
-    def _in_range(self, key: str) -> FinishedKey | None:
+    def _in_range(self, key: str) -> KeyEntry | FinishedKey | None:
         counted = _counted(key)
         if counted is None:
             return None
@@ -233,7 +249,7 @@ class PublishKeys:
         n = counted[1]
         i = bisect_right(runs, n, key=_low) - 1
         if i >= 0 and n < runs[i].high:
-            return runs[i].finished(n)
+            return runs[i].found(n)
         return None
 
     def find(self, key: str, now: float) -> KeyEntry | FinishedKey | None:
@@ -335,13 +351,16 @@ class PublishKeys:
         self._trim()
 
     def add_batch(
-        self, prefix: str, start: int, count: int, stream: str, now: float, first_token: int
-    ) -> None:
-        """:meth:`add_finished` for the keys of a ``PUBLISH_BATCH`` (``<prefix>-<n>`` for
-        ``start <= n < start + count``, none of them known), committed as consecutive tokens
-        from ``first_token``: one range entry for all of them."""
-        entry = _KeyRange(prefix, start, count, stream, now, first_token)
-        self._entries[f"{prefix} {start}"] = entry
+        self, prefix: str, start: int, count: int, stream: str, now: float,
+        first_token: int | None,
+    ) -> _KeyRange:
+        """Remember the keys of a ``PUBLISH_BATCH`` (``<prefix>-<n>`` for ``start <= n <
+        start + count``, none of them known), committed as consecutive tokens from
+        ``first_token`` (``None``: its commit runs; :meth:`finish_batch` tells the
+        outcome): one range entry for all of them (keys must be on)."""
+        self._serial += 1
+        entry = _KeyRange(f" {self._serial}", prefix, start, count, stream, now, first_token)
+        self._entries[entry.name] = entry
         runs = self._ranges.setdefault(prefix, [])
         if not runs or runs[-1].low < start:
             runs.append(entry)
@@ -352,6 +371,30 @@ class PublishKeys:
         if self._next_expiry == float("inf"):
             self._next_expiry = now + self.max_age
         self._trim()
+        return entry
+
+    def finish_batch(self, entry: _KeyRange, outcome: list[int] | tuple[int, str]) -> None:
+        """The commit of a batch :meth:`add_batch` remembered as running ended: its tokens
+        (consecutive), or a refusal, which forgets its keys; whoever asked for one of its
+        keys meanwhile gets that key's outcome."""
+        if type(outcome) is tuple:
+            if self._entries.get(entry.name) is entry:
+                self._drop_range(entry.name, entry)
+        else:
+            entry.first_token = outcome[0]
+        waiting, entry.waiting = entry.waiting, []
+        for n, key_entry in waiting:
+            self.finish_waiting(
+                key_entry, outcome if type(outcome) is tuple
+                else [outcome[0] + n - entry.key_start],
+            )
+
+    def finish_waiting(self, entry: KeyEntry, outcome: Outcome) -> None:
+        """Give ``outcome`` to whoever waits on ``entry`` (one not in the window)."""
+        entry.outcome = outcome
+        waiters, entry.waiters = entry.waiters, None
+        for waiter in waiters or ():
+            waiter(outcome)
 
     def finish_run(self, keyed: list[tuple[str, KeyEntry]], outcomes: list[Outcome]) -> None:
         """:meth:`finish` for the keys of a run (``outcomes`` in the order of ``keyed``),
@@ -407,6 +450,52 @@ class _Slot:
 Fields = tuple[str, str, "str | None", bytes]
 
 
+class CountedKeys(Sequence[tuple[str, int, int]]):
+    """The keys of a ``PUBLISH_BATCH``, ``<prefix>-<n>`` for ``start <= n < start + count``,
+    as a store's ``keys`` (``(key, index, 1)`` per publish), written out only when read:
+    on the store's writer thread rather than the reactor's."""
+
+    __slots__ = ("length", "prefix", "start")
+
+    def __init__(self, prefix: str, start: int, count: int) -> None:
+        self.prefix, self.start, self.length = prefix, start, count
+
+    def __len__(self) -> int:
+        return self.length
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[str, int, int]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[tuple[str, int, int]]: ...
+
+    def __getitem__(
+        self, i: int | slice
+    ) -> tuple[str, int, int] | Sequence[tuple[str, int, int]]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(self.length))]
+        if i < 0:
+            i += self.length
+        if not 0 <= i < self.length:
+            raise IndexError(i)
+        return (f"{self.prefix}-{self.start + i}", i, 1)
+
+    def __iter__(self) -> Iterator[tuple[str, int, int]]:
+        prefix, start = self.prefix, self.start
+        return ((f"{prefix}-{start + i}", i, 1) for i in range(self.length))
+
+
+def _triples(
+    keys: Sequence[str | None] | None, counted: tuple[str, int] | None = None, count: int = 0
+) -> list[tuple[str, int, int]]:
+    """``(key, index, 1)`` for the publishes of a run that have a key (a store's
+    ``keys``), from ``keys`` or from a batch's ``counted`` keys."""
+    if keys is None:
+        assert counted is not None
+        return list(CountedKeys(counted[0], counted[1], count))
+    return [(key, k, 1) for k, key in enumerate(keys) if key is not None]
+
+
 class _Run(NamedTuple):
     """A run of publishes committed together (:meth:`PublishPipeline._commit_run`): their
     ids, their keys (``None``: none is remembered) and their entries in the key window."""
@@ -414,6 +503,8 @@ class _Run(NamedTuple):
     ids: Sequence[str] | range
     keys: Sequence[str | None] | None
     entries: list[tuple[str, KeyEntry]] | None
+    #: The keys of a ``PUBLISH_BATCH`` whose commit runs, as one range of the window.
+    batch: _KeyRange | None = None
 
 
 #: A publish waiting in a batch: stream, encoded tokens, its slot, key and key entry.
@@ -608,24 +699,19 @@ class PublishPipeline:
         ``ids`` and ``keys`` in order; ``keys`` ``None``: none has one) in one store
         transaction, and answer them together, in one slot: ``PUBLISHED`` per publish, or
         one ``PUBLISHED_RUN`` when ``ids`` is the ``range`` of a ``PUBLISH_BATCH``.
-        ``counted``: the ``(prefix, start)`` of a batch's counted keys, written out only
-        where they are needed one by one (``keys`` is then ``None``)."""
+        ``counted``: the ``(prefix, start)`` of a batch's counted keys (``keys`` is then
+        ``None``): they are one range of the key window, and a store that keeps keys gets
+        them as :class:`CountedKeys`, written out on its own thread."""
         master = self.master
         window = master.publish_keys
         slot = self._new_slot("", len(ids))
         keyed = (keys is not None or counted is not None) and window.max_keys > 0
-
-        def key_list() -> Sequence[str | None]:
-            if keys is not None:
-                return keys
-            assert counted is not None
-            prefix, start = counted
-            return [f"{prefix}-{n}" for n in range(start, start + len(ids))]
-
-        def triples() -> list[tuple[str, int, int]]:
-            return [(key, k, 1) for k, key in enumerate(key_list()) if key is not None]
-
-        stored_keys = triples() if keyed and master.log.keeps_keys else ()
+        stored_keys: BatchKeys = ()
+        if keyed and master.log.keeps_keys:
+            stored_keys = (
+                CountedKeys(counted[0], counted[1], len(ids)) if counted is not None
+                else _triples(keys)
+            )
         try:
             tokens = (
                 None if master.acks.wanted
@@ -635,22 +721,25 @@ class PublishPipeline:
             # Refused at once: the keys never entered the window (a refusal forgets them).
             self._run_refused(slot, _Run(ids, None, None), (e.status, e.message))
             return
+        now = master.clock.seconds()
         if tokens is not None:
             # Committed at once: the keys enter the window finished, no entry to wait on.
             if keyed:
-                now = master.clock.seconds()
                 if counted is not None and tokens[-1] - tokens[0] == len(tokens) - 1:
                     window.add_batch(counted[0], counted[1], len(ids), stream, now, tokens[0])
                 else:
-                    window.add_finished(stored_keys or triples(), stream, now, tokens)
+                    window.add_finished(stored_keys or _triples(keys, counted, len(ids)),
+                                        stream, now, tokens)
             self._run_published(tokens, slot, _Run(ids, None, None))
             return
-        entries: list[tuple[str, KeyEntry]] | None = None
-        if keyed:
-            run_keys = [key for key, _, _ in stored_keys or triples()]
-            entries = list(zip(run_keys, window.begin_run(run_keys, stream,
-                                                          master.clock.seconds()), strict=True))
-        run = _Run(ids, key_list() if entries else None, entries)
+        run = _Run(ids, None, None)
+        if keyed and counted is not None:
+            run = _Run(ids, None, None,
+                       window.add_batch(counted[0], counted[1], len(ids), stream, now, None))
+        elif keyed:
+            run_keys = [key for key in keys if key is not None]  # type: ignore[union-attr]
+            entries = list(zip(run_keys, window.begin_run(run_keys, stream, now), strict=True))
+            run = _Run(ids, keys, entries)
         master.submit_many(stream, encoded, stored_keys).addCallbacks(
             self._run_published, self._run_refused_by,
             callbackArgs=(slot, run), errbackArgs=(slot, run),
@@ -670,6 +759,8 @@ class PublishPipeline:
                 [token] for key, token in zip(run.keys, tokens, strict=True)
                 if key is not None
             ])
+        if run.batch is not None:
+            self.master.publish_keys.finish_batch(run.batch, tokens)
         self._flush()
 
     def _run_refused_by(self, failure: Failure, slot: _Slot, run: _Run) -> None:
@@ -679,6 +770,8 @@ class PublishPipeline:
         self._refuse_all(slot, run.ids, refusal)
         if run.entries:
             self.master.publish_keys.finish_run(run.entries, [refusal] * len(run.entries))
+        if run.batch is not None:
+            self.master.publish_keys.finish_batch(run.batch, refusal)
 
     def _refuse_all(
         self, slot: _Slot, ids: Sequence[str] | range, refusal: tuple[int, str]
