@@ -734,3 +734,30 @@ def test_a_failed_append_keeps_no_key(store: StreamStore) -> None:
     with pytest.raises((StoreError, ValueError)):
         store.append([("a", ["1"]), ("a", [])], 1.0, keys=[("k", 0, 2)])
     assert store.publish_keys(0.0, 10) == []
+
+
+def test_the_counted_keys_of_a_batch_are_kept_one_by_one(
+    reopen: Callable[[], StreamStore]
+) -> None:
+    """A PUBLISH_BATCH's keys reach the store as CountedKeys (written out on the store's
+    thread): each is recorded with its own token, as keys given one by one."""
+    from replication.master.publishing import CountedKeys
+    from replication.store import PublishKey
+
+    store = reopen()
+    store.append([("a", ["0"])], 5.0)
+    tokens = store.append([("a", ["1"]), ("a", ["2"]), ("a", ["3"])], 10.0,
+                          keys=CountedKeys("pre", 7, 3))
+    assert tokens == [2, 3, 4]
+    store.close()
+    store = reopen()
+    try:
+        if not store.keeps_keys:
+            assert store.publish_keys(0.0, 10) == []
+            return
+        assert sorted(store.publish_keys(0.0, 10), key=lambda record: record.key) == [
+            PublishKey("pre-7", "a", 2, 2, 10.0), PublishKey("pre-8", "a", 3, 3, 10.0),
+            PublishKey("pre-9", "a", 4, 4, 10.0),
+        ]
+    finally:
+        store.close()
