@@ -244,3 +244,76 @@ def test_publish_all_against_a_real_master_uses_batches(tmp_path: Path) -> None:
         assert stream_head(http_port, "events") == 2503
         batches = _metric(http_port, "replication_commands_received_total", "PUBLISH_BATCH")
         assert 2500 * 12 // 4096 <= batches <= 100
+
+
+TWISTED_BATCHES = """
+import json, sys
+from twisted.internet.task import react
+from twisted.internet.defer import ensureDeferred
+from replication.client import TwistedPublisher, PublishRefused
+
+async def main(reactor):
+    publisher = TwistedPublisher(reactor, sys.argv[1])
+    first = await publisher.publish_all("events", [[i] for i in range(5)])  # connecting
+    second = await publisher.publish_all("events", [[{"n": i}] for i in range(1500)])
+    try:
+        await publisher.publish_all("events", [[1], [1, 2, 3, 4], [3]])
+    except PublishRefused as e:
+        status = e.status
+    empty = await publisher.publish_all("events", [])
+    await publisher.close()
+    print(json.dumps({"first": [r.token for r in first], "second": [r.token for r in second],
+                      "status": status, "empty": empty}))
+
+react(lambda reactor: ensureDeferred(main(reactor)))
+"""
+
+
+def test_the_asyncio_and_twisted_clients_publish_all_in_batches(tmp_path: Path) -> None:
+    """AsyncPublisher.publish_all and TwistedPublisher.publish_all: answered in order with
+    consecutive tokens, sent as PUBLISH_BATCH lines once connected (one publish at a time
+    before), a refused publish raised once every answer is in, the others stored."""
+    import asyncio
+    import subprocess
+    import sys
+
+    from processes import child_env
+    from replication.client import AsyncPublisher
+
+    config = tmp_path / "master.yaml"
+    config.write_text("streams: [events]\nstrict_streams: true\n"
+                      "limits: {max_line_bytes: 4096, max_body_bytes: 4096, "
+                      "max_buffer_bytes: 1048576, max_rows_per_publish: 3}\n")
+    port, http_port = free_ports(2)
+    with start_master(tmp_path, "master", port, http_port, "--config", str(config)):
+
+        async def main() -> tuple[list[int], list[int], int]:
+            async with AsyncPublisher(f"{HOST}:{port}") as publisher:
+                first = await publisher.publish_all("events", [[i] for i in range(5)])
+                second = await publisher.publish_all("events",
+                                                     [[{"n": i}] for i in range(1500)])
+                with pytest.raises(PublishRefused, match="at most 3 rows") as refused:
+                    await publisher.publish_all("events", [[1], [1, 2, 3, 4], [3]])
+                assert await publisher.publish_all("events", []) == []
+                return ([r.token for r in first], [r.token for r in second],
+                        refused.value.status)
+
+        first, second, status = asyncio.run(main())
+        assert first == list(range(1, 6)) and second == list(range(6, 1506))
+        assert status == 413
+        assert stream_head(http_port, "events") == 1507
+        batches = _metric(http_port, "replication_commands_received_total", "PUBLISH_BATCH")
+        assert batches >= 1500 * 12 // 4096
+
+        script = tmp_path / "twisted_batches.py"
+        script.write_text(TWISTED_BATCHES)
+        done = subprocess.run([sys.executable, str(script), f"{HOST}:{port}"],
+                              env=child_env(), capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        answer = json.loads(done.stdout)
+        assert answer["first"] == list(range(1508, 1513))
+        assert answer["second"] == list(range(1513, 3013))
+        assert answer["status"] == 413 and answer["empty"] == []
+        assert stream_head(http_port, "events") == 3014
+        assert _metric(http_port, "replication_commands_received_total",
+                       "PUBLISH_BATCH") > batches

@@ -21,6 +21,7 @@ from replication.client.core import (
     Published,
     PublisherCore,
     PublishError,
+    PublishRefused,
     PublishTimeout,
     lost_in_flight,
     new_core,
@@ -94,6 +95,26 @@ class AsyncPublisher:
         """Send a publish and return the future of its answer without waiting for it."""
         return await self._send(stream, rows, key, False)
 
+    async def publish_all(
+        self, stream: str, batches: Sequence[Sequence[Any]], *, timeout: float | None = None
+    ) -> list[Published]:
+        """Publish each of ``batches`` as its own token, pipelined (``PUBLISH_BATCH`` lines
+        to a master that takes them), and wait for them all; the first error is raised once
+        every answer is in (as :meth:`replication.client.Publisher.publish_all`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.timeout if timeout is None else timeout)
+        waiters = await self._send_all(stream, batches)
+        results: list[Published] = []
+        error: PublishError | None = None
+        for waiter in waiters:
+            try:
+                results.append(await self._wait(waiter, max(deadline - loop.time(), 0.0)))
+            except PublishError as e:
+                error = error or e
+        if error is not None:
+            raise error
+        return results
+
     async def close(self) -> None:
         self._closed = True
         pending = self._core.reset() + self._lost
@@ -150,6 +171,37 @@ class AsyncPublisher:
         if writer.transport.get_write_buffer_size() > 1 << 20:
             await writer.drain()
         return waiter
+
+    async def _send_all(self, stream: str, batches: Sequence[Sequence[Any]]) -> list[_Waiter]:
+        """Send one publish per batch, in as few lines as the master takes; their futures,
+        in order (a publish refused before it is sent has its future failed)."""
+        loop = asyncio.get_running_loop()
+        if self._closed:
+            raise MasterUnreachable("the publisher is closed")
+        if self._writer is None or self._lost:
+            await self._connect(loop.time() + self.timeout)
+        core = self._core
+        built = core.publish_lines(stream, batches)
+        if built is None:  # something unusual: one by one, each refused on its own
+            waiters = []
+            for rows in batches:
+                try:
+                    waiters.append(await self._send(stream, rows, None, False))
+                except PublishRefused as e:
+                    failed: _Waiter = loop.create_future()
+                    failed.set_exception(e)
+                    waiters.append(failed)
+            return waiters
+        waiters = [loop.create_future() for _ in built.keys]
+        for waiter, key in zip(waiters, built.keys, strict=True):
+            waiter.publish_key = key  # type: ignore[attr-defined]
+        writer = self._writer
+        assert writer is not None
+        core.sent_many(stream, built, waiters)
+        writer.write(built.out)
+        if writer.transport.get_write_buffer_size() > 1 << 20:
+            await writer.drain()
+        return waiters
 
     async def _connect(self, deadline: float) -> None:
         if self._connect_lock is None:

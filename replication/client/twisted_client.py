@@ -143,6 +143,40 @@ class TwistedPublisher:
         """Publish several tokens at once, all or none, consecutive."""
         return self._publish(stream, tokens_rows, key, True, timeout)
 
+    def publish_all(
+        self, stream: str, batches: Sequence[Sequence[Any]], *, timeout: float | None = None
+    ) -> Deferred[list[Published]]:
+        """Publish each of ``batches`` as its own token, pipelined (``PUBLISH_BATCH`` lines
+        to a master that takes them, once connected), and fire with the results in order
+        once every answer is in, or fail with the first error then (as
+        :meth:`replication.client.Publisher.publish_all`)."""
+        if self._closed:
+            return fail(MasterUnreachable("the publisher is closed"))
+        core = self._core
+        connection = self._connection
+        built = None
+        if connection is not None and core.ready and not self._lost:
+            built = core.publish_lines(stream, batches)
+        if built is None:  # not connected yet, or something unusual: one by one
+            return _all([self._publish(stream, rows, None, False, timeout)
+                         for rows in batches])
+        waiters: list[_Waiter] = [Deferred() for _ in built.keys]
+        keys = built.keys
+        seconds = self.timeout if timeout is None else timeout
+
+        def expire() -> None:
+            for waiter, key in zip(waiters, keys, strict=True):
+                _settle(waiter, PublishTimeout(
+                    f"no answer within {seconds:g}s; it may still be committed: publish "
+                    f"again with key={key!r} to find out", key=key,
+                ))
+
+        call = self.reactor.callLater(seconds, expire)
+        core.sent_many(stream, built, waiters)
+        assert connection is not None and connection.transport is not None
+        connection.transport.write(built.out)
+        return _all(waiters).addBoth(_cancelling(call))
+
     def close(self) -> Deferred[None]:
         """Close; publishes in flight fail with ``MasterUnreachable`` (``maybe_committed``)."""
         self._closed = True
@@ -316,6 +350,42 @@ class TwistedPublisher:
         lost, self._lost = self._lost, []
         for entry in lost:
             _settle(entry.waiter, lost_in_flight(self._master, self.retry_for, entry.key))
+
+
+def _all(waiters: list[_Waiter]) -> Deferred[list[Published]]:
+    """The results of ``waiters`` in order once all have fired, or the first failure (in
+    their order) then."""
+    done: Deferred[list[Published]] = Deferred()
+    results: list[Any] = [None] * len(waiters)
+    failures: dict[int, Failure] = {}
+    left = [len(waiters)]
+
+    def one(outcome: Any, i: int) -> None:
+        if isinstance(outcome, Failure):
+            failures[i] = outcome
+        else:
+            results[i] = outcome
+        left[0] -= 1
+        if left[0] == 0:
+            if failures:
+                done.errback(failures[min(failures)])
+            else:
+                done.callback(results)
+
+    if not waiters:
+        done.callback([])
+    for i, waiter in enumerate(waiters):
+        waiter.addBoth(one, i)
+    return done
+
+
+def _cancelling(call: IDelayedCall) -> Any:
+    def cancel(result: object) -> object:
+        if call.active():
+            call.cancel()
+        return result
+
+    return cancel
 
 
 def _settle(waiter: _Waiter, outcome: Published | PublishError) -> None:
