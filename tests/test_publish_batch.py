@@ -695,3 +695,23 @@ def test_a_retry_of_a_running_batch_waits_for_its_commit() -> None:
     assert not master.publish_keys.knows_batch("v", 1, 2, 0)
     runner.run_all()
     assert master.head("events") == 4
+
+
+@pytest.mark.parametrize("line", [
+    b"PUBLISH 1 events [-9223372036854775809,18446744073709551616]\n",
+    b"PUBLISH_BATCH 1 1 events [[-9223372036854775809,18446744073709551616]]\n",
+    b"PUBLISH_BATCH 1 1 events [[-9223372036854775809]]\n",
+])
+def test_integers_orjson_reads_as_floats_stay_exact(tmp_path: Path, line: bytes) -> None:
+    """orjson reads integers outside [-2**63, 2**64) as floats, from 19 digits on (below
+    -2**63): a run of 19 digits goes to the standard library, and every digit is kept."""
+    from replication.wire.commands import decode_json_bytes
+
+    harness = Harness(tmp_path, streams=("events",))
+    connection, transport = publisher(harness.master)
+    take(transport)
+    connection.dataReceived(line)
+    assert _spelt(take(transport)) == ["PUBLISHED 1 1"]
+    rows = harness.store.read("events", 0, 1, 10)[0].rows
+    assert rows[0] == "-9223372036854775809"
+    assert decode_json_bytes(b"[-9223372036854775809]") == [-9223372036854775809]

@@ -386,6 +386,9 @@ def test_big_integers_stay_exact_in_the_hot_loop(tmp_path: Any) -> None:
     connection.dataReceived(b"RDATA events 1 [1]\nRDATA events 2 [123456789012345678901234]\n")
     assert calls == [[[1]], [[123456789012345678901234]]]
     assert isinstance(calls[1][0][0], int)
+    # Below -2**63 orjson reads 19 digits as a float too.
+    connection.dataReceived(b"RDATA events 3 [-9223372036854775809]\n")
+    assert calls[2] == [[-9223372036854775809]] and isinstance(calls[2][0][0], int)
 
 
 @pytest.mark.parametrize("seed", range(200))

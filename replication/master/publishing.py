@@ -37,6 +37,7 @@ from replication.master.log import PublishError
 from replication.store import BatchKeys, PublishKey
 from replication.wire.auth import Permissions
 from replication.wire.commands import (
+    LONG_DIGITS,
     CommandParseError,
     PublishBatchCommand,
     PublishCommand,
@@ -54,7 +55,6 @@ except ImportError:  # pragma: no cover - exercised by the tests with orjson hid
     _orjson = None
 
 _DIGITS_AS_ZEROS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
-_TWENTY_ZEROS = b"0" * 20
 #: What JSON allows around a value.
 _JSON_BLANKS = b" \t\r\n"
 
@@ -888,7 +888,7 @@ class PublishPipeline:
         around its one element taken off), so it is not encoded again: that text is
         exactly one JSON value, since it parsed as the array's only element."""
         assert _orjson is not None
-        if _TWENTY_ZEROS in b"".join(datas).translate(_DIGITS_AS_ZEROS):
+        if LONG_DIGITS in b"".join(datas).translate(_DIGITS_AS_ZEROS):
             return None  # long integers: the standard library keeps them exact
         loads = _orjson.loads
         try:

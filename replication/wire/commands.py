@@ -192,22 +192,27 @@ def _decode_json(text: str, what: str) -> Any:
 
 
 _DIGITS_AS_ZEROS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
-_TWENTY_ZEROS = b"0" * 20
+#: orjson reads an integer outside [-2**63, 2**64) as a float; the shortest such are
+#: 19 digits long (-9223372036854775809), so a run of 19 digits sends a document to the
+#: standard library, which keeps every integer exact.
+LONG_DIGITS: Final = b"0" * 19
 
 
 def _has_twenty_digits(data: bytes) -> bool:
-    # One C-speed pass: digits become "0", everything else a space.
-    return _TWENTY_ZEROS in data.translate(_DIGITS_AS_ZEROS)
+    """Whether ``data`` holds a run of 19 digits or more (a number orjson might read
+    inexactly; see :data:`LONG_DIGITS`). One C-speed pass: digits become "0", everything
+    else a space."""
+    return LONG_DIGITS in data.translate(_DIGITS_AS_ZEROS)
 
 
 def decode_json_bytes(data: bytes, what: str = "RDATA row") -> Any:
     """Decode one JSON document from UTF-8 bytes, as strictly as :func:`decode_json`.
 
     With orjson installed it does the work (it refuses NaN, Infinity, lone surrogates and
-    invalid UTF-8 by itself); whatever orjson refuses (e.g. integers beyond 64 bits) goes
-    to the standard library path, which has the final word, so both accept the same
-    documents. orjson turns integers beyond 64 bits into floats, so a document with a run of
-    20 digits is always decoded by the standard library, which keeps them exact.
+    invalid UTF-8 by itself); whatever orjson refuses goes to the standard library path,
+    which has the final word, so both accept the same documents. orjson turns integers
+    outside [-2**63, 2**64) into floats, so a document with a run of 19 digits is always
+    decoded by the standard library, which keeps them exact.
     """
     if _orjson is not None and not _has_twenty_digits(data):
         try:
@@ -247,7 +252,7 @@ def decode_row(text: str) -> Any:
 def json_loader(data: bytes | None) -> Callable[[bytes], Any]:
     """A decoder for the rows of many lines at once, as strict as :func:`decode_json_bytes`:
     orjson's own ``loads`` when orjson is installed and ``data`` (the bytes the lines were
-    split from) holds no run of 20 digits, so the check is made once per read instead of
+    split from) holds no run of 19 digits, so the check is made once per read instead of
     once per row; otherwise :func:`decode_json_bytes`. Both raise ``ValueError`` on what
     they refuse (``CommandParseError``, or orjson's error, which may still be a document
     that the standard library path accepts: pass such lines to the general path)."""
