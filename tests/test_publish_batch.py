@@ -715,3 +715,16 @@ def test_integers_orjson_reads_as_floats_stay_exact(tmp_path: Path, line: bytes)
     rows = harness.store.read("events", 0, 1, 10)[0].rows
     assert rows[0] == "-9223372036854775809"
     assert decode_json_bytes(b"[-9223372036854775809]") == [-9223372036854775809]
+
+
+def test_only_integers_orjson_misreads_take_the_slow_decoder() -> None:
+    """has_long_integer: 20 digits, or 19 after a minus sign; not 19 digits alone (a
+    nanosecond timestamp), which orjson reads exactly."""
+    from replication.wire.commands import decode_json_bytes, has_long_integer
+
+    assert has_long_integer(b"[12345678901234567890]")
+    assert has_long_integer(b"[-1234567890123456789]")
+    assert not has_long_integer(b"[1763700000000000000, -123456789012345678]")
+    assert decode_json_bytes(b"[1763700000000000000]") == [1763700000000000000]
+    assert decode_json_bytes(b"[18446744073709551615]") == [18446744073709551615]
+    assert decode_json_bytes(b"[-9223372036854775808]") == [-9223372036854775808]

@@ -37,7 +37,6 @@ from replication.master.log import PublishError
 from replication.store import BatchKeys, PublishKey
 from replication.wire.auth import Permissions
 from replication.wire.commands import (
-    LONG_DIGITS,
     CommandParseError,
     PublishBatchCommand,
     PublishCommand,
@@ -45,6 +44,7 @@ from replication.wire.commands import (
     RefusedCommand,
     decode_json_bytes,
     encode_json,
+    has_long_integer,
     rdata_line_length,
 )
 
@@ -54,7 +54,6 @@ try:  # optional: the fast path's codec (the same one encode_tokens uses when in
 except ImportError:  # pragma: no cover - exercised by the tests with orjson hidden
     _orjson = None
 
-_DIGITS_AS_ZEROS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
 #: What JSON allows around a value.
 _JSON_BLANKS = b" \t\r\n"
 
@@ -888,7 +887,7 @@ class PublishPipeline:
         around its one element taken off), so it is not encoded again: that text is
         exactly one JSON value, since it parsed as the array's only element."""
         assert _orjson is not None
-        if LONG_DIGITS in b"".join(datas).translate(_DIGITS_AS_ZEROS):
+        if has_long_integer(b"".join(datas)):
             return None  # long integers: the standard library keeps them exact
         loads = _orjson.loads
         try:
