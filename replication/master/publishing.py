@@ -238,7 +238,8 @@ class PublishKeys:
             self._drop_range(name, entry)
             excess -= held
 
-    def _in_range(self, key: str) -> KeyEntry | FinishedKey | None:
+    def _range_of(self, key: str) -> tuple[_KeyRange, int] | None:
+        """The range holding ``key``, and the key's number, if one does."""
         counted = _counted(key)
         if counted is None:
             return None
@@ -248,7 +249,7 @@ class PublishKeys:
         n = counted[1]
         i = bisect_right(runs, n, key=_low) - 1
         if i >= 0 and n < runs[i].high:
-            return runs[i].found(n)
+            return runs[i], n
         return None
 
     def find(self, key: str, now: float) -> KeyEntry | FinishedKey | None:
@@ -259,7 +260,8 @@ class PublishKeys:
         if type(entry) is tuple:
             return FinishedKey(*entry)
         if entry is None and self._ranges:
-            return self._in_range(key)
+            held = self._range_of(key)
+            return None if held is None else held[0].found(held[1])
         return entry  # type: ignore[return-value]
 
     def knows_any(self, keys: list[str], now: float) -> bool:
@@ -271,7 +273,7 @@ class PublishKeys:
         if self._ranges:
             ranges = self._ranges
             return any(
-                key.rpartition("-")[0] in ranges and self._in_range(key) is not None
+                key.rpartition("-")[0] in ranges and self._range_of(key) is not None
                 for key in keys
             )
         return False
@@ -383,17 +385,8 @@ class PublishKeys:
             entry.first_token = outcome[0]
         waiting, entry.waiting = entry.waiting, []
         for n, key_entry in waiting:
-            self.finish_waiting(
-                key_entry, outcome if type(outcome) is tuple
-                else [outcome[0] + n - entry.key_start],
-            )
-
-    def finish_waiting(self, entry: KeyEntry, outcome: Outcome) -> None:
-        """Give ``outcome`` to whoever waits on ``entry`` (one not in the window)."""
-        entry.outcome = outcome
-        waiters, entry.waiters = entry.waiters, None
-        for waiter in waiters or ():
-            waiter(outcome)
+            _notify(key_entry, outcome if type(outcome) is tuple
+                    else [outcome[0] + n - entry.key_start])
 
     def finish_run(self, keyed: list[tuple[str, KeyEntry]], outcomes: list[Outcome]) -> None:
         """:meth:`finish` for the keys of a run (``outcomes`` in the order of ``keyed``),
@@ -408,15 +401,20 @@ class PublishKeys:
 
     def finish(self, key: str, entry: KeyEntry, outcome: Outcome) -> None:
         """The publish of ``key`` ended: tell whoever waits; a refusal forgets the key."""
-        entry.outcome = outcome
         if self._entries.get(key) is entry:
             if isinstance(outcome, tuple):
                 del self._entries[key]
             else:
                 self._entries[key] = _finished(entry, outcome)
-        waiters, entry.waiters = entry.waiters, None
-        for waiter in waiters or ():
-            waiter(outcome)
+        _notify(entry, outcome)
+
+
+def _notify(entry: KeyEntry, outcome: Outcome) -> None:
+    """Record the outcome of ``entry``'s publish and give it to whoever waits for it."""
+    entry.outcome = outcome
+    waiters, entry.waiters = entry.waiters, None
+    for waiter in waiters or ():
+        waiter(outcome)
 
 
 class PublisherConnection(Protocol):
