@@ -6,17 +6,22 @@ against a fake master and a real one."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import socket
+import subprocess
+import sys
 import threading
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from processes import HOST, free_ports, start_master, stream_head
-from replication.client import Publisher, PublishRefused
+from processes import HOST, child_env, free_ports, start_master, stream_head
+from replication.client import AsyncPublisher, Publisher, PublishRefused
 from replication.client.core import ProtocolViolation, Published, PublisherCore
 from replication.wire.commands import PublishBatchCommand, PublishCommand, default_registry
 
@@ -215,6 +220,19 @@ def test_a_drop_in_the_middle_of_a_batch_resends_the_rest_with_their_keys() -> N
         fake.close()
 
 
+@contextlib.contextmanager
+def small_master(tmp_path: Path) -> Iterator[tuple[int, int]]:
+    """A memory-store master with strict streams (``events``), a 4 KiB line limit and at
+    most 3 rows per publish: its replication and HTTP ports."""
+    config = tmp_path / "master.yaml"
+    config.write_text("streams: [events]\nstrict_streams: true\n"
+                      "limits: {max_line_bytes: 4096, max_body_bytes: 4096, "
+                      "max_buffer_bytes: 1048576, max_rows_per_publish: 3}\n")
+    port, http_port = free_ports(2)
+    with start_master(tmp_path, "master", port, http_port, "--config", str(config)):
+        yield port, http_port
+
+
 def _metric(http_port: int, name: str, command: str) -> float:
     with urllib.request.urlopen(f"http://{HOST}:{http_port}/metrics", timeout=5) as answer:
         text = answer.read().decode()
@@ -229,12 +247,7 @@ def test_publish_all_against_a_real_master_uses_batches(tmp_path: Path) -> None:
     """2,500 publishes with a 4 KiB line limit: sent as PUBLISH_BATCH lines, committed as
     consecutive tokens in order, answered in order; a refused publish among them is refused
     alone, raised once every answer is in, and the rest are stored."""
-    config = tmp_path / "master.yaml"
-    config.write_text("streams: [events]\nstrict_streams: true\n"
-                      "limits: {max_line_bytes: 4096, max_body_bytes: 4096, "
-                      "max_buffer_bytes: 1048576, max_rows_per_publish: 3}\n")
-    port, http_port = free_ports(2)
-    with start_master(tmp_path, "master", port, http_port, "--config", str(config)):
+    with small_master(tmp_path) as (port, http_port):
         with Publisher(f"{HOST}:{port}", timeout=30) as publisher:
             publisher.publish("events", [0])
             results = publisher.publish_all("events", [[{"n": i}] for i in range(2500)])
@@ -273,19 +286,7 @@ def test_the_asyncio_and_twisted_clients_publish_all_in_batches(tmp_path: Path) 
     """AsyncPublisher.publish_all and TwistedPublisher.publish_all: answered in order with
     consecutive tokens, sent as PUBLISH_BATCH lines once connected (one publish at a time
     before), a refused publish raised once every answer is in, the others stored."""
-    import asyncio
-    import subprocess
-    import sys
-
-    from processes import child_env
-    from replication.client import AsyncPublisher
-
-    config = tmp_path / "master.yaml"
-    config.write_text("streams: [events]\nstrict_streams: true\n"
-                      "limits: {max_line_bytes: 4096, max_body_bytes: 4096, "
-                      "max_buffer_bytes: 1048576, max_rows_per_publish: 3}\n")
-    port, http_port = free_ports(2)
-    with start_master(tmp_path, "master", port, http_port, "--config", str(config)):
+    with small_master(tmp_path) as (port, http_port):
 
         async def main() -> tuple[list[int], list[int], int]:
             async with AsyncPublisher(f"{HOST}:{port}") as publisher:
