@@ -140,7 +140,7 @@ class FakeMaster:
 
     def __init__(
         self, answer: bool = True, drop_first: bool = False, restart: bool = False,
-        keys_kept: bool = False,
+        keys_kept: bool = False, batch: bool = False,
     ) -> None:
         self.server = socket.create_server((HOST, 0))
         self.port = self.server.getsockname()[1]
@@ -151,6 +151,9 @@ class FakeMaster:
         self.restart = restart
         #: The master says it keeps keys across restarts (``keys=kept``).
         self.keys_kept = keys_kept
+        #: The master takes PUBLISH_BATCH; on the first connection it answers the first
+        #: publish of the first batch and drops.
+        self.batch = batch
         self.token = 0
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
@@ -177,8 +180,14 @@ class FakeMaster:
                     if line == b"PUBLISHER":
                         run = b"%016d" % (len(self.connections) if self.restart else 0)
                         options = b" keys=kept future=1" if self.keys_kept else b""
+                        options += b" batch" if self.batch else b""
                         conn.sendall(b"VERSION 2\nORIGIN " + b"F" * 22 + b" " + run
                                      + b"\nPUBLISHING 100 65536" + options + b"\n")
+                    elif line.startswith(b"PUBLISH_BATCH ") and len(self.connections) == 1:
+                        self.token += 1
+                        conn.sendall(b"PUBLISHED %s %d\n" % (line.split(b" ")[1], self.token))
+                        dropped = True
+                        break
                     elif line.startswith(b"PUBLISH "):
                         if self.drop_first and len(self.connections) == 1:
                             if sum(ln.startswith(b"PUBLISH ") for ln in lines) == 2:

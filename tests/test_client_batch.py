@@ -9,16 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import subprocess
 import sys
-import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_client import FakeMaster
 
 from processes import HOST, child_env, free_ports, start_master, stream_head
 from replication.client import AsyncPublisher, Publisher, PublishRefused
@@ -150,58 +149,8 @@ def test_the_unanswered_publishes_of_a_batch_are_resent_alone_with_their_keys() 
 # -- against masters -----------------------------------------------------------------------
 
 
-class BatchFakeMaster:
-    """Says ``batch``; on its first connection answers the first publish of the first
-    PUBLISH_BATCH and drops; later connections answer every publish. Records the lines."""
-
-    def __init__(self) -> None:
-        self.server = socket.create_server((HOST, 0))
-        self.port = self.server.getsockname()[1]
-        self.connections: list[list[bytes]] = []
-        self.token = 0
-        threading.Thread(target=self.run, daemon=True).start()
-
-    def run(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            lines: list[bytes] = []
-            self.connections.append(lines)
-            conn.sendall(b"SERVER fake\n")
-            buffer = b""
-            first = len(self.connections) == 1
-            while True:
-                data = conn.recv(65536)
-                if not data:
-                    break
-                buffer += data
-                *complete, buffer = buffer.split(b"\n")
-                for line in complete:
-                    lines.append(line)
-                    if line == b"PUBLISHER":
-                        conn.sendall(b"VERSION 2\nORIGIN " + b"F" * 22 + b" " + b"0" * 16
-                                     + b"\nPUBLISHING 100 65536 batch\n")
-                    elif line.startswith(b"PUBLISH_BATCH ") and first:
-                        self.token += 1
-                        conn.sendall(b"PUBLISHED %s %d\n" % (line.split(b" ")[1], self.token))
-                        conn.shutdown(socket.SHUT_RDWR)
-                        break
-                    elif line.startswith(b"PUBLISH "):
-                        self.token += 1
-                        conn.sendall(b"PUBLISHED %s %d\n" % (line.split(b" ")[1], self.token))
-                else:
-                    continue
-                break
-            conn.close()
-
-    def close(self) -> None:
-        self.server.close()
-
-
 def test_a_drop_in_the_middle_of_a_batch_resends_the_rest_with_their_keys() -> None:
-    fake = BatchFakeMaster()
+    fake = FakeMaster(batch=True)
     try:
         with Publisher(f"{HOST}:{fake.port}", timeout=10, name="b") as publisher:
             publisher.publish("events", [0])  # connected: the master said batch

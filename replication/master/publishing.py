@@ -734,7 +734,8 @@ class PublishPipeline:
             run = _Run(ids, None, None,
                        window.add_batch(counted[0], counted[1], len(ids), stream, now, None))
         elif keyed:
-            run_keys = [key for key in keys if key is not None]  # type: ignore[union-attr]
+            assert keys is not None
+            run_keys = [key for key in keys if key is not None]
             entries = list(zip(run_keys, window.begin_run(run_keys, stream, now), strict=True))
             run = _Run(ids, keys, entries)
         master.submit_many(stream, encoded, stored_keys).addCallbacks(
